@@ -1,0 +1,238 @@
+// conf: the resource model of mesd — MeshExternalService, HostnameGenerator and Secret —
+// read from YAML in Kuma's Universal and Kubernetes shapes and validated with Kuma's rules
+// and messages, every error carrying the file position of the field it is about.
+//
+// Glossary
+//   document    one YAML document (files may hold several, separated by `---`)
+//   resource    a document that names a kind mesd knows, decoded into typed fields
+//   diagnostic  an error or warning about one document, rendered as
+//               `FILE:LINE:COL: KIND MESH/NAME: PATH: MESSAGE` (PATH rooted at `spec`)
+//   mark        1-based line and column of a node in its file
+//
+// Ownership: everything here is plain values. Nothing keeps a pointer into the YAML it was
+// read from, so results outlive the text and can be copied freely between threads.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <expected>
+#include <functional>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+namespace conf {
+
+// Files larger than this are refused before parsing: resources are small, and a runaway
+// generator or a wrong path should get a clear message, not minutes of parsing.
+inline constexpr std::size_t max_file_bytes = 32u * 1024u * 1024u;
+
+struct Mark {
+    std::string file;
+    int line = 0;  // 1-based; 0 when unknown
+    int col = 0;   // 1-based; 0 when unknown
+};
+
+enum class Severity { error, warning };
+
+enum class Kind { mesh_external_service, hostname_generator, secret };
+
+// "MeshExternalService", "HostnameGenerator", "Secret".
+std::string_view kind_name(Kind kind);
+// Accepts the kind names above and their lowercase plurals and short forms used on the
+// command line (mes, meshexternalservices, hostnamegenerators, secrets...).
+std::optional<Kind> kind_from_string(std::string_view text);
+
+struct Diagnostic {
+    Severity severity = Severity::error;
+    Mark mark;
+    std::string kind;     // empty when the document's kind is unknown
+    std::string mesh;
+    std::string name;
+    std::string path;     // e.g. "spec.endpoints[1].port"; empty for the whole document
+    std::string message;
+
+    // `FILE:LINE:COL: [warning: ]KIND MESH/NAME: PATH: MESSAGE`, leaving out what is unknown.
+    std::string format() const;
+};
+
+// ---- MeshExternalService ----------------------------------------------------------------
+
+enum class Protocol { tcp, grpc, http, http2 };
+enum class TlsVersion { tls_auto, tls10, tls11, tls12, tls13 };
+enum class VerificationMode { secured, skip_san, skip_ca, skip_all };
+enum class SanMatch { exact, prefix };
+enum class AddressKind { ipv4, ipv6, hostname, unix_socket };
+
+std::string_view protocol_name(Protocol p);        // "tcp", "grpc", ...
+std::string_view tls_version_name(TlsVersion v);   // "TLSAuto", "TLS10", ...
+std::string_view verification_mode_name(VerificationMode m);  // "Secured", "SkipSAN", ...
+std::string_view san_match_name(SanMatch m);       // "Exact", "Prefix"
+
+struct DataSource {
+    enum class Type { inline_bytes, inline_string, secret };
+    Type type = Type::inline_bytes;
+    // inline_bytes: the decoded bytes; inline_string: the text; secret: the Secret's name.
+    std::string value;
+};
+
+struct Endpoint {
+    std::string address;       // as written; for unix sockets the full `unix:///path`
+    AddressKind kind = AddressKind::hostname;
+    std::optional<std::uint16_t> port;  // absent: the port the client dialled
+    std::uint8_t priority = 0;          // 0-128, lower is tried first
+
+    // The filesystem path of a unix socket endpoint (after `unix://`), else empty.
+    std::string_view unix_path() const;
+};
+
+struct SubjectAltName {
+    SanMatch type = SanMatch::exact;
+    std::string value;
+};
+
+struct Tls {
+    bool enabled = false;
+    TlsVersion min = TlsVersion::tls_auto;
+    TlsVersion max = TlsVersion::tls_auto;
+    bool allow_renegotiation = false;
+    VerificationMode mode = VerificationMode::secured;
+    std::string server_name;  // empty: none given
+    std::vector<SubjectAltName> subject_alt_names;
+    std::optional<DataSource> ca_cert;
+    std::optional<DataSource> client_cert;
+    std::optional<DataSource> client_key;
+};
+
+struct MeshExternalService {
+    std::optional<std::uint16_t> port;  // match.port; absent: every port of the VIP
+    Protocol protocol = Protocol::tcp;  // match.protocol
+    std::vector<Endpoint> endpoints;
+    std::optional<Tls> tls;
+};
+
+// ---- HostnameGenerator ------------------------------------------------------------------
+
+// The subset of Go's text/template that Kuma's generators use: literal text, the fields
+// .Name .DisplayName .Namespace .Mesh .Zone, the function `label "key"`, and `{{-`/`-}}`.
+class Template {
+public:
+    struct Values {
+        std::string name;
+        std::string display_name;
+        std::string namespace_;
+        std::string mesh;
+        std::string zone;
+        std::map<std::string, std::string> labels;
+    };
+
+    // Parses `text`; on failure returns the message in Go's words where Go has them
+    // (`template: :1: unclosed action`), or names the unsupported construct.
+    static std::expected<Template, std::string> parse(std::string_view text);
+
+    // Renders with `values`; fails only for a missing label (`label K not found`).
+    std::expected<std::string, std::string> render(const Values& values) const;
+    const std::string& source() const { return source_; }
+
+    struct Piece {
+        enum class Type { text, name, display_name, namespace_, mesh, zone, label };
+        Type type = Type::text;
+        std::string text;  // literal text, or the label key
+    };
+    const std::vector<Piece>& pieces() const { return pieces_; }
+
+private:
+    std::string source_;
+    std::vector<Piece> pieces_;
+};
+
+struct HostnameGenerator {
+    // True when the selector is `meshExternalService`; other selector kinds are accepted
+    // and select nothing here.
+    bool selects_mesh_external_services = false;
+    std::map<std::string, std::string> match_labels;  // empty matches every MES
+    std::string template_text;
+};
+
+// ---- Secret -----------------------------------------------------------------------------
+
+struct Secret {
+    std::string data;  // decoded bytes; never printed
+};
+
+// ---- Resources and loading --------------------------------------------------------------
+
+struct Resource {
+    Kind kind = Kind::mesh_external_service;
+    std::string mesh = "default";
+    std::string name;
+    std::map<std::string, std::string> labels;
+    Mark mark;  // where the document starts
+    std::variant<MeshExternalService, HostnameGenerator, Secret> spec;
+
+    const MeshExternalService* mes() const { return std::get_if<MeshExternalService>(&spec); }
+    const HostnameGenerator* generator() const { return std::get_if<HostnameGenerator>(&spec); }
+    const Secret* secret() const { return std::get_if<Secret>(&spec); }
+};
+
+// One document of the input with what was learnt of it.
+struct Document {
+    Resource resource;  // kind, mesh and name are filled as far as they could be read
+    bool kind_known = false;
+    std::vector<Diagnostic> diagnostics;
+
+    bool valid() const;  // no error among the diagnostics (warnings allowed)
+};
+
+struct LoadOptions {
+    // Whether a Secret exists outside the input (in the store); unset: nowhere else.
+    std::function<bool(std::string_view mesh, std::string_view name)> secret_exists;
+    // "Now" for certificate expiry warnings.
+    std::chrono::system_clock::time_point now = std::chrono::system_clock::now();
+};
+
+struct LoadResult {
+    std::vector<Document> documents;
+    // Problems that belong to no document: unreadable paths, YAML syntax, size limits.
+    std::vector<Diagnostic> file_errors;
+    // Paths that could not be read at all (also reported in file_errors).
+    std::vector<std::string> unreadable;
+
+    bool ok() const;  // no file error and every document valid
+    std::size_t error_count() const;
+};
+
+// Reads every path: a file as it is, a directory as its `*.yaml` and `*.yml` files (walked
+// recursively, in name order). Documents are validated one by one, then across the input
+// (duplicate names, references to Secrets).
+LoadResult load_paths(std::span<const std::string> paths, const LoadOptions& options = {});
+
+// The same for text already in memory, reported as coming from `file_name`.
+LoadResult load_text(std::string_view text, std::string_view file_name,
+                     const LoadOptions& options = {});
+
+// ---- Names ------------------------------------------------------------------------------
+
+// RFC 1035 label as Kubernetes checks it: [a-z]([-a-z0-9]*[a-z0-9])?, at most 63 characters.
+bool is_rfc1035_label(std::string_view s);
+// Lowercase RFC 1123 subdomain: dot-separated [a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 253.
+bool is_rfc1123_subdomain(std::string_view s);
+// A DNS host name as Kuma's validator accepts it (letters of either case, digits, '-',
+// '_', labels of 1-63, at most 253 characters, an optional trailing dot).
+bool is_dns_name(std::string_view s);
+std::optional<AddressKind> ip_literal_kind(std::string_view s);
+
+// Kubernetes' messages for the checks above.
+extern const std::string_view rfc1035_label_message;
+extern const std::string_view rfc1123_subdomain_message;
+
+// Strict base64 (RFC 4648 alphabet with padding; ASCII white space ignored).
+std::optional<std::string> base64_decode(std::string_view text);
+std::string base64_encode(std::string_view bytes);
+
+}  // namespace conf

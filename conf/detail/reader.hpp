@@ -1,0 +1,99 @@
+// Typed reading of yaml-cpp nodes with diagnostics that point into the file: every value
+// read through here is checked for its YAML type, and every mapping read through `Fields`
+// reports the keys nobody asked for as unknown fields.
+#pragma once
+
+#include "conf/conf.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace conf::detail {
+
+// Collects the diagnostics of one document; the loader stamps them with the document's kind,
+// mesh and name once all of it has been read.
+class Reporter {
+public:
+    Reporter(Document& doc, std::string file) : doc_(doc), file_(std::move(file)) {}
+
+    Mark mark(const YAML::Node& node) const;
+    Mark mark(const YAML::Mark& m) const;
+
+    void error(const Mark& at, std::string path, std::string message);
+    void error(const YAML::Node& at, std::string path, std::string message) { error(mark(at), std::move(path), std::move(message)); }
+    void warning(const Mark& at, std::string path, std::string message);
+
+    Document& document() { return doc_; }
+    const std::string& file() const { return file_; }
+    // Nodes created for absent keys carry no position; they are reported at this one.
+    void set_fallback(const YAML::Node& node) { fallback_ = mark(node); }
+
+private:
+    void add(Severity severity, const Mark& at, std::string path, std::string message);
+
+    Document& doc_;
+    std::string file_;
+    Mark fallback_;
+};
+
+std::string join(std::string_view path, std::string_view key);
+std::string join(std::string_view path, std::size_t index);
+
+// The fields of one YAML mapping at `path`.
+class Fields {
+public:
+    // Reports an error when `node` is defined but not a mapping.
+    Fields(Reporter& reporter, const YAML::Node& node, std::string path);
+    Fields(const Fields&) = delete;
+    Fields& operator=(const Fields&) = delete;
+    // Reports the fields never taken as unknown.
+    ~Fields();
+
+    bool ok() const { return ok_; }
+    const YAML::Node& node() const { return node_; }
+    const std::string& path() const { return path_; }
+    std::string path(std::string_view key) const { return join(path_, key); }
+
+    // The value of `key`, or an undefined node when it is absent. A null value counts as
+    // absent, as Go's decoder treats it.
+    YAML::Node take(std::string_view key);
+    bool has(std::string_view key) const;
+
+private:
+    struct Entry {
+        std::string key;
+        YAML::Node key_node;
+        YAML::Node value;
+        bool taken = false;
+    };
+    Reporter& reporter_;
+    YAML::Node node_;
+    std::string path_;
+    std::vector<Entry> entries_;
+    bool ok_ = false;
+};
+
+bool present(const YAML::Node& node);  // defined and not null
+
+// Each returns nullopt when the node is absent or unusable; unusable values are reported.
+std::optional<std::string> read_string(Reporter& r, const YAML::Node& node, const std::string& path);
+std::optional<bool> read_bool(Reporter& r, const YAML::Node& node, const std::string& path);
+
+// An integer field checked against [min, max]; outside the range reports `range_message`.
+std::optional<std::int64_t> read_int(Reporter& r, const YAML::Node& node, const std::string& path,
+                                     std::int64_t min, std::int64_t max, std::string_view range_message);
+
+// A mapping of string to string (labels, matchLabels).
+std::map<std::string, std::string> read_string_map(Reporter& r, const YAML::Node& node,
+                                                   const std::string& path);
+
+// One of `choices`; anything else reports `"FIELD" must be one of ["A", "B"]` as Kuma does.
+std::optional<std::size_t> read_choice(Reporter& r, const YAML::Node& node, const std::string& path,
+                                       std::string_view field, std::span<const std::string_view> choices);
+
+}  // namespace conf::detail

@@ -1,0 +1,26 @@
+// Decoding and validation of each kind's `spec` (and a Secret's `data`).
+#pragma once
+
+#include "conf/detail/reader.hpp"
+
+#include <chrono>
+
+namespace conf::detail {
+
+// A `secret:` data source, checked once the whole input (and the store) is known.
+struct SecretRef {
+    std::string name;
+    std::string path;
+    Mark mark;
+    enum class Role { ca_cert, client_cert, client_key } role;
+};
+
+void decode_mes(Reporter& r, const YAML::Node& spec, MeshExternalService& out,
+                std::vector<SecretRef>& secret_refs, std::chrono::system_clock::time_point now);
+void decode_hostname_generator(Reporter& r, const YAML::Node& spec, HostnameGenerator& out);
+
+// Checks bytes meant for `role` (PEM certificate or key); reports at `path`.
+void check_pem_role(Reporter& r, const Mark& at, const std::string& path, std::string_view bytes,
+                    SecretRef::Role role, std::chrono::system_clock::time_point now);
+
+}  // namespace conf::detail

@@ -1,0 +1,431 @@
+// Reading files into documents: size and encoding checks, YAML parsing, the two document
+// shapes (Universal and Kubernetes), then the checks that need the whole input.
+#include "conf/conf.hpp"
+#include "conf/detail/spec.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <tuple>
+
+namespace conf {
+
+namespace {
+
+namespace fs = std::filesystem;
+using detail::Fields;
+using detail::Reporter;
+using detail::present;
+using detail::read_string;
+
+// Offset of the first byte that is not part of valid UTF-8, or npos.
+std::size_t invalid_utf8_at(std::string_view s)
+{
+    std::size_t i = 0;
+    while (i < s.size()) {
+        auto c = static_cast<unsigned char>(s[i]);
+        std::size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+        if (len == 0 || len > s.size() - i) return i;
+        for (std::size_t k = 1; k < len; ++k)
+            if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return i;
+        if (len == 2 && c < 0xc2) return i;  // overlong
+        i += len;
+    }
+    return std::string_view::npos;
+}
+
+Mark mark_at_offset(const std::string& file, std::string_view text, std::size_t offset)
+{
+    auto before = text.substr(0, offset);
+    int line = 1 + static_cast<int>(std::ranges::count(before, '\n'));
+    auto last_nl = before.rfind('\n');
+    int col = static_cast<int>(offset - (last_nl == std::string_view::npos ? 0 : last_nl + 1)) + 1;
+    return Mark{file, line, col};
+}
+
+std::string_view secret_role_word(detail::SecretRef::Role role)
+{
+    switch (role) {
+    case detail::SecretRef::Role::ca_cert: return "caCert";
+    case detail::SecretRef::Role::client_cert: return "clientCert";
+    case detail::SecretRef::Role::client_key: return "clientKey";
+    }
+    return "?";
+}
+
+std::optional<Kind> kind_from_exact(std::string_view s)
+{
+    if (s == "MeshExternalService") return Kind::mesh_external_service;
+    if (s == "HostnameGenerator") return Kind::hostname_generator;
+    if (s == "Secret") return Kind::secret;
+    return std::nullopt;
+}
+
+constexpr std::string_view kuma_api_version = "kuma.io/v1alpha1";
+constexpr std::string_view secret_type = "system.kuma.io/secret";
+constexpr std::string_view mesh_label = "kuma.io/mesh";
+constexpr std::string_view namespace_label = "k8s.kuma.io/namespace";
+
+class Loader {
+public:
+    explicit Loader(const LoadOptions& options) : options_(options) {}
+
+    void load_path(const std::string& path);
+    void load_text(std::string_view text, const std::string& file);
+    LoadResult finish();
+
+private:
+    void file_error(Mark mark, std::string message)
+    {
+        Diagnostic d;
+        d.mark = std::move(mark);
+        d.message = std::move(message);
+        result_.file_errors.push_back(std::move(d));
+    }
+    void load_file(const fs::path& path);
+    void decode_document(const YAML::Node& root, const std::string& file);
+    void decode_kubernetes(Reporter& r, Fields& top, Resource& res, const YAML::Node& root);
+    void decode_universal(Reporter& r, Fields& top, Resource& res, const YAML::Node& root);
+    void decode_body(Reporter& r, Fields& top, Resource& res, const YAML::Node& root, bool kubernetes);
+    void check_name(Reporter& r, const YAML::Node& name_node, const std::string& path, Resource& res);
+    void check_duplicates();
+    void check_secret_refs();
+
+    const LoadOptions& options_;
+    LoadResult result_;
+    std::vector<std::vector<detail::SecretRef>> refs_;  // parallel to result_.documents
+};
+
+void Loader::load_path(const std::string& path)
+{
+    std::error_code ec;
+    auto status = fs::status(path, ec);
+    if (ec || !fs::exists(status)) {
+        file_error(Mark{path, 0, 0}, "cannot read: " + (ec ? ec.message() : std::string("No such file or directory")));
+        result_.unreadable.push_back(path);
+        return;
+    }
+    if (!fs::is_directory(status)) {
+        load_file(path);
+        return;
+    }
+    std::vector<fs::path> files;
+    fs::recursive_directory_iterator it(path, fs::directory_options::skip_permission_denied, ec);
+    for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+        const auto& entry = *it;
+        auto name = entry.path().filename().string();
+        // Hidden entries are skipped: Kubernetes mounts keep old copies under "..data" dirs.
+        if (!name.empty() && name.front() == '.') {
+            if (entry.is_directory()) it.disable_recursion_pending();
+            continue;
+        }
+        auto ext = entry.path().extension().string();
+        if (entry.is_regular_file() && (ext == ".yaml" || ext == ".yml")) files.push_back(entry.path());
+    }
+    if (ec) {
+        file_error(Mark{path, 0, 0}, "cannot read directory: " + ec.message());
+        result_.unreadable.push_back(path);
+        return;
+    }
+    std::ranges::sort(files);
+    for (const auto& f : files) load_file(f);
+}
+
+void Loader::load_file(const fs::path& path)
+{
+    std::string file = path.string();
+    std::error_code ec;
+    auto size = fs::file_size(path, ec);
+    if (!ec && size > max_file_bytes) {
+        file_error(Mark{file, 0, 0}, "file is " + std::to_string(size) + " bytes, larger than the limit of " +
+                                         std::to_string(max_file_bytes) + " bytes; split it into several files");
+        return;
+    }
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        file_error(Mark{file, 0, 0}, std::string("cannot read: ") + std::strerror(errno));
+        result_.unreadable.push_back(file);
+        return;
+    }
+    std::string text;
+    text.resize(static_cast<std::size_t>(ec ? 0 : size));
+    in.read(text.data(), static_cast<std::streamsize>(text.size()));
+    text.resize(static_cast<std::size_t>(in.gcount()));
+    // Special files (pipes, /dev/stdin) report no size: read them up to the limit.
+    if (ec || text.size() == size) {
+        char buf[65536];
+        while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+            text.append(buf, static_cast<std::size_t>(in.gcount()));
+            if (text.size() > max_file_bytes) {
+                file_error(Mark{file, 0, 0}, "file is larger than the limit of " +
+                                                 std::to_string(max_file_bytes) + " bytes; split it into several files");
+                return;
+            }
+        }
+    }
+    load_text(text, file);
+}
+
+void Loader::load_text(std::string_view text, const std::string& file)
+{
+    if (text.size() > max_file_bytes) {
+        file_error(Mark{file, 0, 0}, "input is larger than the limit of " + std::to_string(max_file_bytes) + " bytes");
+        return;
+    }
+    if (auto nul = text.find('\0'); nul != std::string_view::npos) {
+        file_error(mark_at_offset(file, text, nul), "not a text file (NUL byte at offset " + std::to_string(nul) + ")");
+        return;
+    }
+    if (auto bad = invalid_utf8_at(text); bad != std::string_view::npos) {
+        file_error(mark_at_offset(file, text, bad), "not UTF-8 text (invalid byte at offset " + std::to_string(bad) + ")");
+        return;
+    }
+    std::vector<YAML::Node> roots;
+    try {
+        roots = YAML::LoadAll(std::string(text));
+    } catch (const YAML::ParserException& e) {
+        Mark m{file, e.mark.line >= 0 ? e.mark.line + 1 : 0, e.mark.column >= 0 ? e.mark.column + 1 : 0};
+        file_error(m, "invalid YAML: " + e.msg);
+        return;
+    } catch (const std::exception& e) {
+        file_error(Mark{file, 0, 0}, std::string("invalid YAML: ") + e.what());
+        return;
+    }
+    std::size_t decoded = 0;
+    for (const auto& root : roots) {
+        if (!root.IsDefined() || root.IsNull()) continue;  // an empty document between `---`
+        decode_document(root, file);
+        ++decoded;
+    }
+    if (decoded == 0) file_error(Mark{file, 0, 0}, "no YAML documents in the file (it is empty)");
+}
+
+void Loader::check_name(Reporter& r, const YAML::Node& name_node, const std::string& path, Resource& res)
+{
+    auto name = read_string(r, name_node, path);
+    if (!name || name->empty()) {
+        r.error(name_node, path, "must not be empty");
+        return;
+    }
+    res.name = *name;
+    if (res.kind == Kind::mesh_external_service) {
+        if (name->size() > 63) r.error(name_node, path, "must be no more than 63 characters");
+        else if (!is_rfc1035_label(*name)) r.error(name_node, path, std::string(rfc1035_label_message));
+    } else if (!is_rfc1123_subdomain(*name)) {
+        r.error(name_node, path, std::string(rfc1123_subdomain_message));
+    }
+}
+
+void Loader::decode_body(Reporter& r, Fields& top, Resource& res, const YAML::Node& root, bool kubernetes)
+{
+    if (res.kind == Kind::secret) {
+        Secret secret;
+        auto data = top.take("data");
+        std::string path = "data";
+        if (kubernetes) {
+            auto type_node = top.take("type");
+            auto type = read_string(r, type_node, "type");
+            if (!type || *type != secret_type)
+                r.error(present(type_node) ? type_node : root, "type", "must be \"" + std::string(secret_type) + "\"");
+            Fields d(r, data, "data");
+            if (!d.ok() && !present(data)) r.error(root, "data", "must be defined");
+            data = d.take("value");
+            path = "data.value";
+        }
+        auto text = read_string(r, data, path);
+        if (!text) {
+            if (!present(data)) r.error(root, path, "must be defined");
+        } else if (auto bytes = base64_decode(*text)) {
+            secret.data = std::move(*bytes);
+        } else {
+            r.error(data, path, "must be valid base64");
+        }
+        res.spec = std::move(secret);
+        return;
+    }
+    auto spec = top.take("spec");
+    if (!present(spec)) {
+        r.error(root, "spec", "must be defined");
+        res.spec = res.kind == Kind::mesh_external_service ? decltype(res.spec)(MeshExternalService{})
+                                                           : decltype(res.spec)(HostnameGenerator{});
+        return;
+    }
+    if (res.kind == Kind::mesh_external_service) {
+        MeshExternalService mes;
+        detail::decode_mes(r, spec, mes, refs_.back(), options_.now);
+        res.spec = std::move(mes);
+    } else {
+        HostnameGenerator gen;
+        detail::decode_hostname_generator(r, spec, gen);
+        res.spec = std::move(gen);
+    }
+}
+
+void Loader::decode_kubernetes(Reporter& r, Fields& top, Resource& res, const YAML::Node& root)
+{
+    auto api_node = top.take("apiVersion");
+    auto api = read_string(r, api_node, "apiVersion");
+    std::string_view want = res.kind == Kind::secret ? "v1" : kuma_api_version;
+    if (!api || *api != want)
+        r.error(present(api_node) ? api_node : root, "apiVersion", "must be \"" + std::string(want) + "\"");
+
+    auto meta_node = top.take("metadata");
+    Fields meta(r, meta_node, "metadata");
+    if (!meta.ok()) {
+        if (!present(meta_node)) r.error(root, "metadata", "must be defined");
+        decode_body(r, top, res, root, true);
+        return;
+    }
+    auto name_node = meta.take("name");
+    check_name(r, present(name_node) ? name_node : meta_node, "metadata.name", res);
+    auto ns = read_string(r, meta.take("namespace"), "metadata.namespace");
+    res.labels = detail::read_string_map(r, meta.take("labels"), "metadata.labels");
+    (void)detail::read_string_map(r, meta.take("annotations"), "metadata.annotations");
+    if (auto it = res.labels.find(std::string(mesh_label)); it != res.labels.end()) res.mesh = it->second;
+    if (ns && !ns->empty()) res.labels.try_emplace(std::string(namespace_label), *ns);
+    decode_body(r, top, res, root, true);
+}
+
+void Loader::decode_universal(Reporter& r, Fields& top, Resource& res, const YAML::Node& root)
+{
+    // The seed's examples carry apiVersion next to type; accept Kuma's, refuse others.
+    auto api_node = top.take("apiVersion");
+    if (auto api = read_string(r, api_node, "apiVersion"); api && *api != kuma_api_version)
+        r.error(api_node, "apiVersion", "must be \"" + std::string(kuma_api_version) + "\"");
+    auto name_node = top.take("name");
+    check_name(r, present(name_node) ? name_node : root, "name", res);
+    auto mesh_node = top.take("mesh");
+    if (auto mesh = read_string(r, mesh_node, "mesh")) res.mesh = *mesh;
+    res.labels = detail::read_string_map(r, top.take("labels"), "labels");
+    // Kuma bookkeeping fields that `kumactl get -o yaml` prints; harmless to accept.
+    (void)top.take("creationTime");
+    (void)top.take("modificationTime");
+    decode_body(r, top, res, root, false);
+}
+
+void Loader::decode_document(const YAML::Node& root, const std::string& file)
+{
+    Document doc;
+    refs_.emplace_back();
+    {
+        Reporter r(doc, file);
+        r.set_fallback(root);
+        doc.resource.mark = r.mark(root);
+        if (!root.IsMap()) {
+            r.error(root, "", "a resource must be a mapping with \"type\" (Universal) or \"kind\" (Kubernetes)");
+        } else {
+            Fields top(r, root, "");
+            bool kubernetes = top.has("kind");
+            auto kind_node = top.take(kubernetes ? "kind" : "type");
+            auto kind_text = read_string(r, kind_node, kubernetes ? "kind" : "type");
+            auto kind = kind_text ? kind_from_exact(*kind_text) : std::nullopt;
+            if (!present(kind_node)) {
+                r.error(root, "", "a resource needs \"type\" (Universal shape) or \"kind\" (Kubernetes shape)");
+            } else if (!kind) {
+                if (kind_text)
+                    r.error(kind_node, kubernetes ? "kind" : "type",
+                            "unknown kind \"" + *kind_text + "\" (expected MeshExternalService, HostnameGenerator or Secret)");
+                // The rest of the document cannot be understood without its kind.
+                for (auto it = root.begin(); it != root.end(); ++it)
+                    if (it->first.IsScalar()) (void)top.take(it->first.Scalar());
+            } else {
+                doc.kind_known = true;
+                doc.resource.kind = *kind;
+                if (kubernetes) decode_kubernetes(r, top, doc.resource, root);
+                else decode_universal(r, top, doc.resource, root);
+                if (!is_rfc1123_subdomain(doc.resource.mesh))
+                    r.error(root, "mesh", std::string(rfc1123_subdomain_message));
+            }
+        }
+    }  // Fields report unknown keys as they go out of scope, before the document is stored.
+    result_.documents.push_back(std::move(doc));
+}
+
+void Loader::check_duplicates()
+{
+    std::map<std::tuple<Kind, std::string, std::string>, Mark> seen;
+    for (auto& doc : result_.documents) {
+        if (!doc.kind_known || doc.resource.name.empty()) continue;
+        const auto& res = doc.resource;
+        auto [it, inserted] = seen.try_emplace({res.kind, res.mesh, res.name}, res.mark);
+        if (inserted) continue;
+        Diagnostic d;
+        d.mark = res.mark;
+        d.path = "name";
+        const Mark& first = it->second;
+        d.message = "duplicate " + std::string(kind_name(res.kind)) + " " + res.mesh + "/" + res.name +
+                    ", first defined at " + first.file + ":" + std::to_string(first.line) + ":" +
+                    std::to_string(first.col);
+        doc.diagnostics.push_back(std::move(d));
+    }
+}
+
+void Loader::check_secret_refs()
+{
+    std::map<std::pair<std::string, std::string>, const Document*> secrets;
+    for (const auto& doc : result_.documents)
+        if (doc.kind_known && doc.resource.kind == Kind::secret)
+            secrets.try_emplace({doc.resource.mesh, doc.resource.name}, &doc);
+
+    for (std::size_t i = 0; i < result_.documents.size(); ++i) {
+        auto& doc = result_.documents[i];
+        for (const auto& ref : refs_[i]) {
+            Reporter r(doc, ref.mark.file);
+            auto it = secrets.find({doc.resource.mesh, ref.name});
+            if (it != secrets.end()) {
+                const Document& secret_doc = *it->second;
+                if (!secret_doc.valid()) continue;  // its own errors are reported with it
+                // The Secret's bytes must suit the use: a certificate for caCert, a key for clientKey.
+                std::size_t before = doc.diagnostics.size();
+                detail::check_pem_role(r, ref.mark, ref.path, secret_doc.resource.secret()->data, ref.role, options_.now);
+                for (auto k = before; k < doc.diagnostics.size(); ++k)
+                    doc.diagnostics[k].message = "secret \"" + ref.name + "\" used as " +
+                                                 std::string(secret_role_word(ref.role)) + ": " +
+                                                 doc.diagnostics[k].message;
+                continue;
+            }
+            if (options_.secret_exists && options_.secret_exists(doc.resource.mesh, ref.name)) continue;
+            r.error(ref.mark, ref.path, "secret \"" + ref.name + "\" not found in mesh \"" + doc.resource.mesh + "\"");
+        }
+    }
+}
+
+LoadResult Loader::finish()
+{
+    check_duplicates();
+    check_secret_refs();
+    for (auto& doc : result_.documents) {
+        // In file order, as a reader goes through the document.
+        std::ranges::stable_sort(doc.diagnostics, [](const Diagnostic& a, const Diagnostic& b) {
+            return std::tie(a.mark.line, a.mark.col) < std::tie(b.mark.line, b.mark.col);
+        });
+        if (!doc.kind_known) continue;
+        for (auto& d : doc.diagnostics) {
+            d.kind = std::string(kind_name(doc.resource.kind));
+            d.mesh = doc.resource.mesh;
+            d.name = doc.resource.name;
+        }
+    }
+    return std::move(result_);
+}
+
+}  // namespace
+
+LoadResult load_paths(std::span<const std::string> paths, const LoadOptions& options)
+{
+    Loader loader(options);
+    for (const auto& p : paths) loader.load_path(p);
+    return loader.finish();
+}
+
+LoadResult load_text(std::string_view text, std::string_view file_name, const LoadOptions& options)
+{
+    Loader loader(options);
+    loader.load_text(text, std::string(file_name));
+    return loader.finish();
+}
+
+}  // namespace conf
