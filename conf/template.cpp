@@ -181,7 +181,10 @@ std::expected<Template, std::string> Template::parse(std::string_view text)
             if (c == '"' || c == '`') quote = c;
             else if (c == '}' && rest[i + 1] == '}') { close = i; break; }
         }
-        if (close == std::string_view::npos) return std::unexpected(go_error(line, "unclosed action"));
+        if (close == std::string_view::npos)
+            return std::unexpected(go_error(line, quote == '"' ? "unterminated quoted string"
+                                                  : quote == '`' ? "unterminated raw quoted string"
+                                                                 : "unclosed action"));
         std::string_view body = rest.substr(0, close);
         trim_next_text = false;
         if (body.size() >= 2 && body.back() == '-' && is_space(body[body.size() - 2])) {

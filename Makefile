@@ -1,0 +1,57 @@
+# mesd — a thin wrapper over CMake. `make` builds, `make test` installs what is missing,
+# builds and runs every test; `make run` starts mesd on conf/examples/.
+BUILD_DIR      ?= build
+SANITIZE_DIR   ?= build-sanitize
+BUILD_TYPE     ?= RelWithDebInfo
+JOBS           ?= $(shell nproc)
+CMAKE_FLAGS    ?=
+
+# Debian packages: to build, and what the tests drive as real clients and peers.
+BUILD_PACKAGES := build-essential cmake pkg-config libldns-dev libuv1-dev libyaml-cpp-dev \
+                  libssl-dev liblmdb-dev catch2
+TEST_PACKAGES  := openssl
+PACKAGES       := $(BUILD_PACKAGES) $(TEST_PACKAGES)
+
+.PHONY: all build deps test test-sanitize sanitize run clean
+
+all: build
+
+# Installs only what dpkg does not already have, so a second run costs a few milliseconds.
+deps:
+	@missing=$$(for p in $(PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing missing packages:" $$missing; \
+	  sudo=; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(BUILD_DIR)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_FLAGS)
+
+build: deps $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+test: build
+	ctest --test-dir $(BUILD_DIR) --output-on-failure -j $(JOBS)
+
+$(SANITIZE_DIR)/CMakeCache.txt:
+	cmake -S . -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=Debug -DMESD_SANITIZE=ON $(CMAKE_FLAGS)
+
+sanitize: deps $(SANITIZE_DIR)/CMakeCache.txt
+	cmake --build $(SANITIZE_DIR) -j $(JOBS)
+
+# The same tests under AddressSanitizer and UndefinedBehaviorSanitizer.
+test-sanitize: sanitize
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  ctest --test-dir $(SANITIZE_DIR) --output-on-failure -j $(JOBS)
+
+# The daemon arrives with the DNS responder; until then `make run` checks the examples it
+# will serve.
+run: build
+	$(BUILD_DIR)/cmd/mesctl validate conf/examples
+
+clean:
+	rm -rf $(BUILD_DIR) $(SANITIZE_DIR)
