@@ -236,3 +236,128 @@ std::optional<std::string> base64_decode(std::string_view text);
 std::string base64_encode(std::string_view bytes);
 
 }  // namespace conf
+
+// ---- Configuration file -----------------------------------------------------------------
+
+namespace conf {
+
+using Duration = std::chrono::milliseconds;
+
+// An address to listen on or send to: an IP literal (empty: every address) and a port.
+struct HostPort {
+    std::string host;
+    std::uint16_t port = 0;
+    std::string to_string() const;  // "127.0.0.1:53", "[::1]:53", ":53"
+};
+// "ADDR:PORT", "[V6]:PORT" or ":PORT"; nullopt when malformed.
+std::optional<HostPort> parse_host_port(std::string_view text);
+// Go-style durations: "30s", "1h", "1m30s", "500ms".
+std::optional<Duration> parse_duration(std::string_view text);
+std::string format_duration(Duration d);
+
+// The file both programs read (`--config FILE`, else $MESD_CONFIG, else these defaults).
+struct Config {
+    std::string data_dir = "/var/lib/mesd";
+    std::vector<std::string> meshes = {"default"};
+    struct Dns {
+        std::vector<HostPort> listen = {HostPort{"127.0.0.1", 15053}};
+        std::vector<std::string> zones = {"mesh."};
+        Duration ttl = std::chrono::seconds(30);
+        Duration negative_ttl = std::chrono::seconds(30);
+        std::uint16_t edns_udp_size = 1232;
+        Duration tcp_idle_timeout = std::chrono::seconds(10);
+        std::uint32_t tcp_max_clients = 1024;  // open TCP connections at once
+        struct Forward {
+            bool enabled = true;
+            std::vector<HostPort> upstreams;  // empty: nameservers of /etc/resolv.conf
+            Duration timeout = std::chrono::seconds(2);
+            std::vector<std::string> allow = {"127.0.0.0/8",    "::1/128",        "10.0.0.0/8",
+                                              "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"};
+            std::uint32_t max_in_flight = 4096;  // upstream queries outstanding at once
+        } forward;
+    } dns;
+    struct Vip {
+        std::string ipv4 = "242.0.0.0/8";
+        std::string ipv6;  // empty: no AAAA
+        Duration quarantine = std::chrono::hours(1);
+    } vip;
+    struct Proxy {
+        std::string mode = "bind";  // or "redirect"
+        HostPort redirect_listen = HostPort{"127.0.0.1", 15001};
+        Duration connect_timeout = std::chrono::seconds(5);
+        Duration idle_timeout = std::chrono::hours(1);
+        std::uint32_t max_connections = 100000;
+    } proxy;
+    struct Admin {
+        HostPort listen = HostPort{"127.0.0.1", 9901};
+    } admin;
+    struct Log {
+        std::string level = "info";  // debug|info|warn|error
+    } log;
+};
+
+struct ConfigResult {
+    Config config;
+    std::vector<Diagnostic> errors;  // `FILE:LINE:COL: PATH: MESSAGE`
+    bool ok() const { return errors.empty(); }
+};
+
+ConfigResult load_config_text(std::string_view text, std::string_view file_name);
+ConfigResult load_config_file(const std::string& path);
+
+// Resolves the configuration the way both programs do: `path` when given, else
+// $MESD_CONFIG when set, else the defaults; then $MESD_DATA_DIR over dataDir.
+ConfigResult load_config(const std::optional<std::string>& path);
+
+}  // namespace conf
+
+// ---- Hostname generation ----------------------------------------------------------------
+
+namespace conf {
+
+// Kuma's condition on a MES for one HostnameGenerator: type "Generated", status
+// "True"/"False", reason "Generated" | "Collision" | "TemplateError".
+struct Condition {
+    std::string type = "Generated";
+    std::string status;
+    std::string reason;
+    std::string message;
+    bool operator==(const Condition&) const = default;
+};
+
+struct GeneratedAddress {
+    std::string hostname;
+    std::string origin = "HostnameGenerator";
+    std::string generator;  // hostnameGeneratorRef.coreName
+    bool operator==(const GeneratedAddress&) const = default;
+};
+
+struct GeneratorStatus {
+    std::string generator;
+    std::vector<Condition> conditions;
+    bool operator==(const GeneratorStatus&) const = default;
+};
+
+// The hostname part of a MES status, as Kuma keeps it.
+struct HostnameStatus {
+    std::vector<GeneratedAddress> addresses;     // sorted by generator name
+    std::vector<GeneratorStatus> generators;     // sorted by generator name
+    bool operator==(const HostnameStatus&) const = default;
+};
+
+// A resource with its creation order: older (smaller) wins a hostname collision.
+struct Ordered {
+    const Resource* resource = nullptr;
+    std::uint64_t created = 0;
+};
+
+// Applies every generator to every MES of one mesh that it selects, in Kuma's order
+// (generators and services each by creation, then name; the first claimant of a hostname
+// keeps it). Returns one status per entry of `services`, in the same order.
+std::vector<HostnameStatus> generate_hostnames(std::span<const Ordered> generators,
+                                               std::span<const Ordered> services);
+
+// The values a template sees for `mes`: name, display name, namespace, mesh, zone, labels.
+Template::Values template_values(const Resource& mes);
+
+}  // namespace conf

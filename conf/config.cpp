@@ -1,0 +1,307 @@
+// The configuration file: every key of DESIGN.md with its default, unknown keys refused,
+// each error pointing at its line and column.
+#include "conf/conf.hpp"
+#include "conf/detail/reader.hpp"
+
+#include <arpa/inet.h>
+
+#include <charconv>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+namespace conf {
+
+using detail::Fields;
+using detail::Reporter;
+using detail::present;
+using detail::read_string;
+
+std::string HostPort::to_string() const
+{
+    bool v6 = host.find(':') != std::string::npos;
+    return (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+std::optional<HostPort> parse_host_port(std::string_view text)
+{
+    HostPort out;
+    std::string_view port_text;
+    if (text.starts_with('[')) {
+        auto close = text.find(']');
+        if (close == std::string_view::npos || text.substr(close + 1, 1) != ":") return std::nullopt;
+        out.host = std::string(text.substr(1, close - 1));
+        if (ip_literal_kind(out.host) != AddressKind::ipv6) return std::nullopt;
+        port_text = text.substr(close + 2);
+    } else {
+        auto colon = text.rfind(':');
+        if (colon == std::string_view::npos) return std::nullopt;
+        out.host = std::string(text.substr(0, colon));
+        if (!out.host.empty() && ip_literal_kind(out.host) != AddressKind::ipv4) return std::nullopt;
+        port_text = text.substr(colon + 1);
+    }
+    unsigned value = 0;
+    auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), value);
+    if (ec != std::errc{} || end != port_text.data() + port_text.size() || value > 65535 || port_text.empty())
+        return std::nullopt;
+    out.port = static_cast<std::uint16_t>(value);
+    return out;
+}
+
+std::optional<Duration> parse_duration(std::string_view text)
+{
+    if (text.empty()) return std::nullopt;
+    if (text == "0") return Duration(0);
+    std::int64_t total_ms = 0;
+    while (!text.empty()) {
+        std::int64_t n = 0;
+        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+        if (ec != std::errc{} || end == text.data() || n < 0) return std::nullopt;
+        text.remove_prefix(static_cast<std::size_t>(end - text.data()));
+        std::int64_t unit_ms = 0;
+        if (text.starts_with("ms")) { unit_ms = 1; text.remove_prefix(2); }
+        else if (text.starts_with("s")) { unit_ms = 1000; text.remove_prefix(1); }
+        else if (text.starts_with("m")) { unit_ms = 60'000; text.remove_prefix(1); }
+        else if (text.starts_with("h")) { unit_ms = 3'600'000; text.remove_prefix(1); }
+        else return std::nullopt;
+        if (n > (std::int64_t{1} << 40)) return std::nullopt;
+        total_ms += n * unit_ms;
+    }
+    return Duration(total_ms);
+}
+
+std::string format_duration(Duration d)
+{
+    auto ms = d.count();
+    if (ms == 0) return "0s";
+    if (ms % 3'600'000 == 0) return std::to_string(ms / 3'600'000) + "h";
+    if (ms % 60'000 == 0) return std::to_string(ms / 60'000) + "m";
+    if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
+    return std::to_string(ms) + "ms";
+}
+
+namespace {
+
+bool valid_cidr(std::string_view text, bool want_v6)
+{
+    auto slash = text.find('/');
+    if (slash == std::string_view::npos) return false;
+    auto kind = ip_literal_kind(text.substr(0, slash));
+    if (!kind || (*kind == AddressKind::ipv6) != want_v6) return false;
+    unsigned bits = 0;
+    auto len = text.substr(slash + 1);
+    auto [end, ec] = std::from_chars(len.data(), len.data() + len.size(), bits);
+    return ec == std::errc{} && end == len.data() + len.size() && !len.empty() && bits <= (want_v6 ? 128u : 32u);
+}
+
+bool valid_any_cidr(std::string_view text) { return valid_cidr(text, false) || valid_cidr(text, true); }
+
+class ConfigReader {
+public:
+    ConfigReader(Reporter& r) : r_(r) {}
+
+    void duration(Fields& f, std::string_view key, Duration& out, bool allow_zero = false)
+    {
+        auto node = f.take(key);
+        auto text = read_string(r_, node, f.path(key));
+        if (!text) return;
+        auto d = parse_duration(*text);
+        if (!d || (!allow_zero && d->count() == 0)) {
+            r_.error(node, f.path(key), "must be a duration such as 500ms, 30s, 5m or 1h, got \"" + *text + "\"");
+            return;
+        }
+        out = *d;
+    }
+
+    template <class Int>
+    void integer(Fields& f, std::string_view key, Int& out, std::int64_t min, std::int64_t max)
+    {
+        auto v = detail::read_int(r_, f.take(key), f.path(key), min, max,
+                                  "must be between " + std::to_string(min) + " and " + std::to_string(max));
+        if (v) out = static_cast<Int>(*v);
+    }
+
+    void boolean(Fields& f, std::string_view key, bool& out)
+    {
+        if (auto v = detail::read_bool(r_, f.take(key), f.path(key))) out = *v;
+    }
+
+    void string(Fields& f, std::string_view key, std::string& out)
+    {
+        if (auto v = read_string(r_, f.take(key), f.path(key))) out = *v;
+    }
+
+    void host_port(Fields& f, std::string_view key, HostPort& out)
+    {
+        auto node = f.take(key);
+        if (auto text = read_string(r_, node, f.path(key))) {
+            if (auto hp = parse_host_port(*text)) out = *hp;
+            else r_.error(node, f.path(key), "must be ADDRESS:PORT with an IP address, e.g. 127.0.0.1:53 or [::1]:53");
+        }
+    }
+
+    // A list of strings, each checked by `valid`.
+    template <class Check>
+    bool strings(Fields& f, std::string_view key, std::vector<std::string>& out, Check valid, std::string_view what)
+    {
+        auto node = f.take(key);
+        if (!present(node)) return false;
+        std::string path = f.path(key);
+        if (!node.IsSequence()) {
+            r_.error(node, path, "must be a list");
+            return false;
+        }
+        std::vector<std::string> values;
+        for (std::size_t i = 0; i < node.size(); ++i) {
+            auto text = read_string(r_, node[i], detail::join(path, i));
+            if (!text) continue;
+            if (!valid(*text)) {
+                r_.error(node[i], detail::join(path, i), "must be " + std::string(what) + ", got \"" + *text + "\"");
+                continue;
+            }
+            values.push_back(*text);
+        }
+        out = std::move(values);
+        return true;
+    }
+
+    void host_ports(Fields& f, std::string_view key, std::vector<HostPort>& out)
+    {
+        std::vector<std::string> texts;
+        if (!strings(f, key, texts, [](const std::string& s) { return parse_host_port(s).has_value(); },
+                     "ADDRESS:PORT with an IP address"))
+            return;
+        out.clear();
+        for (const auto& t : texts) out.push_back(*parse_host_port(t));
+    }
+
+    void choice(Fields& f, std::string_view key, std::string& out, std::span<const std::string_view> choices)
+    {
+        auto i = detail::read_choice(r_, f.take(key), f.path(key), key, choices);
+        if (i) out = std::string(choices[*i]);
+    }
+
+private:
+    Reporter& r_;
+};
+
+void read_config(Reporter& r, const YAML::Node& root, Config& c)
+{
+    ConfigReader read(r);
+    Fields top(r, root, "");
+    if (!top.ok()) return;
+    read.string(top, "dataDir", c.data_dir);
+    read.strings(top, "meshes", c.meshes, [](const std::string& s) { return is_rfc1123_subdomain(s); },
+                 "a mesh name");
+    {
+        Fields dns(r, top.take("dns"), "dns");
+        auto zone_ok = [](const std::string& z) { return z == "." || is_dns_name(z); };
+        if (dns.ok()) {
+            read.host_ports(dns, "listen", c.dns.listen);
+            read.strings(dns, "zones", c.dns.zones, zone_ok, "a DNS name");
+            for (auto& z : c.dns.zones)
+                if (!z.ends_with('.')) z += '.';
+            read.duration(dns, "ttl", c.dns.ttl, true);
+            read.duration(dns, "negativeTtl", c.dns.negative_ttl, true);
+            read.integer(dns, "ednsUdpSize", c.dns.edns_udp_size, 512, 65535);
+            read.duration(dns, "tcpIdleTimeout", c.dns.tcp_idle_timeout);
+            read.integer(dns, "tcpMaxClients", c.dns.tcp_max_clients, 1, 1'000'000);
+            Fields fwd(r, dns.take("forward"), "dns.forward");
+            if (fwd.ok()) {
+                read.boolean(fwd, "enabled", c.dns.forward.enabled);
+                read.host_ports(fwd, "upstreams", c.dns.forward.upstreams);
+                read.duration(fwd, "timeout", c.dns.forward.timeout);
+                read.strings(fwd, "allow", c.dns.forward.allow, [](const std::string& s) { return valid_any_cidr(s); },
+                             "a CIDR such as 10.0.0.0/8 or fc00::/7");
+                read.integer(fwd, "maxInFlight", c.dns.forward.max_in_flight, 1, 1'000'000);
+            }
+        }
+    }
+    {
+        Fields vip(r, top.take("vip"), "vip");
+        if (vip.ok()) {
+            auto v4 = vip.take("ipv4");
+            if (auto text = read_string(r, v4, "vip.ipv4")) {
+                if (valid_cidr(*text, false)) c.vip.ipv4 = *text;
+                else r.error(v4, "vip.ipv4", "must be an IPv4 CIDR such as 242.0.0.0/8, got \"" + *text + "\"");
+            }
+            auto v6 = vip.take("ipv6");
+            if (auto text = read_string(r, v6, "vip.ipv6")) {
+                if (text->empty() || valid_cidr(*text, true)) c.vip.ipv6 = *text;
+                else r.error(v6, "vip.ipv6", "must be an IPv6 CIDR such as fd00:fd02::/64, got \"" + *text + "\"");
+            }
+            read.duration(vip, "quarantine", c.vip.quarantine, true);
+        }
+    }
+    {
+        Fields proxy(r, top.take("proxy"), "proxy");
+        if (proxy.ok()) {
+            static constexpr std::string_view modes[] = {"bind", "redirect"};
+            read.choice(proxy, "mode", c.proxy.mode, modes);
+            read.host_port(proxy, "redirectListen", c.proxy.redirect_listen);
+            read.duration(proxy, "connectTimeout", c.proxy.connect_timeout);
+            read.duration(proxy, "idleTimeout", c.proxy.idle_timeout);
+            read.integer(proxy, "maxConnections", c.proxy.max_connections, 1, 10'000'000);
+        }
+    }
+    {
+        Fields admin(r, top.take("admin"), "admin");
+        if (admin.ok()) read.host_port(admin, "listen", c.admin.listen);
+    }
+    {
+        Fields log(r, top.take("log"), "log");
+        static constexpr std::string_view levels[] = {"debug", "info", "warn", "error"};
+        if (log.ok()) read.choice(log, "level", c.log.level, levels);
+    }
+}
+
+}  // namespace
+
+ConfigResult load_config_text(std::string_view text, std::string_view file_name)
+{
+    ConfigResult result;
+    Document sink;
+    std::string file(file_name);
+    try {
+        auto root = YAML::Load(std::string(text));
+        if (present(root)) {
+            Reporter r(sink, file);
+            r.set_fallback(root);
+            read_config(r, root, result.config);
+        }
+    } catch (const YAML::ParserException& e) {
+        Diagnostic d;
+        d.mark = Mark{file, e.mark.line + 1, e.mark.column + 1};
+        d.message = "invalid YAML: " + e.msg;
+        sink.diagnostics.push_back(std::move(d));
+    }
+    result.errors = std::move(sink.diagnostics);
+    return result;
+}
+
+ConfigResult load_config_file(const std::string& path)
+{
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+        ConfigResult result;
+        Diagnostic d;
+        d.mark = Mark{path, 0, 0};
+        d.message = "cannot read the configuration file";
+        result.errors.push_back(std::move(d));
+        return result;
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return load_config_text(ss.str(), path);
+}
+
+ConfigResult load_config(const std::optional<std::string>& path)
+{
+    ConfigResult result;
+    if (path) result = load_config_file(*path);
+    else if (const char* env = std::getenv("MESD_CONFIG"); env && *env) result = load_config_file(env);
+    if (const char* dir = std::getenv("MESD_DATA_DIR"); dir && *dir) result.config.data_dir = dir;
+    return result;
+}
+
+}  // namespace conf
