@@ -1,0 +1,104 @@
+#include "store/detail/lmdb.hpp"
+
+namespace store::detail {
+
+namespace {
+
+MDB_val val(std::string_view s) { return MDB_val{s.size(), const_cast<char*>(s.data())}; }
+std::string_view view(const MDB_val& v) { return std::string_view(static_cast<const char*>(v.mv_data), v.mv_size); }
+
+}  // namespace
+
+Failure from_mdb(int rc, std::string_view what)
+{
+    std::string message(what);
+    message += ": ";
+    switch (rc) {
+    case MDB_MAP_FULL: message += "the store's map is full"; break;
+    case MDB_READERS_FULL: message += "too many readers of the store at once"; break;
+    case MDB_VERSION_MISMATCH: message += "the store was written by another LMDB version"; break;
+    case MDB_INVALID: message += "not an LMDB store (data.mdb is damaged or something else)"; break;
+    case MDB_CORRUPTED: message += "the store is corrupted"; break;
+    case EACCES: message += "permission denied"; break;
+    default: message += mdb_strerror(rc); break;
+    }
+    return Failure{rc, std::move(message)};
+}
+
+Res<std::optional<std::string_view>> Txn::get(MDB_dbi dbi, std::string_view key) const
+{
+    MDB_val k = val(key), v{};
+    int rc = mdb_get(txn_, dbi, &k, &v);
+    if (rc == MDB_NOTFOUND) return std::optional<std::string_view>{};
+    if (rc != 0) return std::unexpected(from_mdb(rc, "read"));
+    return std::optional<std::string_view>{view(v)};
+}
+
+Res<void> Txn::put(MDB_dbi dbi, std::string_view key, std::string_view value)
+{
+    MDB_val k = val(key), v = val(value);
+    int rc = mdb_put(txn_, dbi, &k, &v, 0);
+    if (rc != 0) return std::unexpected(from_mdb(rc, "write"));
+    return {};
+}
+
+Res<bool> Txn::del(MDB_dbi dbi, std::string_view key)
+{
+    MDB_val k = val(key);
+    int rc = mdb_del(txn_, dbi, &k, nullptr);
+    if (rc == MDB_NOTFOUND) return false;
+    if (rc != 0) return std::unexpected(from_mdb(rc, "delete"));
+    return true;
+}
+
+Res<void> Txn::scan(MDB_dbi dbi, std::string_view prefix,
+                    const std::function<bool(std::string_view, std::string_view)>& fn) const
+{
+    MDB_cursor* cursor = nullptr;
+    int rc = mdb_cursor_open(txn_, dbi, &cursor);
+    if (rc != 0) return std::unexpected(from_mdb(rc, "scan"));
+    MDB_val k = val(prefix), v{};
+    rc = prefix.empty() ? mdb_cursor_get(cursor, &k, &v, MDB_FIRST) : mdb_cursor_get(cursor, &k, &v, MDB_SET_RANGE);
+    while (rc == 0) {
+        auto key = view(k);
+        if (!key.starts_with(prefix) || !fn(key, view(v))) break;
+        rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cursor);
+    if (rc != 0 && rc != MDB_NOTFOUND) return std::unexpected(from_mdb(rc, "scan"));
+    return {};
+}
+
+Res<void> Txn::commit()
+{
+    MDB_txn* t = txn_;
+    txn_ = nullptr;
+    int rc = mdb_txn_commit(t);
+    if (rc != 0) return std::unexpected(from_mdb(rc, "commit"));
+    return {};
+}
+
+void Txn::abort()
+{
+    if (txn_) mdb_txn_abort(txn_);
+    txn_ = nullptr;
+}
+
+std::string u64_be(std::uint64_t v)
+{
+    std::string out(8, '\0');
+    for (int i = 7; i >= 0; --i) {
+        out[static_cast<std::size_t>(i)] = static_cast<char>(v & 0xff);
+        v >>= 8;
+    }
+    return out;
+}
+
+std::uint64_t from_u64_be(std::string_view b)
+{
+    std::uint64_t v = 0;
+    for (char c : b.substr(0, 8)) v = (v << 8) | static_cast<unsigned char>(c);
+    return v;
+}
+
+}  // namespace store::detail

@@ -1,0 +1,1082 @@
+#include "store/store.hpp"
+
+#include "store/detail/codec.hpp"
+#include "store/detail/lmdb.hpp"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <set>
+
+namespace store {
+
+using namespace detail;
+
+namespace {
+
+constexpr std::string_view schema_version = "1";
+constexpr char sep = '\0';
+
+Error to_error(const Failure& f) { return Error{f.message}; }
+
+std::string kind_prefix(conf::Kind kind) { return std::string(1, static_cast<char>(static_cast<int>(kind) + 1)); }
+
+std::string resource_key(conf::Kind kind, std::string_view mesh, std::string_view name)
+{
+    std::string key = kind_prefix(kind);
+    key.append(mesh);
+    key.push_back(sep);
+    key.append(name);
+    return key;
+}
+
+std::string owner_value(std::string_view mesh, std::string_view name)
+{
+    std::string v(mesh);
+    v.push_back(sep);
+    v.append(name);
+    return v;
+}
+
+std::pair<std::string, std::string> split_owner(std::string_view v)
+{
+    auto nul = v.find(sep);
+    if (nul == std::string_view::npos) return {std::string(v), {}};
+    return {std::string(v.substr(0, nul)), std::string(v.substr(nul + 1))};
+}
+
+char family_char(vip::Family f) { return f == vip::Family::v4 ? '4' : '6'; }
+
+std::string owner_key(std::string_view mesh, std::string_view name, vip::Family f)
+{
+    std::string key = owner_value(mesh, name);
+    key.push_back(sep);
+    key.push_back(family_char(f));
+    return key;
+}
+
+std::string vip_key(const vip::Address& a) { return static_cast<char>(a.family) + a.bytes(); }
+std::string family_prefix(vip::Family f) { return std::string(1, static_cast<char>(f)); }
+
+std::optional<vip::Address> address_from_vip_key(std::string_view key)
+{
+    if (key.empty()) return std::nullopt;
+    return vip::Address::from_bytes(key.substr(1));
+}
+
+std::string lowercase(std::string_view s)
+{
+    std::string out(s);
+    for (auto& c : out)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    return out;
+}
+
+std::string hostname_key(std::string_view hostname, std::string_view mesh)
+{
+    std::string key = lowercase(hostname);
+    key.push_back(sep);
+    key.append(mesh);
+    return key;
+}
+
+std::int64_t unix_seconds(Clock::time_point t)
+{
+    return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+}
+
+Clock::time_point from_unix_seconds(std::int64_t s) { return Clock::time_point(std::chrono::seconds(s)); }
+
+std::optional<vip::Address>& status_address(MesStatus& s, vip::Family f) { return f == vip::Family::v4 ? s.ipv4 : s.ipv6; }
+
+Res<Record> read_record(std::string_view bytes, std::string_view key)
+{
+    auto rec = decode_record(bytes);
+    if (!rec) {
+        std::string printable;
+        for (char c : key) printable += (c == sep ? '/' : (c < ' ' ? '?' : c));
+        return std::unexpected(Failure{MDB_CORRUPTED, "record " + printable + " cannot be decoded"});
+    }
+    return std::move(*rec);
+}
+
+Res<conf::Resource> read_resource(const Record& rec)
+{
+    Reader r(rec.resource_bytes);
+    auto res = decode_resource(r);
+    if (!res || r.remaining() != 0) return std::unexpected(Failure{MDB_CORRUPTED, "a stored resource cannot be decoded"});
+    return std::move(*res);
+}
+
+Entry to_entry(conf::Resource res, const Record& rec)
+{
+    Entry e;
+    e.resource = std::move(res);
+    e.created = rec.created;
+    e.created_at = from_unix_seconds(rec.created_at);
+    e.modified_at = from_unix_seconds(rec.modified_at);
+    e.status = rec.status;
+    return e;
+}
+
+// Secrets a MES refers to.
+std::vector<std::string> secret_refs(const conf::MeshExternalService& mes)
+{
+    std::vector<std::string> out;
+    if (!mes.tls) return out;
+    for (const auto* src : {&mes.tls->ca_cert, &mes.tls->client_cert, &mes.tls->client_key})
+        if (*src && (*src)->type == conf::DataSource::Type::secret) out.push_back((*src)->value);
+    return out;
+}
+
+struct ParsedPools {
+    std::optional<vip::Pool> v4;
+    std::optional<vip::Pool> v6;
+    Clock::duration quarantine{};
+};
+
+Res<ParsedPools> parse_pools(const Pools& pools)
+{
+    ParsedPools out;
+    out.quarantine = pools.quarantine;
+    if (!pools.ipv4.empty()) {
+        out.v4 = vip::Pool::parse(pools.ipv4);
+        if (!out.v4 || out.v4->family() != vip::Family::v4)
+            return std::unexpected(Failure{EINVAL, "vip.ipv4: not an IPv4 CIDR: " + pools.ipv4});
+    }
+    if (!pools.ipv6.empty()) {
+        out.v6 = vip::Pool::parse(pools.ipv6);
+        if (!out.v6 || out.v6->family() != vip::Family::v6)
+            return std::unexpected(Failure{EINVAL, "vip.ipv6: not an IPv6 CIDR: " + pools.ipv6});
+    }
+    return out;
+}
+
+// ---- Writing -----------------------------------------------------------------------------
+
+// One write transaction's work. Also the VIP ledger, answering from the same transaction.
+class WriteTxn final : public vip::Ledger {
+public:
+    WriteTxn(Txn& txn, const WriteOptions& options, const ParsedPools& pools)
+        : txn_(txn), dbs_(txn.dbs()), options_(options), pools_(pools)
+    {
+    }
+
+    Res<void> sync_pools();
+    Res<void> upsert(const conf::Resource& res);
+    Res<void> erase(conf::Kind kind, std::string_view mesh, std::string_view name);
+    Res<void> prune(const std::set<std::string>& keep);
+    Res<void> finish();  // recompute hostnames of touched meshes, fill statuses, bump generation
+
+    WriteReport& report() { return report_; }
+
+    // vip::Ledger
+    bool in_use(const vip::Address& a) override { return exists(dbs_.owner_by_vip, vip_key(a)); }
+    bool quarantined(const vip::Address& a) override { return exists(dbs_.quarantine_by_vip, vip_key(a)); }
+    std::optional<vip::Address> cursor(vip::Family f) override;
+    void set_cursor(const vip::Address& a) override;
+    std::optional<std::pair<vip::Address, Clock::time_point>> oldest_released(vip::Family f) override;
+    void release_from_quarantine(const vip::Address& a) override;
+
+private:
+    bool exists(MDB_dbi dbi, std::string_view key)
+    {
+        auto v = txn_.get(dbi, key);
+        if (!v) {
+            remember(v.error());
+            return true;  // taken, to be safe; the failure aborts the transaction anyway
+        }
+        return v->has_value();
+    }
+    void remember(Failure f)
+    {
+        if (!ledger_failure_) ledger_failure_ = std::move(f);
+    }
+    const std::optional<vip::Pool>& pool(vip::Family f) const { return f == vip::Family::v4 ? pools_.v4 : pools_.v6; }
+
+    Res<void> ensure_vips(const conf::Resource& res, MesStatus& status, bool& changed);
+    Res<void> free_vip(const vip::Address& a, bool quarantine);
+    Res<void> put_record(std::string_view key, const Record& rec)
+    {
+        changed_ = true;
+        return txn_.put(dbs_.resources, key, encode_record(rec));
+    }
+    Res<void> recompute(const std::string& mesh);
+    Res<std::uint64_t> next_sequence();
+
+    Txn& txn_;
+    const Dbs& dbs_;
+    const WriteOptions& options_;
+    const ParsedPools& pools_;
+    WriteReport report_;
+    std::set<std::string> dirty_meshes_;
+    bool changed_ = false;
+    std::optional<Failure> ledger_failure_;
+};
+
+std::optional<vip::Address> WriteTxn::cursor(vip::Family f)
+{
+    auto v = txn_.get(dbs_.meta, std::string("cursor") + family_char(f));
+    if (!v) {
+        remember(v.error());
+        return std::nullopt;
+    }
+    if (!*v) return std::nullopt;
+    return vip::Address::from_bytes(**v);
+}
+
+void WriteTxn::set_cursor(const vip::Address& a)
+{
+    if (auto r = txn_.put(dbs_.meta, std::string("cursor") + family_char(a.family), a.bytes()); !r) remember(r.error());
+}
+
+std::optional<std::pair<vip::Address, Clock::time_point>> WriteTxn::oldest_released(vip::Family f)
+{
+    std::optional<std::pair<vip::Address, Clock::time_point>> out;
+    auto r = txn_.scan(dbs_.released, family_prefix(f), [&](std::string_view key, std::string_view) {
+        if (key.size() < 9) return true;
+        if (auto a = vip::Address::from_bytes(key.substr(9)))
+            out.emplace(*a, from_unix_seconds(static_cast<std::int64_t>(from_u64_be(key.substr(1, 8)))));
+        return false;
+    });
+    if (!r) remember(r.error());
+    return out;
+}
+
+void WriteTxn::release_from_quarantine(const vip::Address& a)
+{
+    auto when = txn_.get(dbs_.quarantine_by_vip, vip_key(a));
+    if (!when) {
+        remember(when.error());
+        return;
+    }
+    if (*when && (*when)->size() == 8) {
+        std::string released_key = family_prefix(a.family) + std::string(**when) + a.bytes();
+        if (auto r = txn_.del(dbs_.released, released_key); !r) remember(r.error());
+    }
+    if (auto r = txn_.del(dbs_.quarantine_by_vip, vip_key(a)); !r) remember(r.error());
+}
+
+Res<std::uint64_t> WriteTxn::next_sequence()
+{
+    auto v = txn_.get(dbs_.meta, "sequence");
+    if (!v) return std::unexpected(v.error());
+    std::uint64_t seq = (*v && (*v)->size() == 8 ? from_u64_be(**v) : 0) + 1;
+    if (auto r = txn_.put(dbs_.meta, "sequence", u64_be(seq)); !r) return std::unexpected(r.error());
+    return seq;
+}
+
+Res<void> WriteTxn::free_vip(const vip::Address& a, bool quarantine)
+{
+    if (auto r = txn_.del(dbs_.owner_by_vip, vip_key(a)); !r) return std::unexpected(r.error());
+    if (!quarantine || !pool(a.family) || !pool(a.family)->contains(a)) return {};
+    auto when = u64_be(static_cast<std::uint64_t>(unix_seconds(options_.now)));
+    if (auto r = txn_.put(dbs_.released, family_prefix(a.family) + when + a.bytes(), ""); !r) return r;
+    return txn_.put(dbs_.quarantine_by_vip, vip_key(a), when);
+}
+
+Res<void> WriteTxn::ensure_vips(const conf::Resource& res, MesStatus& status, bool& changed)
+{
+    std::string errors;
+    for (auto f : {vip::Family::v4, vip::Family::v6}) {
+        auto& current = status_address(status, f);
+        const auto& p = pool(f);
+        if (current || !p) continue;
+        auto a = vip::allocate(*p, *this, options_.now, pools_.quarantine);
+        if (ledger_failure_) return std::unexpected(*ledger_failure_);
+        if (!a) {
+            if (!errors.empty()) errors += "; ";
+            errors += a.error();
+            continue;
+        }
+        if (auto r = txn_.put(dbs_.owner_by_vip, vip_key(*a), owner_value(res.mesh, res.name)); !r) return r;
+        if (auto r = txn_.put(dbs_.vip_by_owner, owner_key(res.mesh, res.name, f), a->bytes()); !r) return r;
+        current = *a;
+        changed = true;
+    }
+    if (status.vip_error != errors) {
+        if (!errors.empty())
+            report_.notes.push_back("MeshExternalService " + res.mesh + "/" + res.name + " has no VIP: " + errors);
+        status.vip_error = errors;
+        changed = true;
+    }
+    return {};
+}
+
+Res<void> WriteTxn::sync_pools()
+{
+    bool any_change = false;
+    for (auto f : {vip::Family::v4, vip::Family::v6}) {
+        std::string meta_key = std::string("pool") + family_char(f);
+        auto stored = txn_.get(dbs_.meta, meta_key);
+        if (!stored) return std::unexpected(stored.error());
+        std::string configured = pool(f) ? pool(f)->to_string() : "";
+        std::string recorded = *stored ? std::string(**stored) : "";
+        if (*stored && recorded == configured) continue;
+        if (auto r = txn_.put(dbs_.meta, meta_key, configured); !r) return r;
+        changed_ = true;
+        if (!*stored && configured.empty()) continue;
+        any_change = true;
+
+        // VIPs outside the new pool lose their address (no quarantine: it cannot come back).
+        std::vector<std::pair<vip::Address, std::string>> moved;
+        auto scan = txn_.scan(dbs_.owner_by_vip, family_prefix(f), [&](std::string_view key, std::string_view owner) {
+            auto a = address_from_vip_key(key);
+            if (a && (!pool(f) || !pool(f)->contains(*a) || *a == pool(f)->network() || *a == pool(f)->broadcast()))
+                moved.emplace_back(*a, std::string(owner));
+            return true;
+        });
+        if (!scan) return scan;
+        std::vector<std::string> stale_quarantine;
+        auto qscan = txn_.scan(dbs_.quarantine_by_vip, family_prefix(f), [&](std::string_view key, std::string_view) {
+            auto a = address_from_vip_key(key);
+            if (a && (!pool(f) || !pool(f)->contains(*a))) stale_quarantine.emplace_back(key);
+            return true;
+        });
+        if (!qscan) return qscan;
+        for (const auto& key : stale_quarantine) {
+            auto a = address_from_vip_key(key);
+            if (a) release_from_quarantine(*a);
+            if (ledger_failure_) return std::unexpected(*ledger_failure_);
+        }
+        if (auto r = txn_.del(dbs_.meta, std::string("cursor") + family_char(f)); !r) return std::unexpected(r.error());
+
+        std::map<std::string, vip::Address> old_address;  // owner -> address it had
+        for (const auto& [a, owner] : moved) {
+            if (auto r = free_vip(a, false); !r) return r;
+            auto [mesh, name] = split_owner(owner);
+            if (auto r = txn_.del(dbs_.vip_by_owner, owner_key(mesh, name, f)); !r) return std::unexpected(r.error());
+            old_address.emplace(owner, a);
+            auto key = resource_key(conf::Kind::mesh_external_service, mesh, name);
+            auto bytes = txn_.get(dbs_.resources, key);
+            if (!bytes) return std::unexpected(bytes.error());
+            if (!*bytes) continue;
+            auto rec = read_record(**bytes, key);
+            if (!rec) return std::unexpected(rec.error());
+            status_address(rec->status, f).reset();
+            if (auto r = put_record(key, *rec); !r) return r;
+        }
+        report_.notes.push_back(std::string("IPv") + family_char(f) + " pool changed from " +
+                                (recorded.empty() ? "none" : recorded) + " to " +
+                                (configured.empty() ? "none" : configured) + ": " + std::to_string(moved.size()) +
+                                " VIP(s) outside it");
+        // Every MES lacking a VIP of this family gets one from the new pool.
+        std::vector<std::pair<std::string, Record>> records;
+        auto mscan = txn_.scan(dbs_.resources, kind_prefix(conf::Kind::mesh_external_service),
+                               [&](std::string_view key, std::string_view value) {
+                                   auto rec = decode_record(value);
+                                   if (rec && !status_address(rec->status, f)) records.emplace_back(key, std::move(*rec));
+                                   return true;
+                               });
+        if (!mscan) return mscan;
+        for (auto& [key, rec] : records) {
+            auto res = read_resource(rec);
+            if (!res) return std::unexpected(res.error());
+            bool changed = false;
+            if (auto r = ensure_vips(*res, rec.status, changed); !r) return r;
+            if (!changed) continue;
+            auto owner = owner_value(res->mesh, res->name);
+            if (auto it = old_address.find(owner); it != old_address.end() && status_address(rec.status, f))
+                report_.notes.push_back("MeshExternalService " + res->mesh + "/" + res->name + ": VIP " +
+                                        it->second.to_string() + " moved to " +
+                                        status_address(rec.status, f)->to_string());
+            if (auto r = put_record(key, rec); !r) return r;
+        }
+        for (const auto& [owner, a] : old_address) {
+            auto [mesh, name] = split_owner(owner);
+            if (!pool(f))
+                report_.notes.push_back("MeshExternalService " + mesh + "/" + name + ": VIP " + a.to_string() +
+                                        " removed (no IPv" + family_char(f) + " pool)");
+        }
+    }
+    (void)any_change;
+    return {};
+}
+
+Res<void> WriteTxn::upsert(const conf::Resource& res)
+{
+    auto key = resource_key(res.kind, res.mesh, res.name);
+    detail::Writer enc;
+    encode_resource(enc, res);
+    std::string bytes = std::move(enc.data());
+
+    auto old = txn_.get(dbs_.resources, key);
+    if (!old) return std::unexpected(old.error());
+    Record rec;
+    Outcome outcome = Outcome::created;
+    if (*old) {
+        auto decoded = read_record(**old, key);
+        if (!decoded) return std::unexpected(decoded.error());
+        rec = std::move(*decoded);
+        outcome = rec.resource_bytes == bytes ? Outcome::unchanged : Outcome::configured;
+    } else {
+        auto seq = next_sequence();
+        if (!seq) return std::unexpected(seq.error());
+        rec.created = *seq;
+        rec.created_at = unix_seconds(options_.now);
+    }
+    bool changed = outcome != Outcome::unchanged;
+    if (changed) {
+        rec.resource_bytes = std::move(bytes);
+        rec.modified_at = unix_seconds(options_.now);
+        if (res.kind != conf::Kind::secret) dirty_meshes_.insert(res.mesh);
+    }
+    // A MES that found its pool exhausted before tries again on every apply.
+    if (res.kind == conf::Kind::mesh_external_service)
+        if (auto r = ensure_vips(res, rec.status, changed); !r) return r;
+    if (changed)
+        if (auto r = put_record(key, rec); !r) return r;
+    report_.changes.push_back(Change{res.kind, res.mesh, res.name, outcome, {}});
+    return {};
+}
+
+Res<void> WriteTxn::erase(conf::Kind kind, std::string_view mesh, std::string_view name)
+{
+    auto key = resource_key(kind, mesh, name);
+    auto bytes = txn_.get(dbs_.resources, key);
+    if (!bytes) return std::unexpected(bytes.error());
+    if (!*bytes)
+        return std::unexpected(Failure{ENOENT, std::string(conf::kind_name(kind)) + " " + std::string(mesh) + "/" +
+                                                   std::string(name) + " not found"});
+    auto rec = read_record(**bytes, key);
+    if (!rec) return std::unexpected(rec.error());
+
+    if (kind == conf::Kind::secret && !options_.force) {
+        std::vector<std::string> users;
+        auto scan = txn_.scan(dbs_.resources, resource_key(conf::Kind::mesh_external_service, mesh, ""),
+                              [&](std::string_view k, std::string_view value) {
+                                  auto r = decode_record(value);
+                                  if (!r) return true;
+                                  auto res = read_resource(*r);
+                                  if (!res || !res->mes()) return true;
+                                  auto refs = secret_refs(*res->mes());
+                                  if (std::ranges::find(refs, name) != refs.end()) users.push_back(res->name);
+                                  (void)k;
+                                  return true;
+                              });
+        if (!scan) return scan;
+        if (!users.empty()) {
+            std::string list;
+            for (const auto& u : users) list += (list.empty() ? "" : ", ") + std::string(mesh) + "/" + u;
+            return std::unexpected(Failure{EBUSY, "Secret " + std::string(mesh) + "/" + std::string(name) +
+                                                      " is used by MeshExternalService " + list +
+                                                      " (use --force to delete it anyway)"});
+        }
+    }
+    if (kind == conf::Kind::mesh_external_service) {
+        for (auto f : {vip::Family::v4, vip::Family::v6}) {
+            if (const auto& a = status_address(rec->status, f)) {
+                if (auto r = free_vip(*a, true); !r) return r;
+                if (auto r = txn_.del(dbs_.vip_by_owner, owner_key(mesh, name, f)); !r) return std::unexpected(r.error());
+            }
+        }
+        for (const auto& addr : rec->status.hostnames.addresses) {
+            auto hkey = hostname_key(addr.hostname, mesh);
+            auto holder = txn_.get(dbs_.hostnames, hkey);
+            if (!holder) return std::unexpected(holder.error());
+            if (*holder && **holder == name)
+                if (auto r = txn_.del(dbs_.hostnames, hkey); !r) return std::unexpected(r.error());
+        }
+    }
+    if (kind != conf::Kind::secret) dirty_meshes_.insert(std::string(mesh));
+    if (auto r = txn_.del(dbs_.resources, key); !r) return std::unexpected(r.error());
+    changed_ = true;
+    report_.changes.push_back(Change{kind, std::string(mesh), std::string(name), Outcome::deleted, rec->status});
+    return {};
+}
+
+Res<void> WriteTxn::prune(const std::set<std::string>& keep)
+{
+    // MES first, so that a Secret they used is no longer referenced when its turn comes.
+    for (auto kind : {conf::Kind::mesh_external_service, conf::Kind::hostname_generator, conf::Kind::secret}) {
+        std::vector<std::pair<std::string, std::string>> doomed;
+        auto scan = txn_.scan(dbs_.resources, kind_prefix(kind), [&](std::string_view key, std::string_view) {
+            if (!keep.contains(std::string(key))) {
+                auto [mesh, name] = split_owner(key.substr(1));
+                doomed.emplace_back(std::move(mesh), std::move(name));
+            }
+            return true;
+        });
+        if (!scan) return scan;
+        for (const auto& [mesh, name] : doomed)
+            if (auto r = erase(kind, mesh, name); !r) return r;
+    }
+    return {};
+}
+
+Res<void> WriteTxn::recompute(const std::string& mesh)
+{
+    struct Loaded {
+        std::string key;
+        Record record;
+        conf::Resource resource;
+    };
+    auto load_kind = [&](conf::Kind kind, std::vector<Loaded>& out) -> Res<void> {
+        std::optional<Failure> failure;
+        auto scan = txn_.scan(dbs_.resources, resource_key(kind, mesh, ""), [&](std::string_view key, std::string_view value) {
+            auto rec = read_record(value, key);
+            if (!rec) {
+                failure = rec.error();
+                return false;
+            }
+            auto res = read_resource(*rec);
+            if (!res) {
+                failure = res.error();
+                return false;
+            }
+            out.push_back(Loaded{std::string(key), std::move(*rec), std::move(*res)});
+            return true;
+        });
+        if (!scan) return scan;
+        if (failure) return std::unexpected(*failure);
+        return {};
+    };
+    std::vector<Loaded> generators, services;
+    if (auto r = load_kind(conf::Kind::hostname_generator, generators); !r) return r;
+    if (auto r = load_kind(conf::Kind::mesh_external_service, services); !r) return r;
+
+    std::vector<conf::Ordered> gen_in, mes_in;
+    for (const auto& g : generators) gen_in.push_back(conf::Ordered{&g.resource, g.record.created});
+    for (const auto& s : services) mes_in.push_back(conf::Ordered{&s.resource, s.record.created});
+    auto statuses = conf::generate_hostnames(gen_in, mes_in);
+
+    // Drop the names that move first, then claim the new ones, so that a hostname passing
+    // from one MES to another in this change ends up with its new holder.
+    std::vector<std::size_t> changed;
+    for (std::size_t i = 0; i < services.size(); ++i)
+        if (statuses[i] != services[i].record.status.hostnames) changed.push_back(i);
+    for (std::size_t i : changed) {
+        for (const auto& addr : services[i].record.status.hostnames.addresses) {
+            auto hkey = hostname_key(addr.hostname, mesh);
+            auto holder = txn_.get(dbs_.hostnames, hkey);
+            if (!holder) return std::unexpected(holder.error());
+            if (*holder && **holder == services[i].resource.name)
+                if (auto r = txn_.del(dbs_.hostnames, hkey); !r) return std::unexpected(r.error());
+        }
+    }
+    for (std::size_t i : changed) {
+        for (const auto& addr : statuses[i].addresses)
+            if (auto r = txn_.put(dbs_.hostnames, hostname_key(addr.hostname, mesh), services[i].resource.name); !r)
+                return r;
+        services[i].record.status.hostnames = std::move(statuses[i]);
+        if (auto r = put_record(services[i].key, services[i].record); !r) return r;
+    }
+    return {};
+}
+
+Res<void> WriteTxn::finish()
+{
+    for (const auto& mesh : dirty_meshes_)
+        if (auto r = recompute(mesh); !r) return r;
+    // Statuses as they stand after the whole write.
+    for (auto& change : report_.changes) {
+        if (change.kind != conf::Kind::mesh_external_service || change.outcome == Outcome::deleted) continue;
+        auto key = resource_key(change.kind, change.mesh, change.name);
+        auto bytes = txn_.get(dbs_.resources, key);
+        if (!bytes) return std::unexpected(bytes.error());
+        if (!*bytes) continue;
+        auto rec = read_record(**bytes, key);
+        if (!rec) return std::unexpected(rec.error());
+        change.status = rec->status;
+    }
+    auto gen = txn_.get(dbs_.meta, "generation");
+    if (!gen) return std::unexpected(gen.error());
+    std::uint64_t generation = *gen && (*gen)->size() == 8 ? from_u64_be(**gen) : 0;
+    if (changed_) {
+        ++generation;
+        if (auto r = txn_.put(dbs_.meta, "generation", u64_be(generation)); !r) return r;
+    }
+    report_.generation = generation;
+    return {};
+}
+
+}  // namespace
+
+std::string_view outcome_name(Outcome o)
+{
+    switch (o) {
+    case Outcome::created: return "created";
+    case Outcome::configured: return "configured";
+    case Outcome::unchanged: return "unchanged";
+    case Outcome::deleted: return "deleted";
+    }
+    return "?";
+}
+
+// ---- The environment ---------------------------------------------------------------------
+
+struct Store::Impl {
+    MDB_env* env = nullptr;
+    Dbs dbs;
+    Options options;
+
+    ~Impl()
+    {
+        if (env) mdb_env_close(env);
+    }
+
+    Res<MDB_txn*> begin(bool write) const
+    {
+        for (int attempt = 0; attempt < 3; ++attempt) {
+            MDB_txn* txn = nullptr;
+            int rc = mdb_txn_begin(env, nullptr, write ? 0 : MDB_RDONLY, &txn);
+            // Another process grew the map: adopt its size and try again.
+            if (rc == MDB_MAP_RESIZED) {
+                mdb_env_set_mapsize(env, 0);
+                continue;
+            }
+            if (rc != 0) return std::unexpected(from_mdb(rc, write ? "begin a write" : "begin a read"));
+            return txn;
+        }
+        return std::unexpected(Failure{MDB_MAP_RESIZED, "begin: the store's map keeps changing size"});
+    }
+
+    Res<void> grow()
+    {
+        MDB_envinfo info{};
+        mdb_env_info(env, &info);
+        std::size_t next = std::min(info.me_mapsize * 2, options.max_map_bytes);
+        if (next <= info.me_mapsize)
+            return std::unexpected(Failure{MDB_MAP_FULL, "the store has reached its maximum size of " +
+                                                             std::to_string(options.max_map_bytes) + " bytes"});
+        int rc = mdb_env_set_mapsize(env, next);
+        if (rc != 0) return std::unexpected(from_mdb(rc, "grow the map"));
+        return {};
+    }
+
+    // Runs `body` in a write transaction, growing the map and re-running it when full.
+    template <class Body>
+    Result<WriteReport> write(const WriteOptions& write_options, Body&& body)
+    {
+        auto pools = parse_pools(write_options.pools);
+        if (!pools) return std::unexpected(to_error(pools.error()));
+        while (true) {
+            auto raw = begin(true);
+            if (!raw) return std::unexpected(to_error(raw.error()));
+            Txn txn(*raw, dbs);
+            WriteTxn w(txn, write_options, *pools);
+            Res<void> done = body(w);
+            if (done) done = w.finish();
+            if (done) done = txn.commit();
+            if (done) return std::move(w.report());
+            txn.abort();
+            if (done.error().code != MDB_MAP_FULL) return std::unexpected(to_error(done.error()));
+            if (auto g = grow(); !g) return std::unexpected(to_error(g.error()));
+        }
+    }
+};
+
+Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Store::~Store() = default;
+
+const std::string& Store::data_dir() const { return impl_->options.data_dir; }
+
+Result<std::unique_ptr<Store>> Store::open(const Options& options)
+{
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    if (!fs::exists(options.data_dir, ec)) {
+        fs::create_directories(options.data_dir, ec);
+        if (ec) return std::unexpected(Error{"cannot create data dir " + options.data_dir + ": " + ec.message()});
+        ::chmod(options.data_dir.c_str(), 0700);
+    } else if (!fs::is_directory(options.data_dir, ec)) {
+        return std::unexpected(Error{"data dir " + options.data_dir + " is not a directory"});
+    }
+
+    auto impl = std::make_unique<Impl>();
+    impl->options = options;
+    auto fail = [&](int rc, std::string_view what) {
+        return std::unexpected(Error{"store " + options.data_dir + ": " + from_mdb(rc, what).message});
+    };
+    if (int rc = mdb_env_create(&impl->env); rc != 0) return fail(rc, "create");
+    mdb_env_set_maxdbs(impl->env, 8);
+    mdb_env_set_mapsize(impl->env, options.initial_map_bytes);
+    // MDB_NOTLS: read transactions belong to their Snapshot, not to a thread.
+    if (int rc = mdb_env_open(impl->env, options.data_dir.c_str(), MDB_NOTLS, 0600); rc != 0) return fail(rc, "open");
+
+    auto raw = impl->begin(true);
+    if (!raw) return std::unexpected(Error{"store " + options.data_dir + ": " + raw.error().message});
+    MDB_txn* txn = *raw;
+    auto open_db = [&](const char* name, MDB_dbi& dbi) { return mdb_dbi_open(txn, name, MDB_CREATE, &dbi); };
+    int rc = 0;
+    if ((rc = open_db("resources", impl->dbs.resources)) || (rc = open_db("vip_by_owner", impl->dbs.vip_by_owner)) ||
+        (rc = open_db("owner_by_vip", impl->dbs.owner_by_vip)) || (rc = open_db("released", impl->dbs.released)) ||
+        (rc = open_db("quarantine_by_vip", impl->dbs.quarantine_by_vip)) ||
+        (rc = open_db("hostnames", impl->dbs.hostnames)) || (rc = open_db("meta", impl->dbs.meta))) {
+        mdb_txn_abort(txn);
+        return fail(rc, "open databases");
+    }
+    Txn t(txn, impl->dbs);
+    auto schema = t.get(impl->dbs.meta, "schema");
+    if (!schema) return std::unexpected(to_error(schema.error()));
+    if (!*schema) {
+        if (auto r = t.put(impl->dbs.meta, "schema", schema_version); !r) return std::unexpected(to_error(r.error()));
+    } else if (**schema != schema_version) {
+        return std::unexpected(Error{"store " + options.data_dir + " has schema version " + std::string(**schema) +
+                                     "; this mesd reads version " + std::string(schema_version)});
+    }
+    if (auto r = t.commit(); !r) return std::unexpected(to_error(r.error()));
+    return std::unique_ptr<Store>(new Store(std::move(impl)));
+}
+
+Result<WriteReport> Store::apply(std::span<const conf::Resource> resources, const WriteOptions& options)
+{
+    return impl_->write(options, [&](WriteTxn& w) -> Res<void> {
+        if (auto r = w.sync_pools(); !r) return r;
+        std::set<std::string> keep;
+        for (const auto& res : resources) {
+            if (auto r = w.upsert(res); !r) return r;
+            keep.insert(resource_key(res.kind, res.mesh, res.name));
+        }
+        if (options.prune)
+            if (auto r = w.prune(keep); !r) return r;
+        return {};
+    });
+}
+
+Result<WriteReport> Store::remove(conf::Kind kind, std::string_view mesh, std::string_view name,
+                                  const WriteOptions& options)
+{
+    return impl_->write(options, [&](WriteTxn& w) -> Res<void> {
+        if (auto r = w.sync_pools(); !r) return r;
+        return w.erase(kind, mesh, name);
+    });
+}
+
+Result<WriteReport> Store::sync_pools(const WriteOptions& options)
+{
+    return impl_->write(options, [&](WriteTxn& w) { return w.sync_pools(); });
+}
+
+Result<Usage> Store::usage() const
+{
+    auto raw = impl_->begin(false);
+    if (!raw) return std::unexpected(to_error(raw.error()));
+    Txn txn(*raw, impl_->dbs);
+    Usage u;
+    MDB_envinfo info{};
+    mdb_env_info(impl_->env, &info);
+    u.map_bytes = info.me_mapsize;
+    MDB_stat main{};
+    mdb_env_stat(impl_->env, &main);
+    auto pages = [](const MDB_stat& s) { return s.ms_branch_pages + s.ms_leaf_pages + s.ms_overflow_pages; };
+    u.bytes = pages(main) * main.ms_psize;
+    const auto& d = impl_->dbs;
+    for (MDB_dbi dbi : {d.resources, d.vip_by_owner, d.owner_by_vip, d.released, d.quarantine_by_vip, d.hostnames, d.meta}) {
+        MDB_stat s{};
+        mdb_stat(txn.raw(), dbi, &s);
+        u.bytes += pages(s) * s.ms_psize;
+        if (dbi == d.resources) u.resources = s.ms_entries;
+        if (dbi == d.owner_by_vip) u.vips = s.ms_entries;
+    }
+    return u;
+}
+
+// ---- Reading -----------------------------------------------------------------------------
+
+struct Snapshot::Impl {
+    Txn txn;
+    Impl(MDB_txn* raw, const Dbs& dbs) : txn(raw, dbs) {}
+};
+
+Snapshot::Snapshot(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Snapshot::Snapshot(Snapshot&&) noexcept = default;
+Snapshot& Snapshot::operator=(Snapshot&&) noexcept = default;
+Snapshot::~Snapshot() = default;
+
+Result<Snapshot> Store::snapshot() const
+{
+    auto raw = impl_->begin(false);
+    if (!raw) return std::unexpected(to_error(raw.error()));
+    return Snapshot(std::make_unique<Snapshot::Impl>(*raw, impl_->dbs));
+}
+
+Result<std::vector<Entry>> Snapshot::list(std::optional<conf::Kind> kind, std::optional<std::string_view> mesh) const
+{
+    std::vector<Entry> out;
+    std::optional<Failure> failure;
+    std::string prefix;
+    if (kind) prefix = mesh ? resource_key(*kind, *mesh, "") : kind_prefix(*kind);
+    const auto& txn = impl_->txn;
+    auto scan = txn.scan(txn.dbs().resources, prefix, [&](std::string_view key, std::string_view value) {
+        auto rec = read_record(value, key);
+        if (!rec) {
+            failure = rec.error();
+            return false;
+        }
+        auto res = read_resource(*rec);
+        if (!res) {
+            failure = res.error();
+            return false;
+        }
+        if (!mesh || res->mesh == *mesh) out.push_back(to_entry(std::move(*res), *rec));
+        return true;
+    });
+    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (failure) return std::unexpected(to_error(*failure));
+    return out;
+}
+
+Result<std::optional<Entry>> Snapshot::get(conf::Kind kind, std::string_view mesh, std::string_view name) const
+{
+    const auto& txn = impl_->txn;
+    auto key = resource_key(kind, mesh, name);
+    auto bytes = txn.get(txn.dbs().resources, key);
+    if (!bytes) return std::unexpected(to_error(bytes.error()));
+    if (!*bytes) return std::optional<Entry>{};
+    auto rec = read_record(**bytes, key);
+    if (!rec) return std::unexpected(to_error(rec.error()));
+    auto res = read_resource(*rec);
+    if (!res) return std::unexpected(to_error(res.error()));
+    return std::optional<Entry>{to_entry(std::move(*res), *rec)};
+}
+
+Result<bool> Snapshot::has_secret(std::string_view mesh, std::string_view name) const
+{
+    const auto& txn = impl_->txn;
+    auto bytes = txn.get(txn.dbs().resources, resource_key(conf::Kind::secret, mesh, name));
+    if (!bytes) return std::unexpected(to_error(bytes.error()));
+    return bytes->has_value();
+}
+
+namespace {
+
+Res<Owner> owner_with_vips(const Txn& txn, std::string mesh, std::string name)
+{
+    Owner o{std::move(mesh), std::move(name), {}, {}};
+    for (auto f : {vip::Family::v4, vip::Family::v6}) {
+        auto v = txn.get(txn.dbs().vip_by_owner, owner_key(o.mesh, o.name, f));
+        if (!v) return std::unexpected(v.error());
+        if (*v) (f == vip::Family::v4 ? o.ipv4 : o.ipv6) = vip::Address::from_bytes(**v);
+    }
+    return o;
+}
+
+}  // namespace
+
+Result<std::vector<Owner>> Snapshot::lookup_hostname(std::string_view hostname) const
+{
+    const auto& txn = impl_->txn;
+    std::string prefix = lowercase(hostname);
+    if (!prefix.empty() && prefix.back() == '.') prefix.pop_back();
+    prefix.push_back(sep);
+    std::vector<std::pair<std::string, std::string>> found;
+    auto scan = txn.scan(txn.dbs().hostnames, prefix, [&](std::string_view key, std::string_view name) {
+        found.emplace_back(std::string(key.substr(prefix.size())), std::string(name));
+        return true;
+    });
+    if (!scan) return std::unexpected(to_error(scan.error()));
+    std::vector<Owner> out;
+    for (auto& [mesh, name] : found) {
+        auto o = owner_with_vips(txn, std::move(mesh), std::move(name));
+        if (!o) return std::unexpected(to_error(o.error()));
+        out.push_back(std::move(*o));
+    }
+    return out;
+}
+
+Result<std::optional<Owner>> Snapshot::owner_of(const vip::Address& address) const
+{
+    const auto& txn = impl_->txn;
+    auto v = txn.get(txn.dbs().owner_by_vip, vip_key(address));
+    if (!v) return std::unexpected(to_error(v.error()));
+    if (!*v) return std::optional<Owner>{};
+    auto [mesh, name] = split_owner(**v);
+    auto o = owner_with_vips(txn, std::move(mesh), std::move(name));
+    if (!o) return std::unexpected(to_error(o.error()));
+    return std::optional<Owner>{std::move(*o)};
+}
+
+Result<std::vector<VipEntry>> Snapshot::vips() const
+{
+    const auto& txn = impl_->txn;
+    std::vector<VipEntry> out;
+    auto scan = txn.scan(txn.dbs().owner_by_vip, "", [&](std::string_view key, std::string_view owner) {
+        if (auto a = address_from_vip_key(key)) {
+            auto [mesh, name] = split_owner(owner);
+            out.push_back(VipEntry{*a, std::move(mesh), std::move(name)});
+        }
+        return true;
+    });
+    if (!scan) return std::unexpected(to_error(scan.error()));
+    return out;
+}
+
+Result<std::vector<Quarantined>> Snapshot::quarantine() const
+{
+    const auto& txn = impl_->txn;
+    std::vector<Quarantined> out;
+    auto scan = txn.scan(txn.dbs().quarantine_by_vip, "", [&](std::string_view key, std::string_view when) {
+        if (auto a = address_from_vip_key(key); a && when.size() == 8)
+            out.push_back(Quarantined{*a, from_unix_seconds(static_cast<std::int64_t>(from_u64_be(when)))});
+        return true;
+    });
+    if (!scan) return std::unexpected(to_error(scan.error()));
+    return out;
+}
+
+Result<std::uint64_t> Snapshot::generation() const
+{
+    const auto& txn = impl_->txn;
+    auto v = txn.get(txn.dbs().meta, "generation");
+    if (!v) return std::unexpected(to_error(v.error()));
+    return *v && (*v)->size() == 8 ? from_u64_be(**v) : std::uint64_t{0};
+}
+
+Result<Pools> Snapshot::pools() const
+{
+    const auto& txn = impl_->txn;
+    Pools p;
+    p.ipv4.clear();
+    for (auto f : {vip::Family::v4, vip::Family::v6}) {
+        auto v = txn.get(txn.dbs().meta, std::string("pool") + family_char(f));
+        if (!v) return std::unexpected(to_error(v.error()));
+        (f == vip::Family::v4 ? p.ipv4 : p.ipv6) = *v ? std::string(**v) : "";
+    }
+    return p;
+}
+
+Result<std::vector<std::string>> Snapshot::check() const
+{
+    const auto& txn = impl_->txn;
+    const auto& dbs = txn.dbs();
+    std::vector<std::string> problems;
+    auto fail = [&](std::string s) { problems.push_back(std::move(s)); };
+
+    auto recorded = pools();
+    if (!recorded) return std::unexpected(recorded.error());
+    auto pool4 = vip::Pool::parse(recorded->ipv4);
+    auto pool6 = vip::Pool::parse(recorded->ipv6);
+    auto pool_of = [&](vip::Family f) { return f == vip::Family::v4 ? pool4 : pool6; };
+
+    // Records decode; MES statuses agree with the VIP and hostname indexes.
+    std::map<std::pair<std::string, std::string>, std::string> hostname_holder;  // (mesh, hostname) -> MES
+    std::set<std::string> mes_keys;
+    auto scan = txn.scan(dbs.resources, "", [&](std::string_view key, std::string_view value) {
+        auto rec = decode_record(value);
+        if (!rec) {
+            fail("a record cannot be decoded");
+            return true;
+        }
+        Reader r(rec->resource_bytes);
+        auto res = decode_resource(r);
+        if (!res) {
+            fail("a stored resource cannot be decoded");
+            return true;
+        }
+        if (key != resource_key(res->kind, res->mesh, res->name))
+            fail(std::string(conf::kind_name(res->kind)) + " " + res->mesh + "/" + res->name + " is stored under another key");
+        if (res->kind != conf::Kind::mesh_external_service) return true;
+        std::string who = "MeshExternalService " + res->mesh + "/" + res->name;
+        mes_keys.insert(owner_value(res->mesh, res->name));
+        for (auto f : {vip::Family::v4, vip::Family::v6}) {
+            auto status_vip = f == vip::Family::v4 ? rec->status.ipv4 : rec->status.ipv6;
+            auto by_owner = txn.get(dbs.vip_by_owner, owner_key(res->mesh, res->name, f));
+            if (!by_owner) return false;
+            std::optional<vip::Address> indexed = *by_owner ? vip::Address::from_bytes(**by_owner) : std::nullopt;
+            if (status_vip != indexed)
+                fail(who + ": status VIP " + (status_vip ? status_vip->to_string() : "none") +
+                     " differs from the owner index (" + (indexed ? indexed->to_string() : "none") + ")");
+            if (!status_vip) continue;
+            auto owner = txn.get(dbs.owner_by_vip, vip_key(*status_vip));
+            if (!owner || !*owner || **owner != owner_value(res->mesh, res->name))
+                fail(who + ": VIP " + status_vip->to_string() + " is not recorded as its own");
+            auto p = pool_of(f);
+            if (!p || !p->contains(*status_vip) || *status_vip == p->network() || *status_vip == p->broadcast())
+                fail(who + ": VIP " + status_vip->to_string() + " is outside the pool " +
+                     (p ? p->to_string() : std::string("(none)")));
+            auto q = txn.get(dbs.quarantine_by_vip, vip_key(*status_vip));
+            if (q && *q) fail(who + ": VIP " + status_vip->to_string() + " is both in use and in quarantine");
+        }
+        for (const auto& addr : rec->status.hostnames.addresses) {
+            auto [it, inserted] = hostname_holder.try_emplace({res->mesh, addr.hostname}, res->name);
+            if (!inserted)
+                fail("hostname " + addr.hostname + " is held by both " + it->second + " and " + res->name +
+                     " in mesh " + res->mesh);
+            auto idx = txn.get(dbs.hostnames, hostname_key(addr.hostname, res->mesh));
+            if (!idx || !*idx || **idx != res->name)
+                fail(who + ": hostname " + addr.hostname + " is missing from the hostname index");
+        }
+        return true;
+    });
+    if (!scan) return std::unexpected(to_error(scan.error()));
+
+    // Every VIP has exactly one owner, and that owner exists and says so.
+    auto vscan = txn.scan(dbs.owner_by_vip, "", [&](std::string_view key, std::string_view owner) {
+        auto a = address_from_vip_key(key);
+        if (!a) {
+            fail("a VIP key cannot be decoded");
+            return true;
+        }
+        if (!mes_keys.contains(std::string(owner))) {
+            auto [mesh, name] = split_owner(owner);
+            fail("VIP " + a->to_string() + " belongs to " + mesh + "/" + name + ", which does not exist");
+            return true;
+        }
+        auto [mesh, name] = split_owner(owner);
+        auto back = txn.get(dbs.vip_by_owner, owner_key(mesh, name, a->family));
+        if (!back || !*back || **back != a->bytes())
+            fail("VIP " + a->to_string() + " of " + mesh + "/" + name + " is missing from the owner index");
+        return true;
+    });
+    if (!vscan) return std::unexpected(to_error(vscan.error()));
+    auto oscan = txn.scan(dbs.vip_by_owner, "", [&](std::string_view key, std::string_view bytes) {
+        auto a = vip::Address::from_bytes(bytes);
+        auto owner = a ? txn.get(dbs.owner_by_vip, vip_key(*a)) : Res<std::optional<std::string_view>>{};
+        std::string who(key.substr(0, key.rfind(sep)));
+        for (auto& c : who)
+            if (c == sep) c = '/';
+        if (!a || !owner || !*owner || vip_key(*a).empty() || std::string_view(**owner) != key.substr(0, key.rfind(sep)))
+            fail("the owner index entry of " + who + " has no matching VIP");
+        return true;
+    });
+    if (!oscan) return std::unexpected(to_error(oscan.error()));
+
+    // Hostname index entries point at MES that hold them.
+    auto hscan = txn.scan(dbs.hostnames, "", [&](std::string_view key, std::string_view name) {
+        auto nul = key.find(sep);
+        std::string hostname(key.substr(0, nul));
+        std::string mesh(nul == std::string_view::npos ? "" : key.substr(nul + 1));
+        auto it = hostname_holder.find({mesh, hostname});
+        if (it == hostname_holder.end() || it->second != name)
+            fail("hostname index: " + hostname + " in mesh " + mesh + " points at " + std::string(name) +
+                 ", which does not hold it");
+        return true;
+    });
+    if (!hscan) return std::unexpected(to_error(hscan.error()));
+
+    // The two quarantine indexes agree, and quarantined VIPs lie in their pool.
+    std::size_t released_count = 0;
+    auto rscan = txn.scan(dbs.released, "", [&](std::string_view key, std::string_view) {
+        ++released_count;
+        if (key.size() < 9) {
+            fail("a quarantine entry cannot be decoded");
+            return true;
+        }
+        auto a = vip::Address::from_bytes(key.substr(9));
+        auto q = a ? txn.get(dbs.quarantine_by_vip, vip_key(*a)) : Res<std::optional<std::string_view>>{};
+        if (!a || !q || !*q || **q != key.substr(1, 8))
+            fail("quarantine entry " + (a ? a->to_string() : std::string("?")) + " is inconsistent");
+        return true;
+    });
+    if (!rscan) return std::unexpected(to_error(rscan.error()));
+    std::size_t by_vip_count = 0;
+    auto qscan = txn.scan(dbs.quarantine_by_vip, "", [&](std::string_view key, std::string_view) {
+        ++by_vip_count;
+        auto a = address_from_vip_key(key);
+        if (a && (!pool_of(a->family) || !pool_of(a->family)->contains(*a)))
+            fail("quarantined VIP " + a->to_string() + " is outside its pool");
+        return true;
+    });
+    if (!qscan) return std::unexpected(to_error(qscan.error()));
+    if (released_count != by_vip_count)
+        fail("the quarantine indexes disagree (" + std::to_string(released_count) + " vs " +
+             std::to_string(by_vip_count) + " entries)");
+    return problems;
+}
+
+}  // namespace store

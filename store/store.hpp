@@ -1,0 +1,184 @@
+// store: mesd's state in one LMDB environment — resources, their VIPs and hostnames, and
+// the status Kuma would show for them — changed only by whole write transactions.
+//
+// Glossary
+//   record      a resource as stored, with its creation order and status
+//   owner       the MES a VIP belongs to
+//   quarantine  released VIPs with their release time; reused only after it has passed
+//   generation  a counter bumped by every write that changes anything, so that readers
+//               notice changes with one lookup
+//   snapshot    a consistent read view (an LMDB read transaction); cheap, but hold it only
+//               as long as needed: a writer in this process cannot grow the map meanwhile
+//
+// Every apply or delete is one LMDB write transaction: resources, VIPs, hostnames and status
+// change together or not at all, and a crash at any moment leaves the store before or after
+// the change. LMDB's lock file lets `mesctl` and a running `mesd` share one store; writers
+// queue. When the map is full it is grown and the transaction re-run.
+//
+// Nothing of LMDB shows here: other modules see typed operations.
+#pragma once
+
+#include "conf/conf.hpp"
+#include "vip/vip.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <expected>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace store {
+
+struct Error {
+    std::string message;
+};
+template <class T>
+using Result = std::expected<T, Error>;
+
+using Clock = std::chrono::system_clock;
+
+struct Options {
+    std::string data_dir;  // created 0700 when missing
+    // The map starts this large and doubles whenever a write finds it full.
+    std::size_t initial_map_bytes = std::size_t{256} << 20;
+    std::size_t max_map_bytes = std::size_t{1} << 40;
+};
+
+// The VIP pools and quarantine a write works with (from the configuration file).
+struct Pools {
+    std::string ipv4 = "242.0.0.0/8";
+    std::string ipv6;  // empty: no IPv6 VIPs
+    Clock::duration quarantine = std::chrono::hours(1);
+};
+
+// What Kuma keeps in a MES's status: its VIP and the hostnames generated for it.
+struct MesStatus {
+    std::optional<vip::Address> ipv4;
+    std::optional<vip::Address> ipv6;
+    std::string vip_error;  // why a configured pool gave no VIP ("no addresses left in pool ...")
+    conf::HostnameStatus hostnames;
+    bool operator==(const MesStatus&) const = default;
+};
+
+struct Entry {
+    conf::Resource resource;
+    std::uint64_t created = 0;  // creation order; the older MES keeps a contested hostname
+    Clock::time_point created_at;
+    Clock::time_point modified_at;
+    MesStatus status;  // MeshExternalService only
+};
+
+enum class Outcome { created, configured, unchanged, deleted };
+std::string_view outcome_name(Outcome o);  // "created", "configured", ...
+
+struct Change {
+    conf::Kind kind = conf::Kind::mesh_external_service;
+    std::string mesh;
+    std::string name;
+    Outcome outcome = Outcome::unchanged;
+    MesStatus status;  // after the write (before it, for deletions)
+};
+
+struct WriteOptions {
+    Pools pools;
+    Clock::time_point now = Clock::now();
+    bool prune = false;  // apply: delete what the input does not name
+    bool force = false;  // delete: even a Secret that a MES still references
+};
+
+struct WriteReport {
+    std::vector<Change> changes;     // in input order; pruned resources last
+    std::vector<std::string> notes;  // VIPs moved by a pool change, VIPs that could not be had
+    std::uint64_t generation = 0;    // after the write
+};
+
+struct Owner {
+    std::string mesh;
+    std::string name;
+    std::optional<vip::Address> ipv4;
+    std::optional<vip::Address> ipv6;
+};
+
+struct VipEntry {
+    vip::Address address;
+    std::string mesh;
+    std::string name;
+};
+
+struct Quarantined {
+    vip::Address address;
+    Clock::time_point released;
+};
+
+struct Usage {
+    std::size_t bytes = 0;        // pages in use times page size, all databases
+    std::size_t map_bytes = 0;    // the current map size
+    std::size_t resources = 0;
+    std::size_t vips = 0;
+};
+
+class Store;
+
+// A consistent read view of the store.
+class Snapshot {
+public:
+    Snapshot(Snapshot&&) noexcept;
+    Snapshot& operator=(Snapshot&&) noexcept;
+    ~Snapshot();
+
+    // Resources of `kind` (all kinds when unset) in `mesh` (all when unset), by key order.
+    Result<std::vector<Entry>> list(std::optional<conf::Kind> kind, std::optional<std::string_view> mesh) const;
+    Result<std::optional<Entry>> get(conf::Kind kind, std::string_view mesh, std::string_view name) const;
+    Result<bool> has_secret(std::string_view mesh, std::string_view name) const;
+    // The MES that hold `hostname` (matched case-insensitively), one per mesh at most.
+    Result<std::vector<Owner>> lookup_hostname(std::string_view hostname) const;
+    Result<std::optional<Owner>> owner_of(const vip::Address& address) const;
+    Result<std::vector<VipEntry>> vips() const;
+    Result<std::vector<Quarantined>> quarantine() const;
+    Result<std::uint64_t> generation() const;
+    // The pools recorded by the last write (empty strings before any).
+    Result<Pools> pools() const;
+    // Every broken invariant, described; empty when the store is sound.
+    Result<std::vector<std::string>> check() const;
+
+private:
+    friend class Store;
+    struct Impl;
+    explicit Snapshot(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+class Store {
+public:
+    static Result<std::unique_ptr<Store>> open(const Options& options);
+    ~Store();
+    Store(const Store&) = delete;
+    Store& operator=(const Store&) = delete;
+
+    // Creates or updates `resources` (already validated), allocates VIPs for new MES,
+    // recomputes hostnames and statuses of the meshes touched, and with `prune` deletes
+    // every stored resource the input does not name.
+    Result<WriteReport> apply(std::span<const conf::Resource> resources, const WriteOptions& options);
+    // Deletes one resource; its VIPs go to quarantine. A Secret still referenced by a MES is
+    // refused (naming them) unless `options.force`. Deleting what does not exist is an error.
+    Result<WriteReport> remove(conf::Kind kind, std::string_view mesh, std::string_view name,
+                               const WriteOptions& options);
+    // Records `options.pools`, moving VIPs that fall outside them; a no-op when unchanged.
+    Result<WriteReport> sync_pools(const WriteOptions& options);
+
+    Result<Snapshot> snapshot() const;
+    Result<Usage> usage() const;
+    const std::string& data_dir() const;
+
+    struct Impl;
+
+private:
+    explicit Store(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace store
