@@ -1,8 +1,11 @@
-// mesctl: the command line for mesd's resources.
+// mesctl: validate, apply, get, delete, inspect and check mesd's resources.
+#include "cmd/output.hpp"
+#include "cmd/view.hpp"
 #include "conf/conf.hpp"
+#include "store/store.hpp"
+#include "vip/vip.hpp"
 
-#include <cstdio>
-#include <cstring>
+#include <algorithm>
 #include <iostream>
 #include <string>
 #include <string_view>
@@ -11,17 +14,25 @@
 namespace {
 
 constexpr int exit_ok = 0;
-constexpr int exit_invalid = 1;
+constexpr int exit_failed = 1;
 constexpr int exit_usage = 2;
 
 constexpr std::string_view usage_text =
-    "usage: mesctl COMMAND [ARGS]\n"
+    "usage: mesctl [--config FILE] [--data-dir DIR] COMMAND [ARGS]\n"
     "\n"
     "commands:\n"
-    "  validate [--quiet] PATH...   check YAML files or directories of resources\n"
-    "  help                         show this text\n"
+    "  validate [--quiet] PATH...                 check YAML files or directories of resources\n"
+    "  apply -f PATH [-f PATH]... [--prune]       validate, then write everything in one transaction\n"
+    "  get KIND [NAME] [--mesh M] [-o table|yaml|json]\n"
+    "                                             KIND: mes, hostnamegenerators, secrets, vips\n"
+    "  delete KIND NAME [--mesh M] [--force]      delete one resource (its VIPs go to quarantine)\n"
+    "  inspect NAME|HOSTNAME|VIP [--mesh M]       what DNS answers and where traffic goes\n"
+    "  check                                      verify the store's invariants\n"
+    "  help                                       show this text\n"
     "\n"
-    "exit status: 0 all valid, 1 some resource invalid, 2 usage error or unreadable path\n";
+    "The store is --data-dir, else $MESD_DATA_DIR, else dataDir of the configuration file\n"
+    "(--config FILE, else $MESD_CONFIG), else /var/lib/mesd.\n"
+    "exit status: 0 success, 1 invalid input or failed operation, 2 usage error or unreadable path\n";
 
 int usage_error(std::string_view message)
 {
@@ -29,21 +40,75 @@ int usage_error(std::string_view message)
     return exit_usage;
 }
 
-int cmd_validate(std::span<const std::string> args)
+int failure(std::string_view message)
 {
-    bool quiet = false;
-    std::vector<std::string> paths;
-    bool options_done = false;
-    for (const auto& arg : args) {
-        if (!options_done && (arg == "--quiet" || arg == "-q")) quiet = true;
-        else if (!options_done && arg == "--") options_done = true;
-        else if (!options_done && arg.starts_with("-") && arg != "-")
-            return usage_error("validate: unknown option " + arg);
-        else paths.push_back(arg == "-" ? "/dev/stdin" : arg);
-    }
-    if (paths.empty()) return usage_error("validate: no PATH given");
+    std::cerr << "mesctl: " << message << '\n';
+    return exit_failed;
+}
 
-    auto result = conf::load_paths(paths);
+// Arguments after the command, with the options each command knows.
+struct Args {
+    std::vector<std::string> positional;
+    std::vector<std::string> files;  // -f
+    std::string mesh;                // --mesh
+    std::string output = "table";    // -o
+    bool quiet = false;
+    bool prune = false;
+    bool force = false;
+};
+
+struct Globals {
+    std::optional<std::string> config_path;
+    std::optional<std::string> data_dir;
+};
+
+std::optional<std::string> parse_args(const std::vector<std::string>& argv, Globals& g, Args& a)
+{
+    bool options_done = false;
+    for (std::size_t i = 0; i < argv.size(); ++i) {
+        const std::string& arg = argv[i];
+        auto value = [&](std::string_view name) -> std::optional<std::string> {
+            if (auto eq = arg.find('='); eq != std::string::npos) return arg.substr(eq + 1);
+            if (i + 1 >= argv.size()) return std::nullopt;
+            (void)name;
+            return argv[++i];
+        };
+        auto is = [&](std::string_view name) { return arg == name || arg.starts_with(std::string(name) + "="); };
+        if (options_done || arg == "-" || !arg.starts_with("-")) {
+            a.positional.push_back(arg);
+        } else if (arg == "--") {
+            options_done = true;
+        } else if (is("--config")) {
+            if (!(g.config_path = value("--config"))) return "--config needs a FILE";
+        } else if (is("--data-dir")) {
+            if (!(g.data_dir = value("--data-dir"))) return "--data-dir needs a DIR";
+        } else if (arg == "-f" || is("--filename")) {
+            auto v = value("-f");
+            if (!v) return "-f needs a PATH";
+            a.files.push_back(*v);
+        } else if (is("--mesh")) {
+            auto v = value("--mesh");
+            if (!v) return "--mesh needs a MESH";
+            a.mesh = *v;
+        } else if (arg == "-o" || is("--output")) {
+            auto v = value("-o");
+            if (!v || (*v != "table" && *v != "yaml" && *v != "json")) return "-o takes table, yaml or json";
+            a.output = *v;
+        } else if (arg == "--quiet" || arg == "-q") {
+            a.quiet = true;
+        } else if (arg == "--prune") {
+            a.prune = true;
+        } else if (arg == "--force") {
+            a.force = true;
+        } else {
+            return "unknown option " + arg;
+        }
+    }
+    return std::nullopt;
+}
+
+void print_diagnostics(const conf::LoadResult& result, bool quiet)
+{
     for (const auto& d : result.file_errors) std::cerr << d.format() << '\n';
     for (const auto& doc : result.documents) {
         for (const auto& d : doc.diagnostics) std::cerr << d.format() << '\n';
@@ -53,14 +118,331 @@ int cmd_validate(std::span<const std::string> args)
         }
     }
     std::cout.flush();
+}
+
+// Returns the exit code when the input is not fit to use.
+std::optional<int> report_invalid(const conf::LoadResult& result)
+{
     if (!result.unreadable.empty()) return exit_usage;
-    if (!result.ok()) {
-        std::size_t invalid = 0;
-        for (const auto& doc : result.documents) invalid += doc.valid() ? 0 : 1;
-        std::cerr << "mesctl: " << result.error_count() << " error(s) in " << invalid
-                  << " resource(s)" << (result.file_errors.empty() ? "" : " and files") << '\n';
-        return exit_invalid;
+    if (result.ok()) return std::nullopt;
+    std::size_t invalid = 0;
+    for (const auto& doc : result.documents) invalid += doc.valid() ? 0 : 1;
+    std::cerr << "mesctl: " << result.error_count() << " error(s) in " << invalid << " resource(s)"
+              << (result.file_errors.empty() ? "" : " and files") << '\n';
+    return exit_failed;
+}
+
+int cmd_validate(const Args& a)
+{
+    if (a.positional.empty()) return usage_error("validate: no PATH given");
+    std::vector<std::string> paths;
+    for (const auto& p : a.positional) paths.push_back(p == "-" ? "/dev/stdin" : p);
+    auto result = conf::load_paths(paths);
+    print_diagnostics(result, a.quiet);
+    return report_invalid(result).value_or(exit_ok);
+}
+
+struct Context {
+    conf::Config config;
+    std::unique_ptr<store::Store> store;
+
+    store::WriteOptions write_options() const
+    {
+        store::WriteOptions o;
+        o.pools.ipv4 = config.vip.ipv4;
+        o.pools.ipv6 = config.vip.ipv6;
+        o.pools.quarantine = config.vip.quarantine;
+        return o;
     }
+};
+
+std::expected<Context, int> open_context(const Globals& g)
+{
+    auto loaded = conf::load_config(g.config_path);
+    if (!loaded.ok()) {
+        for (const auto& d : loaded.errors) std::cerr << d.format() << '\n';
+        return std::unexpected(g.config_path ? exit_failed : exit_failed);
+    }
+    Context ctx;
+    ctx.config = std::move(loaded.config);
+    if (g.data_dir) ctx.config.data_dir = *g.data_dir;
+    auto opened = store::Store::open(store::Options{ctx.config.data_dir});
+    if (!opened) {
+        std::cerr << "mesctl: " << opened.error().message << '\n';
+        return std::unexpected(exit_failed);
+    }
+    ctx.store = std::move(*opened);
+    return ctx;
+}
+
+void print_notes(const store::WriteReport& report)
+{
+    for (const auto& n : report.notes) std::cerr << "mesctl: note: " << n << '\n';
+}
+
+int cmd_apply(const Globals& g, const Args& a)
+{
+    std::vector<std::string> paths = a.files;
+    for (const auto& p : a.positional) paths.push_back(p);
+    if (paths.empty()) return usage_error("apply: no -f PATH given");
+    for (auto& p : paths)
+        if (p == "-") p = "/dev/stdin";
+    auto ctx = open_context(g);
+    if (!ctx) return ctx.error();
+
+    conf::LoadOptions options;
+    // With --prune only the input counts: a Secret missing from it is about to be deleted.
+    std::optional<store::Snapshot> snap;
+    if (!a.prune) {
+        auto s = ctx->store->snapshot();
+        if (!s) return failure(s.error().message);
+        snap.emplace(std::move(*s));
+        options.secret_exists = [&](std::string_view mesh, std::string_view name) {
+            auto has = snap->has_secret(mesh, name);
+            return has && *has;
+        };
+    }
+    auto result = conf::load_paths(paths, options);
+    snap.reset();  // no read view may stay open while the write grows the map
+    for (const auto& d : result.file_errors) std::cerr << d.format() << '\n';
+    for (const auto& doc : result.documents)
+        for (const auto& d : doc.diagnostics) std::cerr << d.format() << '\n';
+    if (auto code = report_invalid(result)) {
+        std::cerr << "mesctl: nothing was applied\n";
+        return *code;
+    }
+
+    std::vector<conf::Resource> resources;
+    for (auto& doc : result.documents) resources.push_back(std::move(doc.resource));
+    auto wopts = ctx->write_options();
+    wopts.prune = a.prune;
+    auto report = ctx->store->apply(resources, wopts);
+    if (!report) return failure("apply: " + report.error().message + " (nothing was applied)");
+    for (const auto& c : report->changes) {
+        std::cout << store::outcome_name(c.outcome) << ' ' << conf::kind_name(c.kind) << ' ' << c.mesh << '/' << c.name;
+        if (c.kind == conf::Kind::mesh_external_service) std::cout << ' ' << cmd::vip_text(c.status);
+        std::cout << '\n';
+    }
+    std::cout.flush();
+    print_notes(*report);
+    return exit_ok;
+}
+
+std::optional<conf::Kind> resource_kind(std::string_view text)
+{
+    return conf::kind_from_string(text);
+}
+
+int get_vips(store::Snapshot& snap, const Args& a)
+{
+    auto vips = snap.vips();
+    if (!vips) return failure(vips.error().message);
+    auto quarantined = snap.quarantine();
+    if (!quarantined) return failure(quarantined.error().message);
+    cmd::Value items = cmd::Value::array();
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& v : *vips) {
+        if (!a.mesh.empty() && v.mesh != a.mesh) continue;
+        if (a.positional.size() > 1 && v.address.to_string() != a.positional[1] && v.name != a.positional[1]) continue;
+        rows.push_back({v.address.to_string(), "in use", v.mesh + "/" + v.name});
+        cmd::Value& item = items.push(cmd::Value::object());
+        item.set("ip", v.address.to_string());
+        item.set("state", "inUse");
+        item.set("mesh", v.mesh);
+        item.set("name", v.name);
+    }
+    if (a.mesh.empty()) {
+        for (const auto& q : *quarantined) {
+            if (a.positional.size() > 1 && q.address.to_string() != a.positional[1]) continue;
+            std::time_t t = store::Clock::to_time_t(q.released);
+            char buf[32];
+            struct tm tm {};
+            gmtime_r(&t, &tm);
+            std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+            rows.push_back({q.address.to_string(), "quarantined", std::string("released ") + buf});
+            cmd::Value& item = items.push(cmd::Value::object());
+            item.set("ip", q.address.to_string());
+            item.set("state", "quarantined");
+            item.set("released", std::string(buf));
+        }
+    }
+    if (a.output == "table") std::cout << cmd::table({"VIP", "STATE", "OWNER"}, rows);
+    else {
+        cmd::Value list = cmd::Value::object();
+        list.set("total", static_cast<std::int64_t>(rows.size()));
+        list.set("items", std::move(items));
+        std::cout << (a.output == "json" ? list.json() : list.yaml());
+    }
+    return exit_ok;
+}
+
+int cmd_get(const Globals& g, const Args& a)
+{
+    if (a.positional.empty()) return usage_error("get: which KIND? (mes, hostnamegenerators, secrets, vips)");
+    if (a.positional.size() > 2) return usage_error("get: too many arguments");
+    auto ctx = open_context(g);
+    if (!ctx) return ctx.error();
+    auto snap = ctx->store->snapshot();
+    if (!snap) return failure(snap.error().message);
+
+    if (a.positional[0] == "vips" || a.positional[0] == "vip") return get_vips(*snap, a);
+    auto kind = resource_kind(a.positional[0]);
+    if (!kind) return usage_error("get: unknown KIND \"" + a.positional[0] + "\"");
+
+    std::vector<store::Entry> entries;
+    if (a.positional.size() == 2) {
+        const std::string& name = a.positional[1];
+        std::string mesh = a.mesh.empty() ? "default" : a.mesh;
+        auto e = snap->get(*kind, mesh, name);
+        if (!e) return failure(e.error().message);
+        if (!*e) return failure(std::string(conf::kind_name(*kind)) + " " + mesh + "/" + name + " not found");
+        entries.push_back(std::move(**e));
+    } else {
+        auto list = snap->list(*kind, a.mesh.empty() ? std::nullopt : std::optional<std::string_view>(a.mesh));
+        if (!list) return failure(list.error().message);
+        entries = std::move(*list);
+    }
+
+    if (a.output == "table") {
+        std::vector<std::vector<std::string>> rows;
+        for (const auto& e : entries) rows.push_back(cmd::table_row(e));
+        std::cout << cmd::table(cmd::table_header(*kind), rows);
+        return exit_ok;
+    }
+    cmd::Value out;
+    if (a.positional.size() == 2) {
+        out = cmd::resource_value(entries.front());
+    } else {
+        out = cmd::Value::object();
+        out.set("total", static_cast<std::int64_t>(entries.size()));
+        cmd::Value& items = out.set("items", cmd::Value::array());
+        for (const auto& e : entries) items.push(cmd::resource_value(e));
+    }
+    std::cout << (a.output == "json" ? out.json() : out.yaml());
+    return exit_ok;
+}
+
+int cmd_delete(const Globals& g, const Args& a)
+{
+    if (a.positional.size() != 2) return usage_error("delete: give KIND and NAME");
+    auto kind = resource_kind(a.positional[0]);
+    if (!kind) return usage_error("delete: unknown KIND \"" + a.positional[0] + "\"");
+    auto ctx = open_context(g);
+    if (!ctx) return ctx.error();
+    auto wopts = ctx->write_options();
+    wopts.force = a.force;
+    std::string mesh = a.mesh.empty() ? "default" : a.mesh;
+    auto report = ctx->store->remove(*kind, mesh, a.positional[1], wopts);
+    if (!report) return failure("delete: " + report.error().message);
+    for (const auto& c : report->changes) {
+        std::cout << store::outcome_name(c.outcome) << ' ' << conf::kind_name(c.kind) << ' ' << c.mesh << '/' << c.name;
+        if (c.kind == conf::Kind::mesh_external_service) std::cout << ' ' << cmd::vip_text(c.status);
+        std::cout << '\n';
+    }
+    print_notes(*report);
+    return exit_ok;
+}
+
+void print_inspection(const store::Entry& e, const conf::Config& config)
+{
+    const auto& r = e.resource;
+    const auto& m = *r.mes();
+    const auto& s = e.status;
+    std::cout << "MeshExternalService " << r.mesh << "/" << r.name << "\n";
+    std::cout << "  VIP:         " << cmd::vip_text(s) << (s.vip_error.empty() ? "" : "  (" + s.vip_error + ")") << "\n";
+    std::cout << "  hostnames:  ";
+    if (s.hostnames.addresses.empty()) std::cout << " none";
+    for (const auto& a : s.hostnames.addresses) std::cout << ' ' << a.hostname << " (generator " << a.generator << ")";
+    std::cout << "\n";
+    for (const auto& g : s.hostnames.generators)
+        for (const auto& c : g.conditions)
+            std::cout << "  condition:   " << g.generator << ": " << c.type << "=" << c.status << " " << c.reason
+                      << (c.message.empty() ? "" : ": " + c.message) << "\n";
+    std::cout << "  DNS:        ";
+    bool any = false;
+    for (const auto& a : s.hostnames.addresses) {
+        if (s.ipv4) std::cout << (any ? "; " : " ") << a.hostname << ". A " << s.ipv4->to_string(), any = true;
+        if (s.ipv6) std::cout << (any ? "; " : " ") << a.hostname << ". AAAA " << s.ipv6->to_string(), any = true;
+    }
+    if (!any) std::cout << " no answer (no hostname or no VIP)";
+    std::cout << " (TTL " << conf::format_duration(config.dns.ttl) << ")\n";
+    std::cout << "  match:       port " << (m.port ? std::to_string(*m.port) : std::string("any")) << ", protocol "
+              << conf::protocol_name(m.protocol) << "\n";
+    std::cout << "  endpoints:  ";
+    if (m.endpoints.empty()) std::cout << " none (connections are refused)";
+    for (const auto& ep : m.endpoints) std::cout << ' ' << cmd::endpoint_text(ep);
+    std::cout << "\n";
+    std::cout << "  TLS:         " << cmd::tls_summary(m) << "\n";
+    if (s.ipv4 || s.ipv6) {
+        std::string vip = s.ipv4 ? s.ipv4->to_string() : "[" + s.ipv6->to_string() + "]";
+        std::uint8_t lowest = 255;
+        for (const auto& ep : m.endpoints) lowest = std::min(lowest, ep.priority);
+        std::cout << "  traffic:     " << vip << ":" << (m.port ? std::to_string(*m.port) : std::string("*")) << " -> ";
+        std::string targets;
+        for (const auto& ep : m.endpoints)
+            if (ep.priority == lowest) targets += (targets.empty() ? "" : ", ") + cmd::endpoint_text(ep);
+        std::cout << (targets.empty() ? std::string("nowhere") : targets + " (round robin)")
+                  << (m.tls && m.tls->enabled ? " over TLS" : "") << "\n";
+    }
+}
+
+int cmd_inspect(const Globals& g, const Args& a)
+{
+    if (a.positional.size() != 1) return usage_error("inspect: give one NAME, HOSTNAME or VIP");
+    auto ctx = open_context(g);
+    if (!ctx) return ctx.error();
+    auto snap = ctx->store->snapshot();
+    if (!snap) return failure(snap.error().message);
+    const std::string& what = a.positional[0];
+
+    std::vector<std::pair<std::string, std::string>> owners;  // (mesh, name)
+    if (auto address = vip::Address::parse(what)) {
+        auto owner = snap->owner_of(*address);
+        if (!owner) return failure(owner.error().message);
+        if (!*owner) {
+            auto q = snap->quarantine();
+            if (q)
+                for (const auto& entry : *q)
+                    if (entry.address == *address) return failure("VIP " + what + " is in quarantine (released, not yet reusable)");
+            return failure("VIP " + what + " belongs to no MeshExternalService");
+        }
+        owners.emplace_back((*owner)->mesh, (*owner)->name);
+    } else {
+        auto by_host = snap->lookup_hostname(what);
+        if (!by_host) return failure(by_host.error().message);
+        for (const auto& o : *by_host)
+            if (a.mesh.empty() || o.mesh == a.mesh) owners.emplace_back(o.mesh, o.name);
+        if (owners.empty()) owners.emplace_back(a.mesh.empty() ? "default" : a.mesh, what);
+    }
+    int printed = 0;
+    for (const auto& [mesh, name] : owners) {
+        auto e = snap->get(conf::Kind::mesh_external_service, mesh, name);
+        if (!e) return failure(e.error().message);
+        if (!*e) continue;
+        if (printed++) std::cout << "\n";
+        print_inspection(**e, ctx->config);
+    }
+    if (printed == 0) return failure("no MeshExternalService, hostname or VIP \"" + what + "\"");
+    return exit_ok;
+}
+
+int cmd_check(const Globals& g)
+{
+    auto ctx = open_context(g);
+    if (!ctx) return ctx.error();
+    auto snap = ctx->store->snapshot();
+    if (!snap) return failure(snap.error().message);
+    auto problems = snap->check();
+    if (!problems) return failure(problems.error().message);
+    for (const auto& p : *problems) std::cerr << "mesctl: check: " << p << '\n';
+    if (!problems->empty()) return failure(std::to_string(problems->size()) + " problem(s) in " + ctx->config.data_dir);
+    auto all = snap->list(std::nullopt, std::nullopt);
+    auto vips = snap->vips();
+    auto q = snap->quarantine();
+    auto gen = snap->generation();
+    if (!all || !vips || !q || !gen) return failure("cannot read the store");
+    std::cout << "ok: " << all->size() << " resources, " << vips->size() << " VIPs in use, " << q->size()
+              << " in quarantine, generation " << *gen << '\n';
     return exit_ok;
 }
 
@@ -71,16 +453,37 @@ int main(int argc, char** argv)
     std::vector<std::string> args(argv + 1, argv + argc);
     if (args.empty()) return usage_error("no command given");
     std::string command = args.front();
-    std::span<const std::string> rest(args.begin() + 1, args.end());
-    try {
-        if (command == "validate") return cmd_validate(rest);
-        if (command == "help" || command == "--help" || command == "-h") {
-            std::cout << usage_text;
-            return exit_ok;
+    args.erase(args.begin());
+    if (command == "help" || command == "--help" || command == "-h") {
+        std::cout << usage_text;
+        return exit_ok;
+    }
+    Globals g;
+    Args a;
+    // Global options may come before the command too.
+    while (command.starts_with("--")) {
+        std::vector<std::string> head{command};
+        if (command.find('=') == std::string::npos && !args.empty()) {
+            head.push_back(args.front());
+            args.erase(args.begin());
         }
+        Args ignored;
+        if (auto err = parse_args(head, g, ignored)) return usage_error(*err);
+        if (!ignored.positional.empty() || args.empty()) return usage_error("no command given");
+        command = args.front();
+        args.erase(args.begin());
+    }
+    if (auto err = parse_args(args, g, a)) return usage_error(*err);
+    try {
+        if (command == "validate") return cmd_validate(a);
+        if (command == "apply") return cmd_apply(g, a);
+        if (command == "get") return cmd_get(g, a);
+        if (command == "delete") return cmd_delete(g, a);
+        if (command == "inspect") return cmd_inspect(g, a);
+        if (command == "check") return cmd_check(g);
     } catch (const std::exception& e) {
         std::cerr << "mesctl: " << e.what() << '\n';
-        return exit_invalid;
+        return exit_failed;
     }
     return usage_error("unknown command \"" + command + "\"");
 }

@@ -309,7 +309,6 @@ Res<void> WriteTxn::ensure_vips(const conf::Resource& res, MesStatus& status, bo
 
 Res<void> WriteTxn::sync_pools()
 {
-    bool any_change = false;
     for (auto f : {vip::Family::v4, vip::Family::v6}) {
         std::string meta_key = std::string("pool") + family_char(f);
         auto stored = txn_.get(dbs_.meta, meta_key);
@@ -319,8 +318,17 @@ Res<void> WriteTxn::sync_pools()
         if (*stored && recorded == configured) continue;
         if (auto r = txn_.put(dbs_.meta, meta_key, configured); !r) return r;
         changed_ = true;
-        if (!*stored && configured.empty()) continue;
-        any_change = true;
+        if (!*stored) {
+            // The first write records the pool; there is nothing to move unless VIPs exist.
+            bool any = false;
+            auto probe = txn_.scan(dbs_.owner_by_vip, family_prefix(f), [&](std::string_view, std::string_view) {
+                any = true;
+                return false;
+            });
+            if (!probe) return probe;
+            if (!any && configured.empty()) continue;
+            if (!any) continue;
+        }
 
         // VIPs outside the new pool lose their address (no quarantine: it cannot come back).
         std::vector<std::pair<vip::Address, std::string>> moved;
@@ -393,7 +401,6 @@ Res<void> WriteTxn::sync_pools()
                                         " removed (no IPv" + family_char(f) + " pool)");
         }
     }
-    (void)any_change;
     return {};
 }
 
