@@ -5,7 +5,9 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <charconv>
+#include <tuple>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -276,6 +278,9 @@ ConfigResult load_config_text(std::string_view text, std::string_view file_name)
         sink.diagnostics.push_back(std::move(d));
     }
     result.errors = std::move(sink.diagnostics);
+    std::ranges::stable_sort(result.errors, [](const Diagnostic& a, const Diagnostic& b) {
+        return std::tie(a.mark.line, a.mark.col) < std::tie(b.mark.line, b.mark.col);
+    });
     return result;
 }
 

@@ -326,7 +326,6 @@ Res<void> WriteTxn::sync_pools()
                 return false;
             });
             if (!probe) return probe;
-            if (!any && configured.empty()) continue;
             if (!any) continue;
         }
 
