@@ -8,7 +8,7 @@ namespace conf::detail {
 Mark Reporter::mark(const YAML::Mark& m) const
 {
     if (m.is_null() || m.line < 0) return fallback_.line > 0 ? fallback_ : Mark{file_, 0, 0};
-    return Mark{file_, m.line + 1, m.column + 1};
+    return Mark{file_, m.line + 1 + line_offset_, m.column + 1};
 }
 
 Mark Reporter::mark(const YAML::Node& node) const

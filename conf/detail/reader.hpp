@@ -19,7 +19,12 @@ namespace conf::detail {
 // mesh and name once all of it has been read.
 class Reporter {
 public:
-    Reporter(Document& doc, std::string file) : doc_(doc), file_(std::move(file)) {}
+    // `line_offset` is added to every line: documents are parsed one at a time, each from
+    // its own slice of the file.
+    Reporter(Document& doc, std::string file, int line_offset = 0)
+        : doc_(doc), file_(std::move(file)), line_offset_(line_offset)
+    {
+    }
 
     Mark mark(const YAML::Node& node) const;
     Mark mark(const YAML::Mark& m) const;
@@ -38,6 +43,7 @@ private:
 
     Document& doc_;
     std::string file_;
+    int line_offset_ = 0;
     Mark fallback_;
 };
 
