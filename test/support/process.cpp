@@ -1,6 +1,7 @@
 #include "test/support/process.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -26,6 +27,70 @@ std::string slurp(const std::string& path)
 
 }  // namespace
 
+namespace {
+
+std::vector<std::string> environment_with(const std::vector<std::string>& env)
+{
+    std::vector<std::string> out;
+    for (char** e = environ; *e; ++e) out.emplace_back(*e);
+    for (const auto& e : env) out.push_back(e);
+    return out;
+}
+
+pid_t spawn(const std::vector<std::string>& argv, const std::string& in_path, const std::string& out_path,
+            const std::string& err_path, const std::vector<std::string>& env)
+{
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, in_path.c_str(), O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    auto env_strings = environment_with(env);
+    std::vector<char*> envp;
+    for (auto& e : env_strings) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    pid_t pid = 0;
+    int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), envp.data());
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) throw std::runtime_error("cannot start " + argv.at(0));
+    return pid;
+}
+
+int decode_status(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status); }
+
+}  // namespace
+
+Child::Child(const std::vector<std::string>& argv, const std::string& out_path, const std::string& err_path,
+             const std::vector<std::string>& env)
+    : pid_(spawn(argv, "/dev/null", out_path, err_path, env))
+{
+}
+
+Child::~Child()
+{
+    if (!reaped_) {
+        ::kill(pid_, SIGKILL);
+        wait();
+    }
+}
+
+void Child::signal(int sig)
+{
+    if (!reaped_) ::kill(pid_, sig);
+}
+
+int Child::wait()
+{
+    if (!reaped_) {
+        waitpid(pid_, &status_, 0);
+        reaped_ = true;
+    }
+    return decode_status(status_);
+}
+
 RunResult run(const std::vector<std::string>& argv, const std::string& input,
               const std::vector<std::string>& env)
 {
@@ -34,26 +99,7 @@ RunResult run(const std::vector<std::string>& argv, const std::string& input,
     std::string in_path = dir + "/in", out_path = dir + "/out", err_path = dir + "/err";
     std::ofstream(in_path, std::ios::binary) << input;
 
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 0, in_path.c_str(), O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    posix_spawn_file_actions_addopen(&actions, 2, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    std::vector<std::string> env_strings;
-    for (char** e = environ; *e; ++e) env_strings.emplace_back(*e);
-    for (const auto& e : env) env_strings.push_back(e);
-    std::vector<char*> envp;
-    for (auto& e : env_strings) envp.push_back(e.data());
-    envp.push_back(nullptr);
-
-    pid_t pid = 0;
-    int rc = posix_spawn(&pid, args[0], &actions, nullptr, args.data(), envp.data());
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0) throw std::runtime_error("cannot start " + argv.at(0));
+    pid_t pid = spawn(argv, in_path, out_path, err_path, env);
     int status = 0;
     waitpid(pid, &status, 0);
 

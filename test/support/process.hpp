@@ -17,4 +17,25 @@ struct RunResult {
 RunResult run(const std::vector<std::string>& argv, const std::string& input = {},
               const std::vector<std::string>& env = {});
 
+// A process started in the background, its output going to files.
+class Child {
+public:
+    // Starts `argv` with stdout and stderr written to `out_path` and `err_path`.
+    Child(const std::vector<std::string>& argv, const std::string& out_path = "/dev/null",
+          const std::string& err_path = "/dev/null", const std::vector<std::string>& env = {});
+    Child(const Child&) = delete;
+    Child& operator=(const Child&) = delete;
+    ~Child();  // kills and reaps it if still running
+
+    int pid() const { return pid_; }
+    void signal(int sig);
+    // Waits for the exit; the code, or -signal when killed by one.
+    int wait();
+
+private:
+    int pid_ = -1;
+    bool reaped_ = false;
+    int status_ = 0;
+};
+
 }  // namespace test_support
