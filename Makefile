@@ -12,7 +12,7 @@ BUILD_PACKAGES := build-essential cmake pkg-config libldns-dev libuv1-dev libyam
 TEST_PACKAGES  := openssl
 PACKAGES       := $(BUILD_PACKAGES) $(TEST_PACKAGES)
 
-.PHONY: all build deps test test-sanitize sanitize run clean
+.PHONY: all build deps test test-sanitize sanitize run clean bench bench-store
 
 all: build
 
@@ -52,6 +52,12 @@ test-sanitize: sanitize
 # will serve.
 run: build
 	$(BUILD_DIR)/cmd/mesctl validate conf/examples
+
+# Benchmarks print figures and ratios; they are not tests.
+bench: bench-store
+
+bench-store: build
+	$(BUILD_DIR)/bench/bench_store $(BUILD_DIR)/cmd/mesctl 100000
 
 clean:
 	rm -rf $(BUILD_DIR) $(SANITIZE_DIR)

@@ -111,6 +111,19 @@ constexpr std::string_view secret_type = "system.kuma.io/secret";
 constexpr std::string_view mesh_label = "kuma.io/mesh";
 constexpr std::string_view namespace_label = "k8s.kuma.io/namespace";
 
+struct DecodeContext {
+    const LoadOptions& options;
+    std::vector<detail::SecretRef>& refs;  // `secret:` data sources met while decoding
+};
+
+struct Decoded {
+    Document document;
+    std::vector<detail::SecretRef> refs;
+};
+
+// Decodes one document; touches nothing but what it returns.
+Decoded decode_document(const LoadOptions& options, const YAML::Node& root, const std::string& file, int line_offset);
+
 class Loader {
 public:
     explicit Loader(const LoadOptions& options) : options_(options) {}
@@ -128,11 +141,6 @@ private:
         result_.file_errors.push_back(std::move(d));
     }
     void load_file(const fs::path& path);
-    void decode_document(const YAML::Node& root, const std::string& file, int line_offset);
-    void decode_kubernetes(Reporter& r, Fields& top, Resource& res, const YAML::Node& root);
-    void decode_universal(Reporter& r, Fields& top, Resource& res, const YAML::Node& root);
-    void decode_body(Reporter& r, Fields& top, Resource& res, const YAML::Node& root, bool kubernetes);
-    void check_name(Reporter& r, const YAML::Node& name_node, const std::string& path, Resource& res);
     void check_duplicates();
     void check_secret_refs();
 
@@ -227,13 +235,19 @@ void Loader::load_text(std::string_view text, const std::string& file)
     }
     // Documents are parsed one at a time: yaml-cpp keeps every node of a LoadAll in memory
     // at once, which for a file of 100,000 resources costs more in allocation than in parsing.
+    // (Parsing them on several threads gains little: yaml-cpp's nodes are reference counted,
+    // and the counts become atomic operations as soon as a second thread exists.)
+    auto pieces = split_documents(text);
+    result_.documents.reserve(result_.documents.size() + pieces.size());
+    refs_.reserve(refs_.size() + pieces.size());
     std::size_t decoded = 0;
-    for (const auto& piece : split_documents(text)) {
+    for (const auto& piece : pieces) {
         YAML::Node root;
         try {
             root = YAML::Load(std::string(piece.text));
         } catch (const YAML::ParserException& e) {
-            Mark m{file, e.mark.line >= 0 ? e.mark.line + 1 + piece.first_line : 0, e.mark.column >= 0 ? e.mark.column + 1 : 0};
+            Mark m{file, e.mark.line >= 0 ? e.mark.line + 1 + piece.first_line : 0,
+                   e.mark.column >= 0 ? e.mark.column + 1 : 0};
             file_error(m, "invalid YAML: " + e.msg);
             return;
         } catch (const std::exception& e) {
@@ -241,13 +255,15 @@ void Loader::load_text(std::string_view text, const std::string& file)
             return;
         }
         if (!root.IsDefined() || root.IsNull()) continue;  // an empty document between `---`
-        decode_document(root, file, piece.first_line);
+        auto d = decode_document(options_, root, file, piece.first_line);
+        result_.documents.push_back(std::move(d.document));
+        refs_.push_back(std::move(d.refs));
         ++decoded;
     }
     if (decoded == 0) file_error(Mark{file, 0, 0}, "no YAML documents in the file (it is empty)");
 }
 
-void Loader::check_name(Reporter& r, const YAML::Node& name_node, const std::string& path, Resource& res)
+void check_name(Reporter& r, const YAML::Node& name_node, const std::string& path, Resource& res)
 {
     auto name = read_string(r, name_node, path);
     if (!name || name->empty()) {
@@ -263,7 +279,7 @@ void Loader::check_name(Reporter& r, const YAML::Node& name_node, const std::str
     }
 }
 
-void Loader::decode_body(Reporter& r, Fields& top, Resource& res, const YAML::Node& root, bool kubernetes)
+void decode_body(const DecodeContext& c, Reporter& r, Fields& top, Resource& res, const YAML::Node& root, bool kubernetes)
 {
     if (res.kind == Kind::secret) {
         Secret secret;
@@ -299,7 +315,7 @@ void Loader::decode_body(Reporter& r, Fields& top, Resource& res, const YAML::No
     }
     if (res.kind == Kind::mesh_external_service) {
         MeshExternalService mes;
-        detail::decode_mes(r, spec, mes, refs_.back(), options_.now);
+        detail::decode_mes(r, spec, mes, c.refs, c.options.now);
         res.spec = std::move(mes);
     } else {
         HostnameGenerator gen;
@@ -308,7 +324,7 @@ void Loader::decode_body(Reporter& r, Fields& top, Resource& res, const YAML::No
     }
 }
 
-void Loader::decode_kubernetes(Reporter& r, Fields& top, Resource& res, const YAML::Node& root)
+void decode_kubernetes(const DecodeContext& c, Reporter& r, Fields& top, Resource& res, const YAML::Node& root)
 {
     auto api_node = top.take("apiVersion");
     auto api = read_string(r, api_node, "apiVersion");
@@ -320,7 +336,7 @@ void Loader::decode_kubernetes(Reporter& r, Fields& top, Resource& res, const YA
     Fields meta(r, meta_node, "metadata");
     if (!meta.ok()) {
         if (!present(meta_node)) r.error(root, "metadata", "must be defined");
-        decode_body(r, top, res, root, true);
+        decode_body(c, r, top, res, root, true);
         return;
     }
     auto name_node = meta.take("name");
@@ -330,10 +346,10 @@ void Loader::decode_kubernetes(Reporter& r, Fields& top, Resource& res, const YA
     (void)detail::read_string_map(r, meta.take("annotations"), "metadata.annotations");
     if (auto it = res.labels.find(std::string(mesh_label)); it != res.labels.end()) res.mesh = it->second;
     if (ns && !ns->empty()) res.labels.try_emplace(std::string(namespace_label), *ns);
-    decode_body(r, top, res, root, true);
+    decode_body(c, r, top, res, root, true);
 }
 
-void Loader::decode_universal(Reporter& r, Fields& top, Resource& res, const YAML::Node& root)
+void decode_universal(const DecodeContext& c, Reporter& r, Fields& top, Resource& res, const YAML::Node& root)
 {
     // The seed's examples carry apiVersion next to type; accept Kuma's, refuse others.
     auto api_node = top.take("apiVersion");
@@ -347,13 +363,14 @@ void Loader::decode_universal(Reporter& r, Fields& top, Resource& res, const YAM
     // Kuma bookkeeping fields that `kumactl get -o yaml` prints; harmless to accept.
     (void)top.take("creationTime");
     (void)top.take("modificationTime");
-    decode_body(r, top, res, root, false);
+    decode_body(c, r, top, res, root, false);
 }
 
-void Loader::decode_document(const YAML::Node& root, const std::string& file, int line_offset)
+Decoded decode_document(const LoadOptions& options, const YAML::Node& root, const std::string& file, int line_offset)
 {
-    Document doc;
-    refs_.emplace_back();
+    Decoded out;
+    Document& doc = out.document;
+    DecodeContext c{options, out.refs};
     {
         Reporter r(doc, file, line_offset);
         r.set_fallback(root);
@@ -378,14 +395,14 @@ void Loader::decode_document(const YAML::Node& root, const std::string& file, in
             } else {
                 doc.kind_known = true;
                 doc.resource.kind = *kind;
-                if (kubernetes) decode_kubernetes(r, top, doc.resource, root);
-                else decode_universal(r, top, doc.resource, root);
+                if (kubernetes) decode_kubernetes(c, r, top, doc.resource, root);
+                else decode_universal(c, r, top, doc.resource, root);
                 if (!is_rfc1123_subdomain(doc.resource.mesh))
                     r.error(root, "mesh", std::string(rfc1123_subdomain_message));
             }
         }
-    }  // Fields report unknown keys as they go out of scope, before the document is stored.
-    result_.documents.push_back(std::move(doc));
+    }  // Fields report unknown keys as they go out of scope, before the document is returned.
+    return out;
 }
 
 void Loader::check_duplicates()
