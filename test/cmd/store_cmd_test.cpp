@@ -1,6 +1,8 @@
 // mesctl apply, get, delete, inspect and check as a user runs them, on a store in a temp dir.
 #include "test/support/process.hpp"
 
+#include <lmdb.h>
+
 #include <catch2/catch.hpp>
 
 #include <chrono>
@@ -310,4 +312,32 @@ TEST_CASE("kill -9 during large applies never damages the store or moves a VIP")
     for (const auto& [name, ip] : after) distinct.insert(ip);
     CHECK(distinct.size() == after.size());
     INFO("completed applies: " << completed);
+}
+
+TEST_CASE("mesctl check finds a damaged index and exits 1")
+{
+    Workspace ws;
+    REQUIRE(ws.ctl({"apply", "-f", ws.write("a.yaml", generator_doc + mes_doc("a") + mes_doc("b"))}).exit_code == 0);
+    REQUIRE(ws.ctl({"check"}).exit_code == 0);
+
+    // Remove b's entry from the VIP -> owner index behind the store's back.
+    MDB_env* env = nullptr;
+    REQUIRE(mdb_env_create(&env) == 0);
+    mdb_env_set_maxdbs(env, 8);
+    REQUIRE(mdb_env_open(env, (ws.dir / "data").c_str(), 0, 0600) == 0);
+    MDB_txn* txn = nullptr;
+    REQUIRE(mdb_txn_begin(env, nullptr, 0, &txn) == 0);
+    MDB_dbi dbi = 0;
+    REQUIRE(mdb_dbi_open(txn, "owner_by_vip", 0, &dbi) == 0);
+    std::string key = std::string(1, '\x04') + std::string("\x7f\xf2\x00\x02", 4);
+    MDB_val k{key.size(), key.data()};
+    REQUIRE(mdb_del(txn, dbi, &k, nullptr) == 0);
+    REQUIRE(mdb_txn_commit(txn) == 0);
+    mdb_env_close(env);
+
+    auto check = ws.ctl({"check"});
+    CHECK(check.exit_code == 1);
+    CHECK_THAT(check.err, Catch::Contains("mesctl: check: MeshExternalService default/b: VIP 127.242.0.2 is not recorded as its own"));
+    CHECK_THAT(check.err, Catch::Contains("the owner index entry of default/b has no matching VIP"));
+    CHECK_THAT(check.err, Catch::Contains("problem(s) in"));
 }
