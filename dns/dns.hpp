@@ -1,0 +1,137 @@
+// dns: mesd's DNS answers. The responder here does no I/O: it turns one query's bytes into
+// the reply's bytes, or says the query must be forwarded. The daemon's libuv code feeds it.
+//
+// Glossary
+//   zone       a name mesd is authoritative under (config dns.zones, default "mesh.")
+//   source     where answers come from: generated hostnames and VIPs (the store)
+//   forward    a name outside every zone and every generated hostname goes upstream
+//
+// Rules (DESIGN.md, RFC 1035, 2308, 4343, 6891, 8482): A/AAAA for generated hostnames with
+// AA and the configured TTL, names matched case-insensitively and echoed as asked; a known
+// name of another type gets NODATA, an unknown name inside a zone NXDOMAIN, both with the
+// zone's SOA; SOA and NS at each apex; PTR for every VIP; TXT describing the MES; ANY
+// answered with one RRset. EDNS echoed with our size, TC when the answer does not fit,
+// BADVERS for EDNS versions other than 0; FORMERR, NOTIMP and REFUSED as RFC 1035 says.
+#pragma once
+
+#include "store/store.hpp"
+#include "vip/vip.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace dns {
+
+// A generated hostname or VIP and what it belongs to.
+struct Owner {
+    std::string mesh;
+    std::string name;
+    std::optional<vip::Address> ipv4;
+    std::optional<vip::Address> ipv6;
+};
+
+// What the responder asks about names; implemented over a store snapshot by the daemon.
+class Source {
+public:
+    virtual ~Source() = default;
+    // `name` is lowercase, without the trailing dot.
+    virtual std::optional<Owner> find_name(std::string_view name) = 0;
+    virtual std::optional<Owner> find_vip(const vip::Address& address) = 0;
+    // The hostnames generated for a MES (for PTR).
+    virtual std::vector<std::string> hostnames_of(const Owner& owner) = 0;
+    // One string per fact about a MES (for TXT): mes=, port=, protocol=, endpoint=, tls=.
+    virtual std::vector<std::string> describe(const Owner& owner) = 0;
+    // Whether `address` lies in a VIP pool (its reverse name is ours to answer).
+    virtual bool in_pool(const vip::Address& address) = 0;
+    // The zones' SOA serial: changes whenever the answers may have.
+    virtual std::uint32_t serial() = 0;
+};
+
+struct Settings {
+    std::vector<std::string> zones = {"mesh."};  // lowercase, with the trailing dot
+    std::uint32_t ttl = 30;
+    std::uint32_t negative_ttl = 30;
+    std::uint16_t edns_udp_size = 1232;
+};
+
+// Where a query came from, as far as the answer depends on it.
+struct Client {
+    bool tcp = false;
+    bool may_forward = false;  // forwarding enabled and the client in the allow list
+};
+
+enum class Action {
+    reply,    // send `wire`
+    forward,  // send the query upstream; the forwarder answers
+    drop,     // send nothing (not a query, or not even a header)
+};
+
+struct Response {
+    Action action = Action::drop;
+    std::vector<std::uint8_t> wire;
+    // For metrics: the question's type (0 when unreadable) and the reply's rcode.
+    std::uint16_t qtype = 0;
+    std::uint16_t rcode = 0;
+    bool truncated = false;
+    // For forwarding: the client's UDP size limit (512 without EDNS), and its question.
+    std::uint16_t client_udp_size = 512;
+    std::string qname;  // as asked
+    std::uint16_t qclass = 0;
+};
+
+class Responder {
+public:
+    explicit Responder(Settings settings);
+
+    Response respond(std::span<const std::uint8_t> query, const Client& client, Source& source) const;
+
+    // A reply with `rcode` and the question of `query` (SERVFAIL when forwarding fails).
+    std::vector<std::uint8_t> error_reply(std::span<const std::uint8_t> query, std::uint16_t rcode,
+                                          std::uint16_t udp_size) const;
+
+    const Settings& settings() const { return settings_; }
+
+private:
+    Settings settings_;
+};
+
+// The daemon's Source: a store snapshot, renewed by `refresh()`.
+class StoreSource final : public Source {
+public:
+    // Serves the generated hostnames of `meshes`, the first listed winning a name that
+    // several of them generate.
+    StoreSource(const store::Store& store, std::vector<std::string> meshes);
+
+    // Takes a fresh snapshot; true when the store's generation moved since the last one.
+    store::Result<bool> refresh();
+    // Lets go of the snapshot (a write in this process may need to grow the map).
+    void release() { snapshot_.reset(); }
+    std::uint64_t generation() const { return generation_; }
+    const store::Snapshot* snapshot() const { return snapshot_ ? &*snapshot_ : nullptr; }
+
+    std::optional<Owner> find_name(std::string_view name) override;
+    std::optional<Owner> find_vip(const vip::Address& address) override;
+    std::vector<std::string> hostnames_of(const Owner& owner) override;
+    std::vector<std::string> describe(const Owner& owner) override;
+    bool in_pool(const vip::Address& address) override;
+    std::uint32_t serial() override { return static_cast<std::uint32_t>(generation_); }
+
+private:
+    const store::Store& store_;
+    std::vector<std::string> meshes_;
+    std::optional<store::Snapshot> snapshot_;
+    std::uint64_t generation_ = 0;
+    std::optional<vip::Pool> pool4_;
+    std::optional<vip::Pool> pool6_;
+};
+
+// Name of a query type for metrics and logs ("A", "AAAA", ..., "TYPE65").
+std::string qtype_name(std::uint16_t qtype);
+std::string rcode_name(std::uint16_t rcode);
+
+}  // namespace dns

@@ -1,0 +1,377 @@
+#include "dns/dns.hpp"
+
+#include <ldns/ldns.h>
+
+#include <algorithm>
+#include <cstring>
+#include <memory>
+
+namespace dns {
+
+namespace {
+
+constexpr std::uint16_t rcode_noerror = 0;
+constexpr std::uint16_t rcode_formerr = 1;
+constexpr std::uint16_t rcode_servfail = 2;
+constexpr std::uint16_t rcode_nxdomain = 3;
+constexpr std::uint16_t rcode_notimp = 4;
+constexpr std::uint16_t rcode_refused = 5;
+constexpr std::uint16_t rcode_badvers = 16;
+constexpr std::size_t header_size = 12;
+
+struct PktFree {
+    void operator()(ldns_pkt* p) const { ldns_pkt_free(p); }
+};
+using PktPtr = std::unique_ptr<ldns_pkt, PktFree>;
+
+std::uint16_t read_u16(std::span<const std::uint8_t> b, std::size_t at)
+{
+    return static_cast<std::uint16_t>((b[at] << 8) | b[at + 1]);
+}
+
+// A header-only reply: what is possible when the question cannot be read (RFC 1035 4.1.1).
+std::vector<std::uint8_t> header_reply(std::span<const std::uint8_t> query, std::uint16_t rcode)
+{
+    std::vector<std::uint8_t> out(query.begin(), query.begin() + header_size);
+    std::uint8_t opcode_bits = query[2] & 0x78;
+    std::uint8_t rd = query[2] & 0x01;
+    out[2] = static_cast<std::uint8_t>(0x80 | opcode_bits | rd);  // QR
+    out[3] = static_cast<std::uint8_t>(rcode & 0x0f);
+    std::fill(out.begin() + 4, out.end(), 0);
+    return out;
+}
+
+std::string lowercase_name(const ldns_rdf* dname)
+{
+    char* text = ldns_rdf2str(dname);
+    std::string name = text ? text : "";
+    LDNS_FREE(text);
+    for (auto& c : name)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (!name.empty() && name.back() == '.') name.pop_back();
+    return name;
+}
+
+ldns_rr* new_rr(const ldns_rdf* owner, ldns_rr_type type, std::uint32_t ttl)
+{
+    ldns_rr* rr = ldns_rr_new();
+    ldns_rr_set_owner(rr, ldns_rdf_clone(owner));
+    ldns_rr_set_type(rr, type);
+    ldns_rr_set_class(rr, LDNS_RR_CLASS_IN);
+    ldns_rr_set_ttl(rr, ttl);
+    return rr;
+}
+
+ldns_rdf* dname(const std::string& text) { return ldns_dname_new_frm_str(text.c_str()); }
+
+// "4.3.2.1.in-addr.arpa" or 32 nibbles under "ip6.arpa" back to the address.
+std::optional<vip::Address> reverse_address(std::string_view name)
+{
+    constexpr std::string_view v4 = ".in-addr.arpa", v6 = ".ip6.arpa";
+    if (name.ends_with(v4)) {
+        name.remove_suffix(v4.size());
+        std::string parts[4];
+        int n = 0;
+        while (n < 4) {
+            auto dot = name.rfind('.');
+            parts[n++] = std::string(dot == std::string_view::npos ? name : name.substr(dot + 1));
+            if (dot == std::string_view::npos) break;
+            name = name.substr(0, dot);
+            if (n == 4) return std::nullopt;  // more than four labels
+        }
+        if (n != 4) return std::nullopt;
+        for (const auto& p : parts)
+            if (p.empty() || p.size() > 3 || !std::ranges::all_of(p, [](char c) { return c >= '0' && c <= '9'; }) ||
+                (p.size() > 1 && p[0] == '0'))
+                return std::nullopt;
+        return vip::Address::parse(parts[0] + "." + parts[1] + "." + parts[2] + "." + parts[3]);
+    }
+    if (name.ends_with(v6)) {
+        name.remove_suffix(v6.size());
+        if (name.size() != 63) return std::nullopt;
+        std::string bytes(16, '\0');
+        for (std::size_t i = 0; i < 32; ++i) {
+            char c = name[i * 2];
+            if (i < 31 && name[i * 2 + 1] != '.') return std::nullopt;
+            int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+            if (v < 0) return std::nullopt;
+            std::size_t nibble = 31 - i;  // the first label is the lowest nibble
+            auto& byte = bytes[nibble / 2];
+            byte = static_cast<char>(static_cast<unsigned char>(byte) | (nibble % 2 == 0 ? v << 4 : v));
+        }
+        return vip::Address::from_bytes(bytes);
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
+std::string qtype_name(std::uint16_t qtype)
+{
+    const ldns_rr_descriptor* d = ldns_rr_descript(qtype);
+    if (d && d->_name) return d->_name;
+    return "TYPE" + std::to_string(qtype);
+}
+
+std::string rcode_name(std::uint16_t rcode)
+{
+    switch (rcode) {
+    case rcode_noerror: return "NOERROR";
+    case rcode_formerr: return "FORMERR";
+    case rcode_servfail: return "SERVFAIL";
+    case rcode_nxdomain: return "NXDOMAIN";
+    case rcode_notimp: return "NOTIMP";
+    case rcode_refused: return "REFUSED";
+    case rcode_badvers: return "BADVERS";
+    default: return "RCODE" + std::to_string(rcode);
+    }
+}
+
+Responder::Responder(Settings settings) : settings_(std::move(settings))
+{
+    for (auto& z : settings_.zones) {
+        for (auto& c : z)
+            if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+        if (!z.empty() && z.back() == '.') z.pop_back();
+    }
+}
+
+namespace {
+
+struct Reply {
+    PktPtr pkt{ldns_pkt_new()};
+    std::uint16_t rcode = rcode_noerror;
+};
+
+// Serialises `reply`; when it does not fit `limit`, drops every record and sets TC
+// (RFC 1035 4.2.1, RFC 7766 section 5: the client retries over TCP).
+std::vector<std::uint8_t> to_wire(ldns_pkt* pkt, std::size_t limit, bool& truncated)
+{
+    std::uint8_t* buf = nullptr;
+    std::size_t size = 0;
+    if (ldns_pkt2wire(&buf, pkt, &size) != LDNS_STATUS_OK) return {};
+    if (size > limit) {
+        LDNS_FREE(buf);
+        for (auto section : {LDNS_SECTION_ANSWER, LDNS_SECTION_AUTHORITY, LDNS_SECTION_ADDITIONAL}) {
+            ldns_rr_list* list = nullptr;
+            switch (section) {
+            case LDNS_SECTION_ANSWER: list = ldns_pkt_answer(pkt); break;
+            case LDNS_SECTION_AUTHORITY: list = ldns_pkt_authority(pkt); break;
+            default: list = ldns_pkt_additional(pkt); break;
+            }
+            ldns_rr_list_deep_free(list);
+            ldns_rr_list* empty = ldns_rr_list_new();
+            if (section == LDNS_SECTION_ANSWER) ldns_pkt_set_answer(pkt, empty);
+            else if (section == LDNS_SECTION_AUTHORITY) ldns_pkt_set_authority(pkt, empty);
+            else ldns_pkt_set_additional(pkt, empty);
+        }
+        ldns_pkt_set_ancount(pkt, 0);
+        ldns_pkt_set_nscount(pkt, 0);
+        ldns_pkt_set_arcount(pkt, 0);
+        ldns_pkt_set_tc(pkt, true);
+        truncated = true;
+        if (ldns_pkt2wire(&buf, pkt, &size) != LDNS_STATUS_OK) return {};
+    }
+    std::vector<std::uint8_t> out(buf, buf + size);
+    LDNS_FREE(buf);
+    return out;
+}
+
+}  // namespace
+
+Response Responder::respond(std::span<const std::uint8_t> query, const Client& client, Source& source) const
+{
+    Response out;
+    if (query.size() < header_size) return out;  // not even a header: drop
+    if (query[2] & 0x80) return out;             // a response (QR=1): drop, never answer it
+    out.action = Action::reply;
+    unsigned opcode = (query[2] >> 3) & 0x0f;
+    if (opcode != LDNS_PACKET_QUERY) {
+        out.rcode = rcode_notimp;
+        out.wire = header_reply(query, rcode_notimp);
+        return out;
+    }
+    ldns_pkt* raw = nullptr;
+    if (ldns_wire2pkt(&raw, query.data(), query.size()) != LDNS_STATUS_OK || !raw) {
+        out.rcode = rcode_formerr;
+        out.wire = header_reply(query, rcode_formerr);
+        return out;
+    }
+    PktPtr q(raw);
+    if (read_u16(query, 4) != 1 || ldns_rr_list_rr_count(ldns_pkt_question(q.get())) != 1) {
+        out.rcode = rcode_formerr;
+        out.wire = header_reply(query, rcode_formerr);
+        return out;
+    }
+    const ldns_rr* question = ldns_rr_list_rr(ldns_pkt_question(q.get()), 0);
+    const ldns_rdf* qname = ldns_rr_owner(question);
+    auto qtype = static_cast<std::uint16_t>(ldns_rr_get_type(question));
+    auto qclass = static_cast<std::uint16_t>(ldns_rr_get_class(question));
+    out.qtype = qtype;
+    out.qclass = qclass;
+    {
+        char* text = ldns_rdf2str(qname);
+        out.qname = text ? text : "";
+        LDNS_FREE(text);
+    }
+
+    bool edns = ldns_pkt_edns(q.get());
+    out.client_udp_size = edns ? std::max<std::uint16_t>(512, ldns_pkt_edns_udp_size(q.get())) : 512;
+    std::size_t limit = client.tcp ? 65535 : (edns ? std::min(out.client_udp_size, settings_.edns_udp_size) : 512);
+
+    Reply reply;
+    ldns_pkt* r = reply.pkt.get();
+    ldns_pkt_set_id(r, ldns_pkt_id(q.get()));
+    ldns_pkt_set_qr(r, true);
+    ldns_pkt_set_rd(r, ldns_pkt_rd(q.get()));
+    ldns_pkt_set_opcode(r, LDNS_PACKET_QUERY);
+    ldns_pkt_push_rr(r, LDNS_SECTION_QUESTION, ldns_rr_clone(question));
+    if (edns) ldns_pkt_set_edns_udp_size(r, settings_.edns_udp_size);
+
+    auto finish = [&](std::uint16_t rcode) {
+        ldns_pkt_set_rcode(r, static_cast<std::uint8_t>(rcode & 0x0f));
+        out.rcode = rcode;
+        out.wire = to_wire(r, limit, out.truncated);
+        return out;
+    };
+
+    // RFC 6891 6.1.3: only version 0 is known here.
+    if (edns && ldns_pkt_edns_version(q.get()) != 0) {
+        ldns_pkt_set_edns_extended_rcode(r, static_cast<std::uint8_t>(rcode_badvers >> 4));
+        return finish(rcode_badvers);
+    }
+    if (qclass != LDNS_RR_CLASS_IN && qclass != LDNS_RR_CLASS_ANY) {
+        if (client.may_forward) {
+            out.action = Action::forward;
+            return out;
+        }
+        return finish(rcode_refused);
+    }
+
+    std::string name = lowercase_name(qname);
+    const std::string* zone = nullptr;
+    for (const auto& z : settings_.zones)
+        if ((name == z || (name.size() > z.size() && name.ends_with(z) && name[name.size() - z.size() - 1] == '.')) &&
+            (!zone || z.size() > zone->size()))
+            zone = &z;
+
+    auto add_soa = [&](ldns_pkt_section section, const std::string& apex) {
+        ldns_rdf* apex_rdf = dname(apex + ".");
+        ldns_rr* soa = new_rr(apex_rdf, LDNS_RR_TYPE_SOA,
+                              section == LDNS_SECTION_AUTHORITY ? std::min(settings_.ttl, settings_.negative_ttl) : settings_.ttl);
+        ldns_rdf_deep_free(apex_rdf);
+        ldns_rr_push_rdf(soa, dname("localhost."));
+        ldns_rr_push_rdf(soa, dname("hostmaster." + apex + "."));
+        ldns_rr_push_rdf(soa, ldns_native2rdf_int32(LDNS_RDF_TYPE_INT32, source.serial()));
+        ldns_rr_push_rdf(soa, ldns_native2rdf_int32(LDNS_RDF_TYPE_PERIOD, 3600));
+        ldns_rr_push_rdf(soa, ldns_native2rdf_int32(LDNS_RDF_TYPE_PERIOD, 600));
+        ldns_rr_push_rdf(soa, ldns_native2rdf_int32(LDNS_RDF_TYPE_PERIOD, 86400));
+        ldns_rr_push_rdf(soa, ldns_native2rdf_int32(LDNS_RDF_TYPE_PERIOD, settings_.negative_ttl));
+        ldns_pkt_push_rr(r, section, soa);
+    };
+    auto add_address = [&](const vip::Address& a) {
+        bool v4 = a.family == vip::Family::v4;
+        ldns_rr* rr = new_rr(qname, v4 ? LDNS_RR_TYPE_A : LDNS_RR_TYPE_AAAA, settings_.ttl);
+        auto bytes = a.bytes();
+        ldns_rr_push_rdf(rr, ldns_rdf_new_frm_data(v4 ? LDNS_RDF_TYPE_A : LDNS_RDF_TYPE_AAAA, bytes.size(), bytes.data()));
+        ldns_pkt_push_rr(r, LDNS_SECTION_ANSWER, rr);
+    };
+    auto nodata = [&]() {
+        if (zone) add_soa(LDNS_SECTION_AUTHORITY, *zone);
+        return finish(rcode_noerror);
+    };
+
+    if (auto owner = source.find_name(name)) {
+        ldns_pkt_set_aa(r, true);
+        switch (qtype) {
+        case LDNS_RR_TYPE_A:
+            if (!owner->ipv4) return nodata();
+            add_address(*owner->ipv4);
+            return finish(rcode_noerror);
+        case LDNS_RR_TYPE_AAAA:
+            if (!owner->ipv6) return nodata();
+            add_address(*owner->ipv6);
+            return finish(rcode_noerror);
+        case LDNS_RR_TYPE_ANY:  // RFC 8482: one RRset is enough
+            if (owner->ipv4) add_address(*owner->ipv4);
+            else if (owner->ipv6) add_address(*owner->ipv6);
+            else return nodata();
+            return finish(rcode_noerror);
+        case LDNS_RR_TYPE_TXT: {
+            ldns_rr* rr = new_rr(qname, LDNS_RR_TYPE_TXT, settings_.ttl);
+            for (const auto& fact : source.describe(*owner)) {
+                // A character-string holds at most 255 bytes.
+                std::string s = fact.substr(0, 255);
+                std::vector<std::uint8_t> data;
+                data.push_back(static_cast<std::uint8_t>(s.size()));
+                data.insert(data.end(), s.begin(), s.end());
+                ldns_rr_push_rdf(rr, ldns_rdf_new_frm_data(LDNS_RDF_TYPE_STR, data.size(), data.data()));
+            }
+            ldns_pkt_push_rr(r, LDNS_SECTION_ANSWER, rr);
+            return finish(rcode_noerror);
+        }
+        default: return nodata();
+        }
+    }
+
+    if (auto address = reverse_address(name); address && source.in_pool(*address)) {
+        ldns_pkt_set_aa(r, true);
+        auto owner = source.find_vip(*address);
+        if (!owner) return finish(rcode_nxdomain);
+        if (qtype != LDNS_RR_TYPE_PTR && qtype != LDNS_RR_TYPE_ANY) return finish(rcode_noerror);
+        for (const auto& host : source.hostnames_of(*owner)) {
+            ldns_rr* rr = new_rr(qname, LDNS_RR_TYPE_PTR, settings_.ttl);
+            ldns_rr_push_rdf(rr, dname(host + "."));
+            ldns_pkt_push_rr(r, LDNS_SECTION_ANSWER, rr);
+            if (qtype == LDNS_RR_TYPE_ANY) break;
+        }
+        return finish(rcode_noerror);
+    }
+
+    if (zone) {
+        ldns_pkt_set_aa(r, true);
+        if (name != *zone) {
+            add_soa(LDNS_SECTION_AUTHORITY, *zone);
+            return finish(rcode_nxdomain);
+        }
+        if (qtype == LDNS_RR_TYPE_SOA || qtype == LDNS_RR_TYPE_ANY) {
+            add_soa(LDNS_SECTION_ANSWER, *zone);
+            return finish(rcode_noerror);
+        }
+        if (qtype == LDNS_RR_TYPE_NS) {
+            ldns_rr* rr = new_rr(qname, LDNS_RR_TYPE_NS, settings_.ttl);
+            ldns_rr_push_rdf(rr, dname("localhost."));
+            ldns_pkt_push_rr(r, LDNS_SECTION_ANSWER, rr);
+            return finish(rcode_noerror);
+        }
+        return nodata();
+    }
+
+    if (client.may_forward) {
+        out.action = Action::forward;
+        return out;
+    }
+    return finish(rcode_refused);
+}
+
+std::vector<std::uint8_t> Responder::error_reply(std::span<const std::uint8_t> query, std::uint16_t rcode,
+                                                 std::uint16_t udp_size) const
+{
+    if (query.size() < header_size) return {};
+    ldns_pkt* raw = nullptr;
+    if (ldns_wire2pkt(&raw, query.data(), query.size()) != LDNS_STATUS_OK || !raw) return header_reply(query, rcode);
+    PktPtr q(raw);
+    PktPtr r(ldns_pkt_new());
+    ldns_pkt_set_id(r.get(), ldns_pkt_id(q.get()));
+    ldns_pkt_set_qr(r.get(), true);
+    ldns_pkt_set_rd(r.get(), ldns_pkt_rd(q.get()));
+    ldns_pkt_set_ra(r.get(), true);
+    ldns_pkt_set_rcode(r.get(), static_cast<std::uint8_t>(rcode));
+    if (ldns_rr_list_rr_count(ldns_pkt_question(q.get())) > 0)
+        ldns_pkt_push_rr(r.get(), LDNS_SECTION_QUESTION, ldns_rr_clone(ldns_rr_list_rr(ldns_pkt_question(q.get()), 0)));
+    if (ldns_pkt_edns(q.get())) ldns_pkt_set_edns_udp_size(r.get(), settings_.edns_udp_size);
+    bool truncated = false;
+    return to_wire(r.get(), udp_size, truncated);
+}
+
+}  // namespace dns
