@@ -17,8 +17,16 @@
 #include "store/store.hpp"
 #include "vip/vip.hpp"
 
+#include "conf/conf.hpp"
+
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <expected>
 #include <optional>
 #include <span>
 #include <string>
@@ -129,6 +137,70 @@ private:
     std::optional<vip::Pool> pool4_;
     std::optional<vip::Pool> pool6_;
 };
+
+// Counters the admin endpoint publishes. Only the loop thread writes them.
+struct Metrics {
+    std::map<std::uint16_t, std::uint64_t> queries_by_qtype;
+    std::map<std::uint16_t, std::uint64_t> replies_by_rcode;
+    std::uint64_t answered = 0;            // replied from mesd's own data (or its errors)
+    std::uint64_t forwarded = 0;           // sent upstream
+    std::uint64_t dropped = 0;             // not a query, or not even a header
+    std::uint64_t truncated = 0;           // replies sent with TC
+    std::uint64_t upstream_timeouts = 0;   // an upstream did not answer in time
+    std::uint64_t upstream_failures = 0;   // every upstream failed: SERVFAIL
+    std::uint64_t upstream_mismatched = 0; // answers ignored: wrong ID, source or question
+    std::uint64_t upstream_tcp_retries = 0;
+    std::uint64_t forward_overload = 0;    // refused because maxInFlight were outstanding
+    std::uint64_t tcp_connections = 0;
+    std::uint64_t tcp_refused = 0;         // over tcpMaxClients
+    // Latency from receipt to reply, in these upper bounds (seconds), plus the rest.
+    static constexpr std::array<double, 12> bounds = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                      0.01,   0.025,   0.05,   0.1,   0.5,    2.0};
+    std::array<std::uint64_t, bounds.size() + 1> latency_buckets{};
+    double latency_sum = 0;
+    std::uint64_t latency_count = 0;
+    void observe(double seconds);
+};
+
+struct ServerOptions {
+    std::vector<conf::HostPort> listen;
+    std::chrono::milliseconds tcp_idle_timeout{10000};
+    std::uint32_t tcp_max_clients = 1024;
+    bool forward_enabled = true;
+    std::vector<conf::HostPort> upstreams;
+    std::chrono::milliseconds forward_timeout{2000};
+    std::vector<std::string> allow;  // CIDRs
+    std::uint32_t max_in_flight = 4096;
+};
+
+// UDP and TCP listeners on a libuv loop, answering through a Responder and forwarding the
+// rest. Lives on the loop's thread; stop() must run before the loop is closed.
+class Server {
+public:
+    Server(void* uv_loop, const Responder& responder, Source& source, ServerOptions options);
+    ~Server();
+    Server(const Server&) = delete;
+    Server& operator=(const Server&) = delete;
+
+    // Binds every listen address; the error names the address that failed.
+    std::expected<void, std::string> start();
+    // Closes the listeners, lets in-flight forwards and TCP replies finish, then calls `done`.
+    void stop(std::function<void()> done);
+    // The addresses actually bound ("127.0.0.1:53"), useful when a port was 0.
+    std::vector<std::string> bound() const;
+    const Metrics& metrics() const;
+    std::size_t in_flight() const;
+
+    struct Impl;
+
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
+// The nameservers of `resolv_conf` (port 53), leaving out mesd's own `listen` addresses so
+// that a host pointing its resolver at mesd does not make mesd ask itself.
+std::vector<conf::HostPort> system_upstreams(const std::vector<conf::HostPort>& listen,
+                                             const std::string& resolv_conf = "/etc/resolv.conf");
 
 // Name of a query type for metrics and logs ("A", "AAAA", ..., "TYPE65").
 std::string qtype_name(std::uint16_t qtype);

@@ -1,0 +1,89 @@
+#include "cmd/log.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+
+namespace cmd::log {
+
+namespace {
+
+Level threshold = Level::info;
+
+std::string_view name(Level l)
+{
+    switch (l) {
+    case Level::debug: return "debug";
+    case Level::info: return "info";
+    case Level::warn: return "warn";
+    case Level::error: return "error";
+    }
+    return "?";
+}
+
+// Values with spaces, quotes or '=' are quoted (logfmt).
+void append_value(std::string& out, std::string_view v)
+{
+    bool quote = v.empty() || v.find_first_of(" \"=\t\n") != std::string_view::npos;
+    if (!quote) {
+        out += v;
+        return;
+    }
+    out += '"';
+    for (char c : v) {
+        if (c == '"' || c == '\\') out += '\\';
+        if (c == '\n') {
+            out += "\\n";
+            continue;
+        }
+        out += c;
+    }
+    out += '"';
+}
+
+}  // namespace
+
+void set_level(Level level) { threshold = level; }
+bool enabled(Level level) { return level >= threshold; }
+
+bool parse_level(std::string_view text, Level& out)
+{
+    for (auto l : {Level::debug, Level::info, Level::warn, Level::error})
+        if (text == name(l)) {
+            out = l;
+            return true;
+        }
+    return false;
+}
+
+void write(Level level, std::string_view subsystem, std::string_view message, std::initializer_list<Field> fields)
+{
+    if (!enabled(level)) return;
+    auto now = std::chrono::system_clock::now();
+    auto t = std::chrono::system_clock::to_time_t(now);
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+    struct tm tm {};
+    gmtime_r(&t, &tm);
+    char stamp[96];
+    std::snprintf(stamp, sizeof stamp, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+    std::string line = "time=";
+    line += stamp;
+    line += " level=";
+    line += name(level);
+    line += " sys=";
+    line += subsystem;
+    line += " msg=";
+    append_value(line, message);
+    for (const auto& [k, v] : fields) {
+        line += ' ';
+        line += k;
+        line += '=';
+        append_value(line, v);
+    }
+    line += '\n';
+    std::fwrite(line.data(), 1, line.size(), stderr);
+    std::fflush(stderr);
+}
+
+}  // namespace cmd::log

@@ -1,0 +1,768 @@
+// The DNS server's I/O on libuv: UDP and TCP listeners (RFC 7766 framing, pipelining, idle
+// timeout, a client limit) and the forwarder (fresh ID and source port per query, answers
+// matched on ID, source and question, a timeout per upstream, TCP on TC, SERVFAIL when
+// every upstream fails). Every handle is owned by one object that frees itself in the last
+// close callback; no callback lets an exception out.
+#include "dns/dns.hpp"
+
+#include <uv.h>
+
+#include <arpa/inet.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <list>
+
+namespace dns {
+
+void Metrics::observe(double seconds)
+{
+    std::size_t i = 0;
+    while (i < bounds.size() && seconds > bounds[i]) ++i;
+    ++latency_buckets[i];
+    latency_sum += seconds;
+    ++latency_count;
+}
+
+namespace {
+
+constexpr std::size_t max_udp = 65535;
+constexpr int tcp_messages_per_read = 16;  // fairness between connections (as Knot does)
+
+using Clock = std::chrono::steady_clock;
+
+std::string from_uv(int rc) { return uv_strerror(rc); }
+
+std::optional<sockaddr_storage> to_sockaddr(const conf::HostPort& hp, bool any_v6 = false)
+{
+    sockaddr_storage ss{};
+    std::string host = hp.host.empty() ? (any_v6 ? "::" : "0.0.0.0") : hp.host;
+    if (host.find(':') != std::string::npos) {
+        if (uv_ip6_addr(host.c_str(), hp.port, reinterpret_cast<sockaddr_in6*>(&ss)) != 0) return std::nullopt;
+    } else if (uv_ip4_addr(host.c_str(), hp.port, reinterpret_cast<sockaddr_in*>(&ss)) != 0) {
+        return std::nullopt;
+    }
+    return ss;
+}
+
+std::optional<vip::Address> address_of(const sockaddr* sa)
+{
+    if (sa->sa_family == AF_INET) {
+        auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+        return vip::Address::from_bytes(std::string_view(reinterpret_cast<const char*>(&in->sin_addr), 4));
+    }
+    if (sa->sa_family == AF_INET6) {
+        auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+        return vip::Address::from_bytes(std::string_view(reinterpret_cast<const char*>(&in6->sin6_addr), 16));
+    }
+    return std::nullopt;
+}
+
+std::string describe(const sockaddr* sa)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (sa->sa_family == AF_INET) {
+        auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+        uv_ip4_name(in, host, sizeof host);
+        port = ntohs(in->sin_port);
+        return std::string(host) + ":" + std::to_string(port);
+    }
+    auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    uv_ip6_name(in6, host, sizeof host);
+    port = ntohs(in6->sin6_port);
+    return "[" + std::string(host) + "]:" + std::to_string(port);
+}
+
+bool same_endpoint(const sockaddr* a, const sockaddr* b)
+{
+    if (a->sa_family != b->sa_family) return false;
+    if (a->sa_family == AF_INET) {
+        auto* x = reinterpret_cast<const sockaddr_in*>(a);
+        auto* y = reinterpret_cast<const sockaddr_in*>(b);
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    auto* x = reinterpret_cast<const sockaddr_in6*>(a);
+    auto* y = reinterpret_cast<const sockaddr_in6*>(b);
+    return x->sin6_port == y->sin6_port && std::memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+// Offset just past the first question, or 0 when it cannot be read (bounds-checked).
+std::size_t question_end(std::span<const std::uint8_t> msg)
+{
+    std::size_t pos = 12;
+    while (true) {
+        if (pos >= msg.size()) return 0;
+        std::uint8_t len = msg[pos];
+        if (len == 0) break;
+        if (len & 0xc0) return 0;  // a query's question is never compressed
+        if (len >= msg.size() - pos) return 0;
+        pos += 1u + len;
+    }
+    pos += 1;
+    if (4 > msg.size() - pos) return 0;
+    return pos + 4;
+}
+
+// The question sections match, names compared case-insensitively (RFC 4343; resolvers
+// may randomise case, RFC 5452 section 9.1 / "0x20").
+bool same_question(std::span<const std::uint8_t> a, std::span<const std::uint8_t> b)
+{
+    std::size_t ea = question_end(a), eb = question_end(b);
+    if (ea == 0 || ea != eb) return false;
+    if (a[4] != b[4] || a[5] != b[5]) return false;  // QDCOUNT
+    for (std::size_t i = 12; i < ea; ++i) {
+        auto x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z') x = static_cast<std::uint8_t>(x + 32);
+        if (y >= 'A' && y <= 'Z') y = static_cast<std::uint8_t>(y + 32);
+        if (x != y) return false;
+    }
+    return true;
+}
+
+std::uint16_t get_id(std::span<const std::uint8_t> m) { return static_cast<std::uint16_t>((m[0] << 8) | m[1]); }
+void set_id(std::vector<std::uint8_t>& m, std::uint16_t id)
+{
+    m[0] = static_cast<std::uint8_t>(id >> 8);
+    m[1] = static_cast<std::uint8_t>(id & 0xff);
+}
+
+// A reply cut to header and question with TC set, for a UDP client that cannot take more.
+std::vector<std::uint8_t> truncated_copy(std::span<const std::uint8_t> reply)
+{
+    std::size_t end = question_end(reply);
+    if (end == 0) end = 12;
+    std::vector<std::uint8_t> out(reply.begin(), reply.begin() + static_cast<std::ptrdiff_t>(end));
+    out[2] |= 0x02;
+    for (int i = 6; i < 12; ++i) out[static_cast<std::size_t>(i)] = 0;
+    return out;
+}
+
+// A write request that owns its bytes until its callback runs.
+struct Write {
+    uv_write_t req{};
+    std::vector<std::uint8_t> bytes;
+};
+struct UdpSend {
+    uv_udp_send_t req{};
+    std::vector<std::uint8_t> bytes;
+};
+
+}  // namespace
+
+struct TcpConnection;
+struct Forward;
+
+struct Server::Impl {
+    uv_loop_t* loop;
+    const Responder& responder;
+    Source& source;
+    ServerOptions options;
+    Metrics metrics;
+    std::vector<vip::Pool> allow;
+    std::vector<sockaddr_storage> upstreams;
+
+    std::list<uv_udp_t*> udp_listeners;
+    std::list<uv_tcp_t*> tcp_listeners;
+    std::vector<std::string> bound;
+    std::list<TcpConnection*> connections;
+    std::list<Forward*> forwards;
+    int open_listeners = 0;
+    bool stopping = false;
+    std::function<void()> on_stopped;
+    std::array<std::uint8_t, max_udp> udp_buffer{};
+
+    Impl(uv_loop_t* l, const Responder& r, Source& s, ServerOptions o)
+        : loop(l), responder(r), source(s), options(std::move(o))
+    {
+    }
+
+    bool may_forward(const sockaddr* client) const
+    {
+        if (!options.forward_enabled || upstreams.empty()) return false;
+        auto a = address_of(client);
+        return a && std::ranges::any_of(allow, [&](const vip::Pool& p) { return p.contains(*a); });
+    }
+
+    void count(const Response& r)
+    {
+        if (r.qtype) ++metrics.queries_by_qtype[r.qtype];
+        if (r.action == Action::reply) {
+            ++metrics.replies_by_rcode[r.rcode];
+            ++metrics.answered;
+            if (r.truncated) ++metrics.truncated;
+        }
+    }
+
+    void maybe_stopped();
+    void on_udp(uv_udp_t* handle, std::span<const std::uint8_t> data, const sockaddr* from);
+    void on_tcp_connection(uv_stream_t* listener);
+    void start_forward(std::span<const std::uint8_t> query, const Response& r, Clock::time_point received,
+                       uv_udp_t* udp, const sockaddr* client, TcpConnection* tcp);
+};
+
+// ---- TCP connections ----------------------------------------------------------------------
+
+struct TcpConnection {
+    Server::Impl& server;
+    uv_tcp_t tcp{};
+    uv_timer_t idle{};
+    int open_handles = 2;
+    bool closing = false;
+    std::vector<std::uint8_t> in;
+    int pending = 0;  // forwards not yet answered
+    std::list<TcpConnection*>::iterator self;
+
+    explicit TcpConnection(Server::Impl& s) : server(s)
+    {
+        tcp.data = this;
+        idle.data = this;
+    }
+
+    void close()
+    {
+        if (closing) return;
+        closing = true;
+        server.connections.erase(self);
+        uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp));
+        auto on_close = [](uv_handle_t* h) {
+            auto* c = static_cast<TcpConnection*>(h->data);
+            if (--c->open_handles == 0) {
+                Server::Impl& s = c->server;
+                delete c;
+                s.maybe_stopped();
+            }
+        };
+        uv_close(reinterpret_cast<uv_handle_t*>(&tcp), on_close);
+        uv_close(reinterpret_cast<uv_handle_t*>(&idle), on_close);
+    }
+
+    void touch()
+    {
+        auto ms = static_cast<std::uint64_t>(server.options.tcp_idle_timeout.count());
+        uv_timer_start(&idle, [](uv_timer_t* t) { static_cast<TcpConnection*>(t->data)->close(); }, ms, 0);
+    }
+
+    void send(std::vector<std::uint8_t> reply)
+    {
+        if (closing || reply.empty()) return;
+        auto* w = new Write;
+        w->bytes.reserve(reply.size() + 2);
+        w->bytes.push_back(static_cast<std::uint8_t>(reply.size() >> 8));
+        w->bytes.push_back(static_cast<std::uint8_t>(reply.size() & 0xff));
+        w->bytes.insert(w->bytes.end(), reply.begin(), reply.end());
+        w->req.data = this;
+        uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(w->bytes.data()), static_cast<unsigned>(w->bytes.size()));
+        int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&tcp), &buf, 1, [](uv_write_t* req, int status) {
+            auto* write = reinterpret_cast<Write*>(req);
+            auto* c = static_cast<TcpConnection*>(req->data);
+            delete write;
+            if (status < 0) c->close();
+        });
+        if (rc < 0) {
+            delete w;
+            close();
+        }
+        touch();
+    }
+
+    // RFC 7766 section 8: 2-byte length framing; several messages may arrive in one read
+    // and one message over several reads. A zero length closes the connection.
+    void on_read(std::span<const std::uint8_t> data)
+    {
+        in.insert(in.end(), data.begin(), data.end());
+        touch();
+        std::size_t pos = 0;
+        int handled = 0;
+        while (!closing && in.size() - pos >= 2 && handled < tcp_messages_per_read) {
+            std::size_t len = (static_cast<std::size_t>(in[pos]) << 8) | in[pos + 1];
+            if (len == 0) {
+                close();
+                return;
+            }
+            if (in.size() - pos - 2 < len) break;
+            auto received = Clock::now();
+            std::span<const std::uint8_t> query(in.data() + pos + 2, len);
+            sockaddr_storage peer{};
+            int namelen = sizeof peer;
+            uv_tcp_getpeername(&tcp, reinterpret_cast<sockaddr*>(&peer), &namelen);
+            Client client{true, server.may_forward(reinterpret_cast<sockaddr*>(&peer))};
+            Response r = server.responder.respond(query, client, server.source);
+            server.count(r);
+            if (r.action == Action::reply) {
+                send(std::move(r.wire));
+                server.metrics.observe(std::chrono::duration<double>(Clock::now() - received).count());
+            } else if (r.action == Action::forward) {
+                server.start_forward(query, r, received, nullptr, nullptr, this);
+            } else {
+                ++server.metrics.dropped;
+            }
+            pos += 2 + len;
+            ++handled;
+        }
+        in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(pos));
+        // Messages left over wait for the next read; a peer that only ever sends keeps its
+        // buffer bounded by the framing (at most one partial 64 KiB message plus backlog).
+        if (!closing && in.size() > 2 * 65537) close();
+    }
+};
+
+// ---- Forwarding -----------------------------------------------------------------------------
+
+struct Forward {
+    Server::Impl& server;
+    std::list<Forward*>::iterator self;
+    std::vector<std::uint8_t> query;  // with our ID
+    std::uint16_t client_id = 0;
+    std::uint16_t client_udp_size = 512;
+    Clock::time_point received;
+    // Where the answer goes: a UDP listener and client address, or a TCP connection.
+    uv_udp_t* udp_listener = nullptr;
+    sockaddr_storage client{};
+    TcpConnection* tcp_client = nullptr;
+
+    std::size_t upstream = 0;
+    uv_timer_t timer{};
+    uv_udp_t udp{};
+    uv_tcp_t tcp{};
+    uv_connect_t connect{};
+    bool udp_open = false, tcp_open = false;
+    int open_handles = 0;
+    bool done = false;
+    std::vector<std::uint8_t> tcp_in;
+    std::array<std::uint8_t, max_udp> buffer{};
+
+    explicit Forward(Server::Impl& s) : server(s)
+    {
+        timer.data = this;
+        udp.data = this;
+        tcp.data = this;
+        uv_timer_init(server.loop, &timer);
+        open_handles = 1;
+    }
+
+    static void on_close(uv_handle_t* h)
+    {
+        auto* f = static_cast<Forward*>(h->data);
+        if (--f->open_handles == 0) {
+            Server::Impl& s = f->server;
+            delete f;
+            s.maybe_stopped();
+        }
+    }
+
+    void close_sockets()
+    {
+        if (udp_open) {
+            udp_open = false;
+            uv_close(reinterpret_cast<uv_handle_t*>(&udp), on_close);
+        }
+        if (tcp_open) {
+            tcp_open = false;
+            uv_close(reinterpret_cast<uv_handle_t*>(&tcp), on_close);
+        }
+    }
+
+    void finish(std::vector<std::uint8_t> reply)
+    {
+        if (done) return;
+        done = true;
+        server.forwards.erase(self);
+        uv_timer_stop(&timer);
+        close_sockets();
+        uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);
+        if (tcp_client) --tcp_client->pending;
+        if (reply.empty()) return;
+        set_id(reply, client_id);
+        std::uint16_t rcode = reply[3] & 0x0f;
+        ++server.metrics.replies_by_rcode[rcode];
+        server.metrics.observe(std::chrono::duration<double>(Clock::now() - received).count());
+        if (tcp_client) {
+            tcp_client->send(std::move(reply));
+            return;
+        }
+        if (reply.size() > client_udp_size) {
+            reply = truncated_copy(reply);
+            ++server.metrics.truncated;
+        }
+        auto* s = new UdpSend;
+        s->bytes = std::move(reply);
+        uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(s->bytes.data()), static_cast<unsigned>(s->bytes.size()));
+        if (uv_udp_send(&s->req, udp_listener, &buf, 1, reinterpret_cast<sockaddr*>(&client),
+                        [](uv_udp_send_t* req, int) { delete reinterpret_cast<UdpSend*>(req); }) < 0)
+            delete s;
+    }
+
+    void fail()
+    {
+        ++server.metrics.upstream_failures;
+        std::vector<std::uint8_t> original = query;
+        set_id(original, client_id);
+        finish(server.responder.error_reply(original, 2 /* SERVFAIL */, tcp_client ? 65535 : client_udp_size));
+    }
+
+    // Tries upstream `upstream` over UDP from a fresh socket (a fresh source port).
+    void try_udp()
+    {
+        close_sockets();
+        if (upstream >= server.upstreams.size()) {
+            fail();
+            return;
+        }
+        if (server.stopping && !server.upstreams.empty() && upstream > 0) {
+            fail();
+            return;
+        }
+        set_id(query, static_cast<std::uint16_t>(arc4random() & 0xffff));
+        const sockaddr* to = reinterpret_cast<const sockaddr*>(&server.upstreams[upstream]);
+        uv_udp_init(server.loop, &udp);
+        udp_open = true;
+        ++open_handles;
+        sockaddr_storage any{};
+        if (to->sa_family == AF_INET6) uv_ip6_addr("::", 0, reinterpret_cast<sockaddr_in6*>(&any));
+        else uv_ip4_addr("0.0.0.0", 0, reinterpret_cast<sockaddr_in*>(&any));
+        uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(query.data()), static_cast<unsigned>(query.size()));
+        if (uv_udp_bind(&udp, reinterpret_cast<sockaddr*>(&any), 0) < 0 ||
+            uv_udp_recv_start(&udp,
+                              [](uv_handle_t* h, size_t, uv_buf_t* b) {
+                                  auto* f = static_cast<Forward*>(h->data);
+                                  *b = uv_buf_init(reinterpret_cast<char*>(f->buffer.data()), static_cast<unsigned>(f->buffer.size()));
+                              },
+                              [](uv_udp_t* h, ssize_t n, const uv_buf_t* b, const sockaddr* from, unsigned) {
+                                  auto* f = static_cast<Forward*>(h->data);
+                                  if (n <= 0 || !from) return;
+                                  f->on_udp_answer(std::span<const std::uint8_t>(reinterpret_cast<std::uint8_t*>(b->base),
+                                                                                 static_cast<std::size_t>(n)),
+                                                   from);
+                              }) < 0 ||
+            uv_udp_try_send(&udp, &buf, 1, to) < 0) {
+            next();
+            return;
+        }
+        auto ms = static_cast<std::uint64_t>(server.options.forward_timeout.count());
+        uv_timer_start(&timer, [](uv_timer_t* t) {
+            auto* f = static_cast<Forward*>(t->data);
+            ++f->server.metrics.upstream_timeouts;
+            f->next();
+        }, ms, 0);
+    }
+
+    void next()
+    {
+        ++upstream;
+        try_udp();
+    }
+
+    bool acceptable(std::span<const std::uint8_t> answer) const
+    {
+        return answer.size() >= 12 && (answer[2] & 0x80) && get_id(answer) == get_id(query) &&
+               same_question(query, answer);
+    }
+
+    void on_udp_answer(std::span<const std::uint8_t> answer, const sockaddr* from)
+    {
+        const sockaddr* to = reinterpret_cast<const sockaddr*>(&server.upstreams[upstream]);
+        if (!same_endpoint(from, to) || !acceptable(answer)) {
+            ++server.metrics.upstream_mismatched;  // spoofed or stale: keep waiting
+            return;
+        }
+        if (answer[2] & 0x02) {  // TC: ask the same upstream over TCP
+            ++server.metrics.upstream_tcp_retries;
+            try_tcp();
+            return;
+        }
+        finish(std::vector<std::uint8_t>(answer.begin(), answer.end()));
+    }
+
+    void try_tcp()
+    {
+        close_sockets();
+        uv_tcp_init(server.loop, &tcp);
+        tcp_open = true;
+        ++open_handles;
+        tcp_in.clear();
+        connect.data = this;
+        int rc = uv_tcp_connect(&connect, &tcp, reinterpret_cast<const sockaddr*>(&server.upstreams[upstream]),
+                                [](uv_connect_t* req, int status) {
+                                    auto* f = static_cast<Forward*>(req->data);
+                                    if (status == UV_ECANCELED || f->done) return;
+                                    if (status < 0) {
+                                        f->next();
+                                        return;
+                                    }
+                                    f->on_tcp_connected();
+                                });
+        if (rc < 0) next();
+    }
+
+    void on_tcp_connected()
+    {
+        auto* w = new Write;
+        w->bytes.push_back(static_cast<std::uint8_t>(query.size() >> 8));
+        w->bytes.push_back(static_cast<std::uint8_t>(query.size() & 0xff));
+        w->bytes.insert(w->bytes.end(), query.begin(), query.end());
+        uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(w->bytes.data()), static_cast<unsigned>(w->bytes.size()));
+        if (uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&tcp), &buf, 1,
+                     [](uv_write_t* req, int) { delete reinterpret_cast<Write*>(req); }) < 0) {
+            delete w;
+            next();
+            return;
+        }
+        uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp),
+                      [](uv_handle_t* h, size_t, uv_buf_t* b) {
+                          auto* f = static_cast<Forward*>(h->data);
+                          *b = uv_buf_init(reinterpret_cast<char*>(f->buffer.data()), static_cast<unsigned>(f->buffer.size()));
+                      },
+                      [](uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
+                          auto* f = static_cast<Forward*>(s->data);
+                          if (n < 0) {
+                              f->next();
+                              return;
+                          }
+                          f->tcp_in.insert(f->tcp_in.end(), b->base, b->base + n);
+                          if (f->tcp_in.size() < 2) return;
+                          std::size_t len = (static_cast<std::size_t>(f->tcp_in[0]) << 8) | f->tcp_in[1];
+                          if (f->tcp_in.size() - 2 < len) return;
+                          std::span<const std::uint8_t> answer(f->tcp_in.data() + 2, len);
+                          if (!f->acceptable(answer)) {
+                              ++f->server.metrics.upstream_mismatched;
+                              f->next();
+                              return;
+                          }
+                          f->finish(std::vector<std::uint8_t>(answer.begin(), answer.end()));
+                      });
+    }
+};
+
+void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Response& r, Clock::time_point received,
+                                 uv_udp_t* udp, const sockaddr* client, TcpConnection* tcp)
+{
+    if (forwards.size() >= options.max_in_flight || stopping) {
+        ++metrics.forward_overload;
+        auto reply = responder.error_reply(query, 2 /* SERVFAIL */, tcp ? 65535 : r.client_udp_size);
+        ++metrics.replies_by_rcode[2];
+        if (tcp) tcp->send(std::move(reply));
+        else if (!reply.empty()) {
+            auto* s = new UdpSend;
+            s->bytes = std::move(reply);
+            uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(s->bytes.data()), static_cast<unsigned>(s->bytes.size()));
+            if (uv_udp_send(&s->req, udp, &buf, 1, client, [](uv_udp_send_t* req, int) { delete reinterpret_cast<UdpSend*>(req); }) < 0)
+                delete s;
+        }
+        return;
+    }
+    ++metrics.forwarded;
+    auto* f = new Forward(*this);
+    forwards.push_front(f);
+    f->self = forwards.begin();
+    f->query.assign(query.begin(), query.end());
+    f->client_id = get_id(query);
+    f->client_udp_size = r.client_udp_size;
+    f->received = received;
+    if (tcp) {
+        f->tcp_client = tcp;
+        ++tcp->pending;
+    } else {
+        f->udp_listener = udp;
+        std::memcpy(&f->client, client, client->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
+    }
+    f->try_udp();
+}
+
+// ---- Listeners --------------------------------------------------------------------------------
+
+void Server::Impl::on_udp(uv_udp_t* handle, std::span<const std::uint8_t> data, const sockaddr* from)
+{
+    auto received = Clock::now();
+    Client client{false, may_forward(from)};
+    Response r = responder.respond(data, client, source);
+    count(r);
+    if (r.action == Action::drop) {
+        ++metrics.dropped;
+        return;
+    }
+    if (r.action == Action::forward) {
+        start_forward(data, r, received, handle, from, nullptr);
+        return;
+    }
+    uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(r.wire.data()), static_cast<unsigned>(r.wire.size()));
+    int rc = uv_udp_try_send(handle, &buf, 1, from);
+    if (rc == UV_EAGAIN) {  // the socket buffer is full: queue a copy
+        auto* s = new UdpSend;
+        s->bytes = std::move(r.wire);
+        buf = uv_buf_init(reinterpret_cast<char*>(s->bytes.data()), static_cast<unsigned>(s->bytes.size()));
+        if (uv_udp_send(&s->req, handle, &buf, 1, from, [](uv_udp_send_t* req, int) { delete reinterpret_cast<UdpSend*>(req); }) < 0)
+            delete s;
+    }
+    metrics.observe(std::chrono::duration<double>(Clock::now() - received).count());
+}
+
+void Server::Impl::on_tcp_connection(uv_stream_t* listener)
+{
+    auto* c = new TcpConnection(*this);
+    uv_tcp_init(loop, &c->tcp);
+    uv_timer_init(loop, &c->idle);
+    connections.push_front(c);
+    c->self = connections.begin();
+    if (uv_accept(listener, reinterpret_cast<uv_stream_t*>(&c->tcp)) < 0) {
+        c->close();
+        return;
+    }
+    if (connections.size() > options.tcp_max_clients || stopping) {
+        ++metrics.tcp_refused;
+        c->close();
+        return;
+    }
+    ++metrics.tcp_connections;
+    uv_tcp_nodelay(&c->tcp, 1);
+    c->touch();
+    uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp),
+                  [](uv_handle_t*, size_t suggested, uv_buf_t* b) {
+                      b->base = static_cast<char*>(std::malloc(suggested));
+                      b->len = b->base ? suggested : 0;
+                  },
+                  [](uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
+                      auto* conn = static_cast<TcpConnection*>(s->data);
+                      if (n > 0) conn->on_read(std::span<const std::uint8_t>(reinterpret_cast<std::uint8_t*>(b->base),
+                                                                             static_cast<std::size_t>(n)));
+                      else if (n < 0) conn->close();
+                      std::free(b->base);
+                  });
+}
+
+void Server::Impl::maybe_stopped()
+{
+    if (!stopping || open_listeners > 0 || !forwards.empty() || !connections.empty()) return;
+    if (on_stopped) {
+        auto done = std::move(on_stopped);
+        on_stopped = nullptr;
+        done();
+    }
+}
+
+Server::Server(void* uv_loop, const Responder& responder, Source& source, ServerOptions options)
+    : impl_(std::make_unique<Impl>(static_cast<uv_loop_t*>(uv_loop), responder, source, std::move(options)))
+{
+}
+
+Server::~Server() = default;
+
+std::expected<void, std::string> Server::start()
+{
+    auto& s = *impl_;
+    for (const auto& cidr : s.options.allow)
+        if (auto p = vip::Pool::parse(cidr)) s.allow.push_back(*p);
+    for (const auto& u : s.options.upstreams)
+        if (auto a = to_sockaddr(u)) s.upstreams.push_back(*a);
+
+    for (const auto& hp : s.options.listen) {
+        auto addr = to_sockaddr(hp);
+        if (!addr) return std::unexpected("dns.listen " + hp.to_string() + ": not an address");
+        const sockaddr* sa = reinterpret_cast<const sockaddr*>(&*addr);
+
+        auto* udp = new uv_udp_t;
+        uv_udp_init(s.loop, udp);
+        udp->data = &s;
+        s.udp_listeners.push_back(udp);
+        ++s.open_listeners;
+        if (int rc = uv_udp_bind(udp, sa, 0); rc < 0)
+            return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + from_uv(rc));
+        uv_udp_recv_start(
+            udp,
+            [](uv_handle_t* h, size_t, uv_buf_t* b) {
+                auto* impl = static_cast<Server::Impl*>(h->data);
+                *b = uv_buf_init(reinterpret_cast<char*>(impl->udp_buffer.data()), static_cast<unsigned>(impl->udp_buffer.size()));
+            },
+            [](uv_udp_t* h, ssize_t n, const uv_buf_t* b, const sockaddr* from, unsigned flags) {
+                auto* impl = static_cast<Server::Impl*>(h->data);
+                if (n < 0 || !from) return;
+                if (flags & UV_UDP_PARTIAL) {
+                    ++impl->metrics.dropped;
+                    return;
+                }
+                impl->on_udp(h, std::span<const std::uint8_t>(reinterpret_cast<std::uint8_t*>(b->base), static_cast<std::size_t>(n)), from);
+            });
+        sockaddr_storage actual{};
+        int len = sizeof actual;
+        uv_udp_getsockname(udp, reinterpret_cast<sockaddr*>(&actual), &len);
+
+        // TCP on the same port as UDP (which may have been chosen by the kernel).
+        auto* tcp = new uv_tcp_t;
+        uv_tcp_init(s.loop, tcp);
+        tcp->data = &s;
+        s.tcp_listeners.push_back(tcp);
+        ++s.open_listeners;
+        if (int rc = uv_tcp_bind(tcp, reinterpret_cast<sockaddr*>(&actual), 0); rc < 0)
+            return std::unexpected("dns.listen " + hp.to_string() + " (tcp): " + from_uv(rc));
+        if (int rc = uv_listen(reinterpret_cast<uv_stream_t*>(tcp), 1024, [](uv_stream_t* l, int status) {
+                if (status < 0) return;
+                static_cast<Server::Impl*>(l->data)->on_tcp_connection(l);
+            });
+            rc < 0)
+            return std::unexpected("dns.listen " + hp.to_string() + " (tcp): " + from_uv(rc));
+        s.bound.push_back(describe(reinterpret_cast<sockaddr*>(&actual)));
+    }
+    return {};
+}
+
+void Server::stop(std::function<void()> done)
+{
+    auto& s = *impl_;
+    s.stopping = true;
+    s.on_stopped = std::move(done);
+    auto close_listener = [](uv_handle_t* h) {
+        auto* impl = static_cast<Server::Impl*>(h->data);
+        --impl->open_listeners;
+        if (h->type == UV_UDP) delete reinterpret_cast<uv_udp_t*>(h);
+        else delete reinterpret_cast<uv_tcp_t*>(h);
+        impl->maybe_stopped();
+    };
+    for (auto* u : s.udp_listeners) uv_close(reinterpret_cast<uv_handle_t*>(u), close_listener);
+    for (auto* t : s.tcp_listeners) uv_close(reinterpret_cast<uv_handle_t*>(t), close_listener);
+    s.udp_listeners.clear();
+    s.tcp_listeners.clear();
+    // Connections with nothing outstanding close now; the rest once their answers are sent.
+    std::vector<TcpConnection*> idle;
+    for (auto* c : s.connections)
+        if (c->pending == 0) idle.push_back(c);
+    for (auto* c : idle) c->close();
+    s.maybe_stopped();
+}
+
+std::vector<conf::HostPort> system_upstreams(const std::vector<conf::HostPort>& listen, const std::string& resolv_conf)
+{
+    std::vector<conf::HostPort> out;
+    std::FILE* f = std::fopen(resolv_conf.c_str(), "r");
+    if (!f) return out;
+    char line[512];
+    while (std::fgets(line, sizeof line, f)) {
+        std::string text(line);
+        if (!text.starts_with("nameserver")) continue;
+        auto start = text.find_first_not_of(" \t", 10);
+        if (start == std::string::npos) continue;
+        auto end = text.find_first_of(" \t\r\n#;", start);
+        std::string host = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
+        if (auto pct = host.find('%'); pct != std::string::npos) host.resize(pct);  // fe80::1%eth0
+        auto address = vip::Address::parse(host);
+        if (!address) continue;
+        bool loopback = (address->family == vip::Family::v4 && (address->value >> 24) == 127) ||
+                        (address->family == vip::Family::v6 && address->value == 1);
+        bool ours = std::ranges::any_of(listen, [&](const conf::HostPort& l) {
+            if (l.port != 53) return false;
+            if (l.host.empty()) return loopback;
+            auto mine = vip::Address::parse(l.host);
+            return mine && *mine == *address;
+        });
+        if (!ours) out.push_back(conf::HostPort{address->to_string(), 53});
+    }
+    std::fclose(f);
+    return out;
+}
+
+std::vector<std::string> Server::bound() const { return impl_->bound; }
+const Metrics& Server::metrics() const { return impl_->metrics; }
+std::size_t Server::in_flight() const { return impl_->forwards.size(); }
+
+}  // namespace dns
