@@ -88,7 +88,7 @@ TEST_CASE("template errors become TemplateError conditions")
                Catch::StartsWith("template renders to \"a..mesh\" which is not a valid DNS name"));
 }
 
-TEST_CASE("a generator that selects nothing leaves no trace; other selector kinds select nothing")
+TEST_CASE("a generator that selects nothing leaves no trace, and other selector kinds select nothing")
 {
     auto a = mes("a");
     auto none = generator("none", "{{ .Name }}.x", {{"team", "y"}});

@@ -150,7 +150,7 @@ TEST_CASE("a MES gets its VIP and hostname in the transaction that creates it")
     s.require_sound();
 }
 
-TEST_CASE("re-applies and updates keep the VIP; unchanged writes change nothing")
+TEST_CASE("re-applies and updates keep the VIP, and unchanged writes change nothing")
 {
     TempStore s;
     s.apply({mes("a"), mes("b")});

@@ -1,0 +1,414 @@
+// The running mesd answering real clients: dig, kdig and drill over UDP and TCP.
+#include "test/support/mesd.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <thread>
+
+using namespace test_support;
+
+namespace {
+
+const std::string dig = "/usr/bin/dig";
+const std::string kdig = "/usr/bin/kdig";
+const std::string drill = "/usr/bin/drill";
+
+struct Dir {
+    std::filesystem::path path;
+    Dir()
+    {
+        char tmpl[] = "/tmp/mesd-dns-XXXXXX";
+        path = mkdtemp(tmpl);
+    }
+    ~Dir() { std::filesystem::remove_all(path); }
+    std::string write(const std::string& name, const std::string& content) const
+    {
+        auto p = path / name;
+        std::filesystem::create_directories(p.parent_path());
+        std::ofstream(p) << content;
+        return p.string();
+    }
+};
+
+const std::string resources =
+    "type: HostnameGenerator\nname: example\nspec:\n  selector:\n    meshExternalService: {}\n"
+    "  template: \"{{ .Name }}.mesh\"\n"
+    "---\ntype: MeshExternalService\nname: mes-http\nspec:\n  match: {port: 80, protocol: http}\n"
+    "  endpoints: [{address: httpbin.org, port: 80}]\n"
+    "---\ntype: MeshExternalService\nname: mes-tls\nspec:\n  match: {port: 443}\n"
+    "  endpoints: [{address: 127.0.0.1, port: 8443}, {address: backup.example, port: 443, priority: 1}]\n"
+    "  tls: {enabled: true, verification: {serverName: tls.example, mode: SkipSAN}}\n";
+
+// A MES whose TXT answer is larger than 512 bytes and smaller than our EDNS size of 1232.
+std::string big_mes()
+{
+    std::string doc = "---\ntype: MeshExternalService\nname: mes-big\nspec:\n  match: {port: 80}\n  endpoints:\n";
+    for (int i = 0; i < 20; ++i)
+        doc += "    - {address: endpoint-" + std::to_string(i) + ".backends.example.com, port: 8080}\n";
+    return doc;
+}
+
+struct Fixture {
+    Dir dir;
+    std::unique_ptr<Mesd> mesd;
+    std::string port;
+
+    explicit Fixture(MesdOptions options = {})
+    {
+        auto conf_dir = dir.path / "resources";
+        dir.write("resources/all.yaml", resources + big_mes());
+        if (options.conf_dir.empty()) options.conf_dir = conf_dir.string();
+        if (options.dns_section.empty()) options.dns_section = "  forward:\n    enabled: false\n";
+        mesd = std::make_unique<Mesd>(dir.path / "mesd", options);
+        port = std::to_string(mesd->dns_port());
+    }
+    std::string dig_out(std::vector<std::string> args) const
+    {
+        args.insert(args.begin(), {dig, "@127.0.0.1", "-p", port, "+tries=1", "+time=2"});
+        return output_of(args);
+    }
+    std::string short_answer(const std::string& name, const std::string& type = "A", const std::string& extra = "+notcp") const
+    {
+        auto out = dig_out({name, type, "+short", extra});
+        while (!out.empty() && out.back() == '\n') out.pop_back();
+        return out;
+    }
+};
+
+// Sends raw bytes over UDP and returns the reply, or empty after `wait`.
+std::vector<std::uint8_t> udp_exchange(int port, const std::vector<std::uint8_t>& query,
+                                       std::chrono::milliseconds wait = std::chrono::milliseconds(500))
+{
+    int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::sendto(fd, query.data(), query.size(), 0, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    pollfd p{fd, POLLIN, 0};
+    std::vector<std::uint8_t> out;
+    if (::poll(&p, 1, static_cast<int>(wait.count())) == 1) {
+        out.resize(65535);
+        auto n = ::recv(fd, out.data(), out.size(), 0);
+        out.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+    }
+    ::close(fd);
+    return out;
+}
+
+// A query for `name`/A with the given header flags byte and question count.
+std::vector<std::uint8_t> raw_query(const std::string& name, std::uint8_t flags = 0x01, int qdcount = 1)
+{
+    std::vector<std::uint8_t> q = {0x12, 0x34, flags, 0x00, 0x00, static_cast<std::uint8_t>(qdcount), 0, 0, 0, 0, 0, 0};
+    for (int n = 0; n < qdcount; ++n) {
+        std::size_t start = 0;
+        while (start <= name.size()) {
+            auto dot = name.find('.', start);
+            std::string label = name.substr(start, dot == std::string::npos ? std::string::npos : dot - start);
+            if (!label.empty()) {
+                q.push_back(static_cast<std::uint8_t>(label.size()));
+                q.insert(q.end(), label.begin(), label.end());
+            }
+            if (dot == std::string::npos) break;
+            start = dot + 1;
+        }
+        q.insert(q.end(), {0x00, 0x00, 0x01, 0x00, 0x01});
+    }
+    return q;
+}
+
+}  // namespace
+
+TEST_CASE("A answers for generated hostnames through dig, kdig and drill, UDP and TCP")
+{
+    Fixture f;
+    CHECK(f.short_answer("mes-http.mesh") == "127.242.0.1");
+    CHECK(f.short_answer("mes-http.mesh", "A", "+tcp") == "127.242.0.1");
+    auto full = f.dig_out({"mes-http.mesh", "A", "+norec"});
+    CHECK_THAT(full, Catch::Contains("status: NOERROR"));
+    CHECK_THAT(full, Catch::Contains("flags: qr aa;"));
+    CHECK_THAT(full, Catch::Contains("mes-http.mesh.\t\t30\tIN\tA\t127.242.0.1"));
+
+    auto k = output_of({kdig, "@127.0.0.1", "-p", f.port, "mes-tls.mesh", "A", "+short"});
+    CHECK(k == "127.242.0.2\n");
+    auto kt = output_of({kdig, "@127.0.0.1", "-p", f.port, "+tcp", "mes-tls.mesh", "A", "+short"});
+    CHECK(kt == "127.242.0.2\n");
+    auto d = output_of({drill, "-p", f.port, "mes-tls.mesh", "@127.0.0.1", "A"});
+    CHECK_THAT(d, Catch::Contains("rcode: NOERROR"));
+    CHECK_THAT(d, Catch::Matches("(.|\\n)*mes-tls\\.mesh\\.\\s+30\\s+IN\\s+A\\s+127\\.242\\.0\\.2(.|\\n)*"));
+    auto dt = output_of({drill, "-t", "-p", f.port, "mes-tls.mesh", "@127.0.0.1", "A"});
+    CHECK_THAT(dt, Catch::Contains("127.242.0.2"));
+}
+
+TEST_CASE("names match case-insensitively and the question is echoed as asked")
+{
+    Fixture f;
+    auto out = f.dig_out({"MeS-HtTp.MeSh", "A"});
+    CHECK_THAT(out, Catch::Contains(";MeS-HtTp.MeSh.\t\t\tIN\tA"));
+    CHECK_THAT(out, Catch::Contains("127.242.0.1"));
+    CHECK(f.short_answer("MES-TLS.MESH.", "A", "+tcp") == "127.242.0.2");
+}
+
+TEST_CASE("NODATA, NXDOMAIN, SOA and NS")
+{
+    Fixture f;
+    auto nodata = f.dig_out({"mes-http.mesh", "AAAA"});
+    CHECK_THAT(nodata, Catch::Contains("status: NOERROR"));
+    CHECK_THAT(nodata, Catch::Contains("ANSWER: 0, AUTHORITY: 1"));
+    CHECK_THAT(nodata, Catch::Contains("IN\tSOA\tlocalhost. hostmaster.mesh."));
+    auto mx = f.dig_out({"mes-http.mesh", "MX"});
+    CHECK_THAT(mx, Catch::Contains("ANSWER: 0, AUTHORITY: 1"));
+
+    auto nx = f.dig_out({"nothing-here.mesh", "A"});
+    CHECK_THAT(nx, Catch::Contains("status: NXDOMAIN"));
+    CHECK_THAT(nx, Catch::Contains("flags: qr aa"));
+    CHECK_THAT(nx, Catch::Contains("mesh.\t\t\t30\tIN\tSOA\tlocalhost. hostmaster.mesh."));
+    auto deep = f.dig_out({"a.b.c.mesh", "TXT", "+tcp"});
+    CHECK_THAT(deep, Catch::Contains("status: NXDOMAIN"));
+
+    auto soa = f.short_answer("mesh", "SOA");
+    CHECK_THAT(soa, Catch::StartsWith("localhost. hostmaster.mesh. "));
+    CHECK_THAT(soa, Catch::EndsWith(" 3600 600 86400 30"));
+    CHECK(f.short_answer("mesh", "NS") == "localhost.");
+}
+
+TEST_CASE("PTR for IPv4 and IPv6 VIPs")
+{
+    MesdOptions o;
+    o.vip_section = "  ipv4: 127.242.0.0/16\n  ipv6: fd00:fd02::/64\n";
+    Fixture f(o);
+    CHECK(f.short_answer("mes-http.mesh", "AAAA") == "fd00:fd02::1");
+    CHECK(f.dig_out({"-x", "127.242.0.1", "+short"}) == "mes-http.mesh.\n");
+    CHECK(f.dig_out({"-x", "fd00:fd02::2", "+short", "+tcp"}) == "mes-tls.mesh.\n");
+    auto unused = f.dig_out({"-x", "127.242.9.9"});
+    CHECK_THAT(unused, Catch::Contains("status: NXDOMAIN"));
+    CHECK_THAT(unused, Catch::Contains("flags: qr aa"));
+    // Outside the pools the reverse name is not ours: forwarding is off, so REFUSED.
+    CHECK_THAT(f.dig_out({"-x", "192.0.2.1"}), Catch::Contains("status: REFUSED"));
+}
+
+TEST_CASE("TXT describes the MES, one string per fact")
+{
+    Fixture f;
+    auto txt = f.short_answer("mes-tls.mesh", "TXT");
+    CHECK(txt == "\"mes=default/mes-tls\" \"port=443\" \"protocol=tcp\" \"endpoint=127.0.0.1:8443\" "
+                 "\"endpoint=backup.example:443 priority=1\" \"tls=enabled mode=SkipSAN sni=tls.example\"");
+    auto http = f.short_answer("mes-http.mesh", "TXT");
+    CHECK_THAT(http, Catch::Contains("\"protocol=http\""));
+    CHECK_THAT(http, Catch::Contains("\"tls=disabled\""));
+}
+
+TEST_CASE("ANY is answered minimally")
+{
+    Fixture f;
+    auto any = f.dig_out({"mes-http.mesh", "ANY"});
+    CHECK_THAT(any, Catch::Contains("ANSWER: 1,"));
+    CHECK_THAT(any, Catch::Contains("IN\tA\t127.242.0.1"));
+}
+
+TEST_CASE("EDNS: our size echoed, truncation forced and avoided, BADVERS")
+{
+    Fixture f;
+    auto edns = f.dig_out({"mes-http.mesh", "A", "+bufsize=4096"});
+    CHECK_THAT(edns, Catch::Contains("; EDNS: version: 0, flags:; udp: 1232"));
+    // Without EDNS the 20-endpoint TXT does not fit 512 bytes: TC, no records.
+    auto small = f.dig_out({"mes-big.mesh", "TXT", "+noedns", "+ignore", "+norec"});
+    CHECK_THAT(small, Catch::Contains("flags: qr aa tc;"));
+    CHECK_THAT(small, Catch::Contains("ANSWER: 0,"));
+    // dig retries over TCP by itself and gets everything.
+    auto retried = f.dig_out({"mes-big.mesh", "TXT", "+noedns"});
+    CHECK_THAT(retried, Catch::Contains("ANSWER: 1,"));
+    CHECK_THAT(retried, Catch::Contains("(TCP)"));
+    // A large enough EDNS size avoids truncation over UDP.
+    auto big = f.dig_out({"mes-big.mesh", "TXT", "+bufsize=4096", "+ignore", "+norec"});
+    CHECK_THAT(big, Catch::Contains("flags: qr aa;"));
+    CHECK_THAT(big, Catch::Contains("ANSWER: 1,"));
+    CHECK_THAT(big, Catch::Contains("endpoint-19.backends.example.com:8080"));
+    auto kd = output_of({kdig, "@127.0.0.1", "-p", f.port, "+bufsize=512", "+ignoretc", "mes-big.mesh", "TXT"});
+    CHECK_THAT(kd, Catch::Contains("TC"));
+    auto badvers = f.dig_out({"mes-http.mesh", "A", "+edns=1", "+noednsnegotiation"});
+    CHECK_THAT(badvers, Catch::Contains("status: BADVERS"));
+}
+
+TEST_CASE("malformed and unusual packets")
+{
+    Fixture f;
+    int port = f.mesd->dns_port();
+    // Too short for a header: dropped.
+    CHECK(udp_exchange(port, {0x01, 0x02, 0x03}).empty());
+    // A response (QR=1) is never answered.
+    CHECK(udp_exchange(port, raw_query("mes-http.mesh", 0x81)).empty());
+    // Two questions: FORMERR.
+    auto two = udp_exchange(port, raw_query("mes-http.mesh", 0x01, 2));
+    REQUIRE(two.size() >= 12);
+    CHECK((two[3] & 0x0f) == 1);
+    CHECK(two[0] == 0x12);
+    CHECK(two[1] == 0x34);
+    // A header with a question that runs off the end: FORMERR.
+    auto cut = raw_query("mes-http.mesh");
+    cut.resize(cut.size() - 3);
+    auto formerr = udp_exchange(port, cut);
+    REQUIRE(formerr.size() >= 12);
+    CHECK((formerr[3] & 0x0f) == 1);
+    // Opcode NOTIFY (4): NOTIMP.
+    auto notify = udp_exchange(port, raw_query("mes-http.mesh", static_cast<std::uint8_t>(4 << 3)));
+    REQUIRE(notify.size() >= 12);
+    CHECK((notify[3] & 0x0f) == 4);
+    // Still answering after all that.
+    CHECK(f.short_answer("mes-http.mesh") == "127.242.0.1");
+    auto metrics = f.mesd->admin_get("/metrics");
+    CHECK_THAT(metrics, Catch::Contains("mesd_dns_dropped_total 2\n"));
+    CHECK_THAT(metrics, Catch::Contains("mesd_dns_replies_total{rcode=\"FORMERR\"} 2\n"));
+    CHECK_THAT(metrics, Catch::Contains("mesd_dns_replies_total{rcode=\"NOTIMP\"} 1\n"));
+}
+
+TEST_CASE("TCP: framing fed one byte at a time, pipelined queries, idle timeout")
+{
+    MesdOptions o;
+    o.dns_section = "  tcpIdleTimeout: 300ms\n  forward:\n    enabled: false\n";
+    Fixture f(o);
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(f.mesd->dns_port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    std::vector<std::uint8_t> stream;
+    for (const auto* name : {"mes-http.mesh", "mes-tls.mesh", "nothing.mesh"}) {
+        auto q = raw_query(name);
+        stream.push_back(static_cast<std::uint8_t>(q.size() >> 8));
+        stream.push_back(static_cast<std::uint8_t>(q.size() & 0xff));
+        stream.insert(stream.end(), q.begin(), q.end());
+    }
+    for (auto byte : stream) REQUIRE(::send(fd, &byte, 1, 0) == 1);
+    std::vector<std::uint8_t> in;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+    int replies = 0;
+    std::vector<int> rcodes;
+    while (replies < 3 && std::chrono::steady_clock::now() < deadline) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 500) != 1) continue;
+        std::uint8_t buf[4096];
+        auto n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        in.insert(in.end(), buf, buf + n);
+        while (in.size() >= 2) {
+            std::size_t len = (static_cast<std::size_t>(in[0]) << 8) | in[1];
+            if (in.size() < len + 2) break;
+            rcodes.push_back(in[5] & 0x0f);
+            in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(len + 2));
+            ++replies;
+        }
+    }
+    CHECK(rcodes == std::vector<int>{0, 0, 3});
+    // Idle for longer than tcpIdleTimeout: the server closes the connection.
+    pollfd p{fd, POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 3000) == 1);
+    std::uint8_t b;
+    CHECK(::recv(fd, &b, 1, 0) == 0);
+    ::close(fd);
+}
+
+TEST_CASE("names outside the zones are refused when forwarding is off")
+{
+    Fixture f;
+    auto out = f.dig_out({"example.org", "A"});
+    CHECK_THAT(out, Catch::Contains("status: REFUSED"));
+    CHECK_THAT(out, !Catch::Contains("flags: qr aa"));
+}
+
+TEST_CASE("store changes show within a second and a bad --conf-dir file keeps the last good state")
+{
+    Fixture f;
+    auto mesctl = std::vector<std::string>{MESCTL_PATH, "--config", f.mesd->config()};
+    auto extra = f.dir.write("extra.yaml", "type: MeshExternalService\nname: mes-live\nspec:\n  match: {port: 80}\n");
+    auto apply = mesctl;
+    apply.insert(apply.end(), {"apply", "-f", extra});
+    auto started = std::chrono::steady_clock::now();
+    REQUIRE(run(apply).exit_code == 0);
+    std::string answer;
+    while (std::chrono::steady_clock::now() - started < std::chrono::seconds(1)) {
+        answer = f.short_answer("mes-live.mesh");
+        if (!answer.empty()) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    CHECK_THAT(answer, Catch::StartsWith("127.242.0."));
+
+    auto del = mesctl;
+    del.insert(del.end(), {"delete", "mes", "mes-live"});
+    started = std::chrono::steady_clock::now();
+    REQUIRE(run(del).exit_code == 0);
+    std::string status;
+    while (std::chrono::steady_clock::now() - started < std::chrono::seconds(1)) {
+        status = f.dig_out({"mes-live.mesh", "A"});
+        if (status.find("NXDOMAIN") != std::string::npos) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    CHECK_THAT(status, Catch::Contains("status: NXDOMAIN"));
+
+    // A broken file in the conf dir: the old answers stay, the error is logged and counted.
+    f.dir.write("resources/broken.yaml", "type: MeshExternalService\nname: broken\nspec:\n  match: {port: 0}\n");
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (std::chrono::steady_clock::now() < deadline &&
+           f.mesd->admin_get("/metrics").find("mesd_conf_dir_errors_total 1") == std::string::npos)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK_THAT(f.mesd->admin_get("/metrics"), Catch::Contains("mesd_conf_dir_errors_total 1\n"));
+    CHECK_THAT(f.mesd->log(), Catch::Contains("broken.yaml:4:17: MeshExternalService default/broken: spec.match.port"));
+    CHECK(f.short_answer("mes-http.mesh") == "127.242.0.1");
+    // Fixed: applied, with the new MES answering.
+    f.dir.write("resources/broken.yaml", "type: MeshExternalService\nname: fixed\nspec:\n  match: {port: 81}\n");
+    deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    std::string fixed;
+    while (std::chrono::steady_clock::now() < deadline && (fixed = f.short_answer("fixed.mesh")).empty())
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    CHECK_THAT(fixed, Catch::StartsWith("127.242.0."));
+}
+
+TEST_CASE("admin endpoint: metrics, readiness and the live table")
+{
+    Fixture f;
+    f.short_answer("mes-http.mesh");
+    f.short_answer("nothing.mesh");
+    auto metrics = f.mesd->admin_get("/metrics");
+    CHECK_THAT(metrics, Catch::StartsWith("HTTP/1.1 200 OK\r\n"));
+    CHECK_THAT(metrics, Catch::Contains("mesd_dns_queries_total{qtype=\"A\"} 2\n"));
+    CHECK_THAT(metrics, Catch::Contains("mesd_dns_replies_total{rcode=\"NXDOMAIN\"} 1\n"));
+    CHECK_THAT(metrics, Catch::Contains("mesd_dns_answered_total 2\n"));
+    CHECK_THAT(metrics, Catch::Contains("mesd_dns_latency_seconds_count 2\n"));
+    CHECK_THAT(metrics, Catch::Contains("mesd_vips_in_use 3\n"));
+    CHECK_THAT(metrics, Catch::Contains("mesd_store_generation "));
+    CHECK_THAT(f.mesd->admin_get("/ready"), Catch::StartsWith("HTTP/1.1 200 OK"));
+    auto config = f.mesd->admin_get("/config");
+    CHECK_THAT(config, Catch::Contains("\"hostname\": \"mes-http.mesh\",\n      \"ipv4\": \"127.242.0.1\",\n      \"mesh\": \"default\",\n      \"name\": \"mes-http\""));
+    CHECK_THAT(f.mesd->admin_get("/nope"), Catch::StartsWith("HTTP/1.1 404"));
+}
+
+TEST_CASE("SIGTERM stops mesd cleanly")
+{
+    Fixture f;
+    CHECK(f.short_answer("mes-http.mesh") == "127.242.0.1");
+    CHECK(f.mesd->stop() == 0);
+    auto log = f.mesd->log();
+    CHECK_THAT(log, Catch::Contains("msg=stopping signal=SIGTERM"));
+    CHECK_THAT(log, Catch::Contains("msg=stopped"));
+}
+
+TEST_CASE("configuration errors stop mesd before it starts")
+{
+    Dir dir;
+    auto bad = dir.write("bad.yaml", "dns:\n  listen: [\"nowhere\"]\n");
+    auto r = run({MESD_PATH, "--config", bad});
+    CHECK(r.exit_code == 2);
+    CHECK_THAT(r.err, Catch::Contains("bad.yaml:2:12: dns.listen[0]: must be ADDRESS:PORT with an IP address"));
+    CHECK(run({MESD_PATH, "--bogus"}).exit_code == 2);
+}
