@@ -9,7 +9,7 @@ CMAKE_FLAGS    ?=
 # Debian packages: to build, and what the tests drive as real clients and peers.
 BUILD_PACKAGES := build-essential cmake pkg-config libldns-dev libuv1-dev libyaml-cpp-dev \
                   libssl-dev liblmdb-dev catch2
-TEST_PACKAGES  := openssl
+TEST_PACKAGES  := openssl dnsutils knot-dnsutils ldnsutils dnsmasq-base iproute2
 PACKAGES       := $(BUILD_PACKAGES) $(TEST_PACKAGES)
 
 .PHONY: all build deps test test-sanitize sanitize run clean bench bench-store
@@ -48,10 +48,15 @@ test-sanitize: sanitize
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --test-dir $(SANITIZE_DIR) --output-on-failure -j $(JOBS)
 
-# The daemon arrives with the DNS responder; until then `make run` checks the examples it
-# will serve.
+# Starts mesd in the foreground on conf/examples/ (applied into .data/store); Ctrl-C stops it.
 run: build
-	$(BUILD_DIR)/cmd/mesctl validate conf/examples
+	@echo "mesd: serving conf/examples/ on 127.0.0.1:15053 (admin on 127.0.0.1:9901). Try:"
+	@echo "  dig @127.0.0.1 -p 15053 mes-http.mesh"
+	@echo "  dig @127.0.0.1 -p 15053 mes-http.mesh TXT +short"
+	@echo "  dig @127.0.0.1 -p 15053 -x 127.242.0.3"
+	@echo "  curl -s 127.0.0.1:9901/config"
+	@echo "  $(BUILD_DIR)/cmd/mesctl --config conf/mesd-run.yaml get mes"
+	$(BUILD_DIR)/cmd/mesd --config conf/mesd-run.yaml --conf-dir conf/examples
 
 # Benchmarks print figures and ratios; they are not tests.
 bench: bench-store
