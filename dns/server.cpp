@@ -325,10 +325,10 @@ struct Forward {
 
     std::size_t upstream = 0;
     uv_timer_t timer{};
-    uv_udp_t udp{};
-    uv_tcp_t tcp{};
-    uv_connect_t connect{};
-    bool udp_open = false, tcp_open = false;
+    // Each attempt gets handles of its own: a closed handle lives on until its close
+    // callback, so it cannot be reused for the next upstream.
+    uv_udp_t* udp = nullptr;
+    uv_tcp_t* tcp = nullptr;
     int open_handles = 0;
     bool done = false;
     std::vector<std::uint8_t> tcp_in;
@@ -337,31 +337,37 @@ struct Forward {
     explicit Forward(Server::Impl& s) : server(s)
     {
         timer.data = this;
-        udp.data = this;
-        tcp.data = this;
         uv_timer_init(server.loop, &timer);
         open_handles = 1;
     }
 
-    static void on_close(uv_handle_t* h)
+    static void release(Forward* f)
     {
-        auto* f = static_cast<Forward*>(h->data);
         if (--f->open_handles == 0) {
             Server::Impl& s = f->server;
             delete f;
             s.maybe_stopped();
         }
     }
+    static void on_close(uv_handle_t* h) { release(static_cast<Forward*>(h->data)); }
 
     void close_sockets()
     {
-        if (udp_open) {
-            udp_open = false;
-            uv_close(reinterpret_cast<uv_handle_t*>(&udp), on_close);
+        if (udp) {
+            uv_close(reinterpret_cast<uv_handle_t*>(udp), [](uv_handle_t* h) {
+                auto* f = static_cast<Forward*>(h->data);
+                delete reinterpret_cast<uv_udp_t*>(h);
+                release(f);
+            });
+            udp = nullptr;
         }
-        if (tcp_open) {
-            tcp_open = false;
-            uv_close(reinterpret_cast<uv_handle_t*>(&tcp), on_close);
+        if (tcp) {
+            uv_close(reinterpret_cast<uv_handle_t*>(tcp), [](uv_handle_t* h) {
+                auto* f = static_cast<Forward*>(h->data);
+                delete reinterpret_cast<uv_tcp_t*>(h);
+                release(f);
+            });
+            tcp = nullptr;
         }
     }
 
@@ -417,27 +423,28 @@ struct Forward {
         }
         set_id(query, static_cast<std::uint16_t>(arc4random() & 0xffff));
         const sockaddr* to = reinterpret_cast<const sockaddr*>(&server.upstreams[upstream]);
-        uv_udp_init(server.loop, &udp);
-        udp_open = true;
+        udp = new uv_udp_t;
+        uv_udp_init(server.loop, udp);
+        udp->data = this;
         ++open_handles;
         sockaddr_storage any{};
         if (to->sa_family == AF_INET6) uv_ip6_addr("::", 0, reinterpret_cast<sockaddr_in6*>(&any));
         else uv_ip4_addr("0.0.0.0", 0, reinterpret_cast<sockaddr_in*>(&any));
         uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(query.data()), static_cast<unsigned>(query.size()));
-        if (uv_udp_bind(&udp, reinterpret_cast<sockaddr*>(&any), 0) < 0 ||
-            uv_udp_recv_start(&udp,
+        if (uv_udp_bind(udp, reinterpret_cast<sockaddr*>(&any), 0) < 0 ||
+            uv_udp_recv_start(udp,
                               [](uv_handle_t* h, size_t, uv_buf_t* b) {
                                   auto* f = static_cast<Forward*>(h->data);
                                   *b = uv_buf_init(reinterpret_cast<char*>(f->buffer.data()), static_cast<unsigned>(f->buffer.size()));
                               },
                               [](uv_udp_t* h, ssize_t n, const uv_buf_t* b, const sockaddr* from, unsigned) {
                                   auto* f = static_cast<Forward*>(h->data);
-                                  if (n <= 0 || !from) return;
+                                  if (n <= 0 || !from || h != f->udp) return;
                                   f->on_udp_answer(std::span<const std::uint8_t>(reinterpret_cast<std::uint8_t*>(b->base),
                                                                                  static_cast<std::size_t>(n)),
                                                    from);
                               }) < 0 ||
-            uv_udp_try_send(&udp, &buf, 1, to) < 0) {
+            uv_udp_try_send(udp, &buf, 1, to) < 0) {
             next();
             return;
         }
@@ -479,22 +486,31 @@ struct Forward {
     void try_tcp()
     {
         close_sockets();
-        uv_tcp_init(server.loop, &tcp);
-        tcp_open = true;
+        tcp = new uv_tcp_t;
+        uv_tcp_init(server.loop, tcp);
+        tcp->data = this;
         ++open_handles;
         tcp_in.clear();
-        connect.data = this;
-        int rc = uv_tcp_connect(&connect, &tcp, reinterpret_cast<const sockaddr*>(&server.upstreams[upstream]),
+        auto* connect = new uv_connect_t;
+        connect->data = this;
+        int rc = uv_tcp_connect(connect, tcp, reinterpret_cast<const sockaddr*>(&server.upstreams[upstream]),
                                 [](uv_connect_t* req, int status) {
                                     auto* f = static_cast<Forward*>(req->data);
-                                    if (status == UV_ECANCELED || f->done) return;
+                                    bool current = req->handle == reinterpret_cast<uv_stream_t*>(f->tcp);
+                                    delete req;
+                                    // A cancelled connect belongs to a closed attempt; the
+                                    // Forward itself outlives it (its handle is not closed yet).
+                                    if (status == UV_ECANCELED || f->done || !current) return;
                                     if (status < 0) {
                                         f->next();
                                         return;
                                     }
                                     f->on_tcp_connected();
                                 });
-        if (rc < 0) next();
+        if (rc < 0) {
+            delete connect;
+            next();
+        }
     }
 
     void on_tcp_connected()
@@ -504,19 +520,20 @@ struct Forward {
         w->bytes.push_back(static_cast<std::uint8_t>(query.size() & 0xff));
         w->bytes.insert(w->bytes.end(), query.begin(), query.end());
         uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(w->bytes.data()), static_cast<unsigned>(w->bytes.size()));
-        if (uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&tcp), &buf, 1,
+        if (uv_write(&w->req, reinterpret_cast<uv_stream_t*>(tcp), &buf, 1,
                      [](uv_write_t* req, int) { delete reinterpret_cast<Write*>(req); }) < 0) {
             delete w;
             next();
             return;
         }
-        uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp),
+        uv_read_start(reinterpret_cast<uv_stream_t*>(tcp),
                       [](uv_handle_t* h, size_t, uv_buf_t* b) {
                           auto* f = static_cast<Forward*>(h->data);
                           *b = uv_buf_init(reinterpret_cast<char*>(f->buffer.data()), static_cast<unsigned>(f->buffer.size()));
                       },
                       [](uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
                           auto* f = static_cast<Forward*>(s->data);
+                          if (s != reinterpret_cast<uv_stream_t*>(f->tcp)) return;
                           if (n < 0) {
                               f->next();
                               return;

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <regex>
 #include <thread>
@@ -411,4 +412,184 @@ TEST_CASE("configuration errors stop mesd before it starts")
     CHECK(r.exit_code == 2);
     CHECK_THAT(r.err, Catch::Contains("bad.yaml:2:12: dns.listen[0]: must be ADDRESS:PORT with an IP address"));
     CHECK(run({MESD_PATH, "--bogus"}).exit_code == 2);
+}
+
+namespace {
+
+int free_udp_port()
+{
+    int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    socklen_t len = sizeof addr;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    ::close(fd);
+    return ntohs(addr.sin_port);
+}
+
+// dnsmasq serving a small test zone on loopback, as the upstream resolver.
+struct Dnsmasq {
+    int port = free_udp_port();
+    std::unique_ptr<Child> child;
+    explicit Dnsmasq(const std::filesystem::path& dir)
+    {
+        std::string txt = "big.fwd.test";
+        for (int i = 0; i < 12; ++i) txt += "," + std::string(60, static_cast<char>('a' + i));
+        child = std::make_unique<Child>(
+            std::vector<std::string>{"/usr/sbin/dnsmasq", "-k", "--user=root", "--port=" + std::to_string(port),
+                                     "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+                                     "--conf-file=/dev/null", "--pid-file=", "--address=/fwd.test/127.0.0.77",
+                                     "--txt-record=" + txt, "--log-facility=-"},
+            (dir / "dnsmasq.out").string(), (dir / "dnsmasq.err").string());
+        // Ready when it answers.
+        for (int i = 0; i < 100; ++i) {
+            if (!udp_exchange(port, raw_query("ready.fwd.test"), std::chrono::milliseconds(50)).empty()) return;
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+    }
+};
+
+// A UDP socket that plays upstream: `reply` decides what to send back for each query.
+struct FakeUpstream {
+    int fd = -1;
+    int port = 0;
+    std::jthread thread;
+    FakeUpstream(std::function<void(int fd, const std::vector<std::uint8_t>& q, const sockaddr_in& from)> reply)
+    {
+        fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+        socklen_t len = sizeof addr;
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+        port = ntohs(addr.sin_port);
+        thread = std::jthread([this, reply](std::stop_token stop) {
+            while (!stop.stop_requested()) {
+                pollfd p{fd, POLLIN, 0};
+                if (::poll(&p, 1, 100) != 1) continue;
+                std::vector<std::uint8_t> q(65535);
+                sockaddr_in from{};
+                socklen_t flen = sizeof from;
+                auto n = ::recvfrom(fd, q.data(), q.size(), 0, reinterpret_cast<sockaddr*>(&from), &flen);
+                if (n <= 0) continue;
+                q.resize(static_cast<std::size_t>(n));
+                if (reply) reply(fd, q, from);
+            }
+        });
+    }
+    ~FakeUpstream()
+    {
+        thread.request_stop();
+        thread.join();
+        ::close(fd);
+    }
+};
+
+// A reply to `q` with one A record, and the given ID.
+std::vector<std::uint8_t> a_reply(const std::vector<std::uint8_t>& q, std::uint16_t id, std::uint8_t last_octet)
+{
+    std::vector<std::uint8_t> r = q;
+    r[0] = static_cast<std::uint8_t>(id >> 8);
+    r[1] = static_cast<std::uint8_t>(id & 0xff);
+    r[2] = 0x81;
+    r[3] = 0x80;
+    r[7] = 1;  // ANCOUNT
+    r[10] = 0;
+    r[11] = 0;  // no OPT
+    std::size_t end = 12;
+    while (end < r.size() && r[end] != 0) end += 1u + r[end];
+    r.resize(end + 5);
+    r.insert(r.end(), {0xc0, 0x0c, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x00, 0x3c, 0x00, 0x04, 127, 0, 0, last_octet});
+    return r;
+}
+
+MesdOptions forwarding(const std::vector<int>& upstream_ports, const std::string& timeout = "300ms")
+{
+    MesdOptions o;
+    o.dns_section = "  forward:\n    timeout: " + timeout + "\n    upstreams: [";
+    for (std::size_t i = 0; i < upstream_ports.size(); ++i)
+        o.dns_section += (i ? ", " : "") + std::string("\"127.0.0.1:") + std::to_string(upstream_ports[i]) + "\"";
+    o.dns_section += "]\n";
+    return o;
+}
+
+}  // namespace
+
+TEST_CASE("forwarding to a real upstream: answers, and TCP after a truncated answer")
+{
+    Dir dir;
+    Dnsmasq upstream(dir.path);
+    Fixture f(forwarding({upstream.port}));
+    CHECK(f.short_answer("www.fwd.test") == "127.0.0.77");
+    CHECK(f.short_answer("www.fwd.test", "A", "+tcp") == "127.0.0.77");
+    // Mesh names are still ours.
+    CHECK(f.short_answer("mes-http.mesh") == "127.242.0.1");
+    // With room for 4096 bytes the client gets the whole answer over UDP.
+    auto big = f.dig_out({"big.fwd.test", "TXT", "+bufsize=4096", "+ignore"});
+    CHECK_THAT(big, Catch::Contains("status: NOERROR"));
+    CHECK_THAT(big, Catch::Contains(std::string(60, 'l')));
+    auto metrics = f.mesd->admin_get("/metrics");
+    CHECK_THAT(metrics, Catch::Contains("mesd_dns_forwarded_total 3\n"));
+    // Without EDNS the upstream truncates: mesd asks it again over TCP, gives the client
+    // (512 bytes) TC, and the client's own TCP retry gets everything.
+    auto small = f.dig_out({"big.fwd.test", "TXT", "+noedns"});
+    CHECK_THAT(small, Catch::Contains(std::string(60, 'l')));
+    CHECK_THAT(small, Catch::Contains("(TCP)"));
+    metrics = f.mesd->admin_get("/metrics");
+    // Twice: once for the UDP query, once for the client's TCP retry (forwarded without EDNS).
+    CHECK_THAT(metrics, Catch::Contains("mesd_dns_upstream_tcp_retries_total 2\n"));
+    CHECK_THAT(metrics, Catch::Contains("mesd_dns_truncated_total 1\n"));
+}
+
+TEST_CASE("an upstream that never answers: the next one, then SERVFAIL within the timeout")
+{
+    FakeUpstream silent(nullptr);
+    Dir dir;
+    Dnsmasq real(dir.path);
+    {
+        Fixture f(forwarding({silent.port, real.port}));
+        auto started = std::chrono::steady_clock::now();
+        CHECK(f.short_answer("www.fwd.test") == "127.0.0.77");
+        CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(2));
+        CHECK_THAT(f.mesd->admin_get("/metrics"), Catch::Contains("mesd_dns_upstream_timeouts_total 1\n"));
+    }
+    Fixture only_silent(forwarding({silent.port}));
+    auto started = std::chrono::steady_clock::now();
+    auto out = only_silent.dig_out({"www.fwd.test", "A"});
+    auto took = std::chrono::steady_clock::now() - started;
+    CHECK_THAT(out, Catch::Contains("status: SERVFAIL"));
+    CHECK(took < std::chrono::milliseconds(1500));
+    CHECK_THAT(only_silent.mesd->admin_get("/metrics"), Catch::Contains("mesd_dns_upstream_failures_total 1\n"));
+}
+
+TEST_CASE("answers with the wrong ID or question are ignored")
+{
+    FakeUpstream spoofing([](int fd, const std::vector<std::uint8_t>& q, const sockaddr_in& from) {
+        std::uint16_t id = static_cast<std::uint16_t>((q[0] << 8) | q[1]);
+        auto send = [&](const std::vector<std::uint8_t>& r) {
+            ::sendto(fd, r.data(), r.size(), 0, reinterpret_cast<const sockaddr*>(&from), sizeof from);
+        };
+        send(a_reply(q, static_cast<std::uint16_t>(id + 1), 66));  // wrong ID
+        auto other = a_reply(raw_query("other.fwd.test"), id, 67);  // right ID, other question
+        send(other);
+        std::this_thread::sleep_for(std::chrono::milliseconds(30));
+        send(a_reply(q, id, 55));  // the real answer
+    });
+    Fixture f(forwarding({spoofing.port}, "1s"));
+    CHECK(f.short_answer("www.fwd.test") == "127.0.0.55");
+    CHECK_THAT(f.mesd->admin_get("/metrics"), Catch::Contains("mesd_dns_upstream_mismatched_total 2\n"));
+}
+
+TEST_CASE("clients outside the allow list are refused")
+{
+    Dir dir;
+    Dnsmasq upstream(dir.path);
+    auto o = forwarding({upstream.port});
+    o.dns_section += "    allow: [\"10.0.0.0/8\"]\n";
+    Fixture f(o);
+    CHECK_THAT(f.dig_out({"www.fwd.test", "A"}), Catch::Contains("status: REFUSED"));
+    CHECK(f.short_answer("mes-http.mesh") == "127.242.0.1");
 }
