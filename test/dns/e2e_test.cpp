@@ -433,19 +433,30 @@ int free_udp_port()
 struct Dnsmasq {
     int port = free_udp_port();
     std::unique_ptr<Child> child;
-    explicit Dnsmasq(const std::filesystem::path& dir)
+    // `wrapper` runs it elsewhere (inside a network namespace), on `fixed_port`.
+    explicit Dnsmasq(const std::filesystem::path& dir, std::vector<std::string> wrapper = {}, int fixed_port = 0)
     {
+        if (fixed_port) port = fixed_port;
         std::string txt = "big.fwd.test";
         for (int i = 0; i < 12; ++i) txt += "," + std::string(60, static_cast<char>('a' + i));
-        child = std::make_unique<Child>(
-            std::vector<std::string>{"/usr/sbin/dnsmasq", "-k", "--user=root", "--port=" + std::to_string(port),
-                                     "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
-                                     "--conf-file=/dev/null", "--pid-file=", "--address=/fwd.test/127.0.0.77",
-                                     "--txt-record=" + txt, "--log-facility=-"},
-            (dir / "dnsmasq.out").string(), (dir / "dnsmasq.err").string());
+        std::vector<std::string> argv = wrapper;
+        for (std::string a : {"/usr/sbin/dnsmasq", "-k", "--user=root", "--listen-address=127.0.0.1", "--bind-interfaces",
+                              "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=",
+                              "--address=/fwd.test/127.0.0.77", "--log-facility=-"})
+            argv.push_back(a);
+        argv.push_back("--port=" + std::to_string(port));
+        argv.push_back("--txt-record=" + txt);
+        child = std::make_unique<Child>(argv, (dir / "dnsmasq.out").string(), (dir / "dnsmasq.err").string());
         // Ready when it answers.
         for (int i = 0; i < 100; ++i) {
-            if (!udp_exchange(port, raw_query("ready.fwd.test"), std::chrono::milliseconds(50)).empty()) return;
+            if (wrapper.empty()) {
+                if (!udp_exchange(port, raw_query("ready.fwd.test"), std::chrono::milliseconds(50)).empty()) return;
+            } else {
+                auto probe = wrapper;
+                probe.insert(probe.end(), {dig, "@127.0.0.1", "-p", std::to_string(port), "ready.fwd.test", "+short",
+                                           "+time=1", "+tries=1"});
+                if (output_of(probe).find("127.0.0.77") != std::string::npos) return;
+            }
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
         }
     }
@@ -592,4 +603,47 @@ TEST_CASE("clients outside the allow list are refused")
     Fixture f(o);
     CHECK_THAT(f.dig_out({"www.fwd.test", "A"}), Catch::Contains("status: REFUSED"));
     CHECK(f.short_answer("mes-http.mesh") == "127.242.0.1");
+}
+
+TEST_CASE("the glibc resolver of a network namespace pointed at mesd")
+{
+    // A namespace of our own: its loopback is private, so mesd can take port 53 there.
+    std::string ns = "mesd-t" + std::to_string(::getpid());
+    REQUIRE(run({"/usr/sbin/ip", "netns", "add", ns}).exit_code == 0);
+    struct Cleanup {
+        std::string ns;
+        ~Cleanup()
+        {
+            run({"/usr/sbin/ip", "netns", "del", ns});
+            std::filesystem::remove_all("/etc/netns/" + ns);
+        }
+    } cleanup{ns};
+    std::vector<std::string> in_ns = {"/usr/sbin/ip", "netns", "exec", ns};
+    auto up = in_ns;
+    up.insert(up.end(), {"/usr/sbin/ip", "link", "set", "lo", "up"});
+    REQUIRE(run(up).exit_code == 0);
+    std::filesystem::create_directories("/etc/netns/" + ns);
+    std::ofstream("/etc/netns/" + ns + "/resolv.conf") << "nameserver 127.0.0.1\noptions timeout:2 attempts:1\n";
+
+    Dir dir;
+    Dnsmasq upstream(dir.path, in_ns, 5353);
+    MesdOptions o;
+    o.wrapper = in_ns;
+    o.dns_listen = "127.0.0.1:53";
+    o.dns_section = "  forward:\n    upstreams: [\"127.0.0.1:5353\"]\n";
+    Fixture f(o);
+
+    auto getent = [&](const std::string& name) {
+        auto argv = in_ns;
+        argv.insert(argv.end(), {"/usr/bin/getent", "hosts", name});
+        return run(argv);
+    };
+    auto mesh = getent("mes-http.mesh");
+    CHECK(mesh.exit_code == 0);
+    CHECK_THAT(mesh.out, Catch::StartsWith("127.242.0.1"));
+    CHECK_THAT(mesh.out, Catch::Contains("mes-http.mesh"));
+    auto forwarded = getent("www.fwd.test");
+    CHECK(forwarded.exit_code == 0);
+    CHECK_THAT(forwarded.out, Catch::StartsWith("127.0.0.77"));
+    CHECK(getent("missing.mesh").exit_code == 2);  // NXDOMAIN: not found
 }
