@@ -1,0 +1,185 @@
+// The responder alone, with a Source in memory: every rule, byte for byte where it matters.
+#include "dns/dns.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <ldns/ldns.h>
+
+#include <map>
+
+namespace {
+
+class MemorySource : public dns::Source {
+public:
+    std::map<std::string, dns::Owner> names;
+    std::uint32_t generation = 7;
+    std::vector<std::string> extra_facts;
+    std::optional<dns::Owner> find_name(std::string_view name) override
+    {
+        auto it = names.find(std::string(name));
+        return it == names.end() ? std::nullopt : std::optional<dns::Owner>(it->second);
+    }
+    std::optional<dns::Owner> find_vip(const vip::Address& a) override
+    {
+        for (const auto& [n, o] : names)
+            if (o.ipv4 == a || o.ipv6 == a) return o;
+        return std::nullopt;
+    }
+    std::vector<std::string> hostnames_of(const dns::Owner& o) override
+    {
+        std::vector<std::string> out;
+        for (const auto& [n, owner] : names)
+            if (owner.name == o.name) out.push_back(n);
+        return out;
+    }
+    std::vector<std::string> describe(const dns::Owner& o) override
+    {
+        std::vector<std::string> facts{"mes=" + o.mesh + "/" + o.name};
+        facts.insert(facts.end(), extra_facts.begin(), extra_facts.end());
+        return facts;
+    }
+    bool in_pool(const vip::Address& a) override { return vip::Pool::parse("127.242.0.0/16")->contains(a); }
+    std::uint32_t serial() override { return generation; }
+};
+
+struct Parsed {
+    ldns_pkt* pkt = nullptr;
+    explicit Parsed(const std::vector<std::uint8_t>& wire) { REQUIRE(ldns_wire2pkt(&pkt, wire.data(), wire.size()) == LDNS_STATUS_OK); }
+    ~Parsed() { ldns_pkt_free(pkt); }
+};
+
+std::vector<std::uint8_t> query(const char* name, ldns_rr_type type, std::uint16_t edns_size = 0, std::uint8_t edns_version = 0)
+{
+    ldns_pkt* q = nullptr;
+    REQUIRE(ldns_pkt_query_new_frm_str(&q, name, type, LDNS_RR_CLASS_IN, LDNS_RD) == LDNS_STATUS_OK);
+    ldns_pkt_set_id(q, 0xbeef);
+    if (edns_size) {
+        ldns_pkt_set_edns_udp_size(q, edns_size);
+        ldns_pkt_set_edns_version(q, edns_version);
+    }
+    std::uint8_t* buf = nullptr;
+    std::size_t size = 0;
+    REQUIRE(ldns_pkt2wire(&buf, q, &size) == LDNS_STATUS_OK);
+    std::vector<std::uint8_t> out(buf, buf + size);
+    free(buf);
+    ldns_pkt_free(q);
+    return out;
+}
+
+struct Setup {
+    MemorySource source;
+    dns::Responder responder{dns::Settings{}};
+    Setup()
+    {
+        source.names["mes-http.mesh"] = dns::Owner{"default", "mes-http", vip::Address::parse("127.242.0.3"), std::nullopt};
+        source.names["v6.mesh"] = dns::Owner{"default", "v6", vip::Address::parse("127.242.0.4"), vip::Address::parse("fd00::4")};
+    }
+    dns::Response ask(const std::vector<std::uint8_t>& q, bool may_forward = false, bool tcp = false)
+    {
+        return responder.respond(q, dns::Client{tcp, may_forward}, source);
+    }
+};
+
+}  // namespace
+
+TEST_CASE("responder: A, AAAA and the other family")
+{
+    Setup s;
+    auto r = s.ask(query("MES-http.mesh.", LDNS_RR_TYPE_A));
+    REQUIRE(r.action == dns::Action::reply);
+    Parsed p(r.wire);
+    CHECK(ldns_pkt_id(p.pkt) == 0xbeef);
+    CHECK(ldns_pkt_qr(p.pkt));
+    CHECK(ldns_pkt_aa(p.pkt));
+    CHECK(ldns_pkt_rd(p.pkt));
+    REQUIRE(ldns_pkt_ancount(p.pkt) == 1);
+    ldns_rr* a = ldns_rr_list_rr(ldns_pkt_answer(p.pkt), 0);
+    CHECK(ldns_rr_ttl(a) == 30);
+    char* owner = ldns_rdf2str(ldns_rr_owner(a));
+    CHECK(std::string(owner) == "MES-http.mesh.");
+    free(owner);
+    auto v6 = s.ask(query("v6.mesh.", LDNS_RR_TYPE_AAAA));
+    Parsed p6(v6.wire);
+    CHECK(ldns_pkt_ancount(p6.pkt) == 1);
+    auto nodata = s.ask(query("mes-http.mesh.", LDNS_RR_TYPE_AAAA));
+    Parsed pn(nodata.wire);
+    CHECK(ldns_pkt_get_rcode(pn.pkt) == LDNS_RCODE_NOERROR);
+    CHECK(ldns_pkt_ancount(pn.pkt) == 0);
+    REQUIRE(ldns_pkt_nscount(pn.pkt) == 1);
+    CHECK(ldns_rr_get_type(ldns_rr_list_rr(ldns_pkt_authority(pn.pkt), 0)) == LDNS_RR_TYPE_SOA);
+}
+
+TEST_CASE("responder: NXDOMAIN in a zone, forward or REFUSED outside")
+{
+    Setup s;
+    auto nx = s.ask(query("nope.mesh.", LDNS_RR_TYPE_A));
+    CHECK(nx.rcode == LDNS_RCODE_NXDOMAIN);
+    Parsed p(nx.wire);
+    CHECK(ldns_pkt_aa(p.pkt));
+    auto soa = ldns_rr_list_rr(ldns_pkt_authority(p.pkt), 0);
+    CHECK(ldns_rdf2native_int32(ldns_rr_rdf(soa, 2)) == 7);  // the serial is the store generation
+    CHECK(s.ask(query("example.org.", LDNS_RR_TYPE_A), true).action == dns::Action::forward);
+    CHECK(s.ask(query("example.org.", LDNS_RR_TYPE_A), false).rcode == LDNS_RCODE_REFUSED);
+    CHECK(s.ask(query("meshy.", LDNS_RR_TYPE_A), false).rcode == LDNS_RCODE_REFUSED);  // not under mesh.
+}
+
+TEST_CASE("responder: PTR inside the pool, NXDOMAIN for unused pool addresses")
+{
+    Setup s;
+    auto ptr = s.ask(query("3.0.242.127.in-addr.arpa.", LDNS_RR_TYPE_PTR));
+    Parsed p(ptr.wire);
+    REQUIRE(ldns_pkt_ancount(p.pkt) == 1);
+    char* target = ldns_rdf2str(ldns_rr_rdf(ldns_rr_list_rr(ldns_pkt_answer(p.pkt), 0), 0));
+    CHECK(std::string(target) == "mes-http.mesh.");
+    free(target);
+    CHECK(s.ask(query("9.9.242.127.in-addr.arpa.", LDNS_RR_TYPE_PTR)).rcode == LDNS_RCODE_NXDOMAIN);
+    CHECK(s.ask(query("1.2.0.192.in-addr.arpa.", LDNS_RR_TYPE_PTR), true).action == dns::Action::forward);
+    CHECK(s.ask(query("4.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa.", LDNS_RR_TYPE_PTR), true).action ==
+          dns::Action::forward);  // fd00::4 is outside the pool of this source
+}
+
+TEST_CASE("responder: EDNS echo, BADVERS, truncation")
+{
+    Setup s;
+    auto e = s.ask(query("mes-http.mesh.", LDNS_RR_TYPE_A, 4096));
+    Parsed p(e.wire);
+    CHECK(ldns_pkt_edns(p.pkt));
+    CHECK(ldns_pkt_edns_udp_size(p.pkt) == 1232);
+    auto bad = s.ask(query("mes-http.mesh.", LDNS_RR_TYPE_A, 4096, 1));
+    CHECK(bad.rcode == 16);
+    Parsed pb(bad.wire);
+    CHECK(ldns_pkt_edns_extended_rcode(pb.pkt) == 1);
+    CHECK(ldns_pkt_ancount(pb.pkt) == 0);
+    // A TXT of about 800 bytes: TC without EDNS, whole with EDNS, whole over TCP.
+    s.source.extra_facts = {std::string(250, 'a'), std::string(250, 'b'), std::string(250, 'c')};
+    auto plain = s.ask(query("mes-http.mesh.", LDNS_RR_TYPE_TXT));
+    CHECK(plain.truncated);
+    Parsed pt(plain.wire);
+    CHECK(ldns_pkt_tc(pt.pkt));
+    CHECK(ldns_pkt_ancount(pt.pkt) == 0);
+    CHECK(ldns_pkt_qdcount(pt.pkt) == 1);
+    CHECK(plain.wire.size() <= 512);
+    auto with_edns = s.ask(query("mes-http.mesh.", LDNS_RR_TYPE_TXT, 4096));
+    CHECK_FALSE(with_edns.truncated);
+    CHECK(with_edns.wire.size() > 512);
+    CHECK_FALSE(s.ask(query("mes-http.mesh.", LDNS_RR_TYPE_TXT), false, true).truncated);
+}
+
+TEST_CASE("responder: garbage never crashes and gets FORMERR or nothing")
+{
+    Setup s;
+    std::vector<std::uint8_t> q = query("mes-http.mesh.", LDNS_RR_TYPE_A);
+    // Every prefix and every single-byte corruption of a valid query.
+    for (std::size_t n = 0; n <= q.size(); ++n) {
+        auto r = s.ask(std::vector<std::uint8_t>(q.begin(), q.begin() + static_cast<std::ptrdiff_t>(n)));
+        if (n < 12) CHECK(r.action == dns::Action::drop);
+        else CHECK(r.action != dns::Action::forward);
+    }
+    for (std::size_t i = 0; i < q.size(); ++i)
+        for (int v : {0x00, 0x3f, 0xc0, 0xff}) {
+            auto copy = q;
+            copy[i] = static_cast<std::uint8_t>(v);
+            auto r = s.ask(copy, true);
+            if (r.action == dns::Action::reply) CHECK(r.wire.size() >= 12);
+        }
+}
