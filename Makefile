@@ -10,9 +10,12 @@ CMAKE_FLAGS    ?=
 BUILD_PACKAGES := build-essential cmake pkg-config libldns-dev libuv1-dev libyaml-cpp-dev \
                   libssl-dev liblmdb-dev catch2
 TEST_PACKAGES  := openssl dnsutils knot-dnsutils ldnsutils dnsmasq-base iproute2
-PACKAGES       := $(BUILD_PACKAGES) $(TEST_PACKAGES)
+# libFuzzer comes with clang; the DNS benchmark drives Knot and NSD with dnsperf.
+FUZZ_PACKAGES  := clang libclang-rt-14-dev libfuzzer-14-dev
+BENCH_PACKAGES := dnsperf knot nsd
+PACKAGES       := $(BUILD_PACKAGES) $(TEST_PACKAGES) $(FUZZ_PACKAGES)
 
-.PHONY: all build deps test test-sanitize sanitize run clean bench bench-store
+.PHONY: all build deps bench-deps test test-sanitize sanitize fuzz-dns run clean bench bench-store
 
 all: build
 
@@ -48,6 +51,18 @@ test-sanitize: sanitize
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --test-dir $(SANITIZE_DIR) --output-on-failure -j $(JOBS)
 
+# The DNS query handler under libFuzzer for FUZZ_SECONDS, starting from the seed corpus.
+# New inputs go to a scratch corpus; a crash leaves its input in $(FUZZ_DIR) and fails.
+FUZZ_DIR     ?= build-fuzz
+FUZZ_SECONDS ?= 60
+fuzz-dns: deps
+	@mkdir -p $(FUZZ_DIR)/corpus
+	clang++ -std=c++2b -D__cpp_concepts=202002L -Wno-macro-redefined -g -O1 \
+	  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I. \
+	  test/dns/fuzz_responder.cpp dns/responder.cpp vip/vip.cpp -lldns -o $(FUZZ_DIR)/fuzz_responder
+	$(FUZZ_DIR)/fuzz_responder -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	  -artifact_prefix=$(FUZZ_DIR)/ $(FUZZ_DIR)/corpus test/dns/fuzz-corpus
+
 # Starts mesd in the foreground on conf/examples/ (applied into .data/store); Ctrl-C stops it.
 run: build
 	@echo "mesd: serving conf/examples/ on 127.0.0.1:15053 (admin on 127.0.0.1:9901). Try:"
@@ -65,4 +80,4 @@ bench-store: build
 	$(BUILD_DIR)/bench/bench_store $(BUILD_DIR)/cmd/mesctl 100000
 
 clean:
-	rm -rf $(BUILD_DIR) $(SANITIZE_DIR)
+	rm -rf $(BUILD_DIR) $(SANITIZE_DIR) $(FUZZ_DIR)

@@ -1,0 +1,52 @@
+// libFuzzer target: any bytes into the responder, as a UDP or TCP client allowed to forward
+// or not. The responder must never crash, never read out of bounds, and either drop the
+// packet or produce a reply that starts with a DNS header carrying the query's ID.
+#include "dns/dns.hpp"
+
+#include <cstdlib>
+#include <map>
+
+namespace {
+
+class FuzzSource : public dns::Source {
+public:
+    std::optional<dns::Owner> find_name(std::string_view name) override
+    {
+        if (name == "mes-http.mesh" || name == "both.mesh")
+            return dns::Owner{"default", std::string(name.substr(0, name.find('.'))), vip::Address::parse("127.242.0.3"),
+                              name == "both.mesh" ? vip::Address::parse("fd00::3") : std::nullopt};
+        return std::nullopt;
+    }
+    std::optional<dns::Owner> find_vip(const vip::Address& a) override
+    {
+        if (a == *vip::Address::parse("127.242.0.3")) return find_name("mes-http.mesh");
+        return std::nullopt;
+    }
+    std::vector<std::string> hostnames_of(const dns::Owner&) override { return {"mes-http.mesh"}; }
+    std::vector<std::string> describe(const dns::Owner& o) override
+    {
+        return {"mes=default/" + o.name, "port=80", "protocol=http", std::string(300, 'e'), "tls=disabled"};
+    }
+    bool in_pool(const vip::Address& a) override { return pool.contains(a); }
+    std::uint32_t serial() override { return 1; }
+    vip::Pool pool = *vip::Pool::parse("127.242.0.0/16");
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
+{
+    static FuzzSource source;
+    static const dns::Responder responder(dns::Settings{});
+    std::span<const std::uint8_t> query(data, size);
+    for (bool tcp : {false, true}) {
+        auto r = responder.respond(query, dns::Client{tcp, size % 2 == 0}, source);
+        if (r.action == dns::Action::reply) {
+            if (r.wire.size() < 12 || r.wire[0] != data[0] || r.wire[1] != data[1]) std::abort();
+            if (!tcp && r.wire.size() > 1232) std::abort();
+        }
+        if (r.action != dns::Action::drop && size < 12) std::abort();
+    }
+    if (size >= 12) (void)responder.error_reply(query, 2, 512);
+    return 0;
+}
