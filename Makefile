@@ -15,7 +15,7 @@ FUZZ_PACKAGES  := clang libclang-rt-14-dev libfuzzer-14-dev
 BENCH_PACKAGES := dnsperf knot nsd
 PACKAGES       := $(BUILD_PACKAGES) $(TEST_PACKAGES) $(FUZZ_PACKAGES)
 
-.PHONY: all build deps bench-deps test test-sanitize sanitize fuzz-dns run clean bench bench-store
+.PHONY: all build deps bench-deps test test-sanitize sanitize fuzz-dns run clean bench bench-store bench-dns
 
 all: build
 
@@ -74,10 +74,17 @@ run: build
 	$(BUILD_DIR)/cmd/mesd --config conf/mesd-run.yaml --conf-dir conf/examples
 
 # Benchmarks print figures and ratios; they are not tests.
-bench: bench-store
+bench: bench-store bench-dns
+
+bench-deps:
+	@$(MAKE) --no-print-directory deps PACKAGES="$(BENCH_PACKAGES)"
 
 bench-store: build
 	$(BUILD_DIR)/bench/bench_store $(BUILD_DIR)/cmd/mesctl 100000
+
+# mesd against Knot and NSD on the same zone (dnsperf, interleaved rounds).
+bench-dns: build bench-deps
+	bench/dns_bench.sh $(BUILD_DIR)
 
 clean:
 	rm -rf $(BUILD_DIR) $(SANITIZE_DIR) $(FUZZ_DIR)
