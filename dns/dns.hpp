@@ -86,9 +86,8 @@ struct Response {
     std::uint16_t qtype = 0;
     std::uint16_t rcode = 0;
     bool truncated = false;
-    // For forwarding: the client's UDP size limit (512 without EDNS), and its question.
+    // For forwarding: the client's UDP size limit (512 without EDNS) and the question class.
     std::uint16_t client_udp_size = 512;
-    std::string qname;  // as asked
     std::uint16_t qclass = 0;
 };
 

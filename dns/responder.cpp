@@ -41,14 +41,29 @@ std::vector<std::uint8_t> header_reply(std::span<const std::uint8_t> query, std:
     return out;
 }
 
+// The name in lowercase presentation form without the final dot, read straight from the
+// wire labels (this runs for every query: no printf-based conversion). A label holding a
+// dot or a byte outside printable ASCII cannot be a generated hostname or zone name; it is
+// written as '?' so that it matches nothing.
 std::string lowercase_name(const ldns_rdf* dname)
 {
-    char* text = ldns_rdf2str(dname);
-    std::string name = text ? text : "";
-    LDNS_FREE(text);
-    for (auto& c : name)
-        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-    if (!name.empty() && name.back() == '.') name.pop_back();
+    const auto* data = ldns_rdf_data(dname);
+    std::size_t size = ldns_rdf_size(dname);
+    std::string name;
+    name.reserve(size);
+    std::size_t pos = 0;
+    while (pos < size) {
+        std::size_t len = data[pos++];
+        if (len == 0 || len > size - pos) break;
+        if (!name.empty()) name.push_back('.');
+        for (std::size_t i = 0; i < len; ++i) {
+            auto c = static_cast<char>(data[pos + i]);
+            if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+            else if (c == '.' || c <= ' ' || c > '~') c = '?';
+            name.push_back(c);
+        }
+        pos += len;
+    }
     return name;
 }
 
@@ -209,11 +224,6 @@ Response Responder::respond(std::span<const std::uint8_t> query, const Client& c
     auto qclass = static_cast<std::uint16_t>(ldns_rr_get_class(question));
     out.qtype = qtype;
     out.qclass = qclass;
-    {
-        char* text = ldns_rdf2str(qname);
-        out.qname = text ? text : "";
-        LDNS_FREE(text);
-    }
 
     bool edns = ldns_pkt_edns(q.get());
     out.client_udp_size = edns ? std::max<std::uint16_t>(512, ldns_pkt_edns_udp_size(q.get())) : 512;
