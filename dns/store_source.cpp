@@ -17,6 +17,7 @@ store::Result<bool> StoreSource::refresh()
     if (!generation) return std::unexpected(generation.error());
     bool moved = !snapshot_ || *generation != generation_;
     if (moved) {
+        cache_.clear();
         auto pools = fresh->pools();
         if (!pools) return std::unexpected(pools.error());
         pool4_ = vip::Pool::parse(pools->ipv4);
@@ -36,12 +37,22 @@ Owner to_owner(store::Owner o) { return Owner{std::move(o.mesh), std::move(o.nam
 std::optional<Owner> StoreSource::find_name(std::string_view name)
 {
     if (!snapshot_) return std::nullopt;
+    std::string key(name);
+    if (auto it = cache_.find(key); it != cache_.end()) return it->second;
     auto owners = snapshot_->lookup_hostname(name);
-    if (!owners || owners->empty()) return std::nullopt;
-    for (const auto& mesh : meshes_)
+    if (!owners) return std::nullopt;  // a read error is not remembered
+    std::optional<Owner> found;
+    for (const auto& mesh : meshes_) {
         for (auto& o : *owners)
-            if (o.mesh == mesh) return to_owner(std::move(o));
-    return std::nullopt;
+            if (o.mesh == mesh) {
+                found = to_owner(std::move(o));
+                break;
+            }
+        if (found) break;
+    }
+    if (cache_.size() >= max_cached) cache_.clear();
+    cache_.emplace(std::move(key), found);
+    return found;
 }
 
 std::optional<Owner> StoreSource::find_vip(const vip::Address& address)

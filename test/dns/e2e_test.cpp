@@ -14,6 +14,7 @@
 #include <functional>
 #include <fstream>
 #include <regex>
+#include <sstream>
 #include <thread>
 
 using namespace test_support;
@@ -646,4 +647,48 @@ TEST_CASE("the glibc resolver of a network namespace pointed at mesd")
     CHECK(forwarded.exit_code == 0);
     CHECK_THAT(forwarded.out, Catch::StartsWith("127.0.0.77"));
     CHECK(getent("missing.mesh").exit_code == 2);  // NXDOMAIN: not found
+}
+
+TEST_CASE("limits: TCP clients beyond tcpMaxClients are closed, upstream queries beyond maxInFlight fail fast")
+{
+    FakeUpstream silent(nullptr);
+    MesdOptions o = forwarding({silent.port}, "2s");
+    o.dns_section = "  tcpMaxClients: 2\n" + o.dns_section + "    maxInFlight: 1\n";
+    Fixture f(o);
+    auto connect = [&]() {
+        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_port = htons(static_cast<std::uint16_t>(f.mesd->dns_port()));
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+        return fd;
+    };
+    int a = connect(), b = connect(), c = connect();
+    pollfd p{c, POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 2000) == 1);
+    std::uint8_t byte;
+    CHECK(::recv(c, &byte, 1, 0) == 0);  // the third is closed at once
+    CHECK_THAT(f.mesd->admin_get("/metrics"), Catch::Contains("mesd_dns_tcp_refused_total 1\n"));
+    ::close(a);
+    ::close(b);
+    ::close(c);
+
+    // One query waits on the silent upstream; the next cannot be forwarded and fails at once.
+    Child waiting({dig, "@127.0.0.1", "-p", f.port, "+tries=1", "+time=5", "slow.example", "A"},
+                  (f.dir.path / "wait.out").string());
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (std::chrono::steady_clock::now() < deadline &&
+           f.mesd->admin_get("/metrics").find("mesd_dns_forward_in_flight 1\n") == std::string::npos)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    auto started = std::chrono::steady_clock::now();
+    auto second = f.dig_out({"another.example", "A"});
+    CHECK(std::chrono::steady_clock::now() - started < std::chrono::milliseconds(500));
+    CHECK_THAT(second, Catch::Contains("status: SERVFAIL"));
+    CHECK_THAT(f.mesd->admin_get("/metrics"), Catch::Contains("mesd_dns_forward_overload_total 1\n"));
+    CHECK(waiting.wait() == 0);
+    std::ifstream in(f.dir.path / "wait.out");
+    std::stringstream waited;
+    waited << in.rdbuf();
+    CHECK_THAT(waited.str(), Catch::Contains("status: SERVFAIL"));  // after the 2 s timeout
 }
