@@ -149,9 +149,7 @@ struct Context {
     store::WriteOptions write_options() const
     {
         store::WriteOptions o;
-        o.pools.ipv4 = config.vip.ipv4;
-        o.pools.ipv6 = config.vip.ipv6;
-        o.pools.quarantine = config.vip.quarantine;
+        o.pools = store::Pools::from(config);
         return o;
     }
 };

@@ -121,9 +121,7 @@ private:
     store::WriteOptions write_options() const
     {
         store::WriteOptions o;
-        o.pools.ipv4 = config_.vip.ipv4;
-        o.pools.ipv6 = config_.vip.ipv6;
-        o.pools.quarantine = config_.vip.quarantine;
+        o.pools = store::Pools::from(config_);
         return o;
     }
     bool refresh();

@@ -133,6 +133,30 @@ std::vector<std::string> secret_refs(const conf::MeshExternalService& mes)
     return out;
 }
 
+// Decodes every record under `prefix` and hands it to `fn`; stops at the first damaged one.
+template <class Fn>
+Res<void> scan_records(const Txn& txn, std::string_view prefix, Fn&& fn)
+{
+    std::optional<Failure> failure;
+    auto scan = txn.scan(txn.dbs().resources, prefix, [&](std::string_view key, std::string_view value) {
+        auto rec = read_record(value, key);
+        if (!rec) {
+            failure = rec.error();
+            return false;
+        }
+        auto res = read_resource(*rec);
+        if (!res) {
+            failure = res.error();
+            return false;
+        }
+        fn(key, std::move(*rec), std::move(*res));
+        return true;
+    });
+    if (!scan) return scan;
+    if (failure) return std::unexpected(*failure);
+    return {};
+}
+
 struct ParsedPools {
     std::optional<vip::Pool> v4;
     std::optional<vip::Pool> v6;
@@ -521,25 +545,10 @@ Res<void> WriteTxn::recompute(const std::string& mesh)
         Record record;
         conf::Resource resource;
     };
-    auto load_kind = [&](conf::Kind kind, std::vector<Loaded>& out) -> Res<void> {
-        std::optional<Failure> failure;
-        auto scan = txn_.scan(dbs_.resources, resource_key(kind, mesh, ""), [&](std::string_view key, std::string_view value) {
-            auto rec = read_record(value, key);
-            if (!rec) {
-                failure = rec.error();
-                return false;
-            }
-            auto res = read_resource(*rec);
-            if (!res) {
-                failure = res.error();
-                return false;
-            }
-            out.push_back(Loaded{std::string(key), std::move(*rec), std::move(*res)});
-            return true;
+    auto load_kind = [&](conf::Kind kind, std::vector<Loaded>& out) {
+        return scan_records(txn_, resource_key(kind, mesh, ""), [&](std::string_view key, Record rec, conf::Resource res) {
+            out.push_back(Loaded{std::string(key), std::move(rec), std::move(res)});
         });
-        if (!scan) return scan;
-        if (failure) return std::unexpected(*failure);
-        return {};
     };
     std::vector<Loaded> generators, services;
     if (auto r = load_kind(conf::Kind::hostname_generator, generators); !r) return r;
@@ -601,6 +610,11 @@ Res<void> WriteTxn::finish()
 }
 
 }  // namespace
+
+Pools Pools::from(const conf::Config& config)
+{
+    return Pools{config.vip.ipv4, config.vip.ipv6, config.vip.quarantine};
+}
 
 std::string_view outcome_name(Outcome o)
 {
@@ -804,26 +818,12 @@ Result<Snapshot> Store::snapshot() const
 Result<std::vector<Entry>> Snapshot::list(std::optional<conf::Kind> kind, std::optional<std::string_view> mesh) const
 {
     std::vector<Entry> out;
-    std::optional<Failure> failure;
     std::string prefix;
     if (kind) prefix = mesh ? resource_key(*kind, *mesh, "") : kind_prefix(*kind);
-    const auto& txn = impl_->txn;
-    auto scan = txn.scan(txn.dbs().resources, prefix, [&](std::string_view key, std::string_view value) {
-        auto rec = read_record(value, key);
-        if (!rec) {
-            failure = rec.error();
-            return false;
-        }
-        auto res = read_resource(*rec);
-        if (!res) {
-            failure = res.error();
-            return false;
-        }
-        if (!mesh || res->mesh == *mesh) out.push_back(to_entry(std::move(*res), *rec));
-        return true;
+    auto scan = scan_records(impl_->txn, prefix, [&](std::string_view, Record rec, conf::Resource res) {
+        if (!mesh || res.mesh == *mesh) out.push_back(to_entry(std::move(res), rec));
     });
     if (!scan) return std::unexpected(to_error(scan.error()));
-    if (failure) return std::unexpected(to_error(*failure));
     return out;
 }
 

@@ -53,6 +53,9 @@ struct Pools {
     std::string ipv4 = "242.0.0.0/8";
     std::string ipv6;  // empty: no IPv6 VIPs
     Clock::duration quarantine = std::chrono::hours(1);
+
+    // The `vip` section of the configuration file.
+    static Pools from(const conf::Config& config);
 };
 
 // What Kuma keeps in a MES's status: its VIP and the hostnames generated for it.

@@ -1,5 +1,6 @@
 // `mesctl validate` run as a real process: output streams and exit codes.
 #include "test/support/process.hpp"
+#include "test/support/tempdir.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -7,24 +8,10 @@
 #include <fstream>
 
 using test_support::run;
+using test_support::TempDir;
 
 namespace {
 
-struct TempDir {
-    std::filesystem::path path;
-    TempDir()
-    {
-        char tmpl[] = "/tmp/mesd-cmd-XXXXXX";
-        path = mkdtemp(tmpl);
-    }
-    ~TempDir() { std::filesystem::remove_all(path); }
-    std::string write(const std::string& name, const std::string& content) const
-    {
-        auto p = path / name;
-        std::ofstream(p) << content;
-        return p.string();
-    }
-};
 
 const std::string mesctl = MESCTL_PATH;
 

@@ -1,5 +1,6 @@
 // Input that is not YAML at all, or far too much of it: a clear error, never a crash or hang.
 #include "test/conf/support.hpp"
+#include "test/support/tempdir.hpp"
 
 #include <chrono>
 #include <cstdio>
@@ -8,27 +9,6 @@
 #include <random>
 
 using namespace test_support;
-
-namespace {
-
-struct TempDir {
-    std::filesystem::path path;
-    TempDir()
-    {
-        char tmpl[] = "/tmp/mesd-conf-XXXXXX";
-        path = mkdtemp(tmpl);
-    }
-    ~TempDir() { std::filesystem::remove_all(path); }
-    std::string write(const std::string& name, const std::string& content) const
-    {
-        auto p = path / name;
-        std::filesystem::create_directories(p.parent_path());
-        std::ofstream(p, std::ios::binary) << content;
-        return p.string();
-    }
-};
-
-}  // namespace
 
 TEST_CASE("YAML syntax errors carry the position")
 {

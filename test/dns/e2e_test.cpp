@@ -1,5 +1,6 @@
 // The running mesd answering real clients: dig, kdig and drill over UDP and TCP.
 #include "test/support/mesd.hpp"
+#include "test/support/tempdir.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -18,6 +19,7 @@
 #include <thread>
 
 using namespace test_support;
+using Dir = test_support::TempDir;
 
 namespace {
 
@@ -25,22 +27,6 @@ const std::string dig = "/usr/bin/dig";
 const std::string kdig = "/usr/bin/kdig";
 const std::string drill = "/usr/bin/drill";
 
-struct Dir {
-    std::filesystem::path path;
-    Dir()
-    {
-        char tmpl[] = "/tmp/mesd-dns-XXXXXX";
-        path = mkdtemp(tmpl);
-    }
-    ~Dir() { std::filesystem::remove_all(path); }
-    std::string write(const std::string& name, const std::string& content) const
-    {
-        auto p = path / name;
-        std::filesystem::create_directories(p.parent_path());
-        std::ofstream(p) << content;
-        return p.string();
-    }
-};
 
 const std::string resources =
     "type: HostnameGenerator\nname: example\nspec:\n  selector:\n    meshExternalService: {}\n"
