@@ -66,6 +66,10 @@ struct Settings {
     std::uint32_t ttl = 30;
     std::uint32_t negative_ttl = 30;
     std::uint16_t edns_udp_size = 1232;
+    // Answer A/AAAA hits, NODATA and NXDOMAIN with a small hand-written encoder instead of
+    // building an ldns packet (the general path stays for everything else; tests compare
+    // the two).
+    bool fast_path = true;
 };
 
 // Where a query came from, as far as the answer depends on it.
@@ -105,6 +109,8 @@ public:
     const Settings& settings() const { return settings_; }
 
 private:
+    std::optional<Response> fast_answer(std::span<const std::uint8_t> query, const Client& client, Source& source) const;
+
     Settings settings_;
 };
 

@@ -194,8 +194,182 @@ std::vector<std::uint8_t> to_wire(ldns_pkt* pkt, std::size_t limit, bool& trunca
 
 }  // namespace
 
+namespace {
+
+// Bounds-checked reading of untrusted bytes: every check is `n > remaining()`.
+class WireReader {
+public:
+    explicit WireReader(std::span<const std::uint8_t> data) : data_(data) {}
+    std::size_t pos() const { return pos_; }
+    std::size_t remaining() const { return data_.size() - pos_; }
+    bool u8(std::uint8_t& v)
+    {
+        if (1 > remaining()) return false;
+        v = data_[pos_++];
+        return true;
+    }
+    bool u16(std::uint16_t& v)
+    {
+        if (2 > remaining()) return false;
+        v = static_cast<std::uint16_t>((data_[pos_] << 8) | data_[pos_ + 1]);
+        pos_ += 2;
+        return true;
+    }
+    bool skip(std::size_t n)
+    {
+        if (n > remaining()) return false;
+        pos_ += n;
+        return true;
+    }
+    std::uint8_t at(std::size_t i) const { return data_[i]; }
+
+private:
+    std::span<const std::uint8_t> data_;
+    std::size_t pos_ = 0;
+};
+
+void put16(std::vector<std::uint8_t>& out, std::uint16_t v)
+{
+    out.push_back(static_cast<std::uint8_t>(v >> 8));
+    out.push_back(static_cast<std::uint8_t>(v & 0xff));
+}
+
+void put32(std::vector<std::uint8_t>& out, std::uint32_t v)
+{
+    put16(out, static_cast<std::uint16_t>(v >> 16));
+    put16(out, static_cast<std::uint16_t>(v & 0xffff));
+}
+
+}  // namespace
+
+std::optional<Response> Responder::fast_answer(std::span<const std::uint8_t> query, const Client& client,
+                                                Source& source) const
+{
+    WireReader in(query);
+    std::uint16_t id = 0, flags = 0, qd = 0, an = 0, ns = 0, ar = 0;
+    if (!in.u16(id) || !in.u16(flags) || !in.u16(qd) || !in.u16(an) || !in.u16(ns) || !in.u16(ar)) return std::nullopt;
+    if ((flags & 0x8000) || ((flags >> 11) & 0x0f) != 0 || qd != 1 || an != 0 || ns != 0 || ar > 1) return std::nullopt;
+
+    // The question name: plain labels only, at most 255 bytes, printable ASCII.
+    std::string name;
+    std::vector<std::size_t> label_starts;  // offsets in the packet, for the SOA's pointer
+    std::size_t wire_length = 0;
+    while (true) {
+        std::uint8_t len = 0;
+        if (!in.u8(len)) return std::nullopt;
+        ++wire_length;
+        if (len == 0) break;
+        if (len > 63 || len > in.remaining()) return std::nullopt;
+        wire_length += len;
+        if (wire_length > 255) return std::nullopt;
+        label_starts.push_back(in.pos() - 1);
+        if (!name.empty()) name.push_back('.');
+        for (std::size_t i = 0; i < len; ++i) {
+            auto c = static_cast<char>(in.at(in.pos() + i));
+            if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+            else if (c == '.' || c <= ' ' || c > '~') return std::nullopt;
+            name.push_back(c);
+        }
+        in.skip(len);
+    }
+    std::uint16_t qtype = 0, qclass = 0;
+    if (!in.u16(qtype) || !in.u16(qclass)) return std::nullopt;
+    if (qclass != LDNS_RR_CLASS_IN || (qtype != LDNS_RR_TYPE_A && qtype != LDNS_RR_TYPE_AAAA)) return std::nullopt;
+    std::size_t question_end = in.pos();
+
+    bool edns = false;
+    std::uint16_t client_size = 512;
+    if (ar == 1) {  // must be exactly one OPT record, version 0 (RFC 6891 6.1)
+        std::uint8_t root = 0, ext_rcode = 0, version = 0;
+        std::uint16_t type = 0, size = 0, edns_flags = 0, rdlen = 0;
+        if (!in.u8(root) || root != 0 || !in.u16(type) || type != LDNS_RR_TYPE_OPT || !in.u16(size) ||
+            !in.u8(ext_rcode) || !in.u8(version) || !in.u16(edns_flags) || !in.u16(rdlen) || !in.skip(rdlen))
+            return std::nullopt;
+        if (version != 0) return std::nullopt;  // BADVERS: the general path
+        edns = true;
+        client_size = std::max<std::uint16_t>(512, size);
+    }
+    if (in.remaining() != 0) return std::nullopt;
+
+    const std::string* zone = nullptr;
+    for (const auto& z : settings_.zones)
+        if ((name == z || (name.size() > z.size() && name.ends_with(z) && name[name.size() - z.size() - 1] == '.')) &&
+            (!zone || z.size() > zone->size()))
+            zone = &z;
+    auto owner = source.find_name(name);
+    if (!owner && (!zone || name == *zone)) return std::nullopt;  // forward, REFUSED, apex: the general path
+
+    const std::optional<vip::Address>* address = nullptr;
+    if (owner) address = qtype == LDNS_RR_TYPE_A ? &owner->ipv4 : &owner->ipv6;
+    bool has_answer = address && address->has_value();
+    bool with_soa = !has_answer && zone;
+    std::uint16_t rcode = owner ? rcode_noerror : rcode_nxdomain;
+
+    std::vector<std::uint8_t> out;
+    out.reserve(question_end + 96);
+    put16(out, id);
+    out.push_back(static_cast<std::uint8_t>(0x84 | (flags >> 8 & 0x01)));  // QR, AA, RD as asked
+    out.push_back(static_cast<std::uint8_t>(rcode));
+    put16(out, 1);
+    put16(out, has_answer ? 1 : 0);
+    put16(out, with_soa ? 1 : 0);
+    put16(out, edns ? 1 : 0);
+    out.insert(out.end(), query.begin() + 12, query.begin() + static_cast<std::ptrdiff_t>(question_end));
+    if (has_answer) {
+        const vip::Address& a = **address;
+        auto bytes = a.bytes();
+        out.insert(out.end(), {0xc0, 0x0c});
+        put16(out, qtype);
+        put16(out, LDNS_RR_CLASS_IN);
+        put32(out, settings_.ttl);
+        put16(out, static_cast<std::uint16_t>(bytes.size()));
+        out.insert(out.end(), bytes.begin(), bytes.end());
+    }
+    if (with_soa) {
+        // The zone's name is a suffix of the question's: point at it.
+        std::size_t zone_labels = static_cast<std::size_t>(std::ranges::count(*zone, '.')) + 1;
+        std::size_t apex = label_starts[label_starts.size() - zone_labels];
+        std::uint8_t ptr_hi = static_cast<std::uint8_t>(0xc0 | (apex >> 8)), ptr_lo = static_cast<std::uint8_t>(apex & 0xff);
+        out.insert(out.end(), {ptr_hi, ptr_lo});
+        put16(out, LDNS_RR_TYPE_SOA);
+        put16(out, LDNS_RR_CLASS_IN);
+        put32(out, std::min(settings_.ttl, settings_.negative_ttl));
+        static constexpr std::uint8_t mname[] = {9, 'l', 'o', 'c', 'a', 'l', 'h', 'o', 's', 't', 0};
+        static constexpr std::uint8_t rname[] = {10, 'h', 'o', 's', 't', 'm', 'a', 's', 't', 'e', 'r'};
+        put16(out, static_cast<std::uint16_t>(sizeof mname + sizeof rname + 2 + 20));
+        out.insert(out.end(), std::begin(mname), std::end(mname));
+        out.insert(out.end(), std::begin(rname), std::end(rname));
+        out.insert(out.end(), {ptr_hi, ptr_lo});
+        put32(out, source.serial());
+        put32(out, 3600);
+        put32(out, 600);
+        put32(out, 86400);
+        put32(out, settings_.negative_ttl);
+    }
+    if (edns) {
+        out.push_back(0);
+        put16(out, LDNS_RR_TYPE_OPT);
+        put16(out, settings_.edns_udp_size);
+        put32(out, 0);
+        put16(out, 0);
+    }
+    std::size_t limit = client.tcp ? 65535 : (edns ? std::min(client_size, settings_.edns_udp_size) : 512);
+    if (out.size() > limit) return std::nullopt;  // the general path truncates
+
+    Response r;
+    r.action = Action::reply;
+    r.wire = std::move(out);
+    r.qtype = qtype;
+    r.rcode = rcode;
+    r.client_udp_size = client_size;
+    r.qclass = qclass;
+    return r;
+}
+
 Response Responder::respond(std::span<const std::uint8_t> query, const Client& client, Source& source) const
 {
+    if (settings_.fast_path)
+        if (auto fast = fast_answer(query, client, source)) return std::move(*fast);
     Response out;
     if (query.size() < header_size) return out;  // not even a header: drop
     if (query[2] & 0x80) return out;             // a response (QR=1): drop, never answer it
