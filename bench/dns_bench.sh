@@ -131,17 +131,24 @@ wait_answer() {  # wait_answer PORT N START
     return 1
 }
 
-# CPU of a server and its children (NSD serves from a child process).
+# A process and all its descendants (NSD serves from a grandchild of the process started).
+tree() {
+    local p
+    echo "$1"
+    for p in $(pgrep -P "$1" 2>/dev/null); do tree "$p"; done
+}
+
+# CPU of a server and its descendants.
 cpu_ticks() {
     local total=0 p
-    for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+    for p in $(tree "$1"); do
         total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
     done
     echo "$total"
 }
 rss_mb() {
     local total=0 p
-    for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+    for p in $(tree "$1"); do
         total=$((total + $(awk '/VmRSS/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)))
     done
     awk -v kb="$total" 'BEGIN { printf "%.1f", kb / 1024 }'
