@@ -146,12 +146,15 @@ cpu_ticks() {
     done
     echo "$total"
 }
+# "RSS MB (anonymous MB)": file-backed pages (a mapped store, mapped zone files) count in
+# RSS but are page cache the kernel can drop; the anonymous part is the server's own memory.
 rss_mb() {
-    local total=0 p
+    local total=0 anon=0 p
     for p in $(tree "$1"); do
         total=$((total + $(awk '/VmRSS/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)))
+        anon=$((anon + $(awk '/RssAnon/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)))
     done
-    awk -v kb="$total" 'BEGIN { printf "%.1f", kb / 1024 }'
+    awk -v kb="$total" -v an="$anon" 'BEGIN { printf "%.1f (anon %.1f)", kb / 1024, an / 1024 }'
 }
 
 # One dnsperf run against PORT served by PID: "qps avg_ms p99_ms cpu_s_per_100k q_per_cpu_s".

@@ -31,7 +31,6 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <unordered_map>
 #include <vector>
 
 namespace dns {
@@ -142,11 +141,6 @@ private:
     std::uint64_t generation_ = 0;
     std::optional<vip::Pool> pool4_;
     std::optional<vip::Pool> pool6_;
-    // Answers already looked up in this generation, misses included: a hash lookup is
-    // several times cheaper than the LMDB cursor walk. Emptied when the generation moves,
-    // and when it grows past `max_cached` (a flood of random names cannot grow it further).
-    static constexpr std::size_t max_cached = 1u << 18;
-    std::unordered_map<std::string, std::optional<Owner>> cache_;
 };
 
 // Counters the admin endpoint publishes. Only the loop thread writes them.

@@ -17,7 +17,6 @@ store::Result<bool> StoreSource::refresh()
     if (!generation) return std::unexpected(generation.error());
     bool moved = !snapshot_ || *generation != generation_;
     if (moved) {
-        cache_.clear();
         auto pools = fresh->pools();
         if (!pools) return std::unexpected(pools.error());
         pool4_ = vip::Pool::parse(pools->ipv4);
@@ -37,22 +36,11 @@ Owner to_owner(store::Owner o) { return Owner{std::move(o.mesh), std::move(o.nam
 std::optional<Owner> StoreSource::find_name(std::string_view name)
 {
     if (!snapshot_) return std::nullopt;
-    std::string key(name);
-    if (auto it = cache_.find(key); it != cache_.end()) return it->second;
-    auto owners = snapshot_->lookup_hostname(name);
-    if (!owners) return std::nullopt;  // a read error is not remembered
-    std::optional<Owner> found;
     for (const auto& mesh : meshes_) {
-        for (auto& o : *owners)
-            if (o.mesh == mesh) {
-                found = to_owner(std::move(o));
-                break;
-            }
-        if (found) break;
+        auto owner = snapshot_->lookup_hostname_in(name, mesh);
+        if (owner && *owner) return to_owner(std::move(**owner));
     }
-    if (cache_.size() >= max_cached) cache_.clear();
-    cache_.emplace(std::move(key), found);
-    return found;
+    return std::nullopt;
 }
 
 std::optional<Owner> StoreSource::find_vip(const vip::Address& address)

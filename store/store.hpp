@@ -139,6 +139,9 @@ public:
     Result<bool> has_secret(std::string_view mesh, std::string_view name) const;
     // The MES that hold `hostname` (matched case-insensitively), one per mesh at most.
     Result<std::vector<Owner>> lookup_hostname(std::string_view hostname) const;
+    // The MES of `mesh` that holds `hostname`, already lowercase and without the final dot:
+    // three B-tree lookups and no cursor, for the DNS hot path.
+    Result<std::optional<Owner>> lookup_hostname_in(std::string_view hostname, std::string_view mesh) const;
     Result<std::optional<Owner>> owner_of(const vip::Address& address) const;
     Result<std::vector<VipEntry>> vips() const;
     Result<std::vector<Quarantined>> quarantine() const;
