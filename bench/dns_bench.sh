@@ -142,7 +142,8 @@ tree() {
 cpu_ticks() {
     local total=0 p
     for p in $(tree "$1"); do
-        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+        # utime and stime, counted after the command name, which may hold spaces ("nsd: main").
+        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }' || echo 0)))
     done
     echo "$total"
 }
