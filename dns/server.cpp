@@ -228,7 +228,9 @@ struct TcpConnection {
     int open_handles = 2;
     bool closing = false;
     std::vector<std::uint8_t> in;
-    int pending = 0;  // forwards not yet answered
+    std::vector<Forward*> forwards;  // forwards not yet answered; told when this closes
+    bool draining = false;
+    uv_shutdown_t shutdown_req{};
     std::list<TcpConnection*>::iterator self;
 
     explicit TcpConnection(Server::Impl& s) : server(s)
@@ -237,12 +239,22 @@ struct TcpConnection {
         idle.data = this;
     }
 
-    void close()
+    void close();
+
+    // While stopping: sends what is queued, then closes (uv_close alone would drop it).
+    void drain()
     {
-        if (closing) return;
-        closing = true;
-        server.connections.erase(self);
+        if (closing || draining) return;
+        draining = true;
         uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp));
+        shutdown_req.data = this;
+        if (uv_shutdown(&shutdown_req, reinterpret_cast<uv_stream_t*>(&tcp),
+                        [](uv_shutdown_t* req, int) { static_cast<TcpConnection*>(req->data)->close(); }) < 0)
+            close();
+    }
+
+    void close_handles()
+    {
         auto on_close = [](uv_handle_t* h) {
             auto* c = static_cast<TcpConnection*>(h->data);
             if (--c->open_handles == 0) {
@@ -337,7 +349,8 @@ struct Forward {
     // Where the answer goes: a UDP listener and client address, or a TCP connection.
     uv_udp_t* udp_listener = nullptr;
     sockaddr_storage client{};
-    TcpConnection* tcp_client = nullptr;
+    bool via_tcp = false;
+    TcpConnection* tcp_client = nullptr;  // cleared when the connection closes first
 
     std::size_t upstream = 0;
     uv_timer_t timer{};
@@ -395,14 +408,15 @@ struct Forward {
         uv_timer_stop(&timer);
         close_sockets();
         uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);
-        if (tcp_client) --tcp_client->pending;
-        if (reply.empty()) return;
+        if (tcp_client) std::erase(tcp_client->forwards, this);
+        if (reply.empty() || (via_tcp && !tcp_client)) return;  // the TCP client has gone
         set_id(reply, client_id);
         std::uint16_t rcode = reply[3] & 0x0f;
         ++server.metrics.replies_by_rcode[rcode];
         server.metrics.observe(std::chrono::duration<double>(Clock::now() - received).count());
         if (tcp_client) {
             tcp_client->send(std::move(reply));
+            if (server.stopping && tcp_client->forwards.empty()) tcp_client->drain();
             return;
         }
         if (reply.size() > client_udp_size) {
@@ -422,7 +436,7 @@ struct Forward {
         ++server.metrics.upstream_failures;
         std::vector<std::uint8_t> original = query;
         set_id(original, client_id);
-        finish(server.responder.error_reply(original, 2 /* SERVFAIL */, tcp_client ? 65535 : client_udp_size));
+        finish(server.responder.error_reply(original, 2 /* SERVFAIL */, via_tcp ? 65535 : client_udp_size));
     }
 
     // Tries upstream `upstream` over UDP from a fresh socket (a fresh source port).
@@ -569,6 +583,18 @@ struct Forward {
     }
 };
 
+void TcpConnection::close()
+{
+    if (closing) return;
+    closing = true;
+    server.connections.erase(self);
+    // Forwards still waiting for this client answer nobody.
+    for (auto* f : forwards) f->tcp_client = nullptr;
+    forwards.clear();
+    uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp));
+    close_handles();
+}
+
 void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Response& r, Clock::time_point received,
                                  uv_udp_t* udp, const sockaddr* client, TcpConnection* tcp)
 {
@@ -595,8 +621,9 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
     f->client_udp_size = r.client_udp_size;
     f->received = received;
     if (tcp) {
+        f->via_tcp = true;
         f->tcp_client = tcp;
-        ++tcp->pending;
+        tcp->forwards.push_back(f);
     } else {
         f->udp_listener = udp;
         std::memcpy(&f->client, client, client->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
@@ -711,7 +738,20 @@ void Server::Impl::on_tcp_connection(uv_stream_t* listener)
 
 void Server::Impl::maybe_stopped()
 {
-    if (!stopping || open_listeners > 0 || !forwards.empty() || !connections.empty()) return;
+    if (!stopping || !forwards.empty() || !connections.empty()) return;
+    if (!udp_listeners.empty()) {
+        for (auto* u : udp_listeners)
+            uv_close(reinterpret_cast<uv_handle_t*>(&u->handle), [](uv_handle_t* h) {
+                auto* l = static_cast<UdpListener*>(h->data);
+                Server::Impl* impl = l->server;
+                delete l;
+                --impl->open_listeners;
+                impl->maybe_stopped();
+            });
+        udp_listeners.clear();
+        return;
+    }
+    if (open_listeners > 0) return;
     if (on_stopped) {
         auto done = std::move(on_stopped);
         on_stopped = nullptr;
@@ -796,15 +836,11 @@ void Server::stop(std::function<void()> done)
     auto& s = *impl_;
     s.stopping = true;
     s.on_stopped = std::move(done);
+    // UDP listeners stop reading now but stay open: forwards still in flight answer through
+    // them. maybe_stopped() closes them once nothing is outstanding.
     for (auto* u : s.udp_listeners) {
         u->flush();
-        uv_close(reinterpret_cast<uv_handle_t*>(&u->handle), [](uv_handle_t* h) {
-            auto* l = static_cast<UdpListener*>(h->data);
-            Server::Impl* impl = l->server;
-            delete l;
-            --impl->open_listeners;
-            impl->maybe_stopped();
-        });
+        uv_udp_recv_stop(&u->handle);
     }
     for (auto* t : s.tcp_listeners)
         uv_close(reinterpret_cast<uv_handle_t*>(t), [](uv_handle_t* h) {
@@ -813,13 +849,12 @@ void Server::stop(std::function<void()> done)
             delete reinterpret_cast<uv_tcp_t*>(h);
             impl->maybe_stopped();
         });
-    s.udp_listeners.clear();
     s.tcp_listeners.clear();
     // Connections with nothing outstanding close now; the rest once their answers are sent.
     std::vector<TcpConnection*> idle;
     for (auto* c : s.connections)
-        if (c->pending == 0) idle.push_back(c);
-    for (auto* c : idle) c->close();
+        if (c->forwards.empty()) idle.push_back(c);
+    for (auto* c : idle) c->drain();
     s.maybe_stopped();
 }
 

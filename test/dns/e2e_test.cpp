@@ -678,3 +678,43 @@ TEST_CASE("limits: TCP clients beyond tcpMaxClients are closed, upstream queries
     waited << in.rdbuf();
     CHECK_THAT(waited.str(), Catch::Contains("status: SERVFAIL"));  // after the 2 s timeout
 }
+
+TEST_CASE("a TCP client that leaves before its forwarded answer, and SIGTERM with a forward in flight")
+{
+    FakeUpstream slow([](int fd, const std::vector<std::uint8_t>& q, const sockaddr_in& from) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        auto r = a_reply(q, static_cast<std::uint16_t>((q[0] << 8) | q[1]), 44);
+        ::sendto(fd, r.data(), r.size(), 0, reinterpret_cast<const sockaddr*>(&from), sizeof from);
+    });
+    Fixture f(forwarding({slow.port}, "2s"));
+    {
+        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_port = htons(static_cast<std::uint16_t>(f.mesd->dns_port()));
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+        auto q = raw_query("gone.example");
+        std::vector<std::uint8_t> framed = {static_cast<std::uint8_t>(q.size() >> 8), static_cast<std::uint8_t>(q.size())};
+        framed.insert(framed.end(), q.begin(), q.end());
+        REQUIRE(::send(fd, framed.data(), framed.size(), 0) == static_cast<ssize_t>(framed.size()));
+        ::close(fd);  // gone before the upstream answers
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    CHECK(f.short_answer("later.example") == "127.0.0.44");
+    CHECK(f.short_answer("mes-http.mesh") == "127.242.0.1");
+
+    // A query waiting upstream when SIGTERM arrives is still answered, then mesd exits 0.
+    Child waiting({dig, "@127.0.0.1", "-p", f.port, "+tries=1", "+time=3", "+tcp", "inflight.example", "A", "+short"},
+                  (f.dir.path / "inflight.out").string());
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (std::chrono::steady_clock::now() < deadline &&
+           f.mesd->admin_get("/metrics").find("mesd_dns_forward_in_flight 1\n") == std::string::npos)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    CHECK(f.mesd->stop() == 0);
+    CHECK(waiting.wait() == 0);
+    std::ifstream in(f.dir.path / "inflight.out");
+    std::stringstream got;
+    got << in.rdbuf();
+    CHECK(got.str() == "127.0.0.44\n");
+}
