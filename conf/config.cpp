@@ -197,10 +197,11 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
                  "a mesh name");
     {
         Fields dns(r, top.take("dns"), "dns");
-        auto zone_ok = [](const std::string& z) { return z == "." || is_dns_name(z); };
+        // The root cannot be a zone of mesd's: every name would be answered here, none forwarded.
+        auto zone_ok = [](const std::string& z) { return is_dns_name(z); };
         if (dns.ok()) {
             read.host_ports(dns, "listen", c.dns.listen);
-            read.strings(dns, "zones", c.dns.zones, zone_ok, "a DNS name");
+            read.strings(dns, "zones", c.dns.zones, zone_ok, "a DNS name other than the root");
             for (auto& z : c.dns.zones)
                 if (!z.ends_with('.')) z += '.';
             read.duration(dns, "ttl", c.dns.ttl, true);

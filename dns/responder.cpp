@@ -149,6 +149,8 @@ Responder::Responder(Settings settings) : settings_(std::move(settings))
             if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
         if (!z.empty() && z.back() == '.') z.pop_back();
     }
+    // The root is no zone of ours (the configuration refuses it too).
+    std::erase_if(settings_.zones, [](const std::string& z) { return z.empty(); });
 }
 
 namespace {

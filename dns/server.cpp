@@ -30,7 +30,6 @@ void Metrics::observe(double seconds)
 namespace {
 
 constexpr std::size_t max_udp = 65535;
-constexpr int tcp_messages_per_read = 16;  // fairness between connections (as Knot does)
 
 using Clock = std::chrono::steady_clock;
 
@@ -114,13 +113,14 @@ bool same_question(std::span<const std::uint8_t> a, std::span<const std::uint8_t
     std::size_t ea = question_end(a), eb = question_end(b);
     if (ea == 0 || ea != eb) return false;
     if (a[4] != b[4] || a[5] != b[5]) return false;  // QDCOUNT
-    for (std::size_t i = 12; i < ea; ++i) {
+    for (std::size_t i = 12; i < ea - 4; ++i) {  // the name, case-insensitively
         auto x = a[i], y = b[i];
         if (x >= 'A' && x <= 'Z') x = static_cast<std::uint8_t>(x + 32);
         if (y >= 'A' && y <= 'Z') y = static_cast<std::uint8_t>(y + 32);
         if (x != y) return false;
     }
-    return true;
+    return std::equal(a.begin() + static_cast<std::ptrdiff_t>(ea - 4), a.begin() + static_cast<std::ptrdiff_t>(ea),
+                      b.begin() + static_cast<std::ptrdiff_t>(ea - 4));  // type and class exactly
 }
 
 std::uint16_t get_id(std::span<const std::uint8_t> m) { return static_cast<std::uint16_t>((m[0] << 8) | m[1]); }
@@ -270,7 +270,12 @@ struct TcpConnection {
     void touch()
     {
         auto ms = static_cast<std::uint64_t>(server.options.tcp_idle_timeout.count());
-        uv_timer_start(&idle, [](uv_timer_t* t) { static_cast<TcpConnection*>(t->data)->close(); }, ms, 0);
+        // RFC 7766 6.2.3: a connection with queries outstanding is not idle.
+        uv_timer_start(&idle, [](uv_timer_t* t) {
+            auto* c = static_cast<TcpConnection*>(t->data);
+            if (c->forwards.empty()) c->close();
+            else c->touch();
+        }, ms, 0);
     }
 
     void send(std::vector<std::uint8_t> reply)
@@ -302,9 +307,10 @@ struct TcpConnection {
     {
         in.insert(in.end(), data.begin(), data.end());
         touch();
+        // Every complete message is handled now: one left for the next read would wait for
+        // a read that a client expecting its answers never causes.
         std::size_t pos = 0;
-        int handled = 0;
-        while (!closing && in.size() - pos >= 2 && handled < tcp_messages_per_read) {
+        while (!closing && in.size() - pos >= 2) {
             std::size_t len = (static_cast<std::size_t>(in[pos]) << 8) | in[pos + 1];
             if (len == 0) {
                 close();
@@ -328,7 +334,6 @@ struct TcpConnection {
                 ++server.metrics.dropped;
             }
             pos += 2 + len;
-            ++handled;
         }
         in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(pos));
         // Messages left over wait for the next read; a peer that only ever sends keeps its
@@ -409,7 +414,10 @@ struct Forward {
         close_sockets();
         uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);
         if (tcp_client) std::erase(tcp_client->forwards, this);
-        if (reply.empty() || (via_tcp && !tcp_client)) return;  // the TCP client has gone
+        if (reply.empty() || (via_tcp && !tcp_client)) {  // nothing to send, or the client has gone
+            if (tcp_client && server.stopping && tcp_client->forwards.empty()) tcp_client->drain();
+            return;
+        }
         set_id(reply, client_id);
         std::uint16_t rcode = reply[3] & 0x0f;
         ++server.metrics.replies_by_rcode[rcode];
@@ -516,6 +524,12 @@ struct Forward {
     void try_tcp()
     {
         close_sockets();
+        // The TCP attempt gets a whole timeout of its own.
+        uv_timer_start(&timer, [](uv_timer_t* t) {
+            auto* f = static_cast<Forward*>(t->data);
+            ++f->server.metrics.upstream_timeouts;
+            f->next();
+        }, static_cast<std::uint64_t>(server.options.forward_timeout.count()), 0);
         tcp = new uv_tcp_t;
         uv_tcp_init(server.loop, tcp);
         tcp->data = this;
@@ -878,7 +892,8 @@ std::vector<conf::HostPort> system_upstreams(const std::vector<conf::HostPort>& 
                         (address->family == vip::Family::v6 && address->value == 1);
         bool ours = std::ranges::any_of(listen, [&](const conf::HostPort& l) {
             if (l.port != 53) return false;
-            if (l.host.empty()) return loopback;
+            // Listening on every address includes loopback (and the host's own addresses).
+            if (l.host.empty() || l.host == "0.0.0.0" || l.host == "::") return loopback;
             auto mine = vip::Address::parse(l.host);
             return mine && *mine == *address;
         });

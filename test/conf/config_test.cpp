@@ -105,6 +105,9 @@ TEST_CASE("configuration errors point at the key")
     auto bad_listen = conf::load_config_text("dns:\n  listen: [\"localhost:53\"]\n", "m.yaml");
     REQUIRE(bad_listen.errors.size() == 1);
     CHECK(bad_listen.errors[0].path == "dns.listen[0]");
+    auto root = conf::load_config_text("dns:\n  zones: [\".\"]\n", "m.yaml");
+    REQUIRE(root.errors.size() == 1);
+    CHECK(root.errors[0].format() == "m.yaml:2:11: dns.zones[0]: must be a DNS name other than the root, got \".\"");
     auto syntax = conf::load_config_text("dns: [\n", "m.yaml");
     REQUIRE(syntax.errors.size() == 1);
     CHECK_THAT(syntax.errors[0].message, Catch::StartsWith("invalid YAML"));

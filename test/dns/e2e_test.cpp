@@ -718,3 +718,39 @@ TEST_CASE("a TCP client that leaves before its forwarded answer, and SIGTERM wit
     got << in.rdbuf();
     CHECK(got.str() == "127.0.0.44\n");
 }
+
+TEST_CASE("TCP: twenty queries in one write get twenty answers")
+{
+    Fixture f;
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(f.mesd->dns_port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    std::vector<std::uint8_t> stream;
+    for (int i = 0; i < 20; ++i) {
+        auto q = raw_query(i % 2 ? "mes-http.mesh" : "nothing.mesh");
+        stream.push_back(static_cast<std::uint8_t>(q.size() >> 8));
+        stream.push_back(static_cast<std::uint8_t>(q.size() & 0xff));
+        stream.insert(stream.end(), q.begin(), q.end());
+    }
+    REQUIRE(::send(fd, stream.data(), stream.size(), 0) == static_cast<ssize_t>(stream.size()));
+    std::vector<std::uint8_t> in;
+    int replies = 0;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+    while (replies < 20 && std::chrono::steady_clock::now() < deadline) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 200) != 1) continue;
+        std::uint8_t buf[8192];
+        auto n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        in.insert(in.end(), buf, buf + n);
+        while (in.size() >= 2 && in.size() >= 2u + ((static_cast<std::size_t>(in[0]) << 8) | in[1])) {
+            in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(2 + ((static_cast<std::size_t>(in[0]) << 8) | in[1])));
+            ++replies;
+        }
+    }
+    CHECK(replies == 20);
+    ::close(fd);
+}

@@ -5,6 +5,10 @@
 
 #include <ldns/ldns.h>
 
+#include <unistd.h>
+
+#include <cstdio>
+
 #include <map>
 
 namespace {
@@ -213,4 +217,24 @@ TEST_CASE("responder: the fast path says exactly what the general path says")
                     CHECK(text(a.wire) == text(b.wire));
                     CHECK(a.wire.size() <= b.wire.size() + 16);
                 }
+}
+
+TEST_CASE("system upstreams leave out mesd's own listen addresses")
+{
+    char path[] = "/tmp/mesd-resolv-XXXXXX";
+    int fd = mkstemp(path);
+    std::string text = "# comment\nnameserver 127.0.0.1\nnameserver 10.1.2.3\nnameserver ::1\nsearch example\n"
+                       "nameserver fe80::1%eth0\n";
+    REQUIRE(write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()));
+    close(fd);
+    auto names = [&](std::vector<conf::HostPort> listen) {
+        std::vector<std::string> out;
+        for (const auto& u : dns::system_upstreams(listen, path)) out.push_back(u.to_string());
+        return out;
+    };
+    CHECK(names({{"127.0.0.1", 53}}) == std::vector<std::string>{"10.1.2.3:53", "[::1]:53", "[fe80::1]:53"});
+    CHECK(names({{"0.0.0.0", 53}}) == std::vector<std::string>{"10.1.2.3:53", "[fe80::1]:53"});
+    CHECK(names({{"::", 53}}) == std::vector<std::string>{"10.1.2.3:53", "[fe80::1]:53"});
+    CHECK(names({{"127.0.0.1", 15053}}).size() == 4);
+    std::remove(path);
 }
