@@ -298,13 +298,15 @@ std::optional<Response> Responder::fast_answer(std::span<const std::uint8_t> que
         if ((name == z || (name.size() > z.size() && name.ends_with(z) && name[name.size() - z.size() - 1] == '.')) &&
             (!zone || z.size() > zone->size()))
             zone = &z;
+    // Outside the zones (forwarded names, generated names under no zone) and at an apex the
+    // general path answers; deciding that before the lookup keeps it from being done twice.
+    if (!zone || name == *zone) return std::nullopt;
     auto owner = source.find_name(name);
-    if (!owner && (!zone || name == *zone)) return std::nullopt;  // forward, REFUSED, apex: the general path
 
     const std::optional<vip::Address>* address = nullptr;
     if (owner) address = qtype == LDNS_RR_TYPE_A ? &owner->ipv4 : &owner->ipv6;
     bool has_answer = address && address->has_value();
-    bool with_soa = !has_answer && zone;
+    bool with_soa = !has_answer;
     std::uint16_t rcode = owner ? rcode_noerror : rcode_nxdomain;
 
     std::vector<std::uint8_t> out;

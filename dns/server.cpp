@@ -385,24 +385,34 @@ struct Forward {
     }
     static void on_close(uv_handle_t* h) { release(static_cast<Forward*>(h->data)); }
 
+    // Closes an attempt's handle; it is freed in its close callback, and the Forward with it
+    // once its last handle is gone.
+    template <class Handle>
+    void close_attempt(Handle*& handle)
+    {
+        if (!handle) return;
+        uv_close(reinterpret_cast<uv_handle_t*>(handle), [](uv_handle_t* h) {
+            auto* f = static_cast<Forward*>(h->data);
+            delete reinterpret_cast<Handle*>(h);
+            release(f);
+        });
+        handle = nullptr;
+    }
+
     void close_sockets()
     {
-        if (udp) {
-            uv_close(reinterpret_cast<uv_handle_t*>(udp), [](uv_handle_t* h) {
-                auto* f = static_cast<Forward*>(h->data);
-                delete reinterpret_cast<uv_udp_t*>(h);
-                release(f);
-            });
-            udp = nullptr;
-        }
-        if (tcp) {
-            uv_close(reinterpret_cast<uv_handle_t*>(tcp), [](uv_handle_t* h) {
-                auto* f = static_cast<Forward*>(h->data);
-                delete reinterpret_cast<uv_tcp_t*>(h);
-                release(f);
-            });
-            tcp = nullptr;
-        }
+        close_attempt(udp);
+        close_attempt(tcp);
+    }
+
+    // Each attempt, UDP or TCP, gets the whole timeout; then the next upstream.
+    void arm_timeout()
+    {
+        uv_timer_start(&timer, [](uv_timer_t* t) {
+            auto* f = static_cast<Forward*>(t->data);
+            ++f->server.metrics.upstream_timeouts;
+            f->next();
+        }, static_cast<std::uint64_t>(server.options.forward_timeout.count()), 0);
     }
 
     void finish(std::vector<std::uint8_t> reply)
@@ -486,12 +496,7 @@ struct Forward {
             next();
             return;
         }
-        auto ms = static_cast<std::uint64_t>(server.options.forward_timeout.count());
-        uv_timer_start(&timer, [](uv_timer_t* t) {
-            auto* f = static_cast<Forward*>(t->data);
-            ++f->server.metrics.upstream_timeouts;
-            f->next();
-        }, ms, 0);
+        arm_timeout();
     }
 
     void next()
@@ -524,12 +529,7 @@ struct Forward {
     void try_tcp()
     {
         close_sockets();
-        // The TCP attempt gets a whole timeout of its own.
-        uv_timer_start(&timer, [](uv_timer_t* t) {
-            auto* f = static_cast<Forward*>(t->data);
-            ++f->server.metrics.upstream_timeouts;
-            f->next();
-        }, static_cast<std::uint64_t>(server.options.forward_timeout.count()), 0);
+        arm_timeout();
         tcp = new uv_tcp_t;
         uv_tcp_init(server.loop, tcp);
         tcp->data = this;

@@ -115,6 +115,53 @@ std::vector<std::uint8_t> raw_query(const std::string& name, std::uint8_t flags 
     return q;
 }
 
+// A TCP connection to mesd's DNS port on loopback.
+int tcp_connect(int port)
+{
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    return fd;
+}
+
+// `queries` with RFC 7766 length prefixes, one after another.
+std::vector<std::uint8_t> framed(const std::vector<std::vector<std::uint8_t>>& queries)
+{
+    std::vector<std::uint8_t> stream;
+    for (const auto& q : queries) {
+        stream.push_back(static_cast<std::uint8_t>(q.size() >> 8));
+        stream.push_back(static_cast<std::uint8_t>(q.size() & 0xff));
+        stream.insert(stream.end(), q.begin(), q.end());
+    }
+    return stream;
+}
+
+// The rcodes of the first `count` framed replies read from `fd` within three seconds.
+std::vector<int> read_replies(int fd, int count)
+{
+    std::vector<std::uint8_t> in;
+    std::vector<int> rcodes;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+    while (static_cast<int>(rcodes.size()) < count && std::chrono::steady_clock::now() < deadline) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 200) != 1) continue;
+        std::uint8_t buf[8192];
+        auto n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        in.insert(in.end(), buf, buf + n);
+        while (in.size() >= 2) {
+            std::size_t len = (static_cast<std::size_t>(in[0]) << 8) | in[1];
+            if (in.size() < len + 2) break;
+            rcodes.push_back(in[5] & 0x0f);
+            in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(len + 2));
+        }
+    }
+    return rcodes;
+}
+
 }  // namespace
 
 TEST_CASE("A answers for generated hostnames through dig, kdig and drill, UDP and TCP")
@@ -265,39 +312,10 @@ TEST_CASE("TCP: framing fed one byte at a time, pipelined queries, idle timeout"
     MesdOptions o;
     o.dns_section = "  tcpIdleTimeout: 300ms\n  forward:\n    enabled: false\n";
     Fixture f(o);
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<std::uint16_t>(f.mesd->dns_port()));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    std::vector<std::uint8_t> stream;
-    for (const auto* name : {"mes-http.mesh", "mes-tls.mesh", "nothing.mesh"}) {
-        auto q = raw_query(name);
-        stream.push_back(static_cast<std::uint8_t>(q.size() >> 8));
-        stream.push_back(static_cast<std::uint8_t>(q.size() & 0xff));
-        stream.insert(stream.end(), q.begin(), q.end());
-    }
+    int fd = tcp_connect(f.mesd->dns_port());
+    auto stream = framed({raw_query("mes-http.mesh"), raw_query("mes-tls.mesh"), raw_query("nothing.mesh")});
     for (auto byte : stream) REQUIRE(::send(fd, &byte, 1, 0) == 1);
-    std::vector<std::uint8_t> in;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-    int replies = 0;
-    std::vector<int> rcodes;
-    while (replies < 3 && std::chrono::steady_clock::now() < deadline) {
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 500) != 1) continue;
-        std::uint8_t buf[4096];
-        auto n = ::recv(fd, buf, sizeof buf, 0);
-        if (n <= 0) break;
-        in.insert(in.end(), buf, buf + n);
-        while (in.size() >= 2) {
-            std::size_t len = (static_cast<std::size_t>(in[0]) << 8) | in[1];
-            if (in.size() < len + 2) break;
-            rcodes.push_back(in[5] & 0x0f);
-            in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(len + 2));
-            ++replies;
-        }
-    }
+    auto rcodes = read_replies(fd, 3);
     CHECK(rcodes == std::vector<int>{0, 0, 3});
     // Idle for longer than tcpIdleTimeout: the server closes the connection.
     pollfd p{fd, POLLIN, 0};
@@ -641,15 +659,7 @@ TEST_CASE("limits: TCP clients beyond tcpMaxClients are closed, upstream queries
     MesdOptions o = forwarding({silent.port}, "2s");
     o.dns_section = "  tcpMaxClients: 2\n" + o.dns_section + "    maxInFlight: 1\n";
     Fixture f(o);
-    auto connect = [&]() {
-        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-        sockaddr_in addr{};
-        addr.sin_family = AF_INET;
-        addr.sin_port = htons(static_cast<std::uint16_t>(f.mesd->dns_port()));
-        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-        return fd;
-    };
+    auto connect = [&]() { return tcp_connect(f.mesd->dns_port()); };
     int a = connect(), b = connect(), c = connect();
     pollfd p{c, POLLIN, 0};
     REQUIRE(::poll(&p, 1, 2000) == 1);
@@ -688,16 +698,9 @@ TEST_CASE("a TCP client that leaves before its forwarded answer, and SIGTERM wit
     });
     Fixture f(forwarding({slow.port}, "2s"));
     {
-        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-        sockaddr_in addr{};
-        addr.sin_family = AF_INET;
-        addr.sin_port = htons(static_cast<std::uint16_t>(f.mesd->dns_port()));
-        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-        auto q = raw_query("gone.example");
-        std::vector<std::uint8_t> framed = {static_cast<std::uint8_t>(q.size() >> 8), static_cast<std::uint8_t>(q.size())};
-        framed.insert(framed.end(), q.begin(), q.end());
-        REQUIRE(::send(fd, framed.data(), framed.size(), 0) == static_cast<ssize_t>(framed.size()));
+        int fd = tcp_connect(f.mesd->dns_port());
+        auto stream = framed({raw_query("gone.example")});
+        REQUIRE(::send(fd, stream.data(), stream.size(), 0) == static_cast<ssize_t>(stream.size()));
         ::close(fd);  // gone before the upstream answers
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
@@ -722,35 +725,13 @@ TEST_CASE("a TCP client that leaves before its forwarded answer, and SIGTERM wit
 TEST_CASE("TCP: twenty queries in one write get twenty answers")
 {
     Fixture f;
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<std::uint16_t>(f.mesd->dns_port()));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    std::vector<std::uint8_t> stream;
-    for (int i = 0; i < 20; ++i) {
-        auto q = raw_query(i % 2 ? "mes-http.mesh" : "nothing.mesh");
-        stream.push_back(static_cast<std::uint8_t>(q.size() >> 8));
-        stream.push_back(static_cast<std::uint8_t>(q.size() & 0xff));
-        stream.insert(stream.end(), q.begin(), q.end());
-    }
+    int fd = tcp_connect(f.mesd->dns_port());
+    std::vector<std::vector<std::uint8_t>> queries;
+    for (int i = 0; i < 20; ++i) queries.push_back(raw_query(i % 2 ? "mes-http.mesh" : "nothing.mesh"));
+    auto stream = framed(queries);
     REQUIRE(::send(fd, stream.data(), stream.size(), 0) == static_cast<ssize_t>(stream.size()));
-    std::vector<std::uint8_t> in;
-    int replies = 0;
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-    while (replies < 20 && std::chrono::steady_clock::now() < deadline) {
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 200) != 1) continue;
-        std::uint8_t buf[8192];
-        auto n = ::recv(fd, buf, sizeof buf, 0);
-        if (n <= 0) break;
-        in.insert(in.end(), buf, buf + n);
-        while (in.size() >= 2 && in.size() >= 2u + ((static_cast<std::size_t>(in[0]) << 8) | in[1])) {
-            in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(2 + ((static_cast<std::size_t>(in[0]) << 8) | in[1])));
-            ++replies;
-        }
-    }
-    CHECK(replies == 20);
+    auto rcodes = read_replies(fd, 20);
+    REQUIRE(rcodes.size() == 20);
+    for (int i = 0; i < 20; ++i) CHECK(rcodes[static_cast<std::size_t>(i)] == (i % 2 ? 0 : 3));  // in order
     ::close(fd);
 }
