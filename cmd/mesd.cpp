@@ -153,13 +153,20 @@ private:
 
 bool Daemon::refresh()
 {
+    auto started = std::chrono::steady_clock::now();
     auto moved = source_.refresh();
     if (!moved) {
         ++store_errors_;
         log::error("store", "cannot read the store", {{"error", moved.error().message}});
         return false;
     }
-    if (*moved) log::debug("store", "store changed", {{"generation", std::to_string(source_.generation())}});
+    if (*moved)
+        log::debug("store", "store changed",
+                   {{"generation", std::to_string(source_.generation())},
+                    {"names", std::to_string(source_.index()->names())},
+                    {"index_bytes", std::to_string(source_.index()->bytes())},
+                    {"took_ms", std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                   std::chrono::steady_clock::now() - started).count())}});
     return true;
 }
 

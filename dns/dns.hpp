@@ -14,6 +14,7 @@
 // BADVERS for EDNS versions other than 0; FORMERR, NOTIMP and REFUSED as RFC 1035 says.
 #pragma once
 
+#include "dns/name_index.hpp"
 #include "store/store.hpp"
 #include "vip/vip.hpp"
 
@@ -43,12 +44,25 @@ struct Owner {
     std::optional<vip::Address> ipv6;
 };
 
+struct Addresses {
+    std::optional<vip::Address> ipv4;
+    std::optional<vip::Address> ipv6;
+};
+
 // What the responder asks about names; implemented over a store snapshot by the daemon.
 class Source {
 public:
     virtual ~Source() = default;
     // `name` is lowercase, without the trailing dot.
     virtual std::optional<Owner> find_name(std::string_view name) = 0;
+    // The addresses of a generated hostname: what an A/AAAA answer needs, without the
+    // owner's names (the hot path; by default through find_name).
+    virtual std::optional<Addresses> find_addresses(std::string_view name)
+    {
+        auto owner = find_name(name);
+        if (!owner) return std::nullopt;
+        return Addresses{owner->ipv4, owner->ipv6};
+    }
     virtual std::optional<Owner> find_vip(const vip::Address& address) = 0;
     // The hostnames generated for a MES (for PTR).
     virtual std::vector<std::string> hostnames_of(const Owner& owner) = 0;
@@ -113,7 +127,9 @@ private:
     Settings settings_;
 };
 
-// The daemon's Source: a store snapshot, renewed by `refresh()`.
+// The daemon's Source: a store snapshot, renewed by `refresh()`, and a NameIndex built from
+// it whenever the store's generation moves. Names and VIPs are answered from the index;
+// TXT and PTR details from the snapshot.
 class StoreSource final : public Source {
 public:
     // Serves the generated hostnames of `meshes`, the first listed winning a name that
@@ -126,8 +142,10 @@ public:
     void release() { snapshot_.reset(); }
     std::uint64_t generation() const { return generation_; }
     const store::Snapshot* snapshot() const { return snapshot_ ? &*snapshot_ : nullptr; }
+    const NameIndex* index() const { return index_ ? &*index_ : nullptr; }
 
     std::optional<Owner> find_name(std::string_view name) override;
+    std::optional<Addresses> find_addresses(std::string_view name) override;
     std::optional<Owner> find_vip(const vip::Address& address) override;
     std::vector<std::string> hostnames_of(const Owner& owner) override;
     std::vector<std::string> describe(const Owner& owner) override;
@@ -138,6 +156,7 @@ private:
     const store::Store& store_;
     std::vector<std::string> meshes_;
     std::optional<store::Snapshot> snapshot_;
+    std::optional<NameIndex> index_;
     std::uint64_t generation_ = 0;
     std::optional<vip::Pool> pool4_;
     std::optional<vip::Pool> pool6_;

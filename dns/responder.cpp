@@ -301,7 +301,7 @@ std::optional<Response> Responder::fast_answer(std::span<const std::uint8_t> que
     // Outside the zones (forwarded names, generated names under no zone) and at an apex the
     // general path answers; deciding that before the lookup keeps it from being done twice.
     if (!zone || name == *zone) return std::nullopt;
-    auto owner = source.find_name(name);
+    auto owner = source.find_addresses(name);
 
     const std::optional<vip::Address>* address = nullptr;
     if (owner) address = qtype == LDNS_RR_TYPE_A ? &owner->ipv4 : &owner->ipv6;

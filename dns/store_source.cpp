@@ -1,5 +1,7 @@
 #include "dns/dns.hpp"
 
+#include <malloc.h>
+
 #include <algorithm>
 
 namespace dns {
@@ -15,12 +17,20 @@ store::Result<bool> StoreSource::refresh()
     if (!fresh) return std::unexpected(fresh.error());
     auto generation = fresh->generation();
     if (!generation) return std::unexpected(generation.error());
-    bool moved = !snapshot_ || *generation != generation_;
+    bool moved = !index_ || *generation != generation_;
     if (moved) {
         auto pools = fresh->pools();
         if (!pools) return std::unexpected(pools.error());
+        auto index = NameIndex::build(*fresh, meshes_);
+        if (!index) return std::unexpected(index.error());
         pool4_ = vip::Pool::parse(pools->ipv4);
         pool6_ = vip::Pool::parse(pools->ipv6);
+        index_.emplace(std::move(*index));
+        // Everything the hot path reads is in the index now; the pages the build walked
+        // would otherwise stay mapped, and count as this process's memory, until the next.
+        store_.unmap_pages();
+        // The build grew its arrays by doubling; give the freed blocks back to the system.
+        malloc_trim(0);
     }
     snapshot_.emplace(std::move(*fresh));
     generation_ = *generation;
@@ -29,27 +39,35 @@ store::Result<bool> StoreSource::refresh()
 
 namespace {
 
-Owner to_owner(store::Owner o) { return Owner{std::move(o.mesh), std::move(o.name), o.ipv4, o.ipv6}; }
+Owner to_owner(const NameIndex& index, const NameIndex::Owner& o)
+{
+    return Owner{std::string(index.mesh(o)), std::string(index.name(o)), NameIndex::ipv4(o), index.ipv6(o)};
+}
 
 }  // namespace
 
 std::optional<Owner> StoreSource::find_name(std::string_view name)
 {
-    if (!snapshot_) return std::nullopt;
-    for (const auto& mesh : meshes_) {
-        auto owner = snapshot_->lookup_hostname_in(name, mesh);
-        if (owner && *owner) return to_owner(std::move(**owner));
-    }
-    return std::nullopt;
+    if (!index_) return std::nullopt;
+    const auto* o = index_->find(name);
+    if (!o) return std::nullopt;
+    return to_owner(*index_, *o);
+}
+
+std::optional<Addresses> StoreSource::find_addresses(std::string_view name)
+{
+    if (!index_) return std::nullopt;
+    const auto* o = index_->find(name);
+    if (!o) return std::nullopt;
+    return Addresses{NameIndex::ipv4(*o), index_->ipv6(*o)};
 }
 
 std::optional<Owner> StoreSource::find_vip(const vip::Address& address)
 {
-    if (!snapshot_) return std::nullopt;
-    auto owner = snapshot_->owner_of(address);
-    if (!owner || !*owner) return std::nullopt;
-    if (std::ranges::find(meshes_, (*owner)->mesh) == meshes_.end()) return std::nullopt;
-    return to_owner(std::move(**owner));
+    if (!index_) return std::nullopt;
+    const auto* o = index_->find(address);
+    if (!o) return std::nullopt;
+    return to_owner(*index_, *o);
 }
 
 std::vector<std::string> StoreSource::hostnames_of(const Owner& owner)

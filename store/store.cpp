@@ -3,10 +3,13 @@
 #include "store/detail/codec.hpp"
 #include "store/detail/lmdb.hpp"
 
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -799,6 +802,29 @@ Result<Usage> Store::usage() const
     return u;
 }
 
+void Store::unmap_pages() const
+{
+    // LMDB does not tell where its map is (me_mapaddr is only set with MDB_FIXEDMAP), so the
+    // mapping of data.mdb is found by device and inode in /proc/self/maps. The map is
+    // read-only (no MDB_WRITEMAP: writes go through write(2)), so zapping the page-table
+    // entries of this shared file mapping loses nothing.
+    struct stat file {};
+    if (::stat((impl_->options.data_dir + "/data.mdb").c_str(), &file) != 0) return;
+    std::FILE* maps = std::fopen("/proc/self/maps", "r");
+    if (!maps) return;
+    char line[4096];
+    while (std::fgets(line, sizeof line, maps)) {
+        unsigned long begin = 0, end = 0, offset = 0, inode = 0;
+        unsigned major = 0, minor = 0;
+        char perms[8] = {};
+        if (std::sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &begin, &end, perms, &offset, &major, &minor, &inode) != 7)
+            continue;
+        if (inode == file.st_ino && makedev(major, minor) == file.st_dev)
+            ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+    }
+    std::fclose(maps);
+}
+
 // ---- Reading -----------------------------------------------------------------------------
 
 struct Snapshot::Impl {
@@ -929,6 +955,44 @@ Result<std::vector<VipEntry>> Snapshot::vips() const
     });
     if (!scan) return std::unexpected(to_error(scan.error()));
     return out;
+}
+
+Result<Snapshot::Counts> Snapshot::counts() const
+{
+    const auto& txn = impl_->txn;
+    MDB_stat vips{}, hostnames{};
+    if (int rc = mdb_stat(txn.raw(), txn.dbs().vip_by_owner, &vips); rc != 0) return std::unexpected(to_error(from_mdb(rc, "stat")));
+    if (int rc = mdb_stat(txn.raw(), txn.dbs().hostnames, &hostnames); rc != 0) return std::unexpected(to_error(from_mdb(rc, "stat")));
+    return Counts{vips.ms_entries, hostnames.ms_entries};
+}
+
+Result<void> Snapshot::scan_owner_vips(
+    const std::function<void(std::string_view, std::string_view, const vip::Address&)>& fn) const
+{
+    const auto& txn = impl_->txn;
+    auto scan = txn.scan(txn.dbs().vip_by_owner, "", [&](std::string_view key, std::string_view value) {
+        // mesh \0 name \0 family
+        auto first = key.find(sep);
+        if (first == std::string_view::npos || key.size() < first + 3) return true;
+        auto address = vip::Address::from_bytes(value);
+        if (address) fn(key.substr(0, first), key.substr(first + 1, key.size() - first - 3), *address);
+        return true;
+    });
+    if (!scan) return std::unexpected(to_error(scan.error()));
+    return {};
+}
+
+Result<void> Snapshot::scan_hostnames(
+    const std::function<void(std::string_view, std::string_view, std::string_view)>& fn) const
+{
+    const auto& txn = impl_->txn;
+    auto scan = txn.scan(txn.dbs().hostnames, "", [&](std::string_view key, std::string_view name) {
+        auto nul = key.find(sep);
+        if (nul != std::string_view::npos) fn(key.substr(0, nul), key.substr(nul + 1), name);
+        return true;
+    });
+    if (!scan) return std::unexpected(to_error(scan.error()));
+    return {};
 }
 
 Result<std::vector<Quarantined>> Snapshot::quarantine() const

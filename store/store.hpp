@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cstdint>
 #include <expected>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -144,6 +145,19 @@ public:
     Result<std::optional<Owner>> lookup_hostname_in(std::string_view hostname, std::string_view mesh) const;
     Result<std::optional<Owner>> owner_of(const vip::Address& address) const;
     Result<std::vector<VipEntry>> vips() const;
+    struct Counts {
+        std::size_t vips = 0;
+        std::size_t hostnames = 0;
+    };
+    // How many VIPs and hostname entries there are, without reading them.
+    Result<Counts> counts() const;
+    // Every owner's VIPs in (mesh, name) order, so both families of one owner come together;
+    // for building an in-memory index without copying the store first.
+    Result<void> scan_owner_vips(
+        const std::function<void(std::string_view mesh, std::string_view name, const vip::Address&)>& fn) const;
+    // Every generated hostname (lowercase) with the mesh and MES holding it, by hostname.
+    Result<void> scan_hostnames(
+        const std::function<void(std::string_view hostname, std::string_view mesh, std::string_view name)>& fn) const;
     Result<std::vector<Quarantined>> quarantine() const;
     Result<std::uint64_t> generation() const;
     // The pools recorded by the last write (empty strings before any).
@@ -178,6 +192,10 @@ public:
 
     Result<Snapshot> snapshot() const;
     Result<Usage> usage() const;
+    // Drops this process's mappings of the store's pages. The kernel's page cache keeps them
+    // and the next read maps them back in, so this is always safe; a reader that copied what
+    // it needs calls it so that pages it will not touch again stop counting in its RSS.
+    void unmap_pages() const;
     const std::string& data_dir() const;
 
     struct Impl;

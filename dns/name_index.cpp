@@ -1,0 +1,233 @@
+#include "dns/name_index.hpp"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <map>
+#include <new>
+#include <utility>
+
+namespace dns {
+
+namespace detail {
+
+namespace {
+constexpr std::size_t populate_from = std::size_t{64} << 10;
+}
+
+void* populated_allocate(std::size_t bytes)
+{
+    if (bytes < populate_from) return ::operator new(bytes);
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    return p;
+}
+
+void populated_free(void* p, std::size_t bytes)
+{
+    if (bytes < populate_from) ::operator delete(p);
+    else ::munmap(p, bytes);
+}
+
+}  // namespace detail
+
+namespace {
+
+// FNV-1a: names are short, and this keeps the probe free of any setup.
+std::uint32_t hash_name(std::string_view s)
+{
+    std::uint32_t h = 2166136261u;
+    for (unsigned char c : s) {
+        h ^= c;
+        h *= 16777619u;
+    }
+    return h;
+}
+
+}  // namespace
+
+std::uint32_t NameIndex::add_string(std::string_view s)
+{
+    auto at = static_cast<std::uint32_t>(arena_.size());
+    arena_.insert(arena_.end(), s.begin(), s.end());
+    return at;
+}
+
+NameIndex::Owner NameIndex::new_owner(std::string_view mesh, std::string_view name)
+{
+    Owner o;
+    // Owners arrive grouped by mesh: its name is stored once per group.
+    if (!owners_.empty() && this->mesh(owners_.back()) == mesh) o.mesh_at = owners_.back().mesh_at;
+    else o.mesh_at = add_string(mesh);
+    o.mesh_size = static_cast<std::uint16_t>(mesh.size());
+    o.name_at = add_string(name);
+    o.name_size = static_cast<std::uint16_t>(name.size());
+    return o;
+}
+
+store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const std::vector<std::string>& meshes)
+{
+    NameIndex index;
+    auto rank_of = [&](std::string_view mesh) -> std::optional<std::uint16_t> {
+        for (std::size_t i = 0; i < meshes.size(); ++i)
+            if (meshes[i] == mesh) return static_cast<std::uint16_t>(i);
+        return std::nullopt;
+    };
+
+    auto counts = snapshot.counts();
+    if (!counts) return std::unexpected(counts.error());
+    // Room for everything up front (the arena's guess is generous; it is trimmed at the end).
+    index.owners_.reserve(counts->vips);
+    index.names_.reserve(counts->hostnames);
+    index.arena_.reserve((counts->vips + counts->hostnames) * 32);
+
+    // Owners with VIPs, in the store's (mesh, name) order.
+    auto vips = snapshot.scan_owner_vips([&](std::string_view mesh, std::string_view name, const vip::Address& a) {
+        if (!rank_of(mesh)) return;
+        if (index.owners_.empty() || index.mesh(index.owners_.back()) != mesh || index.name(index.owners_.back()) != name)
+            index.owners_.push_back(index.new_owner(mesh, name));
+        Owner& o = index.owners_.back();
+        if (a.family == vip::Family::v4) {
+            o.has_ipv4 = true;
+            o.ipv4 = static_cast<std::uint32_t>(a.value);
+        } else {
+            std::array<std::uint8_t, 16> bytes{};
+            for (int i = 0; i < 16; ++i) bytes[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(a.value >> (8 * (15 - i)));
+            index.ipv6_.push_back(bytes);
+            o.ipv6 = static_cast<std::uint32_t>(index.ipv6_.size());
+        }
+    });
+    if (!vips) return std::unexpected(vips.error());
+    std::size_t sorted_owners = index.owners_.size();
+    std::map<std::pair<std::string, std::string>, std::uint32_t, std::less<>> without_vip;
+
+    // Hostnames usually sort like their owners ("{{ .Name }}.mesh"): the owner found last,
+    // or the one after it, is tried before a binary search.
+    std::size_t hint = 0;
+    auto owner_index = [&](std::string_view mesh, std::string_view name) -> std::uint32_t {
+        for (std::size_t i = hint; i < std::min(hint + 2, sorted_owners); ++i)
+            if (index.name(index.owners_[i]) == name && index.mesh(index.owners_[i]) == mesh) {
+                hint = i;
+                return static_cast<std::uint32_t>(i);
+            }
+        auto begin = index.owners_.begin(), end = begin + static_cast<std::ptrdiff_t>(sorted_owners);
+        auto it = std::lower_bound(begin, end, std::pair{mesh, name}, [&](const Owner& o, const auto& key) {
+            return std::pair{index.mesh(o), index.name(o)} < key;
+        });
+        if (it != end && index.mesh(*it) == mesh && index.name(*it) == name) {
+            hint = static_cast<std::size_t>(it - index.owners_.begin());
+            return static_cast<std::uint32_t>(hint);
+        }
+        auto found = without_vip.find(std::pair{std::string(mesh), std::string(name)});
+        if (found != without_vip.end()) return found->second;
+        // Hostnames but no VIP (an exhausted pool): the name exists, with no addresses.
+        index.owners_.push_back(index.new_owner(mesh, name));
+        auto at = static_cast<std::uint32_t>(index.owners_.size() - 1);
+        without_vip.emplace(std::pair{std::string(mesh), std::string(name)}, at);
+        return at;
+    };
+
+    // Hostnames come sorted, so the meshes generating one name are adjacent.
+    auto names = snapshot.scan_hostnames([&](std::string_view hostname, std::string_view mesh, std::string_view name) {
+        auto rank = rank_of(mesh);
+        if (!rank || hostname.empty() || hostname.size() > 255) return;
+        if (!index.names_.empty() && index.text(index.names_.back()) == hostname) {
+            Name& last = index.names_.back();
+            if (*rank < last.mesh_rank) {
+                last.owner = owner_index(mesh, name);
+                last.mesh_rank = *rank;
+            }
+            return;
+        }
+        Name n;
+        n.at = index.add_string(hostname);
+        n.size = static_cast<std::uint16_t>(hostname.size());
+        n.owner = owner_index(mesh, name);
+        n.mesh_rank = *rank;
+        index.names_.push_back(n);
+    });
+    if (!names) return std::unexpected(names.error());
+
+    index.slots_.assign(std::bit_ceil(std::max<std::size_t>(16, index.names_.size() * 2)), 0);
+    for (std::size_t i = 0; i < index.names_.size(); ++i) {
+        auto text = index.text(index.names_[i]);
+        auto hash = hash_name(text);
+        *index.slot_for(text, hash) = (std::uint64_t{hash} << 32) | (i + 1);
+    }
+    for (std::uint32_t i = 0; i < index.owners_.size(); ++i) {
+        if (index.owners_[i].has_ipv4) index.by_ipv4_.push_back(i);
+        if (index.owners_[i].ipv6) index.by_ipv6_.push_back(i);
+    }
+    std::ranges::sort(index.by_ipv4_, {}, [&](std::uint32_t i) { return index.owners_[i].ipv4; });
+    std::ranges::sort(index.by_ipv6_, {}, [&](std::uint32_t i) { return index.ipv6_[index.owners_[i].ipv6 - 1]; });
+    index.arena_.shrink_to_fit();
+    index.owners_.shrink_to_fit();
+    index.names_.shrink_to_fit();
+    index.ipv6_.shrink_to_fit();
+    return index;
+}
+
+std::uint64_t* NameIndex::slot_for(std::string_view name, std::uint32_t hash)
+{
+    return const_cast<std::uint64_t*>(std::as_const(*this).slot_for(name, hash));
+}
+
+// The slot holding `name`, or the empty slot where it would go.
+const std::uint64_t* NameIndex::slot_for(std::string_view name, std::uint32_t hash) const
+{
+    std::size_t mask = slots_.size() - 1;
+    for (std::size_t i = hash & mask;; i = (i + 1) & mask) {
+        std::uint64_t s = slots_[i];
+        if (s == 0) return &slots_[i];
+        if (static_cast<std::uint32_t>(s >> 32) == hash && text(names_[(s & 0xffffffffu) - 1]) == name) return &slots_[i];
+    }
+}
+
+const NameIndex::Owner* NameIndex::find(std::string_view name) const
+{
+    if (slots_.empty()) return nullptr;
+    std::uint64_t s = *slot_for(name, hash_name(name));
+    if (s == 0) return nullptr;
+    return &owners_[names_[(s & 0xffffffffu) - 1].owner];
+}
+
+const NameIndex::Owner* NameIndex::find(const vip::Address& address) const
+{
+    if (address.family == vip::Family::v4) {
+        auto want = static_cast<std::uint32_t>(address.value);
+        auto it = std::ranges::lower_bound(by_ipv4_, want, {}, [&](std::uint32_t i) { return owners_[i].ipv4; });
+        if (it != by_ipv4_.end() && owners_[*it].ipv4 == want) return &owners_[*it];
+        return nullptr;
+    }
+    auto bytes = address.bytes();
+    std::array<std::uint8_t, 16> want{};
+    if (bytes.size() != 16) return nullptr;
+    std::memcpy(want.data(), bytes.data(), 16);
+    auto it = std::ranges::lower_bound(by_ipv6_, want, {}, [&](std::uint32_t i) { return ipv6_[owners_[i].ipv6 - 1]; });
+    if (it != by_ipv6_.end() && ipv6_[owners_[*it].ipv6 - 1] == want) return &owners_[*it];
+    return nullptr;
+}
+
+std::optional<vip::Address> NameIndex::ipv4(const Owner& o)
+{
+    if (!o.has_ipv4) return std::nullopt;
+    return vip::Address{vip::Family::v4, o.ipv4};
+}
+
+std::optional<vip::Address> NameIndex::ipv6(const Owner& o) const
+{
+    if (!o.ipv6) return std::nullopt;
+    vip::Address a{vip::Family::v6, 0};
+    for (auto b : ipv6_[o.ipv6 - 1]) a.value = (a.value << 8) | b;
+    return a;
+}
+
+std::size_t NameIndex::bytes() const
+{
+    return arena_.capacity() + owners_.capacity() * sizeof(Owner) + ipv6_.capacity() * 16 + names_.capacity() * sizeof(Name) +
+           slots_.capacity() * sizeof(std::uint64_t) + (by_ipv4_.capacity() + by_ipv6_.capacity()) * sizeof(std::uint32_t);
+}
+
+}  // namespace dns

@@ -1,0 +1,98 @@
+// The generated hostnames and VIPs of the served meshes, copied out of a store snapshot into
+// one compact table. The DNS hot path is a single hash probe with no allocation, and the
+// store's pages need not stay mapped between changes.
+//
+// Layout: every string (hostname, mesh, MES name) lives once in one arena; owners are
+// fixed-size records with their addresses; names are an open-addressing table (linear
+// probing, load at most one half) of 32-bit hash and record index; PTR lookups binary-search
+// owner indexes sorted by address.
+#pragma once
+
+#include "store/store.hpp"
+#include "vip/vip.hpp"
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace dns {
+
+namespace detail {
+
+// Large blocks come straight from mmap with MAP_POPULATE: the kernel fills every page in one
+// call instead of one fault per page as the index is written, which is most of the cost of
+// building it where page faults are expensive (virtual machines). Small blocks use new.
+void* populated_allocate(std::size_t bytes);
+void populated_free(void* p, std::size_t bytes);
+
+template <class T>
+struct PopulatedAllocator {
+    using value_type = T;
+    PopulatedAllocator() = default;
+    template <class U>
+    PopulatedAllocator(const PopulatedAllocator<U>&) noexcept {}
+    T* allocate(std::size_t n) { return static_cast<T*>(populated_allocate(n * sizeof(T))); }
+    void deallocate(T* p, std::size_t n) noexcept { populated_free(p, n * sizeof(T)); }
+    template <class U>
+    bool operator==(const PopulatedAllocator<U>&) const noexcept { return true; }
+};
+
+template <class T>
+using PopulatedVector = std::vector<T, PopulatedAllocator<T>>;
+
+}  // namespace detail
+
+class NameIndex {
+public:
+    struct Owner {
+        std::uint32_t mesh_at = 0, name_at = 0;
+        std::uint16_t mesh_size = 0, name_size = 0;
+        std::uint32_t ipv4 = 0;  // host order
+        std::uint32_t ipv6 = 0;  // 1 + its position in the IPv6 addresses; 0 for none
+        bool has_ipv4 = false;
+    };
+
+    // The hostnames of `meshes` in `snapshot`; a name several meshes generate goes to the
+    // first of them listed.
+    static store::Result<NameIndex> build(const store::Snapshot& snapshot, const std::vector<std::string>& meshes);
+
+    // `name` lowercase, without the final dot.
+    const Owner* find(std::string_view name) const;
+    const Owner* find(const vip::Address& address) const;
+
+    std::string_view mesh(const Owner& o) const { return {arena_.data() + o.mesh_at, o.mesh_size}; }
+    std::string_view name(const Owner& o) const { return {arena_.data() + o.name_at, o.name_size}; }
+    static std::optional<vip::Address> ipv4(const Owner& o);
+    std::optional<vip::Address> ipv6(const Owner& o) const;
+
+    std::size_t names() const { return names_.size(); }
+    std::size_t owners() const { return owners_.size(); }
+    // Bytes held by the index's own arrays.
+    std::size_t bytes() const;
+
+private:
+    struct Name {
+        std::uint32_t at = 0;
+        std::uint32_t owner = 0;
+        std::uint16_t size = 0;
+        std::uint16_t mesh_rank = 0;  // position of the owner's mesh in the served list
+    };
+
+    std::uint32_t add_string(std::string_view s);
+    Owner new_owner(std::string_view mesh, std::string_view name);
+    std::string_view text(const Name& n) const { return {arena_.data() + n.at, n.size}; }
+    std::uint64_t* slot_for(std::string_view name, std::uint32_t hash);
+    const std::uint64_t* slot_for(std::string_view name, std::uint32_t hash) const;
+
+    detail::PopulatedVector<char> arena_;
+    detail::PopulatedVector<Owner> owners_;
+    detail::PopulatedVector<std::array<std::uint8_t, 16>> ipv6_;  // network order
+    detail::PopulatedVector<Name> names_;
+    detail::PopulatedVector<std::uint64_t> slots_;  // (hash << 32) | (name index + 1); 0 is empty
+    detail::PopulatedVector<std::uint32_t> by_ipv4_, by_ipv6_;  // owner indexes sorted by address
+};
+
+}  // namespace dns
