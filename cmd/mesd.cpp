@@ -6,6 +6,7 @@
 #include "cmd/output.hpp"
 #include "conf/conf.hpp"
 #include "dns/dns.hpp"
+#include "proxy/proxy.hpp"
 #include "store/store.hpp"
 
 #include <uv.h>
@@ -13,6 +14,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -125,6 +127,8 @@ private:
         return o;
     }
     bool refresh();
+    void update_routes();
+    proxy::Options proxy_options(const std::vector<conf::HostPort>& dns_upstreams) const;
     bool sync_conf_dir();
     void shutdown(const char* why);
     cmd::HttpReply admin(const std::string& path);
@@ -138,6 +142,8 @@ private:
     dns::Responder responder_;
     uv_loop_t loop_{};
     std::unique_ptr<dns::Server> server_;
+    std::unique_ptr<proxy::Proxy> proxy_;
+    std::map<std::string, std::string> listen_errors_;  // logged once per change
     std::unique_ptr<cmd::Admin> admin_;
     uv_timer_t store_timer_{};
     uv_timer_t conf_timer_{};
@@ -167,7 +173,74 @@ bool Daemon::refresh()
                     {"index_bytes", std::to_string(source_.index()->bytes())},
                     {"took_ms", std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
                                                    std::chrono::steady_clock::now() - started).count())}});
+    if (*moved) update_routes();
     return true;
+}
+
+// The proxy's routes: every MES of the served meshes, with its VIPs.
+void Daemon::update_routes()
+{
+    const auto* snap = source_.snapshot();
+    if (!proxy_ || !snap) return;
+    std::vector<proxy::Route> routes;
+    for (const auto& mesh : config_.meshes) {
+        auto list = snap->list(conf::Kind::mesh_external_service, std::string_view(mesh));
+        if (!list) {
+            ++store_errors_;
+            log::error("proxy", "cannot read the routes", {{"error", list.error().message}});
+            return;
+        }
+        for (auto& e : *list) {
+            const auto* mes = e.resource.mes();
+            if (!mes) continue;
+            proxy::Route r;
+            r.mesh = e.resource.mesh;
+            r.name = e.resource.name;
+            r.ipv4 = e.status.ipv4;
+            r.ipv6 = e.status.ipv6;
+            r.port = mes->port;
+            r.protocol = mes->protocol;
+            r.endpoints = mes->endpoints;
+            routes.push_back(std::move(r));
+        }
+    }
+    // The listing walked every record; its pages need not stay mapped.
+    store_->unmap_pages();
+    proxy_->update(std::move(routes));
+    std::map<std::string, std::string> errors;
+    for (const auto& s : proxy_->status().services) {
+        std::string key = s.mesh + "/" + s.name;
+        if (!s.listen_error.empty()) errors[key] = s.listen_error;
+        auto before = listen_errors_.find(key);
+        if (!s.listen_error.empty() && (before == listen_errors_.end() || before->second != s.listen_error))
+            log::warn("proxy", "not listening", {{"mesh", s.mesh}, {"name", s.name}, {"reason", s.listen_error}});
+        else if (s.listen_error.empty() && before != listen_errors_.end())
+            log::info("proxy", "listening", {{"mesh", s.mesh}, {"name", s.name}});
+    }
+    listen_errors_ = std::move(errors);
+}
+
+proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upstreams) const
+{
+    const auto& c = config_.proxy;
+    proxy::Options o;
+    o.mode = c.mode == "redirect" ? proxy::Options::Mode::redirect : proxy::Options::Mode::bind;
+    o.redirect_listen = c.redirect_listen;
+    using std::chrono::duration_cast;
+    using ms = std::chrono::milliseconds;
+    o.connect_timeout = duration_cast<ms>(c.connect_timeout);
+    o.idle_timeout = duration_cast<ms>(c.idle_timeout);
+    o.max_connections = c.max_connections;
+    o.max_connections_per_service = c.max_connections_per_service;
+    o.connect_attempts = c.connect_attempts;
+    o.eject_after = c.eject_after;
+    o.eject_base = duration_cast<ms>(c.eject_base);
+    o.eject_max = duration_cast<ms>(c.eject_max);
+    o.resolvers = !c.resolvers.empty() ? c.resolvers : dns_upstreams;
+    o.resolve_timeout = duration_cast<ms>(c.resolve_timeout);
+    o.dns_min_ttl = duration_cast<ms>(c.dns_min_ttl);
+    o.dns_max_ttl = duration_cast<ms>(c.dns_max_ttl);
+    return o;
 }
 
 bool Daemon::sync_conf_dir()
@@ -209,6 +282,81 @@ bool Daemon::sync_conf_dir()
                                    {"changed", std::to_string(changed)}, {"generation", std::to_string(report->generation)}});
     return true;
 }
+
+namespace {
+
+std::string label_value(const std::string& v)
+{
+    std::string out;
+    for (char c : v) {
+        if (c == '\\' || c == '"') out.push_back('\\');
+        if (c == '\n') {
+            out += "\\n";
+            continue;
+        }
+        out.push_back(c);
+    }
+    return out;
+}
+
+std::string proxy_metrics(const proxy::Status& st)
+{
+    std::string out;
+    auto family = [&](const char* name, const char* type, const char* help) {
+        out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+    };
+    family("mesd_proxy_connections_active", "gauge", "Proxied connections open now.");
+    out += "mesd_proxy_connections_active " + std::to_string(st.active) + "\n";
+    family("mesd_proxy_connections_total", "counter", "Client connections accepted.");
+    out += "mesd_proxy_connections_total " + std::to_string(st.total) + "\n";
+    family("mesd_proxy_connections_refused_total", "counter", "Client connections reset: over a connection limit.");
+    out += "mesd_proxy_connections_refused_total " + std::to_string(st.refused) + "\n";
+    family("mesd_proxy_unrouted_total", "counter", "Redirected connections whose destination no MES claims.");
+    out += "mesd_proxy_unrouted_total " + std::to_string(st.unrouted) + "\n";
+
+    struct Row {
+        const char* name;
+        const char* type;
+        const char* help;
+        std::uint64_t proxy::ServiceStatus::*field;
+    };
+    static constexpr Row rows[] = {
+        {"mesd_mes_connections_active", "gauge", "Open connections per MES.", &proxy::ServiceStatus::active},
+        {"mesd_mes_connections_total", "counter", "Connections accepted per MES.", &proxy::ServiceStatus::total},
+        {"mesd_mes_connections_refused_total", "counter", "Connections reset over a limit, per MES.", &proxy::ServiceStatus::refused},
+        {"mesd_mes_connections_failed_total", "counter", "Connections reset because no endpoint could be reached, per MES.",
+         &proxy::ServiceStatus::failed},
+        {"mesd_mes_bytes_sent_total", "counter", "Bytes from clients to the endpoints, per MES.", &proxy::ServiceStatus::bytes_up},
+        {"mesd_mes_bytes_received_total", "counter", "Bytes from the endpoints to clients, per MES.",
+         &proxy::ServiceStatus::bytes_down},
+    };
+    for (const auto& row : rows) {
+        family(row.name, row.type, row.help);
+        for (const auto& s : st.services)
+            out += std::string(row.name) + "{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) + "\"} " +
+                   std::to_string(s.*row.field) + "\n";
+    }
+    family("mesd_mes_endpoint_connect_failures_total", "counter", "Failed or timed-out connects, per endpoint.");
+    for (const auto& s : st.services)
+        for (const auto& t : s.targets)
+            out += "mesd_mes_endpoint_connect_failures_total{mesh=\"" + label_value(s.mesh) + "\",name=\"" +
+                   label_value(s.name) + "\",endpoint=\"" + label_value(t.address) + "\"} " +
+                   std::to_string(t.connect_failures) + "\n";
+    family("mesd_mes_endpoint_ejections_total", "counter", "Times an endpoint was ejected after repeated failures.");
+    for (const auto& s : st.services)
+        for (const auto& t : s.targets)
+            out += "mesd_mes_endpoint_ejections_total{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) +
+                   "\",endpoint=\"" + label_value(t.address) + "\"} " + std::to_string(t.ejections) + "\n";
+    family("mesd_mes_endpoint_healthy", "gauge", "1 when an endpoint is neither ejected nor unresolved.");
+    for (const auto& s : st.services)
+        for (const auto& t : s.targets)
+            out += "mesd_mes_endpoint_healthy{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) +
+                   "\",endpoint=\"" + label_value(t.address) + "\"} " +
+                   (t.state == "healthy" || t.state == "failing" ? "1" : "0") + "\n";
+    return out;
+}
+
+}  // namespace
 
 std::string Daemon::metrics_text()
 {
@@ -263,6 +411,7 @@ std::string Daemon::metrics_text()
     counter("mesd_store_errors_total", "Failed reads of the store.", store_errors_);
     counter("mesd_conf_dir_applies_total", "Successful applies of --conf-dir.", conf_dir_applies_);
     counter("mesd_conf_dir_errors_total", "Applies of --conf-dir refused for invalid input or failed.", conf_dir_errors_);
+    if (proxy_) out += proxy_metrics(proxy_->status());
     return out;
 }
 
@@ -285,6 +434,33 @@ std::string Daemon::config_json()
                     if (e.status.ipv6) n.set("ipv6", e.status.ipv6->to_string());
                     n.set("mesh", e.resource.mesh);
                     n.set("name", e.resource.name);
+                }
+            }
+        }
+    }
+    if (proxy_) {
+        auto st = proxy_->status();
+        cmd::Value& services = root.set("services", cmd::Value::array());
+        for (const auto& s : st.services) {
+            cmd::Value& v = services.push(cmd::Value::object());
+            v.set("mesh", s.mesh);
+            v.set("name", s.name);
+            cmd::Value& listeners = v.set("listeners", cmd::Value::array());
+            for (const auto& l : s.listeners) listeners.push(l);
+            if (!s.listen_error.empty()) v.set("listenError", s.listen_error);
+            v.set("active", static_cast<std::int64_t>(s.active));
+            v.set("total", static_cast<std::int64_t>(s.total));
+            cmd::Value& endpoints = v.set("endpoints", cmd::Value::array());
+            for (const auto& t : s.targets) {
+                cmd::Value& e = endpoints.push(cmd::Value::object());
+                e.set("address", t.address);
+                e.set("priority", static_cast<std::int64_t>(t.priority));
+                e.set("health", t.state);
+                e.set("connectFailures", static_cast<std::int64_t>(t.connect_failures));
+                e.set("ejections", static_cast<std::int64_t>(t.ejections));
+                if (!t.resolved.empty()) {
+                    cmd::Value& r = e.set("resolved", cmd::Value::array());
+                    for (const auto& a : t.resolved) r.push(a);
                 }
             }
         }
@@ -314,7 +490,10 @@ void Daemon::shutdown(const char* why)
     uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
     server_->stop([this] {
         log::info("dns", "listeners closed, in-flight queries finished");
-        admin_->stop([] {});
+        proxy_->stop([this] {
+            log::info("proxy", "listeners and connections closed");
+            admin_->stop([] {});
+        });
     });
 }
 
@@ -354,11 +533,23 @@ int Daemon::run()
     for (const auto& b : server_->bound())
         log::info("dns", "listening", {{"addr", b}, {"forward", options.forward_enabled ? upstreams : "off"}});
 
+    auto resolvers = !config_.dns.forward.upstreams.empty() ? config_.dns.forward.upstreams
+                                                            : dns::system_upstreams(config_.dns.listen);
+    proxy_ = std::make_unique<proxy::Proxy>(&loop_, proxy_options(resolvers));
+    if (auto started = proxy_->start(); !started) {
+        log::error("proxy", "cannot listen", {{"error", started.error()}});
+        server_->stop([this] { proxy_->stop([] {}); });
+        uv_run(&loop_, UV_RUN_DEFAULT);
+        return exit_failed;
+    }
+    if (config_.proxy.mode == "redirect") log::info("proxy", "listening", {{"addr", proxy_->bound()}, {"mode", "redirect"}});
+    update_routes();
+
     admin_ = std::make_unique<cmd::Admin>(&loop_, [this](const std::string& path) { return admin(path); });
     auto admin_addr = admin_->start(config_.admin.listen);
     if (!admin_addr) {
         log::error("admin", "cannot listen", {{"error", admin_addr.error()}});
-        server_->stop([this] { admin_->stop([] {}); });
+        server_->stop([this] { proxy_->stop([this] { admin_->stop([] {}); }); });
         uv_run(&loop_, UV_RUN_DEFAULT);
         return exit_failed;
     }

@@ -89,6 +89,7 @@ struct Endpoint {
 
     // The filesystem path of a unix socket endpoint (after `unix://`), else empty.
     std::string_view unix_path() const;
+    bool operator==(const Endpoint&) const = default;
 };
 
 struct SubjectAltName {
@@ -287,6 +288,15 @@ struct Config {
         Duration connect_timeout = std::chrono::seconds(5);
         Duration idle_timeout = std::chrono::hours(1);
         std::uint32_t max_connections = 100000;
+        std::uint32_t max_connections_per_service = 0;  // 0: only the global limit
+        std::uint32_t connect_attempts = 3;             // endpoints tried per client connection
+        std::uint32_t eject_after = 3;                  // consecutive connect failures
+        Duration eject_base = std::chrono::seconds(5);  // doubles with each ejection in a row
+        Duration eject_max = std::chrono::minutes(5);
+        std::vector<HostPort> resolvers;  // for DNS-named endpoints; empty: the DNS upstreams
+        Duration resolve_timeout = std::chrono::seconds(2);
+        Duration dns_min_ttl = std::chrono::seconds(1);
+        Duration dns_max_ttl = std::chrono::minutes(5);
     } proxy;
     struct Admin {
         HostPort listen = HostPort{"127.0.0.1", 9901};

@@ -245,6 +245,19 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
             read.duration(proxy, "connectTimeout", c.proxy.connect_timeout);
             read.duration(proxy, "idleTimeout", c.proxy.idle_timeout);
             read.integer(proxy, "maxConnections", c.proxy.max_connections, 1, 10'000'000);
+            read.integer(proxy, "maxConnectionsPerService", c.proxy.max_connections_per_service, 0, 10'000'000);
+            read.integer(proxy, "connectAttempts", c.proxy.connect_attempts, 1, 100);
+            read.integer(proxy, "ejectAfter", c.proxy.eject_after, 1, 1000);
+            read.duration(proxy, "ejectBase", c.proxy.eject_base);
+            read.duration(proxy, "ejectMax", c.proxy.eject_max);
+            read.host_ports(proxy, "resolvers", c.proxy.resolvers);
+            read.duration(proxy, "resolveTimeout", c.proxy.resolve_timeout);
+            read.duration(proxy, "dnsMinTtl", c.proxy.dns_min_ttl);
+            read.duration(proxy, "dnsMaxTtl", c.proxy.dns_max_ttl);
+            if (c.proxy.dns_min_ttl > c.proxy.dns_max_ttl)
+                r.error(root["proxy"], "proxy.dnsMinTtl", "must not be above proxy.dnsMaxTtl");
+            if (c.proxy.eject_base > c.proxy.eject_max)
+                r.error(root["proxy"], "proxy.ejectBase", "must not be above proxy.ejectMax");
         }
     }
     {

@@ -1,0 +1,71 @@
+// A small stub resolver on the proxy's loop for DNS-named endpoints: A and AAAA asked
+// together over UDP (fresh socket and ID per attempt, answers matched on ID, source and
+// question), a timeout per nameserver then the next, and the records' smallest TTL —
+// bounded by min/max — deciding when a watched name is asked again. A name that stops
+// resolving keeps its last addresses (as Envoy's STRICT_DNS does) and is retried after the
+// minimum TTL. getaddrinfo would give no TTL and needs a thread per lookup.
+#pragma once
+
+#include "conf/conf.hpp"
+#include "vip/vip.hpp"
+
+#include <uv.h>
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace proxy::detail {
+
+class Resolver {
+public:
+    struct Entry {
+        std::vector<vip::Address> addresses;  // A first, then AAAA
+        std::string error;                    // the last failure, "" after a success
+        std::uint64_t expires = 0;            // uv_now() milliseconds
+        bool resolved_once = false;
+    };
+    // Called with the entry once a lookup finishes (or at once when the entry is fresh).
+    using Callback = std::function<void(const Entry&)>;
+
+    Resolver(uv_loop_t* loop, std::vector<conf::HostPort> servers, std::chrono::milliseconds timeout,
+             std::chrono::milliseconds min_ttl, std::chrono::milliseconds max_ttl);
+    ~Resolver();
+    Resolver(const Resolver&) = delete;
+    Resolver& operator=(const Resolver&) = delete;
+
+    // Addresses for `name`: fresh ones at once; else a lookup, and `done` when it ends.
+    // Stale addresses are still handed out (at once) while the refresh runs.
+    void resolve(const std::string& name, Callback done);
+    // The names routes use: each is looked up now and again whenever its TTL runs out;
+    // others are forgotten.
+    void watch(const std::set<std::string>& names);
+    const Entry* find(const std::string& name) const;
+    // Cancels lookups and closes handles; callbacks waiting are dropped.
+    void stop();
+
+    struct Lookup;
+
+private:
+    void start_lookup(const std::string& name);
+    void finish(const std::string& name, std::vector<vip::Address> addresses, std::uint32_t ttl, std::string error);
+    void arm_refresh();
+
+    uv_loop_t* loop_;
+    std::vector<conf::HostPort> servers_;
+    std::chrono::milliseconds timeout_, min_ttl_, max_ttl_;
+    std::map<std::string, Entry> entries_;
+    std::map<std::string, std::vector<Callback>> waiting_;
+    std::map<std::string, Lookup*> in_flight_;
+    std::set<std::string> watched_;
+    uv_timer_t* refresh_timer_ = nullptr;
+    bool stopped_ = false;
+
+    friend struct Lookup;
+};
+
+}  // namespace proxy::detail

@@ -1,0 +1,961 @@
+// The proxy's I/O on libuv: listeners, balancing over targets with ejection, connect
+// attempts with a timeout, and the byte pump. Every handle belongs to one object that frees
+// itself in its last close callback; callbacks that may outlive their connection (a DNS
+// lookup) hold a weak token and do nothing once it has expired.
+#include "proxy/proxy.hpp"
+
+#include "proxy/detail/resolver.hpp"
+
+#include <uv.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstring>
+#include <set>
+
+namespace proxy {
+
+namespace {
+
+// getsockopt names from <linux/netfilter_ipv4.h> and <linux/netfilter_ipv6/ip6_tables.h>,
+// whose other contents clash with the libc headers.
+constexpr int so_original_dst = 80;
+constexpr int ip6t_so_original_dst = 80;
+
+constexpr std::size_t block_size = std::size_t{64} << 10;
+constexpr std::size_t pooled_blocks = 16;  // free blocks kept for reuse (1 MiB)
+
+std::string host_port(const vip::Address& a, std::uint16_t port)
+{
+    return a.family == vip::Family::v6 ? "[" + a.to_string() + "]:" + std::to_string(port)
+                                       : a.to_string() + ":" + std::to_string(port);
+}
+
+sockaddr_storage to_sockaddr(const vip::Address& a, std::uint16_t port)
+{
+    sockaddr_storage ss{};
+    if (a.family == vip::Family::v4) {
+        auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+        in->sin_family = AF_INET;
+        in->sin_port = htons(port);
+        in->sin_addr.s_addr = htonl(static_cast<std::uint32_t>(a.value));
+    } else {
+        auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons(port);
+        auto bytes = a.bytes();
+        std::memcpy(&in6->sin6_addr, bytes.data(), 16);
+    }
+    return ss;
+}
+
+template <class H>
+uv_handle_t* as_handle(H* h)
+{
+    return reinterpret_cast<uv_handle_t*>(h);
+}
+template <class H>
+uv_stream_t* as_stream(H* h)
+{
+    return reinterpret_cast<uv_stream_t*>(h);
+}
+
+void set_nodelay(uv_tcp_t* tcp) { uv_tcp_nodelay(tcp, 1); }
+
+}  // namespace
+
+std::optional<std::pair<vip::Address, std::uint16_t>> original_destination(int fd)
+{
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (getsockopt(fd, SOL_IP, so_original_dst, &ss, &len) == 0 && ss.ss_family == AF_INET) {
+        auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+        return std::pair{vip::Address{vip::Family::v4, ntohl(in->sin_addr.s_addr)}, ntohs(in->sin_port)};
+    }
+    len = sizeof ss;
+    if (getsockopt(fd, SOL_IPV6, ip6t_so_original_dst, &ss, &len) == 0 && ss.ss_family == AF_INET6) {
+        auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+        auto a = vip::Address::from_bytes(std::string_view(reinterpret_cast<const char*>(&in6->sin6_addr), 16));
+        if (a) return std::pair{*a, ntohs(in6->sin6_port)};
+    }
+    return std::nullopt;
+}
+
+// ---- Targets and services ------------------------------------------------------------------
+
+struct Target {
+    conf::Endpoint endpoint;
+    std::string label;  // "10.0.0.1:443", "example.com", "unix:///run/x.sock"
+    std::uint32_t consecutive_failures = 0;
+    std::uint64_t connect_failures = 0;
+    std::uint64_t ejections = 0;
+    std::uint32_t backoff_steps = 0;  // ejections since the last success
+    std::uint64_t ejected_until = 0;  // uv_now() ms
+    std::size_t next_address = 0;     // DNS names: round robin over the addresses
+
+    bool is_name() const { return endpoint.kind == conf::AddressKind::hostname; }
+    bool same_place(const conf::Endpoint& e) const
+    {
+        return e.address == endpoint.address && e.kind == endpoint.kind && e.port == endpoint.port;
+    }
+};
+
+struct Listener;
+
+struct Service {
+    Route route;
+    std::vector<std::shared_ptr<Target>> targets;  // by priority, then as configured
+    std::map<std::uint8_t, std::size_t> cursor;      // round robin per priority
+    std::vector<Listener*> listeners;
+    std::string listen_error;
+    std::uint64_t active = 0, total = 0, refused = 0, failed = 0, bytes_up = 0, bytes_down = 0;
+
+    void set_route(Route r)
+    {
+        std::vector<std::shared_ptr<Target>> next;
+        for (const auto& e : r.endpoints) {
+            std::shared_ptr<Target> t;
+            for (auto& old : targets)
+                if (old && old->same_place(e)) {
+                    t = old;
+                    old.reset();
+                    break;
+                }
+            if (!t) {
+                t = std::make_shared<Target>();
+                t->label = e.address;
+                if (e.kind != conf::AddressKind::unix_socket && e.port) {
+                    t->label = e.kind == conf::AddressKind::ipv6 ? "[" + e.address + "]:" + std::to_string(*e.port)
+                                                                  : e.address + ":" + std::to_string(*e.port);
+                }
+            }
+            t->endpoint = e;
+            next.push_back(std::move(t));
+        }
+        std::ranges::stable_sort(next, {}, [](const auto& t) { return t->endpoint.priority; });
+        targets = std::move(next);
+        route = std::move(r);
+    }
+};
+
+struct Listener {
+    uv_tcp_t tcp;
+    Proxy::Impl* impl = nullptr;
+    std::string service_key;  // bind mode; empty in redirect mode
+    std::string address;      // "127.242.0.1:80"
+    std::uint16_t port = 0;
+};
+
+// ---- Buffers -------------------------------------------------------------------------------
+
+class BlockPool {
+public:
+    ~BlockPool()
+    {
+        for (char* b : free_) delete[] b;
+    }
+    char* take()
+    {
+        if (free_.empty()) return new char[block_size];
+        char* b = free_.back();
+        free_.pop_back();
+        return b;
+    }
+    void give(char* b)
+    {
+        if (!b) return;
+        if (free_.size() < pooled_blocks) free_.push_back(b);
+        else delete[] b;
+    }
+
+private:
+    std::vector<char*> free_;
+};
+
+// ---- Connections ---------------------------------------------------------------------------
+
+struct Connection;
+
+// One side of a proxied connection: the client's TCP socket, or the endpoint's TCP or unix
+// socket.
+struct Side {
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
+    bool is_pipe = false;
+    bool open = false;          // initialised and not yet closed
+    bool reading = false;
+    bool paused = false;        // reading stopped for backpressure
+    bool eof = false;           // the peer shut its sending side down
+    bool shut = false;          // our shutdown of this side's sending direction is done
+    bool shutting = false;
+    Connection* conn = nullptr;
+
+    uv_stream_t* stream() { return is_pipe ? as_stream(&h.pipe) : as_stream(&h.tcp); }
+    uv_handle_t* handle() { return is_pipe ? as_handle(&h.pipe) : as_handle(&h.tcp); }
+};
+
+// A connect attempt to one target; its handle becomes the connection's upstream side on
+// success, or is closed.
+struct Attempt {
+    Side side;
+    uv_connect_t req{};
+    Connection* conn = nullptr;
+    std::shared_ptr<Target> target;
+    bool abandoned = false;  // timed out or the connection went away
+};
+
+struct WriteReq {
+    uv_write_t req{};
+    char* block = nullptr;
+    Connection* conn = nullptr;
+    bool to_client = false;
+};
+
+struct Proxy::Impl {
+    uv_loop_t* loop;
+    Options options;
+    std::map<std::string, std::shared_ptr<Service>> services;
+    std::map<std::string, Listener*> listeners;  // bind mode, by address
+    Listener* redirect = nullptr;
+    std::string redirect_bound;
+    // Redirect mode: routes by VIP and port, and by VIP for routes without a port.
+    std::map<std::pair<vip::Address, std::uint16_t>, std::string> by_vip_port;
+    std::map<vip::Address, std::string> by_vip;
+    std::set<Connection*> connections;
+    std::unique_ptr<detail::Resolver> resolver;
+    BlockPool pool;
+    std::uint64_t active = 0, total = 0, refused = 0, unrouted = 0;
+    bool stopping = false;
+    std::function<void()> on_stopped;
+    std::size_t closing_listeners = 0;
+
+    Impl(uv_loop_t* l, Options o) : loop(l), options(std::move(o))
+    {
+        resolver = std::make_unique<detail::Resolver>(loop, options.resolvers, options.resolve_timeout,
+                                                      options.dns_min_ttl, options.dns_max_ttl);
+    }
+
+    void accept(Listener* l);
+    void close_listener(Listener* l);
+    std::string open_listener(const std::string& key, const vip::Address& a, std::uint16_t port);
+    void maybe_stopped();
+};
+
+struct Connection {
+    Proxy::Impl* impl;
+    std::shared_ptr<Service> service;
+    std::uint16_t dialled_port = 0;
+    Side client;
+    Side* upstream = nullptr;  // points into `attempt` once connected
+    Attempt* attempt = nullptr;
+    uv_timer_t timer{};
+    bool timer_open = false;
+    std::uint32_t attempts = 0;
+    std::vector<const Target*> tried;  // this connection's attempts
+    std::uint64_t last_activity = 0;
+    bool closing = false;
+    int pending_closes = 0;
+    std::shared_ptr<bool> alive = std::make_shared<bool>(true);
+
+    explicit Connection(Proxy::Impl* i) : impl(i) {}
+
+    Side& other(Side& s) { return &s == &client ? *upstream : client; }
+
+    void start(std::shared_ptr<Service> svc, std::uint16_t port)
+    {
+        service = std::move(svc);
+        dialled_port = port;
+        ++service->active;
+        ++service->total;
+        uv_timer_init(impl->loop, &timer);
+        timer.data = this;
+        timer_open = true;
+        try_next();
+    }
+
+    // ---- balancing
+
+    Target* pick()
+    {
+        std::uint64_t now = uv_now(impl->loop);
+        auto& targets = service->targets;
+        auto usable = [&](const Target& t, bool panic) {
+            return std::ranges::find(tried, &t) == tried.end() && (panic || t.ejected_until <= now);
+        };
+        for (bool panic : {false, true}) {
+            // The lowest priority with a usable target, then round robin inside it.
+            for (std::size_t i = 0; i < targets.size();) {
+                std::uint8_t prio = targets[i]->endpoint.priority;
+                std::size_t end = i;
+                while (end < targets.size() && targets[end]->endpoint.priority == prio) ++end;
+                std::size_t count = end - i;
+                std::size_t& cur = service->cursor[prio];
+                for (std::size_t k = 0; k < count; ++k) {
+                    Target* t = targets[i + (cur + k) % count].get();
+                    if (usable(*t, panic)) {
+                        cur = (cur + k + 1) % count;
+                        return t;
+                    }
+                }
+                if (panic) break;  // panic mode: only the lowest priority
+                i = end;
+            }
+        }
+        return nullptr;
+    }
+
+    void record_failure(Target& t)
+    {
+        ++t.connect_failures;
+        if (++t.consecutive_failures < impl->options.eject_after) return;
+        auto base = static_cast<std::uint64_t>(impl->options.eject_base.count());
+        auto cap = static_cast<std::uint64_t>(impl->options.eject_max.count());
+        std::uint64_t ms = base << std::min<std::uint32_t>(t.backoff_steps, 20);
+        t.ejected_until = uv_now(impl->loop) + std::min(ms, cap);
+        ++t.backoff_steps;
+        ++t.ejections;
+        t.consecutive_failures = 0;
+    }
+
+    static void record_success(Target& t)
+    {
+        t.consecutive_failures = 0;
+        t.backoff_steps = 0;
+        t.ejected_until = 0;
+    }
+
+    void try_next()
+    {
+        if (closing) return;
+        Target* t = attempts < impl->options.connect_attempts ? pick() : nullptr;
+        if (!t) {
+            ++service->failed;
+            close(true);
+            return;
+        }
+        ++attempts;
+        tried.push_back(t);
+        std::shared_ptr<Target> target;
+        for (auto& s : service->targets)
+            if (s.get() == t) target = s;
+        std::uint16_t port = t->endpoint.port.value_or(dialled_port);
+        switch (t->endpoint.kind) {
+        case conf::AddressKind::ipv4:
+        case conf::AddressKind::ipv6: {
+            auto a = vip::Address::parse(t->endpoint.address);
+            if (!a) {
+                fail(target);
+                return;
+            }
+            connect_tcp(std::move(target), to_sockaddr(*a, port));
+            return;
+        }
+        case conf::AddressKind::unix_socket:
+            connect_unix(std::move(target));
+            return;
+        case conf::AddressKind::hostname: {
+            std::weak_ptr<bool> token = alive;
+            impl->resolver->resolve(t->endpoint.address, [this, token, target, port](const detail::Resolver::Entry& e) {
+                if (token.expired() || closing) return;
+                if (e.addresses.empty()) {
+                    fail(target);
+                    return;
+                }
+                const auto& a = e.addresses[target->next_address++ % e.addresses.size()];
+                connect_tcp(target, to_sockaddr(a, port));
+            });
+            return;
+        }
+        }
+    }
+
+    void fail(const std::shared_ptr<Target>& t)
+    {
+        record_failure(*t);
+        try_next();
+    }
+
+    void arm_connect_timeout()
+    {
+        uv_timer_start(
+            &timer,
+            [](uv_timer_t* h) {
+                auto* self = static_cast<Connection*>(h->data);
+                if (!self->attempt) return;
+                Attempt* a = self->attempt;
+                self->attempt = nullptr;
+                a->abandoned = true;
+                auto target = a->target;
+                close_attempt(a);
+                self->fail(target);
+            },
+            static_cast<std::uint64_t>(impl->options.connect_timeout.count()), 0);
+    }
+
+    static void close_attempt(Attempt* a)
+    {
+        a->side.open = false;
+        uv_close(a->side.handle(), [](uv_handle_t* h) { delete static_cast<Attempt*>(h->data); });
+    }
+
+    void connect_tcp(std::shared_ptr<Target> target, sockaddr_storage addr)
+    {
+        auto* a = new Attempt;
+        a->conn = this;
+        a->target = std::move(target);
+        a->side.conn = this;
+        uv_tcp_init(impl->loop, &a->side.h.tcp);
+        a->side.h.tcp.data = a;
+        a->side.open = true;
+        a->req.data = a;
+        attempt = a;
+        int rc = uv_tcp_connect(&a->req, &a->side.h.tcp, reinterpret_cast<const sockaddr*>(&addr), on_connect);
+        if (rc != 0) {
+            attempt = nullptr;
+            auto t = a->target;
+            close_attempt(a);
+            fail(t);
+            return;
+        }
+        arm_connect_timeout();
+    }
+
+    void connect_unix(std::shared_ptr<Target> target)
+    {
+        auto* a = new Attempt;
+        a->conn = this;
+        std::string path(target->endpoint.unix_path());
+        a->target = std::move(target);
+        a->side.conn = this;
+        a->side.is_pipe = true;
+        uv_pipe_init(impl->loop, &a->side.h.pipe, 0);
+        a->side.h.pipe.data = a;
+        a->side.open = true;
+        a->req.data = a;
+        attempt = a;
+        uv_pipe_connect(&a->req, &a->side.h.pipe, path.c_str(), on_connect);
+        arm_connect_timeout();
+    }
+
+    static void on_connect(uv_connect_t* req, int status)
+    {
+        auto* a = static_cast<Attempt*>(req->data);
+        if (a->abandoned) return;  // timed out or closed; the close callback frees it
+        Connection* self = a->conn;
+        self->attempt = nullptr;
+        uv_timer_stop(&self->timer);
+        if (status != 0) {
+            auto t = a->target;
+            close_attempt(a);
+            self->fail(t);
+            return;
+        }
+        record_success(*a->target);
+        self->upstream = &a->side;
+        self->attempt = a;  // owns the upstream side from now on
+        if (!a->side.is_pipe) set_nodelay(&a->side.h.tcp);
+        self->pump();
+    }
+
+    // ---- the pump
+
+    void pump()
+    {
+        last_activity = uv_now(impl->loop);
+        arm_idle();
+        start_reading(client);
+        start_reading(*upstream);
+    }
+
+    void arm_idle()
+    {
+        auto idle = static_cast<std::uint64_t>(impl->options.idle_timeout.count());
+        std::uint64_t since = uv_now(impl->loop) - last_activity;
+        uv_timer_start(
+            &timer,
+            [](uv_timer_t* h) {
+                auto* self = static_cast<Connection*>(h->data);
+                auto limit = static_cast<std::uint64_t>(self->impl->options.idle_timeout.count());
+                if (uv_now(self->impl->loop) - self->last_activity >= limit) self->close(false);
+                else self->arm_idle();
+            },
+            since >= idle ? 0 : idle - since, 0);
+    }
+
+    void start_reading(Side& s)
+    {
+        if (s.reading || s.eof || !s.open) return;
+        s.reading = true;
+        s.paused = false;
+        s.handle()->data = &s;
+        uv_read_start(s.stream(), on_alloc, on_read);
+    }
+
+    void stop_reading(Side& s)
+    {
+        if (!s.reading) return;
+        s.reading = false;
+        uv_read_stop(s.stream());
+    }
+
+    static void on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf)
+    {
+        auto* s = static_cast<Side*>(h->data);
+        *buf = uv_buf_init(s->conn->impl->pool.take(), static_cast<unsigned>(block_size));
+    }
+
+    static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf)
+    {
+        auto* s = static_cast<Side*>(stream->data);
+        Connection* self = s->conn;
+        if (nread > 0) {
+            self->forward(*s, buf->base, static_cast<std::size_t>(nread));
+            return;
+        }
+        self->impl->pool.give(buf->base);
+        if (nread == 0) return;
+        if (nread == UV_EOF) {
+            self->half_close(*s);
+            return;
+        }
+        // A reset (or another error) on one side resets the other.
+        self->close(nread == UV_ECONNRESET, s);
+    }
+
+    void forward(Side& from, char* block, std::size_t size)
+    {
+        bool to_client = &from != &client;
+        Side& to = other(from);
+        last_activity = uv_now(impl->loop);
+        (to_client ? service->bytes_down : service->bytes_up) += size;
+        std::size_t written = 0;
+        if (uv_stream_get_write_queue_size(to.stream()) == 0) {
+            uv_buf_t b = uv_buf_init(block, static_cast<unsigned>(size));
+            int n = uv_try_write(to.stream(), &b, 1);
+            if (n > 0) written = static_cast<std::size_t>(n);
+            else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+                impl->pool.give(block);
+                close(n == UV_ECONNRESET || n == UV_EPIPE, &to);
+                return;
+            }
+        }
+        if (written == size) {
+            impl->pool.give(block);
+            return;
+        }
+        auto* w = new WriteReq;
+        w->block = block;
+        w->conn = this;
+        w->to_client = to_client;
+        w->req.data = w;
+        uv_buf_t rest = uv_buf_init(block + written, static_cast<unsigned>(size - written));
+        int rc = uv_write(&w->req, to.stream(), &rest, 1, on_write);
+        if (rc != 0) {
+            impl->pool.give(block);
+            delete w;
+            close(false);
+            return;
+        }
+        if (uv_stream_get_write_queue_size(to.stream()) > impl->options.high_watermark) {
+            stop_reading(from);
+            from.paused = true;
+        }
+    }
+
+    static void on_write(uv_write_t* req, int status)
+    {
+        auto* w = static_cast<WriteReq*>(req->data);
+        Connection* self = w->conn;
+        self->impl->pool.give(w->block);
+        bool to_client = w->to_client;
+        delete w;
+        if (status == UV_ECANCELED || self->closing) return;
+        if (status != 0) {
+            self->close(status == UV_ECONNRESET || status == UV_EPIPE, to_client ? &self->client : self->upstream);
+            return;
+        }
+        Side& to = to_client ? self->client : *self->upstream;
+        Side& from = self->other(to);
+        if (from.paused && uv_stream_get_write_queue_size(to.stream()) <= self->impl->options.low_watermark)
+            self->start_reading(from);
+    }
+
+    // `s` sent FIN: pass it on once what it sent before is written, keep the other way open.
+    void half_close(Side& s)
+    {
+        s.eof = true;
+        stop_reading(s);
+        Side& to = other(s);
+        if (!to.shutting) {
+            to.shutting = true;
+            auto* req = new uv_shutdown_t;
+            req->data = &to;
+            int rc = uv_shutdown(req, to.stream(), [](uv_shutdown_t* r, int status) {
+                auto* side = static_cast<Side*>(r->data);
+                delete r;
+                if (status == UV_ECANCELED) return;
+                Connection* c = side->conn;
+                side->shut = true;
+                if (c->closing) return;
+                if (status != 0) c->close(false);
+                else c->maybe_done();
+            });
+            if (rc != 0) {
+                delete req;
+                close(false);
+                return;
+            }
+        }
+        maybe_done();
+    }
+
+    void maybe_done()
+    {
+        if (client.eof && upstream && upstream->eof && client.shut && upstream->shut) close(false);
+    }
+
+    // Closes both sides (resetting them when `reset`), then frees itself.
+    void close(bool reset, Side* reset_by = nullptr)
+    {
+        if (closing) return;
+        closing = true;
+        alive.reset();
+        if (service) {
+            --service->active;
+        }
+        --impl->active;
+        impl->connections.erase(this);
+        uv_timer_stop(&timer);
+        if (attempt && !upstream) {  // a connect in progress
+            attempt->abandoned = true;
+            close_attempt(attempt);
+            attempt = nullptr;
+        }
+        auto close_side = [&](Side& s, bool rst) {
+            if (!s.open) return;
+            s.open = false;
+            ++pending_closes;
+            s.handle()->data = this;
+            auto cb = [](uv_handle_t* h) {
+                auto* c = static_cast<Connection*>(h->data);
+                c->closed_one();
+            };
+            if (rst && !s.is_pipe && uv_tcp_close_reset(&s.h.tcp, cb) == 0) return;
+            uv_close(s.handle(), cb);
+        };
+        close_side(client, reset && reset_by != &client);
+        if (upstream) {
+            // The upstream side lives in the attempt, freed with the connection.
+            close_side(*upstream, reset && reset_by != upstream);
+        }
+        if (timer_open) {
+            timer_open = false;
+            ++pending_closes;
+            uv_close(as_handle(&timer), [](uv_handle_t* h) { static_cast<Connection*>(h->data)->closed_one(); });
+        }
+        if (pending_closes == 0) finish();
+    }
+
+    void closed_one()
+    {
+        if (--pending_closes == 0) finish();
+    }
+
+    void finish()
+    {
+        Proxy::Impl* i = impl;
+        if (upstream) delete attempt;
+        delete this;
+        i->maybe_stopped();
+    }
+};
+
+// ---- Listeners -----------------------------------------------------------------------------
+
+void Proxy::Impl::accept(Listener* l)
+{
+    auto* conn = new Connection(this);
+    conn->client.conn = conn;
+    uv_tcp_init(loop, &conn->client.h.tcp);
+    conn->client.open = true;
+    conn->client.h.tcp.data = conn;
+    if (uv_accept(as_stream(&l->tcp), as_stream(&conn->client.h.tcp)) != 0) {
+        conn->closing = true;
+        conn->client.open = false;
+        uv_close(as_handle(&conn->client.h.tcp), [](uv_handle_t* h) { delete static_cast<Connection*>(h->data); });
+        return;
+    }
+    ++active;
+    ++total;
+    connections.insert(conn);
+    set_nodelay(&conn->client.h.tcp);
+
+    std::shared_ptr<Service> service;
+    std::uint16_t port = l->port;
+    if (!l->service_key.empty()) {
+        auto it = services.find(l->service_key);
+        if (it != services.end()) service = it->second;
+    } else {
+        uv_os_fd_t fd = -1;
+        uv_fileno(as_handle(&conn->client.h.tcp), &fd);
+        if (auto dst = original_destination(fd)) {
+            port = dst->second;
+            auto exact = by_vip_port.find(*dst);
+            std::string key = exact != by_vip_port.end() ? exact->second : std::string();
+            if (key.empty())
+                if (auto any = by_vip.find(dst->first); any != by_vip.end()) key = any->second;
+            if (auto it = services.find(key); !key.empty() && it != services.end()) service = it->second;
+        }
+    }
+    if (!service) {
+        ++unrouted;
+        conn->close(true);
+        return;
+    }
+    bool over = active > options.max_connections ||
+                (options.max_connections_per_service && service->active >= options.max_connections_per_service);
+    if (over) {
+        ++refused;
+        ++service->refused;
+        conn->close(true);
+        return;
+    }
+    conn->start(std::move(service), port);
+}
+
+std::string Proxy::Impl::open_listener(const std::string& key, const vip::Address& a, std::uint16_t port)
+{
+    auto* l = new Listener;
+    l->impl = this;
+    l->service_key = key;
+    l->address = host_port(a, port);
+    l->port = port;
+    uv_tcp_init(loop, &l->tcp);
+    l->tcp.data = l;
+    auto addr = to_sockaddr(a, port);
+    int rc = uv_tcp_bind(&l->tcp, reinterpret_cast<const sockaddr*>(&addr), 0);
+    if (rc == 0)
+        rc = uv_listen(as_stream(&l->tcp), 1024, [](uv_stream_t* s, int status) {
+            if (status == 0) static_cast<Listener*>(s->data)->impl->accept(static_cast<Listener*>(s->data));
+        });
+    if (rc != 0) {
+        std::string why = "cannot listen on " + l->address + ": " + uv_strerror(rc);
+        if (rc == UV_EADDRNOTAVAIL)
+            why += " (the VIP pool is not a local address here: route it locally, e.g. ip route add local " +
+                   std::string(a.family == vip::Family::v4 ? "242.0.0.0/8" : "fd00:fd02::/64") + " dev lo)";
+        uv_close(as_handle(&l->tcp), [](uv_handle_t* h) { delete static_cast<Listener*>(h->data); });
+        return why;
+    }
+    listeners[l->address] = l;
+    services[key]->listeners.push_back(l);
+    return {};
+}
+
+void Proxy::Impl::close_listener(Listener* l)
+{
+    ++closing_listeners;
+    uv_close(as_handle(&l->tcp), [](uv_handle_t* h) {
+        auto* self = static_cast<Listener*>(h->data);
+        Proxy::Impl* impl = self->impl;
+        delete self;
+        --impl->closing_listeners;
+        impl->maybe_stopped();
+    });
+}
+
+void Proxy::Impl::maybe_stopped()
+{
+    if (!stopping || !connections.empty() || closing_listeners != 0 || !on_stopped) return;
+    auto done = std::move(on_stopped);
+    on_stopped = nullptr;
+    done();
+}
+
+// ---- Proxy ---------------------------------------------------------------------------------
+
+Proxy::Proxy(void* uv_loop, Options options)
+    : impl_(std::make_unique<Impl>(static_cast<uv_loop_t*>(uv_loop), std::move(options)))
+{
+}
+
+Proxy::~Proxy() = default;
+
+std::expected<void, std::string> Proxy::start()
+{
+    auto& i = *impl_;
+    if (i.options.mode != Options::Mode::redirect) return {};
+    auto* l = new Listener;
+    l->impl = &i;
+    uv_tcp_init(i.loop, &l->tcp);
+    l->tcp.data = l;
+    const auto& hp = i.options.redirect_listen;
+    auto parsed = vip::Address::parse(hp.host.empty() ? "0.0.0.0" : hp.host);
+    if (!parsed) {
+        delete l;
+        return std::unexpected("proxy.redirectListen: not an address: " + hp.host);
+    }
+    auto addr = to_sockaddr(*parsed, hp.port);
+    int rc = uv_tcp_bind(&l->tcp, reinterpret_cast<const sockaddr*>(&addr), 0);
+    if (rc == 0)
+        rc = uv_listen(as_stream(&l->tcp), 4096, [](uv_stream_t* s, int status) {
+            if (status == 0) static_cast<Listener*>(s->data)->impl->accept(static_cast<Listener*>(s->data));
+        });
+    if (rc != 0) {
+        uv_close(as_handle(&l->tcp), [](uv_handle_t* h) { delete static_cast<Listener*>(h->data); });
+        return std::unexpected("cannot listen on " + hp.to_string() + ": " + uv_strerror(rc));
+    }
+    sockaddr_storage bound{};
+    int len = sizeof bound;
+    uv_tcp_getsockname(&l->tcp, reinterpret_cast<sockaddr*>(&bound), &len);
+    std::uint16_t port = bound.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
+                                                     : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+    i.redirect_bound = host_port(*parsed, port);
+    i.redirect = l;
+    return {};
+}
+
+std::string Proxy::bound() const { return impl_->redirect_bound; }
+
+void Proxy::update(std::vector<Route> routes)
+{
+    auto& i = *impl_;
+    if (i.stopping) return;
+    std::map<std::string, Route> next;
+    for (auto& r : routes) next.emplace(r.key(), std::move(r));
+
+    // Gone: stop accepting; open connections keep their Service alive.
+    for (auto it = i.services.begin(); it != i.services.end();) {
+        if (next.contains(it->first)) {
+            ++it;
+            continue;
+        }
+        for (Listener* l : it->second->listeners) {
+            i.listeners.erase(l->address);
+            i.close_listener(l);
+        }
+        it->second->listeners.clear();
+        it = i.services.erase(it);
+    }
+
+    std::set<std::string> names;
+    i.by_vip_port.clear();
+    i.by_vip.clear();
+    for (auto& [key, route] : next) {
+        for (const auto& e : route.endpoints)
+            if (e.kind == conf::AddressKind::hostname) names.insert(e.address);
+        auto& service = i.services[key];
+        if (!service) service = std::make_shared<Service>();
+        bool same = service->route == route && !service->targets.empty() == !route.endpoints.empty();
+        if (!same) service->set_route(route);
+
+        std::vector<vip::Address> vips;
+        if (route.ipv4) vips.push_back(*route.ipv4);
+        if (route.ipv6) vips.push_back(*route.ipv6);
+        if (i.options.mode == Options::Mode::redirect) {
+            for (const auto& a : vips) {
+                if (route.port) i.by_vip_port[{a, *route.port}] = key;
+                else i.by_vip[a] = key;
+            }
+            continue;
+        }
+        // Bind mode: the listeners this route wants.
+        std::set<std::string> wanted;
+        if (route.port)
+            for (const auto& a : vips) wanted.insert(host_port(a, *route.port));
+        for (auto it = service->listeners.begin(); it != service->listeners.end();) {
+            if (wanted.contains((*it)->address)) {
+                ++it;
+                continue;
+            }
+            i.listeners.erase((*it)->address);
+            i.close_listener(*it);
+            it = service->listeners.erase(it);
+        }
+        if (!route.port) {
+            service->listen_error = "match.port is not set: bind mode listens on one port per VIP (use proxy.mode: redirect)";
+            continue;
+        }
+        if (vips.empty()) {
+            service->listen_error = "no VIP";
+            continue;
+        }
+        std::string errors;
+        for (const auto& a : vips) {
+            auto addr = host_port(a, *route.port);
+            if (std::ranges::any_of(service->listeners, [&](Listener* l) { return l->address == addr; })) continue;
+            if (auto err = i.open_listener(key, a, *route.port); !err.empty()) errors += (errors.empty() ? "" : "; ") + err;
+        }
+        service->listen_error = errors;
+    }
+    i.resolver->watch(names);
+}
+
+void Proxy::stop(std::function<void()> done)
+{
+    auto& i = *impl_;
+    i.stopping = true;
+    i.on_stopped = std::move(done);
+    for (auto& [key, l] : i.listeners) i.close_listener(l);
+    i.listeners.clear();
+    for (auto& [key, s] : i.services) s->listeners.clear();
+    if (i.redirect) {
+        i.close_listener(i.redirect);
+        i.redirect = nullptr;
+    }
+    i.resolver->stop();
+    auto open = i.connections;
+    for (Connection* c : open) c->close(false);
+    i.maybe_stopped();
+}
+
+Status Proxy::status() const
+{
+    const auto& i = *impl_;
+    Status st;
+    st.active = i.active;
+    st.total = i.total;
+    st.refused = i.refused;
+    st.unrouted = i.unrouted;
+    std::uint64_t now = uv_now(i.loop);
+    for (const auto& [key, s] : i.services) {
+        ServiceStatus ss;
+        ss.mesh = s->route.mesh;
+        ss.name = s->route.name;
+        for (Listener* l : s->listeners) ss.listeners.push_back(l->address);
+        ss.listen_error = s->listen_error;
+        ss.active = s->active;
+        ss.total = s->total;
+        ss.refused = s->refused;
+        ss.failed = s->failed;
+        ss.bytes_up = s->bytes_up;
+        ss.bytes_down = s->bytes_down;
+        for (const auto& t : s->targets) {
+            TargetStatus ts;
+            ts.address = t->label;
+            ts.priority = t->endpoint.priority;
+            ts.consecutive_failures = t->consecutive_failures;
+            ts.connect_failures = t->connect_failures;
+            ts.ejections = t->ejections;
+            if (t->ejected_until > now) ts.state = "ejected";
+            else if (t->consecutive_failures > 0) ts.state = "failing";
+            else ts.state = "healthy";
+            if (t->is_name()) {
+                const auto* e = i.resolver->find(t->endpoint.address);
+                if (e)
+                    for (const auto& a : e->addresses) ts.resolved.push_back(a.to_string());
+                if (!e || e->addresses.empty()) ts.state = "unresolved";
+            }
+            ss.targets.push_back(std::move(ts));
+        }
+        st.services.push_back(std::move(ss));
+    }
+    return st;
+}
+
+}  // namespace proxy

@@ -1,0 +1,134 @@
+// proxy: carries TCP connections made to a MES's VIP:port on to its endpoints — IP
+// literals, DNS names (resolved here, asynchronously, and re-resolved on their TTL) and unix
+// sockets — with the behaviour users know from Envoy's tcp_proxy.
+//
+// Glossary
+//   route      a MES as the proxy sees it: VIP(s), match port, endpoints
+//   listener   bind mode: one socket per VIP:port; redirect mode: one socket for all, the
+//              VIP:port read back with SO_ORIGINAL_DST
+//   target     one endpoint of a route, with its health: consecutive failures and, after
+//              enough of them, an ejection that doubles each time (up to a bound)
+//   pump       the two sockets of a proxied connection; each side is read only while the
+//              other's write queue is below a watermark, so memory per connection is bounded
+//
+// Balancing: round robin over the healthy targets of the lowest priority that has any; a
+// failed or timed-out connect tries the next target, up to a number of attempts; when every
+// target is ejected, the lowest priority is tried anyway (as Envoy's panic mode does) so that
+// an outage ends as soon as an endpoint is back. When nothing can be reached the client is
+// reset. Everything runs on one libuv loop; a route's failures never touch another route.
+#pragma once
+
+#include "conf/conf.hpp"
+#include "vip/vip.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <expected>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace proxy {
+
+struct Route {
+    std::string mesh;
+    std::string name;
+    std::optional<vip::Address> ipv4;
+    std::optional<vip::Address> ipv6;
+    std::optional<std::uint16_t> port;  // match.port; absent: every port of the VIP
+    conf::Protocol protocol = conf::Protocol::tcp;
+    std::vector<conf::Endpoint> endpoints;
+
+    std::string key() const { return mesh + "/" + name; }
+    bool operator==(const Route&) const = default;
+};
+
+struct Options {
+    enum class Mode { bind, redirect };
+    Mode mode = Mode::bind;
+    conf::HostPort redirect_listen{"127.0.0.1", 15001};
+    std::chrono::milliseconds connect_timeout{5000};
+    std::chrono::milliseconds idle_timeout{3600 * 1000};
+    std::uint32_t max_connections = 100000;
+    std::uint32_t max_connections_per_service = 0;  // 0: only the global limit
+    std::uint32_t connect_attempts = 3;             // targets tried per client connection
+    std::uint32_t eject_after = 3;                  // consecutive connect failures
+    std::chrono::milliseconds eject_base{5000};     // first ejection; doubles on each next one
+    std::chrono::milliseconds eject_max{300 * 1000};
+    // Nameservers for DNS-named endpoints.
+    std::vector<conf::HostPort> resolvers;
+    std::chrono::milliseconds resolve_timeout{2000};
+    std::chrono::milliseconds dns_min_ttl{1000};
+    std::chrono::milliseconds dns_max_ttl{300 * 1000};
+    // Per direction: stop reading a side while the other side has this much queued; resume
+    // below the low mark.
+    std::size_t high_watermark = std::size_t{256} << 10;
+    std::size_t low_watermark = std::size_t{64} << 10;
+};
+
+struct TargetStatus {
+    std::string address;  // as configured ("10.0.0.1:443", "example.com:443", "unix:///run/x.sock")
+    std::uint8_t priority = 0;
+    std::string state;    // "healthy", "failing", "ejected", "unresolved"
+    std::uint32_t consecutive_failures = 0;
+    std::uint64_t connect_failures = 0;
+    std::uint64_t ejections = 0;
+    std::vector<std::string> resolved;  // DNS names: the addresses in use
+};
+
+struct ServiceStatus {
+    std::string mesh;
+    std::string name;
+    std::vector<std::string> listeners;  // "127.242.0.1:80"
+    std::string listen_error;            // why it has no listener ("", or the reason)
+    std::uint64_t active = 0;
+    std::uint64_t total = 0;
+    std::uint64_t refused = 0;           // over a connection limit
+    std::uint64_t failed = 0;            // no target could be reached: the client was reset
+    std::uint64_t bytes_up = 0;          // client to endpoint
+    std::uint64_t bytes_down = 0;        // endpoint to client
+    std::vector<TargetStatus> targets;
+};
+
+struct Status {
+    std::uint64_t active = 0;
+    std::uint64_t total = 0;
+    std::uint64_t refused = 0;
+    std::uint64_t unrouted = 0;  // redirect mode: an original destination no route claims
+    std::vector<ServiceStatus> services;  // by key
+};
+
+class Proxy {
+public:
+    Proxy(void* uv_loop, Options options);
+    ~Proxy();
+    Proxy(const Proxy&) = delete;
+    Proxy& operator=(const Proxy&) = delete;
+
+    // Redirect mode: binds the one listener. Bind mode: nothing to do until routes come.
+    std::expected<void, std::string> start();
+    // The routes in force from now on. New ones listen, removed ones stop accepting (their
+    // open connections go on), changed ones apply to new connections. Targets keep their
+    // health across updates when their address stays.
+    void update(std::vector<Route> routes);
+    // Closes listeners; open connections are closed too, then `done` runs.
+    void stop(std::function<void()> done);
+
+    Status status() const;
+    // Redirect mode: the address actually bound.
+    std::string bound() const;
+
+    struct Impl;
+
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
+// The destination a redirected connection was meant for (SO_ORIGINAL_DST or
+// IP6T_SO_ORIGINAL_DST on socket `fd`).
+std::optional<std::pair<vip::Address, std::uint16_t>> original_destination(int fd);
+
+}  // namespace proxy

@@ -1,0 +1,358 @@
+#include "proxy/detail/resolver.hpp"
+
+#include <ldns/ldns.h>
+
+#include <stdlib.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+
+namespace proxy::detail {
+
+namespace {
+
+std::optional<sockaddr_storage> server_address(const conf::HostPort& hp)
+{
+    sockaddr_storage ss{};
+    if (hp.host.find(':') != std::string::npos) {
+        if (uv_ip6_addr(hp.host.c_str(), hp.port, reinterpret_cast<sockaddr_in6*>(&ss)) != 0) return std::nullopt;
+    } else if (uv_ip4_addr(hp.host.empty() ? "127.0.0.1" : hp.host.c_str(), hp.port,
+                           reinterpret_cast<sockaddr_in*>(&ss)) != 0) {
+        return std::nullopt;
+    }
+    return ss;
+}
+
+bool same_address(const sockaddr* a, const sockaddr_storage& b)
+{
+    if (a->sa_family != b.ss_family) return false;
+    if (a->sa_family == AF_INET) {
+        auto* x = reinterpret_cast<const sockaddr_in*>(a);
+        auto* y = reinterpret_cast<const sockaddr_in*>(&b);
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    auto* x = reinterpret_cast<const sockaddr_in6*>(a);
+    auto* y = reinterpret_cast<const sockaddr_in6*>(&b);
+    return x->sin6_port == y->sin6_port && std::memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+std::vector<std::uint8_t> make_query(const std::string& name, ldns_rr_type type, std::uint16_t id)
+{
+    std::vector<std::uint8_t> wire;
+    ldns_rdf* owner = ldns_dname_new_frm_str((name.ends_with('.') ? name : name + ".").c_str());
+    if (!owner) return wire;
+    ldns_pkt* q = ldns_pkt_query_new(owner, type, LDNS_RR_CLASS_IN, LDNS_RD);
+    if (!q) return wire;
+    ldns_pkt_set_id(q, id);
+    std::uint8_t* data = nullptr;
+    std::size_t size = 0;
+    if (ldns_pkt2wire(&data, q, &size) == LDNS_STATUS_OK) wire.assign(data, data + size);
+    free(data);
+    ldns_pkt_free(q);
+    return wire;
+}
+
+template <class H>
+void close_and_delete(H* handle)
+{
+    uv_close(reinterpret_cast<uv_handle_t*>(handle), [](uv_handle_t* h) { delete reinterpret_cast<H*>(h); });
+}
+
+}  // namespace
+
+// One name being looked up: A and AAAA on one socket, one nameserver at a time.
+struct Resolver::Lookup {
+    Resolver* resolver = nullptr;
+    std::string name;
+    std::size_t server = 0;
+    sockaddr_storage server_addr{};
+    uv_udp_t* socket = nullptr;
+    uv_timer_t* timer = nullptr;
+    struct Question {
+        ldns_rr_type type;
+        std::uint16_t id = 0;
+        bool answered = false;
+    };
+    std::array<Question, 2> questions{Question{LDNS_RR_TYPE_A}, Question{LDNS_RR_TYPE_AAAA}};
+    std::vector<vip::Address> v4, v6;
+    std::uint32_t ttl = UINT32_MAX;
+    bool nxdomain = false;
+    std::string last_error;
+    std::array<char, 4096> buffer{};
+
+    void close_handles()
+    {
+        if (socket) {
+            uv_udp_recv_stop(socket);
+            close_and_delete(socket);
+            socket = nullptr;
+        }
+        if (timer) {
+            uv_timer_stop(timer);
+            close_and_delete(timer);
+            timer = nullptr;
+        }
+    }
+
+    // Asks the current nameserver; past the last one, gives up.
+    void ask()
+    {
+        close_handles();
+        while (server < resolver->servers_.size()) {
+            auto addr = server_address(resolver->servers_[server]);
+            if (addr) {
+                server_addr = *addr;
+                break;
+            }
+            ++server;
+        }
+        if (server >= resolver->servers_.size()) {
+            done({}, last_error.empty() ? "no nameserver to ask" : last_error);
+            return;
+        }
+        v4.clear();
+        v6.clear();
+        ttl = UINT32_MAX;
+        nxdomain = false;
+        socket = new uv_udp_t;
+        uv_udp_init(resolver->loop_, socket);
+        socket->data = this;
+        sockaddr_storage any{};
+        if (server_addr.ss_family == AF_INET6) uv_ip6_addr("::", 0, reinterpret_cast<sockaddr_in6*>(&any));
+        else uv_ip4_addr("0.0.0.0", 0, reinterpret_cast<sockaddr_in*>(&any));
+        int rc = uv_udp_bind(socket, reinterpret_cast<const sockaddr*>(&any), 0);
+        if (rc == 0)
+            rc = uv_udp_recv_start(
+                socket,
+                [](uv_handle_t* h, std::size_t, uv_buf_t* buf) {
+                    auto* self = static_cast<Lookup*>(h->data);
+                    *buf = uv_buf_init(self->buffer.data(), static_cast<unsigned>(self->buffer.size()));
+                },
+                [](uv_udp_t* h, ssize_t nread, const uv_buf_t* buf, const sockaddr* from, unsigned) {
+                    if (nread > 0 && from) static_cast<Lookup*>(h->data)->received(buf->base, static_cast<std::size_t>(nread), from);
+                });
+        for (auto& q : questions) {
+            if (rc != 0) break;
+            q.answered = false;
+            q.id = static_cast<std::uint16_t>(arc4random() & 0xffff);
+            auto wire = make_query(name, q.type, q.id);
+            if (wire.empty()) {
+                done({}, "not a valid DNS name");
+                return;
+            }
+            uv_buf_t b = uv_buf_init(reinterpret_cast<char*>(wire.data()), static_cast<unsigned>(wire.size()));
+            int sent = uv_udp_try_send(socket, &b, 1, reinterpret_cast<const sockaddr*>(&server_addr));
+            if (sent < 0) rc = sent;
+        }
+        if (rc != 0) {
+            last_error = std::string("cannot ask ") + resolver->servers_[server].to_string() + ": " + uv_strerror(rc);
+            ++server;
+            ask();
+            return;
+        }
+        timer = new uv_timer_t;
+        uv_timer_init(resolver->loop_, timer);
+        timer->data = this;
+        uv_timer_start(
+            timer,
+            [](uv_timer_t* t) {
+                auto* self = static_cast<Lookup*>(t->data);
+                self->last_error = "no answer from " + self->resolver->servers_[self->server].to_string() + " within " +
+                                   std::to_string(self->resolver->timeout_.count()) + "ms";
+                ++self->server;
+                self->ask();
+            },
+            static_cast<std::uint64_t>(resolver->timeout_.count()), 0);
+    }
+
+    void received(const char* data, std::size_t size, const sockaddr* from)
+    {
+        if (!same_address(from, server_addr)) return;  // not from the nameserver asked
+        ldns_pkt* raw = nullptr;
+        if (ldns_wire2pkt(&raw, reinterpret_cast<const std::uint8_t*>(data), size) != LDNS_STATUS_OK || !raw) return;
+        std::unique_ptr<ldns_pkt, void (*)(ldns_pkt*)> pkt(raw, ldns_pkt_free);
+        if (!ldns_pkt_qr(raw)) return;
+        Question* q = nullptr;
+        for (auto& candidate : questions)
+            if (!candidate.answered && candidate.id == ldns_pkt_id(raw)) q = &candidate;
+        if (!q) return;
+        // The question must be the one asked, name compared case-insensitively.
+        const ldns_rr_list* qs = ldns_pkt_question(raw);
+        if (ldns_rr_list_rr_count(qs) != 1) return;
+        const ldns_rr* question = ldns_rr_list_rr(qs, 0);
+        ldns_rdf* want = ldns_dname_new_frm_str((name.ends_with('.') ? name : name + ".").c_str());
+        bool same = want && ldns_rr_get_type(question) == q->type && ldns_dname_compare(ldns_rr_owner(question), want) == 0;
+        ldns_rdf_deep_free(want);
+        if (!same) return;
+
+        auto rcode = ldns_pkt_get_rcode(raw);
+        if (rcode != LDNS_RCODE_NOERROR && rcode != LDNS_RCODE_NXDOMAIN) {
+            char* text = ldns_pkt_rcode2str(rcode);
+            last_error = resolver->servers_[server].to_string() + " answered " + (text ? text : "an error");
+            free(text);
+            ++server;
+            ask();
+            return;
+        }
+        q->answered = true;
+        if (rcode == LDNS_RCODE_NXDOMAIN) nxdomain = true;
+        const ldns_rr_list* answers = ldns_pkt_answer(raw);
+        for (std::size_t i = 0; i < ldns_rr_list_rr_count(answers); ++i) {
+            const ldns_rr* rr = ldns_rr_list_rr(answers, i);
+            auto type = ldns_rr_get_type(rr);
+            if (type != LDNS_RR_TYPE_A && type != LDNS_RR_TYPE_AAAA) continue;  // CNAMEs are followed by the server
+            if (ldns_rr_rd_count(rr) != 1) continue;
+            const ldns_rdf* rd = ldns_rr_rdf(rr, 0);
+            auto a = vip::Address::from_bytes(
+                std::string_view(reinterpret_cast<const char*>(ldns_rdf_data(rd)), ldns_rdf_size(rd)));
+            if (!a) continue;
+            (type == LDNS_RR_TYPE_A ? v4 : v6).push_back(*a);
+            ttl = std::min(ttl, ldns_rr_ttl(rr));
+        }
+        if (std::ranges::all_of(questions, [](const Question& x) { return x.answered; })) {
+            std::vector<vip::Address> all = v4;
+            all.insert(all.end(), v6.begin(), v6.end());
+            if (all.empty()) done({}, nxdomain ? "NXDOMAIN" : "no A or AAAA records");
+            else done(std::move(all), "");
+        }
+    }
+
+    void done(std::vector<vip::Address> addresses, std::string error)
+    {
+        close_handles();
+        Resolver* r = resolver;
+        std::string n = name;
+        std::uint32_t t = ttl;
+        r->in_flight_.erase(n);
+        delete this;
+        r->finish(n, std::move(addresses), t, std::move(error));
+    }
+};
+
+Resolver::Resolver(uv_loop_t* loop, std::vector<conf::HostPort> servers, std::chrono::milliseconds timeout,
+                   std::chrono::milliseconds min_ttl, std::chrono::milliseconds max_ttl)
+    : loop_(loop), servers_(std::move(servers)), timeout_(timeout), min_ttl_(min_ttl), max_ttl_(max_ttl)
+{
+    refresh_timer_ = new uv_timer_t;
+    uv_timer_init(loop_, refresh_timer_);
+    refresh_timer_->data = this;
+    uv_unref(reinterpret_cast<uv_handle_t*>(refresh_timer_));
+}
+
+Resolver::~Resolver() { stop(); }
+
+void Resolver::stop()
+{
+    if (stopped_) return;
+    stopped_ = true;
+    waiting_.clear();
+    auto lookups = std::move(in_flight_);
+    for (auto& [name, lookup] : lookups) {
+        lookup->close_handles();
+        delete lookup;
+    }
+    if (refresh_timer_) {
+        uv_timer_stop(refresh_timer_);
+        close_and_delete(refresh_timer_);
+        refresh_timer_ = nullptr;
+    }
+}
+
+const Resolver::Entry* Resolver::find(const std::string& name) const
+{
+    auto it = entries_.find(name);
+    return it == entries_.end() ? nullptr : &it->second;
+}
+
+void Resolver::resolve(const std::string& name, Callback done)
+{
+    if (stopped_) return;
+    auto& entry = entries_[name];
+    std::uint64_t now = uv_now(loop_);
+    bool fresh = entry.expires > now;
+    if (!entry.addresses.empty() || (fresh && !entry.error.empty())) {
+        if (!fresh) start_lookup(name);
+        done(entry);
+        return;
+    }
+    waiting_[name].push_back(std::move(done));
+    start_lookup(name);
+}
+
+void Resolver::watch(const std::set<std::string>& names)
+{
+    if (stopped_) return;
+    for (auto it = entries_.begin(); it != entries_.end();) {
+        if (!names.contains(it->first) && !in_flight_.contains(it->first) && !waiting_.contains(it->first))
+            it = entries_.erase(it);
+        else
+            ++it;
+    }
+    watched_ = names;
+    std::uint64_t now = uv_now(loop_);
+    for (const auto& name : watched_) {
+        auto& entry = entries_[name];
+        if (entry.expires <= now) start_lookup(name);
+    }
+    arm_refresh();
+}
+
+void Resolver::start_lookup(const std::string& name)
+{
+    if (in_flight_.contains(name)) return;
+    auto* lookup = new Lookup;
+    lookup->resolver = this;
+    lookup->name = name;
+    in_flight_[name] = lookup;
+    lookup->ask();
+}
+
+void Resolver::finish(const std::string& name, std::vector<vip::Address> addresses, std::uint32_t ttl, std::string error)
+{
+    auto& entry = entries_[name];
+    std::uint64_t now = uv_now(loop_);
+    if (error.empty()) {
+        entry.addresses = std::move(addresses);
+        entry.error.clear();
+        auto ms = std::chrono::milliseconds(std::uint64_t{ttl} * 1000);
+        ms = std::clamp(ms, min_ttl_, max_ttl_);
+        entry.expires = now + static_cast<std::uint64_t>(ms.count());
+        entry.resolved_once = true;
+    } else {
+        entry.error = std::move(error);
+        entry.expires = now + static_cast<std::uint64_t>(min_ttl_.count());
+    }
+    auto waiters = std::move(waiting_[name]);
+    waiting_.erase(name);
+    for (auto& cb : waiters) cb(entry);
+    arm_refresh();
+}
+
+void Resolver::arm_refresh()
+{
+    if (stopped_ || !refresh_timer_) return;
+    std::uint64_t next = UINT64_MAX;
+    for (const auto& name : watched_) {
+        auto it = entries_.find(name);
+        if (it == entries_.end() || in_flight_.contains(name)) continue;
+        next = std::min(next, it->second.expires);
+    }
+    uv_timer_stop(refresh_timer_);
+    if (next == UINT64_MAX) return;
+    std::uint64_t now = uv_now(loop_);
+    uv_timer_start(
+        refresh_timer_,
+        [](uv_timer_t* t) {
+            auto* self = static_cast<Resolver*>(t->data);
+            std::uint64_t at = uv_now(self->loop_);
+            for (const auto& name : self->watched_) {
+                auto it = self->entries_.find(name);
+                if (it == self->entries_.end() || it->second.expires <= at) self->start_lookup(name);
+            }
+            self->arm_refresh();
+        },
+        next > now ? next - now : 0, 0);
+}
+
+}  // namespace proxy::detail
