@@ -9,13 +9,13 @@ CMAKE_FLAGS    ?=
 # Debian packages: to build, and what the tests drive as real clients and peers.
 BUILD_PACKAGES := build-essential cmake pkg-config libldns-dev libuv1-dev libyaml-cpp-dev \
                   libssl-dev liblmdb-dev catch2
-TEST_PACKAGES  := openssl dnsutils knot-dnsutils ldnsutils dnsmasq-base iproute2
+TEST_PACKAGES  := openssl dnsutils knot-dnsutils ldnsutils dnsmasq-base iproute2 iptables socat netcat-openbsd curl nginx-light
 # libFuzzer comes with clang; the DNS benchmark drives Knot and NSD with dnsperf.
 FUZZ_PACKAGES  := clang libclang-rt-14-dev libfuzzer-14-dev
-BENCH_PACKAGES := dnsperf knot nsd
+BENCH_PACKAGES := dnsperf knot nsd wrk iperf3 haproxy nginx-light
 PACKAGES       := $(BUILD_PACKAGES) $(TEST_PACKAGES) $(FUZZ_PACKAGES)
 
-.PHONY: all build deps bench-deps test test-sanitize sanitize fuzz-dns run clean bench bench-store bench-dns
+.PHONY: all build deps bench-deps test test-sanitize sanitize fuzz-dns run clean bench bench-store bench-dns bench-proxy
 
 all: build
 
@@ -76,7 +76,7 @@ run: build
 	$(BUILD_DIR)/cmd/mesd --config conf/mesd-run.yaml --conf-dir conf/examples
 
 # Benchmarks print figures and ratios; they are not tests.
-bench: bench-store bench-dns
+bench: bench-store bench-dns bench-proxy
 
 bench-deps:
 	@$(MAKE) --no-print-directory deps PACKAGES="$(BENCH_PACKAGES)"
@@ -87,6 +87,10 @@ bench-store: build
 # mesd against Knot and NSD on the same zone (dnsperf, interleaved rounds).
 bench-dns: build bench-deps
 	bench/dns_bench.sh $(BUILD_DIR)
+
+# mesd against HAProxy in front of the same nginx and iperf3 (wrk, iperf3, interleaved rounds).
+bench-proxy: build bench-deps
+	bench/proxy_bench.sh $(BUILD_DIR)
 
 clean:
 	rm -rf $(BUILD_DIR) $(SANITIZE_DIR) $(FUZZ_DIR)

@@ -11,6 +11,7 @@
 
 #include <uv.h>
 
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -233,6 +234,7 @@ proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upst
     o.max_connections = c.max_connections;
     o.max_connections_per_service = c.max_connections_per_service;
     o.connect_attempts = c.connect_attempts;
+    o.upstream_mark = c.upstream_mark;
     o.eject_after = c.eject_after;
     o.eject_base = duration_cast<ms>(c.eject_base);
     o.eject_max = duration_cast<ms>(c.eject_max);
@@ -587,6 +589,9 @@ int Daemon::run()
 
 int main(int argc, char** argv)
 {
+    // A peer that goes away while mesd writes to it is an error on that write, not the end
+    // of the daemon (libuv writes with write(2), which raises SIGPIPE by default).
+    std::signal(SIGPIPE, SIG_IGN);
     Flags flags;
     if (auto err = parse_flags(argc, argv, flags)) {
         std::cerr << "mesd: " << *err << "\n\n" << usage_text;

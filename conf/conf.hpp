@@ -289,6 +289,7 @@ struct Config {
         Duration idle_timeout = std::chrono::hours(1);
         std::uint32_t max_connections = 100000;
         std::uint32_t max_connections_per_service = 0;  // 0: only the global limit
+        std::uint32_t upstream_mark = 0;  // SO_MARK on connections to endpoints (redirect rules skip it); 0: none
         std::uint32_t connect_attempts = 3;             // endpoints tried per client connection
         std::uint32_t eject_after = 3;                  // consecutive connect failures
         Duration eject_base = std::chrono::seconds(5);  // doubles with each ejection in a row

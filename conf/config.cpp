@@ -246,6 +246,7 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
             read.duration(proxy, "idleTimeout", c.proxy.idle_timeout);
             read.integer(proxy, "maxConnections", c.proxy.max_connections, 1, 10'000'000);
             read.integer(proxy, "maxConnectionsPerService", c.proxy.max_connections_per_service, 0, 10'000'000);
+            read.integer(proxy, "upstreamMark", c.proxy.upstream_mark, 0, 0xffffffffLL);
             read.integer(proxy, "connectAttempts", c.proxy.connect_attempts, 1, 100);
             read.integer(proxy, "ejectAfter", c.proxy.eject_after, 1, 1000);
             read.duration(proxy, "ejectBase", c.proxy.eject_base);

@@ -151,13 +151,21 @@ std::optional<std::int64_t> read_int(Reporter& r, const YAML::Node& node, const 
     std::string_view text = node.Scalar();
     bool negative = !text.empty() && text.front() == '-';
     std::string_view digits = text.substr(!text.empty() && (text.front() == '+' || negative) ? 1 : 0);
-    bool all_digits = !digits.empty() && std::ranges::all_of(digits, [](char c) { return c >= '0' && c <= '9'; });
+    // YAML 1.2's core schema also writes integers in hex ("0x4d45", as firewall marks are).
+    int base = 10;
+    if (digits.size() > 2 && digits[0] == '0' && (digits[1] == 'x' || digits[1] == 'X')) {
+        base = 16;
+        digits.remove_prefix(2);
+    }
+    bool all_digits = !digits.empty() && std::ranges::all_of(digits, [base](char c) {
+        return (c >= '0' && c <= '9') || (base == 16 && ((c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')));
+    });
     if (!all_digits) {
         r.error(node, path, "must be an integer, got \"" + std::string(text) + "\"");
         return std::nullopt;
     }
     std::int64_t value = 0;
-    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value, base);
     if (ec != std::errc{} || end != digits.data() + digits.size()) {
         r.error(node, path, std::string(range_message));  // too large for any range we accept
         return std::nullopt;

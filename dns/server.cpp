@@ -10,11 +10,14 @@
 #include <arpa/inet.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <list>
+#include <tuple>
 
 namespace dns {
 
@@ -780,6 +783,35 @@ Server::Server(void* uv_loop, const Responder& responder, Source& source, Server
 
 Server::~Server() = default;
 
+namespace {
+
+// A UDP and a TCP socket bound to one port the kernel chose, tried a few times.
+std::expected<std::pair<int, int>, std::string> bind_pair(const sockaddr* sa)
+{
+    socklen_t len = sa->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+    for (int attempt = 0; attempt < 32; ++attempt) {
+        int tcp = ::socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int udp = ::socket(sa->sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (tcp < 0 || udp < 0) {
+            int err = errno;
+            if (tcp >= 0) ::close(tcp);
+            if (udp >= 0) ::close(udp);
+            return std::unexpected(std::string("socket: ") + std::strerror(err));
+        }
+        sockaddr_storage chosen{};
+        std::memcpy(&chosen, sa, len);
+        socklen_t chosen_len = len;
+        if (::bind(tcp, sa, len) == 0 && ::getsockname(tcp, reinterpret_cast<sockaddr*>(&chosen), &chosen_len) == 0 &&
+            ::bind(udp, reinterpret_cast<sockaddr*>(&chosen), len) == 0)
+            return std::pair{udp, tcp};
+        ::close(tcp);
+        ::close(udp);
+    }
+    return std::unexpected("no port free for both UDP and TCP");
+}
+
+}  // namespace
+
 std::expected<void, std::string> Server::start()
 {
     auto& s = *impl_;
@@ -793,14 +825,23 @@ std::expected<void, std::string> Server::start()
         if (!addr) return std::unexpected("dns.listen " + hp.to_string() + ": not an address");
         const sockaddr* sa = reinterpret_cast<const sockaddr*>(&*addr);
 
+        // Port 0: one port free for both UDP and TCP, found with sockets bound here and
+        // handed to libuv (a port the kernel picks for UDP may be taken for TCP).
+        int udp_fd = -1, tcp_fd = -1;
+        if (hp.port == 0) {
+            auto pair = bind_pair(sa);
+            if (!pair) return std::unexpected("dns.listen " + hp.to_string() + ": " + pair.error());
+            std::tie(udp_fd, tcp_fd) = *pair;
+        }
+
         auto* listener = new UdpListener;
         listener->server = &s;
         uv_udp_t* udp = &listener->handle;
-        uv_udp_init_ex(s.loop, udp, static_cast<unsigned>(sa->sa_family) | UV_UDP_RECVMMSG);
+        uv_udp_init_ex(s.loop, udp, (udp_fd >= 0 ? AF_UNSPEC : static_cast<unsigned>(sa->sa_family)) | UV_UDP_RECVMMSG);
         udp->data = listener;
         s.udp_listeners.push_back(listener);
         ++s.open_listeners;
-        if (int rc = uv_udp_bind(udp, sa, 0); rc < 0)
+        if (int rc = udp_fd >= 0 ? uv_udp_open(udp, udp_fd) : uv_udp_bind(udp, sa, 0); rc < 0)
             return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + from_uv(rc));
         uv_udp_recv_start(
             udp,
@@ -832,7 +873,7 @@ std::expected<void, std::string> Server::start()
         tcp->data = &s;
         s.tcp_listeners.push_back(tcp);
         ++s.open_listeners;
-        if (int rc = uv_tcp_bind(tcp, reinterpret_cast<sockaddr*>(&actual), 0); rc < 0)
+        if (int rc = tcp_fd >= 0 ? uv_tcp_open(tcp, tcp_fd) : uv_tcp_bind(tcp, reinterpret_cast<sockaddr*>(&actual), 0); rc < 0)
             return std::unexpected("dns.listen " + hp.to_string() + " (tcp): " + from_uv(rc));
         if (int rc = uv_listen(reinterpret_cast<uv_stream_t*>(tcp), 1024, [](uv_stream_t* l, int status) {
                 if (status < 0) return;

@@ -410,11 +410,17 @@ struct Connection {
         a->conn = this;
         a->target = std::move(target);
         a->side.conn = this;
-        uv_tcp_init(impl->loop, &a->side.h.tcp);
+        uv_tcp_init_ex(impl->loop, &a->side.h.tcp, addr.ss_family);
         a->side.h.tcp.data = a;
         a->side.open = true;
         a->req.data = a;
         attempt = a;
+        if (impl->options.upstream_mark) {
+            // Lets redirect rules tell mesd's own connections apart (needs CAP_NET_ADMIN).
+            uv_os_fd_t fd = -1;
+            unsigned mark = impl->options.upstream_mark;
+            if (uv_fileno(as_handle(&a->side.h.tcp), &fd) == 0) ::setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark);
+        }
         int rc = uv_tcp_connect(&a->req, &a->side.h.tcp, reinterpret_cast<const sockaddr*>(&addr), on_connect);
         if (rc != 0) {
             attempt = nullptr;

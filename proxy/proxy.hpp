@@ -55,6 +55,7 @@ struct Options {
     std::uint32_t max_connections = 100000;
     std::uint32_t max_connections_per_service = 0;  // 0: only the global limit
     std::uint32_t connect_attempts = 3;             // targets tried per client connection
+    std::uint32_t upstream_mark = 0;                // SO_MARK on connections to targets; 0: none
     std::uint32_t eject_after = 3;                  // consecutive connect failures
     std::chrono::milliseconds eject_base{5000};     // first ejection; doubles on each next one
     std::chrono::milliseconds eject_max{300 * 1000};

@@ -73,6 +73,7 @@ struct Resolver::Lookup {
         ldns_rr_type type;
         std::uint16_t id = 0;
         bool answered = false;
+        bool failed = false;  // answered with an error rcode
     };
     std::array<Question, 2> questions{Question{LDNS_RR_TYPE_A}, Question{LDNS_RR_TYPE_AAAA}};
     std::vector<vip::Address> v4, v6;
@@ -135,6 +136,7 @@ struct Resolver::Lookup {
         for (auto& q : questions) {
             if (rc != 0) break;
             q.answered = false;
+            q.failed = false;
             q.id = static_cast<std::uint16_t>(arc4random() & 0xffff);
             auto wire = make_query(name, q.type, q.id);
             if (wire.empty()) {
@@ -187,15 +189,15 @@ struct Resolver::Lookup {
         if (!same) return;
 
         auto rcode = ldns_pkt_get_rcode(raw);
+        q->answered = true;
         if (rcode != LDNS_RCODE_NOERROR && rcode != LDNS_RCODE_NXDOMAIN) {
+            // Some servers refuse one type they hold nothing of (dnsmasq: AAAA for a name
+            // it has only an A for); the other type may still answer.
             char* text = ldns_pkt_rcode2str(rcode);
             last_error = resolver->servers_[server].to_string() + " answered " + (text ? text : "an error");
             free(text);
-            ++server;
-            ask();
-            return;
+            q->failed = true;
         }
-        q->answered = true;
         if (rcode == LDNS_RCODE_NXDOMAIN) nxdomain = true;
         const ldns_rr_list* answers = ldns_pkt_answer(raw);
         for (std::size_t i = 0; i < ldns_rr_list_rr_count(answers); ++i) {
@@ -213,8 +215,14 @@ struct Resolver::Lookup {
         if (std::ranges::all_of(questions, [](const Question& x) { return x.answered; })) {
             std::vector<vip::Address> all = v4;
             all.insert(all.end(), v6.begin(), v6.end());
-            if (all.empty()) done({}, nxdomain ? "NXDOMAIN" : "no A or AAAA records");
-            else done(std::move(all), "");
+            if (!all.empty()) {
+                done(std::move(all), "");
+            } else if (std::ranges::all_of(questions, [](const Question& x) { return x.failed; })) {
+                ++server;  // this server could not answer: the next one may
+                ask();
+            } else {
+                done({}, nxdomain ? "NXDOMAIN" : "no A or AAAA records");
+            }
         }
     }
 

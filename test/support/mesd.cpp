@@ -69,6 +69,8 @@ Mesd::~Mesd()
 
 std::string Mesd::log() const { return slurp(log_path_); }
 
+int Mesd::pid() const { return child_ ? child_->pid() : -1; }
+
 int Mesd::stop()
 {
     if (!child_) return -1;

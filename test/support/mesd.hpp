@@ -27,6 +27,7 @@ public:
 
     int dns_port() const { return dns_port_; }
     int admin_port() const { return admin_port_; }
+    int pid() const;
     const std::string& config() const { return config_; }
     std::string log() const;
     // Sends SIGTERM and returns the exit code.
