@@ -31,6 +31,16 @@ TEST_CASE("defaults are DESIGN.md's")
     CHECK(c.proxy.connect_timeout == 5s);
     CHECK(c.proxy.idle_timeout == 1h);
     CHECK(c.proxy.max_connections == 100000);
+    CHECK(c.proxy.max_connections_per_service == 0);
+    CHECK(c.proxy.connect_attempts == 3);
+    CHECK(c.proxy.eject_after == 3);
+    CHECK(c.proxy.eject_base == 5s);
+    CHECK(c.proxy.eject_max == 5min);
+    CHECK(c.proxy.upstream_mark == 0);
+    CHECK(c.proxy.resolvers.empty());
+    CHECK(c.proxy.resolve_timeout == 2s);
+    CHECK(c.proxy.dns_min_ttl == 1s);
+    CHECK(c.proxy.dns_max_ttl == 5min);
     CHECK(c.admin.listen.to_string() == "127.0.0.1:9901");
     CHECK(c.log.level == "info");
 }
@@ -64,6 +74,16 @@ proxy:
   connectTimeout: 3s
   idleTimeout: 10m
   maxConnections: 5
+  maxConnectionsPerService: 2
+  connectAttempts: 4
+  ejectAfter: 1
+  ejectBase: 1s
+  ejectMax: 1m
+  upstreamMark: 0x4d45
+  resolvers: ["127.0.0.1:5353"]
+  resolveTimeout: 500ms
+  dnsMinTtl: 2s
+  dnsMaxTtl: 1h
 admin:
   listen: 127.0.0.1:0
 log:
@@ -87,6 +107,16 @@ log:
     CHECK(c.vip.quarantine == 150min);
     CHECK(c.proxy.mode == "redirect");
     CHECK(c.proxy.max_connections == 5);
+    CHECK(c.proxy.max_connections_per_service == 2);
+    CHECK(c.proxy.connect_attempts == 4);
+    CHECK(c.proxy.eject_after == 1);
+    CHECK(c.proxy.eject_base == 1s);
+    CHECK(c.proxy.eject_max == 1min);
+    CHECK(c.proxy.upstream_mark == 0x4d45);
+    CHECK(c.proxy.resolvers.at(0).to_string() == "127.0.0.1:5353");
+    CHECK(c.proxy.resolve_timeout == 500ms);
+    CHECK(c.proxy.dns_min_ttl == 2s);
+    CHECK(c.proxy.dns_max_ttl == 1h);
     CHECK(c.admin.listen.port == 0);
     CHECK(c.log.level == "debug");
 }
@@ -111,6 +141,23 @@ TEST_CASE("configuration errors point at the key")
     auto syntax = conf::load_config_text("dns: [\n", "m.yaml");
     REQUIRE(syntax.errors.size() == 1);
     CHECK_THAT(syntax.errors[0].message, Catch::StartsWith("invalid YAML"));
+}
+
+TEST_CASE("proxy bounds that contradict each other, and integers in hex")
+{
+    auto r = conf::load_config_text("proxy:\n  dnsMinTtl: 10m\n  dnsMaxTtl: 1m\n  ejectBase: 1h\n  connectAttempts: 0\n", "m.yaml");
+    std::vector<std::string> lines;
+    for (const auto& e : r.errors) lines.push_back(e.format());
+    REQUIRE(lines.size() == 3);
+    CHECK(lines[0] == "m.yaml:2:3: proxy.dnsMinTtl: must not be above proxy.dnsMaxTtl");
+    CHECK(lines[1] == "m.yaml:2:3: proxy.ejectBase: must not be above proxy.ejectMax");
+    CHECK(lines[2] == "m.yaml:5:20: proxy.connectAttempts: must be between 1 and 100");
+    auto hex = conf::load_config_text("proxy:\n  upstreamMark: 0xFF\n", "m.yaml");
+    REQUIRE(hex.ok());
+    CHECK(hex.config.proxy.upstream_mark == 255);
+    auto bad_hex = conf::load_config_text("proxy:\n  upstreamMark: 0xZZ\n", "m.yaml");
+    REQUIRE(bad_hex.errors.size() == 1);
+    CHECK(bad_hex.errors[0].message == "must be an integer, got \"0xZZ\"");
 }
 
 TEST_CASE("durations and addresses")
