@@ -598,6 +598,13 @@ struct Connection {
         s.eof = true;
         stop_reading(s);
         Side& to = other(s);
+        // The other side has ended too and nothing waits to be written to it: closing will
+        // send it our FIN, so no shutdown(2) is needed (the commonest path: a response, then
+        // both sides leave).
+        if (to.eof && uv_stream_get_write_queue_size(to.stream()) == 0) {
+            maybe_done();
+            return;
+        }
         if (!to.shutting) {
             to.shutting = true;
             auto* req = new uv_shutdown_t;
@@ -621,9 +628,13 @@ struct Connection {
         maybe_done();
     }
 
+    // Both sides sent FIN, and what we owe each (queued bytes, a FIN in progress) is out.
     void maybe_done()
     {
-        if (client.eof && upstream && upstream->eof && client.shut && upstream->shut) close(false);
+        auto settled = [](Side& x) {
+            return !(x.shutting && !x.shut) && uv_stream_get_write_queue_size(x.stream()) == 0;
+        };
+        if (client.eof && upstream && upstream->eof && settled(client) && settled(*upstream)) close(false);
     }
 
     // Closes both sides (resetting them when `reset`), then frees itself.
@@ -699,8 +710,7 @@ void Proxy::Impl::accept(Listener* l)
     }
     ++active;
     ++total;
-    connections.insert(conn);
-    set_nodelay(&conn->client.h.tcp);
+    connections.insert(conn);  // TCP_NODELAY comes from the listener (Linux copies it to accepted sockets)
 
     std::shared_ptr<Service> service;
     std::uint16_t port = l->port;
@@ -746,6 +756,7 @@ std::string Proxy::Impl::open_listener(const std::string& key, const vip::Addres
     l->tcp.data = l;
     auto addr = to_sockaddr(a, port);
     int rc = uv_tcp_bind(&l->tcp, reinterpret_cast<const sockaddr*>(&addr), 0);
+    if (rc == 0) set_nodelay(&l->tcp);
     if (rc == 0)
         rc = uv_listen(as_stream(&l->tcp), 1024, [](uv_stream_t* s, int status) {
             if (status == 0) static_cast<Listener*>(s->data)->impl->accept(static_cast<Listener*>(s->data));
@@ -808,6 +819,7 @@ std::expected<void, std::string> Proxy::start()
     }
     auto addr = to_sockaddr(*parsed, hp.port);
     int rc = uv_tcp_bind(&l->tcp, reinterpret_cast<const sockaddr*>(&addr), 0);
+    if (rc == 0) set_nodelay(&l->tcp);
     if (rc == 0)
         rc = uv_listen(as_stream(&l->tcp), 4096, [](uv_stream_t* s, int status) {
             if (status == 0) static_cast<Listener*>(s->data)->impl->accept(static_cast<Listener*>(s->data));
