@@ -11,6 +11,8 @@
 
 #include <uv.h>
 
+#include <sys/resource.h>
+
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -315,6 +317,10 @@ std::string proxy_metrics(const proxy::Status& st)
     out += "mesd_proxy_connections_refused_total " + std::to_string(st.refused) + "\n";
     family("mesd_proxy_unrouted_total", "counter", "Redirected connections whose destination no MES claims.");
     out += "mesd_proxy_unrouted_total " + std::to_string(st.unrouted) + "\n";
+    family("mesd_proxy_local_failures_total", "counter", "Connections reset because mesd had no socket to spare.");
+    out += "mesd_proxy_local_failures_total " + std::to_string(st.local_failures) + "\n";
+    family("mesd_proxy_mark_failures_total", "counter", "Connections to endpoints made without proxy.upstreamMark.");
+    out += "mesd_proxy_mark_failures_total " + std::to_string(st.mark_failures) + "\n";
 
     struct Row {
         const char* name;
@@ -592,6 +598,11 @@ int main(int argc, char** argv)
     // A peer that goes away while mesd writes to it is an error on that write, not the end
     // of the daemon (libuv writes with write(2), which raises SIGPIPE by default).
     std::signal(SIGPIPE, SIG_IGN);
+    // Each proxied connection holds two descriptors: take all the hard limit allows.
+    if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+        nofile.rlim_cur = nofile.rlim_max;
+        ::setrlimit(RLIMIT_NOFILE, &nofile);
+    }
     Flags flags;
     if (auto err = parse_flags(argc, argv, flags)) {
         std::cerr << "mesd: " << *err << "\n\n" << usage_text;

@@ -28,6 +28,7 @@ constexpr int ip6t_so_original_dst = 80;
 
 constexpr std::size_t block_size = std::size_t{64} << 10;
 constexpr std::size_t pooled_blocks = 16;  // free blocks kept for reuse (1 MiB)
+constexpr std::uint64_t listen_retry_ms = 5000;
 
 std::string host_port(const vip::Address& a, std::uint16_t port)
 {
@@ -231,6 +232,10 @@ struct Proxy::Impl {
     std::unique_ptr<detail::Resolver> resolver;
     BlockPool pool;
     std::uint64_t active = 0, total = 0, refused = 0, unrouted = 0;
+    std::uint64_t local_failures = 0;  // connects not even started: no socket to be had
+    std::uint64_t mark_failures = 0;   // SO_MARK refused (no CAP_NET_ADMIN)
+    std::size_t closing_connections = 0;
+    uv_timer_t* retry_timer = nullptr;  // bind mode: listeners that failed are tried again
     bool stopping = false;
     std::function<void()> on_stopped;
     std::size_t closing_listeners = 0;
@@ -243,6 +248,11 @@ struct Proxy::Impl {
 
     void accept(Listener* l);
     void close_listener(Listener* l);
+    // Bind mode: opens the listeners `service` lacks; false when one could not be opened.
+    bool ensure_listeners(const std::string& key, Service& service);
+    // While some listener could not be opened, try again every few seconds (the pool's
+    // local route may be added later, a port may be freed).
+    void arm_retry(bool needed);
     std::string open_listener(const std::string& key, const vip::Address& a, std::uint16_t port);
     void maybe_stopped();
 };
@@ -257,7 +267,10 @@ struct Connection {
     uv_timer_t timer{};
     bool timer_open = false;
     std::uint32_t attempts = 0;
-    std::vector<const Target*> tried;  // this connection's attempts
+    std::vector<std::shared_ptr<Target>> tried;  // targets this connection has used up
+    // DNS-named targets: the addresses tried, so that each attempt takes another one.
+    std::vector<std::pair<std::shared_ptr<Target>, vip::Address>> tried_addresses;
+    bool retrying = false;  // every target was tried once: further attempts go round again
     std::uint64_t last_activity = 0;
     bool closing = false;
     int pending_closes = 0;
@@ -281,12 +294,17 @@ struct Connection {
 
     // ---- balancing
 
+    bool used_up(const Target& t) const
+    {
+        return std::ranges::any_of(tried, [&](const auto& x) { return x.get() == &t; });
+    }
+
     Target* pick()
     {
         std::uint64_t now = uv_now(impl->loop);
         auto& targets = service->targets;
         auto usable = [&](const Target& t, bool panic) {
-            return std::ranges::find(tried, &t) == tried.end() && (panic || t.ejected_until <= now);
+            return (retrying || !used_up(t)) && (panic || t.ejected_until <= now);
         };
         for (bool panic : {false, true}) {
             // The lowest priority with a usable target, then round robin inside it.
@@ -307,7 +325,40 @@ struct Connection {
                 i = end;
             }
         }
+        // Everything was tried once and attempts are left: go round again (a single
+        // endpoint gets connectAttempts tries, as Envoy's max_connect_attempts gives).
+        if (!retrying && !tried.empty()) {
+            retrying = true;
+            return pick();
+        }
         return nullptr;
+    }
+
+    // The address of a DNS-named target to try next: IPv4 first (round robin within the
+    // family), another address on each attempt, round again once all were tried.
+    std::optional<vip::Address> choose_address(const std::shared_ptr<Target>& t, const std::vector<vip::Address>& addrs)
+    {
+        auto tried_here = [&](const vip::Address& a) {
+            return std::ranges::any_of(tried_addresses, [&](const auto& x) { return x.first == t && x.second == a; });
+        };
+        std::optional<vip::Address> chosen;
+        for (auto family : {vip::Family::v4, vip::Family::v6}) {
+            std::vector<std::size_t> of_family;
+            for (std::size_t i = 0; i < addrs.size(); ++i)
+                if (addrs[i].family == family) of_family.push_back(i);
+            for (std::size_t k = 0; k < of_family.size() && !chosen; ++k) {
+                const auto& a = addrs[of_family[(t->next_address + k) % of_family.size()]];
+                if (!tried_here(a)) {
+                    chosen = a;
+                    t->next_address += k + 1;
+                }
+            }
+            if (chosen) break;
+        }
+        if (!chosen) chosen = addrs[t->next_address++ % addrs.size()];
+        tried_addresses.emplace_back(t, *chosen);
+        if (std::ranges::all_of(addrs, tried_here)) tried.push_back(t);
+        return chosen;
     }
 
     void record_failure(Target& t)
@@ -340,10 +391,10 @@ struct Connection {
             return;
         }
         ++attempts;
-        tried.push_back(t);
         std::shared_ptr<Target> target;
         for (auto& s : service->targets)
             if (s.get() == t) target = s;
+        if (t->endpoint.kind != conf::AddressKind::hostname && !used_up(*t)) tried.push_back(target);
         std::uint16_t port = t->endpoint.port.value_or(dialled_port);
         switch (t->endpoint.kind) {
         case conf::AddressKind::ipv4:
@@ -364,11 +415,11 @@ struct Connection {
             impl->resolver->resolve(t->endpoint.address, [this, token, target, port](const detail::Resolver::Entry& e) {
                 if (token.expired() || closing) return;
                 if (e.addresses.empty()) {
+                    if (!used_up(*target)) tried.push_back(target);
                     fail(target);
                     return;
                 }
-                const auto& a = e.addresses[target->next_address++ % e.addresses.size()];
-                connect_tcp(target, to_sockaddr(a, port));
+                connect_tcp(target, to_sockaddr(*choose_address(target, e.addresses), port));
             });
             return;
         }
@@ -410,7 +461,15 @@ struct Connection {
         a->conn = this;
         a->target = std::move(target);
         a->side.conn = this;
-        uv_tcp_init_ex(impl->loop, &a->side.h.tcp, addr.ss_family);
+        if (int rc = uv_tcp_init_ex(impl->loop, &a->side.h.tcp, addr.ss_family); rc != 0) {
+            // No socket (out of file descriptors): mesd's trouble, not the endpoint's. The
+            // handle was never added to the loop, so it is freed here, not closed.
+            delete a;
+            ++service->failed;
+            ++impl->local_failures;
+            close(true);
+            return;
+        }
         a->side.h.tcp.data = a;
         a->side.open = true;
         a->req.data = a;
@@ -419,7 +478,9 @@ struct Connection {
             // Lets redirect rules tell mesd's own connections apart (needs CAP_NET_ADMIN).
             uv_os_fd_t fd = -1;
             unsigned mark = impl->options.upstream_mark;
-            if (uv_fileno(as_handle(&a->side.h.tcp), &fd) == 0) ::setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark);
+            if (uv_fileno(as_handle(&a->side.h.tcp), &fd) != 0 ||
+                ::setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0)
+                ++impl->mark_failures;
         }
         int rc = uv_tcp_connect(&a->req, &a->side.h.tcp, reinterpret_cast<const sockaddr*>(&addr), on_connect);
         if (rc != 0) {
@@ -648,6 +709,7 @@ struct Connection {
         }
         --impl->active;
         impl->connections.erase(this);
+        ++impl->closing_connections;
         uv_timer_stop(&timer);
         if (attempt && !upstream) {  // a connect in progress
             attempt->abandoned = true;
@@ -663,7 +725,13 @@ struct Connection {
                 auto* c = static_cast<Connection*>(h->data);
                 c->closed_one();
             };
-            if (rst && !s.is_pipe && uv_tcp_close_reset(&s.h.tcp, cb) == 0) return;
+            if (rst && !s.is_pipe) {
+                // SO_LINGER 0 makes the close an RST. Set here rather than through
+                // uv_tcp_close_reset, which refuses while a shutdown is pending.
+                uv_os_fd_t fd = -1;
+                linger l{1, 0};
+                if (uv_fileno(s.handle(), &fd) == 0) ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+            }
             uv_close(s.handle(), cb);
         };
         close_side(client, reset && reset_by != &client);
@@ -689,6 +757,7 @@ struct Connection {
         Proxy::Impl* i = impl;
         if (upstream) delete attempt;
         delete this;
+        --i->closing_connections;
         i->maybe_stopped();
     }
 };
@@ -774,6 +843,54 @@ std::string Proxy::Impl::open_listener(const std::string& key, const vip::Addres
     return {};
 }
 
+bool Proxy::Impl::ensure_listeners(const std::string& key, Service& service)
+{
+    const Route& route = service.route;
+    std::vector<vip::Address> vips;
+    if (route.ipv4) vips.push_back(*route.ipv4);
+    if (route.ipv6) vips.push_back(*route.ipv6);
+    if (!route.port) {
+        service.listen_error = "match.port is not set: bind mode listens on one port per VIP (use proxy.mode: redirect)";
+        return true;  // nothing a retry would change
+    }
+    if (vips.empty()) {
+        service.listen_error = "no VIP";
+        return true;
+    }
+    std::string errors;
+    for (const auto& a : vips) {
+        auto addr = host_port(a, *route.port);
+        if (std::ranges::any_of(service.listeners, [&](Listener* l) { return l->address == addr; })) continue;
+        if (auto err = open_listener(key, a, *route.port); !err.empty()) errors += (errors.empty() ? "" : "; ") + err;
+    }
+    service.listen_error = errors;
+    return errors.empty();
+}
+
+void Proxy::Impl::arm_retry(bool needed)
+{
+    if (!retry_timer) {
+        retry_timer = new uv_timer_t;
+        uv_timer_init(loop, retry_timer);
+        retry_timer->data = this;
+        uv_unref(as_handle(retry_timer));
+    }
+    if (!needed || stopping) {
+        uv_timer_stop(retry_timer);
+        return;
+    }
+    if (uv_is_active(as_handle(retry_timer))) return;
+    uv_timer_start(
+        retry_timer,
+        [](uv_timer_t* t) {
+            auto* self = static_cast<Proxy::Impl*>(t->data);
+            bool failed = false;
+            for (auto& [key, service] : self->services) failed |= !self->ensure_listeners(key, *service);
+            self->arm_retry(failed);
+        },
+        listen_retry_ms, 0);
+}
+
 void Proxy::Impl::close_listener(Listener* l)
 {
     ++closing_listeners;
@@ -788,7 +905,7 @@ void Proxy::Impl::close_listener(Listener* l)
 
 void Proxy::Impl::maybe_stopped()
 {
-    if (!stopping || !connections.empty() || closing_listeners != 0 || !on_stopped) return;
+    if (!stopping || !connections.empty() || closing_connections != 0 || closing_listeners != 0 || !on_stopped) return;
     auto done = std::move(on_stopped);
     on_stopped = nullptr;
     done();
@@ -882,7 +999,8 @@ void Proxy::update(std::vector<Route> routes)
             }
             continue;
         }
-        // Bind mode: the listeners this route wants.
+        // Bind mode: listeners this route no longer wants close now; new ones open below,
+        // once every route has let go of its old addresses (one may take over another's).
         std::set<std::string> wanted;
         if (route.port)
             for (const auto& a : vips) wanted.insert(host_port(a, *route.port));
@@ -895,21 +1013,11 @@ void Proxy::update(std::vector<Route> routes)
             i.close_listener(*it);
             it = service->listeners.erase(it);
         }
-        if (!route.port) {
-            service->listen_error = "match.port is not set: bind mode listens on one port per VIP (use proxy.mode: redirect)";
-            continue;
-        }
-        if (vips.empty()) {
-            service->listen_error = "no VIP";
-            continue;
-        }
-        std::string errors;
-        for (const auto& a : vips) {
-            auto addr = host_port(a, *route.port);
-            if (std::ranges::any_of(service->listeners, [&](Listener* l) { return l->address == addr; })) continue;
-            if (auto err = i.open_listener(key, a, *route.port); !err.empty()) errors += (errors.empty() ? "" : "; ") + err;
-        }
-        service->listen_error = errors;
+    }
+    if (i.options.mode == Options::Mode::bind) {
+        bool failed = false;
+        for (auto& [key, service] : i.services) failed |= !i.ensure_listeners(key, *service);
+        i.arm_retry(failed);
     }
     i.resolver->watch(names);
 }
@@ -927,6 +1035,11 @@ void Proxy::stop(std::function<void()> done)
         i.redirect = nullptr;
     }
     i.resolver->stop();
+    if (i.retry_timer) {
+        uv_timer_stop(i.retry_timer);
+        uv_close(as_handle(i.retry_timer), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+        i.retry_timer = nullptr;
+    }
     auto open = i.connections;
     for (Connection* c : open) c->close(false);
     i.maybe_stopped();
@@ -940,6 +1053,8 @@ Status Proxy::status() const
     st.total = i.total;
     st.refused = i.refused;
     st.unrouted = i.unrouted;
+    st.local_failures = i.local_failures;
+    st.mark_failures = i.mark_failures;
     std::uint64_t now = uv_now(i.loop);
     for (const auto& [key, s] : i.services) {
         ServiceStatus ss;

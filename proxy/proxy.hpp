@@ -99,6 +99,8 @@ struct Status {
     std::uint64_t total = 0;
     std::uint64_t refused = 0;
     std::uint64_t unrouted = 0;  // redirect mode: an original destination no route claims
+    std::uint64_t local_failures = 0;  // no socket for a connect (out of file descriptors)
+    std::uint64_t mark_failures = 0;   // proxy.upstreamMark could not be set (no CAP_NET_ADMIN)
     std::vector<ServiceStatus> services;  // by key
 };
 

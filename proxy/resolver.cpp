@@ -137,7 +137,8 @@ struct Resolver::Lookup {
             if (rc != 0) break;
             q.answered = false;
             q.failed = false;
-            q.id = static_cast<std::uint16_t>(arc4random() & 0xffff);
+            do q.id = static_cast<std::uint16_t>(arc4random() & 0xffff);
+            while (&q != &questions[0] && q.id == questions[0].id);  // answers are told apart by ID
             auto wire = make_query(name, q.type, q.id);
             if (wire.empty()) {
                 done({}, "not a valid DNS name");
@@ -162,6 +163,14 @@ struct Resolver::Lookup {
                 auto* self = static_cast<Lookup*>(t->data);
                 self->last_error = "no answer from " + self->resolver->servers_[self->server].to_string() + " within " +
                                    std::to_string(self->resolver->timeout_.count()) + "ms";
+                // One type answered and the other lost (some middleboxes drop AAAA): what
+                // came is used, rather than nothing.
+                if (!self->v4.empty() || !self->v6.empty()) {
+                    std::vector<vip::Address> all = self->v4;
+                    all.insert(all.end(), self->v6.begin(), self->v6.end());
+                    self->done(std::move(all), "", true);
+                    return;
+                }
                 ++self->server;
                 self->ask();
             },
@@ -215,9 +224,10 @@ struct Resolver::Lookup {
         if (std::ranges::all_of(questions, [](const Question& x) { return x.answered; })) {
             std::vector<vip::Address> all = v4;
             all.insert(all.end(), v6.begin(), v6.end());
+            bool any_failed = std::ranges::any_of(questions, [](const Question& x) { return x.failed; });
             if (!all.empty()) {
-                done(std::move(all), "");
-            } else if (std::ranges::all_of(questions, [](const Question& x) { return x.failed; })) {
+                done(std::move(all), "", any_failed);
+            } else if (any_failed) {
                 ++server;  // this server could not answer: the next one may
                 ask();
             } else {
@@ -226,9 +236,19 @@ struct Resolver::Lookup {
         }
     }
 
-    void done(std::vector<vip::Address> addresses, std::string error)
+    // `partial`: one type failed; the addresses of that family known before are kept.
+    void done(std::vector<vip::Address> addresses, std::string error, bool partial = false)
     {
         close_handles();
+        if (partial)
+            if (const auto* before = resolver->find(name)) {
+                bool have4 = std::ranges::any_of(addresses, [](const vip::Address& a) { return a.family == vip::Family::v4; });
+                bool have6 = std::ranges::any_of(addresses, [](const vip::Address& a) { return a.family == vip::Family::v6; });
+                for (const auto& a : before->addresses)
+                    if ((a.family == vip::Family::v4 && !have4) || (a.family == vip::Family::v6 && !have6))
+                        addresses.push_back(a);
+                std::ranges::stable_sort(addresses, {}, [](const vip::Address& a) { return a.family != vip::Family::v4; });
+            }
         Resolver* r = resolver;
         std::string n = name;
         std::uint32_t t = ttl;
@@ -255,6 +275,7 @@ void Resolver::stop()
     if (stopped_) return;
     stopped_ = true;
     waiting_.clear();
+    queued_.clear();
     auto lookups = std::move(in_flight_);
     for (auto& [name, lookup] : lookups) {
         lookup->close_handles();
@@ -279,7 +300,7 @@ void Resolver::resolve(const std::string& name, Callback done)
     auto& entry = entries_[name];
     std::uint64_t now = uv_now(loop_);
     bool fresh = entry.expires > now;
-    if (!entry.addresses.empty() || (fresh && !entry.error.empty())) {
+    if (!entry.addresses.empty() || (fresh && !entry.error.empty())) {  // stale addresses still serve
         if (!fresh) start_lookup(name);
         done(entry);
         return;
@@ -297,18 +318,19 @@ void Resolver::watch(const std::set<std::string>& names)
         else
             ++it;
     }
+    // Names are first asked when a connection needs them (a store of many MES does not turn
+    // into a burst of lookups at start); from then on they are kept fresh while watched.
     watched_ = names;
-    std::uint64_t now = uv_now(loop_);
-    for (const auto& name : watched_) {
-        auto& entry = entries_[name];
-        if (entry.expires <= now) start_lookup(name);
-    }
     arm_refresh();
 }
 
 void Resolver::start_lookup(const std::string& name)
 {
     if (in_flight_.contains(name)) return;
+    if (in_flight_.size() >= max_in_flight) {
+        if (std::ranges::find(queued_, name) == queued_.end()) queued_.push_back(name);
+        return;
+    }
     auto* lookup = new Lookup;
     lookup->resolver = this;
     lookup->name = name;
@@ -323,18 +345,29 @@ void Resolver::finish(const std::string& name, std::vector<vip::Address> address
     if (error.empty()) {
         entry.addresses = std::move(addresses);
         entry.error.clear();
+        entry.failures = 0;
         auto ms = std::chrono::milliseconds(std::uint64_t{ttl} * 1000);
         ms = std::clamp(ms, min_ttl_, max_ttl_);
         entry.expires = now + static_cast<std::uint64_t>(ms.count());
         entry.resolved_once = true;
     } else {
+        // Asked again after the minimum TTL, doubling while it keeps failing (up to the
+        // maximum), so a dead name does not cost two queries a second forever.
         entry.error = std::move(error);
-        entry.expires = now + static_cast<std::uint64_t>(min_ttl_.count());
+        auto wait = static_cast<std::uint64_t>(min_ttl_.count()) << std::min<std::uint32_t>(entry.failures, 16);
+        entry.expires = now + std::min(wait, static_cast<std::uint64_t>(max_ttl_.count()));
+        ++entry.failures;
     }
+    std::uint64_t expires = entry.expires;
     auto waiters = std::move(waiting_[name]);
     waiting_.erase(name);
     for (auto& cb : waiters) cb(entry);
-    arm_refresh();
+    while (!queued_.empty() && in_flight_.size() < max_in_flight && !stopped_) {
+        auto next = queued_.front();
+        queued_.erase(queued_.begin());
+        start_lookup(next);
+    }
+    if (watched_.contains(name) && (armed_for_ == 0 || expires < armed_for_)) arm_refresh();
 }
 
 void Resolver::arm_refresh()
@@ -343,20 +376,24 @@ void Resolver::arm_refresh()
     std::uint64_t next = UINT64_MAX;
     for (const auto& name : watched_) {
         auto it = entries_.find(name);
-        if (it == entries_.end() || in_flight_.contains(name)) continue;
+        if (it == entries_.end() || it->second.expires == 0 || in_flight_.contains(name)) continue;
         next = std::min(next, it->second.expires);
     }
     uv_timer_stop(refresh_timer_);
+    armed_for_ = 0;
     if (next == UINT64_MAX) return;
+    armed_for_ = next;
     std::uint64_t now = uv_now(loop_);
     uv_timer_start(
         refresh_timer_,
         [](uv_timer_t* t) {
             auto* self = static_cast<Resolver*>(t->data);
+            self->armed_for_ = 0;
             std::uint64_t at = uv_now(self->loop_);
             for (const auto& name : self->watched_) {
                 auto it = self->entries_.find(name);
-                if (it == self->entries_.end() || it->second.expires <= at) self->start_lookup(name);
+                if (it != self->entries_.end() && it->second.expires != 0 && it->second.expires <= at)
+                    self->start_lookup(name);
             }
             self->arm_refresh();
         },

@@ -26,8 +26,9 @@ public:
     struct Entry {
         std::vector<vip::Address> addresses;  // A first, then AAAA
         std::string error;                    // the last failure, "" after a success
-        std::uint64_t expires = 0;            // uv_now() milliseconds
+        std::uint64_t expires = 0;            // uv_now() milliseconds; 0 until first asked
         bool resolved_once = false;
+        std::uint32_t failures = 0;           // lookups failed in a row
     };
     // Called with the entry once a lookup finishes (or at once when the entry is fresh).
     using Callback = std::function<void(const Entry&)>;
@@ -41,8 +42,8 @@ public:
     // Addresses for `name`: fresh ones at once; else a lookup, and `done` when it ends.
     // Stale addresses are still handed out (at once) while the refresh runs.
     void resolve(const std::string& name, Callback done);
-    // The names routes use: each is looked up now and again whenever its TTL runs out;
-    // others are forgotten.
+    // The names routes use: once a connection has asked for one, it is looked up again
+    // whenever its TTL runs out; names no route uses are forgotten.
     void watch(const std::set<std::string>& names);
     const Entry* find(const std::string& name) const;
     // Cancels lookups and closes handles; callbacks waiting are dropped.
@@ -62,7 +63,10 @@ private:
     std::map<std::string, std::vector<Callback>> waiting_;
     std::map<std::string, Lookup*> in_flight_;
     std::set<std::string> watched_;
+    std::vector<std::string> queued_;  // waiting for a free lookup slot
+    static constexpr std::size_t max_in_flight = 64;
     uv_timer_t* refresh_timer_ = nullptr;
+    std::uint64_t armed_for_ = 0;      // when the refresh timer fires; 0 when it is not armed
     bool stopped_ = false;
 
     friend struct Lookup;
