@@ -457,6 +457,10 @@ TEST_CASE("when no endpoint can be reached the client is reset at once")
     CHECK(r.error == ECONNRESET);
     CHECK(took < 1s);
     CHECK(f.metric(series("mesd_mes_connections_failed_total", "dead")) == 1);
+    // connectAttempts (3) spent: both endpoints, then the first again.
+    auto failures = f.metric(series("mesd_mes_endpoint_connect_failures_total", "dead", "127.0.0.1:" + std::to_string(port1))) +
+                    f.metric(series("mesd_mes_endpoint_connect_failures_total", "dead", "127.0.0.1:" + std::to_string(port2)));
+    CHECK(failures == 3);
 }
 
 TEST_CASE("a connect that times out moves on to the next endpoint")
@@ -594,6 +598,15 @@ TEST_CASE("a DNS-named endpoint follows its record, resolved through a real DNS 
     REQUIRE(eventually([&] { return lookup() == "127.0.0.12"; }));
     CHECK(eventually([&] { return trim(exchange(vip, 7010, "").data) == "twelve"; }, 5s));
 
+    // A name with a dead address among its records: each attempt takes another address,
+    // so every client gets through.
+    std::ofstream(hosts) << "127.0.0.13 backend.ext.test\n127.0.0.12 backend.ext.test\n";
+    dnsmasq.signal(SIGHUP);
+    REQUIRE(eventually([&] { return lookup().find("127.0.0.13") != std::string::npos; }));
+    std::this_thread::sleep_for(2500ms);  // the proxy's copy expires (TTL 1 s) and is asked again
+    for (int i = 0; i < 6; ++i) CHECK(trim(exchange(vip, 7010, "").data) == "twelve");
+    CHECK(f.config().find("\"127.0.0.13\"") != std::string::npos);
+
     // A name that does not resolve fails its own MES only, at once.
     auto r = exchange(f.vip("unresolvable"), 7011, "");
     CHECK(r.error == ECONNRESET);
@@ -712,4 +725,38 @@ TEST_CASE("redirect mode in a network namespace with the README's iptables rules
     auto metrics = ns_run({curl, "-sS", "--max-time", "5", "http://127.0.0.1:" + std::to_string(mesd.admin_port()) + "/metrics"}).out;
     CHECK(metrics.find("\nmesd_proxy_unrouted_total 1\n") != std::string::npos);
     CHECK(metrics.find("mesd_mes_connections_total{mesh=\"default\",name=\"anywhere\"} 1\n") != std::string::npos);
+}
+
+TEST_CASE("bind mode on 242.0.0.0/8: not listening until the README's local route exists, then listening by itself")
+{
+    const std::string ns = "mesd-bind-" + std::to_string(::getpid());
+    REQUIRE(run({ip, "netns", "add", ns}).exit_code == 0);
+    struct Cleanup {
+        std::string ns;
+        ~Cleanup() { run({"/usr/sbin/ip", "netns", "del", ns}); }
+    } cleanup{ns};
+    std::vector<std::string> in_ns{ip, "netns", "exec", ns};
+    auto ns_run = [&](std::vector<std::string> argv, const std::string& input = {}) {
+        argv.insert(argv.begin(), in_ns.begin(), in_ns.end());
+        return run(argv, input);
+    };
+    REQUIRE(ns_run({ip, "link", "set", "lo", "up"}).exit_code == 0);
+    Backend echo("127.0.0.1", 9007, "EXEC:cat", in_ns);
+    Dir dir;
+    dir.write("resources/all.yaml", generator + mes("echo", 4242, "[" + ep("127.0.0.1", 9007) + "]"));
+    MesdOptions options;
+    options.wrapper = in_ns;
+    options.vip_section = "  ipv4: 242.0.0.0/8\n";
+    options.conf_dir = (dir.path / "resources").string();
+    options.dns_section = "  forward:\n    enabled: false\n";
+    Mesd mesd(dir.path / "mesd", options);
+    auto config = [&] {
+        return ns_run({curl, "-sS", "--max-time", "5", "http://127.0.0.1:" + std::to_string(mesd.admin_port()) + "/config"}).out;
+    };
+    CHECK(eventually([&] { return mesd.log().find("msg=\"not listening\" mesh=default name=echo") != std::string::npos; }));
+    CHECK(config().find("ip route add local 242.0.0.0/8 dev lo") != std::string::npos);
+
+    REQUIRE(ns_run({ip, "route", "add", "local", "242.0.0.0/8", "dev", "lo"}).exit_code == 0);
+    CHECK(eventually([&] { return ns_run({nc, "-N", "-w", "2", "242.0.0.1", "4242"}, "ping\n").out == "ping\n"; }, 8s));
+    CHECK(config().find("listenError") == std::string::npos);
 }
