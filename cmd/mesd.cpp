@@ -147,6 +147,7 @@ private:
     std::unique_ptr<dns::Server> server_;
     std::unique_ptr<proxy::Proxy> proxy_;
     std::map<std::string, std::string> listen_errors_;  // logged once per change
+    std::map<std::string, std::string> tls_errors_;     // logged once per change
     std::unique_ptr<cmd::Admin> admin_;
     uv_timer_t store_timer_{};
     uv_timer_t conf_timer_{};
@@ -204,6 +205,24 @@ void Daemon::update_routes()
             r.port = mes->port;
             r.protocol = mes->protocol;
             r.endpoints = mes->endpoints;
+            if (mes->tls && mes->tls->enabled) {
+                r.tls = mes->tls;
+                // The PEM behind each data source; a Secret that is missing makes the MES
+                // refuse connections rather than carry them in the clear.
+                auto read = [&](const std::optional<conf::DataSource>& ds, const char* field, std::string& out) {
+                    if (!ds) return;
+                    if (ds->type != conf::DataSource::Type::secret) {
+                        out = ds->value;
+                        return;
+                    }
+                    auto secret = snap->get(conf::Kind::secret, e.resource.mesh, ds->value);
+                    if (secret && *secret && (*secret)->resource.secret()) out = (*secret)->resource.secret()->data;
+                    else if (r.tls_error.empty()) r.tls_error = std::string("tls.") + field + ": Secret " + ds->value + " not found";
+                };
+                read(mes->tls->ca_cert, "verification.caCert", r.tls_ca_pem);
+                read(mes->tls->client_cert, "verification.clientCert", r.tls_cert_pem);
+                read(mes->tls->client_key, "verification.clientKey", r.tls_key_pem);
+            }
             routes.push_back(std::move(r));
         }
     }
@@ -213,6 +232,14 @@ void Daemon::update_routes()
     std::map<std::string, std::string> errors;
     for (const auto& s : proxy_->status().services) {
         std::string key = s.mesh + "/" + s.name;
+        if (!s.tls_error.empty()) {
+            auto& seen = tls_errors_[key];
+            if (seen != s.tls_error) log::warn("proxy", "TLS settings unusable; refusing connections",
+                                                {{"mesh", s.mesh}, {"name", s.name}, {"reason", s.tls_error}});
+            seen = s.tls_error;
+        } else {
+            tls_errors_.erase(key);
+        }
         if (!s.listen_error.empty()) errors[key] = s.listen_error;
         auto before = listen_errors_.find(key);
         if (!s.listen_error.empty() && (before == listen_errors_.end() || before->second != s.listen_error))
@@ -244,6 +271,9 @@ proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upst
     o.resolve_timeout = duration_cast<ms>(c.resolve_timeout);
     o.dns_min_ttl = duration_cast<ms>(c.dns_min_ttl);
     o.dns_max_ttl = duration_cast<ms>(c.dns_max_ttl);
+    o.on_tls_failure = [](const std::string& mesh, const std::string& name, const std::string& reason) {
+        log::warn("proxy", "TLS handshake failed", {{"mesh", mesh}, {"name", name}, {"reason", reason}});
+    };
     return o;
 }
 
@@ -355,6 +385,21 @@ std::string proxy_metrics(const proxy::Status& st)
         for (const auto& t : s.targets)
             out += "mesd_mes_endpoint_ejections_total{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) +
                    "\",endpoint=\"" + label_value(t.address) + "\"} " + std::to_string(t.ejections) + "\n";
+    family("mesd_mes_tls_handshakes_total", "counter", "TLS handshakes to endpoints completed, per MES.");
+    for (const auto& s : st.services)
+        if (s.tls_handshakes)
+            out += "mesd_mes_tls_handshakes_total{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) + "\"} " +
+                   std::to_string(s.tls_handshakes) + "\n";
+    family("mesd_mes_tls_resumed_total", "counter", "TLS handshakes to endpoints that resumed a session, per MES.");
+    for (const auto& s : st.services)
+        if (s.tls_handshakes)
+            out += "mesd_mes_tls_resumed_total{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) + "\"} " +
+                   std::to_string(s.tls_resumed) + "\n";
+    family("mesd_mes_tls_handshake_failures_total", "counter", "TLS handshakes to endpoints that failed, by reason.");
+    for (const auto& s : st.services)
+        for (const auto& [reason, n] : s.tls_failures)
+            out += "mesd_mes_tls_handshake_failures_total{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) +
+                   "\",reason=\"" + label_value(reason) + "\"} " + std::to_string(n) + "\n";
     family("mesd_mes_endpoint_healthy", "gauge", "1 when an endpoint is neither ejected nor unresolved.");
     for (const auto& s : st.services)
         for (const auto& t : s.targets)
@@ -456,6 +501,7 @@ std::string Daemon::config_json()
             cmd::Value& listeners = v.set("listeners", cmd::Value::array());
             for (const auto& l : s.listeners) listeners.push(l);
             if (!s.listen_error.empty()) v.set("listenError", s.listen_error);
+            if (!s.tls_error.empty()) v.set("tlsError", s.tls_error);
             v.set("active", static_cast<std::int64_t>(s.active));
             v.set("total", static_cast<std::int64_t>(s.total));
             cmd::Value& endpoints = v.set("endpoints", cmd::Value::array());

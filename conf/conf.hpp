@@ -79,6 +79,7 @@ struct DataSource {
     Type type = Type::inline_bytes;
     // inline_bytes: the decoded bytes; inline_string: the text; secret: the Secret's name.
     std::string value;
+    bool operator==(const DataSource&) const = default;
 };
 
 struct Endpoint {
@@ -95,6 +96,7 @@ struct Endpoint {
 struct SubjectAltName {
     SanMatch type = SanMatch::exact;
     std::string value;
+    bool operator==(const SubjectAltName&) const = default;
 };
 
 struct Tls {
@@ -108,6 +110,7 @@ struct Tls {
     std::optional<DataSource> ca_cert;
     std::optional<DataSource> client_cert;
     std::optional<DataSource> client_key;
+    bool operator==(const Tls&) const = default;
 };
 
 struct MeshExternalService {

@@ -5,6 +5,7 @@
 #include "proxy/proxy.hpp"
 
 #include "proxy/detail/resolver.hpp"
+#include "proxy/detail/tls.hpp"
 
 #include <uv.h>
 
@@ -114,9 +115,25 @@ struct Service {
     std::vector<Listener*> listeners;
     std::string listen_error;
     std::uint64_t active = 0, total = 0, refused = 0, failed = 0, bytes_up = 0, bytes_down = 0;
+    std::shared_ptr<detail::TlsContext> tls;
+    std::string tls_error;
+    std::map<std::string, std::uint64_t> tls_failures;
+    std::uint64_t tls_handshakes = 0, tls_resumed = 0;
 
     void set_route(Route r)
     {
+        bool tls_changed = !(r.tls == route.tls && r.tls_ca_pem == route.tls_ca_pem && r.tls_cert_pem == route.tls_cert_pem &&
+                             r.tls_key_pem == route.tls_key_pem && r.protocol == route.protocol && r.tls_error == route.tls_error);
+        if (tls_changed || targets.empty()) {
+            // A new context (new trust, new certificate) for new connections; open ones keep theirs.
+            tls.reset();
+            tls_error = r.tls_error;
+            if (r.tls && r.tls->enabled && tls_error.empty()) {
+                auto made = detail::TlsContext::make(*r.tls, r.protocol, {r.tls_ca_pem, r.tls_cert_pem, r.tls_key_pem});
+                if (made) tls = *made;
+                else tls_error = made.error();
+            }
+        }
         std::vector<std::shared_ptr<Target>> next;
         for (const auto& e : r.endpoints) {
             std::shared_ptr<Target> t;
@@ -248,6 +265,11 @@ struct Proxy::Impl {
 
     void accept(Listener* l);
     void close_listener(Listener* l);
+    void report_tls_failure(Service& service, const std::string& reason)
+    {
+        if (++service.tls_failures[reason] == 1 && options.on_tls_failure)
+            options.on_tls_failure(service.route.mesh, service.route.name, reason);
+    }
     // Bind mode: opens the listeners `service` lacks; false when one could not be opened.
     bool ensure_listeners(const std::string& key, Service& service);
     // While some listener could not be opened, try again every few seconds (the pool's
@@ -275,8 +297,17 @@ struct Connection {
     bool closing = false;
     int pending_closes = 0;
     std::shared_ptr<bool> alive = std::make_shared<bool>(true);
+    // TLS origination: the session over the upstream side, while and after its handshake.
+    std::shared_ptr<detail::TlsContext> tls;
+    std::shared_ptr<Target> tls_target;
+    SSL* ssl = nullptr;
+    bool handshaking = false;
 
     explicit Connection(Proxy::Impl* i) : impl(i) {}
+    ~Connection()
+    {
+        if (ssl) SSL_free(ssl);
+    }
 
     Side& other(Side& s) { return &s == &client ? *upstream : client; }
 
@@ -289,6 +320,11 @@ struct Connection {
         uv_timer_init(impl->loop, &timer);
         timer.data = this;
         timer_open = true;
+        if (!service->tls_error.empty()) {  // never carried in the clear instead
+            ++service->failed;
+            close(true);
+            return;
+        }
         try_next();
     }
 
@@ -523,11 +559,39 @@ struct Connection {
             self->fail(t);
             return;
         }
-        record_success(*a->target);
         self->upstream = &a->side;
         self->attempt = a;  // owns the upstream side from now on
         if (!a->side.is_pipe) set_nodelay(&a->side.h.tcp);
+        if (self->service->tls) {
+            // The handshake runs under the same connect timeout; the client waits unread.
+            self->tls = self->service->tls;
+            self->tls_target = a->target;
+            const auto& ep = a->target->endpoint;
+            bool is_ip = ep.kind == conf::AddressKind::ipv4 || ep.kind == conf::AddressKind::ipv6;
+            self->ssl = self->tls->start(ep.address, is_ip, a->target->label);
+            if (!self->ssl) {
+                self->close(true);
+                return;
+            }
+            self->handshaking = true;
+            self->arm_connect_timeout_for_handshake();
+            self->start_reading(a->side);
+            self->drive_handshake();
+            return;
+        }
+        record_success(*a->target);
         self->pump();
+    }
+
+    void arm_connect_timeout_for_handshake()
+    {
+        uv_timer_start(
+            &timer,
+            [](uv_timer_t* h) {
+                auto* self = static_cast<Connection*>(h->data);
+                if (self->handshaking) self->tls_failed("TLS handshake timed out");
+            },
+            static_cast<std::uint64_t>(impl->options.connect_timeout.count()), 0);
     }
 
     // ---- the pump
@@ -587,6 +651,11 @@ struct Connection {
         }
         self->impl->pool.give(buf->base);
         if (nread == 0) return;
+        if (self->handshaking && s == self->upstream) {
+            self->tls_failed(nread == UV_EOF ? "the server closed the connection during the handshake"
+                                             : std::string("connection lost during the handshake: ") + uv_strerror(static_cast<int>(nread)));
+            return;
+        }
         if (nread == UV_EOF) {
             self->half_close(*s);
             return;
@@ -598,9 +667,34 @@ struct Connection {
     void forward(Side& from, char* block, std::size_t size)
     {
         bool to_client = &from != &client;
-        Side& to = other(from);
         last_activity = uv_now(impl->loop);
+        if (ssl) {
+            if (to_client) {
+                BIO_write(SSL_get_rbio(ssl), block, static_cast<int>(size));
+                impl->pool.give(block);
+                if (handshaking) drive_handshake();
+                else read_tls();
+            } else {
+                service->bytes_up += size;
+                int n = SSL_write(ssl, block, static_cast<int>(size));  // into a memory BIO: all or an error
+                impl->pool.give(block);
+                if (n <= 0) {
+                    close(true);
+                    return;
+                }
+                flush_tls();
+            }
+            return;
+        }
         (to_client ? service->bytes_down : service->bytes_up) += size;
+        send_block(other(from), from, block, size);
+    }
+
+    // Writes `block` (ours until written) to `to`; stops reading `from` while `to` has more
+    // than the high watermark queued. False when the connection was closed.
+    bool send_block(Side& to, Side& from, char* block, std::size_t size)
+    {
+        bool to_client = &to == &client;
         std::size_t written = 0;
         if (uv_stream_get_write_queue_size(to.stream()) == 0) {
             uv_buf_t b = uv_buf_init(block, static_cast<unsigned>(size));
@@ -609,12 +703,12 @@ struct Connection {
             else if (n != UV_EAGAIN && n != UV_ENOSYS) {
                 impl->pool.give(block);
                 close(n == UV_ECONNRESET || n == UV_EPIPE, &to);
-                return;
+                return false;
             }
         }
         if (written == size) {
             impl->pool.give(block);
-            return;
+            return true;
         }
         auto* w = new WriteReq;
         w->block = block;
@@ -627,12 +721,102 @@ struct Connection {
             impl->pool.give(block);
             delete w;
             close(false);
-            return;
+            return false;
         }
         if (uv_stream_get_write_queue_size(to.stream()) > impl->options.high_watermark) {
             stop_reading(from);
             from.paused = true;
         }
+        return true;
+    }
+
+    // ---- TLS to the endpoint
+
+    // Sends what OpenSSL has written (handshake records, application data, alerts).
+    bool flush_tls()
+    {
+        BIO* out = SSL_get_wbio(ssl);
+        while (BIO_ctrl_pending(out) > 0) {
+            char* block = impl->pool.take();
+            int n = BIO_read(out, block, static_cast<int>(block_size));
+            if (n <= 0) {
+                impl->pool.give(block);
+                break;
+            }
+            if (!send_block(*upstream, client, block, static_cast<std::size_t>(n))) return false;
+        }
+        return true;
+    }
+
+    void drive_handshake()
+    {
+        int r = SSL_do_handshake(ssl);
+        if (!flush_tls()) return;
+        if (r != 1) {
+            int err = SSL_get_error(ssl, r);
+            if (err == SSL_ERROR_WANT_READ) return;
+            tls_failed(detail::TlsContext::failure_reason(ssl, err));
+            return;
+        }
+        const auto& ep = tls_target->endpoint;
+        bool is_ip = ep.kind == conf::AddressKind::ipv4 || ep.kind == conf::AddressKind::ipv6;
+        if (auto why = tls->check_names(ssl, ep.address, is_ip); !why.empty()) {
+            tls_failed(why);
+            return;
+        }
+        handshaking = false;
+        uv_timer_stop(&timer);
+        ++service->tls_handshakes;
+        if (SSL_session_reused(ssl)) ++service->tls_resumed;
+        record_success(*tls_target);
+        pump();
+        read_tls();  // records that came with the end of the handshake
+    }
+
+    // Plaintext from the endpoint, to the client.
+    void read_tls()
+    {
+        while (!closing) {
+            char* block = impl->pool.take();
+            int n = SSL_read(ssl, block, static_cast<int>(block_size));
+            if (n > 0) {
+                service->bytes_down += static_cast<std::size_t>(n);
+                if (!send_block(client, *upstream, block, static_cast<std::size_t>(n))) return;
+                continue;
+            }
+            impl->pool.give(block);
+            int err = SSL_get_error(ssl, n);
+            if (err == SSL_ERROR_WANT_READ) break;
+            if (err == SSL_ERROR_ZERO_RETURN) {  // close_notify: the endpoint is done sending
+                if (!flush_tls()) return;
+                half_close(*upstream);
+                return;
+            }
+            // A renegotiation refused, a bad record: the connection cannot go on.
+            impl->report_tls_failure(*service, detail::TlsContext::failure_reason(ssl, err));
+            close(true);
+            return;
+        }
+        flush_tls();
+    }
+
+    void tls_failed(const std::string& reason)
+    {
+        impl->report_tls_failure(*service, reason);
+        // The attempt failed: its socket goes, the next endpoint is tried.
+        auto target = tls_target;
+        SSL_free(ssl);
+        ssl = nullptr;
+        tls_target.reset();
+        handshaking = false;
+        Attempt* a = attempt;
+        stop_reading(*upstream);
+        upstream = nullptr;
+        attempt = nullptr;
+        a->side.handle()->data = a;
+        close_attempt(a);
+        uv_timer_stop(&timer);
+        fail(target);
     }
 
     static void on_write(uv_write_t* req, int status)
@@ -667,6 +851,10 @@ struct Connection {
             return;
         }
         if (!to.shutting) {
+            if (ssl && &to == upstream) {  // close_notify first, then FIN
+                SSL_shutdown(ssl);
+                if (!flush_tls()) return;
+            }
             to.shutting = true;
             auto* req = new uv_shutdown_t;
             req->data = &to;
@@ -1068,6 +1256,10 @@ Status Proxy::status() const
         ss.failed = s->failed;
         ss.bytes_up = s->bytes_up;
         ss.bytes_down = s->bytes_down;
+        ss.tls_error = s->tls_error;
+        ss.tls_failures = s->tls_failures;
+        ss.tls_handshakes = s->tls_handshakes;
+        ss.tls_resumed = s->tls_resumed;
         for (const auto& t : s->targets) {
             TargetStatus ts;
             ts.address = t->label;

@@ -41,6 +41,10 @@ struct Route {
     std::optional<std::uint16_t> port;  // match.port; absent: every port of the VIP
     conf::Protocol protocol = conf::Protocol::tcp;
     std::vector<conf::Endpoint> endpoints;
+    // TLS origination (`tls.enabled`), with the PEM its data sources hold.
+    std::optional<conf::Tls> tls;
+    std::string tls_ca_pem, tls_cert_pem, tls_key_pem;
+    std::string tls_error;  // a data source that could not be read: connections are refused
 
     std::string key() const { return mesh + "/" + name; }
     bool operator==(const Route&) const = default;
@@ -68,6 +72,8 @@ struct Options {
     // below the low mark.
     std::size_t high_watermark = std::size_t{256} << 10;
     std::size_t low_watermark = std::size_t{64} << 10;
+    // Called the first time a MES sees a TLS handshake fail for a given reason.
+    std::function<void(const std::string& mesh, const std::string& name, const std::string& reason)> on_tls_failure;
 };
 
 struct TargetStatus {
@@ -91,6 +97,10 @@ struct ServiceStatus {
     std::uint64_t failed = 0;            // no target could be reached: the client was reset
     std::uint64_t bytes_up = 0;          // client to endpoint
     std::uint64_t bytes_down = 0;        // endpoint to client
+    std::string tls_error;               // the TLS settings cannot be used (a bad PEM, a missing Secret)
+    std::map<std::string, std::uint64_t> tls_failures;  // handshakes failed, by reason
+    std::uint64_t tls_handshakes = 0;    // completed
+    std::uint64_t tls_resumed = 0;       // of those, resumed sessions
     std::vector<TargetStatus> targets;
 };
 

@@ -1,0 +1,58 @@
+// TLS origination for one MES: an OpenSSL client context built from the MES's `tls` block
+// (trust, client certificate, version bounds, ALPN, renegotiation), the checks of its
+// verification mode, and the sessions kept per endpoint for resumption. The bytes move
+// through memory BIOs, driven by the proxy's libuv streams; nothing here blocks.
+//
+// Modes (DESIGN.md): Secured checks the chain and the names; SkipSAN the chain only; SkipCA
+// the names only, whatever signed the certificate; SkipAll neither. Names: the certificate
+// must match the SNI (else the endpoint's address) or one of `subjectAltNames` (Exact or
+// Prefix, against DNS, IP and URI SANs).
+#pragma once
+
+#include "conf/conf.hpp"
+
+#include <openssl/ssl.h>
+
+#include <expected>
+#include <map>
+#include <memory>
+#include <string>
+
+namespace proxy::detail {
+
+struct TlsMaterial {
+    std::string ca_pem;    // empty: the system's trust store
+    std::string cert_pem;  // client certificate (chain), with key_pem
+    std::string key_pem;
+    bool operator==(const TlsMaterial&) const = default;
+};
+
+class TlsContext {
+public:
+    static std::expected<std::shared_ptr<TlsContext>, std::string> make(const conf::Tls& tls, conf::Protocol protocol,
+                                                                       const TlsMaterial& material);
+    ~TlsContext();
+    TlsContext(const TlsContext&) = delete;
+    TlsContext& operator=(const TlsContext&) = delete;
+
+    // A client session for one connection to `endpoint` (its address as configured, for
+    // the name check when there is no SNI); `session_key` names the endpoint for resumption.
+    SSL* start(const std::string& endpoint, bool endpoint_is_ip, const std::string& session_key);
+    // After the handshake: "" when the peer passes this mode's name checks, else why not.
+    std::string check_names(SSL* ssl, const std::string& endpoint, bool endpoint_is_ip) const;
+    // Why a handshake failed, in OpenSSL's words ("certificate verify failed: unable to get
+    // local issuer certificate").
+    static std::string failure_reason(SSL* ssl, int ssl_error);
+
+    const conf::Tls& settings() const { return tls_; }
+
+private:
+    TlsContext() = default;
+    static int on_new_session(SSL* ssl, SSL_SESSION* session);
+
+    SSL_CTX* ctx_ = nullptr;
+    conf::Tls tls_;
+    std::map<std::string, SSL_SESSION*> sessions_;  // by endpoint, for resumption
+};
+
+}  // namespace proxy::detail

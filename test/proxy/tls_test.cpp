@@ -1,0 +1,318 @@
+// TLS origination through the running mesd: plaintext from the client, TLS from mesd to
+// `openssl s_server` backends holding certificates made here (a private CA, leaves with
+// DNS, IP and URI SANs, a leaf from another CA, an expired one), in every verification mode.
+#include "conf/conf.hpp"
+#include "test/support/certs.hpp"
+#include "test/support/mesd.hpp"
+#include "test/support/tempdir.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <sstream>
+#include <thread>
+
+using namespace test_support;
+using Dir = test_support::TempDir;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::string openssl = "/usr/bin/openssl";
+const std::string dig = "/usr/bin/dig";
+
+int free_tcp_port()
+{
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    socklen_t len = sizeof addr;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    ::close(fd);
+    return ntohs(addr.sin_port);
+}
+
+int connect_to(const std::string& host, int port)
+{
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(port));
+    ::inet_pton(AF_INET, host.c_str(), &addr.sin_addr);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+bool eventually(const std::function<bool()>& check, std::chrono::milliseconds within = 5s)
+{
+    auto deadline = std::chrono::steady_clock::now() + within;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (check()) return true;
+        std::this_thread::sleep_for(20ms);
+    }
+    return check();
+}
+
+// Sends a line through the VIP and returns what comes back before the connection ends or
+// goes quiet ("" when mesd closed it).
+std::string say(const std::string& vip, int port, const std::string& line)
+{
+    int fd = connect_to(vip, port);
+    if (fd < 0) return "<no connection>";
+    (void)!::send(fd, line.data(), line.size(), MSG_NOSIGNAL);
+    std::string got;
+    char buf[4096];
+    while (true) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 3000) != 1) break;
+        auto n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        got.append(buf, static_cast<std::size_t>(n));
+        if (got.find('\n') != std::string::npos) break;
+    }
+    ::close(fd);
+    return got;
+}
+
+std::string indent(const std::string& text, int spaces)
+{
+    std::string pad(static_cast<std::size_t>(spaces), ' '), out;
+    std::istringstream in(text);
+    std::string line;
+    while (std::getline(in, line)) out += pad + line + "\n";
+    return out;
+}
+
+// openssl s_server with -rev: each line comes back reversed.
+struct TlsServer {
+    int port = free_tcp_port();
+    std::unique_ptr<Child> child;
+    TlsServer(const Dir& dir, const std::string& name, const KeyPair& leaf, std::vector<std::string> extra = {})
+    {
+        auto cert = dir.write(name + ".crt", leaf.cert_pem);
+        auto key = dir.write(name + ".key", leaf.key_pem);
+        std::vector<std::string> argv{openssl, "s_server", "-accept", "127.0.0.1:" + std::to_string(port), "-cert", cert,
+                                      "-key", key, "-rev", "-quiet"};
+        argv.insert(argv.end(), extra.begin(), extra.end());
+        child = std::make_unique<Child>(argv, (dir.path / (name + ".out")).string(), (dir.path / (name + ".err")).string());
+        REQUIRE(eventually([&] {
+            int fd = connect_to("127.0.0.1", port);
+            if (fd >= 0) ::close(fd);
+            return fd >= 0;
+        }));
+    }
+};
+
+struct Case {
+    std::string name;
+    int backend_port;
+    std::string endpoint;
+    std::string verification;  // lines under `verification:` (indented 6)
+    std::string version;       // lines under `version:` (indented 6)
+    Case(std::string n, int port, std::string ep, std::string verif, std::string ver = "")
+        : name(std::move(n)), backend_port(port), endpoint(std::move(ep)), verification(std::move(verif)), version(std::move(ver))
+    {
+    }
+};
+
+std::string mes_yaml(const Case& c, int match_port)
+{
+    std::string doc = "---\ntype: MeshExternalService\nname: " + c.name + "\nspec:\n  match: {port: " +
+                      std::to_string(match_port) + "}\n  endpoints: [{address: " + c.endpoint + ", port: " +
+                      std::to_string(c.backend_port) + "}]\n  tls:\n    enabled: true\n";
+    if (!c.version.empty()) doc += "    version:\n" + c.version;
+    if (!c.verification.empty()) doc += "    verification:\n" + c.verification;
+    return doc;
+}
+
+const std::string generator =
+    "type: HostnameGenerator\nname: all\nspec:\n  selector:\n    meshExternalService: {}\n"
+    "  template: \"{{ .Name }}.mesh\"\n";
+
+}  // namespace
+
+TEST_CASE("TLS origination in every verification mode, with version bounds and client certificates")
+{
+    Dir dir;
+    auto ca = make_ca("mesd test CA");
+    auto other_ca = make_ca("someone else's CA");
+    const std::vector<std::string> sans = {"DNS:api.test", "IP:127.0.0.1", "URI:spiffe://mesh.test/ns/web/sa/api"};
+    auto leaf = make_leaf(ca, "api.test", sans);
+    auto stranger = make_leaf(other_ca, "api.test", sans);
+    auto expired = make_leaf(ca, "api.test", sans, -30, -1);
+    auto client = make_leaf(ca, "mesd-client", {"URI:spiffe://mesh.test/mesd"}, -1, 365, true);
+
+    TlsServer good(dir, "good", leaf);
+    TlsServer foreign(dir, "foreign", stranger);
+    TlsServer old(dir, "old", expired);
+    TlsServer tls13(dir, "tls13", leaf, {"-tls1_3"});
+    auto ca_file = dir.write("ca.crt", ca.cert_pem);
+    TlsServer mtls(dir, "mtls", leaf, {"-Verify", "1", "-CAfile", ca_file});
+
+    const std::string ca_inline = "      caCert:\n        inlineString: |\n" + indent(ca.cert_pem, 10);
+    const std::string other_ca_inline = "      caCert:\n        inlineString: |\n" + indent(other_ca.cert_pem, 10);
+    const std::string client_inline = "      clientCert:\n        inlineString: |\n" + indent(client.cert_pem, 10) +
+                                      "      clientKey:\n        inlineString: |\n" + indent(client.key_pem, 10);
+
+    // Expected: the reversed line, or "" (closed) with the reason counted.
+    struct Expect {
+        Case c;
+        bool works;
+        std::string reason;  // part of the reason when it fails
+    };
+    std::vector<Expect> cases = {
+        {{"secured-sni", good.port, "127.0.0.1", "      serverName: api.test\n" + ca_inline}, true, ""},
+        {{"secured-ip", good.port, "127.0.0.1", ca_inline}, true, ""},  // no SNI: the IP SAN
+        {{"secured-wrong-ca", good.port, "127.0.0.1", "      serverName: api.test\n" + other_ca_inline}, false,
+         "certificate verify failed: unable to get local issuer certificate"},
+        {{"secured-system-trust", good.port, "127.0.0.1", "      serverName: api.test\n"}, false,
+         "certificate verify failed: unable to get local issuer certificate"},
+        {{"secured-other-name", good.port, "127.0.0.1", "      serverName: other.test\n" + ca_inline}, false,
+         "certificate name mismatch"},
+        {{"secured-san-exact", good.port, "127.0.0.1",
+          "      serverName: other.test\n      subjectAltNames: [{type: Exact, value: api.test}]\n" + ca_inline},
+         true, ""},
+        {{"secured-san-exact-miss", good.port, "127.0.0.1",
+          "      serverName: other.test\n      subjectAltNames: [{type: Exact, value: api.tes}]\n" + ca_inline},
+         false, "certificate name mismatch"},
+        {{"secured-san-prefix-uri", good.port, "127.0.0.1",
+          "      serverName: other.test\n      subjectAltNames: [{type: Prefix, value: \"spiffe://mesh.test/ns/web/\"}]\n" + ca_inline},
+         true, ""},
+        {{"secured-san-prefix-miss", good.port, "127.0.0.1",
+          "      serverName: other.test\n      subjectAltNames: [{type: Prefix, value: \"spiffe://mesh.test/ns/db/\"}]\n" + ca_inline},
+         false, "certificate name mismatch"},
+        {{"secured-expired", old.port, "127.0.0.1", "      serverName: api.test\n" + ca_inline}, false,
+         "certificate verify failed: certificate has expired"},
+        {{"skipsan-other-name", good.port, "127.0.0.1", "      mode: SkipSAN\n      serverName: other.test\n" + ca_inline}, true, ""},
+        {{"skipsan-wrong-ca", foreign.port, "127.0.0.1", "      mode: SkipSAN\n      serverName: api.test\n" + ca_inline}, false,
+         "certificate verify failed"},
+        {{"skipca-wrong-ca", foreign.port, "127.0.0.1", "      mode: SkipCA\n      serverName: api.test\n" + ca_inline}, true, ""},
+        {{"skipca-other-name", foreign.port, "127.0.0.1", "      mode: SkipCA\n      serverName: other.test\n" + ca_inline}, false,
+         "certificate name mismatch"},
+        {{"skipall", foreign.port, "127.0.0.1", "      mode: SkipAll\n      serverName: other.test\n" + ca_inline}, true, ""},
+        {{"tls13-only-max12", tls13.port, "127.0.0.1", "      serverName: api.test\n" + ca_inline, "      max: TLS12\n"}, false,
+         "protocol version"},
+        {{"tls13-only-min13", tls13.port, "127.0.0.1", "      serverName: api.test\n" + ca_inline, "      min: TLS13\n"}, true, ""},
+        {{"tls13-only-skipall-max12", tls13.port, "127.0.0.1", "      mode: SkipAll\n", "      max: TLS12\n"}, false,
+         "protocol version"},  // bounds apply whatever the mode
+        {{"mtls", mtls.port, "127.0.0.1", "      serverName: api.test\n" + ca_inline + client_inline}, true, ""},
+        {{"mtls-no-client-cert", mtls.port, "127.0.0.1", "      serverName: api.test\n" + ca_inline}, false, ""},
+    };
+
+    std::string resources = generator;
+    int match_port = 9400;
+    std::map<std::string, int> ports;
+    for (const auto& e : cases) {
+        ports[e.c.name] = match_port;
+        resources += mes_yaml(e.c, match_port++);
+    }
+    dir.write("resources/all.yaml", resources);
+    MesdOptions options;
+    options.conf_dir = (dir.path / "resources").string();
+    options.dns_section = "  forward:\n    enabled: false\n";
+    options.extra_config = "proxy:\n  connectTimeout: 3s\n  ejectAfter: 100\n";
+    Mesd mesd(dir.path / "mesd", options);
+    auto vip = [&](const std::string& name) {
+        auto out = output_of({dig, "@127.0.0.1", "-p", std::to_string(mesd.dns_port()), name + ".mesh", "+short"});
+        while (!out.empty() && out.back() == '\n') out.pop_back();
+        return out;
+    };
+
+    for (const auto& e : cases) {
+        INFO("MES " << e.c.name);
+        auto got = say(vip(e.c.name), ports[e.c.name], "hello tls\n");
+        if (e.works) {
+            CHECK(got == "slt olleh\n");
+        } else {
+            CHECK(got.empty());  // closed, never carried in the clear
+            if (!e.reason.empty()) {
+                auto metrics = mesd.admin_get("/metrics");
+                auto prefix = "mesd_mes_tls_handshake_failures_total{mesh=\"default\",name=\"" + e.c.name + "\",reason=\"";
+                auto at = metrics.find(prefix);
+                REQUIRE(at != std::string::npos);
+                auto line = metrics.substr(at, metrics.find('\n', at) - at);
+                CHECK_THAT(line, Catch::Contains(e.reason));
+            }
+        }
+    }
+    // Each failing cause is logged once, with its reason.
+    auto log = mesd.log();
+    CHECK_THAT(log, Catch::Contains("msg=\"TLS handshake failed\" mesh=default name=secured-wrong-ca "
+                                    "reason=\"certificate verify failed: unable to get local issuer certificate\""));
+}
+
+TEST_CASE("TLS sessions to an endpoint are resumed, and certificates from Secrets follow re-applies")
+{
+    Dir dir;
+    auto ca = make_ca("mesd test CA");
+    auto leaf = make_leaf(ca, "api.test", {"DNS:api.test"});
+    TlsServer server(dir, "server", leaf);
+    auto other_ca = make_ca("another CA");
+
+    auto resources = [&](const KeyPair& trusted) {
+        return generator + "---\ntype: Secret\nname: backend-ca\nmesh: default\ndata: " + conf::base64_encode(trusted.cert_pem) +
+               "\n---\ntype: MeshExternalService\nname: api\nspec:\n  match: {port: 9500}\n  endpoints: [{address: 127.0.0.1, port: " +
+               std::to_string(server.port) + "}]\n  tls:\n    enabled: true\n    verification:\n      serverName: api.test\n"
+               "      caCert: {secret: backend-ca}\n";
+    };
+    dir.write("resources/all.yaml", resources(ca));
+    MesdOptions options;
+    options.conf_dir = (dir.path / "resources").string();
+    options.dns_section = "  forward:\n    enabled: false\n";
+    Mesd mesd(dir.path / "mesd", options);
+
+    for (int i = 0; i < 4; ++i) CHECK(say("127.242.0.1", 9500, "again\n") == "niaga\n");
+    auto metrics = mesd.admin_get("/metrics");
+    auto resumed_at = metrics.find("mesd_mes_tls_resumed_total{mesh=\"default\",name=\"api\"} ");
+    REQUIRE(resumed_at != std::string::npos);
+    CHECK(std::stoi(metrics.substr(metrics.find("} ", resumed_at) + 2)) >= 3);
+
+    // The Secret now holds another CA: new connections are refused within a second or two.
+    dir.write("resources/all.yaml", resources(other_ca));
+    CHECK(eventually([&] { return say("127.242.0.1", 9500, "again\n").empty(); }, 5s));
+    // And back.
+    dir.write("resources/all.yaml", resources(ca));
+    CHECK(eventually([&] { return say("127.242.0.1", 9500, "again\n") == "niaga\n"; }, 5s));
+}
+
+TEST_CASE("a MES whose TLS Secret is gone refuses connections rather than carry them in the clear")
+{
+    Dir dir;
+    auto ca = make_ca("mesd test CA");
+    auto file = dir.write("api.yaml", generator + "---\ntype: Secret\nname: backend-ca\nmesh: default\ndata: " +
+                                          conf::base64_encode(ca.cert_pem) +
+                                          "\n---\ntype: MeshExternalService\nname: api\nspec:\n  match: {port: 9501}\n"
+                                          "  endpoints: [{address: 127.0.0.1, port: 9}]\n  tls:\n    enabled: true\n"
+                                          "    verification:\n      caCert: {secret: backend-ca}\n");
+    MesdOptions options;
+    options.dns_section = "  forward:\n    enabled: false\n";
+    Mesd mesd(dir.path / "mesd", options);
+    auto mesctl = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {MESCTL_PATH, "--config", mesd.config()});
+        return run(args);
+    };
+    REQUIRE(mesctl({"apply", "-f", file}).exit_code == 0);
+    // Deleting a Secret a MES still uses takes --force; then the MES has no CA to trust.
+    REQUIRE(mesctl({"delete", "secret", "backend-ca"}).exit_code != 0);
+    REQUIRE(mesctl({"delete", "secret", "backend-ca", "--force"}).exit_code == 0);
+    CHECK(eventually([&] {
+        return mesd.admin_get("/config").find("\"tlsError\": \"tls.verification.caCert: Secret backend-ca not found\"") !=
+               std::string::npos;
+    }));
+    CHECK(say("127.242.0.1", 9501, "x\n").empty());
+    CHECK_THAT(mesd.log(), Catch::Contains("msg=\"TLS settings unusable; refusing connections\" mesh=default name=api"));
+}
