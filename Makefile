@@ -7,7 +7,7 @@ JOBS           ?= $(shell nproc)
 CMAKE_FLAGS    ?=
 
 # Debian packages: to build, and what the tests drive as real clients and peers.
-BUILD_PACKAGES := build-essential cmake pkg-config libldns-dev libuv1-dev libyaml-cpp-dev \
+BUILD_PACKAGES := build-essential cmake pkg-config libldns-dev libuv1-dev libyaml-cpp-dev libhttp-parser-dev \
                   libssl-dev liblmdb-dev catch2
 TEST_PACKAGES  := openssl dnsutils knot-dnsutils ldnsutils dnsmasq-base iproute2 iptables socat netcat-openbsd curl nginx-light
 # libFuzzer comes with clang; the DNS benchmark drives Knot and NSD with dnsperf.

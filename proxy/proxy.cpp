@@ -4,6 +4,7 @@
 // lookup) hold a weak token and do nothing once it has expired.
 #include "proxy/proxy.hpp"
 
+#include "proxy/detail/http.hpp"
 #include "proxy/detail/resolver.hpp"
 #include "proxy/detail/tls.hpp"
 
@@ -302,6 +303,7 @@ struct Connection {
     std::shared_ptr<Target> tls_target;
     SSL* ssl = nullptr;
     bool handshaking = false;
+    std::unique_ptr<detail::HostRewriter> http;  // protocol: http to a DNS-named endpoint
 
     explicit Connection(Proxy::Impl* i) : impl(i) {}
     ~Connection()
@@ -580,6 +582,7 @@ struct Connection {
             return;
         }
         record_success(*a->target);
+        self->start_http(*a->target);
         self->pump();
     }
 
@@ -668,6 +671,18 @@ struct Connection {
     {
         bool to_client = &from != &client;
         last_activity = uv_now(impl->loop);
+        if (http && !to_client) {
+            service->bytes_up += size;
+            std::string out;
+            bool ok = http->feed(block, size, out);
+            impl->pool.give(block);
+            if (!ok) {
+                refuse_request();
+                return;
+            }
+            deliver_up(out);
+            return;
+        }
         if (ssl) {
             if (to_client) {
                 BIO_write(SSL_get_rbio(ssl), block, static_cast<int>(size));
@@ -730,6 +745,55 @@ struct Connection {
         return true;
     }
 
+    // Plaintext bound for the endpoint, in the clear or through TLS.
+    void deliver_up(const std::string& out)
+    {
+        if (ssl) {
+            if (!out.empty() && SSL_write(ssl, out.data(), static_cast<int>(out.size())) <= 0) {
+                close(true);
+                return;
+            }
+            flush_tls();
+            return;
+        }
+        for (std::size_t at = 0; at < out.size();) {
+            std::size_t n = std::min(block_size, out.size() - at);
+            char* block = impl->pool.take();
+            std::memcpy(block, out.data() + at, n);
+            if (!send_block(*upstream, client, block, n)) return;
+            at += n;
+        }
+    }
+
+    // Not HTTP: a 400 to the client, then the connection ends.
+    void refuse_request()
+    {
+        stop_reading(client);
+        stop_reading(*upstream);
+        const auto& reply = detail::HostRewriter::bad_request();
+        char* block = impl->pool.take();
+        std::memcpy(block, reply.data(), reply.size());
+        if (!send_block(client, *upstream, block, reply.size())) return;
+        auto* req = new uv_shutdown_t;
+        req->data = this;
+        int rc = uv_shutdown(req, client.stream(), [](uv_shutdown_t* r, int) {
+            auto* c = static_cast<Connection*>(r->data);
+            delete r;
+            if (!c->closing) c->close(false);
+        });
+        if (rc != 0) {
+            delete req;
+            close(false);
+        }
+    }
+
+    // protocol: http to a DNS-named endpoint: requests get its hostname as Host.
+    void start_http(const Target& target)
+    {
+        if (service->route.protocol == conf::Protocol::http && target.endpoint.kind == conf::AddressKind::hostname)
+            http = std::make_unique<detail::HostRewriter>(target.endpoint.address);
+    }
+
     // ---- TLS to the endpoint
 
     // Sends what OpenSSL has written (handshake records, application data, alerts).
@@ -766,6 +830,7 @@ struct Connection {
         }
         handshaking = false;
         uv_timer_stop(&timer);
+        start_http(*tls_target);
         ++service->tls_handshakes;
         if (SSL_session_reused(ssl)) ++service->tls_resumed;
         record_success(*tls_target);

@@ -760,3 +760,69 @@ TEST_CASE("bind mode on 242.0.0.0/8: not listening until the README's local rout
     CHECK(eventually([&] { return ns_run({nc, "-N", "-w", "2", "242.0.0.1", "4242"}, "ping\n").out == "ping\n"; }, 8s));
     CHECK(config().find("listenError") == std::string::npos);
 }
+
+TEST_CASE("protocol http: curl's requests reach nginx with the endpoint's hostname as Host, bodies intact")
+{
+    Dir work;
+    int web_port = free_tcp_port();
+    work.write("www/big", std::string(3 << 20, 'z'));
+    work.write("nginx.conf",
+               "daemon off;\nmaster_process off;\npid " + (work.path / "nginx.pid").string() + ";\nerror_log " +
+                   (work.path / "nginx.err").string() + ";\nevents {}\nhttp {\n  access_log off;\n  client_body_temp_path " +
+                   work.path.string() + ";\n  proxy_temp_path " + work.path.string() + ";\n  fastcgi_temp_path " +
+                   work.path.string() + ";\n  uwsgi_temp_path " + work.path.string() + ";\n  scgi_temp_path " +
+                   work.path.string() + ";\n  client_max_body_size 16m;\n  server {\n    listen 127.0.0.1:" +
+                   std::to_string(web_port) + ";\n    root " + (work.path / "www").string() +
+                   ";\n    location /host { return 200 \"host=$http_host\\n\"; }\n"
+                   "    location /upload { client_body_in_single_buffer on; return 200 \"host=$http_host length=$content_length\\n\"; }\n"
+                   "  }\n}\n");
+    Child nginx({"/usr/sbin/nginx", "-c", (work.path / "nginx.conf").string(), "-e", (work.path / "nginx.err").string()});
+    REQUIRE(eventually([&] {
+        int fd = connect_to("127.0.0.1", web_port);
+        if (fd >= 0) ::close(fd);
+        return fd >= 0;
+    }));
+    auto hosts = work.write("hosts", "127.0.0.1 web.ext.test\n");
+    int dns_port = free_tcp_port();
+    Child dnsmasq({"/usr/sbin/dnsmasq", "-k", "--user=root", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
+                   "--no-hosts", "--conf-file=/dev/null", "--pid-file=", "--addn-hosts=" + hosts,
+                   "--port=" + std::to_string(dns_port)},
+                  (work.path / "dnsmasq.out").string(), (work.path / "dnsmasq.err").string());
+    REQUIRE(eventually([&] {
+        return trim(output_of({dig, "@127.0.0.1", "-p", std::to_string(dns_port), "web.ext.test", "+short", "+tries=1",
+                               "+time=1"})) == "127.0.0.1";
+    }));
+
+    std::string endpoint = "[{address: web.ext.test, port: " + std::to_string(web_port) + "}]";
+    Fixture f(mes("web", 8080, endpoint, "http") + mes("raw", 8081, endpoint, "tcp"),
+              "  resolvers: [\"127.0.0.1:" + std::to_string(dns_port) + "\"]\n");
+    auto web = f.vip("web"), raw = f.vip("raw");
+
+    // Rewritten for protocol http, left alone for tcp.
+    CHECK(run({curl, "-sS", "--max-time", "5", "http://" + web + ":8080/host"}).out == "host=web.ext.test\n");
+    CHECK(run({curl, "-sS", "--max-time", "5", "http://" + raw + ":8081/host"}).out == "host=" + raw + ":8081\n");
+
+    // Keep-alive: several requests on one connection, a body with Content-Length, a chunked
+    // one, one with Expect: 100-continue, and a large download between them.
+    auto upload = work.write("upload", std::string(2 << 20, 'u'));
+    auto r = run({curl, "-sS", "--max-time", "10", "http://" + web + ":8080/host", "--next", "-d", "@" + upload,
+                  "http://" + web + ":8080/upload", "--next", "-H", "Transfer-Encoding: chunked", "--data-binary", "@" + upload,
+                  "http://" + web + ":8080/upload", "--next", "-H", "Expect: 100-continue", "--data-binary", "@" + upload,
+                  "http://" + web + ":8080/upload", "--next", "-o", "/dev/null", "-w", "big=%{size_download}\\n",
+                  "http://" + web + ":8080/big", "--next", "http://" + web + ":8080/host"});
+    std::vector<std::string> lines;
+    std::istringstream in(r.out);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    REQUIRE(lines.size() == 6);
+    CHECK(lines[0] == "host=web.ext.test");
+    CHECK(lines[1] == "host=web.ext.test length=2097152");
+    CHECK(lines[2].starts_with("host=web.ext.test length="));  // chunked: nginx reports what it has read
+    CHECK(lines[3] == "host=web.ext.test length=2097152");
+    CHECK(lines[4] == "big=3145728");
+    CHECK(lines[5] == "host=web.ext.test");
+    CHECK(f.metric(series("mesd_mes_connections_total", "web")) == 2);  // curl kept one connection for the six
+
+    // Not HTTP: a 400, then the connection ends.
+    auto bad = exchange(web, 8080, "HELLO THERE\r\n\r\n");
+    CHECK(bad.data.starts_with("HTTP/1.1 400 Bad Request\r\n"));
+}
