@@ -316,3 +316,62 @@ TEST_CASE("a MES whose TLS Secret is gone refuses connections rather than carry 
     CHECK(say("127.242.0.1", 9501, "x\n").empty());
     CHECK_THAT(mesd.log(), Catch::Contains("msg=\"TLS settings unusable; refusing connections\" mesh=default name=api"));
 }
+
+TEST_CASE("http2 and grpc: h2c from the client, carried to the endpoint in the clear or over TLS with ALPN h2")
+{
+    Dir dir;
+    auto ca = make_ca("mesd test CA");
+    auto leaf = make_leaf(ca, "api.test", {"DNS:api.test", "IP:127.0.0.1"});
+    auto cert = dir.write("leaf.crt", leaf.cert_pem);
+    auto key = dir.write("leaf.key", leaf.key_pem);
+
+    // nginx speaking h2 over TLS (it picks h2 only when the client offers it with ALPN).
+    int h2_port = free_tcp_port();
+    dir.write("nginx.conf", "daemon off;\nmaster_process off;\npid " + (dir.path / "nginx.pid").string() + ";\nerror_log " +
+                                (dir.path / "nginx.err").string() + ";\nevents {}\nhttp {\n  access_log off;\n"
+                                "  client_body_temp_path " + dir.path.string() + ";\n  proxy_temp_path " + dir.path.string() +
+                                ";\n  fastcgi_temp_path " + dir.path.string() + ";\n  uwsgi_temp_path " + dir.path.string() +
+                                ";\n  scgi_temp_path " + dir.path.string() + ";\n  server {\n    listen 127.0.0.1:" +
+                                std::to_string(h2_port) + " ssl http2;\n    ssl_certificate " + cert +
+                                ";\n    ssl_certificate_key " + key +
+                                ";\n    location / { return 200 \"$server_protocol $ssl_protocol\\n\"; }\n  }\n}\n");
+    Child nginx({"/usr/sbin/nginx", "-c", (dir.path / "nginx.conf").string(), "-e", (dir.path / "nginx.err").string()});
+
+    // gRPC servers: plaintext (h2c) and TLS.
+    const std::string python = "/usr/bin/python3";
+    const std::string peer = std::string(MESD_SOURCE_DIR) + "/test/proxy/peers/grpc_echo.py";
+    int grpc_port = free_tcp_port(), grpcs_port = free_tcp_port();
+    Child grpc_server({python, peer, "serve", "127.0.0.1:" + std::to_string(grpc_port)}, (dir.path / "grpc.out").string(),
+                      (dir.path / "grpc.err").string());
+    Child grpcs_server({python, peer, "serve", "127.0.0.1:" + std::to_string(grpcs_port), cert, key},
+                       (dir.path / "grpcs.out").string(), (dir.path / "grpcs.err").string());
+    for (int port : {h2_port, grpc_port, grpcs_port})
+        REQUIRE(eventually([&] {
+            int fd = connect_to("127.0.0.1", port);
+            if (fd >= 0) ::close(fd);
+            return fd >= 0;
+        }, 15s));
+
+    const std::string trust = "      caCert:\n        inlineString: |\n" + indent(ca.cert_pem, 10);
+    auto mes = [&](const std::string& name, int match_port, const std::string& protocol, int port, bool tls) {
+        std::string doc = "---\ntype: MeshExternalService\nname: " + name + "\nspec:\n  match: {port: " + std::to_string(match_port) +
+                          ", protocol: " + protocol + "}\n  endpoints: [{address: 127.0.0.1, port: " + std::to_string(port) + "}]\n";
+        if (tls) doc += "  tls:\n    enabled: true\n    verification:\n      serverName: api.test\n" + trust;
+        return doc;
+    };
+    dir.write("resources/all.yaml", generator + mes("mes-h2", 9600, "http2", h2_port, true) +
+                                        mes("mes-grpc", 9601, "grpc", grpc_port, false) +
+                                        mes("mes-grpcs", 9602, "grpc", grpcs_port, true));
+    MesdOptions options;
+    options.conf_dir = (dir.path / "resources").string();
+    options.dns_section = "  forward:\n    enabled: false\n";
+    Mesd mesd(dir.path / "mesd", options);
+
+    auto h2 = run({"/usr/bin/curl", "-sS", "--max-time", "5", "--http2-prior-knowledge", "http://127.242.0.1:9600/"});
+    CHECK(h2.out.starts_with("HTTP/2.0 TLSv1."));  // h2, which nginx speaks over TLS only after ALPN h2
+    auto plain = run({python, peer, "call", "127.242.0.2:9601", "over h2c"});
+    CHECK(plain.out == "echo:over h2c\n");
+    auto secure = run({python, peer, "call", "127.242.0.3:9602", "over TLS"});
+    CHECK(secure.out == "echo:over TLS\n");
+    INFO(secure.err);
+}
