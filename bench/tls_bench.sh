@@ -1,0 +1,471 @@
+#!/usr/bin/env bash
+# bench-tls: mesd and HAProxy (mode tcp, one thread) originating TLS to the same nginx: wrk
+# speaks plain HTTP to the proxy, the proxy speaks TLS to nginx, all on 127.0.0.1 and the
+# loopback VIP pool. The certificates (a private EC P-256 CA and a leaf for backend.test) are
+# made with openssl in the work dir. nginx serves two TLS ports: one resumes sessions (shared
+# cache and tickets), the other resumes none, so every handshake to it is a full one. Rounds
+# are interleaved (mesd, haproxy, mesd, ...) because these machines are shared and noisy; the
+# figures printed are medians over the rounds.
+#
+#   bench/tls_bench.sh [BUILD_DIR]  ROUNDS=4 DURATION=10
+#
+# For each proxy with and without resumption and each test (1 KiB keep-alive, 1 KiB with a
+# new connection, so a new upstream TLS handshake, per request; wrk -t1 -c50): requests per
+# second, p99 latency, proxy CPU seconds and requests per proxy CPU second. Ratios are
+# mesd/HAProxy, then resumed/full handshakes per proxy; mesd's TLS handshake and resumption
+# counters show that it resumed.
+set -euo pipefail
+
+build=${1:-build}
+rounds=${ROUNDS:-4}
+duration=${DURATION:-10}
+mesd=$build/cmd/mesd
+mesctl=$build/cmd/mesctl
+tick=$(getconf CLK_TCK)
+
+for tool in wrk haproxy nginx openssl curl python3; do
+    command -v "$tool" > /dev/null || { echo "bench-tls: $tool is missing (make bench-deps)"; exit 1; }
+done
+# Another build may be replacing the binaries right now: give it a moment.
+for _ in $(seq 1 60); do [ -x "$mesd" ] && [ -x "$mesctl" ] && break; sleep 1; done
+[ -x "$mesd" ] && [ -x "$mesctl" ] || { echo "bench-tls: no $mesd or $mesctl (make build)"; exit 1; }
+
+# Connections per request need descriptors: a proxy holds two per connection.
+ulimit -n 65536 2> /dev/null || ulimit -n "$(ulimit -Hn)" 2> /dev/null || true
+nofile=$(ulimit -n)
+[ "$nofile" = unlimited ] && nofile=1048576
+
+work=$(mktemp -d /tmp/mesd-bench-tls-XXXXXX)
+pids=()
+tw_old=$(sysctl -n net.ipv4.tcp_tw_reuse 2> /dev/null || echo "")
+tw_set=""
+# Is PID still running (a zombie waiting to be reaped is not)?
+running() { [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" != Z ]; }
+# Stops a process this script started: SIGTERM, then SIGKILL after 10 s; returns 1 if it
+# took SIGKILL; its exit status is left in stop_status. A process stopped once is not
+# signalled again (its PID may be reused).
+declare -A stopped
+stop_status=0
+stop() {  # stop PID
+    local p=$1 rc=0
+    stop_status=0
+    [ -n "${stopped[$p]:-}" ] && return 0
+    stopped[$p]=1
+    kill "$p" 2> /dev/null || return 0
+    for _ in $(seq 1 100); do running "$p" || break; sleep 0.1; done
+    if running "$p"; then kill -9 "$p" 2> /dev/null || true; rc=1; fi
+    wait "$p" 2> /dev/null || stop_status=$?
+    return $rc
+}
+cleanup() {
+    for p in "${pids[@]:-}"; do [ -n "$p" ] && { stop "$p" || true; }; done
+    wait 2> /dev/null || true
+    [ -n "$tw_set" ] && sysctl -qw net.ipv4.tcp_tw_reuse="$tw_old" 2> /dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Connections per request leave sockets in TIME_WAIT; reuse them (restored on exit).
+if [ -n "$tw_old" ] && [ "$tw_old" != 1 ] && sysctl -qw net.ipv4.tcp_tw_reuse=1 2> /dev/null; then tw_set=1; fi
+
+# N distinct free ports on 127.0.0.1 (all bound at once, so no two are the same).
+free_ports() {  # free_ports N
+    python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
+}
+
+# A process and all its descendants (nginx serves from a child of the process started).
+tree() {
+    local p
+    echo "$1"
+    for p in $(pgrep -P "$1" 2>/dev/null); do tree "$p"; done
+}
+# CPU of a server and its descendants.
+cpu_ticks() {
+    local total=0 p
+    for p in $(tree "$1"); do
+        # utime and stime, counted after the command name, which may hold spaces.
+        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }' || echo 0)))
+    done
+    echo "$total"
+}
+# Is 127.0.0.1:PORT listening (from /proc, so no connection is made to the server)?
+listening() {
+    awk -v want="$(printf ':%04X' "$1")" '$4 == "0A" && substr($2, length($2) - 4) == want { f = 1 } END { exit !f }' /proc/net/tcp
+}
+wait_listening() {  # wait_listening PORT NAME LOG PID
+    for _ in $(seq 1 200); do listening "$1" && return 0; running "$4" || break; sleep 0.05; done
+    echo "bench-tls: $2 does not listen on 127.0.0.1:$1"; cat "$3" 2>/dev/null || true; exit 1
+}
+wait_http() {  # wait_http URL NAME LOG PID [curl args]
+    local u=$1 name=$2 log=$3 p=$4
+    shift 4
+    for _ in $(seq 1 200); do
+        curl -sf -o /dev/null --max-time 1 "$@" "$u" && return 0
+        running "$p" || break
+        sleep 0.05
+    done
+    echo "bench-tls: $name does not answer $u"; cat "$log" 2>/dev/null || true; exit 1
+}
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# ---- certificates --------------------------------------------------------------------------
+# A private CA (EC P-256) and a leaf for backend.test (and 127.0.0.1) signed by it.
+cat > "$work/ca.cnf" <<EOF
+[req]
+prompt = no
+distinguished_name = dn
+x509_extensions = v3_ca
+[dn]
+CN = mesd bench CA
+[v3_ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+EOF
+cat > "$work/leaf.ext" <<EOF
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:backend.test, IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+EOF
+{
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/ca.key" &&
+    openssl req -x509 -new -config "$work/ca.cnf" -key "$work/ca.key" -sha256 -days 7 -out "$work/ca.crt" &&
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/backend.key" &&
+    openssl req -new -key "$work/backend.key" -subj "/CN=backend.test" -out "$work/backend.csr" &&
+    openssl x509 -req -in "$work/backend.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" -CAcreateserial \
+        -CAserial "$work/ca.srl" -sha256 -days 7 -extfile "$work/leaf.ext" -out "$work/backend.crt" &&
+    openssl verify -CAfile "$work/ca.crt" "$work/backend.crt"
+} > "$work/openssl.out" 2>&1 || { echo "bench-tls: making the certificates failed:"; cat "$work/openssl.out"; exit 1; }
+
+# ---- servers -------------------------------------------------------------------------------
+read -r port_tls port_tls_full port_dns port_mes port_mes_full port_ha port_ha_full <<< "$(free_ports 7)"
+
+mkdir -p "$work/www" "$work/nginx-tmp"
+head -c 1024 /dev/urandom > "$work/www/1k"
+# nginx's module temp paths exist only for the modules it was built with (nginx-light has fewer).
+temp_paths="client_body_temp_path $work/nginx-tmp/body;"
+for m in proxy fastcgi uwsgi scgi; do
+    nginx -V 2>&1 | grep -q -- "--without-http_${m}_module" ||
+        temp_paths="$temp_paths ${m}_temp_path $work/nginx-tmp/$m;"
+done
+user_line=""
+[ "$(id -u)" -eq 0 ] && user_line="user root;"  # the work dir is 0700: workers must read it
+# Two TLS ports on the same worker: $port_tls resumes sessions (shared cache and tickets),
+# $port_tls_full resumes none, so every handshake to it is a full one.
+cat > "$work/nginx.conf" <<EOF
+$user_line
+worker_processes 1;
+worker_rlimit_nofile $nofile;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx.err warn;
+events { worker_connections $((nofile - 64)); }
+http {
+    access_log off;
+    $temp_paths
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_header_timeout 300s;
+    server {
+        listen 127.0.0.1:$port_tls ssl;
+        root $work/www;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_certificate $work/backend.crt;
+        ssl_certificate_key $work/backend.key;
+        ssl_session_cache shared:SSL:10m;
+        ssl_session_tickets on;
+    }
+    server {
+        listen 127.0.0.1:$port_tls_full ssl;
+        root $work/www;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_certificate $work/backend.crt;
+        ssl_certificate_key $work/backend.key;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+    }
+}
+EOF
+nginx -p "$work" -e "$work/nginx.err" -c "$work/nginx.conf" > "$work/nginx.out" 2>&1 &
+pid_nginx=$!; pids+=("$pid_nginx")
+
+cat > "$work/mesd.yaml" <<EOF
+dataDir: $work/store
+vip:
+  ipv4: 127.242.0.0/16
+dns:
+  listen: ["127.0.0.1:$port_dns"]
+  forward:
+    enabled: false
+admin:
+  listen: 127.0.0.1:0
+log:
+  level: warn
+EOF
+ca_inline=$(sed 's/^/          /' "$work/ca.crt")
+mes_yaml() {  # mes_yaml NAME PORT NGINX_PORT
+    cat <<EOF
+type: MeshExternalService
+name: $1
+spec:
+  match: {port: $2, protocol: tcp}
+  endpoints: [{address: 127.0.0.1, port: $3}]
+  tls:
+    enabled: true
+    verification:
+      serverName: backend.test
+      caCert:
+        inlineString: |
+$ca_inline
+EOF
+}
+mes_yaml tls "$port_mes" "$port_tls" > "$work/mes-tls.yaml"
+mes_yaml tls-noresume "$port_mes_full" "$port_tls_full" > "$work/mes-tls-noresume.yaml"
+# "created MeshExternalService default/tls 127.242.0.1": the VIP is the last word.
+vip_tls=$("$mesctl" --config "$work/mesd.yaml" apply -f "$work/mes-tls.yaml" | awk '/tls/ { print $NF }')
+vip_tls_full=$("$mesctl" --config "$work/mesd.yaml" apply -f "$work/mes-tls-noresume.yaml" | awk '/tls-noresume/ { print $NF }')
+case "$vip_tls $vip_tls_full" in
+    "127.242."*" 127.242."*) ;;
+    *) echo "bench-tls: unexpected VIPs '$vip_tls' '$vip_tls_full'"; exit 1 ;;
+esac
+
+# HAProxy refuses to start when maxconn needs more descriptors than it may open (two per
+# connection): below 40k open files it gets what fits.
+ha_maxconn=20000
+ha_note=""
+if [ $((2 * ha_maxconn + 128)) -gt "$nofile" ]; then
+    ha_maxconn=$(((nofile - 128) / 2))
+    ha_note=", HAProxy maxconn $ha_maxconn (not 20000: open files limit $nofile)"
+fi
+# HAProxy reuses TLS sessions to a server unless told not to (no-ssl-reuse); with sni set and
+# no verifyhost it checks the certificate against the SNI, as mesd checks it against serverName.
+server_tls="ssl verify required ca-file $work/ca.crt sni str(backend.test)"
+cat > "$work/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn $ha_maxconn
+    stats socket $work/haproxy.sock mode 600 level admin
+defaults
+    mode tcp
+    maxconn $ha_maxconn
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend tls
+    bind 127.0.0.1:$port_ha
+    default_backend tls
+backend tls
+    server nginx 127.0.0.1:$port_tls $server_tls
+frontend tls-noresume
+    bind 127.0.0.1:$port_ha_full
+    default_backend tls-noresume
+backend tls-noresume
+    server nginx 127.0.0.1:$port_tls_full $server_tls no-ssl-reuse
+EOF
+
+wait_listening "$port_tls" nginx "$work/nginx.err" "$pid_nginx"
+wait_listening "$port_tls_full" nginx "$work/nginx.err" "$pid_nginx"
+
+start_mesd() {  # sets pid_mesd
+    "$mesd" --config "$work/mesd.yaml" > "$work/mesd.out" 2> "$work/mesd.log" &
+    pid_mesd=$!; pids+=("$pid_mesd")
+}
+start_mesd
+haproxy -db -f "$work/haproxy.cfg" > "$work/haproxy.out" 2>&1 &
+pid_haproxy=$!; pids+=("$pid_haproxy")
+
+# Targets: each proxy to the resuming port and to the port that resumes none. The order is
+# the order of the runs within a round, so that the runs compared are next to each other.
+targets="mesd-resume haproxy-resume mesd-full haproxy-full"
+declare -A pid url
+pid[mesd-resume]=$pid_mesd; pid[mesd-full]=$pid_mesd
+pid[haproxy-resume]=$pid_haproxy; pid[haproxy-full]=$pid_haproxy
+url[mesd-resume]=http://$vip_tls:$port_mes
+url[mesd-full]=http://$vip_tls_full:$port_mes_full
+url[haproxy-resume]=http://127.0.0.1:$port_ha
+url[haproxy-full]=http://127.0.0.1:$port_ha_full
+
+# A mesd that dies is reported (exit status, signal, log) and started again, so the rounds
+# go on; the run it died in is left out of the medians, and the script exits 1 at the end.
+crashes=()
+check_mesd() {  # check_mesd WHEN: returns 1 if mesd had died (and was restarted)
+    running "$pid_mesd" && return 0
+    local rc=0 sig=""
+    wait "$pid_mesd" 2> /dev/null || rc=$?
+    stopped[$pid_mesd]=1
+    [ "$rc" -gt 128 ] && sig=" (SIG$(kill -l $((rc - 128)) 2> /dev/null || echo $((rc - 128))))"
+    crashes+=("during $1: exit status $rc$sig")
+    echo "  mesd died during $1: exit status $rc$sig; starting it again" >&2
+    { echo "--- mesd died during $1: exit status $rc$sig"; cat "$work/mesd.log"; } >> "$work/mesd-all.log"
+    start_mesd
+    pid[mesd-resume]=$pid_mesd; pid[mesd-full]=$pid_mesd
+    wait_http "${url[mesd-resume]}/1k" mesd "$work/mesd.log" "$pid_mesd"
+    return 1
+}
+# nginx directly over TLS, checked against the CA as the proxies check it.
+for p in "$port_tls" "$port_tls_full"; do
+    wait_http "https://backend.test:$p/1k" nginx "$work/nginx.err" "$pid_nginx" \
+        --cacert "$work/ca.crt" --resolve "backend.test:$p:127.0.0.1"
+done
+# A proxy that fails its TLS handshakes to nginx closes the connection: its log says why.
+wait_http "${url[mesd-resume]}/1k" mesd "$work/mesd.log" "$pid_mesd"
+wait_http "${url[mesd-full]}/1k" mesd "$work/mesd.log" "$pid_mesd"
+wait_http "${url[haproxy-resume]}/1k" haproxy "$work/haproxy.out" "$pid_haproxy"
+wait_http "${url[haproxy-full]}/1k" haproxy "$work/haproxy.out" "$pid_haproxy"
+
+# The 1 KiB file arrives intact through each proxy and port.
+for t in $targets; do
+    curl -sf --max-time 10 -o "$work/got-1k" "${url[$t]}/1k" && cmp -s "$work/got-1k" "$work/www/1k" ||
+        { echo "bench-tls: 1 KiB through $t differs or failed"; exit 1; }
+done
+
+echo "bench-tls: $rounds interleaved rounds of ${duration}s (wrk -t1 -c50, plain HTTP to the proxy, TLS on to nginx),"
+echo "  nginx one worker, mesd $vip_tls:$port_mes (resume) and $vip_tls_full:$port_mes_full (full handshakes),"
+echo "  HAProxy nbthread 1 mode tcp, all on loopback; open files $nofile$ha_note"
+
+# ---- runs ----------------------------------------------------------------------------------
+# One wrk run against URL through the proxy PID:
+# "req_per_s p99_ms proxy_cpu_s req_per_proxy_cpu_s errors".
+measure_wrk() {  # measure_wrk URL PID [wrk args]
+    local u=$1 p=$2 before=0 after=0
+    shift 2
+    [ -n "$p" ] && before=$(cpu_ticks "$p")
+    wrk -t1 -c50 -d"${duration}s" --latency "$@" "$u" > "$work/run.out" 2>&1 || true
+    [ -n "$p" ] && after=$(cpu_ticks "$p")
+    awk -v ticks=$((after - before)) -v hz="$tick" '
+        function ms(v,   n, u) {
+            match(v, /[a-z]+$/); n = substr(v, 1, RSTART - 1); u = substr(v, RSTART)
+            return u == "us" ? n / 1000 : u == "ms" ? n : u == "s" ? n * 1000 : u == "m" ? n * 60000 : n
+        }
+        /^ +99% / { p99 = ms($2) }
+        /^Requests\/sec:/ { rps = $2 }
+        /requests in/ { done = $1 }
+        /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
+        /Non-2xx or 3xx responses:/ { err += $NF }
+        END {
+            cpu = ticks / hz
+            printf "%.0f %.3f %.2f %.0f %d\n", rps, p99, cpu, cpu ? done / cpu : 0, err
+        }' "$work/run.out"
+}
+
+results=$work/results
+: > "$results"
+record() {  # record TEST TARGET FIGURES: kept unless mesd died meanwhile
+    if [[ "$2" = mesd* ]] && ! check_mesd "$1 $2 (round $round)"; then return 0; fi
+    echo "$1 $2 $3" >> "$results"
+}
+for round in $(seq 1 "$rounds"); do
+    for t in $targets; do record 1k-ka "$t" "$(measure_wrk "${url[$t]}/1k" "${pid[$t]}")"; done
+    for t in $targets; do
+        record 1k-close "$t" "$(measure_wrk "${url[$t]}/1k" "${pid[$t]}" -H 'Connection: close')"
+    done
+    echo "  round $round of $rounds done"
+done
+
+# mesd's own counters, from the admin endpoint it bound on a free port.
+metrics=""
+admin=$(ss -Hltnp 2> /dev/null | awk -v p="pid=$pid_mesd," -v dns="127.0.0.1:$port_dns" \
+        'index($0, p) && $4 ~ /^127\.0\.0\.1:/ && $4 != dns { print $4; exit }' || true)
+[ -n "$admin" ] && metrics=$(curl -sf --max-time 2 "http://$admin/metrics" 2> /dev/null |
+    grep -E '^mesd_(mes_tls_(handshakes|resumed|handshake_failures)_total|mes_connections_(total|failed_total))' || true)
+# HAProxy's own, per server: sessions established and those that reused one (its SSL module).
+ha_stats=$(python3 -c 'import socket, sys
+s = socket.socket(socket.AF_UNIX); s.settimeout(2); s.connect(sys.argv[1]); s.sendall(b"show stat\n")
+data = b""
+while True:
+    b = s.recv(65536)
+    if not b: break
+    data += b
+print(data.decode())' "$work/haproxy.sock" 2> /dev/null |
+    awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+             $2 == "nginx" && c["ssl_sess"] { printf "%s %s %s\n", $1, $c["ssl_sess"], $c["ssl_reused_sess"] }' || true)
+
+# ---- report --------------------------------------------------------------------------------
+col() {  # col TEST TARGET COLUMN: the median over the rounds
+    awk -v s="$1" -v t="$2" -v c="$3" '$1 == s && $2 == t { print $c }' "$results" | median
+}
+sum() { awk -v s="$1" -v t="$2" -v c="$3" '$1 == s && $2 == t { n += $c } END { print n + 0 }' "$results"; }
+runs() { awk -v s="$1" -v t="$2" '$1 == s && $2 == t { n++ } END { print n + 0 }' "$results"; }
+
+printf '\n%-9s %-15s %10s %9s %12s %16s %7s %5s\n' test target req/s p99_ms proxy_cpu_s req/proxy_cpu_s errors runs
+for test in 1k-ka 1k-close; do
+    for t in $targets; do
+        printf '%-9s %-15s %10.0f %9.3f %12.2f %16.0f %7s %5s\n' "$test" "$t" "$(col "$test" "$t" 3)" \
+            "$(col "$test" "$t" 4)" "$(col "$test" "$t" 5)" "$(col "$test" "$t" 6)" "$(sum "$test" "$t" 7)" "$(runs "$test" "$t")"
+    done
+done
+
+verdict() { awk -v v="$1" -v op="$2" -v want="$3" 'BEGIN { ok = op == ">=" ? v >= want : v <= want; print ok ? "met" : "NOT met" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
+echo
+for spec in "1k-ka resume 1.0 1 KiB keep-alive, resumption" "1k-ka full 1.0 1 KiB keep-alive, full handshakes" \
+            "1k-close resume 1.5 1 KiB conn per request, resumption" "1k-close full - 1 KiB conn per request, full handshakes"; do
+    read -r test kind want label <<< "$spec"
+    r_cpu=$(ratio "$(col "$test" "mesd-$kind" 6)" "$(col "$test" "haproxy-$kind" 6)")
+    r_rps=$(ratio "$(col "$test" "mesd-$kind" 3)" "$(col "$test" "haproxy-$kind" 3)")
+    r_p99=$(ratio "$(col "$test" "mesd-$kind" 4)" "$(col "$test" "haproxy-$kind" 4)")
+    if [ "$want" = - ]; then
+        printf 'mesd/HAProxy %-42s req per proxy CPU s %.2fx, req/s %.2fx, p99 %.2fx\n' \
+            "$label" "$r_cpu" "$r_rps" "$r_p99"
+    else
+        printf 'mesd/HAProxy %-42s req per proxy CPU s %.2fx (target >= %sx, %s), req/s %.2fx, p99 %.2fx\n' \
+            "$label" "$r_cpu" "$want" "$(verdict "$r_cpu" ">=" "$want")" "$r_rps" "$r_p99"
+    fi
+done
+# Resumption skips the certificate chain and its signature checks: with a connection per
+# request it should show in the requests each proxy serves per CPU second.
+for p in mesd haproxy; do
+    r=$(ratio "$(col 1k-close "$p-resume" 6)" "$(col 1k-close "$p-full" 6)")
+    r_rps=$(ratio "$(col 1k-close "$p-resume" 3)" "$(col 1k-close "$p-full" 3)")
+    printf '%-7s resumed/full handshakes, 1 KiB conn per request: req per proxy CPU s %.2fx (resumption visibly cheaper than full handshakes: target >= 1.1x, %s), req/s %.2fx\n' \
+        "$p" "$r" "$(verdict "$r" ">=" 1.1)" "$r_rps"
+done
+
+# ---- resumption, as the proxies count it ------------------------------------------------------
+echo
+if [ -n "$ha_stats" ]; then
+    echo "HAProxy TLS sessions to nginx (backend: established, reused):"
+    while read -r be n reused; do
+        awk -v b="$be" -v n="$n" -v r="$reused" 'BEGIN { printf "  %-13s %10d %10d (%.1f%% reused)\n", b, n, r, n ? 100 * r / n : 0 }'
+    done <<< "$ha_stats"
+fi
+[ "${#crashes[@]}" -gt 0 ] && echo "mesd was restarted after dying: its counters cover only the runs since."
+if [ -n "$metrics" ]; then
+    echo "mesd counters:"
+    sed 's/^/  /' <<< "$metrics"
+    for n in tls tls-noresume; do
+        awk -v n="name=\"$n\"" '
+            index($1, n) && $1 ~ /^mesd_mes_tls_handshakes_total/ { h = $2 }
+            index($1, n) && $1 ~ /^mesd_mes_tls_resumed_total/ { r = $2 }
+            END { printf "  %-13s %d of %d handshakes resumed (%.1f%%)\n", substr(n, 7, length(n) - 7), r, h, h ? 100 * r / h : 0 }' <<< "$metrics"
+    done
+else
+    echo "mesd counters: the admin endpoint did not answer (admin '$admin')"
+fi
+
+# ---- mesd's health over the runs -------------------------------------------------------------
+echo
+if stop "$pid_mesd"; then status="stopped on SIGTERM with exit status $stop_status"
+else status="did NOT stop within 10 s of SIGTERM (killed)"; fi
+cat "$work/mesd.log" >> "$work/mesd-all.log" 2> /dev/null || true
+if grep -q . "$work/mesd-all.log" 2> /dev/null; then
+    echo "mesd $status; its logs (warn and above), first 30 lines:"
+    head -n 30 "$work/mesd-all.log" | sed 's/^/  /'
+else
+    echo "mesd $status; nothing logged at warn or above"
+fi
+if [ "${#crashes[@]}" -gt 0 ]; then
+    echo "mesd DIED ${#crashes[@]} time(s); those runs are left out of the medians:"
+    printf '  %s\n' "${crashes[@]}"
+    exit 1
+fi
