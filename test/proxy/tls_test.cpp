@@ -12,10 +12,13 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <sstream>
@@ -374,4 +377,72 @@ TEST_CASE("http2 and grpc: h2c from the client, carried to the endpoint in the c
     auto secure = run({python, peer, "call", "127.242.0.3:9602", "over TLS"});
     CHECK(secure.out == "echo:over TLS\n");
     INFO(secure.err);
+}
+
+TEST_CASE("renegotiation requested by the server is refused unless allowRenegotiation")
+{
+    Dir dir;
+    auto ca = make_ca("mesd test CA");
+    auto leaf = make_leaf(ca, "api.test", {"DNS:api.test"});
+    auto cert = dir.write("leaf.crt", leaf.cert_pem);
+    auto key = dir.write("leaf.key", leaf.key_pem);
+    const std::string trust = "      caCert:\n        inlineString: |\n" + indent(ca.cert_pem, 10);
+
+    for (bool allowed : {false, true}) {
+        INFO("allowRenegotiation: " << allowed);
+        // openssl s_server (TLS 1.2: 1.3 has no renegotiation) takes commands on stdin: "r"
+        // sends a HelloRequest. Its stdin is a FIFO held open here.
+        auto fifo = (dir.path / ("control-" + std::to_string(allowed))).string();
+        REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+        int control = ::open(fifo.c_str(), O_RDWR);
+        REQUIRE(control >= 0);
+        int port = free_tcp_port();
+        auto out = dir.path / ("server-" + std::to_string(allowed) + ".out");
+        auto err = dir.path / ("server-" + std::to_string(allowed) + ".err");
+        Child server({"/bin/sh", "-c", "exec " + openssl + " s_server -accept 127.0.0.1:" + std::to_string(port) + " -cert " +
+                                            cert + " -key " + key + " -tls1_2 -state < " + fifo},
+                     out.string(), err.string());
+        REQUIRE(eventually([&] {
+            int fd = connect_to("127.0.0.1", port);
+            if (fd >= 0) ::close(fd);
+            return fd >= 0;
+        }));
+        Dir mesd_dir;
+        mesd_dir.write("resources/all.yaml",
+                       generator + "---\ntype: MeshExternalService\nname: api\nspec:\n  match: {port: 9700}\n"
+                                   "  endpoints: [{address: 127.0.0.1, port: " + std::to_string(port) + "}]\n"
+                                   "  tls:\n    enabled: true\n    allowRenegotiation: " + (allowed ? "true" : "false") +
+                                   "\n    verification:\n      serverName: api.test\n" + trust);
+        MesdOptions options;
+        options.conf_dir = (mesd_dir.path / "resources").string();
+        options.dns_section = "  forward:\n    enabled: false\n";
+        Mesd mesd(mesd_dir.path / "mesd", options);
+
+        int fd = connect_to("127.242.0.1", 9700);
+        REQUIRE(fd >= 0);
+        auto count = [&](const std::string& what) {
+            std::size_t n = 0;
+            for (const auto& file : {out, err}) {  // state lines and data go to two streams
+                std::ifstream in(file);
+                std::stringstream ss;
+                ss << in.rdbuf();
+                auto text = ss.str();
+                for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+            }
+            return n;
+        };
+        REQUIRE(::send(fd, "hello\n", 6, MSG_NOSIGNAL) == 6);
+        REQUIRE(eventually([&] { return count("hello") >= 1; }));
+        REQUIRE(::write(control, "r\n", 2) == 2);
+        CHECK(eventually([&] { return count("write hello request") == 1; }));
+        std::this_thread::sleep_for(500ms);
+        if (allowed) {
+            CHECK(eventually([&] { return count("read client hello") == 2; }));
+        } else {
+            CHECK(count("read client hello") == 1);
+            CHECK(count("no renegotiation") >= 1);
+        }
+        ::close(fd);
+        ::close(control);
+    }
 }
