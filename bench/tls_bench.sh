@@ -111,6 +111,25 @@ wait_http() {  # wait_http URL NAME LOG PID [curl args]
     echo "bench-tls: $name does not answer $u"; cat "$log" 2>/dev/null || true; exit 1
 }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# mesd's admin endpoint, bound on a free port: the one of its listeners that is not DNS.
+admin=""
+find_admin() {
+    admin=""
+    for _ in $(seq 1 40); do
+        admin=$(ss -Hltnp 2> /dev/null | awk -v p="pid=$pid_mesd," -v dns="127.0.0.1:$port_dns" \
+                'index($0, p) && $4 ~ /^127\.0\.0\.1:/ && $4 != dns { print $4; exit }' || true)
+        [ -n "$admin" ] && return 0
+        sleep 0.05
+    done
+}
+# mesd's TLS handshakes to the endpoints of MES NAME and those that resumed, so far:
+# "handshakes resumed" (0 0 when its admin endpoint does not answer).
+tls_counts() {  # tls_counts NAME
+    { [ -n "$admin" ] && curl -sf --max-time 2 "http://$admin/metrics" 2> /dev/null || true; } | awk -v n="name=\"$1\"" '
+        index($1, n) && $1 ~ /^mesd_mes_tls_handshakes_total/ { h = $2 }
+        index($1, n) && $1 ~ /^mesd_mes_tls_resumed_total/ { r = $2 }
+        END { print h + 0, r + 0 }'
+}
 
 # ---- certificates --------------------------------------------------------------------------
 # A private CA (EC P-256) and a leaf for backend.test (and 127.0.0.1) signed by it.
@@ -294,6 +313,8 @@ url[mesd-resume]=http://$vip_tls:$port_mes
 url[mesd-full]=http://$vip_tls_full:$port_mes_full
 url[haproxy-resume]=http://127.0.0.1:$port_ha
 url[haproxy-full]=http://127.0.0.1:$port_ha_full
+declare -A mes
+mes[mesd-resume]=tls; mes[mesd-full]=tls-noresume
 
 # A mesd that dies is reported (exit status, signal, log) and started again, so the rounds
 # go on; the run it died in is left out of the medians, and the script exits 1 at the end.
@@ -310,6 +331,7 @@ check_mesd() {  # check_mesd WHEN: returns 1 if mesd had died (and was restarted
     start_mesd
     pid[mesd-resume]=$pid_mesd; pid[mesd-full]=$pid_mesd
     wait_http "${url[mesd-resume]}/1k" mesd "$work/mesd.log" "$pid_mesd"
+    find_admin
     return 1
 }
 # nginx directly over TLS, checked against the CA as the proxies check it.
@@ -322,6 +344,7 @@ wait_http "${url[mesd-resume]}/1k" mesd "$work/mesd.log" "$pid_mesd"
 wait_http "${url[mesd-full]}/1k" mesd "$work/mesd.log" "$pid_mesd"
 wait_http "${url[haproxy-resume]}/1k" haproxy "$work/haproxy.out" "$pid_haproxy"
 wait_http "${url[haproxy-full]}/1k" haproxy "$work/haproxy.out" "$pid_haproxy"
+find_admin
 
 # The 1 KiB file arrives intact through each proxy and port.
 for t in $targets; do
@@ -367,18 +390,21 @@ record() {  # record TEST TARGET FIGURES: kept unless mesd died meanwhile
 for round in $(seq 1 "$rounds"); do
     for t in $targets; do record 1k-ka "$t" "$(measure_wrk "${url[$t]}/1k" "${pid[$t]}")"; done
     for t in $targets; do
-        record 1k-close "$t" "$(measure_wrk "${url[$t]}/1k" "${pid[$t]}" -H 'Connection: close')"
+        # mesd's handshakes and resumptions over this run: "target before_h before_r after_h after_r".
+        c0=""; [ -n "${mes[$t]:-}" ] && c0=$(tls_counts "${mes[$t]}")
+        figures=$(measure_wrk "${url[$t]}/1k" "${pid[$t]}" -H 'Connection: close')
+        [ -n "$c0" ] && running "$pid_mesd" && echo "$t $c0 $(tls_counts "${mes[$t]}")" >> "$work/tls-close"
+        record 1k-close "$t" "$figures"
     done
     echo "  round $round of $rounds done"
 done
 
 # mesd's own counters, from the admin endpoint it bound on a free port.
 metrics=""
-admin=$(ss -Hltnp 2> /dev/null | awk -v p="pid=$pid_mesd," -v dns="127.0.0.1:$port_dns" \
-        'index($0, p) && $4 ~ /^127\.0\.0\.1:/ && $4 != dns { print $4; exit }' || true)
 [ -n "$admin" ] && metrics=$(curl -sf --max-time 2 "http://$admin/metrics" 2> /dev/null |
     grep -E '^mesd_(mes_tls_(handshakes|resumed|handshake_failures)_total|mes_connections_(total|failed_total))' || true)
-# HAProxy's own, per server: sessions established and those that reused one (its SSL module).
+# HAProxy's own, per server (its SSL module): sessions established anew (full handshakes) and
+# sessions reused (resumed), counted apart.
 ha_stats=$(python3 -c 'import socket, sys
 s = socket.socket(socket.AF_UNIX); s.settimeout(2); s.connect(sys.argv[1]); s.sendall(b"show stat\n")
 data = b""
@@ -434,20 +460,23 @@ done
 # ---- resumption, as the proxies count it ------------------------------------------------------
 echo
 if [ -n "$ha_stats" ]; then
-    echo "HAProxy TLS sessions to nginx (backend: established, reused):"
+    echo "HAProxy TLS sessions to nginx over the whole run (ssl_sess full, ssl_reused_sess resumed):"
     while read -r be n reused; do
-        awk -v b="$be" -v n="$n" -v r="$reused" 'BEGIN { printf "  %-13s %10d %10d (%.1f%% reused)\n", b, n, r, n ? 100 * r / n : 0 }'
+        awk -v b="$be" -v n="$n" -v r="$reused" 'BEGIN { printf "  %-13s %d of %d handshakes resumed (%.1f%%)\n", b, r, n + r, n + r ? 100 * r / (n + r) : 0 }'
     done <<< "$ha_stats"
 fi
 [ "${#crashes[@]}" -gt 0 ] && echo "mesd was restarted after dying: its counters cover only the runs since."
 if [ -n "$metrics" ]; then
     echo "mesd counters:"
     sed 's/^/  /' <<< "$metrics"
-    for n in tls tls-noresume; do
-        awk -v n="name=\"$n\"" '
+    echo "mesd TLS handshakes to nginx over the whole run, and over the connection-per-request runs alone:"
+    for t in mesd-resume mesd-full; do
+        awk -v n="name=\"${mes[$t]}\"" '
             index($1, n) && $1 ~ /^mesd_mes_tls_handshakes_total/ { h = $2 }
             index($1, n) && $1 ~ /^mesd_mes_tls_resumed_total/ { r = $2 }
-            END { printf "  %-13s %d of %d handshakes resumed (%.1f%%)\n", substr(n, 7, length(n) - 7), r, h, h ? 100 * r / h : 0 }' <<< "$metrics"
+            END { printf "  %-13s %d of %d handshakes resumed (%.1f%%)", substr(n, 7, length(n) - 7), r, h, h ? 100 * r / h : 0 }' <<< "$metrics"
+        awk -v t="$t" '$1 == t { h += $4 - $2; r += $5 - $3 }
+            END { printf "; conn per request: %d of %d (%.1f%%)\n", r, h, h ? 100 * r / h : 0 }' "$work/tls-close" 2> /dev/null || echo
     done
 else
     echo "mesd counters: the admin endpoint did not answer (admin '$admin')"
