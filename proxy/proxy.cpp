@@ -956,6 +956,9 @@ struct Connection {
     {
         if (closing) return;
         closing = true;
+        // A clean end keeps the TLS session resumable: freed without a shutdown recorded,
+        // OpenSSL marks it not resumable (and with TLS 1.3 that is the ticket just kept).
+        if (ssl && !reset && !handshaking) SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
         alive.reset();
         if (service) {
             --service->active;
