@@ -1,5 +1,6 @@
 // The running mesd answering real clients: dig, kdig and drill over UDP and TCP.
 #include "test/support/mesd.hpp"
+#include "test/support/net.hpp"
 #include "test/support/tempdir.hpp"
 
 #include <catch2/catch.hpp>
@@ -420,19 +421,6 @@ TEST_CASE("configuration errors stop mesd before it starts")
 }
 
 namespace {
-
-int free_udp_port()
-{
-    int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    socklen_t len = sizeof addr;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-    ::close(fd);
-    return ntohs(addr.sin_port);
-}
 
 // dnsmasq serving a small test zone on loopback, as the upstream resolver.
 struct Dnsmasq {

@@ -1,6 +1,7 @@
 // The running mesd carrying connections to real backends (socat, nginx, a DNS server that
 // names them) for real clients (nc, socat, curl), on loopback or in a network namespace.
 #include "test/support/mesd.hpp"
+#include "test/support/net.hpp"
 #include "test/support/tempdir.hpp"
 
 #include <catch2/catch.hpp>
@@ -36,19 +37,6 @@ const std::string dig = "/usr/bin/dig";
 const std::string sh = "/bin/sh";
 const std::string ip = "/usr/sbin/ip";
 
-int free_tcp_port()
-{
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    socklen_t len = sizeof addr;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-    ::close(fd);
-    return ntohs(addr.sin_port);
-}
-
 sockaddr_in address(const std::string& host, int port)
 {
     sockaddr_in addr{};
@@ -56,28 +44,6 @@ sockaddr_in address(const std::string& host, int port)
     addr.sin_port = htons(static_cast<std::uint16_t>(port));
     ::inet_pton(AF_INET, host.c_str(), &addr.sin_addr);
     return addr;
-}
-
-// A connected TCP socket, or -1.
-int connect_to(const std::string& host, int port)
-{
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    auto addr = address(host, port);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-        ::close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-bool eventually(const std::function<bool()>& check, std::chrono::milliseconds within = 5s)
-{
-    auto deadline = std::chrono::steady_clock::now() + within;
-    while (std::chrono::steady_clock::now() < deadline) {
-        if (check()) return true;
-        std::this_thread::sleep_for(20ms);
-    }
-    return check();
 }
 
 struct Reply {
@@ -138,12 +104,7 @@ struct Backend {
         argv.insert(argv.end(), {socat, "TCP-LISTEN:" + std::to_string(port) + ",bind=" + host + ",fork,reuseaddr", action});
         child = std::make_unique<Child>(argv);
         if (wrapper.empty()) {
-            bool up = eventually([&] {
-                int fd = connect_to(host, port);
-                if (fd >= 0) ::close(fd);
-                return fd >= 0;
-            });
-            REQUIRE(up);
+            REQUIRE(eventually([&] { return accepting(host, port); }));
         } else {
             std::this_thread::sleep_for(300ms);
         }
@@ -251,20 +212,10 @@ TEST_CASE("nc and socat echo through an IP endpoint and a unix socket endpoint, 
     // nginx on loopback with its files, logs and pid in the test's directory.
     int web_port = free_tcp_port();
     work.write("www/hello.txt", "hello from nginx\n");
-    work.write("nginx.conf",
-               "daemon off;\nmaster_process off;\npid " + (work.path / "nginx.pid").string() +
-                   ";\nerror_log " + (work.path / "nginx.err").string() +
-                   ";\nevents {}\nhttp {\n  access_log off;\n  client_body_temp_path " + work.path.string() +
-                   ";\n  proxy_temp_path " + work.path.string() + ";\n  fastcgi_temp_path " + work.path.string() +
-                   ";\n  uwsgi_temp_path " + work.path.string() + ";\n  scgi_temp_path " + work.path.string() +
-                   ";\n  server {\n    listen 127.0.0.1:" + std::to_string(web_port) + ";\n    root " +
-                   (work.path / "www").string() + ";\n  }\n}\n");
+    work.write("nginx.conf", nginx_config(work.path, "    listen 127.0.0.1:" + std::to_string(web_port) + ";\n    root " +
+                                                         (work.path / "www").string() + ";\n"));
     Child nginx({"/usr/sbin/nginx", "-c", (work.path / "nginx.conf").string(), "-e", (work.path / "nginx.err").string()});
-    REQUIRE(eventually([&] {
-        int fd = connect_to("127.0.0.1", web_port);
-        if (fd >= 0) ::close(fd);
-        return fd >= 0;
-    }));
+    REQUIRE(eventually([&] { return accepting("127.0.0.1", web_port); }));
 
     Fixture f(mes("echo", 4242, "[" + ep("127.0.0.1", echo.port) + "]") +
               mes("sock", 4243, "[{address: unix://" + (work.path / "echo.sock").string() + "}]") +
@@ -767,21 +718,14 @@ TEST_CASE("protocol http: curl's requests reach nginx with the endpoint's hostna
     int web_port = free_tcp_port();
     work.write("www/big", std::string(3 << 20, 'z'));
     work.write("nginx.conf",
-               "daemon off;\nmaster_process off;\npid " + (work.path / "nginx.pid").string() + ";\nerror_log " +
-                   (work.path / "nginx.err").string() + ";\nevents {}\nhttp {\n  access_log off;\n  client_body_temp_path " +
-                   work.path.string() + ";\n  proxy_temp_path " + work.path.string() + ";\n  fastcgi_temp_path " +
-                   work.path.string() + ";\n  uwsgi_temp_path " + work.path.string() + ";\n  scgi_temp_path " +
-                   work.path.string() + ";\n  client_max_body_size 16m;\n  server {\n    listen 127.0.0.1:" +
-                   std::to_string(web_port) + ";\n    root " + (work.path / "www").string() +
-                   ";\n    location /host { return 200 \"host=$http_host\\n\"; }\n"
-                   "    location /upload { client_body_in_single_buffer on; return 200 \"host=$http_host length=$content_length\\n\"; }\n"
-                   "  }\n}\n");
+               nginx_config(work.path,
+                            "    listen 127.0.0.1:" + std::to_string(web_port) + ";\n    root " + (work.path / "www").string() +
+                                ";\n    location /host { return 200 \"host=$http_host\\n\"; }\n"
+                                "    location /upload { client_body_in_single_buffer on; return 200 \"host=$http_host "
+                                "length=$content_length\\n\"; }\n",
+                            "  client_max_body_size 16m;\n"));
     Child nginx({"/usr/sbin/nginx", "-c", (work.path / "nginx.conf").string(), "-e", (work.path / "nginx.err").string()});
-    REQUIRE(eventually([&] {
-        int fd = connect_to("127.0.0.1", web_port);
-        if (fd >= 0) ::close(fd);
-        return fd >= 0;
-    }));
+    REQUIRE(eventually([&] { return accepting("127.0.0.1", web_port); }));
     auto hosts = work.write("hosts", "127.0.0.1 web.ext.test\n");
     int dns_port = free_tcp_port();
     Child dnsmasq({"/usr/sbin/dnsmasq", "-k", "--user=root", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",

@@ -5,6 +5,7 @@
 // mesd trusts as its system store (SSL_CERT_FILE).
 #include "test/support/certs.hpp"
 #include "test/support/mesd.hpp"
+#include "test/support/net.hpp"
 #include "test/support/tempdir.hpp"
 
 #include <catch2/catch.hpp>
@@ -33,16 +34,6 @@ std::string slurp(const std::filesystem::path& p)
     std::stringstream ss;
     ss << in.rdbuf();
     return ss.str();
-}
-
-bool eventually(const std::function<bool()>& check, std::chrono::milliseconds within = 10s)
-{
-    auto deadline = std::chrono::steady_clock::now() + within;
-    while (std::chrono::steady_clock::now() < deadline) {
-        if (check()) return true;
-        std::this_thread::sleep_for(50ms);
-    }
-    return check();
 }
 
 struct Namespace {
@@ -75,12 +66,9 @@ struct Example {
 
 std::string nginx_conf(const Dir& dir, const std::string& listen, const std::string& cert, const std::string& key)
 {
-    std::string p = dir.path.string();
-    return "daemon off;\nmaster_process off;\npid " + p + "/nginx.pid;\nerror_log " + p + "/nginx.err;\nevents {}\nhttp {\n"
-           "  access_log off;\n  client_body_temp_path " + p + ";\n  proxy_temp_path " + p + ";\n  fastcgi_temp_path " + p +
-           ";\n  uwsgi_temp_path " + p + ";\n  scgi_temp_path " + p + ";\n  server {\n    listen " + listen + ";\n" +
-           (cert.empty() ? "" : "    ssl_certificate " + cert + ";\n    ssl_certificate_key " + key + ";\n") +
-           "    location / { return 200 \"host=$http_host scheme=$scheme\\n\"; }\n  }\n}\n";
+    return nginx_config(dir.path, "    listen " + listen + ";\n" +
+                                      (cert.empty() ? "" : "    ssl_certificate " + cert + ";\n    ssl_certificate_key " + key + ";\n") +
+                                      "    location / { return 200 \"host=$http_host scheme=$scheme\\n\"; }\n");
 }
 
 }  // namespace
@@ -149,6 +137,7 @@ TEST_CASE("every seed example works end to end against a local stand-in for its 
          9000,
          [peer](const Namespace& ns, const std::string& vip, const Dir&) {
              CHECK(ns.in({python, peer, "call", vip + ":9000", "plain"}).out == "echo:plain\n");
+             CHECK(ns.in({python, peer, "list", vip + ":9000"}).out == "mesd.test.Echo\ngrpc.reflection.v1alpha.ServerReflection\n");
          }},
         {"mes-grpcs.yaml", "grpcbin.test.k6.io",
          [peer](const Dir&, const std::string& cert, const std::string& key) {
@@ -157,6 +146,7 @@ TEST_CASE("every seed example works end to end against a local stand-in for its 
          9000,
          [peer](const Namespace& ns, const std::string& vip, const Dir&) {
              CHECK(ns.in({python, peer, "call", vip + ":9000", "secure"}).out == "echo:secure\n");
+             CHECK(ns.in({python, peer, "list", vip + ":9000"}).out == "mesd.test.Echo\ngrpc.reflection.v1alpha.ServerReflection\n");
          }},
     };
 
@@ -179,7 +169,7 @@ TEST_CASE("every seed example works end to end against a local stand-in for its 
                            (dir.path / "stand-in.err").string());
             REQUIRE(eventually([&] {
                 return ns.in({"/usr/bin/nc", "-z", "-w", "1", "127.0.0.1", std::to_string(ex.port)}).exit_code == 0;
-            }));
+            }, 10s));
 
             // The example and the generator, exactly as in conf/examples/.
             std::filesystem::create_directories(dir.path / "resources");

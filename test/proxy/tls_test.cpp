@@ -4,6 +4,7 @@
 #include "conf/conf.hpp"
 #include "test/support/certs.hpp"
 #include "test/support/mesd.hpp"
+#include "test/support/net.hpp"
 #include "test/support/tempdir.hpp"
 
 #include <catch2/catch.hpp>
@@ -32,43 +33,6 @@ namespace {
 
 const std::string openssl = "/usr/bin/openssl";
 const std::string dig = "/usr/bin/dig";
-
-int free_tcp_port()
-{
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
-    socklen_t len = sizeof addr;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-    ::close(fd);
-    return ntohs(addr.sin_port);
-}
-
-int connect_to(const std::string& host, int port)
-{
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<std::uint16_t>(port));
-    ::inet_pton(AF_INET, host.c_str(), &addr.sin_addr);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-        ::close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-bool eventually(const std::function<bool()>& check, std::chrono::milliseconds within = 5s)
-{
-    auto deadline = std::chrono::steady_clock::now() + within;
-    while (std::chrono::steady_clock::now() < deadline) {
-        if (check()) return true;
-        std::this_thread::sleep_for(20ms);
-    }
-    return check();
-}
 
 // Sends a line through the VIP and returns what comes back before the connection ends or
 // goes quiet ("" when mesd closed it).
@@ -112,11 +76,7 @@ struct TlsServer {
                                       "-key", key, "-rev", "-quiet"};
         argv.insert(argv.end(), extra.begin(), extra.end());
         child = std::make_unique<Child>(argv, (dir.path / (name + ".out")).string(), (dir.path / (name + ".err")).string());
-        REQUIRE(eventually([&] {
-            int fd = connect_to("127.0.0.1", port);
-            if (fd >= 0) ::close(fd);
-            return fd >= 0;
-        }));
+        REQUIRE(eventually([&] { return accepting("127.0.0.1", port); }));
     }
 };
 
@@ -338,14 +298,9 @@ TEST_CASE("http2 and grpc: h2c from the client, carried to the endpoint in the c
 
     // nginx speaking h2 over TLS (it picks h2 only when the client offers it with ALPN).
     int h2_port = free_tcp_port();
-    dir.write("nginx.conf", "daemon off;\nmaster_process off;\npid " + (dir.path / "nginx.pid").string() + ";\nerror_log " +
-                                (dir.path / "nginx.err").string() + ";\nevents {}\nhttp {\n  access_log off;\n"
-                                "  client_body_temp_path " + dir.path.string() + ";\n  proxy_temp_path " + dir.path.string() +
-                                ";\n  fastcgi_temp_path " + dir.path.string() + ";\n  uwsgi_temp_path " + dir.path.string() +
-                                ";\n  scgi_temp_path " + dir.path.string() + ";\n  server {\n    listen 127.0.0.1:" +
-                                std::to_string(h2_port) + " ssl http2;\n    ssl_certificate " + cert +
-                                ";\n    ssl_certificate_key " + key +
-                                ";\n    location / { return 200 \"$server_protocol $ssl_protocol\\n\"; }\n  }\n}\n");
+    dir.write("nginx.conf", nginx_config(dir.path, "    listen 127.0.0.1:" + std::to_string(h2_port) + " ssl http2;\n"
+                                                   "    ssl_certificate " + cert + ";\n    ssl_certificate_key " + key +
+                                                   ";\n    location / { return 200 \"$server_protocol $ssl_protocol\\n\"; }\n"));
     Child nginx({"/usr/sbin/nginx", "-c", (dir.path / "nginx.conf").string(), "-e", (dir.path / "nginx.err").string()});
 
     // gRPC servers: plaintext (h2c) and TLS.
@@ -357,11 +312,7 @@ TEST_CASE("http2 and grpc: h2c from the client, carried to the endpoint in the c
     Child grpcs_server({python, peer, "serve", "127.0.0.1:" + std::to_string(grpcs_port), cert, key},
                        (dir.path / "grpcs.out").string(), (dir.path / "grpcs.err").string());
     for (int port : {h2_port, grpc_port, grpcs_port})
-        REQUIRE(eventually([&] {
-            int fd = connect_to("127.0.0.1", port);
-            if (fd >= 0) ::close(fd);
-            return fd >= 0;
-        }, 15s));
+        REQUIRE(eventually([&] { return accepting("127.0.0.1", port); }, 15s));
 
     const std::string trust = "      caCert:\n        inlineString: |\n" + indent(ca.cert_pem, 10);
     auto mes = [&](const std::string& name, int match_port, const std::string& protocol, int port, bool tls) {
@@ -384,6 +335,10 @@ TEST_CASE("http2 and grpc: h2c from the client, carried to the endpoint in the c
     CHECK(plain.out == "echo:over h2c\n");
     auto secure = run({python, peer, "call", "127.242.0.3:9602", "over TLS"});
     CHECK(secure.out == "echo:over TLS\n");
+    // Listing the services: server reflection, a bidirectional stream.
+    const std::string services = "mesd.test.Echo\ngrpc.reflection.v1alpha.ServerReflection\n";
+    CHECK(run({python, peer, "list", "127.242.0.2:9601"}).out == services);
+    CHECK(run({python, peer, "list", "127.242.0.3:9602"}).out == services);
     INFO(secure.err);
 }
 
@@ -410,11 +365,7 @@ TEST_CASE("renegotiation requested by the server is refused unless allowRenegoti
         Child server({"/bin/sh", "-c", "exec " + openssl + " s_server -accept 127.0.0.1:" + std::to_string(port) + " -cert " +
                                             cert + " -key " + key + " -tls1_2 -state < " + fifo},
                      out.string(), err.string());
-        REQUIRE(eventually([&] {
-            int fd = connect_to("127.0.0.1", port);
-            if (fd >= 0) ::close(fd);
-            return fd >= 0;
-        }));
+        REQUIRE(eventually([&] { return accepting("127.0.0.1", port); }));
         Dir mesd_dir;
         mesd_dir.write("resources/all.yaml",
                        generator + "---\ntype: MeshExternalService\nname: api\nspec:\n  match: {port: 9700}\n"

@@ -1,0 +1,71 @@
+#include "test/support/net.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <thread>
+
+namespace test_support {
+
+namespace {
+
+int free_port(int type)
+{
+    int fd = ::socket(AF_INET, type, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    socklen_t len = sizeof addr;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    ::close(fd);
+    return ntohs(addr.sin_port);
+}
+
+}  // namespace
+
+int free_tcp_port() { return free_port(SOCK_STREAM); }
+int free_udp_port() { return free_port(SOCK_DGRAM); }
+
+int connect_to(const std::string& host, int port)
+{
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(port));
+    ::inet_pton(AF_INET, host.c_str(), &addr.sin_addr);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+bool eventually(const std::function<bool()>& check, std::chrono::milliseconds within)
+{
+    auto deadline = std::chrono::steady_clock::now() + within;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (check()) return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return check();
+}
+
+bool accepting(const std::string& host, int port)
+{
+    int fd = connect_to(host, port);
+    if (fd >= 0) ::close(fd);
+    return fd >= 0;
+}
+
+std::string nginx_config(const std::filesystem::path& dir, const std::string& server, const std::string& http_extra)
+{
+    std::string d = dir.string();
+    return "daemon off;\nmaster_process off;\npid " + d + "/nginx.pid;\nerror_log " + d + "/nginx.err;\nevents {}\nhttp {\n" +
+           "  access_log off;\n  client_body_temp_path " + d + ";\n  proxy_temp_path " + d + ";\n  fastcgi_temp_path " + d +
+           ";\n  uwsgi_temp_path " + d + ";\n  scgi_temp_path " + d + ";\n" + http_extra + "  server {\n" + server + "  }\n}\n";
+}
+
+}  // namespace test_support

@@ -1,0 +1,26 @@
+// Small network helpers the end-to-end tests share: ports chosen by the kernel, a blocking
+// TCP connect on loopback, waiting for a condition, and an nginx configuration kept inside
+// a test's directory.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <string>
+
+namespace test_support {
+
+// A port the kernel had free for TCP (or UDP) on 127.0.0.1 a moment ago.
+int free_tcp_port();
+int free_udp_port();
+// A connected TCP socket to HOST:PORT (IPv4), or -1.
+int connect_to(const std::string& host, int port);
+// True once `check` is; false when `within` passes first.
+bool eventually(const std::function<bool()>& check, std::chrono::milliseconds within = std::chrono::seconds(5));
+// True when something accepts TCP connections on HOST:PORT now.
+bool accepting(const std::string& host, int port);
+// An nginx.conf for one process (no master, no daemon) whose pid, logs and temp files stay
+// in `dir`; `server` is the body of its one server block.
+std::string nginx_config(const std::filesystem::path& dir, const std::string& server, const std::string& http_extra = "");
+
+}  // namespace test_support
