@@ -405,3 +405,54 @@ TEST_CASE("renegotiation requested by the server is refused unless allowRenegoti
         ::close(control);
     }
 }
+
+TEST_CASE("ALPN offered to the endpoint: h2 for http2 and grpc, http/1.1 for http, none for tcp")
+{
+    Dir dir;
+    auto ca = make_ca("mesd test CA");
+    auto leaf = make_leaf(ca, "api.test", {"DNS:api.test"});
+    const std::string trust = "      caCert:\n        inlineString: |\n" + indent(ca.cert_pem, 10);
+    struct Probe {
+        std::string protocol;
+        std::string offered;  // "" for none
+        std::unique_ptr<TlsServer> server;
+    };
+    std::vector<Probe> probes;
+    for (auto [protocol, offered] : std::vector<std::pair<std::string, std::string>>{
+             {"tcp", ""}, {"http", "http/1.1"}, {"http2", "h2"}, {"grpc", "h2"}})
+        // -trace writes each ClientHello extension, ALPN's with the protocols offered.
+        probes.push_back({protocol, offered, std::make_unique<TlsServer>(dir, "alpn-" + protocol, leaf,
+                                                                         std::vector<std::string>{"-trace", "-alpn", "h2,http/1.1"})});
+    std::string resources = generator;
+    int match_port = 9800;
+    for (const auto& p : probes)
+        resources += "---\ntype: MeshExternalService\nname: alpn-" + p.protocol + "\nspec:\n  match: {port: " +
+                     std::to_string(match_port++) + ", protocol: " + p.protocol + "}\n  endpoints: [{address: 127.0.0.1, port: " +
+                     std::to_string(p.server->port) + "}]\n  tls:\n    enabled: true\n    verification:\n      serverName: api.test\n" + trust;
+    dir.write("resources/all.yaml", resources);
+    MesdOptions options;
+    options.conf_dir = (dir.path / "resources").string();
+    options.dns_section = "  forward:\n    enabled: false\n";
+    Mesd mesd(dir.path / "mesd", options);
+
+    match_port = 9800;
+    int vip = 1;
+    for (const auto& p : probes) {
+        INFO("protocol " << p.protocol);
+        CHECK(say("127.242.0." + std::to_string(vip++), match_port++, "alpn\n") == "npla\n");
+        std::ifstream in(dir.path / ("alpn-" + p.protocol + ".out"));
+        std::stringstream ss;
+        ss << in.rdbuf();
+        auto trace = ss.str();
+        auto at = trace.find("application_layer_protocol_negotiation");
+        if (p.offered.empty()) {
+            CHECK(at == std::string::npos);
+        } else {
+            REQUIRE(at != std::string::npos);
+            auto listed = trace.substr(trace.find('\n', at) + 1);
+            listed = listed.substr(0, listed.find('\n'));
+            while (!listed.empty() && listed.front() == ' ') listed.erase(0, 1);
+            CHECK(listed == p.offered);
+        }
+    }
+}
