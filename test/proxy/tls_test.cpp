@@ -456,3 +456,81 @@ TEST_CASE("ALPN offered to the endpoint: h2 for http2 and grpc, http/1.1 for htt
         }
     }
 }
+
+TEST_CASE("TLS matrix: every mode against right and wrong CA, matching and non-matching names and SANs, version bounds, client certificates")
+{
+    Dir dir;
+    auto ca = make_ca("mesd test CA");
+    auto other_ca = make_ca("someone else's CA");
+    const std::vector<std::string> sans = {"DNS:api.test", "IP:127.0.0.1", "URI:spiffe://mesh.test/ns/web/sa/api"};
+    auto leaf = make_leaf(ca, "api.test", sans);
+    auto client = make_leaf(ca, "mesd-client", {}, -1, 365, true);
+    TlsServer good(dir, "good", leaf);
+    TlsServer tls13(dir, "tls13", leaf, {"-tls1_3"});
+    auto ca_file = dir.write("ca.crt", ca.cert_pem);
+    TlsServer mtls(dir, "mtls", leaf, {"-Verify", "1", "-CAfile", ca_file, "-tls1_2"});  // 1.2: a missing certificate fails the handshake
+
+    auto pem_block = [&](const std::string& field, const std::string& pem) {
+        return "      " + field + ":\n        inlineString: |\n" + indent(pem, 10);
+    };
+    const std::vector<std::string> modes = {"Secured", "SkipSAN", "SkipCA", "SkipAll"};
+    struct Names {
+        std::string label, server_name, sans;
+        bool match;
+    };
+    const std::vector<Names> names = {
+        {"sni", "api.test", "", true},
+        {"exact", "other.test", "      subjectAltNames: [{type: Exact, value: api.test}]\n", true},
+        {"prefix", "other.test", "      subjectAltNames: [{type: Prefix, value: \"spiffe://mesh.test/ns/web/\"}]\n", true},
+        {"none", "other.test", "      subjectAltNames: [{type: Exact, value: api.tes}, {type: Prefix, value: \"spiffe://x/\"}]\n", false},
+    };
+    struct Row {
+        std::string name, yaml;
+        bool works;
+    };
+    std::vector<Row> rows;
+    auto mes = [&](const std::string& name, int backend, const std::string& verification, const std::string& version) {
+        return "---\ntype: MeshExternalService\nname: " + name + "\nspec:\n  match: {port: " + std::to_string(10000 + rows.size()) +
+               "}\n  endpoints: [{address: 127.0.0.1, port: " + std::to_string(backend) + "}]\n  tls:\n    enabled: true\n" +
+               (version.empty() ? "" : "    version:\n" + version) + "    verification:\n" + verification;
+    };
+    for (std::size_t m = 0; m < modes.size(); ++m) {
+        bool checks_chain = modes[m] == "Secured" || modes[m] == "SkipSAN";
+        bool checks_names = modes[m] == "Secured" || modes[m] == "SkipCA";
+        std::string mode = "      mode: " + modes[m] + "\n";
+        for (bool right_ca : {true, false})
+            for (const auto& n : names) {
+                std::string name = "m" + std::to_string(m) + (right_ca ? "-ca-" : "-wrongca-") + n.label;
+                std::string v = mode + "      serverName: " + n.server_name + "\n" + n.sans +
+                                pem_block("caCert", right_ca ? ca.cert_pem : other_ca.cert_pem);
+                rows.push_back({name, mes(name, good.port, v, ""), (right_ca || !checks_chain) && (n.match || !checks_names)});
+            }
+        // Version bounds apply in every mode: a TLS 1.3-only server, with max TLS12 and min TLS13.
+        std::string v = mode + "      serverName: api.test\n" + pem_block("caCert", ca.cert_pem);
+        std::string name = "m" + std::to_string(m) + "-max12";
+        rows.push_back({name, mes(name, tls13.port, v, "      max: TLS12\n"), false});
+        name = "m" + std::to_string(m) + "-min13";
+        rows.push_back({name, mes(name, tls13.port, v, "      min: TLS13\n"), true});
+        // A server that requires a client certificate: with one, and without.
+        name = "m" + std::to_string(m) + "-client-cert";
+        rows.push_back({name, mes(name, mtls.port, v + pem_block("clientCert", client.cert_pem) + pem_block("clientKey", client.key_pem), ""),
+                        true});
+        name = "m" + std::to_string(m) + "-no-client-cert";
+        rows.push_back({name, mes(name, mtls.port, v, ""), false});
+    }
+    std::string resources = generator;
+    for (const auto& r : rows) resources += r.yaml;
+    dir.write("resources/all.yaml", resources);
+    MesdOptions options;
+    options.conf_dir = (dir.path / "resources").string();
+    options.dns_section = "  forward:\n    enabled: false\n";
+    options.extra_config = "proxy:\n  ejectAfter: 1000\n";
+    Mesd mesd(dir.path / "mesd", options);
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+        INFO("MES " << rows[i].name << (rows[i].works ? ": should work" : ": should be refused"));
+        auto vip = "127.242." + std::to_string((i + 1) / 256) + "." + std::to_string((i + 1) % 256);
+        auto got = say(vip, static_cast<int>(10000 + i), "matrix\n");
+        CHECK(got == (rows[i].works ? "xirtam\n" : ""));
+    }
+    CHECK(rows.size() == 48);
+}
