@@ -10,6 +10,8 @@
 # CPU second; then RSS at NAMES and BIG names and the time from start to the first answer at
 # BIG names. Ratios are mesd/Knot.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 build=${1:-build}
 rounds=${ROUNDS:-4}
@@ -19,7 +21,6 @@ names=${NAMES:-10000}
 big=${BIG:-100000}
 mesd=$build/cmd/mesd
 mesctl=$build/cmd/mesctl
-tick=$(getconf CLK_TCK)
 
 work=$(mktemp -d /tmp/mesd-bench-dns-XXXXXX)
 pids=()
@@ -29,9 +30,6 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null ||
-              shuf -i 20000-60000 -n 1; }
 
 # ---- data: the same names for every server --------------------------------------------------
 make_data() {  # make_data N DIR
@@ -49,8 +47,7 @@ make_data() {  # make_data N DIR
         print "@ NS localhost."
         for (i = 0; i < n; i++) { v = i + 1; printf "svc-%d A 127.%d.%d.%d\n", i, 240 + int(v / 65536), int(v / 256) % 256, v % 256 }
     }' > "$dir/mesh.zone"
-    printf 'dataDir: %s/store\nvip:\n  ipv4: 127.240.0.0/12\ndns:\n  listen: ["127.0.0.1:%s"]\n  forward:\n    enabled: false\nadmin:\n  listen: 127.0.0.1:0\nlog:\n  level: warn\n' \
-        "$dir" "$3" > "$dir/mesd.yaml"
+    write_mesd_config "$dir" "$3" 127.240.0.0/12
     "$mesctl" --config "$dir/mesd.yaml" apply -f "$dir/mes.yaml" > /dev/null
 }
 
@@ -60,10 +57,6 @@ queries() {  # queries N NX_PERCENT FILE
 }
 
 # ---- servers -------------------------------------------------------------------------------
-start_mesd() {  # start_mesd DIR -> pid
-    "$mesd" --config "$1/mesd.yaml" > "$1/mesd.out" 2> "$1/mesd.log" &
-    echo $!
-}
 start_knot() {  # start_knot DIR PORT
     mkdir -p "$1/knot"
     cat > "$1/knot.conf" <<EOF
@@ -131,33 +124,6 @@ wait_answer() {  # wait_answer PORT N START
     return 1
 }
 
-# A process and all its descendants (NSD serves from a grandchild of the process started).
-tree() {
-    local p
-    echo "$1"
-    for p in $(pgrep -P "$1" 2>/dev/null); do tree "$p"; done
-}
-
-# CPU of a server and its descendants.
-cpu_ticks() {
-    local total=0 p
-    for p in $(tree "$1"); do
-        # utime and stime, counted after the command name, which may hold spaces ("nsd: main").
-        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }' || echo 0)))
-    done
-    echo "$total"
-}
-# "RSS MB (anonymous MB)": file-backed pages (a mapped store, mapped zone files) count in
-# RSS but are page cache the kernel can drop; the anonymous part is the server's own memory.
-rss_mb() {
-    local total=0 anon=0 p
-    for p in $(tree "$1"); do
-        total=$((total + $(awk '/VmRSS/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)))
-        anon=$((anon + $(awk '/RssAnon/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)))
-    done
-    awk -v kb="$total" -v an="$anon" 'BEGIN { printf "%.1f (anon %.1f)", kb / 1024, an / 1024 }'
-}
-
 # One dnsperf run against PORT served by PID: "qps avg_ms p99_ms cpu_s_per_100k q_per_cpu_s".
 measure() {  # measure PORT PID FILE
     local before after out
@@ -178,16 +144,14 @@ measure() {  # measure PORT PID FILE
         }' "$work/run.out"
 }
 
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-
 echo "bench-dns: $names names, $rounds interleaved rounds of ${duration}s, dnsperf -c $clients, one worker per server"
-port_mesd=$(free_port); port_knot=$(free_port); port_nsd=$(free_port)
+read -r port_mesd port_knot port_nsd <<< "$(free_ports 3)"
 make_data "$names" "$work/small" "$port_mesd"
 queries "$names" 0 "$work/hits.txt"
 queries "$names" 10 "$work/nx.txt"
 
 declare -A pid port
-pid[mesd]=$(start_mesd "$work/small"); pids+=("${pid[mesd]}"); port[mesd]=$port_mesd
+pid[mesd]=$(start_mesd "$work/small" && echo "$pid_mesd"); pids+=("${pid[mesd]}"); port[mesd]=$port_mesd
 pid[knot]=$(start_knot "$work/small" "$port_knot"); pids+=("${pid[knot]}"); port[knot]=$port_knot
 servers="mesd knot"
 if command -v nsd > /dev/null; then
@@ -236,13 +200,13 @@ done
 # ---- memory and start-up at BIG names ------------------------------------------------------
 echo
 echo "RSS after the runs at $names names: $(for s in $servers; do printf '%s %s MB  ' "$s" "${rss_small[$s]}"; done)"
-big_port=$(free_port); big_knot=$(free_port); big_nsd=$(free_port)
+read -r big_port big_knot big_nsd <<< "$(free_ports 3)"
 make_data "$big" "$work/big" "$big_port"
 queries "$big" 0 "$work/big-hits.txt"
 for s in $servers; do
     start=$(date +%s.%N)
     case $s in
-        mesd) p=$(start_mesd "$work/big"); bp=$big_port ;;
+        mesd) p=$(start_mesd "$work/big" && echo "$pid_mesd"); bp=$big_port ;;
         knot) p=$(start_knot "$work/big" "$big_knot"); bp=$big_knot ;;
         nsd) p=$(start_nsd "$work/big" "$big_nsd"); bp=$big_nsd ;;
     esac

@@ -12,7 +12,10 @@
 # RSS at idle and per idle connection (IDLE_CONNS=10000 held open through each). Ratios are
 # mesd/HAProxy.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
+bench_name=bench-proxy
 build=${1:-build}
 rounds=${ROUNDS:-4}
 duration=${DURATION:-10}
@@ -20,20 +23,13 @@ bulk_seconds=${BULK_SECONDS:-10}
 idle_conns=${IDLE_CONNS:-10000}
 mesd=$build/cmd/mesd
 mesctl=$build/cmd/mesctl
-tick=$(getconf CLK_TCK)
 
-for tool in wrk iperf3 haproxy nginx curl python3; do
-    command -v "$tool" > /dev/null || { echo "bench-proxy: $tool is missing (make bench-deps)"; exit 1; }
-done
-# Another build may be replacing the binaries right now: give it a moment.
-for _ in $(seq 1 60); do [ -x "$mesd" ] && [ -x "$mesctl" ] && break; sleep 1; done
-[ -x "$mesd" ] && [ -x "$mesctl" ] || { echo "bench-proxy: no $mesd or $mesctl (make build)"; exit 1; }
+require_tools wrk iperf3 haproxy nginx curl python3
+wait_for_build
 
 # Idle connections and connections per request need descriptors: a proxy holds two per
 # connection. Where the hard limit is lower than 65536 the idle count is capped to fit.
-ulimit -n 65536 2> /dev/null || ulimit -n "$(ulimit -Hn)" 2> /dev/null || true
-nofile=$(ulimit -n)
-[ "$nofile" = unlimited ] && nofile=1048576
+raise_open_files
 idle_cap=$(((nofile - 256) / 2))
 idle_note=""
 if [ "$idle_conns" -gt "$idle_cap" ]; then
@@ -43,152 +39,29 @@ fi
 
 work=$(mktemp -d /tmp/mesd-bench-proxy-XXXXXX)
 pids=()
-tw_old=$(sysctl -n net.ipv4.tcp_tw_reuse 2> /dev/null || echo "")
-tw_set=""
-# Is PID still running (a zombie waiting to be reaped is not)?
-running() { [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" != Z ]; }
-# Stops a process this script started: SIGTERM, then SIGKILL after 10 s; returns 1 if it
-# took SIGKILL; its exit status is left in stop_status. A process stopped once is not
-# signalled again (its PID may be reused).
-declare -A stopped
-stop_status=0
-stop() {  # stop PID
-    local p=$1 rc=0
-    stop_status=0
-    [ -n "${stopped[$p]:-}" ] && return 0
-    stopped[$p]=1
-    kill "$p" 2> /dev/null || return 0
-    for _ in $(seq 1 100); do running "$p" || break; sleep 0.1; done
-    if running "$p"; then kill -9 "$p" 2> /dev/null || true; rc=1; fi
-    wait "$p" 2> /dev/null || stop_status=$?
-    return $rc
-}
-cleanup() {
-    for p in "${pids[@]:-}"; do [ -n "$p" ] && { stop "$p" || true; }; done
-    wait 2> /dev/null || true
-    [ -n "$tw_set" ] && sysctl -qw net.ipv4.tcp_tw_reuse="$tw_old" 2> /dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap stop_all_and_clean_up EXIT
 trap 'exit 130' INT TERM
 
 # Connections per request leave sockets in TIME_WAIT; reuse them (restored on exit).
-if [ -n "$tw_old" ] && [ "$tw_old" != 1 ] && sysctl -qw net.ipv4.tcp_tw_reuse=1 2> /dev/null; then tw_set=1; fi
-
-# N distinct free ports on 127.0.0.1 (all bound at once, so no two are the same).
-free_ports() {  # free_ports N
-    python3 -c 'import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
-}
-
-# A process and all its descendants (nginx serves from a child of the process started).
-tree() {
-    local p
-    echo "$1"
-    for p in $(pgrep -P "$1" 2>/dev/null); do tree "$p"; done
-}
-# CPU of a server and its descendants.
-cpu_ticks() {
-    local total=0 p
-    for p in $(tree "$1"); do
-        # utime and stime, counted after the command name, which may hold spaces.
-        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }' || echo 0)))
-    done
-    echo "$total"
-}
-rss_kb() {  # rss_kb PID [VmRSS|RssAnon]
-    local total=0 p
-    for p in $(tree "$1"); do
-        total=$((total + $(awk -v f="${2:-VmRSS}:" '$1 == f { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)))
-    done
-    echo "$total"
-}
-# "RSS MB (anonymous MB)": file-backed pages (the mapped store, the binary) count in RSS
-# but are page cache the kernel can drop; the anonymous part is the server's own memory.
-rss_mb() {
-    awk -v kb="$(rss_kb "$1")" -v an="$(rss_kb "$1" RssAnon)" 'BEGIN { printf "%.1f (anon %.1f)", kb / 1024, an / 1024 }'
-}
-fds() {  # open descriptors of a process tree
-    local total=0 p
-    for p in $(tree "$1"); do total=$((total + $(ls "/proc/$p/fd" 2>/dev/null | wc -l))); done
-    echo "$total"
-}
-# Is 127.0.0.1:PORT listening (from /proc, so no connection is made to the server)?
-listening() {
-    awk -v want="$(printf ':%04X' "$1")" '$4 == "0A" && substr($2, length($2) - 4) == want { f = 1 } END { exit !f }' /proc/net/tcp
-}
-wait_listening() {  # wait_listening PORT NAME LOG PID
-    for _ in $(seq 1 200); do listening "$1" && return 0; running "$4" || break; sleep 0.05; done
-    echo "bench-proxy: $2 does not listen on 127.0.0.1:$1"; cat "$3" 2>/dev/null || true; exit 1
-}
-wait_http() {  # wait_http URL NAME LOG PID
-    for _ in $(seq 1 200); do
-        curl -sf -o /dev/null --max-time 1 "$1" && return 0
-        running "$4" || break
-        sleep 0.05
-    done
-    echo "bench-proxy: $2 does not answer $1"; cat "$3" 2>/dev/null || true; exit 1
-}
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+reuse_time_wait
 
 # ---- servers -------------------------------------------------------------------------------
 read -r port_nginx port_iperf port_dns port_web port_bulk port_ha_web port_ha_bulk <<< "$(free_ports 7)"
 
-mkdir -p "$work/www" "$work/nginx-tmp"
+mkdir -p "$work/www"
 head -c 1024 /dev/urandom > "$work/www/1k"
 head -c 1048576 /dev/urandom > "$work/www/1m"
-# nginx's module temp paths exist only for the modules it was built with (nginx-light has fewer).
-temp_paths="client_body_temp_path $work/nginx-tmp/body;"
-for m in proxy fastcgi uwsgi scgi; do
-    nginx -V 2>&1 | grep -q -- "--without-http_${m}_module" ||
-        temp_paths="$temp_paths ${m}_temp_path $work/nginx-tmp/$m;"
-done
-user_line=""
-[ "$(id -u)" -eq 0 ] && user_line="user root;"  # the work dir is 0700: workers must read it
-cat > "$work/nginx.conf" <<EOF
-$user_line
-worker_processes 1;
-worker_rlimit_nofile $nofile;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err warn;
-events { worker_connections $((nofile - 64)); }
-http {
-    access_log off;
-    $temp_paths
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_header_timeout 300s;
+start_nginx <<EOF
     server {
         listen 127.0.0.1:$port_nginx;
         root $work/www;
     }
-}
 EOF
-nginx -p "$work" -e "$work/nginx.err" -c "$work/nginx.conf" > "$work/nginx.out" 2>&1 &
-pid_nginx=$!; pids+=("$pid_nginx")
 
 iperf3 -s -B 127.0.0.1 -p "$port_iperf" > "$work/iperf3.out" 2>&1 &
 pid_iperf=$!; pids+=("$pid_iperf")
 
-cat > "$work/mesd.yaml" <<EOF
-dataDir: $work/store
-vip:
-  ipv4: 127.242.0.0/16
-dns:
-  listen: ["127.0.0.1:$port_dns"]
-  forward:
-    enabled: false
-admin:
-  listen: 127.0.0.1:0
-log:
-  level: warn
-EOF
+write_mesd_config "$work" "$port_dns" 127.242.0.0/16
 cat > "$work/mes.yaml" <<EOF
 type: MeshExternalService
 name: web
@@ -211,24 +84,8 @@ case "$vip_web $vip_bulk" in
     *) echo "bench-proxy: unexpected VIPs '$vip_web' '$vip_bulk'"; exit 1 ;;
 esac
 
-# HAProxy refuses to start when maxconn needs more descriptors than it may open (two per
-# connection): below 40k open files it gets what fits, as the idle count does.
-ha_maxconn=20000
-ha_note=""
-if [ $((2 * ha_maxconn + 128)) -gt "$nofile" ]; then
-    ha_maxconn=$(((nofile - 128) / 2))
-    ha_note=", HAProxy maxconn $ha_maxconn (not 20000: open files limit $nofile)"
-fi
-cat > "$work/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn $ha_maxconn
-defaults
-    mode tcp
-    maxconn $ha_maxconn
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
+# Like the idle count, HAProxy's maxconn is capped to what the open files limit holds.
+write_haproxy_config <<EOF
 frontend web
     bind 127.0.0.1:$port_ha_web
     default_backend web
@@ -244,13 +101,8 @@ EOF
 wait_listening "$port_nginx" nginx "$work/nginx.err" "$pid_nginx"
 wait_listening "$port_iperf" iperf3 "$work/iperf3.out" "$pid_iperf"
 
-start_mesd() {  # sets pid_mesd
-    "$mesd" --config "$work/mesd.yaml" > "$work/mesd.out" 2> "$work/mesd.log" &
-    pid_mesd=$!; pids+=("$pid_mesd")
-}
-start_mesd
-haproxy -db -f "$work/haproxy.cfg" > "$work/haproxy.out" 2>&1 &
-pid_haproxy=$!; pids+=("$pid_haproxy")
+start_mesd "$work"
+start_haproxy
 
 declare -A pid url bulk_addr
 pid[direct]=""; pid[mesd]=$pid_mesd; pid[haproxy]=$pid_haproxy
@@ -264,17 +116,9 @@ targets="direct mesd haproxy"
 
 # A mesd that dies is reported (exit status, signal, log) and started again, so the rounds
 # go on; the run it died in is left out of the medians, and the script exits 1 at the end.
-crashes=()
 check_mesd() {  # check_mesd WHEN: returns 1 if mesd had died (and was restarted)
     running "$pid_mesd" && return 0
-    local rc=0 sig=""
-    wait "$pid_mesd" 2> /dev/null || rc=$?
-    stopped[$pid_mesd]=1
-    [ "$rc" -gt 128 ] && sig=" (SIG$(kill -l $((rc - 128)) 2> /dev/null || echo $((rc - 128))))"
-    crashes+=("during $1: exit status $rc$sig")
-    echo "  mesd died during $1: exit status $rc$sig; starting it again" >&2
-    { echo "--- mesd died during $1: exit status $rc$sig"; cat "$work/mesd.log"; } >> "$work/mesd-all.log"
-    start_mesd
+    restart_dead_mesd "$1"
     pid[mesd]=$pid_mesd
     wait_http "${url[mesd]}/1k" mesd "$work/mesd.log" "$pid_mesd"
     return 1
@@ -374,29 +218,6 @@ idle_test haproxy "$pid_haproxy" 127.0.0.1 "$port_ha_web"
 sleep 2
 
 # ---- runs ----------------------------------------------------------------------------------
-# One wrk run against URL through the proxy PID (empty: direct):
-# "req_per_s p99_ms proxy_cpu_s req_per_proxy_cpu_s errors".
-measure_wrk() {  # measure_wrk URL PID [wrk args]
-    local u=$1 p=$2 before=0 after=0
-    shift 2
-    [ -n "$p" ] && before=$(cpu_ticks "$p")
-    wrk -t1 -c50 -d"${duration}s" --latency "$@" "$u" > "$work/run.out" 2>&1 || true
-    [ -n "$p" ] && after=$(cpu_ticks "$p")
-    awk -v ticks=$((after - before)) -v hz="$tick" '
-        function ms(v,   n, u) {
-            match(v, /[a-z]+$/); n = substr(v, 1, RSTART - 1); u = substr(v, RSTART)
-            return u == "us" ? n / 1000 : u == "ms" ? n : u == "s" ? n * 1000 : u == "m" ? n * 60000 : n
-        }
-        /^ +99% / { p99 = ms($2) }
-        /^Requests\/sec:/ { rps = $2 }
-        /requests in/ { done = $1 }
-        /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
-        /Non-2xx or 3xx responses:/ { err += $NF }
-        END {
-            cpu = ticks / hz
-            printf "%.0f %.3f %.2f %.0f %d\n", rps, p99, cpu, cpu ? done / cpu : 0, err
-        }' "$work/run.out"
-}
 # One iperf3 run to HOST PORT through the proxy PID: "gbit_per_s proxy_cpu_s".
 measure_bulk() {  # measure_bulk "HOST PORT" PID
     local host port p=$2 before=0 after=0 gbit
@@ -431,18 +252,11 @@ rss_after_mesd_mb=$(rss_mb "$pid_mesd"); rss_after_ha_mb=$(rss_mb "$pid_haproxy"
 
 # mesd's own counters, from the admin endpoint it bound on a free port.
 metrics=""
-admin=$(ss -Hltnp 2> /dev/null | awk -v p="pid=$pid_mesd," -v dns="127.0.0.1:$port_dns" \
-        'index($0, p) && $4 ~ /^127\.0\.0\.1:/ && $4 != dns { print $4; exit }' || true)
+find_admin 1
 [ -n "$admin" ] && metrics=$(curl -sf --max-time 2 "http://$admin/metrics" 2> /dev/null |
     grep -E '^mesd_(proxy_connections_(total|active|refused_total)|proxy_unrouted_total|mes_connections_(total|active|refused_total|failed_total))' || true)
 
 # ---- report --------------------------------------------------------------------------------
-col() {  # col TEST TARGET COLUMN: the median over the rounds
-    awk -v s="$1" -v t="$2" -v c="$3" '$1 == s && $2 == t { print $c }' "$results" | median
-}
-sum() { awk -v s="$1" -v t="$2" -v c="$3" '$1 == s && $2 == t { n += $c } END { print n + 0 }' "$results"; }
-runs() { awk -v s="$1" -v t="$2" '$1 == s && $2 == t { n++ } END { print n + 0 }' "$results"; }
-
 printf '\n%-9s %-8s %10s %9s %12s %16s %7s %5s\n' test target req/s p99_ms proxy_cpu_s req/proxy_cpu_s errors runs
 for test in 1k-ka 1k-close 1m-ka; do
     for t in $targets; do
@@ -460,8 +274,6 @@ for t in $targets; do
     printf '%-9s %-8s %10.2f %12s %16s %5s\n' bulk "$t" "$g" "$cpu" "$per" "$(runs bulk "$t")"
 done
 
-verdict() { awk -v v="$1" -v op="$2" -v want="$3" 'BEGIN { ok = op == ">=" ? v >= want : v <= want; print ok ? "met" : "NOT met" }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
 echo
 for spec in "1k-ka 1.1 1 KiB keep-alive" "1k-close 1.2 1 KiB connection per request" "1m-ka - 1 MiB keep-alive"; do
     read -r test want label <<< "$spec"
@@ -495,17 +307,4 @@ echo "targets: mesd RSS idle $idle_mb MB <= 10 MB ($(verdict "$idle_mb" "<=" 10)
 # ---- mesd's health over the runs -------------------------------------------------------------
 echo
 [ -n "$metrics" ] && { echo "mesd counters:"; sed 's/^/  /' <<< "$metrics"; }
-if stop "$pid_mesd"; then status="stopped on SIGTERM with exit status $stop_status"
-else status="did NOT stop within 10 s of SIGTERM (killed)"; fi
-cat "$work/mesd.log" >> "$work/mesd-all.log" 2> /dev/null || true
-if grep -q . "$work/mesd-all.log" 2> /dev/null; then
-    echo "mesd $status; its logs (warn and above), first 30 lines:"
-    head -n 30 "$work/mesd-all.log" | sed 's/^/  /'
-else
-    echo "mesd $status; nothing logged at warn or above"
-fi
-if [ "${#crashes[@]}" -gt 0 ]; then
-    echo "mesd DIED ${#crashes[@]} time(s); those runs are left out of the medians:"
-    printf '  %s\n' "${crashes[@]}"
-    exit 1
-fi
+report_mesd_health

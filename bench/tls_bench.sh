@@ -15,113 +15,30 @@
 # mesd/HAProxy, then resumed/full handshakes per proxy; mesd's TLS handshake and resumption
 # counters show that it resumed.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
+bench_name=bench-tls
 build=${1:-build}
 rounds=${ROUNDS:-4}
 duration=${DURATION:-10}
 mesd=$build/cmd/mesd
 mesctl=$build/cmd/mesctl
-tick=$(getconf CLK_TCK)
 
-for tool in wrk haproxy nginx openssl curl python3; do
-    command -v "$tool" > /dev/null || { echo "bench-tls: $tool is missing (make bench-deps)"; exit 1; }
-done
-# Another build may be replacing the binaries right now: give it a moment.
-for _ in $(seq 1 60); do [ -x "$mesd" ] && [ -x "$mesctl" ] && break; sleep 1; done
-[ -x "$mesd" ] && [ -x "$mesctl" ] || { echo "bench-tls: no $mesd or $mesctl (make build)"; exit 1; }
+require_tools wrk haproxy nginx openssl curl python3
+wait_for_build
 
 # Connections per request need descriptors: a proxy holds two per connection.
-ulimit -n 65536 2> /dev/null || ulimit -n "$(ulimit -Hn)" 2> /dev/null || true
-nofile=$(ulimit -n)
-[ "$nofile" = unlimited ] && nofile=1048576
+raise_open_files
 
 work=$(mktemp -d /tmp/mesd-bench-tls-XXXXXX)
 pids=()
-tw_old=$(sysctl -n net.ipv4.tcp_tw_reuse 2> /dev/null || echo "")
-tw_set=""
-# Is PID still running (a zombie waiting to be reaped is not)?
-running() { [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" != Z ]; }
-# Stops a process this script started: SIGTERM, then SIGKILL after 10 s; returns 1 if it
-# took SIGKILL; its exit status is left in stop_status. A process stopped once is not
-# signalled again (its PID may be reused).
-declare -A stopped
-stop_status=0
-stop() {  # stop PID
-    local p=$1 rc=0
-    stop_status=0
-    [ -n "${stopped[$p]:-}" ] && return 0
-    stopped[$p]=1
-    kill "$p" 2> /dev/null || return 0
-    for _ in $(seq 1 100); do running "$p" || break; sleep 0.1; done
-    if running "$p"; then kill -9 "$p" 2> /dev/null || true; rc=1; fi
-    wait "$p" 2> /dev/null || stop_status=$?
-    return $rc
-}
-cleanup() {
-    for p in "${pids[@]:-}"; do [ -n "$p" ] && { stop "$p" || true; }; done
-    wait 2> /dev/null || true
-    [ -n "$tw_set" ] && sysctl -qw net.ipv4.tcp_tw_reuse="$tw_old" 2> /dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap stop_all_and_clean_up EXIT
 trap 'exit 130' INT TERM
 
 # Connections per request leave sockets in TIME_WAIT; reuse them (restored on exit).
-if [ -n "$tw_old" ] && [ "$tw_old" != 1 ] && sysctl -qw net.ipv4.tcp_tw_reuse=1 2> /dev/null; then tw_set=1; fi
+reuse_time_wait
 
-# N distinct free ports on 127.0.0.1 (all bound at once, so no two are the same).
-free_ports() {  # free_ports N
-    python3 -c 'import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))' "$1"
-}
-
-# A process and all its descendants (nginx serves from a child of the process started).
-tree() {
-    local p
-    echo "$1"
-    for p in $(pgrep -P "$1" 2>/dev/null); do tree "$p"; done
-}
-# CPU of a server and its descendants.
-cpu_ticks() {
-    local total=0 p
-    for p in $(tree "$1"); do
-        # utime and stime, counted after the command name, which may hold spaces.
-        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }' || echo 0)))
-    done
-    echo "$total"
-}
-# Is 127.0.0.1:PORT listening (from /proc, so no connection is made to the server)?
-listening() {
-    awk -v want="$(printf ':%04X' "$1")" '$4 == "0A" && substr($2, length($2) - 4) == want { f = 1 } END { exit !f }' /proc/net/tcp
-}
-wait_listening() {  # wait_listening PORT NAME LOG PID
-    for _ in $(seq 1 200); do listening "$1" && return 0; running "$4" || break; sleep 0.05; done
-    echo "bench-tls: $2 does not listen on 127.0.0.1:$1"; cat "$3" 2>/dev/null || true; exit 1
-}
-wait_http() {  # wait_http URL NAME LOG PID [curl args]
-    local u=$1 name=$2 log=$3 p=$4
-    shift 4
-    for _ in $(seq 1 200); do
-        curl -sf -o /dev/null --max-time 1 "$@" "$u" && return 0
-        running "$p" || break
-        sleep 0.05
-    done
-    echo "bench-tls: $name does not answer $u"; cat "$log" 2>/dev/null || true; exit 1
-}
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-# mesd's admin endpoint, bound on a free port: the one of its listeners that is not DNS.
-admin=""
-find_admin() {
-    admin=""
-    for _ in $(seq 1 40); do
-        admin=$(ss -Hltnp 2> /dev/null | awk -v p="pid=$pid_mesd," -v dns="127.0.0.1:$port_dns" \
-                'index($0, p) && $4 ~ /^127\.0\.0\.1:/ && $4 != dns { print $4; exit }' || true)
-        [ -n "$admin" ] && return 0
-        sleep 0.05
-    done
-}
 # mesd's TLS handshakes to the endpoints of MES NAME and those that resumed, so far:
 # "handshakes resumed" (0 0 when its admin endpoint does not answer).
 tls_counts() {  # tls_counts NAME
@@ -166,35 +83,11 @@ EOF
 # ---- servers -------------------------------------------------------------------------------
 read -r port_tls port_tls_full port_dns port_mes port_mes_full port_ha port_ha_full <<< "$(free_ports 7)"
 
-mkdir -p "$work/www" "$work/nginx-tmp"
+mkdir -p "$work/www"
 head -c 1024 /dev/urandom > "$work/www/1k"
-# nginx's module temp paths exist only for the modules it was built with (nginx-light has fewer).
-temp_paths="client_body_temp_path $work/nginx-tmp/body;"
-for m in proxy fastcgi uwsgi scgi; do
-    nginx -V 2>&1 | grep -q -- "--without-http_${m}_module" ||
-        temp_paths="$temp_paths ${m}_temp_path $work/nginx-tmp/$m;"
-done
-user_line=""
-[ "$(id -u)" -eq 0 ] && user_line="user root;"  # the work dir is 0700: workers must read it
 # Two TLS ports on the same worker: $port_tls resumes sessions (shared cache and tickets),
 # $port_tls_full resumes none, so every handshake to it is a full one.
-cat > "$work/nginx.conf" <<EOF
-$user_line
-worker_processes 1;
-worker_rlimit_nofile $nofile;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx.err warn;
-events { worker_connections $((nofile - 64)); }
-http {
-    access_log off;
-    $temp_paths
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    client_header_timeout 300s;
+start_nginx <<EOF
     server {
         listen 127.0.0.1:$port_tls ssl;
         root $work/www;
@@ -213,24 +106,9 @@ http {
         ssl_session_cache off;
         ssl_session_tickets off;
     }
-}
 EOF
-nginx -p "$work" -e "$work/nginx.err" -c "$work/nginx.conf" > "$work/nginx.out" 2>&1 &
-pid_nginx=$!; pids+=("$pid_nginx")
 
-cat > "$work/mesd.yaml" <<EOF
-dataDir: $work/store
-vip:
-  ipv4: 127.242.0.0/16
-dns:
-  listen: ["127.0.0.1:$port_dns"]
-  forward:
-    enabled: false
-admin:
-  listen: 127.0.0.1:0
-log:
-  level: warn
-EOF
+write_mesd_config "$work" "$port_dns" 127.242.0.0/16
 ca_inline=$(sed 's/^/          /' "$work/ca.crt")
 mes_yaml() {  # mes_yaml NAME PORT NGINX_PORT
     cat <<EOF
@@ -258,28 +136,11 @@ case "$vip_tls $vip_tls_full" in
     *) echo "bench-tls: unexpected VIPs '$vip_tls' '$vip_tls_full'"; exit 1 ;;
 esac
 
-# HAProxy refuses to start when maxconn needs more descriptors than it may open (two per
-# connection): below 40k open files it gets what fits.
-ha_maxconn=20000
-ha_note=""
-if [ $((2 * ha_maxconn + 128)) -gt "$nofile" ]; then
-    ha_maxconn=$(((nofile - 128) / 2))
-    ha_note=", HAProxy maxconn $ha_maxconn (not 20000: open files limit $nofile)"
-fi
 # HAProxy reuses TLS sessions to a server unless told not to (no-ssl-reuse); with sni set and
 # no verifyhost it checks the certificate against the SNI, as mesd checks it against serverName.
 server_tls="ssl verify required ca-file $work/ca.crt sni str(backend.test)"
-cat > "$work/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn $ha_maxconn
-    stats socket $work/haproxy.sock mode 600 level admin
-defaults
-    mode tcp
-    maxconn $ha_maxconn
-    timeout connect 5s
-    timeout client 1h
-    timeout server 1h
+# Its stats socket gives its TLS session counts for the report.
+write_haproxy_config "stats socket $work/haproxy.sock mode 600 level admin" <<EOF
 frontend tls
     bind 127.0.0.1:$port_ha
     default_backend tls
@@ -295,13 +156,8 @@ EOF
 wait_listening "$port_tls" nginx "$work/nginx.err" "$pid_nginx"
 wait_listening "$port_tls_full" nginx "$work/nginx.err" "$pid_nginx"
 
-start_mesd() {  # sets pid_mesd
-    "$mesd" --config "$work/mesd.yaml" > "$work/mesd.out" 2> "$work/mesd.log" &
-    pid_mesd=$!; pids+=("$pid_mesd")
-}
-start_mesd
-haproxy -db -f "$work/haproxy.cfg" > "$work/haproxy.out" 2>&1 &
-pid_haproxy=$!; pids+=("$pid_haproxy")
+start_mesd "$work"
+start_haproxy
 
 # Targets: each proxy to the resuming port and to the port that resumes none. The order is
 # the order of the runs within a round, so that the runs compared are next to each other.
@@ -318,20 +174,12 @@ mes[mesd-resume]=tls; mes[mesd-full]=tls-noresume
 
 # A mesd that dies is reported (exit status, signal, log) and started again, so the rounds
 # go on; the run it died in is left out of the medians, and the script exits 1 at the end.
-crashes=()
 check_mesd() {  # check_mesd WHEN: returns 1 if mesd had died (and was restarted)
     running "$pid_mesd" && return 0
-    local rc=0 sig=""
-    wait "$pid_mesd" 2> /dev/null || rc=$?
-    stopped[$pid_mesd]=1
-    [ "$rc" -gt 128 ] && sig=" (SIG$(kill -l $((rc - 128)) 2> /dev/null || echo $((rc - 128))))"
-    crashes+=("during $1: exit status $rc$sig")
-    echo "  mesd died during $1: exit status $rc$sig; starting it again" >&2
-    { echo "--- mesd died during $1: exit status $rc$sig"; cat "$work/mesd.log"; } >> "$work/mesd-all.log"
-    start_mesd
+    restart_dead_mesd "$1"
     pid[mesd-resume]=$pid_mesd; pid[mesd-full]=$pid_mesd
     wait_http "${url[mesd-resume]}/1k" mesd "$work/mesd.log" "$pid_mesd"
-    find_admin
+    find_admin 40
     return 1
 }
 # nginx directly over TLS, checked against the CA as the proxies check it.
@@ -344,7 +192,7 @@ wait_http "${url[mesd-resume]}/1k" mesd "$work/mesd.log" "$pid_mesd"
 wait_http "${url[mesd-full]}/1k" mesd "$work/mesd.log" "$pid_mesd"
 wait_http "${url[haproxy-resume]}/1k" haproxy "$work/haproxy.out" "$pid_haproxy"
 wait_http "${url[haproxy-full]}/1k" haproxy "$work/haproxy.out" "$pid_haproxy"
-find_admin
+find_admin 40
 
 # The 1 KiB file arrives intact through each proxy and port.
 for t in $targets; do
@@ -357,30 +205,6 @@ echo "  nginx one worker, mesd $vip_tls:$port_mes (resume) and $vip_tls_full:$po
 echo "  HAProxy nbthread 1 mode tcp, all on loopback; open files $nofile$ha_note"
 
 # ---- runs ----------------------------------------------------------------------------------
-# One wrk run against URL through the proxy PID:
-# "req_per_s p99_ms proxy_cpu_s req_per_proxy_cpu_s errors".
-measure_wrk() {  # measure_wrk URL PID [wrk args]
-    local u=$1 p=$2 before=0 after=0
-    shift 2
-    [ -n "$p" ] && before=$(cpu_ticks "$p")
-    wrk -t1 -c50 -d"${duration}s" --latency "$@" "$u" > "$work/run.out" 2>&1 || true
-    [ -n "$p" ] && after=$(cpu_ticks "$p")
-    awk -v ticks=$((after - before)) -v hz="$tick" '
-        function ms(v,   n, u) {
-            match(v, /[a-z]+$/); n = substr(v, 1, RSTART - 1); u = substr(v, RSTART)
-            return u == "us" ? n / 1000 : u == "ms" ? n : u == "s" ? n * 1000 : u == "m" ? n * 60000 : n
-        }
-        /^ +99% / { p99 = ms($2) }
-        /^Requests\/sec:/ { rps = $2 }
-        /requests in/ { done = $1 }
-        /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
-        /Non-2xx or 3xx responses:/ { err += $NF }
-        END {
-            cpu = ticks / hz
-            printf "%.0f %.3f %.2f %.0f %d\n", rps, p99, cpu, cpu ? done / cpu : 0, err
-        }' "$work/run.out"
-}
-
 results=$work/results
 : > "$results"
 record() {  # record TEST TARGET FIGURES: kept unless mesd died meanwhile
@@ -417,12 +241,6 @@ print(data.decode())' "$work/haproxy.sock" 2> /dev/null |
              $2 == "nginx" && c["ssl_sess"] { printf "%s %s %s\n", $1, $c["ssl_sess"], $c["ssl_reused_sess"] }' || true)
 
 # ---- report --------------------------------------------------------------------------------
-col() {  # col TEST TARGET COLUMN: the median over the rounds
-    awk -v s="$1" -v t="$2" -v c="$3" '$1 == s && $2 == t { print $c }' "$results" | median
-}
-sum() { awk -v s="$1" -v t="$2" -v c="$3" '$1 == s && $2 == t { n += $c } END { print n + 0 }' "$results"; }
-runs() { awk -v s="$1" -v t="$2" '$1 == s && $2 == t { n++ } END { print n + 0 }' "$results"; }
-
 printf '\n%-9s %-15s %10s %9s %12s %16s %7s %5s\n' test target req/s p99_ms proxy_cpu_s req/proxy_cpu_s errors runs
 for test in 1k-ka 1k-close; do
     for t in $targets; do
@@ -431,8 +249,6 @@ for test in 1k-ka 1k-close; do
     done
 done
 
-verdict() { awk -v v="$1" -v op="$2" -v want="$3" 'BEGIN { ok = op == ">=" ? v >= want : v <= want; print ok ? "met" : "NOT met" }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b ? a / b : 0 }'; }
 echo
 for spec in "1k-ka resume 1.0 1 KiB keep-alive, resumption" "1k-ka full 1.0 1 KiB keep-alive, full handshakes" \
             "1k-close resume 1.5 1 KiB conn per request, resumption" "1k-close full - 1 KiB conn per request, full handshakes"; do
@@ -484,17 +300,4 @@ fi
 
 # ---- mesd's health over the runs -------------------------------------------------------------
 echo
-if stop "$pid_mesd"; then status="stopped on SIGTERM with exit status $stop_status"
-else status="did NOT stop within 10 s of SIGTERM (killed)"; fi
-cat "$work/mesd.log" >> "$work/mesd-all.log" 2> /dev/null || true
-if grep -q . "$work/mesd-all.log" 2> /dev/null; then
-    echo "mesd $status; its logs (warn and above), first 30 lines:"
-    head -n 30 "$work/mesd-all.log" | sed 's/^/  /'
-else
-    echo "mesd $status; nothing logged at warn or above"
-fi
-if [ "${#crashes[@]}" -gt 0 ]; then
-    echo "mesd DIED ${#crashes[@]} time(s); those runs are left out of the medians:"
-    printf '  %s\n' "${crashes[@]}"
-    exit 1
-fi
+report_mesd_health
