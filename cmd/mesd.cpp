@@ -11,6 +11,7 @@
 
 #include <uv.h>
 
+#include <malloc.h>
 #include <sys/resource.h>
 
 #include <csignal>
@@ -131,6 +132,8 @@ private:
     }
     bool refresh();
     void update_routes();
+    std::string build_routes(std::vector<proxy::Route>& routes) const;
+    void apply_routes(std::vector<proxy::Route> routes, std::chrono::steady_clock::time_point started);
     proxy::Options proxy_options(const std::vector<conf::HostPort>& dns_upstreams) const;
     bool sync_conf_dir();
     void shutdown(const char* why);
@@ -148,6 +151,8 @@ private:
     std::unique_ptr<proxy::Proxy> proxy_;
     std::map<std::string, std::string> listen_errors_;  // logged once per change
     std::map<std::string, std::string> tls_errors_;     // logged once per change
+    bool routes_building_ = false;  // a worker thread is listing the MES
+    bool routes_stale_ = false;     // the store moved meanwhile: list them again
     std::unique_ptr<cmd::Admin> admin_;
     uv_timer_t store_timer_{};
     uv_timer_t conf_timer_{};
@@ -182,18 +187,66 @@ bool Daemon::refresh()
 }
 
 // The proxy's routes: every MES of the served meshes, with its VIPs.
+// Routes are built on a worker thread from a snapshot of its own: listing 100,000 MES takes
+// about a second, during which DNS answers must go on. The proxy takes them on the loop.
 void Daemon::update_routes()
 {
-    const auto* snap = source_.snapshot();
-    if (!proxy_ || !snap) return;
-    std::vector<proxy::Route> routes;
+    if (!proxy_ || stopping_) return;
+    if (routes_building_) {
+        routes_stale_ = true;  // built again once this one is in
+        return;
+    }
+    routes_building_ = true;
+    struct Build {
+        uv_work_t req{};
+        Daemon* daemon = nullptr;
+        std::vector<proxy::Route> routes;
+        std::string error;
+        std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+    };
+    auto* build = new Build;
+    build->daemon = this;
+    build->req.data = build;
+    uv_queue_work(
+        &loop_, &build->req,
+        [](uv_work_t* req) {
+            auto* b = static_cast<Build*>(req->data);
+            b->error = b->daemon->build_routes(b->routes);
+        },
+        [](uv_work_t* req, int) {
+            std::unique_ptr<Build> b(static_cast<Build*>(req->data));
+            Daemon* d = b->daemon;
+            d->routes_building_ = false;
+            if (d->stopping_) return;
+            if (!b->error.empty()) {
+                ++d->store_errors_;
+                log::error("proxy", "cannot read the routes", {{"error", b->error}});
+            } else {
+                d->store_->unmap_pages();  // the listing walked every record
+                d->apply_routes(std::move(b->routes), b->started);
+            }
+            if (!d->ready_) {
+                d->ready_ = true;
+                log::info("daemon", "ready",
+                          {{"generation", std::to_string(d->source_.generation())}, {"data_dir", d->config_.data_dir}});
+            }
+            if (d->routes_stale_) {
+                d->routes_stale_ = false;
+                d->update_routes();
+            }
+        });
+}
+
+// Every MES of the served meshes as a route, with the PEM behind its TLS data sources. Runs
+// on a worker thread: it reads only the store (through a snapshot of its own) and config_.
+std::string Daemon::build_routes(std::vector<proxy::Route>& routes) const
+{
+    auto snapshot = store_->snapshot();
+    if (!snapshot) return snapshot.error().message;
+    const auto* snap = &*snapshot;
     for (const auto& mesh : config_.meshes) {
         auto list = snap->list(conf::Kind::mesh_external_service, std::string_view(mesh));
-        if (!list) {
-            ++store_errors_;
-            log::error("proxy", "cannot read the routes", {{"error", list.error().message}});
-            return;
-        }
+        if (!list) return list.error().message;
         for (auto& e : *list) {
             const auto* mes = e.resource.mes();
             if (!mes) continue;
@@ -226,28 +279,53 @@ void Daemon::update_routes()
             routes.push_back(std::move(r));
         }
     }
-    // The listing walked every record; its pages need not stay mapped.
-    store_->unmap_pages();
+    return {};
+}
+
+void Daemon::apply_routes(std::vector<proxy::Route> routes, std::chrono::steady_clock::time_point started)
+{
+    auto listed = std::chrono::steady_clock::now();
     proxy_->update(std::move(routes));
-    std::map<std::string, std::string> errors;
-    for (const auto& s : proxy_->status().services) {
-        std::string key = s.mesh + "/" + s.name;
-        if (!s.tls_error.empty()) {
-            auto& seen = tls_errors_[key];
-            if (seen != s.tls_error) log::warn("proxy", "TLS settings unusable; refusing connections",
-                                                {{"mesh", s.mesh}, {"name", s.name}, {"reason", s.tls_error}});
-            seen = s.tls_error;
-        } else {
-            tls_errors_.erase(key);
+    // The listing's records were freed on the worker thread's malloc arena; hand the pages back.
+    malloc_trim(0);
+    auto updated = std::chrono::steady_clock::now();
+    using ms = std::chrono::milliseconds;
+    log::debug("proxy", "routes updated",
+               {{"build_ms", std::to_string(std::chrono::duration_cast<ms>(listed - started).count())},
+                {"update_ms", std::to_string(std::chrono::duration_cast<ms>(updated - listed).count())}});
+    std::map<std::string, std::string> errors, tls_errors;
+    // One line per MES that stops or starts listening, up to a few; then a count (a store of
+    // 100,000 MES over the descriptor limit must not log 100,000 lines at each change).
+    constexpr std::size_t logged_at_most = 10;
+    std::size_t not_listening = 0, listening_again = 0;
+    for (const auto& p : proxy_->problems()) {
+        std::string key = p.mesh + "/" + p.name;
+        if (!p.tls_error.empty()) {
+            tls_errors[key] = p.tls_error;
+            auto seen = tls_errors_.find(key);
+            if (seen == tls_errors_.end() || seen->second != p.tls_error)
+                log::warn("proxy", "TLS settings unusable; refusing connections",
+                          {{"mesh", p.mesh}, {"name", p.name}, {"reason", p.tls_error}});
         }
-        if (!s.listen_error.empty()) errors[key] = s.listen_error;
+        if (p.listen_error.empty()) continue;
+        errors[key] = p.listen_error;
         auto before = listen_errors_.find(key);
-        if (!s.listen_error.empty() && (before == listen_errors_.end() || before->second != s.listen_error))
-            log::warn("proxy", "not listening", {{"mesh", s.mesh}, {"name", s.name}, {"reason", s.listen_error}});
-        else if (s.listen_error.empty() && before != listen_errors_.end())
-            log::info("proxy", "listening", {{"mesh", s.mesh}, {"name", s.name}});
+        if ((before == listen_errors_.end() || before->second != p.listen_error) && ++not_listening <= logged_at_most)
+            log::warn("proxy", "not listening", {{"mesh", p.mesh}, {"name", p.name}, {"reason", p.listen_error}});
     }
+    for (const auto& [key, error] : listen_errors_) {
+        if (errors.contains(key)) continue;
+        auto slash = key.find('/');
+        if (++listening_again <= logged_at_most)
+            log::info("proxy", "listening", {{"mesh", key.substr(0, slash)}, {"name", key.substr(slash + 1)}});
+    }
+    if (not_listening > logged_at_most)
+        log::warn("proxy", "not listening", {{"more", std::to_string(not_listening - logged_at_most)},
+                                             {"see", "/config listenError"}});
+    if (listening_again > logged_at_most)
+        log::info("proxy", "listening", {{"more", std::to_string(listening_again - logged_at_most)}});
     listen_errors_ = std::move(errors);
+    tls_errors_ = std::move(tls_errors);
 }
 
 proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upstreams) const
@@ -587,27 +665,30 @@ int Daemon::run()
     for (const auto& b : server_->bound())
         log::info("dns", "listening", {{"addr", b}, {"forward", options.forward_enabled ? upstreams : "off"}});
 
+    admin_ = std::make_unique<cmd::Admin>(&loop_, [this](const std::string& path) { return admin(path); });
+    auto admin_addr = admin_->start(config_.admin.listen);
+    if (!admin_addr) {
+        log::error("admin", "cannot listen", {{"error", admin_addr.error()}});
+        server_->stop([this] { admin_->stop([] {}); });
+        uv_run(&loop_, UV_RUN_DEFAULT);
+        return exit_failed;
+    }
+    log::info("admin", "listening", {{"addr", *admin_addr}});
+
+    // The proxy last: in bind mode it may open many listeners, and the admin endpoint must
+    // have its descriptor whatever happens to them.
     auto resolvers = !config_.dns.forward.upstreams.empty() ? config_.dns.forward.upstreams
                                                             : dns::system_upstreams(config_.dns.listen);
     proxy_ = std::make_unique<proxy::Proxy>(&loop_, proxy_options(resolvers));
     if (auto started = proxy_->start(); !started) {
         log::error("proxy", "cannot listen", {{"error", started.error()}});
-        server_->stop([this] { proxy_->stop([] {}); });
+        server_->stop([this] { proxy_->stop([this] { admin_->stop([] {}); }); });
         uv_run(&loop_, UV_RUN_DEFAULT);
         return exit_failed;
     }
     if (config_.proxy.mode == "redirect") log::info("proxy", "listening", {{"addr", proxy_->bound()}, {"mode", "redirect"}});
     update_routes();
 
-    admin_ = std::make_unique<cmd::Admin>(&loop_, [this](const std::string& path) { return admin(path); });
-    auto admin_addr = admin_->start(config_.admin.listen);
-    if (!admin_addr) {
-        log::error("admin", "cannot listen", {{"error", admin_addr.error()}});
-        server_->stop([this] { proxy_->stop([this] { admin_->stop([] {}); }); });
-        uv_run(&loop_, UV_RUN_DEFAULT);
-        return exit_failed;
-    }
-    log::info("admin", "listening", {{"addr", *admin_addr}});
 
     uv_timer_init(&loop_, &store_timer_);
     store_timer_.data = this;
@@ -618,6 +699,9 @@ int Daemon::run()
     if (conf_dir_)
         uv_timer_start(&conf_timer_, [](uv_timer_t* t) {
             auto* d = static_cast<Daemon*>(t->data);
+            // No write while the routes are listed on a worker thread: a write may have to grow
+            // the map, which LMDB allows only with no read open in this process.
+            if (d->routes_building_) return;
             auto now = fingerprint(*d->conf_dir_);
             if (now == d->conf_fingerprint_) return;
             d->conf_fingerprint_ = now;
@@ -630,8 +714,8 @@ int Daemon::run()
     uv_signal_start(&sigterm_, [](uv_signal_t* s, int) { static_cast<Daemon*>(s->data)->shutdown("SIGTERM"); }, SIGTERM);
     uv_signal_start(&sigint_, [](uv_signal_t* s, int) { static_cast<Daemon*>(s->data)->shutdown("SIGINT"); }, SIGINT);
 
-    ready_ = true;
-    log::info("daemon", "ready", {{"generation", std::to_string(source_.generation())}, {"data_dir", config_.data_dir}});
+    // DNS answers from now on; "ready" once the proxy has its first routes too (they are
+    // listed on a worker thread).
     uv_run(&loop_, UV_RUN_DEFAULT);
     log::info("daemon", "stopped");
     return exit_ok;

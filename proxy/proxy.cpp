@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -258,8 +259,14 @@ struct Proxy::Impl {
     std::function<void()> on_stopped;
     std::size_t closing_listeners = 0;
 
+    std::size_t max_listeners = 0;
+
     Impl(uv_loop_t* l, Options o) : loop(l), options(std::move(o))
     {
+        rlimit nofile{};
+        max_listeners = ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY
+                            ? static_cast<std::size_t>(nofile.rlim_cur / 2)
+                            : std::size_t{1} << 20;
         resolver = std::make_unique<detail::Resolver>(loop, options.resolvers, options.resolve_timeout,
                                                       options.dns_min_ttl, options.dns_max_ttl);
     }
@@ -1072,6 +1079,12 @@ void Proxy::Impl::accept(Listener* l)
 
 std::string Proxy::Impl::open_listener(const std::string& key, const vip::Address& a, std::uint16_t port)
 {
+    // Each listener holds a descriptor; half of the open-files limit is kept for the
+    // connections themselves (two descriptors each) and everything else mesd opens.
+    if (listeners.size() >= max_listeners)
+        return "cannot listen on " + host_port(a, port) + ": bind mode already holds " + std::to_string(listeners.size()) +
+               " listeners, as many as the open-files limit leaves room for (raise it, e.g. LimitNOFILE, or use "
+               "proxy.mode: redirect)";
     auto* l = new Listener;
     l->impl = this;
     l->service_key = key;
@@ -1217,59 +1230,66 @@ void Proxy::update(std::vector<Route> routes)
 {
     auto& i = *impl_;
     if (i.stopping) return;
-    std::map<std::string, Route> next;
-    for (auto& r : routes) next.emplace(r.key(), std::move(r));
+    // Routes and services are walked side by side in key order: one pass, no second map
+    // (100,000 MES are a common size for a store).
+    std::vector<std::pair<std::string, Route>> next;
+    next.reserve(routes.size());
+    for (auto& r : routes) {
+        std::string key = r.key();
+        next.emplace_back(std::move(key), std::move(r));
+    }
+    std::ranges::sort(next, {}, &std::pair<std::string, Route>::first);
 
-    // Gone: stop accepting; open connections keep their Service alive.
-    for (auto it = i.services.begin(); it != i.services.end();) {
-        if (next.contains(it->first)) {
-            ++it;
-            continue;
-        }
+    auto drop = [&](std::map<std::string, std::shared_ptr<Service>>::iterator it) {
+        // Gone: stop accepting; open connections keep their Service alive.
         for (Listener* l : it->second->listeners) {
             i.listeners.erase(l->address);
             i.close_listener(l);
         }
         it->second->listeners.clear();
-        it = i.services.erase(it);
-    }
+        return i.services.erase(it);
+    };
 
     std::set<std::string> names;
     i.by_vip_port.clear();
     i.by_vip.clear();
+    auto it = i.services.begin();
     for (auto& [key, route] : next) {
+        while (it != i.services.end() && it->first < key) it = drop(it);
+        if (it == i.services.end() || it->first != key) it = i.services.emplace_hint(it, key, std::make_shared<Service>());
+        Service& service = *it->second;
+        ++it;
         for (const auto& e : route.endpoints)
             if (e.kind == conf::AddressKind::hostname) names.insert(e.address);
-        auto& service = i.services[key];
-        if (!service) service = std::make_shared<Service>();
-        bool same = service->route == route && !service->targets.empty() == !route.endpoints.empty();
-        if (!same) service->set_route(route);
+        if (!(service.route == route) || service.targets.empty() != route.endpoints.empty()) service.set_route(std::move(route));
+        const Route& current = service.route;
 
-        std::vector<vip::Address> vips;
-        if (route.ipv4) vips.push_back(*route.ipv4);
-        if (route.ipv6) vips.push_back(*route.ipv6);
         if (i.options.mode == Options::Mode::redirect) {
-            for (const auto& a : vips) {
-                if (route.port) i.by_vip_port[{a, *route.port}] = key;
-                else i.by_vip[a] = key;
+            for (const auto& a : {current.ipv4, current.ipv6}) {
+                if (!a) continue;
+                if (current.port) i.by_vip_port[{*a, *current.port}] = key;
+                else i.by_vip[*a] = key;
             }
             continue;
         }
         // Bind mode: listeners this route no longer wants close now; new ones open below,
         // once every route has let go of its old addresses (one may take over another's).
-        std::set<std::string> wanted;
-        if (route.port)
-            for (const auto& a : vips) wanted.insert(host_port(a, *route.port));
-        for (auto it = service->listeners.begin(); it != service->listeners.end();) {
-            if (wanted.contains((*it)->address)) {
-                ++it;
+        std::vector<std::string> wanted;
+        if (current.port)
+            for (const auto& a : {current.ipv4, current.ipv6})
+                if (a) wanted.push_back(host_port(*a, *current.port));
+        for (auto l = service.listeners.begin(); l != service.listeners.end();) {
+            if (std::ranges::find(wanted, (*l)->address) != wanted.end()) {
+                ++l;
                 continue;
             }
-            i.listeners.erase((*it)->address);
-            i.close_listener(*it);
-            it = service->listeners.erase(it);
+            i.listeners.erase((*l)->address);
+            i.close_listener(*l);
+            l = service.listeners.erase(l);
         }
     }
+    while (it != i.services.end()) it = drop(it);
+
     if (i.options.mode == Options::Mode::bind) {
         bool failed = false;
         for (auto& [key, service] : i.services) failed |= !i.ensure_listeners(key, *service);
@@ -1299,6 +1319,15 @@ void Proxy::stop(std::function<void()> done)
     auto open = i.connections;
     for (Connection* c : open) c->close(false);
     i.maybe_stopped();
+}
+
+std::vector<Proxy::Problem> Proxy::problems() const
+{
+    std::vector<Problem> out;
+    for (const auto& [key, s] : impl_->services)
+        if (!s->listen_error.empty() || !s->tls_error.empty())
+            out.push_back({s->route.mesh, s->route.name, s->listen_error, s->tls_error});
+    return out;
 }
 
 Status Proxy::status() const

@@ -131,6 +131,11 @@ public:
     void stop(std::function<void()> done);
 
     Status status() const;
+    // The MES that cannot listen or whose TLS settings cannot be used (cheap, unlike status()).
+    struct Problem {
+        std::string mesh, name, listen_error, tls_error;
+    };
+    std::vector<Problem> problems() const;
     // Redirect mode: the address actually bound.
     std::string bound() const;
 
