@@ -2,6 +2,7 @@
 #include "dns/dns.hpp"
 #include "dns/name_index.hpp"
 
+#include "test/support/resources.hpp"
 #include "test/support/tempdir.hpp"
 
 #include <catch2/catch.hpp>
@@ -13,28 +14,12 @@ namespace {
 
 conf::Resource mes(const std::string& name, const std::string& mesh = "default")
 {
-    conf::Resource r;
-    r.kind = conf::Kind::mesh_external_service;
-    r.mesh = mesh;
-    r.name = name;
-    conf::MeshExternalService m;
-    m.port = 80;
-    m.endpoints.push_back(conf::Endpoint{"example.com", conf::AddressKind::hostname, 443, 0});
-    r.spec = m;
-    return r;
+    return test_support::make_mes(name, 80, {}, mesh);
 }
 
 conf::Resource generator(const std::string& name, const std::string& tmpl, const std::string& mesh = "default")
 {
-    conf::Resource r;
-    r.kind = conf::Kind::hostname_generator;
-    r.mesh = mesh;
-    r.name = name;
-    conf::HostnameGenerator g;
-    g.selects_mesh_external_services = true;
-    g.template_text = tmpl;
-    r.spec = g;
-    return r;
+    return test_support::make_generator(name, tmpl, mesh);
 }
 
 struct Fixture {

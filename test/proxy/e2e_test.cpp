@@ -46,6 +46,18 @@ sockaddr_in address(const std::string& host, int port)
     return addr;
 }
 
+// A TCP socket listening on 127.0.0.1 (a port the kernel picks) with `backlog`, and its port.
+std::pair<int, int> listening_socket(int backlog)
+{
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    auto addr = address("127.0.0.1", 0);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(fd, backlog) == 0);
+    socklen_t len = sizeof addr;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    return {fd, ntohs(addr.sin_port)};
+}
+
 struct Reply {
     std::string data;
     int error = 0;  // errno of the read that ended it; 0 for a clean EOF
@@ -293,13 +305,7 @@ TEST_CASE("half-close passes through in both directions")
 TEST_CASE("a reset on one side reaches the other")
 {
     // A backend that accepts, reads a little and closes with SO_LINGER 0 (an RST).
-    int listener = ::socket(AF_INET, SOCK_STREAM, 0);
-    auto addr = address("127.0.0.1", 0);
-    REQUIRE(::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    REQUIRE(::listen(listener, 8) == 0);
-    socklen_t len = sizeof addr;
-    ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len);
-    int port = ntohs(addr.sin_port);
+    auto [listener, port] = listening_socket(8);
     std::jthread resetter([listener] {
         int c = ::accept(listener, nullptr, nullptr);
         if (c < 0) return;
@@ -417,13 +423,8 @@ TEST_CASE("when no endpoint can be reached the client is reset at once")
 TEST_CASE("a connect that times out moves on to the next endpoint")
 {
     // A listener whose backlog is full never completes a handshake: connects to it hang.
-    int hole = ::socket(AF_INET, SOCK_STREAM, 0);
-    auto addr = address("127.0.0.1", 0);
-    REQUIRE(::bind(hole, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    REQUIRE(::listen(hole, 0) == 0);
-    socklen_t len = sizeof addr;
-    ::getsockname(hole, reinterpret_cast<sockaddr*>(&addr), &len);
-    int hole_port = ntohs(addr.sin_port);
+    auto [hole, hole_port] = listening_socket(0);
+    auto addr = address("127.0.0.1", hole_port);
     std::vector<int> fillers;
     for (int i = 0; i < 8; ++i) {
         int fd = ::socket(AF_INET, SOCK_STREAM, 0);

@@ -2,6 +2,7 @@
 #include "store/store.hpp"
 
 #include "test/support/certs.hpp"
+#include "test/support/resources.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -74,29 +75,12 @@ struct TempStore {
 conf::Resource mes(const std::string& name, std::uint16_t port = 80, std::map<std::string, std::string> labels = {},
                    const std::string& mesh = "default")
 {
-    conf::Resource r;
-    r.kind = conf::Kind::mesh_external_service;
-    r.mesh = mesh;
-    r.name = name;
-    r.labels = std::move(labels);
-    conf::MeshExternalService m;
-    m.port = port;
-    m.endpoints.push_back(conf::Endpoint{"example.com", conf::AddressKind::hostname, 443, 0});
-    r.spec = m;
-    return r;
+    return test_support::make_mes(name, port, std::move(labels), mesh);
 }
 
 conf::Resource generator(const std::string& name, const std::string& tmpl, const std::string& mesh = "default")
 {
-    conf::Resource r;
-    r.kind = conf::Kind::hostname_generator;
-    r.mesh = mesh;
-    r.name = name;
-    conf::HostnameGenerator g;
-    g.selects_mesh_external_services = true;
-    g.template_text = tmpl;
-    r.spec = g;
-    return r;
+    return test_support::make_generator(name, tmpl, mesh);
 }
 
 conf::Resource secret(const std::string& name, const std::string& data)

@@ -126,14 +126,7 @@ KeyPair make_self_signed(const std::string& common_name, long from_days, long to
                                reinterpret_cast<const unsigned char*>(common_name.c_str()), -1, -1, 0);
     X509_set_issuer_name(cert, name);
     X509_sign(cert, key, EVP_sha256());
-
-    KeyPair out;
-    BIO* cb = BIO_new(BIO_s_mem());
-    PEM_write_bio_X509(cb, cert);
-    out.cert_pem = bio_text(cb);
-    BIO* kb = BIO_new(BIO_s_mem());
-    PEM_write_bio_PrivateKey(kb, key, nullptr, nullptr, 0, nullptr, nullptr);
-    out.key_pem = bio_text(kb);
+    auto out = to_pair(cert, key);
     X509_free(cert);
     EVP_PKEY_free(key);
     return out;

@@ -31,26 +31,24 @@ def field(number, payload):
     return varint((number << 3) | 2) + varint(len(payload)) + payload
 
 
+def read_varint(data, at):
+    """The varint at `at`, and where the next field starts."""
+    value, shift = 0, 0
+    while True:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
 def fields(data):
     """The (number, payload) pairs of the length-delimited fields of a message."""
     at = 0
     while at < len(data):
-        key, shift = 0, 0
-        while True:
-            byte = data[at]
-            at += 1
-            key |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        length, shift = 0, 0
-        while True:
-            byte = data[at]
-            at += 1
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
+        key, at = read_varint(data, at)
+        length, at = read_varint(data, at)
         yield key >> 3, data[at:at + length]
         at += length
 
