@@ -2,6 +2,7 @@
 // names them) for real clients (nc, socat, curl), on loopback or in a network namespace.
 #include "test/support/mesd.hpp"
 #include "test/support/net.hpp"
+#include "test/support/netns.hpp"
 #include "test/support/tempdir.hpp"
 
 #include <catch2/catch.hpp>
@@ -634,18 +635,9 @@ TEST_CASE("many short connections leave no handles or memory behind")
 
 TEST_CASE("redirect mode in a network namespace with the README's iptables rules, match.port omitted")
 {
-    const std::string ns = "mesd-redirect-" + std::to_string(::getpid());
-    REQUIRE(run({ip, "netns", "add", ns}).exit_code == 0);
-    struct Cleanup {
-        std::string ns;
-        ~Cleanup() { run({"/usr/sbin/ip", "netns", "del", ns}); }
-    } cleanup{ns};
-    std::vector<std::string> in_ns{ip, "netns", "exec", ns};
-    auto ns_run = [&](std::vector<std::string> argv) {
-        argv.insert(argv.begin(), in_ns.begin(), in_ns.end());
-        return run(argv);
-    };
-    REQUIRE(ns_run({ip, "link", "set", "lo", "up"}).exit_code == 0);
+    Namespace netns("mesd-redirect");
+    const auto& in_ns = netns.exec;
+    auto ns_run = [&](std::vector<std::string> argv) { return netns.in(std::move(argv)); };
     // The pool needs a route for connects to reach the nat table.
     REQUIRE(ns_run({ip, "route", "add", "242.0.0.0/8", "dev", "lo", "src", "127.0.0.1"}).exit_code == 0);
     // README: redirect the pool to mesd, except mesd's own connections (marked 0x4d45).
@@ -681,18 +673,9 @@ TEST_CASE("redirect mode in a network namespace with the README's iptables rules
 
 TEST_CASE("bind mode on 242.0.0.0/8: not listening until the README's local route exists, then listening by itself")
 {
-    const std::string ns = "mesd-bind-" + std::to_string(::getpid());
-    REQUIRE(run({ip, "netns", "add", ns}).exit_code == 0);
-    struct Cleanup {
-        std::string ns;
-        ~Cleanup() { run({"/usr/sbin/ip", "netns", "del", ns}); }
-    } cleanup{ns};
-    std::vector<std::string> in_ns{ip, "netns", "exec", ns};
-    auto ns_run = [&](std::vector<std::string> argv, const std::string& input = {}) {
-        argv.insert(argv.begin(), in_ns.begin(), in_ns.end());
-        return run(argv, input);
-    };
-    REQUIRE(ns_run({ip, "link", "set", "lo", "up"}).exit_code == 0);
+    Namespace netns("mesd-bind");
+    const auto& in_ns = netns.exec;
+    auto ns_run = [&](std::vector<std::string> argv, const std::string& input = {}) { return netns.in(std::move(argv), input); };
     Backend echo("127.0.0.1", 9007, "EXEC:cat", in_ns);
     Dir dir;
     dir.write("resources/all.yaml", generator + mes("echo", 4242, "[" + ep("127.0.0.1", 9007) + "]"));

@@ -6,6 +6,7 @@
 #include "test/support/certs.hpp"
 #include "test/support/mesd.hpp"
 #include "test/support/net.hpp"
+#include "test/support/netns.hpp"
 #include "test/support/tempdir.hpp"
 
 #include <catch2/catch.hpp>
@@ -35,24 +36,6 @@ std::string slurp(const std::filesystem::path& p)
     ss << in.rdbuf();
     return ss.str();
 }
-
-struct Namespace {
-    std::string name = "mesd-seed-" + std::to_string(::getpid());
-    std::vector<std::string> exec{ip, "netns", "exec", name};
-    Namespace()
-    {
-        run({ip, "netns", "del", name});
-        REQUIRE(run({ip, "netns", "add", name}).exit_code == 0);
-        REQUIRE(in({ip, "link", "set", "lo", "up"}).exit_code == 0);
-    }
-    ~Namespace() { run({ip, "netns", "del", name}); }
-    std::vector<std::string> wrap(std::vector<std::string> argv) const
-    {
-        argv.insert(argv.begin(), exec.begin(), exec.end());
-        return argv;
-    }
-    RunResult in(std::vector<std::string> argv, const std::string& input = {}) const { return run(wrap(std::move(argv)), input); }
-};
 
 // One seed example with its stand-in: what listens for the public host, and how a client
 // checks the result.
@@ -154,7 +137,7 @@ TEST_CASE("every seed example works end to end against a local stand-in for its 
         SECTION(ex.file)
         {
             Dir dir;
-            Namespace ns;
+            Namespace ns("mesd-seed");
             auto ca = make_ca("stand-in CA");
             auto leaf = make_leaf(ca, ex.host, {"DNS:" + ex.host});
             auto ca_file = dir.write("ca.crt", ca.cert_pem);
