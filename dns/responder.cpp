@@ -260,6 +260,7 @@ std::optional<Response> Responder::fast_answer(std::span<const std::uint8_t> que
         std::uint8_t len = 0;
         if (!in.u8(len)) return std::nullopt;
         ++wire_length;
+        if (wire_length > 255) return std::nullopt;  // the root's byte counts too (RFC 1035 3.1)
         if (len == 0) break;
         if (len > 63 || len > in.remaining()) return std::nullopt;
         wire_length += len;

@@ -8,6 +8,9 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include <map>
 
@@ -237,4 +240,43 @@ TEST_CASE("system upstreams leave out mesd's own listen addresses")
     CHECK(names({{"::", 53}}) == std::vector<std::string>{"10.1.2.3:53", "[fe80::1]:53"});
     CHECK(names({{"127.0.0.1", 15053}}).size() == 4);
     std::remove(path);
+}
+
+TEST_CASE("responder: every fuzz corpus input, crashes found included, gets the same outcome from both paths")
+{
+    Setup fast;
+    Setup general;
+    dns::Settings plain;
+    plain.fast_path = false;
+    general.responder = dns::Responder(plain);
+    std::size_t inputs = 0;
+    for (const auto& entry : std::filesystem::directory_iterator(std::string(MESD_SOURCE_DIR) + "/test/dns/fuzz-corpus")) {
+        std::ifstream in(entry.path(), std::ios::binary);
+        std::vector<std::uint8_t> q((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        for (bool tcp : {false, true}) {
+            INFO(entry.path().filename().string() << " tcp " << tcp);
+            auto a = fast.ask(q, q.size() % 2 == 0, tcp), b = general.ask(q, q.size() % 2 == 0, tcp);
+            CHECK(a.action == b.action);
+            CHECK(a.rcode == b.rcode);
+        }
+        ++inputs;
+    }
+    CHECK(inputs >= 16);
+}
+
+TEST_CASE("responder: a name of 256 octets with its root is malformed on the fast path too")
+{
+    Setup s;
+    // Labels of 63, 63, 63 and `last` octets: 3 * 64 + 1 + last + 1 (the root) octets.
+    auto ask = [&](int last) {
+        std::vector<std::uint8_t> q = {0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0, 0, 0, 0, 0, 0};
+        for (int len : {63, 63, 63, last}) {
+            q.push_back(static_cast<std::uint8_t>(len));
+            q.insert(q.end(), static_cast<std::size_t>(len), 'a');
+        }
+        q.insert(q.end(), {0x00, 0x00, 0x01, 0x00, 0x01});
+        return s.ask(q);
+    };
+    CHECK(ask(61).rcode != 1);  // 255 octets: a name (outside the zones: REFUSED)
+    CHECK(ask(62).rcode == 1);  // 256: FORMERR, as the general path says
 }
