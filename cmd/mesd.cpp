@@ -417,18 +417,36 @@ std::string proxy_metrics(const proxy::Status& st)
     auto family = [&](const char* name, const char* type, const char* help) {
         out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
     };
-    family("mesd_proxy_connections_active", "gauge", "Proxied connections open now.");
-    out += "mesd_proxy_connections_active " + std::to_string(st.active) + "\n";
-    family("mesd_proxy_connections_total", "counter", "Client connections accepted.");
-    out += "mesd_proxy_connections_total " + std::to_string(st.total) + "\n";
-    family("mesd_proxy_connections_refused_total", "counter", "Client connections reset: over a connection limit.");
-    out += "mesd_proxy_connections_refused_total " + std::to_string(st.refused) + "\n";
-    family("mesd_proxy_unrouted_total", "counter", "Redirected connections whose destination no MES claims.");
-    out += "mesd_proxy_unrouted_total " + std::to_string(st.unrouted) + "\n";
-    family("mesd_proxy_local_failures_total", "counter", "Connections reset because mesd had no socket to spare.");
-    out += "mesd_proxy_local_failures_total " + std::to_string(st.local_failures) + "\n";
-    family("mesd_proxy_mark_failures_total", "counter", "Connections to endpoints made without proxy.upstreamMark.");
-    out += "mesd_proxy_mark_failures_total " + std::to_string(st.mark_failures) + "\n";
+    // One series of a MES, with a further label when `key` is given.
+    auto series = [&](const char* name, const proxy::ServiceStatus& s, std::uint64_t value, const char* key = nullptr,
+                      const std::string& label = {}) {
+        out += std::string(name) + "{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) + "\"";
+        if (key) out += std::string(",") + key + "=\"" + label_value(label) + "\"";
+        out += "} " + std::to_string(value) + "\n";
+    };
+
+    struct Total {
+        const char* name;
+        const char* type;
+        const char* help;
+        std::uint64_t proxy::Status::*field;
+    };
+    static constexpr Total totals[] = {
+        {"mesd_proxy_connections_active", "gauge", "Proxied connections open now.", &proxy::Status::active},
+        {"mesd_proxy_connections_total", "counter", "Client connections accepted.", &proxy::Status::total},
+        {"mesd_proxy_connections_refused_total", "counter", "Client connections reset: over a connection limit.",
+         &proxy::Status::refused},
+        {"mesd_proxy_unrouted_total", "counter", "Redirected connections whose destination no MES claims.",
+         &proxy::Status::unrouted},
+        {"mesd_proxy_local_failures_total", "counter", "Connections reset because mesd had no socket to spare.",
+         &proxy::Status::local_failures},
+        {"mesd_proxy_mark_failures_total", "counter", "Connections to endpoints made without proxy.upstreamMark.",
+         &proxy::Status::mark_failures},
+    };
+    for (const auto& t : totals) {
+        family(t.name, t.type, t.help);
+        out += std::string(t.name) + " " + std::to_string(st.*t.field) + "\n";
+    }
 
     struct Row {
         const char* name;
@@ -448,42 +466,28 @@ std::string proxy_metrics(const proxy::Status& st)
     };
     for (const auto& row : rows) {
         family(row.name, row.type, row.help);
-        for (const auto& s : st.services)
-            out += std::string(row.name) + "{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) + "\"} " +
-                   std::to_string(s.*row.field) + "\n";
+        for (const auto& s : st.services) series(row.name, s, s.*row.field);
     }
     family("mesd_mes_endpoint_connect_failures_total", "counter", "Failed or timed-out connects, per endpoint.");
     for (const auto& s : st.services)
-        for (const auto& t : s.targets)
-            out += "mesd_mes_endpoint_connect_failures_total{mesh=\"" + label_value(s.mesh) + "\",name=\"" +
-                   label_value(s.name) + "\",endpoint=\"" + label_value(t.address) + "\"} " +
-                   std::to_string(t.connect_failures) + "\n";
+        for (const auto& t : s.targets) series("mesd_mes_endpoint_connect_failures_total", s, t.connect_failures, "endpoint", t.address);
     family("mesd_mes_endpoint_ejections_total", "counter", "Times an endpoint was ejected after repeated failures.");
     for (const auto& s : st.services)
-        for (const auto& t : s.targets)
-            out += "mesd_mes_endpoint_ejections_total{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) +
-                   "\",endpoint=\"" + label_value(t.address) + "\"} " + std::to_string(t.ejections) + "\n";
+        for (const auto& t : s.targets) series("mesd_mes_endpoint_ejections_total", s, t.ejections, "endpoint", t.address);
+    // TLS series only for the MES that speak TLS.
     family("mesd_mes_tls_handshakes_total", "counter", "TLS handshakes to endpoints completed, per MES.");
     for (const auto& s : st.services)
-        if (s.tls_handshakes)
-            out += "mesd_mes_tls_handshakes_total{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) + "\"} " +
-                   std::to_string(s.tls_handshakes) + "\n";
+        if (s.tls_handshakes) series("mesd_mes_tls_handshakes_total", s, s.tls_handshakes);
     family("mesd_mes_tls_resumed_total", "counter", "TLS handshakes to endpoints that resumed a session, per MES.");
     for (const auto& s : st.services)
-        if (s.tls_handshakes)
-            out += "mesd_mes_tls_resumed_total{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) + "\"} " +
-                   std::to_string(s.tls_resumed) + "\n";
+        if (s.tls_handshakes) series("mesd_mes_tls_resumed_total", s, s.tls_resumed);
     family("mesd_mes_tls_handshake_failures_total", "counter", "TLS handshakes to endpoints that failed, by reason.");
     for (const auto& s : st.services)
-        for (const auto& [reason, n] : s.tls_failures)
-            out += "mesd_mes_tls_handshake_failures_total{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) +
-                   "\",reason=\"" + label_value(reason) + "\"} " + std::to_string(n) + "\n";
+        for (const auto& [reason, n] : s.tls_failures) series("mesd_mes_tls_handshake_failures_total", s, n, "reason", reason);
     family("mesd_mes_endpoint_healthy", "gauge", "1 when an endpoint is neither ejected nor unresolved.");
     for (const auto& s : st.services)
         for (const auto& t : s.targets)
-            out += "mesd_mes_endpoint_healthy{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) +
-                   "\",endpoint=\"" + label_value(t.address) + "\"} " +
-                   (t.state == "healthy" || t.state == "failing" ? "1" : "0") + "\n";
+            series("mesd_mes_endpoint_healthy", s, t.state == "healthy" || t.state == "failing" ? 1 : 0, "endpoint", t.address);
     return out;
 }
 

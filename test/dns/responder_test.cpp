@@ -191,13 +191,20 @@ TEST_CASE("responder: garbage never crashes and gets FORMERR or nothing")
         }
 }
 
+// A Setup whose responder never takes the hand-written fast path.
+Setup general_path()
+{
+    Setup s;
+    dns::Settings plain;
+    plain.fast_path = false;
+    s.responder = dns::Responder(plain);
+    return s;
+}
+
 TEST_CASE("responder: the fast path says exactly what the general path says")
 {
     Setup fast;
-    Setup general;
-    dns::Settings plain;
-    plain.fast_path = false;
-    general.responder = dns::Responder(plain);
+    Setup general = general_path();
     auto text = [](const std::vector<std::uint8_t>& wire) {
         Parsed p(wire);
         char* s = ldns_pkt2str(p.pkt);
@@ -245,10 +252,7 @@ TEST_CASE("system upstreams leave out mesd's own listen addresses")
 TEST_CASE("responder: every fuzz corpus input, crashes found included, gets the same outcome from both paths")
 {
     Setup fast;
-    Setup general;
-    dns::Settings plain;
-    plain.fast_path = false;
-    general.responder = dns::Responder(plain);
+    Setup general = general_path();
     std::size_t inputs = 0;
     for (const auto& entry : std::filesystem::directory_iterator(std::string(MESD_SOURCE_DIR) + "/test/dns/fuzz-corpus")) {
         std::ifstream in(entry.path(), std::ios::binary);
