@@ -14,6 +14,7 @@
 #include <malloc.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
@@ -134,6 +135,12 @@ private:
     void update_routes();
     std::string build_routes(std::vector<proxy::Route>& routes) const;
     void apply_routes(std::vector<proxy::Route> routes, std::chrono::steady_clock::time_point started);
+    std::optional<proxy::Route> find_route(const std::string& mesh, const std::string& name,
+                                           std::optional<std::uint16_t> port) const;
+    std::optional<proxy::Route> find_route(const vip::Address& address, std::uint16_t port) const;
+    std::optional<proxy::Route> served_route(const store::Snapshot& snapshot, const std::string& mesh,
+                                             const std::string& name, std::optional<std::uint16_t> port) const;
+    void became_ready();
     proxy::Options proxy_options(const std::vector<conf::HostPort>& dns_upstreams) const;
     bool sync_conf_dir();
     void shutdown(const char* why);
@@ -150,7 +157,6 @@ private:
     std::unique_ptr<dns::Server> server_;
     std::unique_ptr<proxy::Proxy> proxy_;
     std::map<std::string, std::string> listen_errors_;  // logged once per change
-    std::map<std::string, std::string> tls_errors_;     // logged once per change
     bool routes_building_ = false;  // a worker thread is listing the MES
     bool routes_stale_ = false;     // the store moved meanwhile: list them again
     std::unique_ptr<cmd::Admin> admin_;
@@ -192,6 +198,12 @@ bool Daemon::refresh()
 void Daemon::update_routes()
 {
     if (!proxy_ || stopping_) return;
+    if (config_.proxy.mode == "redirect") {
+        // Nothing to list: the proxy looks up the few routes connections use.
+        proxy_->reload();
+        became_ready();
+        return;
+    }
     if (routes_building_) {
         routes_stale_ = true;  // built again once this one is in
         return;
@@ -225,11 +237,7 @@ void Daemon::update_routes()
                 d->store_->unmap_pages();  // the listing walked every record
                 d->apply_routes(std::move(b->routes), b->started);
             }
-            if (!d->ready_) {
-                d->ready_ = true;
-                log::info("daemon", "ready",
-                          {{"generation", std::to_string(d->source_.generation())}, {"data_dir", d->config_.data_dir}});
-            }
+            d->became_ready();
             if (d->routes_stale_) {
                 d->routes_stale_ = false;
                 d->update_routes();
@@ -237,49 +245,93 @@ void Daemon::update_routes()
         });
 }
 
-// Every MES of the served meshes as a route, with the PEM behind its TLS data sources. Runs
-// on a worker thread: it reads only the store (through a snapshot of its own) and config_.
+namespace {
+
+// A MES as the proxy sees it, with the PEM behind its TLS data sources.
+proxy::Route route_of(const store::Snapshot& snap, const store::Entry& e)
+{
+    const auto* mes = e.resource.mes();
+    proxy::Route r;
+    r.mesh = e.resource.mesh;
+    r.name = e.resource.name;
+    r.ipv4 = e.status.ipv4;
+    r.ipv6 = e.status.ipv6;
+    r.port = mes->port;
+    r.protocol = mes->protocol;
+    r.endpoints = mes->endpoints;
+    if (mes->tls && mes->tls->enabled) {
+        r.tls = mes->tls;
+        // A Secret that is missing makes the MES refuse connections rather than carry them in
+        // the clear.
+        auto read = [&](const std::optional<conf::DataSource>& ds, const char* field, std::string& out) {
+            if (!ds) return;
+            if (ds->type != conf::DataSource::Type::secret) {
+                out = ds->value;
+                return;
+            }
+            auto secret = snap.get(conf::Kind::secret, e.resource.mesh, ds->value);
+            if (secret && *secret && (*secret)->resource.secret()) out = (*secret)->resource.secret()->data;
+            else if (r.tls_error.empty()) r.tls_error = std::string("tls.") + field + ": Secret " + ds->value + " not found";
+        };
+        read(mes->tls->ca_cert, "verification.caCert", r.tls_ca_pem);
+        read(mes->tls->client_cert, "verification.clientCert", r.tls_cert_pem);
+        read(mes->tls->client_key, "verification.clientKey", r.tls_key_pem);
+    }
+    return r;
+}
+
+}  // namespace
+
+void Daemon::became_ready()
+{
+    if (ready_) return;
+    ready_ = true;
+    log::info("daemon", "ready", {{"generation", std::to_string(source_.generation())}, {"data_dir", config_.data_dir}});
+}
+
+// Every MES of the served meshes as a route. Runs on a worker thread: it reads only the store
+// (through a snapshot of its own) and config_.
 std::string Daemon::build_routes(std::vector<proxy::Route>& routes) const
 {
     auto snapshot = store_->snapshot();
     if (!snapshot) return snapshot.error().message;
-    const auto* snap = &*snapshot;
     for (const auto& mesh : config_.meshes) {
-        auto list = snap->list(conf::Kind::mesh_external_service, std::string_view(mesh));
+        auto list = snapshot->list(conf::Kind::mesh_external_service, std::string_view(mesh));
         if (!list) return list.error().message;
-        for (auto& e : *list) {
-            const auto* mes = e.resource.mes();
-            if (!mes) continue;
-            proxy::Route r;
-            r.mesh = e.resource.mesh;
-            r.name = e.resource.name;
-            r.ipv4 = e.status.ipv4;
-            r.ipv6 = e.status.ipv6;
-            r.port = mes->port;
-            r.protocol = mes->protocol;
-            r.endpoints = mes->endpoints;
-            if (mes->tls && mes->tls->enabled) {
-                r.tls = mes->tls;
-                // The PEM behind each data source; a Secret that is missing makes the MES
-                // refuse connections rather than carry them in the clear.
-                auto read = [&](const std::optional<conf::DataSource>& ds, const char* field, std::string& out) {
-                    if (!ds) return;
-                    if (ds->type != conf::DataSource::Type::secret) {
-                        out = ds->value;
-                        return;
-                    }
-                    auto secret = snap->get(conf::Kind::secret, e.resource.mesh, ds->value);
-                    if (secret && *secret && (*secret)->resource.secret()) out = (*secret)->resource.secret()->data;
-                    else if (r.tls_error.empty()) r.tls_error = std::string("tls.") + field + ": Secret " + ds->value + " not found";
-                };
-                read(mes->tls->ca_cert, "verification.caCert", r.tls_ca_pem);
-                read(mes->tls->client_cert, "verification.clientCert", r.tls_cert_pem);
-                read(mes->tls->client_key, "verification.clientKey", r.tls_key_pem);
-            }
-            routes.push_back(std::move(r));
-        }
+        for (auto& e : *list)
+            if (e.resource.mes()) routes.push_back(route_of(*snapshot, e));
     }
     return {};
+}
+
+// Redirect mode: a MES of a served mesh, read when the proxy first needs it (by name, or by
+// the VIP and port a connection was made to).
+std::optional<proxy::Route> Daemon::find_route(const std::string& mesh, const std::string& name,
+                                               std::optional<std::uint16_t> port) const
+{
+    auto snapshot = store_->snapshot();
+    if (!snapshot) return std::nullopt;
+    return served_route(*snapshot, mesh, name, port);
+}
+
+std::optional<proxy::Route> Daemon::find_route(const vip::Address& address, std::uint16_t port) const
+{
+    auto snapshot = store_->snapshot();
+    if (!snapshot) return std::nullopt;
+    auto owner = snapshot->owner_of(address);
+    if (!owner || !*owner) return std::nullopt;
+    return served_route(*snapshot, (*owner)->mesh, (*owner)->name, port);
+}
+
+std::optional<proxy::Route> Daemon::served_route(const store::Snapshot& snapshot, const std::string& mesh,
+                                                 const std::string& name, std::optional<std::uint16_t> port) const
+{
+    if (std::ranges::find(config_.meshes, mesh) == config_.meshes.end()) return std::nullopt;
+    auto entry = snapshot.get(conf::Kind::mesh_external_service, mesh, name);
+    if (!entry || !*entry || !(*entry)->resource.mes()) return std::nullopt;
+    auto route = route_of(snapshot, **entry);
+    if (port && route.port && *route.port != *port) return std::nullopt;
+    return route;
 }
 
 void Daemon::apply_routes(std::vector<proxy::Route> routes, std::chrono::steady_clock::time_point started)
@@ -293,21 +345,13 @@ void Daemon::apply_routes(std::vector<proxy::Route> routes, std::chrono::steady_
     log::debug("proxy", "routes updated",
                {{"build_ms", std::to_string(std::chrono::duration_cast<ms>(listed - started).count())},
                 {"update_ms", std::to_string(std::chrono::duration_cast<ms>(updated - listed).count())}});
-    std::map<std::string, std::string> errors, tls_errors;
+    std::map<std::string, std::string> errors;
     // One line per MES that stops or starts listening, up to a few; then a count (a store of
     // 100,000 MES over the descriptor limit must not log 100,000 lines at each change).
     constexpr std::size_t logged_at_most = 10;
     std::size_t not_listening = 0, listening_again = 0;
     for (const auto& p : proxy_->problems()) {
         std::string key = p.mesh + "/" + p.name;
-        if (!p.tls_error.empty()) {
-            tls_errors[key] = p.tls_error;
-            auto seen = tls_errors_.find(key);
-            if (seen == tls_errors_.end() || seen->second != p.tls_error)
-                log::warn("proxy", "TLS settings unusable; refusing connections",
-                          {{"mesh", p.mesh}, {"name", p.name}, {"reason", p.tls_error}});
-        }
-        if (p.listen_error.empty()) continue;
         errors[key] = p.listen_error;
         auto before = listen_errors_.find(key);
         if ((before == listen_errors_.end() || before->second != p.listen_error) && ++not_listening <= logged_at_most)
@@ -325,7 +369,6 @@ void Daemon::apply_routes(std::vector<proxy::Route> routes, std::chrono::steady_
     if (listening_again > logged_at_most)
         log::info("proxy", "listening", {{"more", std::to_string(listening_again - logged_at_most)}});
     listen_errors_ = std::move(errors);
-    tls_errors_ = std::move(tls_errors);
 }
 
 proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upstreams) const
@@ -351,6 +394,13 @@ proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upst
     o.dns_max_ttl = duration_cast<ms>(c.dns_max_ttl);
     o.on_tls_failure = [](const std::string& mesh, const std::string& name, const std::string& reason) {
         log::warn("proxy", "TLS handshake failed", {{"mesh", mesh}, {"name", name}, {"reason", reason}});
+    };
+    o.on_tls_unusable = [](const std::string& mesh, const std::string& name, const std::string& reason) {
+        log::warn("proxy", "TLS settings unusable; refusing connections", {{"mesh", mesh}, {"name", name}, {"reason", reason}});
+    };
+    o.find_route = [this](const vip::Address& address, std::uint16_t port) { return find_route(address, port); };
+    o.find_named_route = [this](const std::string& mesh, const std::string& name) {
+        return find_route(mesh, name, std::nullopt);
     };
     return o;
 }

@@ -244,7 +244,8 @@ struct Proxy::Impl {
     std::map<std::string, Listener*> listeners;  // bind mode, by address
     Listener* redirect = nullptr;
     std::string redirect_bound;
-    // Redirect mode: routes by VIP and port, and by VIP for routes without a port.
+    // Redirect mode: the services looked up so far, by VIP and port, and by VIP for routes
+    // without a port.
     std::map<std::pair<vip::Address, std::uint16_t>, std::string> by_vip_port;
     std::map<vip::Address, std::string> by_vip;
     std::set<Connection*> connections;
@@ -272,6 +273,12 @@ struct Proxy::Impl {
     }
 
     void accept(Listener* l);
+    // Redirect mode: the service for a connection to `address`:`port`, looked up on a miss.
+    std::shared_ptr<Service> redirected(const vip::Address& address, std::uint16_t port);
+    // Puts `route` in force for `service`; reports TLS settings that became unusable.
+    void adopt(Service& service, Route route);
+    void index_destinations(const std::string& key, const Route& route);
+    void watch_names();
     void close_listener(Listener* l);
     void report_tls_failure(Service& service, const std::string& reason)
     {
@@ -1054,11 +1061,7 @@ void Proxy::Impl::accept(Listener* l)
         uv_fileno(as_handle(&conn->client.h.tcp), &fd);
         if (auto dst = original_destination(fd)) {
             port = dst->second;
-            auto exact = by_vip_port.find(*dst);
-            std::string key = exact != by_vip_port.end() ? exact->second : std::string();
-            if (key.empty())
-                if (auto any = by_vip.find(dst->first); any != by_vip.end()) key = any->second;
-            if (auto it = services.find(key); !key.empty() && it != services.end()) service = it->second;
+            service = redirected(dst->first, dst->second);
         }
     }
     if (!service) {
@@ -1075,6 +1078,54 @@ void Proxy::Impl::accept(Listener* l)
         return;
     }
     conn->start(std::move(service), port);
+}
+
+std::shared_ptr<Service> Proxy::Impl::redirected(const vip::Address& address, std::uint16_t port)
+{
+    const std::string* key = nullptr;
+    if (auto exact = by_vip_port.find({address, port}); exact != by_vip_port.end()) key = &exact->second;
+    else if (auto any = by_vip.find(address); any != by_vip.end()) key = &any->second;
+    if (key)
+        if (auto it = services.find(*key); it != services.end()) return it->second;
+    if (!options.find_route) return nullptr;
+    auto route = options.find_route(address, port);
+    if (!route) return nullptr;
+    std::string found = route->key();
+    auto& service = services[found];
+    if (!service) service = std::make_shared<Service>();
+    adopt(*service, std::move(*route));
+    index_destinations(found, service->route);
+    if (std::ranges::any_of(service->route.endpoints, [](const auto& e) { return e.kind == conf::AddressKind::hostname; }))
+        watch_names();
+    return service;
+}
+
+void Proxy::Impl::adopt(Service& service, Route route)
+{
+    bool fresh = service.route.name.empty();
+    if (!fresh && service.route == route && service.targets.empty() == route.endpoints.empty()) return;
+    std::string before = service.tls_error;
+    service.set_route(std::move(route));
+    if (!service.tls_error.empty() && (fresh || service.tls_error != before) && options.on_tls_unusable)
+        options.on_tls_unusable(service.route.mesh, service.route.name, service.tls_error);
+}
+
+void Proxy::Impl::index_destinations(const std::string& key, const Route& route)
+{
+    for (const auto& a : {route.ipv4, route.ipv6}) {
+        if (!a) continue;
+        if (route.port) by_vip_port[{*a, *route.port}] = key;
+        else by_vip[*a] = key;
+    }
+}
+
+void Proxy::Impl::watch_names()
+{
+    std::set<std::string> names;
+    for (const auto& [key, service] : services)
+        for (const auto& e : service->route.endpoints)
+            if (e.kind == conf::AddressKind::hostname) names.insert(e.address);
+    resolver->watch(names);
 }
 
 std::string Proxy::Impl::open_listener(const std::string& key, const vip::Address& a, std::uint16_t port)
@@ -1229,7 +1280,7 @@ std::string Proxy::bound() const { return impl_->redirect_bound; }
 void Proxy::update(std::vector<Route> routes)
 {
     auto& i = *impl_;
-    if (i.stopping) return;
+    if (i.stopping || i.options.mode != Options::Mode::bind) return;
     // Routes and services are walked side by side in key order: one pass, no second map
     // (100,000 MES are a common size for a store).
     std::vector<std::pair<std::string, Route>> next;
@@ -1250,29 +1301,15 @@ void Proxy::update(std::vector<Route> routes)
         return i.services.erase(it);
     };
 
-    std::set<std::string> names;
-    i.by_vip_port.clear();
-    i.by_vip.clear();
     auto it = i.services.begin();
     for (auto& [key, route] : next) {
         while (it != i.services.end() && it->first < key) it = drop(it);
         if (it == i.services.end() || it->first != key) it = i.services.emplace_hint(it, key, std::make_shared<Service>());
         Service& service = *it->second;
         ++it;
-        for (const auto& e : route.endpoints)
-            if (e.kind == conf::AddressKind::hostname) names.insert(e.address);
-        if (!(service.route == route) || service.targets.empty() != route.endpoints.empty()) service.set_route(std::move(route));
+        i.adopt(service, std::move(route));
         const Route& current = service.route;
-
-        if (i.options.mode == Options::Mode::redirect) {
-            for (const auto& a : {current.ipv4, current.ipv6}) {
-                if (!a) continue;
-                if (current.port) i.by_vip_port[{*a, *current.port}] = key;
-                else i.by_vip[*a] = key;
-            }
-            continue;
-        }
-        // Bind mode: listeners this route no longer wants close now; new ones open below,
+        // Listeners this route no longer wants close now; new ones open below,
         // once every route has let go of its old addresses (one may take over another's).
         std::vector<std::string> wanted;
         if (current.port)
@@ -1290,12 +1327,31 @@ void Proxy::update(std::vector<Route> routes)
     }
     while (it != i.services.end()) it = drop(it);
 
-    if (i.options.mode == Options::Mode::bind) {
-        bool failed = false;
-        for (auto& [key, service] : i.services) failed |= !i.ensure_listeners(key, *service);
-        i.arm_retry(failed);
+    bool failed = false;
+    for (auto& [key, service] : i.services) failed |= !i.ensure_listeners(key, *service);
+    i.arm_retry(failed);
+    i.watch_names();
+}
+
+void Proxy::reload()
+{
+    auto& i = *impl_;
+    if (i.stopping || i.options.mode != Options::Mode::redirect) return;
+    i.by_vip_port.clear();
+    i.by_vip.clear();
+    for (auto it = i.services.begin(); it != i.services.end();) {
+        Service& service = *it->second;
+        auto route = i.options.find_named_route ? i.options.find_named_route(service.route.mesh, service.route.name)
+                                                : std::nullopt;
+        if (!route) {
+            it = i.services.erase(it);  // open connections keep their Service alive
+            continue;
+        }
+        i.adopt(service, std::move(*route));
+        i.index_destinations(it->first, service.route);
+        ++it;
     }
-    i.resolver->watch(names);
+    i.watch_names();
 }
 
 void Proxy::stop(std::function<void()> done)
@@ -1325,8 +1381,7 @@ std::vector<Proxy::Problem> Proxy::problems() const
 {
     std::vector<Problem> out;
     for (const auto& [key, s] : impl_->services)
-        if (!s->listen_error.empty() || !s->tls_error.empty())
-            out.push_back({s->route.mesh, s->route.name, s->listen_error, s->tls_error});
+        if (!s->listen_error.empty()) out.push_back({s->route.mesh, s->route.name, s->listen_error});
     return out;
 }
 

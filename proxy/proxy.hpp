@@ -6,6 +6,10 @@
 //   route      a MES as the proxy sees it: VIP(s), match port, endpoints
 //   listener   bind mode: one socket per VIP:port; redirect mode: one socket for all, the
 //              VIP:port read back with SO_ORIGINAL_DST
+//   service    the proxy's state for one route: targets, TLS context, counters. Bind mode
+//              holds one for every route (each has listeners anyway); redirect mode looks a
+//              route up when a connection first needs it and keeps only those, so that a
+//              store of 100,000 MES costs the proxy nothing until they carry traffic
 //   target     one endpoint of a route, with its health: consecutive failures and, after
 //              enough of them, an ejection that doubles each time (up to a bound)
 //   pump       the two sockets of a proxied connection; each side is read only while the
@@ -74,6 +78,13 @@ struct Options {
     std::size_t low_watermark = std::size_t{64} << 10;
     // Called the first time a MES sees a TLS handshake fail for a given reason.
     std::function<void(const std::string& mesh, const std::string& name, const std::string& reason)> on_tls_failure;
+    // Called when a MES's TLS settings become unusable (a bad PEM, a missing Secret), or
+    // unusable for another reason; its connections are refused.
+    std::function<void(const std::string& mesh, const std::string& name, const std::string& reason)> on_tls_unusable;
+    // Redirect mode: the route that takes connections to `address`:`port` (its VIP, and its
+    // match.port unless it has none), and the route of a MES by name; nullopt when none.
+    std::function<std::optional<Route>(const vip::Address& address, std::uint16_t port)> find_route;
+    std::function<std::optional<Route>(const std::string& mesh, const std::string& name)> find_named_route;
 };
 
 struct TargetStatus {
@@ -111,7 +122,7 @@ struct Status {
     std::uint64_t unrouted = 0;  // redirect mode: an original destination no route claims
     std::uint64_t local_failures = 0;  // no socket for a connect (out of file descriptors)
     std::uint64_t mark_failures = 0;   // proxy.upstreamMark could not be set (no CAP_NET_ADMIN)
-    std::vector<ServiceStatus> services;  // by key
+    std::vector<ServiceStatus> services;  // by key; redirect mode: those that have had connections
 };
 
 class Proxy {
@@ -123,17 +134,21 @@ public:
 
     // Redirect mode: binds the one listener. Bind mode: nothing to do until routes come.
     std::expected<void, std::string> start();
-    // The routes in force from now on. New ones listen, removed ones stop accepting (their
-    // open connections go on), changed ones apply to new connections. Targets keep their
-    // health across updates when their address stays.
+    // Bind mode: the routes in force from now on. New ones listen, removed ones stop
+    // accepting (their open connections go on), changed ones apply to new connections.
+    // Targets keep their health across updates when their address stays.
     void update(std::vector<Route> routes);
+    // Redirect mode: the routes may have changed (the store moved). The routes connections
+    // have used are looked up again: changed ones apply to new connections, removed ones are
+    // forgotten (their open connections go on). Others are looked up when first needed.
+    void reload();
     // Closes listeners; open connections are closed too, then `done` runs.
     void stop(std::function<void()> done);
 
     Status status() const;
-    // The MES that cannot listen or whose TLS settings cannot be used (cheap, unlike status()).
+    // The MES that cannot listen (cheap, unlike status()).
     struct Problem {
-        std::string mesh, name, listen_error, tls_error;
+        std::string mesh, name, listen_error;
     };
     std::vector<Problem> problems() const;
     // Redirect mode: the address actually bound.
