@@ -63,6 +63,9 @@ public:
         if (!owner) return std::nullopt;
         return Addresses{owner->ipv4, owner->ipv6};
     }
+    // A batch of names about to be looked up: a source may start loading what it will read
+    // for them (a hint; nothing is looked up).
+    virtual void prefetch(std::span<const std::string_view> names) { (void)names; }
     virtual std::optional<Owner> find_vip(const vip::Address& address) = 0;
     // The hostnames generated for a MES (for PTR).
     virtual std::vector<std::string> hostnames_of(const Owner& owner) = 0;
@@ -109,11 +112,28 @@ struct Response {
     std::uint16_t qclass = 0;
 };
 
+// A fast-path reply, written in place: answering allocates nothing.
+struct FastReply {
+    std::array<std::uint8_t, 512> wire;
+    std::uint16_t size = 0;
+    std::uint16_t qtype = 0;
+    std::uint16_t rcode = 0;  // NOERROR or NXDOMAIN
+};
+
 class Responder {
 public:
     explicit Responder(Settings settings);
 
+    // The fast path when it can answer, else the general one.
     Response respond(std::span<const std::uint8_t> query, const Client& client, Source& source) const;
+    // A/AAAA hits, NODATA and NXDOMAIN under a zone, by a small hand-written encoder; false
+    // when the general path must answer (anything else, or a reply that needs truncating).
+    bool answer_fast(std::span<const std::uint8_t> query, const Client& client, Source& source, FastReply& reply) const;
+    // The question names of a batch of queries handed to `source` as a prefetch hint, so that
+    // the lookups of the batch overlap their memory loads instead of waiting for each in turn.
+    void prefetch(std::span<const std::span<const std::uint8_t>> queries, Source& source) const;
+    // Every query, through ldns.
+    Response answer_general(std::span<const std::uint8_t> query, const Client& client, Source& source) const;
 
     // A reply with `rcode` and the question of `query` (SERVFAIL when forwarding fails).
     std::vector<std::uint8_t> error_reply(std::span<const std::uint8_t> query, std::uint16_t rcode,
@@ -122,8 +142,6 @@ public:
     const Settings& settings() const { return settings_; }
 
 private:
-    std::optional<Response> fast_answer(std::span<const std::uint8_t> query, const Client& client, Source& source) const;
-
     Settings settings_;
 };
 
@@ -146,6 +164,7 @@ public:
 
     std::optional<Owner> find_name(std::string_view name) override;
     std::optional<Addresses> find_addresses(std::string_view name) override;
+    void prefetch(std::span<const std::string_view> names) override;
     std::optional<Owner> find_vip(const vip::Address& address) override;
     std::vector<std::string> hostnames_of(const Owner& owner) override;
     std::vector<std::string> describe(const Owner& owner) override;

@@ -35,15 +35,26 @@ void populated_free(void* p, std::size_t bytes)
 
 namespace {
 
-// FNV-1a: names are short, and this keeps the probe free of any setup.
+// Eight bytes at a time, each folded in with a multiply and a shift: names are short, and
+// this keeps the probe free of any setup.
 std::uint32_t hash_name(std::string_view s)
 {
-    std::uint32_t h = 2166136261u;
-    for (unsigned char c : s) {
-        h ^= c;
-        h *= 16777619u;
+    constexpr std::uint64_t k = 0x9e3779b97f4a7c15ull;
+    std::uint64_t h = s.size() * k;
+    std::size_t i = 0;
+    for (; i + 8 <= s.size(); i += 8) {
+        std::uint64_t w;
+        std::memcpy(&w, s.data() + i, 8);
+        h = (h ^ w) * k;
+        h ^= h >> 29;
     }
-    return h;
+    if (i < s.size()) {
+        std::uint64_t w = 0;
+        std::memcpy(&w, s.data() + i, s.size() - i);
+        h = (h ^ w) * k;
+        h ^= h >> 29;
+    }
+    return static_cast<std::uint32_t>(h ^ (h >> 32));
 }
 
 }  // namespace
@@ -53,6 +64,33 @@ std::uint32_t NameIndex::add_string(std::string_view s)
     auto at = static_cast<std::uint32_t>(arena_.size());
     arena_.insert(arena_.end(), s.begin(), s.end());
     return at;
+}
+
+NameIndex::NameRecord NameIndex::record(std::uint32_t at) const
+{
+    NameRecord r;
+    const char* p = arena_.data() + at;
+    std::memcpy(&r.owner, p, 4);
+    std::memcpy(&r.ipv4, p + 4, 4);
+    std::memcpy(&r.ipv6, p + 8, 4);
+    r.has_ipv4 = static_cast<std::uint8_t>(p[12]);
+    r.size = static_cast<std::uint8_t>(p[13]);
+    return r;
+}
+
+void NameIndex::set_record(std::uint32_t at, const NameRecord& r)
+{
+    char* p = arena_.data() + at;
+    std::memcpy(p, &r.owner, 4);
+    std::memcpy(p + 4, &r.ipv4, 4);
+    std::memcpy(p + 8, &r.ipv6, 4);
+    p[12] = static_cast<char>(r.has_ipv4);
+    p[13] = static_cast<char>(r.size);
+}
+
+std::string_view NameIndex::record_text(std::uint32_t at) const
+{
+    return {arena_.data() + at + record_size, static_cast<std::uint8_t>(arena_[at + 13])};
 }
 
 NameIndex::Owner NameIndex::new_owner(std::string_view mesh, std::string_view name)
@@ -80,8 +118,7 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
     if (!counts) return std::unexpected(counts.error());
     // Room for everything up front (the arena's guess is generous; it is trimmed at the end).
     index.owners_.reserve(counts->vips);
-    index.names_.reserve(counts->hostnames);
-    index.arena_.reserve((counts->vips + counts->hostnames) * 32);
+    index.arena_.reserve(counts->vips * 32 + counts->hostnames * (32 + record_size));
 
     // Owners with VIPs, in the store's (mesh, name) order.
     auto vips = snapshot.scan_owner_vips([&](std::string_view mesh, std::string_view name, const vip::Address& a) {
@@ -129,32 +166,44 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
         return at;
     };
 
-    // Hostnames come sorted, so the meshes generating one name are adjacent.
+    // Hostnames come sorted, so the meshes generating one name are adjacent. Each gets a
+    // record in the arena; the mesh rank of its owner matters only while building.
+    struct Built {
+        std::uint32_t at = 0;
+        std::uint16_t mesh_rank = 0;
+    };
+    std::vector<Built> built;
+    built.reserve(counts->hostnames);
+    auto record_of = [&](std::uint32_t owner, std::size_t size) {
+        const Owner& o = index.owners_[owner];
+        return NameRecord{owner, o.ipv4, o.ipv6, static_cast<std::uint8_t>(o.has_ipv4), static_cast<std::uint8_t>(size)};
+    };
     auto names = snapshot.scan_hostnames([&](std::string_view hostname, std::string_view mesh, std::string_view name) {
         auto rank = rank_of(mesh);
         if (!rank || hostname.empty() || hostname.size() > 255) return;
-        if (!index.names_.empty() && index.text(index.names_.back()) == hostname) {
-            Name& last = index.names_.back();
+        if (!built.empty() && index.record_text(built.back().at) == hostname) {
+            Built& last = built.back();
             if (*rank < last.mesh_rank) {
-                last.owner = owner_index(mesh, name);
+                index.set_record(last.at, record_of(owner_index(mesh, name), hostname.size()));
                 last.mesh_rank = *rank;
             }
             return;
         }
-        Name n;
-        n.at = index.add_string(hostname);
-        n.size = static_cast<std::uint16_t>(hostname.size());
-        n.owner = owner_index(mesh, name);
-        n.mesh_rank = *rank;
-        index.names_.push_back(n);
+        auto owner = owner_index(mesh, name);  // may add strings: before the record starts
+        auto at = static_cast<std::uint32_t>(index.arena_.size());
+        index.arena_.resize(index.arena_.size() + record_size);
+        index.set_record(at, record_of(owner, hostname.size()));
+        index.add_string(hostname);
+        built.push_back({at, *rank});
     });
     if (!names) return std::unexpected(names.error());
 
-    index.slots_.assign(std::bit_ceil(std::max<std::size_t>(16, index.names_.size() * 2)), 0);
-    for (std::size_t i = 0; i < index.names_.size(); ++i) {
-        auto text = index.text(index.names_[i]);
+    index.names_ = built.size();
+    index.slots_.assign(std::bit_ceil(std::max<std::size_t>(16, built.size() * 2)), 0);
+    for (const auto& b : built) {
+        auto text = index.record_text(b.at);
         auto hash = hash_name(text);
-        *index.slot_for(text, hash) = (std::uint64_t{hash} << 32) | (i + 1);
+        *index.slot_for(text, hash) = (std::uint64_t{hash} << 32) | (b.at + 1);
     }
     for (std::uint32_t i = 0; i < index.owners_.size(); ++i) {
         if (index.owners_[i].has_ipv4) index.by_ipv4_.push_back(i);
@@ -164,7 +213,6 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
     std::ranges::sort(index.by_ipv6_, {}, [&](std::uint32_t i) { return index.ipv6_[index.owners_[i].ipv6 - 1]; });
     index.arena_.shrink_to_fit();
     index.owners_.shrink_to_fit();
-    index.names_.shrink_to_fit();
     index.ipv6_.shrink_to_fit();
     return index;
 }
@@ -181,7 +229,8 @@ const std::uint64_t* NameIndex::slot_for(std::string_view name, std::uint32_t ha
     for (std::size_t i = hash & mask;; i = (i + 1) & mask) {
         std::uint64_t s = slots_[i];
         if (s == 0) return &slots_[i];
-        if (static_cast<std::uint32_t>(s >> 32) == hash && text(names_[(s & 0xffffffffu) - 1]) == name) return &slots_[i];
+        if (static_cast<std::uint32_t>(s >> 32) == hash && record_text(static_cast<std::uint32_t>(s - 1)) == name)
+            return &slots_[i];
     }
 }
 
@@ -190,7 +239,43 @@ const NameIndex::Owner* NameIndex::find(std::string_view name) const
     if (slots_.empty()) return nullptr;
     std::uint64_t s = *slot_for(name, hash_name(name));
     if (s == 0) return nullptr;
-    return &owners_[names_[(s & 0xffffffffu) - 1].owner];
+    return &owners_[record(static_cast<std::uint32_t>(s - 1)).owner];
+}
+
+void NameIndex::prefetch(std::span<const std::string_view> names) const
+{
+    if (slots_.empty()) return;
+    constexpr std::size_t at_most = 64;
+    std::array<std::uint32_t, at_most> hashes;
+    std::size_t n = std::min(names.size(), at_most);
+    std::size_t mask = slots_.size() - 1;
+    for (std::size_t i = 0; i < n; ++i) {
+        hashes[i] = hash_name(names[i]);
+        __builtin_prefetch(&slots_[hashes[i] & mask]);
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        std::uint64_t s = slots_[hashes[i] & mask];
+        if (s == 0 || static_cast<std::uint32_t>(s >> 32) != hashes[i]) continue;
+        const char* record = arena_.data() + static_cast<std::uint32_t>(s - 1);
+        __builtin_prefetch(record);
+        __builtin_prefetch(record + record_size + names[i].size() - 1);  // the text's end may be on the next line
+    }
+}
+
+std::optional<NameIndex::Addresses> NameIndex::addresses(std::string_view name) const
+{
+    if (slots_.empty()) return std::nullopt;
+    std::uint64_t s = *slot_for(name, hash_name(name));
+    if (s == 0) return std::nullopt;
+    auto r = record(static_cast<std::uint32_t>(s - 1));
+    Addresses out;
+    if (r.has_ipv4) out.ipv4 = vip::Address{vip::Family::v4, r.ipv4};
+    if (r.ipv6) {
+        vip::Address a{vip::Family::v6, 0};
+        for (auto b : ipv6_[r.ipv6 - 1]) a.value = (a.value << 8) | b;
+        out.ipv6 = a;
+    }
+    return out;
 }
 
 const NameIndex::Owner* NameIndex::find(const vip::Address& address) const
@@ -226,7 +311,7 @@ std::optional<vip::Address> NameIndex::ipv6(const Owner& o) const
 
 std::size_t NameIndex::bytes() const
 {
-    return arena_.capacity() + owners_.capacity() * sizeof(Owner) + ipv6_.capacity() * 16 + names_.capacity() * sizeof(Name) +
+    return arena_.capacity() + owners_.capacity() * sizeof(Owner) + ipv6_.capacity() * 16 +
            slots_.capacity() * sizeof(std::uint64_t) + (by_ipv4_.capacity() + by_ipv6_.capacity()) * sizeof(std::uint32_t);
 }
 

@@ -3,9 +3,11 @@
 // store's pages need not stay mapped between changes.
 //
 // Layout: every string (hostname, mesh, MES name) lives once in one arena; owners are
-// fixed-size records with their addresses; names are an open-addressing table (linear
-// probing, load at most one half) of 32-bit hash and record index; PTR lookups binary-search
-// owner indexes sorted by address.
+// fixed-size records with their addresses; each hostname is a record in the arena (its
+// owner, that owner's addresses, then its text), found through an open-addressing table
+// (linear probing, load at most one half) of 32-bit hash and record offset, so that an A
+// lookup touches two cache lines: the slot and the record. PTR lookups binary-search owner
+// indexes sorted by address.
 #pragma once
 
 #include "store/store.hpp"
@@ -14,6 +16,7 @@
 #include <array>
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -61,6 +64,14 @@ public:
 
     // `name` lowercase, without the final dot.
     const Owner* find(std::string_view name) const;
+    // The addresses of `name`, read from its record alone (the DNS hot path).
+    struct Addresses {
+        std::optional<vip::Address> ipv4;
+        std::optional<vip::Address> ipv6;
+    };
+    std::optional<Addresses> addresses(std::string_view name) const;
+    // Starts loading the slots, then the records, that looking up `names` will read.
+    void prefetch(std::span<const std::string_view> names) const;
     const Owner* find(const vip::Address& address) const;
 
     std::string_view mesh(const Owner& o) const { return {arena_.data() + o.mesh_at, o.mesh_size}; }
@@ -68,30 +79,35 @@ public:
     static std::optional<vip::Address> ipv4(const Owner& o);
     std::optional<vip::Address> ipv6(const Owner& o) const;
 
-    std::size_t names() const { return names_.size(); }
+    std::size_t names() const { return names_; }
     std::size_t owners() const { return owners_.size(); }
     // Bytes held by the index's own arrays.
     std::size_t bytes() const;
 
 private:
-    struct Name {
-        std::uint32_t at = 0;
+    // A hostname's record in the arena, followed by its text (unaligned: read with memcpy).
+    struct NameRecord {
         std::uint32_t owner = 0;
-        std::uint16_t size = 0;
-        std::uint16_t mesh_rank = 0;  // position of the owner's mesh in the served list
+        std::uint32_t ipv4 = 0;  // the owner's, as in Owner
+        std::uint32_t ipv6 = 0;
+        std::uint8_t has_ipv4 = 0;
+        std::uint8_t size = 0;
     };
+    static constexpr std::size_t record_size = 14;  // NameRecord's fields, packed
 
     std::uint32_t add_string(std::string_view s);
     Owner new_owner(std::string_view mesh, std::string_view name);
-    std::string_view text(const Name& n) const { return {arena_.data() + n.at, n.size}; }
+    NameRecord record(std::uint32_t at) const;
+    void set_record(std::uint32_t at, const NameRecord& r);
+    std::string_view record_text(std::uint32_t at) const;
     std::uint64_t* slot_for(std::string_view name, std::uint32_t hash);
     const std::uint64_t* slot_for(std::string_view name, std::uint32_t hash) const;
 
     detail::PopulatedVector<char> arena_;
     detail::PopulatedVector<Owner> owners_;
     detail::PopulatedVector<std::array<std::uint8_t, 16>> ipv6_;  // network order
-    detail::PopulatedVector<Name> names_;
-    detail::PopulatedVector<std::uint64_t> slots_;  // (hash << 32) | (name index + 1); 0 is empty
+    std::size_t names_ = 0;
+    detail::PopulatedVector<std::uint64_t> slots_;  // (hash << 32) | (record offset + 1); 0 is empty
     detail::PopulatedVector<std::uint32_t> by_ipv4_, by_ipv6_;  // owner indexes sorted by address
 };
 

@@ -230,54 +230,73 @@ private:
     std::size_t pos_ = 0;
 };
 
-void put16(std::vector<std::uint8_t>& out, std::uint16_t v)
-{
-    out.push_back(static_cast<std::uint8_t>(v >> 8));
-    out.push_back(static_cast<std::uint8_t>(v & 0xff));
-}
+// Writes into a fixed buffer that the caller has sized for the largest fast reply.
+class WireWriter {
+public:
+    explicit WireWriter(std::uint8_t* out) : out_(out) {}
+    std::size_t size() const { return pos_; }
+    void u8(std::uint8_t v) { out_[pos_++] = v; }
+    void u16(std::uint16_t v)
+    {
+        out_[pos_] = static_cast<std::uint8_t>(v >> 8);
+        out_[pos_ + 1] = static_cast<std::uint8_t>(v & 0xff);
+        pos_ += 2;
+    }
+    void u32(std::uint32_t v)
+    {
+        u16(static_cast<std::uint16_t>(v >> 16));
+        u16(static_cast<std::uint16_t>(v & 0xffff));
+    }
+    void bytes(const std::uint8_t* b, std::size_t n)
+    {
+        std::memcpy(out_ + pos_, b, n);
+        pos_ += n;
+    }
 
-void put32(std::vector<std::uint8_t>& out, std::uint32_t v)
-{
-    put16(out, static_cast<std::uint16_t>(v >> 16));
-    put16(out, static_cast<std::uint16_t>(v & 0xffff));
-}
+private:
+    std::uint8_t* out_;
+    std::size_t pos_ = 0;
+};
 
 }  // namespace
 
-std::optional<Response> Responder::fast_answer(std::span<const std::uint8_t> query, const Client& client,
-                                                Source& source) const
+bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& client, Source& source,
+                            FastReply& reply) const
 {
     WireReader in(query);
     std::uint16_t id = 0, flags = 0, qd = 0, an = 0, ns = 0, ar = 0;
-    if (!in.u16(id) || !in.u16(flags) || !in.u16(qd) || !in.u16(an) || !in.u16(ns) || !in.u16(ar)) return std::nullopt;
-    if ((flags & 0x8000) || ((flags >> 11) & 0x0f) != 0 || qd != 1 || an != 0 || ns != 0 || ar > 1) return std::nullopt;
+    if (!in.u16(id) || !in.u16(flags) || !in.u16(qd) || !in.u16(an) || !in.u16(ns) || !in.u16(ar)) return false;
+    if ((flags & 0x8000) || ((flags >> 11) & 0x0f) != 0 || qd != 1 || an != 0 || ns != 0 || ar > 1) return false;
 
-    // The question name: plain labels only, at most 255 bytes, printable ASCII.
-    std::string name;
-    std::vector<std::size_t> label_starts;  // offsets in the packet, for the SOA's pointer
+    // The question name: plain labels only, at most 255 bytes, printable ASCII; lowercased
+    // into `name` (without the final dot) with no allocation.
+    std::array<char, 256> name;
+    std::size_t name_size = 0;
+    std::array<std::uint16_t, 128> label_starts;  // offsets in the packet, for the SOA's pointer
+    std::size_t labels = 0;
     std::size_t wire_length = 0;
     while (true) {
         std::uint8_t len = 0;
-        if (!in.u8(len)) return std::nullopt;
+        if (!in.u8(len)) return false;
         ++wire_length;
-        if (wire_length > 255) return std::nullopt;  // the root's byte counts too (RFC 1035 3.1)
+        if (wire_length > 255) return false;  // the root's byte counts too (RFC 1035 3.1)
         if (len == 0) break;
-        if (len > 63 || len > in.remaining()) return std::nullopt;
+        if (len > 63 || len > in.remaining()) return false;
         wire_length += len;
-        if (wire_length > 255) return std::nullopt;
-        label_starts.push_back(in.pos() - 1);
-        if (!name.empty()) name.push_back('.');
+        if (wire_length > 255) return false;
+        label_starts[labels++] = static_cast<std::uint16_t>(in.pos() - 1);
+        if (name_size) name[name_size++] = '.';
         for (std::size_t i = 0; i < len; ++i) {
             auto c = static_cast<char>(in.at(in.pos() + i));
             if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-            else if (c == '.' || c <= ' ' || c > '~') return std::nullopt;
-            name.push_back(c);
+            else if (c == '.' || c <= ' ' || c > '~') return false;
+            name[name_size++] = c;
         }
         in.skip(len);
     }
     std::uint16_t qtype = 0, qclass = 0;
-    if (!in.u16(qtype) || !in.u16(qclass)) return std::nullopt;
-    if (qclass != LDNS_RR_CLASS_IN || (qtype != LDNS_RR_TYPE_A && qtype != LDNS_RR_TYPE_AAAA)) return std::nullopt;
+    if (!in.u16(qtype) || !in.u16(qclass)) return false;
+    if (qclass != LDNS_RR_CLASS_IN || (qtype != LDNS_RR_TYPE_A && qtype != LDNS_RR_TYPE_AAAA)) return false;
     std::size_t question_end = in.pos();
 
     bool edns = false;
@@ -287,22 +306,23 @@ std::optional<Response> Responder::fast_answer(std::span<const std::uint8_t> que
         std::uint16_t type = 0, size = 0, edns_flags = 0, rdlen = 0;
         if (!in.u8(root) || root != 0 || !in.u16(type) || type != LDNS_RR_TYPE_OPT || !in.u16(size) ||
             !in.u8(ext_rcode) || !in.u8(version) || !in.u16(edns_flags) || !in.u16(rdlen) || !in.skip(rdlen))
-            return std::nullopt;
-        if (version != 0) return std::nullopt;  // BADVERS: the general path
+            return false;
+        if (version != 0) return false;  // BADVERS: the general path
         edns = true;
         client_size = std::max<std::uint16_t>(512, size);
     }
-    if (in.remaining() != 0) return std::nullopt;
+    if (in.remaining() != 0) return false;
 
+    std::string_view qname(name.data(), name_size);
     const std::string* zone = nullptr;
     for (const auto& z : settings_.zones)
-        if ((name == z || (name.size() > z.size() && name.ends_with(z) && name[name.size() - z.size() - 1] == '.')) &&
+        if ((qname == z || (qname.size() > z.size() && qname.ends_with(z) && qname[qname.size() - z.size() - 1] == '.')) &&
             (!zone || z.size() > zone->size()))
             zone = &z;
     // Outside the zones (forwarded names, generated names under no zone) and at an apex the
     // general path answers; deciding that before the lookup keeps it from being done twice.
-    if (!zone || name == *zone) return std::nullopt;
-    auto owner = source.find_addresses(name);
+    if (!zone || qname == *zone) return false;
+    auto owner = source.find_addresses(qname);
 
     const std::optional<vip::Address>* address = nullptr;
     if (owner) address = qtype == LDNS_RR_TYPE_A ? &owner->ipv4 : &owner->ipv6;
@@ -310,71 +330,113 @@ std::optional<Response> Responder::fast_answer(std::span<const std::uint8_t> que
     bool with_soa = !has_answer;
     std::uint16_t rcode = owner ? rcode_noerror : rcode_nxdomain;
 
-    std::vector<std::uint8_t> out;
-    out.reserve(question_end + 96);
-    put16(out, id);
-    out.push_back(static_cast<std::uint8_t>(0x84 | (flags >> 8 & 0x01)));  // QR, AA, RD as asked
-    out.push_back(static_cast<std::uint8_t>(rcode));
-    put16(out, 1);
-    put16(out, has_answer ? 1 : 0);
-    put16(out, with_soa ? 1 : 0);
-    put16(out, edns ? 1 : 0);
-    out.insert(out.end(), query.begin() + 12, query.begin() + static_cast<std::ptrdiff_t>(question_end));
+    // At most 12 + 259 (question) + 28 (AAAA) + 58 (SOA) + 11 (OPT) bytes: within the buffer.
+    static_assert(sizeof reply.wire >= 12 + 259 + 28 + 58 + 11);
+    WireWriter out(reply.wire.data());
+    out.u16(id);
+    out.u8(static_cast<std::uint8_t>(0x84 | (flags >> 8 & 0x01)));  // QR, AA, RD as asked
+    out.u8(static_cast<std::uint8_t>(rcode));
+    out.u16(1);
+    out.u16(has_answer ? 1 : 0);
+    out.u16(with_soa ? 1 : 0);
+    out.u16(edns ? 1 : 0);
+    out.bytes(query.data() + 12, question_end - 12);
     if (has_answer) {
         const vip::Address& a = **address;
-        auto bytes = a.bytes();
-        out.insert(out.end(), {0xc0, 0x0c});
-        put16(out, qtype);
-        put16(out, LDNS_RR_CLASS_IN);
-        put32(out, settings_.ttl);
-        put16(out, static_cast<std::uint16_t>(bytes.size()));
-        out.insert(out.end(), bytes.begin(), bytes.end());
+        out.u16(0xc00c);
+        out.u16(qtype);
+        out.u16(LDNS_RR_CLASS_IN);
+        out.u32(settings_.ttl);
+        if (a.family == vip::Family::v4) {
+            out.u16(4);
+            out.u32(static_cast<std::uint32_t>(a.value));
+        } else {
+            auto bytes = a.bytes();
+            out.u16(static_cast<std::uint16_t>(bytes.size()));
+            out.bytes(reinterpret_cast<const std::uint8_t*>(bytes.data()), bytes.size());
+        }
     }
     if (with_soa) {
         // The zone's name is a suffix of the question's: point at it.
         std::size_t zone_labels = static_cast<std::size_t>(std::ranges::count(*zone, '.')) + 1;
-        std::size_t apex = label_starts[label_starts.size() - zone_labels];
-        std::uint8_t ptr_hi = static_cast<std::uint8_t>(0xc0 | (apex >> 8)), ptr_lo = static_cast<std::uint8_t>(apex & 0xff);
-        out.insert(out.end(), {ptr_hi, ptr_lo});
-        put16(out, LDNS_RR_TYPE_SOA);
-        put16(out, LDNS_RR_CLASS_IN);
-        put32(out, std::min(settings_.ttl, settings_.negative_ttl));
+        std::uint16_t apex = static_cast<std::uint16_t>(0xc000 | label_starts[labels - zone_labels]);
+        out.u16(apex);
+        out.u16(LDNS_RR_TYPE_SOA);
+        out.u16(LDNS_RR_CLASS_IN);
+        out.u32(std::min(settings_.ttl, settings_.negative_ttl));
         static constexpr std::uint8_t mname[] = {9, 'l', 'o', 'c', 'a', 'l', 'h', 'o', 's', 't', 0};
         static constexpr std::uint8_t rname[] = {10, 'h', 'o', 's', 't', 'm', 'a', 's', 't', 'e', 'r'};
-        put16(out, static_cast<std::uint16_t>(sizeof mname + sizeof rname + 2 + 20));
-        out.insert(out.end(), std::begin(mname), std::end(mname));
-        out.insert(out.end(), std::begin(rname), std::end(rname));
-        out.insert(out.end(), {ptr_hi, ptr_lo});
-        put32(out, source.serial());
-        put32(out, 3600);
-        put32(out, 600);
-        put32(out, 86400);
-        put32(out, settings_.negative_ttl);
+        out.u16(static_cast<std::uint16_t>(sizeof mname + sizeof rname + 2 + 20));
+        out.bytes(mname, sizeof mname);
+        out.bytes(rname, sizeof rname);
+        out.u16(apex);
+        out.u32(source.serial());
+        out.u32(3600);
+        out.u32(600);
+        out.u32(86400);
+        out.u32(settings_.negative_ttl);
     }
     if (edns) {
-        out.push_back(0);
-        put16(out, LDNS_RR_TYPE_OPT);
-        put16(out, settings_.edns_udp_size);
-        put32(out, 0);
-        put16(out, 0);
+        out.u8(0);
+        out.u16(LDNS_RR_TYPE_OPT);
+        out.u16(settings_.edns_udp_size);
+        out.u32(0);
+        out.u16(0);
     }
     std::size_t limit = client.tcp ? 65535 : (edns ? std::min(client_size, settings_.edns_udp_size) : 512);
-    if (out.size() > limit) return std::nullopt;  // the general path truncates
+    if (out.size() > limit) return false;  // the general path truncates
 
-    Response r;
-    r.action = Action::reply;
-    r.wire = std::move(out);
-    r.qtype = qtype;
-    r.rcode = rcode;
-    r.client_udp_size = client_size;
-    r.qclass = qclass;
-    return r;
+    reply.size = static_cast<std::uint16_t>(out.size());
+    reply.qtype = qtype;
+    reply.rcode = rcode;
+    return true;
+}
+
+void Responder::prefetch(std::span<const std::span<const std::uint8_t>> queries, Source& source) const
+{
+    // Only the names the fast path may look up: lowercased like it does, without its checks
+    // (a wrong hint costs a wasted load, nothing more).
+    constexpr std::size_t at_most = 64;
+    std::array<std::array<char, 256>, at_most> text;
+    std::array<std::string_view, at_most> names;
+    std::size_t n = 0;
+    for (auto query : queries) {
+        if (n == at_most) break;
+        if (query.size() <= header_size) continue;
+        std::size_t at = header_size, size = 0;
+        auto& out = text[n];
+        while (at < query.size() && query[at] != 0 && query[at] <= 63 && at + 1 + query[at] <= query.size() &&
+               size + 1 + query[at] <= out.size()) {
+            if (size) out[size++] = '.';
+            for (std::size_t i = 1; i <= query[at]; ++i) {
+                auto c = static_cast<char>(query[at + i]);
+                out[size++] = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+            }
+            at += 1 + query[at];
+        }
+        if (size) names[n++] = std::string_view(out.data(), size);
+    }
+    source.prefetch(std::span<const std::string_view>(names.data(), n));
 }
 
 Response Responder::respond(std::span<const std::uint8_t> query, const Client& client, Source& source) const
 {
-    if (settings_.fast_path)
-        if (auto fast = fast_answer(query, client, source)) return std::move(*fast);
+    if (settings_.fast_path) {
+        FastReply fast;
+        if (answer_fast(query, client, source, fast)) {
+            Response r;
+            r.action = Action::reply;
+            r.wire.assign(fast.wire.begin(), fast.wire.begin() + fast.size);
+            r.qtype = fast.qtype;
+            r.rcode = fast.rcode;
+            return r;
+        }
+    }
+    return answer_general(query, client, source);
+}
+
+Response Responder::answer_general(std::span<const std::uint8_t> query, const Client& client, Source& source) const
+{
     Response out;
     if (query.size() < header_size) return out;  // not even a header: drop
     if (query[2] & 0x80) return out;             // a response (QR=1): drop, never answer it

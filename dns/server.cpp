@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -159,20 +160,39 @@ struct UdpSend {
 struct TcpConnection;
 struct Forward;
 
-// A UDP listener. Under load libuv reads up to `mmsg_width` datagrams per recvmmsg call;
-// their replies are collected and sent with one sendmmsg when the batch ends, so a busy
-// server makes two system calls per batch instead of two per query.
-constexpr std::size_t mmsg_width = 20;  // libuv reads at most this many per call
+// A UDP listener. libuv reports the socket readable (a uv_poll_t on a second descriptor of
+// it); the datagrams are then read here, up to `mmsg_width` per recvmmsg, answered in order,
+// and the answers sent with one sendmmsg: two system calls per batch instead of two per
+// query. Fast-path answers are written straight into per-slot buffers, so answering
+// allocates nothing. The uv_udp_t on the first descriptor sends what the socket would not
+// take at once, and the answers of forwarded queries.
+constexpr std::size_t mmsg_width = 32;
+constexpr std::size_t query_slot = 4096;  // a larger datagram is dropped and counted
+constexpr int batches_per_wakeup = 8;     // then the loop's other work gets its turn
 struct UdpListener {
     uv_udp_t handle{};
+    uv_poll_t reader{};
+    int read_fd = -1;
+    bool reading = false;
     Server::Impl* server = nullptr;
-    struct Reply {
-        sockaddr_storage to{};
-        std::vector<std::uint8_t> wire;
-    };
-    std::vector<Reply> batch;
-    std::vector<std::uint8_t> buffer = std::vector<std::uint8_t>(mmsg_width * 65536);
-    void flush();
+    std::array<mmsghdr, mmsg_width> in{};
+    std::array<iovec, mmsg_width> in_iov{};
+    std::array<sockaddr_storage, mmsg_width> from{};
+    std::vector<std::uint8_t> buffer = std::vector<std::uint8_t>(mmsg_width * query_slot);
+    // Replies of one batch: fast ones in place, general ones as their own bytes.
+    std::array<FastReply, mmsg_width> fast;
+    std::array<std::vector<std::uint8_t>, mmsg_width> general;
+    std::array<mmsghdr, mmsg_width> out{};
+    std::array<iovec, mmsg_width> out_iov{};
+    std::size_t replies = 0;
+
+    // One batch read and answered; false when the socket had no more waiting.
+    bool read_batch();
+    void queue_reply(const sockaddr_storage& to, std::uint8_t* data, std::size_t size);
+    void send_replies();
+    // The reader first (its descriptor closed after it), then the socket; then `this` is freed.
+    void close();
+    void close_socket();
 };
 
 struct Server::Impl {
@@ -216,7 +236,6 @@ struct Server::Impl {
     }
 
     void maybe_stopped();
-    void on_udp(UdpListener& listener, std::span<const std::uint8_t> data, const sockaddr* from, bool batched);
     void on_tcp_connection(uv_stream_t* listener);
     void start_forward(std::span<const std::uint8_t> query, const Response& r, Clock::time_point received,
                        uv_udp_t* udp, const sockaddr* client, TcpConnection* tcp);
@@ -650,74 +669,121 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
 
 // ---- Listeners --------------------------------------------------------------------------------
 
-void Server::Impl::on_udp(UdpListener& listener, std::span<const std::uint8_t> data, const sockaddr* from, bool batched)
+bool UdpListener::read_batch()
 {
+    for (std::size_t i = 0; i < mmsg_width; ++i) {
+        in_iov[i] = iovec{buffer.data() + i * query_slot, query_slot};
+        in[i].msg_hdr = msghdr{};
+        in[i].msg_hdr.msg_name = &from[i];
+        in[i].msg_hdr.msg_namelen = sizeof from[i];
+        in[i].msg_hdr.msg_iov = &in_iov[i];
+        in[i].msg_hdr.msg_iovlen = 1;
+    }
+    int n = ::recvmmsg(read_fd, in.data(), mmsg_width, MSG_DONTWAIT, nullptr);
+    if (n <= 0) return false;
+    // Each query's latency runs from the batch's arrival: the later ones waited for the first.
     auto received = Clock::now();
-    Client client{false, may_forward(from)};
-    Response r = responder.respond(data, client, source);
-    count(r);
-    if (r.action == Action::drop) {
-        ++metrics.dropped;
-        return;
+    Server::Impl& s = *server;
+    if (s.responder.settings().fast_path) {
+        std::array<std::span<const std::uint8_t>, mmsg_width> queries;
+        for (int i = 0; i < n; ++i)
+            queries[static_cast<std::size_t>(i)] = {buffer.data() + static_cast<std::size_t>(i) * query_slot,
+                                                    in[static_cast<std::size_t>(i)].msg_len};
+        s.responder.prefetch(std::span(queries.data(), static_cast<std::size_t>(n)), s.source);
     }
-    if (r.action == Action::forward) {
-        start_forward(data, r, received, &listener.handle, from, nullptr);
-        return;
+    for (int i = 0; i < n; ++i) {
+        const auto* src = reinterpret_cast<const sockaddr*>(&from[static_cast<std::size_t>(i)]);
+        if (in[static_cast<std::size_t>(i)].msg_hdr.msg_flags & MSG_TRUNC) {
+            ++s.metrics.dropped;
+            continue;
+        }
+        std::span<const std::uint8_t> query(buffer.data() + static_cast<std::size_t>(i) * query_slot,
+                                            in[static_cast<std::size_t>(i)].msg_len);
+        Client client{false, s.may_forward(src)};
+        FastReply& f = fast[replies];
+        if (s.responder.settings().fast_path && s.responder.answer_fast(query, client, s.source, f)) {
+            ++s.metrics.queries_by_qtype[f.qtype];
+            ++s.metrics.replies_by_rcode[f.rcode];
+            ++s.metrics.answered;
+            s.metrics.observe(std::chrono::duration<double>(Clock::now() - received).count());
+            queue_reply(from[static_cast<std::size_t>(i)], f.wire.data(), f.size);
+            continue;
+        }
+        Response r = s.responder.answer_general(query, client, s.source);
+        s.count(r);
+        if (r.action == Action::drop) {
+            ++s.metrics.dropped;
+            continue;
+        }
+        if (r.action == Action::forward) {
+            s.start_forward(query, r, received, &handle, src, nullptr);
+            continue;
+        }
+        s.metrics.observe(std::chrono::duration<double>(Clock::now() - received).count());
+        general[replies] = std::move(r.wire);
+        queue_reply(from[static_cast<std::size_t>(i)], general[replies].data(), general[replies].size());
     }
-    metrics.observe(std::chrono::duration<double>(Clock::now() - received).count());
-    if (batched) {
-        UdpListener::Reply reply;
-        std::memcpy(&reply.to, from, from->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
-        reply.wire = std::move(r.wire);
-        listener.batch.push_back(std::move(reply));
-        return;
-    }
-    uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(r.wire.data()), static_cast<unsigned>(r.wire.size()));
-    int rc = uv_udp_try_send(&listener.handle, &buf, 1, from);
-    if (rc == UV_EAGAIN) {  // the socket buffer is full: queue a copy
-        auto* s = new UdpSend;
-        s->bytes = std::move(r.wire);
-        buf = uv_buf_init(reinterpret_cast<char*>(s->bytes.data()), static_cast<unsigned>(s->bytes.size()));
-        if (uv_udp_send(&s->req, &listener.handle, &buf, 1, from,
-                        [](uv_udp_send_t* req, int) { delete reinterpret_cast<UdpSend*>(req); }) < 0)
-            delete s;
-    }
+    send_replies();
+    return static_cast<std::size_t>(n) == mmsg_width;
 }
 
-void UdpListener::flush()
+void UdpListener::close()
 {
-    if (batch.empty()) return;
-    uv_os_fd_t fd = -1;
+    if (read_fd < 0) {
+        close_socket();
+        return;
+    }
+    uv_close(reinterpret_cast<uv_handle_t*>(&reader), [](uv_handle_t* h) {
+        auto* self = static_cast<UdpListener*>(h->data);
+        ::close(self->read_fd);
+        self->read_fd = -1;
+        self->close_socket();
+    });
+}
+
+void UdpListener::close_socket()
+{
+    uv_close(reinterpret_cast<uv_handle_t*>(&handle), [](uv_handle_t* h) {
+        auto* self = static_cast<UdpListener*>(h->data);
+        Server::Impl* impl = self->server;
+        delete self;
+        --impl->open_listeners;
+        impl->maybe_stopped();
+    });
+}
+
+void UdpListener::queue_reply(const sockaddr_storage& to, std::uint8_t* data, std::size_t size)
+{
+    out_iov[replies] = iovec{data, size};
+    out[replies].msg_hdr = msghdr{};
+    out[replies].msg_hdr.msg_name = const_cast<sockaddr_storage*>(&to);
+    out[replies].msg_hdr.msg_namelen = to.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+    out[replies].msg_hdr.msg_iov = &out_iov[replies];
+    out[replies].msg_hdr.msg_iovlen = 1;
+    ++replies;
+}
+
+void UdpListener::send_replies()
+{
     std::size_t sent = 0;
-    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&handle), &fd) == 0) {
-        std::array<mmsghdr, mmsg_width> msgs{};
-        std::array<iovec, mmsg_width> iov{};
-        while (sent < batch.size()) {
-            std::size_t n = std::min(batch.size() - sent, mmsg_width);
-            for (std::size_t i = 0; i < n; ++i) {
-                auto& r = batch[sent + i];
-                iov[i] = iovec{r.wire.data(), r.wire.size()};
-                msgs[i] = mmsghdr{};
-                msgs[i].msg_hdr.msg_name = &r.to;
-                msgs[i].msg_hdr.msg_namelen = r.to.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
-                msgs[i].msg_hdr.msg_iov = &iov[i];
-                msgs[i].msg_hdr.msg_iovlen = 1;
-            }
-            int rc = ::sendmmsg(fd, msgs.data(), static_cast<unsigned>(n), MSG_DONTWAIT);
-            if (rc <= 0) break;
-            sent += static_cast<std::size_t>(rc);
-        }
+    while (sent < replies) {
+        int rc = ::sendmmsg(read_fd, out.data() + sent, static_cast<unsigned>(replies - sent), MSG_DONTWAIT);
+        if (rc <= 0) break;
+        sent += static_cast<std::size_t>(rc);
     }
-    // What the socket would not take now is queued through libuv.
-    for (; sent < batch.size(); ++sent) {
-        auto* s = new UdpSend;
-        s->bytes = std::move(batch[sent].wire);
-        uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(s->bytes.data()), static_cast<unsigned>(s->bytes.size()));
-        if (uv_udp_send(&s->req, &handle, &buf, 1, reinterpret_cast<sockaddr*>(&batch[sent].to),
+    // What the socket would not take now is queued through libuv, which sends it once the
+    // socket is writable.
+    for (; sent < replies; ++sent) {
+        auto* send = new UdpSend;
+        const auto* base = static_cast<const std::uint8_t*>(out_iov[sent].iov_base);
+        send->bytes.assign(base, base + out_iov[sent].iov_len);
+        uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(send->bytes.data()), static_cast<unsigned>(send->bytes.size()));
+        if (uv_udp_send(&send->req, &handle, &buf, 1, static_cast<const sockaddr*>(out[sent].msg_hdr.msg_name),
                         [](uv_udp_send_t* req, int) { delete reinterpret_cast<UdpSend*>(req); }) < 0)
-            delete s;
+            delete send;
     }
-    batch.clear();
+    for (std::size_t i = 0; i < replies; ++i) general[i].clear();
+    replies = 0;
 }
 
 void Server::Impl::on_tcp_connection(uv_stream_t* listener)
@@ -757,14 +823,7 @@ void Server::Impl::maybe_stopped()
 {
     if (!stopping || !forwards.empty() || !connections.empty()) return;
     if (!udp_listeners.empty()) {
-        for (auto* u : udp_listeners)
-            uv_close(reinterpret_cast<uv_handle_t*>(&u->handle), [](uv_handle_t* h) {
-                auto* l = static_cast<UdpListener*>(h->data);
-                Server::Impl* impl = l->server;
-                delete l;
-                --impl->open_listeners;
-                impl->maybe_stopped();
-            });
+        for (auto* u : udp_listeners) u->close();
         udp_listeners.clear();
         return;
     }
@@ -837,32 +896,26 @@ std::expected<void, std::string> Server::start()
         auto* listener = new UdpListener;
         listener->server = &s;
         uv_udp_t* udp = &listener->handle;
-        uv_udp_init_ex(s.loop, udp, (udp_fd >= 0 ? AF_UNSPEC : static_cast<unsigned>(sa->sa_family)) | UV_UDP_RECVMMSG);
+        uv_udp_init_ex(s.loop, udp, udp_fd >= 0 ? AF_UNSPEC : static_cast<unsigned>(sa->sa_family));
         udp->data = listener;
         s.udp_listeners.push_back(listener);
         ++s.open_listeners;
         if (int rc = udp_fd >= 0 ? uv_udp_open(udp, udp_fd) : uv_udp_bind(udp, sa, 0); rc < 0)
             return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + from_uv(rc));
-        uv_udp_recv_start(
-            udp,
-            [](uv_handle_t* h, size_t, uv_buf_t* b) {
-                auto* l = static_cast<UdpListener*>(h->data);
-                *b = uv_buf_init(reinterpret_cast<char*>(l->buffer.data()), static_cast<unsigned>(l->buffer.size()));
-            },
-            [](uv_udp_t* h, ssize_t n, const uv_buf_t* b, const sockaddr* from, unsigned flags) {
-                auto* l = static_cast<UdpListener*>(h->data);
-                if (flags & UV_UDP_MMSG_FREE) {  // the end of a recvmmsg batch
-                    l->flush();
-                    return;
-                }
-                if (n < 0 || !from) return;
-                if (flags & UV_UDP_PARTIAL) {
-                    ++l->server->metrics.dropped;
-                    return;
-                }
-                l->server->on_udp(*l, std::span<const std::uint8_t>(reinterpret_cast<std::uint8_t*>(b->base), static_cast<std::size_t>(n)),
-                                  from, (flags & UV_UDP_MMSG_CHUNK) != 0);
-            });
+        uv_os_fd_t fd = -1;
+        uv_fileno(reinterpret_cast<uv_handle_t*>(udp), &fd);
+        listener->read_fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (listener->read_fd < 0)
+            return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + std::strerror(errno));
+        uv_poll_init_socket(s.loop, &listener->reader, listener->read_fd);
+        listener->reader.data = listener;
+        listener->reading = true;
+        uv_poll_start(&listener->reader, UV_READABLE, [](uv_poll_t* p, int status, int) {
+            auto* l = static_cast<UdpListener*>(p->data);
+            if (status < 0) return;
+            for (int i = 0; i < batches_per_wakeup && l->reading && l->read_batch(); ++i) {
+            }
+        });
         sockaddr_storage actual{};
         int len = sizeof actual;
         uv_udp_getsockname(udp, reinterpret_cast<sockaddr*>(&actual), &len);
@@ -893,10 +946,11 @@ void Server::stop(std::function<void()> done)
     s.on_stopped = std::move(done);
     // UDP listeners stop reading now but stay open: forwards still in flight answer through
     // them. maybe_stopped() closes them once nothing is outstanding.
-    for (auto* u : s.udp_listeners) {
-        u->flush();
-        uv_udp_recv_stop(&u->handle);
-    }
+    for (auto* u : s.udp_listeners)
+        if (u->reading) {
+            u->reading = false;
+            uv_poll_stop(&u->reader);
+        }
     for (auto* t : s.tcp_listeners)
         uv_close(reinterpret_cast<uv_handle_t*>(t), [](uv_handle_t* h) {
             auto* impl = static_cast<Server::Impl*>(h->data);

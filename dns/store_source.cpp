@@ -57,9 +57,14 @@ std::optional<Owner> StoreSource::find_name(std::string_view name)
 std::optional<Addresses> StoreSource::find_addresses(std::string_view name)
 {
     if (!index_) return std::nullopt;
-    const auto* o = index_->find(name);
-    if (!o) return std::nullopt;
-    return Addresses{NameIndex::ipv4(*o), index_->ipv6(*o)};
+    auto found = index_->addresses(name);
+    if (!found) return std::nullopt;
+    return Addresses{found->ipv4, found->ipv6};
+}
+
+void StoreSource::prefetch(std::span<const std::string_view> names)
+{
+    if (index_) index_->prefetch(names);
 }
 
 std::optional<Owner> StoreSource::find_vip(const vip::Address& address)
