@@ -48,8 +48,9 @@ make_data() {  # make_data N DIR
         for (i = 0; i < n; i++) { v = i + 1; printf "svc-%d A 127.%d.%d.%d\n", i, 240 + int(v / 65536), int(v / 256) % 256, v % 256 }
     }' > "$dir/mesh.zone"
     write_mesd_config "$dir" "$3" 127.240.0.0/12
-    # The benchmark is about DNS answers: one redirect listener instead of a listener per MES
-    # keeps the proxy out of it (100,000 listeners would also exceed the open-files limit).
+    # The proxy in redirect mode, as a store this size needs: it holds nothing for a MES until
+    # a connection needs it (bind mode would open a listener per MES, and 100,000 of them
+    # would exceed the open-files limit).
     printf 'proxy:\n  mode: redirect\n  redirectListen: 127.0.0.1:0\n' >> "$dir/mesd.yaml"
     "$mesctl" --config "$dir/mesd.yaml" apply -f "$dir/mes.yaml" > /dev/null
 }
