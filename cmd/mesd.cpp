@@ -135,13 +135,13 @@ private:
     void update_routes();
     std::string build_routes(std::vector<proxy::Route>& routes) const;
     void apply_routes(std::vector<proxy::Route> routes, std::chrono::steady_clock::time_point started);
-    std::optional<proxy::Route> find_route(const std::string& mesh, const std::string& name,
-                                           std::optional<std::uint16_t> port) const;
-    std::optional<proxy::Route> find_route(const vip::Address& address, std::uint16_t port) const;
-    std::optional<proxy::Route> served_route(const store::Snapshot& snapshot, const std::string& mesh,
-                                             const std::string& name, std::optional<std::uint16_t> port) const;
+    proxy::Options::Lookup find_route(const std::string& mesh, const std::string& name, std::optional<std::uint16_t> port);
+    proxy::Options::Lookup find_route(const vip::Address& address, std::uint16_t port);
+    proxy::Options::Lookup served_route(const store::Snapshot& snapshot, const std::string& mesh, const std::string& name,
+                                        std::optional<std::uint16_t> port);
+    proxy::Options::Lookup lookup_failed(const std::string& why);
     void became_ready();
-    proxy::Options proxy_options(const std::vector<conf::HostPort>& dns_upstreams) const;
+    proxy::Options proxy_options(const std::vector<conf::HostPort>& dns_upstreams);
     bool sync_conf_dir();
     void shutdown(const char* why);
     cmd::HttpReply admin(const std::string& path);
@@ -157,6 +157,7 @@ private:
     std::unique_ptr<dns::Server> server_;
     std::unique_ptr<proxy::Proxy> proxy_;
     std::map<std::string, std::string> listen_errors_;  // logged once per change
+    std::string last_lookup_error_;  // redirect mode: logged once per reason
     bool routes_building_ = false;  // a worker thread is listing the MES
     bool routes_stale_ = false;     // the store moved meanwhile: list them again
     std::unique_ptr<cmd::Admin> admin_;
@@ -305,33 +306,46 @@ std::string Daemon::build_routes(std::vector<proxy::Route>& routes) const
 }
 
 // Redirect mode: a MES of a served mesh, read when the proxy first needs it (by name, or by
-// the VIP and port a connection was made to).
-std::optional<proxy::Route> Daemon::find_route(const std::string& mesh, const std::string& name,
-                                               std::optional<std::uint16_t> port) const
+// the VIP and port a connection was made to). Read through the DNS side's snapshot, renewed
+// at each store change, so that no further read transaction is opened on the loop.
+proxy::Options::Lookup Daemon::find_route(const std::string& mesh, const std::string& name,
+                                          std::optional<std::uint16_t> port)
 {
-    auto snapshot = store_->snapshot();
-    if (!snapshot) return std::nullopt;
+    const auto* snapshot = source_.snapshot();
+    if (!snapshot) return lookup_failed("no store snapshot");
     return served_route(*snapshot, mesh, name, port);
 }
 
-std::optional<proxy::Route> Daemon::find_route(const vip::Address& address, std::uint16_t port) const
+proxy::Options::Lookup Daemon::find_route(const vip::Address& address, std::uint16_t port)
 {
-    auto snapshot = store_->snapshot();
-    if (!snapshot) return std::nullopt;
+    const auto* snapshot = source_.snapshot();
+    if (!snapshot) return lookup_failed("no store snapshot");
     auto owner = snapshot->owner_of(address);
-    if (!owner || !*owner) return std::nullopt;
+    if (!owner) return lookup_failed(owner.error().message);
+    if (!*owner) return {};
     return served_route(*snapshot, (*owner)->mesh, (*owner)->name, port);
 }
 
-std::optional<proxy::Route> Daemon::served_route(const store::Snapshot& snapshot, const std::string& mesh,
-                                                 const std::string& name, std::optional<std::uint16_t> port) const
+proxy::Options::Lookup Daemon::served_route(const store::Snapshot& snapshot, const std::string& mesh,
+                                            const std::string& name, std::optional<std::uint16_t> port)
 {
-    if (std::ranges::find(config_.meshes, mesh) == config_.meshes.end()) return std::nullopt;
+    if (std::ranges::find(config_.meshes, mesh) == config_.meshes.end()) return {};
     auto entry = snapshot.get(conf::Kind::mesh_external_service, mesh, name);
-    if (!entry || !*entry || !(*entry)->resource.mes()) return std::nullopt;
+    if (!entry) return lookup_failed(entry.error().message);
+    if (!*entry || !(*entry)->resource.mes()) return {};
     auto route = route_of(snapshot, **entry);
-    if (port && route.port && *route.port != *port) return std::nullopt;
-    return route;
+    if (port && route.port && *route.port != *port) return {};
+    return {std::move(route), false};
+}
+
+// Counted each time, logged when the reason changes (a store that cannot be read would
+// otherwise log once per connection).
+proxy::Options::Lookup Daemon::lookup_failed(const std::string& why)
+{
+    ++store_errors_;
+    if (why != last_lookup_error_) log::error("proxy", "cannot read a route", {{"error", why}});
+    last_lookup_error_ = why;
+    return {std::nullopt, true};
 }
 
 void Daemon::apply_routes(std::vector<proxy::Route> routes, std::chrono::steady_clock::time_point started)
@@ -371,7 +385,7 @@ void Daemon::apply_routes(std::vector<proxy::Route> routes, std::chrono::steady_
     listen_errors_ = std::move(errors);
 }
 
-proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upstreams) const
+proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upstreams)
 {
     const auto& c = config_.proxy;
     proxy::Options o;

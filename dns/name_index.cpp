@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <new>
 #include <utility>
@@ -198,6 +199,9 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
     });
     if (!names) return std::unexpected(names.error());
 
+    // Offsets into the arena are 32 bits.
+    if (index.arena_.size() > std::numeric_limits<std::uint32_t>::max() - 1)
+        return std::unexpected(store::Error{"too many names for the in-memory index (its strings exceed 4 GiB)"});
     index.names_ = built.size();
     index.slots_.assign(std::bit_ceil(std::max<std::size_t>(16, built.size() * 2)), 0);
     for (const auto& b : built) {
@@ -256,9 +260,10 @@ void NameIndex::prefetch(std::span<const std::string_view> names) const
     for (std::size_t i = 0; i < n; ++i) {
         std::uint64_t s = slots_[hashes[i] & mask];
         if (s == 0 || static_cast<std::uint32_t>(s >> 32) != hashes[i]) continue;
-        const char* record = arena_.data() + static_cast<std::uint32_t>(s - 1);
-        __builtin_prefetch(record);
-        __builtin_prefetch(record + record_size + names[i].size() - 1);  // the text's end may be on the next line
+        std::size_t at = static_cast<std::uint32_t>(s - 1);
+        __builtin_prefetch(arena_.data() + at);
+        // The text's end may be on the next line (when it is this name's: only the hash matched).
+        if (std::size_t end = at + record_size + names[i].size(); end <= arena_.size()) __builtin_prefetch(arena_.data() + end - 1);
     }
 }
 

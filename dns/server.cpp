@@ -186,6 +186,7 @@ struct UdpListener {
     std::array<iovec, mmsg_width> out_iov{};
     std::size_t replies = 0;
 
+    int start_reading();
     // One batch read and answered; false when the socket had no more waiting.
     bool read_batch();
     void queue_reply(const sockaddr_storage& to, std::uint8_t* data, std::size_t size);
@@ -727,6 +728,24 @@ bool UdpListener::read_batch()
     return static_cast<std::size_t>(n) == mmsg_width;
 }
 
+int UdpListener::start_reading()
+{
+    reading = true;
+    return uv_poll_start(&reader, UV_READABLE, [](uv_poll_t* p, int status, int) {
+        auto* l = static_cast<UdpListener*>(p->data);
+        if (status < 0) {
+            // libuv stops the watcher on POLLERR. A UDP socket's error is a pending ICMP
+            // report, which the next read returns and clears: read on, and watch again.
+            ++l->server->metrics.dropped;
+            l->read_batch();
+            if (l->reading) uv_poll_start(p, UV_READABLE, p->poll_cb);
+            return;
+        }
+        for (int i = 0; i < batches_per_wakeup && l->reading && l->read_batch(); ++i) {
+        }
+    });
+}
+
 void UdpListener::close()
 {
     if (read_fd < 0) {
@@ -903,19 +922,16 @@ std::expected<void, std::string> Server::start()
         if (int rc = udp_fd >= 0 ? uv_udp_open(udp, udp_fd) : uv_udp_bind(udp, sa, 0); rc < 0)
             return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + from_uv(rc));
         uv_os_fd_t fd = -1;
-        uv_fileno(reinterpret_cast<uv_handle_t*>(udp), &fd);
-        listener->read_fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-        if (listener->read_fd < 0)
-            return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + std::strerror(errno));
-        uv_poll_init_socket(s.loop, &listener->reader, listener->read_fd);
+        int dup_fd = uv_fileno(reinterpret_cast<uv_handle_t*>(udp), &fd) == 0 ? ::fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+        if (dup_fd < 0) return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + std::strerror(errno));
+        if (int rc = uv_poll_init_socket(s.loop, &listener->reader, dup_fd); rc < 0) {
+            ::close(dup_fd);
+            return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + from_uv(rc));
+        }
+        listener->read_fd = dup_fd;
         listener->reader.data = listener;
-        listener->reading = true;
-        uv_poll_start(&listener->reader, UV_READABLE, [](uv_poll_t* p, int status, int) {
-            auto* l = static_cast<UdpListener*>(p->data);
-            if (status < 0) return;
-            for (int i = 0; i < batches_per_wakeup && l->reading && l->read_batch(); ++i) {
-            }
-        });
+        if (int rc = listener->start_reading(); rc < 0)
+            return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + from_uv(rc));
         sockaddr_storage actual{};
         int len = sizeof actual;
         uv_udp_getsockname(udp, reinterpret_cast<sockaddr*>(&actual), &len);

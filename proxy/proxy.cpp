@@ -1088,7 +1088,7 @@ std::shared_ptr<Service> Proxy::Impl::redirected(const vip::Address& address, st
     if (key)
         if (auto it = services.find(*key); it != services.end()) return it->second;
     if (!options.find_route) return nullptr;
-    auto route = options.find_route(address, port);
+    auto route = options.find_route(address, port).route;
     if (!route) return nullptr;
     std::string found = route->key();
     auto& service = services[found];
@@ -1341,13 +1341,18 @@ void Proxy::reload()
     i.by_vip.clear();
     for (auto it = i.services.begin(); it != i.services.end();) {
         Service& service = *it->second;
-        auto route = i.options.find_named_route ? i.options.find_named_route(service.route.mesh, service.route.name)
-                                                : std::nullopt;
-        if (!route) {
+        auto found = i.options.find_named_route ? i.options.find_named_route(service.route.mesh, service.route.name)
+                                                : Options::Lookup{};
+        if (found.failed) {  // unreadable for now: keep what it was, health and counters too
+            i.index_destinations(it->first, service.route);
+            ++it;
+            continue;
+        }
+        if (!found.route) {
             it = i.services.erase(it);  // open connections keep their Service alive
             continue;
         }
-        i.adopt(service, std::move(*route));
+        i.adopt(service, std::move(*found.route));
         i.index_destinations(it->first, service.route);
         ++it;
     }

@@ -82,9 +82,14 @@ struct Options {
     // unusable for another reason; its connections are refused.
     std::function<void(const std::string& mesh, const std::string& name, const std::string& reason)> on_tls_unusable;
     // Redirect mode: the route that takes connections to `address`:`port` (its VIP, and its
-    // match.port unless it has none), and the route of a MES by name; nullopt when none.
-    std::function<std::optional<Route>(const vip::Address& address, std::uint16_t port)> find_route;
-    std::function<std::optional<Route>(const std::string& mesh, const std::string& name)> find_named_route;
+    // match.port unless it has none), and the route of a MES by name. `failed` when the
+    // routes could not be read: a route the proxy holds is then kept as it is.
+    struct Lookup {
+        std::optional<Route> route;
+        bool failed = false;
+    };
+    std::function<Lookup(const vip::Address& address, std::uint16_t port)> find_route;
+    std::function<Lookup(const std::string& mesh, const std::string& name)> find_named_route;
 };
 
 struct TargetStatus {

@@ -216,6 +216,29 @@ std::string series(const std::string& metric, const std::string& name, const std
     return s + "}";
 }
 
+// A network namespace set up as the README's redirect mode asks: the pool routed (so that
+// connects reach the nat table) and redirected to 127.0.0.1:15001, except mesd's own
+// connections (marked 0x4d45).
+void route_pool_to_redirect_listener(const Namespace& netns)
+{
+    REQUIRE(netns.in({ip, "route", "add", "242.0.0.0/8", "dev", "lo", "src", "127.0.0.1"}).exit_code == 0);
+    REQUIRE(netns.in({"/usr/sbin/iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "242.0.0.0/8", "-m", "mark",
+                      "!", "--mark", "0x4d45", "-j", "REDIRECT", "--to-ports", "15001"})
+                .exit_code == 0);
+}
+
+// mesd in `netns` in redirect mode on that listener, its resources from `dir`/resources.
+MesdOptions redirect_mesd_options(const Namespace& netns, const Dir& dir)
+{
+    MesdOptions options;
+    options.wrapper = netns.exec;
+    options.vip_section = "  ipv4: 242.0.0.0/8\n";
+    options.conf_dir = (dir.path / "resources").string();
+    options.dns_section = "  forward:\n    enabled: false\n";
+    options.extra_config = "proxy:\n  mode: redirect\n  redirectListen: 127.0.0.1:15001\n  upstreamMark: 0x4d45\n";
+    return options;
+}
+
 }  // namespace
 
 TEST_CASE("nc and socat echo through an IP endpoint and a unix socket endpoint, curl reaches nginx")
@@ -642,12 +665,7 @@ TEST_CASE("redirect mode in a network namespace with the README's iptables rules
     Namespace netns("mesd-redirect");
     const auto& in_ns = netns.exec;
     auto ns_run = [&](std::vector<std::string> argv) { return netns.in(std::move(argv)); };
-    // The pool needs a route for connects to reach the nat table.
-    REQUIRE(ns_run({ip, "route", "add", "242.0.0.0/8", "dev", "lo", "src", "127.0.0.1"}).exit_code == 0);
-    // README: redirect the pool to mesd, except mesd's own connections (marked 0x4d45).
-    REQUIRE(ns_run({"/usr/sbin/iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "242.0.0.0/8", "-m", "mark",
-                    "!", "--mark", "0x4d45", "-j", "REDIRECT", "--to-ports", "15001"})
-                .exit_code == 0);
+    route_pool_to_redirect_listener(netns);
 
     Dir dir;
     int web_port = 8765;
@@ -655,13 +673,7 @@ TEST_CASE("redirect mode in a network namespace with the README's iptables rules
     std::filesystem::permissions(responder, std::filesystem::perms::owner_all);
     Backend web("127.0.0.1", web_port, "SYSTEM:" + responder, in_ns);
     dir.write("resources/all.yaml", generator + mes("anywhere", std::nullopt, "[{address: 127.0.0.1}]"));
-    MesdOptions options;
-    options.wrapper = in_ns;
-    options.vip_section = "  ipv4: 242.0.0.0/8\n";
-    options.conf_dir = (dir.path / "resources").string();
-    options.dns_section = "  forward:\n    enabled: false\n";
-    options.extra_config = "proxy:\n  mode: redirect\n  redirectListen: 127.0.0.1:15001\n  upstreamMark: 0x4d45\n";
-    Mesd mesd(dir.path / "mesd", options);
+    Mesd mesd(dir.path / "mesd", redirect_mesd_options(netns, dir));
     CHECK(mesd.log().find("mode=redirect") != std::string::npos);
 
     // The endpoint has no port: the port dialled (8765) is used.
@@ -680,10 +692,7 @@ TEST_CASE("redirect mode: a MES's route is read when a connection first needs it
     Namespace netns("mesd-redirect-lazy");
     const auto& in_ns = netns.exec;
     auto ns_run = [&](std::vector<std::string> argv, const std::string& input = {}) { return netns.in(std::move(argv), input); };
-    REQUIRE(ns_run({ip, "route", "add", "242.0.0.0/8", "dev", "lo", "src", "127.0.0.1"}).exit_code == 0);
-    REQUIRE(ns_run({"/usr/sbin/iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", "242.0.0.0/8", "-m", "mark",
-                    "!", "--mark", "0x4d45", "-j", "REDIRECT", "--to-ports", "15001"})
-                .exit_code == 0);
+    route_pool_to_redirect_listener(netns);
     Backend first("127.0.0.1", 9101, "SYSTEM:echo first", in_ns);
     Backend second("127.0.0.1", 9102, "SYSTEM:echo second", in_ns);
 
@@ -698,13 +707,7 @@ TEST_CASE("redirect mode: a MES's route is read when a connection first needs it
                       "---\ntype: Secret\nname: backend-ca\nmesh: default\ndata: " + conf::base64_encode(ca.cert_pem) + "\n");
     };
     resources(ep("127.0.0.1", 9101));
-    MesdOptions options;
-    options.wrapper = in_ns;
-    options.vip_section = "  ipv4: 242.0.0.0/8\n";
-    options.conf_dir = (dir.path / "resources").string();
-    options.dns_section = "  forward:\n    enabled: false\n";
-    options.extra_config = "proxy:\n  mode: redirect\n  redirectListen: 127.0.0.1:15001\n  upstreamMark: 0x4d45\n";
-    Mesd mesd(dir.path / "mesd", options);
+    Mesd mesd(dir.path / "mesd", redirect_mesd_options(netns, dir));
     auto admin = [&](const std::string& path) {
         return ns_run({curl, "-sS", "--max-time", "5", "http://127.0.0.1:" + std::to_string(mesd.admin_port()) + path}).out;
     };
