@@ -78,11 +78,17 @@ TEST_CASE("name index: every generated name answers what the store says, other n
             CHECK(index.name(*o) == "svc-" + std::to_string(i));
             CHECK(dns::NameIndex::ipv4(*o) == (*stored)->ipv4);
             CHECK(index.ipv6(*o) == (*stored)->ipv6);
+            // The hot path's copy of the addresses, in the name's own record, agrees.
+            auto addresses = index.addresses(name);
+            REQUIRE(addresses);
+            CHECK(addresses->ipv4 == (*stored)->ipv4);
+            CHECK(addresses->ipv6 == (*stored)->ipv6);
             // And back from each address.
             CHECK(index.find(*(*stored)->ipv4) == o);
             CHECK(index.find(*(*stored)->ipv6) == o);
         }
         CHECK_FALSE(index.find("nx-" + std::to_string(i) + ".mesh"));
+        CHECK_FALSE(index.addresses("nx-" + std::to_string(i) + ".mesh"));
         CHECK_FALSE(index.find("svc-" + std::to_string(i)));           // the MES name is not a hostname
         CHECK_FALSE(index.find("svc-" + std::to_string(i) + ".mesh.")); // callers strip the dot
     }
@@ -100,6 +106,9 @@ TEST_CASE("name index: a name two served meshes generate belongs to the first li
     auto other_first = f.index({"other", "default"});
     REQUIRE(other_first.find("shared.mesh"));
     CHECK(other_first.mesh(*other_first.find("shared.mesh")) == "other");
+    // The name's record carries the winner's addresses, not the first owner scanned.
+    REQUIRE(other_first.addresses("shared.mesh"));
+    CHECK(other_first.addresses("shared.mesh")->ipv4 == dns::NameIndex::ipv4(*other_first.find("shared.mesh")));
     CHECK(other_first.find("only-default.mesh"));
     CHECK(other_first.find("only-other.mesh"));
     CHECK_FALSE(other_first.find("only-hidden.mesh"));
@@ -128,6 +137,10 @@ TEST_CASE("name index: a MES whose pool ran out keeps its names, with no address
     CHECK(index.name(*c) == "c");
     CHECK_FALSE(c->has_ipv4);
     CHECK_FALSE(index.ipv6(*c));
+    auto addresses = index.addresses("c.mesh");
+    REQUIRE(addresses);  // the name exists (NODATA, not NXDOMAIN)
+    CHECK_FALSE(addresses->ipv4);
+    CHECK_FALSE(addresses->ipv6);
 }
 
 TEST_CASE("name index: an empty store gives an empty index")
