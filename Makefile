@@ -15,7 +15,7 @@ FUZZ_PACKAGES  := clang libclang-rt-14-dev libfuzzer-14-dev
 BENCH_PACKAGES := dnsperf knot nsd wrk iperf3 haproxy nginx-light
 PACKAGES       := $(BUILD_PACKAGES) $(TEST_PACKAGES) $(FUZZ_PACKAGES)
 
-.PHONY: all build deps bench-deps test test-sanitize sanitize fuzz-dns run clean bench bench-store bench-dns bench-proxy bench-tls
+.PHONY: all build deps bench-deps test test-sanitize sanitize fuzz-dns run clean bench bench-store bench-dns bench-proxy bench-tls bench-soak
 
 all: build
 
@@ -76,7 +76,7 @@ run: build
 	$(BUILD_DIR)/cmd/mesd --config conf/mesd-run.yaml --conf-dir conf/examples
 
 # Benchmarks print figures and ratios; they are not tests.
-bench: bench-store bench-dns bench-proxy bench-tls
+bench: bench-store bench-dns bench-proxy bench-tls bench-soak
 
 bench-deps:
 	@$(MAKE) --no-print-directory deps PACKAGES="$(BENCH_PACKAGES)"
@@ -96,6 +96,10 @@ bench-proxy: build bench-deps
 # (wrk in plain HTTP to the proxy, TLS on to nginx, interleaved rounds).
 bench-tls: build bench-deps
 	bench/tls_bench.sh $(BUILD_DIR)
+
+# A million short connections through mesd: descriptors and memory must come back.
+bench-soak: build bench-deps
+	bench/proxy_soak.sh $(BUILD_DIR)
 
 clean:
 	rm -rf $(BUILD_DIR) $(SANITIZE_DIR) $(FUZZ_DIR)
