@@ -202,7 +202,8 @@ struct Metrics {
     std::array<std::uint64_t, bounds.size() + 1> latency_buckets{};
     double latency_sum = 0;
     std::uint64_t latency_count = 0;
-    void observe(double seconds);
+    // `replies` that took `seconds` each.
+    void observe(double seconds, std::uint64_t replies = 1);
 };
 
 struct ServerOptions {

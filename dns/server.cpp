@@ -22,13 +22,13 @@
 
 namespace dns {
 
-void Metrics::observe(double seconds)
+void Metrics::observe(double seconds, std::uint64_t replies)
 {
     std::size_t i = 0;
     while (i < bounds.size() && seconds > bounds[i]) ++i;
-    ++latency_buckets[i];
-    latency_sum += seconds;
-    ++latency_count;
+    latency_buckets[i] += replies;
+    latency_sum += seconds * static_cast<double>(replies);
+    latency_count += replies;
 }
 
 namespace {
@@ -682,8 +682,13 @@ bool UdpListener::read_batch()
     }
     int n = ::recvmmsg(read_fd, in.data(), mmsg_width, MSG_DONTWAIT, nullptr);
     if (n <= 0) return false;
-    // Each query's latency runs from the batch's arrival: the later ones waited for the first.
+    // Every reply of the batch leaves with the batch's sendmmsg: each query's latency runs from
+    // the batch's arrival to then, so one clock read at each end serves the whole batch.
     auto received = Clock::now();
+    // Fast replies (A or AAAA, NOERROR or NXDOMAIN) counted here, added to the metrics' maps
+    // once per batch.
+    constexpr std::uint16_t qtype_a = 1, qtype_aaaa = 28, rcode_noerror = 0, rcode_nxdomain = 3;
+    std::array<std::array<std::uint32_t, 2>, 2> fast_counts{};  // [is AAAA][is NXDOMAIN]
     Server::Impl& s = *server;
     if (s.responder.settings().fast_path) {
         std::array<std::span<const std::uint8_t>, mmsg_width> queries;
@@ -703,10 +708,7 @@ bool UdpListener::read_batch()
         Client client{false, s.may_forward(src)};
         FastReply& f = fast[replies];
         if (s.responder.settings().fast_path && s.responder.answer_fast(query, client, s.source, f)) {
-            ++s.metrics.queries_by_qtype[f.qtype];
-            ++s.metrics.replies_by_rcode[f.rcode];
-            ++s.metrics.answered;
-            s.metrics.observe(std::chrono::duration<double>(Clock::now() - received).count());
+            ++fast_counts[f.qtype == qtype_aaaa ? 1 : 0][f.rcode == rcode_nxdomain ? 1 : 0];
             queue_reply(from[static_cast<std::size_t>(i)], f.wire.data(), f.size);
             continue;
         }
@@ -720,10 +722,17 @@ bool UdpListener::read_batch()
             s.start_forward(query, r, received, &handle, src, nullptr);
             continue;
         }
-        s.metrics.observe(std::chrono::duration<double>(Clock::now() - received).count());
         general[replies] = std::move(r.wire);
         queue_reply(from[static_cast<std::size_t>(i)], general[replies].data(), general[replies].size());
     }
+    for (std::size_t v6 = 0; v6 < 2; ++v6)
+        for (std::size_t nx = 0; nx < 2; ++nx)
+            if (std::uint32_t c = fast_counts[v6][nx]) {
+                s.metrics.queries_by_qtype[v6 ? qtype_aaaa : qtype_a] += c;
+                s.metrics.replies_by_rcode[nx ? rcode_nxdomain : rcode_noerror] += c;
+                s.metrics.answered += c;
+            }
+    if (replies) s.metrics.observe(std::chrono::duration<double>(Clock::now() - received).count(), replies);
     send_replies();
     return static_cast<std::size_t>(n) == mmsg_width;
 }
