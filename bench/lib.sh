@@ -29,6 +29,15 @@ raise_open_files() {
     if [ "$nofile" = unlimited ]; then nofile=1048576; fi
 }
 
+# The script's work dir (sets work) and, on exit or interrupt, the stop of every process in
+# pids and the removal of that dir.
+start_work() {  # start_work NAME
+    work=$(mktemp -d "/tmp/mesd-$1-XXXXXX")
+    pids=()
+    trap stop_all_and_clean_up EXIT
+    trap 'exit 130' INT TERM
+}
+
 # ---- processes this script started -----------------------------------------------------------
 # Is PID still running (a zombie waiting to be reaped is not)?
 running() { [ -r "/proc/$1/stat" ] && [ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)" != Z ]; }

@@ -37,10 +37,7 @@ if [ "$idle_conns" -gt "$idle_cap" ]; then
     idle_conns=$idle_cap
 fi
 
-work=$(mktemp -d /tmp/mesd-bench-proxy-XXXXXX)
-pids=()
-trap stop_all_and_clean_up EXIT
-trap 'exit 130' INT TERM
+start_work bench-proxy
 
 # Connections per request leave sockets in TIME_WAIT; reuse them (restored on exit).
 reuse_time_wait

@@ -26,10 +26,7 @@ require_tools wrk nginx curl
 wait_for_build
 raise_open_files
 
-work=$(mktemp -d /tmp/mesd-bench-soak-XXXXXX)
-pids=()
-trap stop_all_and_clean_up EXIT
-trap 'exit 130' INT TERM
+start_work bench-soak
 reuse_time_wait
 
 read -r port_nginx port_dns port_web <<< "$(free_ports 3)"

@@ -31,10 +31,7 @@ wait_for_build
 # Connections per request need descriptors: a proxy holds two per connection.
 raise_open_files
 
-work=$(mktemp -d /tmp/mesd-bench-tls-XXXXXX)
-pids=()
-trap stop_all_and_clean_up EXIT
-trap 'exit 130' INT TERM
+start_work bench-tls
 
 # Connections per request leave sockets in TIME_WAIT; reuse them (restored on exit).
 reuse_time_wait
