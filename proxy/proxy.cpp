@@ -578,6 +578,13 @@ struct Connection {
         self->upstream = &a->side;
         self->attempt = a;  // owns the upstream side from now on
         if (!a->side.is_pipe) set_nodelay(&a->side.h.tcp);
+        if (!self->service->tls_error.empty()) {
+            // The MES's TLS settings became unusable while this connect was under way (a
+            // Secret deleted): refused, never carried in the clear instead.
+            ++self->service->failed;
+            self->close(true);
+            return;
+        }
         if (self->service->tls) {
             // The handshake runs under the same connect timeout; the client waits unread.
             self->tls = self->service->tls;
