@@ -258,6 +258,40 @@ private:
     std::size_t pos_ = 0;
 };
 
+// The question name as the fast path takes it: plain labels only, at most 255 bytes with the
+// root's, printable ASCII; lowercased (without the final dot) with no allocation.
+struct QuestionName {
+    std::array<char, 256> text;
+    std::size_t size = 0;
+    std::array<std::uint16_t, 128> label_starts;  // offsets in the packet, for the SOA's pointer
+    std::size_t labels = 0;
+    std::string_view view() const { return {text.data(), size}; }
+};
+
+bool read_question_name(WireReader& in, QuestionName& name)
+{
+    std::size_t wire_length = 0;
+    while (true) {
+        std::uint8_t len = 0;
+        if (!in.u8(len)) return false;
+        ++wire_length;
+        if (wire_length > 255) return false;  // the root's byte counts too (RFC 1035 3.1)
+        if (len == 0) return true;
+        if (len > 63 || len > in.remaining()) return false;
+        wire_length += len;
+        if (wire_length > 255) return false;
+        name.label_starts[name.labels++] = static_cast<std::uint16_t>(in.pos() - 1);
+        if (name.size) name.text[name.size++] = '.';
+        for (std::size_t i = 0; i < len; ++i) {
+            auto c = static_cast<char>(in.at(in.pos() + i));
+            if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+            else if (c == '.' || c <= ' ' || c > '~') return false;
+            name.text[name.size++] = c;
+        }
+        in.skip(len);
+    }
+}
+
 }  // namespace
 
 bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& client, Source& source,
@@ -268,32 +302,8 @@ bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& c
     if (!in.u16(id) || !in.u16(flags) || !in.u16(qd) || !in.u16(an) || !in.u16(ns) || !in.u16(ar)) return false;
     if ((flags & 0x8000) || ((flags >> 11) & 0x0f) != 0 || qd != 1 || an != 0 || ns != 0 || ar > 1) return false;
 
-    // The question name: plain labels only, at most 255 bytes, printable ASCII; lowercased
-    // into `name` (without the final dot) with no allocation.
-    std::array<char, 256> name;
-    std::size_t name_size = 0;
-    std::array<std::uint16_t, 128> label_starts;  // offsets in the packet, for the SOA's pointer
-    std::size_t labels = 0;
-    std::size_t wire_length = 0;
-    while (true) {
-        std::uint8_t len = 0;
-        if (!in.u8(len)) return false;
-        ++wire_length;
-        if (wire_length > 255) return false;  // the root's byte counts too (RFC 1035 3.1)
-        if (len == 0) break;
-        if (len > 63 || len > in.remaining()) return false;
-        wire_length += len;
-        if (wire_length > 255) return false;
-        label_starts[labels++] = static_cast<std::uint16_t>(in.pos() - 1);
-        if (name_size) name[name_size++] = '.';
-        for (std::size_t i = 0; i < len; ++i) {
-            auto c = static_cast<char>(in.at(in.pos() + i));
-            if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-            else if (c == '.' || c <= ' ' || c > '~') return false;
-            name[name_size++] = c;
-        }
-        in.skip(len);
-    }
+    QuestionName name;
+    if (!read_question_name(in, name)) return false;
     std::uint16_t qtype = 0, qclass = 0;
     if (!in.u16(qtype) || !in.u16(qclass)) return false;
     if (qclass != LDNS_RR_CLASS_IN || (qtype != LDNS_RR_TYPE_A && qtype != LDNS_RR_TYPE_AAAA)) return false;
@@ -313,7 +323,7 @@ bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& c
     }
     if (in.remaining() != 0) return false;
 
-    std::string_view qname(name.data(), name_size);
+    std::string_view qname = name.view();
     const std::string* zone = nullptr;
     for (const auto& z : settings_.zones)
         if ((qname == z || (qname.size() > z.size() && qname.ends_with(z) && qname[qname.size() - z.size() - 1] == '.')) &&
@@ -359,7 +369,7 @@ bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& c
     if (with_soa) {
         // The zone's name is a suffix of the question's: point at it.
         std::size_t zone_labels = static_cast<std::size_t>(std::ranges::count(*zone, '.')) + 1;
-        std::uint16_t apex = static_cast<std::uint16_t>(0xc000 | label_starts[labels - zone_labels]);
+        std::uint16_t apex = static_cast<std::uint16_t>(0xc000 | name.label_starts[name.labels - zone_labels]);
         out.u16(apex);
         out.u16(LDNS_RR_TYPE_SOA);
         out.u16(LDNS_RR_CLASS_IN);
@@ -394,27 +404,19 @@ bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& c
 
 void Responder::prefetch(std::span<const std::span<const std::uint8_t>> queries, Source& source) const
 {
-    // Only the names the fast path may look up: lowercased like it does, without its checks
-    // (a wrong hint costs a wasted load, nothing more).
+    // The names the fast path will look up, read as it reads them; a query it will not take
+    // gives no hint.
     constexpr std::size_t at_most = 64;
-    std::array<std::array<char, 256>, at_most> text;
+    std::array<QuestionName, at_most> read;
     std::array<std::string_view, at_most> names;
     std::size_t n = 0;
     for (auto query : queries) {
         if (n == at_most) break;
-        if (query.size() <= header_size) continue;
-        std::size_t at = header_size, size = 0;
-        auto& out = text[n];
-        while (at < query.size() && query[at] != 0 && query[at] <= 63 && at + 1 + query[at] <= query.size() &&
-               size + 1 + query[at] <= out.size()) {
-            if (size) out[size++] = '.';
-            for (std::size_t i = 1; i <= query[at]; ++i) {
-                auto c = static_cast<char>(query[at + i]);
-                out[size++] = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-            }
-            at += 1 + query[at];
-        }
-        if (size) names[n++] = std::string_view(out.data(), size);
+        WireReader in(query);
+        read[n].size = read[n].labels = 0;  // a query given up on may have left some behind
+        if (!in.skip(header_size) || !read_question_name(in, read[n]) || read[n].size == 0) continue;
+        names[n] = read[n].view();
+        ++n;
     }
     source.prefetch(std::span<const std::string_view>(names.data(), n));
 }
