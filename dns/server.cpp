@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <list>
+#include <memory>
 #include <tuple>
 
 namespace dns {
@@ -134,15 +136,75 @@ void set_id(std::vector<std::uint8_t>& m, std::uint16_t id)
     m[1] = static_cast<std::uint8_t>(id & 0xff);
 }
 
-// A reply cut to header and question with TC set, for a UDP client that cannot take more.
+// Offset just past the name at `pos` (labels ending in the root label or a compression
+// pointer), or 0 when it runs off the message.
+std::size_t name_end(std::span<const std::uint8_t> msg, std::size_t pos)
+{
+    while (pos < msg.size()) {
+        std::uint8_t len = msg[pos];
+        if (len == 0) return pos + 1;
+        if ((len & 0xc0) == 0xc0) return 2 <= msg.size() - pos ? pos + 2 : 0;
+        if (len & 0xc0) return 0;
+        pos += 1u + len;
+    }
+    return 0;
+}
+
+// The OPT record of a reply (RFC 6891), as its bytes, or empty when it has none or cannot
+// be read that far.
+std::span<const std::uint8_t> opt_record(std::span<const std::uint8_t> reply)
+{
+    constexpr unsigned rr_type_opt = 41;
+    std::size_t pos = question_end(reply);
+    if (pos == 0) return {};
+    auto count = [&](std::size_t at) { return static_cast<unsigned>((reply[at] << 8) | reply[at + 1]); };
+    unsigned before_additional = count(6) + count(8), records = before_additional + count(10);
+    for (unsigned i = 0; i < records; ++i) {
+        std::size_t start = pos;
+        pos = name_end(reply, pos);
+        if (pos == 0 || 10 > reply.size() - pos) return {};
+        unsigned type = count(pos), rdlength = count(pos + 8);
+        pos += 10;
+        if (rdlength > reply.size() - pos) return {};
+        pos += rdlength;
+        if (type == rr_type_opt && i >= before_additional) return reply.subspan(start, pos - start);
+    }
+    return {};
+}
+
+// A reply cut to header, question and OPT record with TC set, for a UDP client that cannot
+// take more (the OPT stays: RFC 6891 section 7 wants it in every reply to an EDNS query).
 std::vector<std::uint8_t> truncated_copy(std::span<const std::uint8_t> reply)
 {
+    if (reply.size() < 12) return {};
     std::size_t end = question_end(reply);
     if (end == 0) end = 12;
+    auto opt = opt_record(reply);
     std::vector<std::uint8_t> out(reply.begin(), reply.begin() + static_cast<std::ptrdiff_t>(end));
+    out.insert(out.end(), opt.begin(), opt.end());
     out[2] |= 0x02;
     for (int i = 6; i < 12; ++i) out[static_cast<std::size_t>(i)] = 0;
+    if (!opt.empty()) out[11] = 1;  // ARCOUNT
     return out;
+}
+
+// Replies leave with DF set and are never fragmented here (RFC 9715 section 3.1). PROBE sets
+// DF but ignores path MTU reports, which anyone could forge to make replies fragment or fail;
+// a reply larger than the link takes fails with EMSGSIZE and goes out truncated instead.
+int set_dont_fragment(int fd, int family)
+{
+    int probe4 = IP_PMTUDISC_PROBE;
+    if (family == AF_INET6) {
+        int probe6 = IPV6_PMTUDISC_PROBE, on = 1;
+        if (::setsockopt(fd, IPPROTO_IPV6, IPV6_MTU_DISCOVER, &probe6, sizeof probe6) < 0 ||
+            ::setsockopt(fd, IPPROTO_IPV6, IPV6_DONTFRAG, &on, sizeof on) < 0)
+            return -errno;
+        // IPv4 clients of a dual-stack socket are sent to through the IPv4 setting; a socket
+        // that is IPv6 only has none.
+        ::setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &probe4, sizeof probe4);
+        return 0;
+    }
+    return ::setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &probe4, sizeof probe4) < 0 ? -errno : 0;
 }
 
 // A write request that owns its bytes until its callback runs.
@@ -153,6 +215,7 @@ struct Write {
 struct UdpSend {
     uv_udp_send_t req{};
     std::vector<std::uint8_t> bytes;
+    sockaddr_storage to{};
 };
 
 }  // namespace
@@ -191,6 +254,8 @@ struct UdpListener {
     bool read_batch();
     void queue_reply(const sockaddr_storage& to, std::uint8_t* data, std::size_t size);
     void send_replies();
+    // One reply sent through libuv (outside a batch, or what a batch's sendmmsg left).
+    void send_one(const sockaddr* to, std::vector<std::uint8_t> bytes);
     // The reader first (its descriptor closed after it), then the socket; then `this` is freed.
     void close();
     void close_socket();
@@ -464,12 +529,7 @@ struct Forward {
             reply = truncated_copy(reply);
             ++server.metrics.truncated;
         }
-        auto* s = new UdpSend;
-        s->bytes = std::move(reply);
-        uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(s->bytes.data()), static_cast<unsigned>(s->bytes.size()));
-        if (uv_udp_send(&s->req, udp_listener, &buf, 1, reinterpret_cast<sockaddr*>(&client),
-                        [](uv_udp_send_t* req, int) { delete reinterpret_cast<UdpSend*>(req); }) < 0)
-            delete s;
+        static_cast<UdpListener*>(udp_listener->data)->send_one(reinterpret_cast<sockaddr*>(&client), std::move(reply));
     }
 
     void fail()
@@ -640,13 +700,7 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
         auto reply = responder.error_reply(query, 2 /* SERVFAIL */, tcp ? 65535 : r.client_udp_size);
         ++metrics.replies_by_rcode[2];
         if (tcp) tcp->send(std::move(reply));
-        else if (!reply.empty()) {
-            auto* s = new UdpSend;
-            s->bytes = std::move(reply);
-            uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(s->bytes.data()), static_cast<unsigned>(s->bytes.size()));
-            if (uv_udp_send(&s->req, udp, &buf, 1, client, [](uv_udp_send_t* req, int) { delete reinterpret_cast<UdpSend*>(req); }) < 0)
-                delete s;
-        }
+        else if (!reply.empty()) static_cast<UdpListener*>(udp->data)->send_one(client, std::move(reply));
         return;
     }
     ++metrics.forwarded;
@@ -796,22 +850,57 @@ void UdpListener::send_replies()
     std::size_t sent = 0;
     while (sent < replies) {
         int rc = ::sendmmsg(read_fd, out.data() + sent, static_cast<unsigned>(replies - sent), MSG_DONTWAIT);
-        if (rc <= 0) break;
-        sent += static_cast<std::size_t>(rc);
+        if (rc > 0) {
+            sent += static_cast<std::size_t>(rc);
+            continue;
+        }
+        if (rc < 0 && errno == EMSGSIZE) {
+            // Larger than the outgoing link takes unfragmented (the socket sets DF): the
+            // client gets TC instead, and asks again over TCP.
+            std::span<const std::uint8_t> reply(static_cast<const std::uint8_t*>(out_iov[sent].iov_base), out_iov[sent].iov_len);
+            auto cut = truncated_copy(reply);
+            if (cut.empty() || cut.size() >= reply.size()) {
+                ++server->metrics.dropped;
+                ++sent;
+                continue;
+            }
+            general[sent] = std::move(cut);
+            out_iov[sent] = iovec{general[sent].data(), general[sent].size()};
+            ++server->metrics.truncated;
+            continue;
+        }
+        break;
     }
     // What the socket would not take now is queued through libuv, which sends it once the
     // socket is writable.
     for (; sent < replies; ++sent) {
-        auto* send = new UdpSend;
         const auto* base = static_cast<const std::uint8_t*>(out_iov[sent].iov_base);
-        send->bytes.assign(base, base + out_iov[sent].iov_len);
-        uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(send->bytes.data()), static_cast<unsigned>(send->bytes.size()));
-        if (uv_udp_send(&send->req, &handle, &buf, 1, static_cast<const sockaddr*>(out[sent].msg_hdr.msg_name),
-                        [](uv_udp_send_t* req, int) { delete reinterpret_cast<UdpSend*>(req); }) < 0)
-            delete send;
+        send_one(static_cast<const sockaddr*>(out[sent].msg_hdr.msg_name), {base, base + out_iov[sent].iov_len});
     }
     for (std::size_t i = 0; i < replies; ++i) general[i].clear();
     replies = 0;
+}
+
+void UdpListener::send_one(const sockaddr* to, std::vector<std::uint8_t> bytes)
+{
+    auto* send = new UdpSend;
+    send->bytes = std::move(bytes);
+    std::memcpy(&send->to, to, to->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
+    uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(send->bytes.data()), static_cast<unsigned>(send->bytes.size()));
+    int rc = uv_udp_send(&send->req, &handle, &buf, 1, to, [](uv_udp_send_t* req, int status) {
+        std::unique_ptr<UdpSend> done(reinterpret_cast<UdpSend*>(req));
+        auto* self = static_cast<UdpListener*>(req->handle->data);
+        if (status != UV_EMSGSIZE) return;
+        // As in send_replies: too large for the link, so TC instead.
+        auto cut = truncated_copy(done->bytes);
+        if (cut.empty() || cut.size() >= done->bytes.size()) {
+            ++self->server->metrics.dropped;
+            return;
+        }
+        ++self->server->metrics.truncated;
+        self->send_one(reinterpret_cast<const sockaddr*>(&done->to), std::move(cut));
+    });
+    if (rc < 0) delete send;
 }
 
 void Server::Impl::on_tcp_connection(uv_stream_t* listener)
@@ -933,6 +1022,10 @@ std::expected<void, std::string> Server::start()
         uv_os_fd_t fd = -1;
         int dup_fd = uv_fileno(reinterpret_cast<uv_handle_t*>(udp), &fd) == 0 ? ::fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
         if (dup_fd < 0) return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + std::strerror(errno));
+        if (int rc = set_dont_fragment(dup_fd, sa->sa_family); rc < 0) {
+            ::close(dup_fd);
+            return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + std::strerror(-rc));
+        }
         if (int rc = uv_poll_init_socket(s.loop, &listener->reader, dup_fd); rc < 0) {
             ::close(dup_fd);
             return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + from_uv(rc));

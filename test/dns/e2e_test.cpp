@@ -1,6 +1,7 @@
 // The running mesd answering real clients: dig, kdig and drill over UDP and TCP.
 #include "test/support/mesd.hpp"
 #include "test/support/net.hpp"
+#include "test/support/netns.hpp"
 #include "test/support/tempdir.hpp"
 
 #include <catch2/catch.hpp>
@@ -39,11 +40,12 @@ const std::string resources =
     "  endpoints: [{address: 127.0.0.1, port: 8443}, {address: backup.example, port: 443, priority: 1}]\n"
     "  tls: {enabled: true, verification: {serverName: tls.example, mode: SkipSAN}}\n";
 
-// A MES whose TXT answer is larger than 512 bytes and smaller than our EDNS size of 1232.
-std::string big_mes()
+// A MES whose TXT answer is larger than 512 bytes and smaller than our EDNS size of 1232
+// (with 20 endpoints).
+std::string big_mes(const std::string& name = "mes-big", int endpoints = 20)
 {
-    std::string doc = "---\ntype: MeshExternalService\nname: mes-big\nspec:\n  match: {port: 80}\n  endpoints:\n";
-    for (int i = 0; i < 20; ++i)
+    std::string doc = "---\ntype: MeshExternalService\nname: " + name + "\nspec:\n  match: {port: 80}\n  endpoints:\n";
+    for (int i = 0; i < endpoints; ++i)
         doc += "    - {address: endpoint-" + std::to_string(i) + ".backends.example.com, port: 8080}\n";
     return doc;
 }
@@ -53,10 +55,10 @@ struct Fixture {
     std::unique_ptr<Mesd> mesd;
     std::string port;
 
-    explicit Fixture(MesdOptions options = {})
+    explicit Fixture(MesdOptions options = {}, const std::string& more_resources = {})
     {
         auto conf_dir = dir.path / "resources";
-        dir.write("resources/all.yaml", resources + big_mes());
+        dir.write("resources/all.yaml", resources + big_mes() + more_resources);
         if (options.conf_dir.empty()) options.conf_dir = conf_dir.string();
         if (options.dns_section.empty()) options.dns_section = "  forward:\n    enabled: false\n";
         mesd = std::make_unique<Mesd>(dir.path / "mesd", options);
@@ -275,6 +277,37 @@ TEST_CASE("EDNS: our size echoed, truncation forced and avoided, BADVERS")
     CHECK_THAT(kd, Catch::Contains("TC"));
     auto badvers = f.dig_out({"mes-http.mesh", "A", "+edns=1", "+noednsnegotiation"});
     CHECK_THAT(badvers, Catch::Contains("status: BADVERS"));
+}
+
+TEST_CASE("UDP answers larger than the link takes unfragmented come back truncated, with the OPT record")
+{
+    // A namespace whose loopback carries at most 1280 bytes per packet, and an EDNS size that
+    // allows more: the 40-endpoint TXT answer (about 2 KB) would have to be fragmented.
+    Namespace ns("mesd-mtu");
+    REQUIRE(ns.in({"/usr/sbin/ip", "link", "set", "lo", "mtu", "1280"}).exit_code == 0);
+    MesdOptions o;
+    o.wrapper = ns.exec;
+    o.dns_section = "  ednsUdpSize: 4096\n  forward:\n    enabled: false\n";
+    Fixture f(o, big_mes("mes-huge", 40));
+    auto dig_in_ns = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {dig, "@127.0.0.1", "-p", f.port, "+tries=1", "+time=2", "+norec"});
+        return ns.in(args).out;
+    };
+    auto cut = dig_in_ns({"mes-huge.mesh", "TXT", "+bufsize=4096", "+ignore"});
+    CHECK_THAT(cut, Catch::Contains("flags: qr aa tc;"));
+    CHECK_THAT(cut, Catch::Contains("ANSWER: 0,"));
+    CHECK_THAT(cut, Catch::Contains("; EDNS: version: 0, flags:; udp: 4096"));
+    // dig's own retry over TCP gets the whole answer.
+    auto retried = dig_in_ns({"mes-huge.mesh", "TXT", "+bufsize=4096"});
+    CHECK_THAT(retried, Catch::Contains("ANSWER: 1,"));
+    CHECK_THAT(retried, Catch::Contains("endpoint-39.backends.example.com:8080"));
+    CHECK_THAT(retried, Catch::Contains("(TCP)"));
+    // An answer that fits the link still arrives whole over UDP.
+    auto fits = dig_in_ns({"mes-big.mesh", "TXT", "+bufsize=4096", "+ignore"});
+    CHECK_THAT(fits, Catch::Contains("flags: qr aa;"));
+    CHECK_THAT(fits, Catch::Contains("ANSWER: 1,"));
+    auto metrics = ns.in({"/usr/bin/curl", "-s", "http://127.0.0.1:" + std::to_string(f.mesd->admin_port()) + "/metrics"}).out;
+    CHECK_THAT(metrics, Catch::Contains("mesd_dns_truncated_total 2\n"));
 }
 
 TEST_CASE("malformed and unusual packets")
@@ -551,6 +584,11 @@ TEST_CASE("forwarding to a real upstream: answers, and TCP after a truncated ans
     // Twice: once for the UDP query, once for the client's TCP retry (forwarded without EDNS).
     CHECK_THAT(metrics, Catch::Contains("mesd_dns_upstream_tcp_retries_total 2\n"));
     CHECK_THAT(metrics, Catch::Contains("mesd_dns_truncated_total 1\n"));
+    // An EDNS client with room for 512 bytes: TC, and the OPT record kept (RFC 6891 section 7).
+    auto edns_small = f.dig_out({"big.fwd.test", "TXT", "+bufsize=512", "+ignore"});
+    CHECK_THAT(edns_small, Catch::Contains(" tc"));
+    CHECK_THAT(edns_small, Catch::Contains("ANSWER: 0,"));
+    CHECK_THAT(edns_small, Catch::Contains("; EDNS: version: 0"));
 }
 
 TEST_CASE("an upstream that never answers: the next one, then SERVFAIL within the timeout")
