@@ -542,6 +542,10 @@ struct Connection {
             fail(t);
             return;
         }
+        // Reading is asked for now, while libuv registers the socket for the connect: once
+        // connected it changes the registration once, where asking afterwards costs a failed
+        // add and a change. libuv completes the connect before it reads anything.
+        start_reading(a->side);
         arm_connect_timeout();
     }
 
@@ -942,6 +946,10 @@ struct Connection {
                 if (!flush_tls()) return;
             }
             to.shutting = true;
+            if (uv_stream_get_write_queue_size(to.stream()) == 0 && shutdown_now(to)) {
+                maybe_done();
+                return;
+            }
             auto* req = new uv_shutdown_t;
             req->data = &to;
             int rc = uv_shutdown(req, to.stream(), [](uv_shutdown_t* r, int status) {
@@ -961,6 +969,18 @@ struct Connection {
             }
         }
         maybe_done();
+    }
+
+    // Nothing waits to be written to `s`: its FIN goes now, with shutdown(2) itself.
+    // uv_shutdown would send it a loop turn later and then re-register the socket with the
+    // events it already has. False when it could not be done here (uv_shutdown then tries,
+    // and reports the error).
+    bool shutdown_now(Side& s)
+    {
+        uv_os_fd_t fd = -1;
+        if (uv_fileno(s.handle(), &fd) != 0 || ::shutdown(fd, SHUT_WR) != 0) return false;
+        s.shut = true;
+        return true;
     }
 
     // Both sides sent FIN, and what we owe each (queued bytes, a FIN in progress) is out.
