@@ -18,6 +18,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <list>
 #include <memory>
 #include <tuple>
@@ -173,13 +174,16 @@ std::span<const std::uint8_t> opt_record(std::span<const std::uint8_t> reply)
 }
 
 // A reply cut to header, question and OPT record with TC set, for a UDP client that cannot
-// take more (the OPT stays: RFC 6891 section 7 wants it in every reply to an EDNS query).
-std::vector<std::uint8_t> truncated_copy(std::span<const std::uint8_t> reply)
+// take more (the OPT stays: RFC 6891 section 7 wants it in every reply to an EDNS query;
+// unless, as an upstream's may, it carries so much that the cut reply would exceed `limit`).
+std::vector<std::uint8_t> truncated_copy(std::span<const std::uint8_t> reply,
+                                         std::size_t limit = std::numeric_limits<std::size_t>::max())
 {
     if (reply.size() < 12) return {};
     std::size_t end = question_end(reply);
     if (end == 0) end = 12;
     auto opt = opt_record(reply);
+    if (end + opt.size() > limit) opt = {};
     std::vector<std::uint8_t> out(reply.begin(), reply.begin() + static_cast<std::ptrdiff_t>(end));
     out.insert(out.end(), opt.begin(), opt.end());
     out[2] |= 0x02;
@@ -256,6 +260,10 @@ struct UdpListener {
     void send_replies();
     // One reply sent through libuv (outside a batch, or what a batch's sendmmsg left).
     void send_one(const sockaddr* to, std::vector<std::uint8_t> bytes);
+    // A reply libuv could not send for EMSGSIZE, sent again by itself (libuv sends what it
+    // queued in batches, and every reply of a failed batch gets the error of the one that
+    // failed), and cut to TC only if it is too large by itself too.
+    void send_alone(const sockaddr* to, std::span<const std::uint8_t> bytes);
     // The reader first (its descriptor closed after it), then the socket; then `this` is freed.
     void close();
     void close_socket();
@@ -526,7 +534,7 @@ struct Forward {
             return;
         }
         if (reply.size() > client_udp_size) {
-            reply = truncated_copy(reply);
+            reply = truncated_copy(reply, client_udp_size);
             ++server.metrics.truncated;
         }
         static_cast<UdpListener*>(udp_listener->data)->send_one(reinterpret_cast<sockaddr*>(&client), std::move(reply));
@@ -889,18 +897,31 @@ void UdpListener::send_one(const sockaddr* to, std::vector<std::uint8_t> bytes)
     uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(send->bytes.data()), static_cast<unsigned>(send->bytes.size()));
     int rc = uv_udp_send(&send->req, &handle, &buf, 1, to, [](uv_udp_send_t* req, int status) {
         std::unique_ptr<UdpSend> done(reinterpret_cast<UdpSend*>(req));
-        auto* self = static_cast<UdpListener*>(req->handle->data);
-        if (status != UV_EMSGSIZE) return;
-        // As in send_replies: too large for the link, so TC instead.
-        auto cut = truncated_copy(done->bytes);
-        if (cut.empty() || cut.size() >= done->bytes.size()) {
-            ++self->server->metrics.dropped;
-            return;
-        }
-        ++self->server->metrics.truncated;
-        self->send_one(reinterpret_cast<const sockaddr*>(&done->to), std::move(cut));
+        // A listener being closed gets its sends back cancelled, or with the error they met:
+        // nothing more is sent through it.
+        if (status != UV_EMSGSIZE || uv_is_closing(reinterpret_cast<uv_handle_t*>(req->handle))) return;
+        static_cast<UdpListener*>(req->handle->data)->send_alone(reinterpret_cast<const sockaddr*>(&done->to), done->bytes);
     });
     if (rc < 0) delete send;
+}
+
+void UdpListener::send_alone(const sockaddr* to, std::span<const std::uint8_t> bytes)
+{
+    uv_os_fd_t fd = -1;
+    if (uv_fileno(reinterpret_cast<uv_handle_t*>(&handle), &fd) != 0) return;
+    socklen_t len = to->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+    if (::sendto(fd, bytes.data(), bytes.size(), MSG_DONTWAIT, to, len) >= 0) return;
+    if (errno == EMSGSIZE) {
+        // As in send_replies: too large for the link, so TC instead.
+        auto cut = truncated_copy(bytes);
+        if (!cut.empty() && cut.size() < bytes.size()) {
+            ++server->metrics.truncated;
+            if (::sendto(fd, cut.data(), cut.size(), MSG_DONTWAIT, to, len) >= 0) return;
+        }
+    }
+    // The socket's buffer is full (or the cut reply too large as well): dropped, as a UDP
+    // server under overload drops, and counted.
+    ++server->metrics.dropped;
 }
 
 void Server::Impl::on_tcp_connection(uv_stream_t* listener)

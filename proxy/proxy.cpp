@@ -504,6 +504,7 @@ struct Connection {
     static void close_attempt(Attempt* a)
     {
         a->side.open = false;
+        a->side.handle()->data = a;  // reading may have pointed it at the side
         uv_close(a->side.handle(), [](uv_handle_t* h) { delete static_cast<Attempt*>(h->data); });
     }
 

@@ -464,12 +464,14 @@ namespace {
 struct Dnsmasq {
     int port = free_udp_port();
     std::unique_ptr<Child> child;
-    // `wrapper` runs it elsewhere (inside a network namespace), on `fixed_port`.
-    explicit Dnsmasq(const std::filesystem::path& dir, std::vector<std::string> wrapper = {}, int fixed_port = 0)
+    // `wrapper` runs it elsewhere (inside a network namespace), on `fixed_port`; big.fwd.test
+    // has `txt_strings` strings of 60 bytes in its TXT record.
+    explicit Dnsmasq(const std::filesystem::path& dir, std::vector<std::string> wrapper = {}, int fixed_port = 0,
+                     int txt_strings = 12)
     {
         if (fixed_port) port = fixed_port;
         std::string txt = "big.fwd.test";
-        for (int i = 0; i < 12; ++i) txt += "," + std::string(60, static_cast<char>('a' + i));
+        for (int i = 0; i < txt_strings; ++i) txt += "," + std::string(60, static_cast<char>('a' + i));
         std::vector<std::string> argv = wrapper;
         for (std::string a : {"/usr/sbin/dnsmasq", "-k", "--user=root", "--listen-address=127.0.0.1", "--bind-interfaces",
                               "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=",
@@ -586,9 +588,38 @@ TEST_CASE("forwarding to a real upstream: answers, and TCP after a truncated ans
     CHECK_THAT(metrics, Catch::Contains("mesd_dns_truncated_total 1\n"));
     // An EDNS client with room for 512 bytes: TC, and the OPT record kept (RFC 6891 section 7).
     auto edns_small = f.dig_out({"big.fwd.test", "TXT", "+bufsize=512", "+ignore"});
-    CHECK_THAT(edns_small, Catch::Contains(" tc"));
+    CHECK_THAT(edns_small, Catch::Contains("flags: qr aa tc rd ra;"));
     CHECK_THAT(edns_small, Catch::Contains("ANSWER: 0,"));
     CHECK_THAT(edns_small, Catch::Contains("; EDNS: version: 0"));
+}
+
+TEST_CASE("a forwarded answer larger than the link takes unfragmented comes back truncated, with the OPT record")
+{
+    // As for mesd's own answers: a namespace whose loopback carries at most 1280 bytes per
+    // packet, and a 1.5 KB TXT answer from the upstream, which mesd fetches over TCP.
+    Namespace ns("mesd-fwd-mtu");
+    REQUIRE(ns.in({"/usr/sbin/ip", "link", "set", "lo", "mtu", "1280"}).exit_code == 0);
+    Dir dir;
+    Dnsmasq upstream(dir.path, ns.exec, 5353, 24);
+    MesdOptions o;
+    o.wrapper = ns.exec;
+    o.dns_section = "  ednsUdpSize: 4096\n  forward:\n    upstreams: [\"127.0.0.1:5353\"]\n";
+    Fixture f(o);
+    auto dig_in_ns = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {dig, "@127.0.0.1", "-p", f.port, "+tries=1", "+time=2"});
+        return ns.in(args).out;
+    };
+    auto cut = dig_in_ns({"big.fwd.test", "TXT", "+bufsize=4096", "+ignore"});
+    CHECK_THAT(cut, Catch::Contains("flags: qr aa tc rd ra;"));
+    CHECK_THAT(cut, Catch::Contains("ANSWER: 0,"));
+    CHECK_THAT(cut, Catch::Contains("; EDNS: version: 0"));
+    auto retried = dig_in_ns({"big.fwd.test", "TXT", "+bufsize=4096"});
+    CHECK_THAT(retried, Catch::Contains(std::string(60, 'x')));  // the 24th string
+    CHECK_THAT(retried, Catch::Contains("(TCP)"));
+    // A forwarded answer that fits still arrives whole over UDP.
+    auto fits = dig_in_ns({"www.fwd.test", "A", "+bufsize=4096", "+ignore"});
+    CHECK_THAT(fits, Catch::Contains("127.0.0.77"));
+    CHECK_THAT(fits, Catch::Contains("flags: qr aa rd ra;"));
 }
 
 TEST_CASE("an upstream that never answers: the next one, then SERVFAIL within the timeout")
