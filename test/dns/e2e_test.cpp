@@ -64,10 +64,16 @@ struct Fixture {
         mesd = std::make_unique<Mesd>(dir.path / "mesd", options);
         port = std::to_string(mesd->dns_port());
     }
-    std::string dig_out(std::vector<std::string> args) const
+    std::vector<std::string> dig_argv(std::vector<std::string> args) const
     {
         args.insert(args.begin(), {dig, "@127.0.0.1", "-p", port, "+tries=1", "+time=2"});
-        return output_of(args);
+        return args;
+    }
+    std::string dig_out(std::vector<std::string> args) const { return output_of(dig_argv(std::move(args))); }
+    // The same inside `ns`, for a mesd started there (MesdOptions::wrapper).
+    std::string dig_out(const Namespace& ns, std::vector<std::string> args) const
+    {
+        return ns.in(dig_argv(std::move(args))).out;
     }
     std::string short_answer(const std::string& name, const std::string& type = "A", const std::string& extra = "+notcp") const
     {
@@ -289,21 +295,17 @@ TEST_CASE("UDP answers larger than the link takes unfragmented come back truncat
     o.wrapper = ns.exec;
     o.dns_section = "  ednsUdpSize: 4096\n  forward:\n    enabled: false\n";
     Fixture f(o, big_mes("mes-huge", 40));
-    auto dig_in_ns = [&](std::vector<std::string> args) {
-        args.insert(args.begin(), {dig, "@127.0.0.1", "-p", f.port, "+tries=1", "+time=2", "+norec"});
-        return ns.in(args).out;
-    };
-    auto cut = dig_in_ns({"mes-huge.mesh", "TXT", "+bufsize=4096", "+ignore"});
+    auto cut = f.dig_out(ns, {"mes-huge.mesh", "TXT", "+bufsize=4096", "+ignore", "+norec"});
     CHECK_THAT(cut, Catch::Contains("flags: qr aa tc;"));
     CHECK_THAT(cut, Catch::Contains("ANSWER: 0,"));
     CHECK_THAT(cut, Catch::Contains("; EDNS: version: 0, flags:; udp: 4096"));
     // dig's own retry over TCP gets the whole answer.
-    auto retried = dig_in_ns({"mes-huge.mesh", "TXT", "+bufsize=4096"});
+    auto retried = f.dig_out(ns, {"mes-huge.mesh", "TXT", "+bufsize=4096", "+norec"});
     CHECK_THAT(retried, Catch::Contains("ANSWER: 1,"));
     CHECK_THAT(retried, Catch::Contains("endpoint-39.backends.example.com:8080"));
     CHECK_THAT(retried, Catch::Contains("(TCP)"));
     // An answer that fits the link still arrives whole over UDP.
-    auto fits = dig_in_ns({"mes-big.mesh", "TXT", "+bufsize=4096", "+ignore"});
+    auto fits = f.dig_out(ns, {"mes-big.mesh", "TXT", "+bufsize=4096", "+ignore", "+norec"});
     CHECK_THAT(fits, Catch::Contains("flags: qr aa;"));
     CHECK_THAT(fits, Catch::Contains("ANSWER: 1,"));
     auto metrics = ns.in({"/usr/bin/curl", "-s", "http://127.0.0.1:" + std::to_string(f.mesd->admin_port()) + "/metrics"}).out;
@@ -605,19 +607,15 @@ TEST_CASE("a forwarded answer larger than the link takes unfragmented comes back
     o.wrapper = ns.exec;
     o.dns_section = "  ednsUdpSize: 4096\n  forward:\n    upstreams: [\"127.0.0.1:5353\"]\n";
     Fixture f(o);
-    auto dig_in_ns = [&](std::vector<std::string> args) {
-        args.insert(args.begin(), {dig, "@127.0.0.1", "-p", f.port, "+tries=1", "+time=2"});
-        return ns.in(args).out;
-    };
-    auto cut = dig_in_ns({"big.fwd.test", "TXT", "+bufsize=4096", "+ignore"});
+    auto cut = f.dig_out(ns, {"big.fwd.test", "TXT", "+bufsize=4096", "+ignore"});
     CHECK_THAT(cut, Catch::Contains("flags: qr aa tc rd ra;"));
     CHECK_THAT(cut, Catch::Contains("ANSWER: 0,"));
     CHECK_THAT(cut, Catch::Contains("; EDNS: version: 0"));
-    auto retried = dig_in_ns({"big.fwd.test", "TXT", "+bufsize=4096"});
+    auto retried = f.dig_out(ns, {"big.fwd.test", "TXT", "+bufsize=4096"});
     CHECK_THAT(retried, Catch::Contains(std::string(60, 'x')));  // the 24th string
     CHECK_THAT(retried, Catch::Contains("(TCP)"));
     // A forwarded answer that fits still arrives whole over UDP.
-    auto fits = dig_in_ns({"www.fwd.test", "A", "+bufsize=4096", "+ignore"});
+    auto fits = f.dig_out(ns, {"www.fwd.test", "A", "+bufsize=4096", "+ignore"});
     CHECK_THAT(fits, Catch::Contains("127.0.0.77"));
     CHECK_THAT(fits, Catch::Contains("flags: qr aa rd ra;"));
 }
