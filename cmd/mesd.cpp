@@ -140,6 +140,7 @@ private:
     proxy::Options::Lookup served_route(const store::Snapshot& snapshot, const std::string& mesh, const std::string& name,
                                         std::optional<std::uint16_t> port);
     proxy::Options::Lookup lookup_failed(const std::string& why);
+    proxy::Options::Lookup after_lookup(proxy::Options::Lookup lookup);
     void became_ready();
     proxy::Options proxy_options(const std::vector<conf::HostPort>& dns_upstreams);
     bool sync_conf_dir();
@@ -157,7 +158,7 @@ private:
     std::unique_ptr<dns::Server> server_;
     std::unique_ptr<proxy::Proxy> proxy_;
     std::map<std::string, std::string> listen_errors_;  // logged once per change
-    std::string last_lookup_error_;  // redirect mode: logged once per reason
+    std::string last_lookup_error_;  // redirect mode: the failure logged, until a lookup succeeds
     bool routes_building_ = false;  // a worker thread is listing the MES
     bool routes_stale_ = false;     // the store moved meanwhile: list them again
     std::unique_ptr<cmd::Admin> admin_;
@@ -348,6 +349,14 @@ proxy::Options::Lookup Daemon::lookup_failed(const std::string& why)
     return {std::nullopt, true};
 }
 
+// A lookup that read the store ends the failure last logged: the same failure after it is
+// logged again.
+proxy::Options::Lookup Daemon::after_lookup(proxy::Options::Lookup lookup)
+{
+    if (!lookup.failed) last_lookup_error_.clear();
+    return lookup;
+}
+
 void Daemon::apply_routes(std::vector<proxy::Route> routes, std::chrono::steady_clock::time_point started)
 {
     auto listed = std::chrono::steady_clock::now();
@@ -412,9 +421,9 @@ proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upst
     o.on_tls_unusable = [](const std::string& mesh, const std::string& name, const std::string& reason) {
         log::warn("proxy", "TLS settings unusable; refusing connections", {{"mesh", mesh}, {"name", name}, {"reason", reason}});
     };
-    o.find_route = [this](const vip::Address& address, std::uint16_t port) { return find_route(address, port); };
+    o.find_route = [this](const vip::Address& address, std::uint16_t port) { return after_lookup(find_route(address, port)); };
     o.find_named_route = [this](const std::string& mesh, const std::string& name) {
-        return find_route(mesh, name, std::nullopt);
+        return after_lookup(find_route(mesh, name, std::nullopt));
     };
     return o;
 }

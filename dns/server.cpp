@@ -192,6 +192,15 @@ std::vector<std::uint8_t> truncated_copy(std::span<const std::uint8_t> reply,
     return out;
 }
 
+// A reply the outgoing link will not carry unfragmented, cut to TC; empty when cutting would
+// not make it smaller (it is cut already).
+std::vector<std::uint8_t> cut_for_link(std::span<const std::uint8_t> reply)
+{
+    auto cut = truncated_copy(reply);
+    if (cut.size() >= reply.size()) cut.clear();
+    return cut;
+}
+
 // Replies leave with DF set and are never fragmented here (RFC 9715 section 3.1). PROBE sets
 // DF but ignores path MTU reports, which anyone could forge to make replies fragment or fail;
 // a reply larger than the link takes fails with EMSGSIZE and goes out truncated instead.
@@ -866,8 +875,8 @@ void UdpListener::send_replies()
             // Larger than the outgoing link takes unfragmented (the socket sets DF): the
             // client gets TC instead, and asks again over TCP.
             std::span<const std::uint8_t> reply(static_cast<const std::uint8_t*>(out_iov[sent].iov_base), out_iov[sent].iov_len);
-            auto cut = truncated_copy(reply);
-            if (cut.empty() || cut.size() >= reply.size()) {
+            auto cut = cut_for_link(reply);
+            if (cut.empty()) {
                 ++server->metrics.dropped;
                 ++sent;
                 continue;
@@ -913,8 +922,8 @@ void UdpListener::send_alone(const sockaddr* to, std::span<const std::uint8_t> b
     if (::sendto(fd, bytes.data(), bytes.size(), MSG_DONTWAIT, to, len) >= 0) return;
     if (errno == EMSGSIZE) {
         // As in send_replies: too large for the link, so TC instead.
-        auto cut = truncated_copy(bytes);
-        if (!cut.empty() && cut.size() < bytes.size()) {
+        auto cut = cut_for_link(bytes);
+        if (!cut.empty()) {
             ++server->metrics.truncated;
             if (::sendto(fd, cut.data(), cut.size(), MSG_DONTWAIT, to, len) >= 0) return;
         }
