@@ -3,12 +3,18 @@
 # on loopback, driven by dnsperf. Rounds are interleaved (mesd, knot, nsd, mesd, ...) because
 # these machines are shared and noisy; the figures printed are medians over the rounds.
 #
-#   bench/dns_bench.sh [BUILD_DIR]      ROUNDS=4 DURATION=15 CLIENTS=10 NAMES=10000 BIG=100000
+#   bench/dns_bench.sh [BUILD_DIR]      ROUNDS=4 DURATION=15 CLIENTS=10 NAMES=10000 BIG=100000 PIN=1
 #
 # For each server and query mix (100% hits, 10% NXDOMAIN): queries per second, average and
 # p99 latency (from dnsperf -v), server CPU seconds per 100k queries and queries per server
 # CPU second; then RSS at NAMES and BIG names and the time from start to the first answer at
 # BIG names. Ratios are mesd/Knot.
+#
+# With PIN=1 (the default) on a machine of two or more CPUs, every server runs on CPU 0 and
+# dnsperf on CPU 1. Knot pins its UDP worker to CPU 0 by itself; left to the scheduler, the
+# others share a CPU with dnsperf in some runs and not in others, and a server that waits
+# behind dnsperf answers in larger, later batches for less CPU per query. On a machine where
+# dnsperf is the bottleneck that effect decides the ratio more than the servers' own costs do.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -21,6 +27,13 @@ names=${NAMES:-10000}
 big=${BIG:-100000}
 mesd=$build/cmd/mesd
 mesctl=$build/cmd/mesctl
+server_cpu=()
+client_cpu=()
+if [ "${PIN:-1}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+    server_cpu=(taskset -c 0)
+    client_cpu=(taskset -c 1)
+fi
+mesd_prefix=("${server_cpu[@]}")
 
 work=$(mktemp -d /tmp/mesd-bench-dns-XXXXXX)
 pids=()
@@ -83,7 +96,7 @@ zone:
   - domain: mesh
     file: mesh.zone
 EOF
-    knotd -c "$1/knot.conf" > "$1/knot.out" 2> "$1/knot.log" &
+    "${server_cpu[@]}" knotd -c "$1/knot.conf" > "$1/knot.out" 2> "$1/knot.log" &
     echo $!
 }
 start_nsd() {  # start_nsd DIR PORT
@@ -109,7 +122,7 @@ zone:
     name: mesh
     zonefile: mesh.zone
 EOF
-    nsd -d -c "$1/nsd.conf" > "$1/nsd.out" 2> "$1/nsd.log" &
+    "${server_cpu[@]}" nsd -d -c "$1/nsd.conf" > "$1/nsd.out" 2> "$1/nsd.log" &
     echo $!
 }
 
@@ -130,9 +143,9 @@ wait_answer() {  # wait_answer PORT N START
 
 # One dnsperf run against PORT served by PID: "qps avg_ms p99_ms cpu_s_per_100k q_per_cpu_s".
 measure() {  # measure PORT PID FILE
-    local before after out
+    local before after
     before=$(cpu_ticks "$2")
-    dnsperf -s 127.0.0.1 -p "$1" -d "$3" -l "$duration" -c "$clients" -v > "$work/run.out" 2>&1
+    "${client_cpu[@]}" dnsperf -s 127.0.0.1 -p "$1" -d "$3" -l "$duration" -c "$clients" -v > "$work/run.out" 2>&1
     after=$(cpu_ticks "$2")
     local p99
     p99=$(awk '/^> / { print $NF }' "$work/run.out" | sort -g |
@@ -148,7 +161,7 @@ measure() {  # measure PORT PID FILE
         }' "$work/run.out"
 }
 
-echo "bench-dns: $names names, $rounds interleaved rounds of ${duration}s, dnsperf -c $clients, one worker per server"
+echo "bench-dns: $names names, $rounds interleaved rounds of ${duration}s, dnsperf -c $clients, one worker per server$([ ${#server_cpu[@]} -gt 0 ] && echo ", servers on CPU 0 and dnsperf on CPU 1")"
 read -r port_mesd port_knot port_nsd <<< "$(free_ports 3)"
 make_data "$names" "$work/small" "$port_mesd"
 queries "$names" 0 "$work/hits.txt"
@@ -216,7 +229,7 @@ for s in $servers; do
     esac
     pids+=("$p")
     first=$(wait_answer "$bp" "$big" "$start")
-    dnsperf -s 127.0.0.1 -p "$bp" -d "$work/big-hits.txt" -l 5 -c "$clients" > /dev/null 2>&1
+    "${client_cpu[@]}" dnsperf -s 127.0.0.1 -p "$bp" -d "$work/big-hits.txt" -l 5 -c "$clients" > /dev/null 2>&1
     printf '%-5s at %d names: first answer %s s after start, RSS %s MB\n' "$s" "$big" "$first" "$(rss_mb "$p")"
     kill "$p"
     wait "$p" 2>/dev/null || true

@@ -227,8 +227,9 @@ log:
   level: warn
 EOF
 }
+# A script may set mesd_prefix to a command mesd is run through (taskset -c 0, say).
 start_mesd() {  # start_mesd DIR: mesd on DIR/mesd.yaml, its output in DIR; sets pid_mesd
-    "$mesd" --config "$1/mesd.yaml" > "$1/mesd.out" 2> "$1/mesd.log" &
+    ${mesd_prefix[@]+"${mesd_prefix[@]}"} "$mesd" --config "$1/mesd.yaml" > "$1/mesd.out" 2> "$1/mesd.log" &
     pid_mesd=$!; pids+=("$pid_mesd")
 }
 # A mesd that died during WHEN is reaped, reported (exit status, signal, its log kept in
