@@ -596,7 +596,15 @@ std::string Daemon::metrics_text()
     counter("mesd_dns_upstream_tcp_retries_total", "Truncated upstream answers retried over TCP.", m.upstream_tcp_retries);
     counter("mesd_dns_forward_overload_total", "Queries refused because maxInFlight were outstanding.", m.forward_overload);
     counter("mesd_dns_tcp_connections_total", "TCP connections accepted.", m.tcp_connections);
-    counter("mesd_dns_tcp_refused_total", "TCP connections closed at once: over tcpMaxClients.", m.tcp_refused);
+    counter("mesd_dns_tcp_refused_total", "TCP connections closed at once: over tcpMaxClients with none to evict.",
+            m.tcp_refused);
+    counter("mesd_dns_tcp_io_timeouts_total",
+            "TCP connections closed: a message not received, or a reply not taken, within tcpIoTimeout.",
+            m.tcp_io_timeouts);
+    counter("mesd_dns_tcp_refused_per_ip_total", "TCP connections closed at once: over tcpMaxClientsPerIp.",
+            m.tcp_refused_per_ip);
+    counter("mesd_dns_tcp_evicted_total", "TCP connections closed to make room for a new one at tcpMaxClients.",
+            m.tcp_evicted);
     gauge("mesd_dns_forward_in_flight", "Upstream queries outstanding.", server_->in_flight());
     out += "# HELP mesd_dns_latency_seconds Time from receiving a query to sending its reply.\n"
            "# TYPE mesd_dns_latency_seconds histogram\n";
@@ -724,6 +732,8 @@ int Daemon::run()
     options.listen = config_.dns.listen;
     options.tcp_idle_timeout = config_.dns.tcp_idle_timeout;
     options.tcp_max_clients = config_.dns.tcp_max_clients;
+    options.tcp_io_timeout = config_.dns.tcp_io_timeout;
+    options.tcp_max_clients_per_ip = config_.dns.tcp_max_clients_per_ip;
     options.forward_enabled = config_.dns.forward.enabled;
     options.upstreams = config_.dns.forward.upstreams;
     options.forward_timeout = config_.dns.forward.timeout;
@@ -848,6 +858,15 @@ int main(int argc, char** argv)
         return exit_usage;
     }
     log::set_level(level);
+    // What the raise above got: every TCP client and proxied connection holds descriptors
+    // from it, and a limit below tcpMaxClients refuses clients before mesd's own limit does.
+    if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
+        log::info("daemon", "open files limit",
+                  {{"soft", std::to_string(nofile.rlim_cur)}, {"hard", std::to_string(nofile.rlim_max)}});
+        if (nofile.rlim_cur != RLIM_INFINITY && config.dns.tcp_max_clients >= nofile.rlim_cur)
+            log::warn("daemon", "open files limit below dns.tcpMaxClients",
+                      {{"limit", std::to_string(nofile.rlim_cur)}, {"tcpMaxClients", std::to_string(config.dns.tcp_max_clients)}});
+    }
     if (flags.conf_dir && !std::filesystem::is_directory(*flags.conf_dir)) {
         std::cerr << "mesd: --conf-dir " << *flags.conf_dir << ": not a directory\n";
         return exit_usage;

@@ -271,6 +271,12 @@ struct Config {
         std::uint16_t edns_udp_size = 1232;
         Duration tcp_idle_timeout = std::chrono::seconds(10);
         std::uint32_t tcp_max_clients = 1024;  // open TCP connections at once
+        // The rest of a TCP message once its first byte is in, and a reply's time unsent
+        // (Knot's tcp-io-timeout and its default).
+        Duration tcp_io_timeout = std::chrono::milliseconds(500);
+        // Open TCP connections from one client address; 0: no cap (Unbound's
+        // tcp-connection-limit and dnsdist's setMaxTCPConnectionsPerClient set none either).
+        std::uint32_t tcp_max_clients_per_ip = 0;
         struct Forward {
             bool enabled = true;
             std::vector<HostPort> upstreams;  // empty: nameservers of /etc/resolv.conf

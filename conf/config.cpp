@@ -209,6 +209,8 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
             read.integer(dns, "ednsUdpSize", c.dns.edns_udp_size, 512, 65535);
             read.duration(dns, "tcpIdleTimeout", c.dns.tcp_idle_timeout);
             read.integer(dns, "tcpMaxClients", c.dns.tcp_max_clients, 1, 1'000'000);
+            read.duration(dns, "tcpIoTimeout", c.dns.tcp_io_timeout);
+            read.integer(dns, "tcpMaxClientsPerIp", c.dns.tcp_max_clients_per_ip, 0, 1'000'000);
             Fields fwd(r, dns.take("forward"), "dns.forward");
             if (fwd.ok()) {
                 read.boolean(fwd, "enabled", c.dns.forward.enabled);

@@ -195,7 +195,10 @@ struct Metrics {
     std::uint64_t upstream_tcp_retries = 0;
     std::uint64_t forward_overload = 0;    // refused because maxInFlight were outstanding
     std::uint64_t tcp_connections = 0;
-    std::uint64_t tcp_refused = 0;         // over tcpMaxClients
+    std::uint64_t tcp_refused = 0;         // over tcpMaxClients, nothing to evict
+    std::uint64_t tcp_io_timeouts = 0;     // a message or reply not through within tcpIoTimeout
+    std::uint64_t tcp_refused_per_ip = 0;  // over tcpMaxClientsPerIp
+    std::uint64_t tcp_evicted = 0;         // closed to make room for a newcomer
     // Latency from receipt to reply, in these upper bounds (seconds), plus the rest.
     static constexpr std::array<double, 12> bounds = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                                                       0.01,   0.025,   0.05,   0.1,   0.5,    2.0};
@@ -210,6 +213,9 @@ struct ServerOptions {
     std::vector<conf::HostPort> listen;
     std::chrono::milliseconds tcp_idle_timeout{10000};
     std::uint32_t tcp_max_clients = 1024;
+    // A message's rest once its first byte is in, and a reply's time unsent.
+    std::chrono::milliseconds tcp_io_timeout{500};
+    std::uint32_t tcp_max_clients_per_ip = 0;  // 0: no cap
     bool forward_enabled = true;
     std::vector<conf::HostPort> upstreams;
     std::chrono::milliseconds forward_timeout{2000};

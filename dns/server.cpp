@@ -1,5 +1,6 @@
 // The DNS server's I/O on libuv: UDP and TCP listeners (RFC 7766 framing, pipelining, idle
-// timeout, a client limit) and the forwarder (fresh ID and source port per query, answers
+// timeout, a deadline per message and per reply, client limits kept by evicting the idle and
+// the slow) and the forwarder (fresh ID and source port per query, answers
 // matched on ID, source and question, a timeout per upstream, TCP on TC, SERVFAIL when
 // every upstream fails). Every handle is owned by one object that frees itself in the last
 // close callback; no callback lets an exception out.
@@ -18,10 +19,12 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <list>
 #include <memory>
 #include <tuple>
+#include <unordered_map>
 
 namespace dns {
 
@@ -290,7 +293,17 @@ struct Server::Impl {
     std::list<UdpListener*> udp_listeners;
     std::list<uv_tcp_t*> tcp_listeners;
     std::vector<std::string> bound;
-    std::list<TcpConnection*> connections;
+    // Open TCP connections by what they are doing, each list oldest first, so that the one
+    // to close for a newcomer at tcpMaxClients is at a front (RFC 7766 section 6.2.3): idle
+    // ones by when they last did something, those in mid-message by when the message
+    // began. Busy ones (forwards outstanding, replies unsent) are never evicted: their
+    // answers are owed, and tcpIoTimeout bounds a reply the client does not take.
+    std::list<TcpConnection*> tcp_idle;
+    std::list<TcpConnection*> tcp_reading;
+    std::list<TcpConnection*> tcp_busy;
+    std::size_t tcp_open = 0;
+    // Open connections per client address (its bytes), kept when tcpMaxClientsPerIp is set.
+    std::unordered_map<std::string, std::uint32_t> tcp_per_address;
     std::list<Forward*> forwards;
     int open_listeners = 0;
     bool stopping = false;
@@ -327,21 +340,34 @@ struct Server::Impl {
 // ---- TCP connections ----------------------------------------------------------------------
 
 struct TcpConnection {
+    enum class Place { none, idle, reading, busy };
+
     Server::Impl& server;
     uv_tcp_t tcp{};
-    uv_timer_t idle{};
+    uv_timer_t timer{};
     int open_handles = 2;
     bool closing = false;
     std::vector<std::uint8_t> in;
     std::vector<Forward*> forwards;  // forwards not yet answered; told when this closes
     bool draining = false;
     uv_shutdown_t shutdown_req{};
+    bool may_forward = false;
+    std::string address;  // the client's address bytes, for tcpMaxClientsPerIp
+    // Which of the server's lists holds this (none: not counted among the open ones).
+    Place place = Place::none;
     std::list<TcpConnection*>::iterator self;
+    // Loop times (uv_now, ms): when the message now in `in` began, when each reply not yet
+    // written was queued, when the connection last did anything; the deadline the timer
+    // is set for (0: none).
+    std::uint64_t message_started = 0;
+    std::deque<std::uint64_t> unsent;
+    std::uint64_t last_active = 0;
+    std::uint64_t armed = 0;
 
     explicit TcpConnection(Server::Impl& s) : server(s)
     {
         tcp.data = this;
-        idle.data = this;
+        timer.data = this;
     }
 
     void close();
@@ -369,20 +395,74 @@ struct TcpConnection {
             }
         };
         uv_close(reinterpret_cast<uv_handle_t*>(&tcp), on_close);
-        uv_close(reinterpret_cast<uv_handle_t*>(&idle), on_close);
+        uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);
     }
 
-    void touch()
+    std::list<TcpConnection*>& list_of(Place p);
+
+    // After anything happened on the connection: files it under what it does now (at the
+    // back of its list: the newest there) and sets its deadline. `new_message`: a message
+    // began in this read, so its place among those in mid-message is new too; a read that
+    // only continues a message moves nothing and re-arms nothing.
+    void settle(bool new_message = false)
     {
-        auto ms = static_cast<std::uint64_t>(server.options.tcp_idle_timeout.count());
-        // RFC 7766 6.2.3: a connection with queries outstanding is not idle.
-        uv_timer_start(&idle, [](uv_timer_t* t) {
-            auto* c = static_cast<TcpConnection*>(t->data);
-            if (c->forwards.empty()) c->close();
-            else c->touch();
-        }, ms, 0);
+        if (closing) return;
+        Place now = !in.empty() ? Place::reading
+                  : !forwards.empty() || !unsent.empty() ? Place::busy
+                                                         : Place::idle;
+        if (place == Place::none) {
+            auto& to = list_of(now);
+            to.push_back(this);
+            self = std::prev(to.end());
+        } else if (now != place || now == Place::idle || new_message) {
+            list_of(now).splice(list_of(now).end(), list_of(place), self);
+        }
+        place = now;
+        arm();
     }
 
+    // The timer at the nearest deadline: the message in progress and the oldest unsent
+    // reply each get tcpIoTimeout from their start, however the bytes trickle (Knot's
+    // tcp-io-timeout); between messages, with nothing unsent, tcpIdleTimeout from the last
+    // activity.
+    void arm()
+    {
+        auto io = static_cast<std::uint64_t>(server.options.tcp_io_timeout.count());
+        std::uint64_t deadline = std::numeric_limits<std::uint64_t>::max();
+        if (!in.empty()) deadline = std::min(deadline, message_started + io);
+        if (!unsent.empty()) deadline = std::min(deadline, unsent.front() + io);
+        if (in.empty() && unsent.empty())
+            deadline = last_active + static_cast<std::uint64_t>(server.options.tcp_idle_timeout.count());
+        if (deadline == armed) return;
+        armed = deadline;
+        std::uint64_t now = uv_now(server.loop);
+        uv_timer_start(&timer, [](uv_timer_t* t) { static_cast<TcpConnection*>(t->data)->on_deadline(); },
+                       deadline > now ? deadline - now : 0, 0);
+    }
+
+    void on_deadline()
+    {
+        armed = 0;
+        std::uint64_t now = uv_now(server.loop);
+        auto io = static_cast<std::uint64_t>(server.options.tcp_io_timeout.count());
+        if ((!in.empty() && now >= message_started + io) || (!unsent.empty() && now >= unsent.front() + io)) {
+            ++server.metrics.tcp_io_timeouts;
+            close();
+            return;
+        }
+        if (in.empty() && unsent.empty() &&
+            now >= last_active + static_cast<std::uint64_t>(server.options.tcp_idle_timeout.count())) {
+            // RFC 7766 section 6.2.3: a connection with queries outstanding is not idle.
+            if (forwards.empty()) {
+                close();
+                return;
+            }
+            last_active = now;
+        }
+        arm();
+    }
+
+    // Queues a reply; the caller settles the connection afterwards.
     void send(std::vector<std::uint8_t> reply)
     {
         if (closing || reply.empty()) return;
@@ -397,21 +477,31 @@ struct TcpConnection {
             auto* write = reinterpret_cast<Write*>(req);
             auto* c = static_cast<TcpConnection*>(req->data);
             delete write;
-            if (status < 0) c->close();
+            // Writes complete in the order they were queued.
+            if (!c->unsent.empty()) c->unsent.pop_front();
+            if (status < 0) {
+                c->close();
+                return;
+            }
+            c->last_active = uv_now(c->server.loop);
+            c->settle();
         });
         if (rc < 0) {
             delete w;
             close();
+            return;
         }
-        touch();
+        unsent.push_back(uv_now(server.loop));
     }
 
     // RFC 7766 section 8: 2-byte length framing; several messages may arrive in one read
     // and one message over several reads. A zero length closes the connection.
     void on_read(std::span<const std::uint8_t> data)
     {
+        bool was_between = in.empty();
         in.insert(in.end(), data.begin(), data.end());
-        touch();
+        std::uint64_t now = uv_now(server.loop);
+        last_active = now;
         // Every complete message is handled now: one left for the next read would wait for
         // a read that a client expecting its answers never causes.
         std::size_t pos = 0;
@@ -424,10 +514,7 @@ struct TcpConnection {
             if (in.size() - pos - 2 < len) break;
             auto received = Clock::now();
             std::span<const std::uint8_t> query(in.data() + pos + 2, len);
-            sockaddr_storage peer{};
-            int namelen = sizeof peer;
-            uv_tcp_getpeername(&tcp, reinterpret_cast<sockaddr*>(&peer), &namelen);
-            Client client{true, server.may_forward(reinterpret_cast<sockaddr*>(&peer))};
+            Client client{true, may_forward};
             Response r = server.responder.respond(query, client, server.source);
             server.count(r);
             if (r.action == Action::reply) {
@@ -440,12 +527,26 @@ struct TcpConnection {
             }
             pos += 2 + len;
         }
+        if (closing) return;
         in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(pos));
         // Messages left over wait for the next read; a peer that only ever sends keeps its
         // buffer bounded by the framing (at most one partial 64 KiB message plus backlog).
-        if (!closing && in.size() > 2 * 65537) close();
+        if (in.size() > 2 * 65537) {
+            close();
+            return;
+        }
+        // The deadline of a message runs from its first byte (its length prefix), not from
+        // the latest: a client sending a byte a second must not hold its slot for a minute.
+        bool new_message = !in.empty() && (was_between || pos > 0);
+        if (new_message) message_started = now;
+        settle(new_message);
     }
 };
+
+std::list<TcpConnection*>& TcpConnection::list_of(Place p)
+{
+    return p == Place::idle ? server.tcp_idle : p == Place::reading ? server.tcp_reading : server.tcp_busy;
+}
 
 // ---- Forwarding -----------------------------------------------------------------------------
 
@@ -530,6 +631,7 @@ struct Forward {
         uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);
         if (tcp_client) std::erase(tcp_client->forwards, this);
         if (reply.empty() || (via_tcp && !tcp_client)) {  // nothing to send, or the client has gone
+            if (tcp_client) tcp_client->settle();
             if (tcp_client && server.stopping && tcp_client->forwards.empty()) tcp_client->drain();
             return;
         }
@@ -539,6 +641,7 @@ struct Forward {
         server.metrics.observe(std::chrono::duration<double>(Clock::now() - received).count());
         if (tcp_client) {
             tcp_client->send(std::move(reply));
+            tcp_client->settle();
             if (server.stopping && tcp_client->forwards.empty()) tcp_client->drain();
             return;
         }
@@ -701,7 +804,15 @@ void TcpConnection::close()
 {
     if (closing) return;
     closing = true;
-    server.connections.erase(self);
+    if (place != Place::none) {
+        list_of(place).erase(self);
+        place = Place::none;
+        --server.tcp_open;
+        if (server.options.tcp_max_clients_per_ip > 0) {
+            auto it = server.tcp_per_address.find(address);
+            if (it != server.tcp_per_address.end() && --it->second == 0) server.tcp_per_address.erase(it);
+        }
+    }
     // Forwards still waiting for this client answer nobody.
     for (auto* f : forwards) f->tcp_client = nullptr;
     forwards.clear();
@@ -937,21 +1048,58 @@ void Server::Impl::on_tcp_connection(uv_stream_t* listener)
 {
     auto* c = new TcpConnection(*this);
     uv_tcp_init(loop, &c->tcp);
-    uv_timer_init(loop, &c->idle);
-    connections.push_front(c);
-    c->self = connections.begin();
+    uv_timer_init(loop, &c->timer);
     if (uv_accept(listener, reinterpret_cast<uv_stream_t*>(&c->tcp)) < 0) {
         c->close();
         return;
     }
-    if (connections.size() > options.tcp_max_clients || stopping) {
+    if (stopping) {
         ++metrics.tcp_refused;
         c->close();
         return;
     }
+    sockaddr_storage peer{};
+    int namelen = sizeof peer;
+    uv_tcp_getpeername(&c->tcp, reinterpret_cast<sockaddr*>(&peer), &namelen);
+    const auto* peer_sa = reinterpret_cast<const sockaddr*>(&peer);
+    c->may_forward = may_forward(peer_sa);
+    // One address may hold only so many connections (as Unbound's tcp-connection-limit
+    // and dnsdist's per-client limit: accepted, then closed at once).
+    if (options.tcp_max_clients_per_ip > 0) {
+        if (peer_sa->sa_family == AF_INET)
+            c->address.assign(reinterpret_cast<const char*>(&reinterpret_cast<const sockaddr_in*>(peer_sa)->sin_addr), 4);
+        else if (peer_sa->sa_family == AF_INET6)
+            c->address.assign(reinterpret_cast<const char*>(&reinterpret_cast<const sockaddr_in6*>(peer_sa)->sin6_addr), 16);
+        auto counted = tcp_per_address.find(c->address);
+        if (counted != tcp_per_address.end() && counted->second >= options.tcp_max_clients_per_ip) {
+            ++metrics.tcp_refused_per_ip;
+            c->close();
+            return;
+        }
+    }
+    // At tcpMaxClients the newcomer takes the place of the connection that least deserves
+    // one: the longest idle, else the one whose message has been arriving the longest (RFC
+    // 7766 section 6.2.3: a server may close idle connections, and should under pressure
+    // rather than refuse new clients). Only when every connection is owed answers is the
+    // newcomer refused.
+    if (tcp_open >= options.tcp_max_clients) {
+        TcpConnection* victim = !tcp_idle.empty()      ? tcp_idle.front()
+                              : !tcp_reading.empty() ? tcp_reading.front()
+                                                     : nullptr;
+        if (!victim) {
+            ++metrics.tcp_refused;
+            c->close();
+            return;
+        }
+        ++metrics.tcp_evicted;
+        victim->close();
+    }
+    ++tcp_open;
+    if (options.tcp_max_clients_per_ip > 0) ++tcp_per_address[c->address];
     ++metrics.tcp_connections;
     uv_tcp_nodelay(&c->tcp, 1);
-    c->touch();
+    c->last_active = uv_now(loop);
+    c->settle();
     uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp),
                   [](uv_handle_t*, size_t suggested, uv_buf_t* b) {
                       b->base = static_cast<char*>(std::malloc(suggested));
@@ -968,7 +1116,7 @@ void Server::Impl::on_tcp_connection(uv_stream_t* listener)
 
 void Server::Impl::maybe_stopped()
 {
-    if (!stopping || !forwards.empty() || !connections.empty()) return;
+    if (!stopping || !forwards.empty() || tcp_open > 0) return;
     if (!udp_listeners.empty()) {
         for (auto* u : udp_listeners) u->close();
         udp_listeners.clear();
@@ -1109,8 +1257,9 @@ void Server::stop(std::function<void()> done)
     s.tcp_listeners.clear();
     // Connections with nothing outstanding close now; the rest once their answers are sent.
     std::vector<TcpConnection*> idle;
-    for (auto* c : s.connections)
-        if (c->forwards.empty()) idle.push_back(c);
+    for (const auto* list : {&s.tcp_idle, &s.tcp_reading, &s.tcp_busy})
+        for (auto* c : *list)
+            if (c->forwards.empty()) idle.push_back(c);
     for (auto* c : idle) c->drain();
     s.maybe_stopped();
 }
