@@ -349,6 +349,25 @@ TEST_CASE("TCP abuse: at tcpMaxClients the oldest idle connection makes room, el
     for (int fd : {a, b, c, d, e}) ::close(fd);
 }
 
+TEST_CASE("TCP abuse: at tcpMaxClients with every connection owed an answer, the newcomer is refused")
+{
+    FakeUpstream silent(nullptr);
+    MesdOptions o = forwarding({silent.port}, "2s");
+    o.dns_section = "  tcpMaxClients: 1\n" + o.dns_section;
+    Fixture f(o);
+    int waiting = tcp_connect(f.mesd->dns_port());
+    send_all(waiting, framed({raw_query("slow.example")}));
+    REQUIRE(eventually([&] { return f.mesd->admin_get("/metrics").find("mesd_dns_forward_in_flight 1\n") != std::string::npos; }, 2s));
+    int newcomer = tcp_connect(f.mesd->dns_port());
+    CHECK(closed_by_peer(newcomer, 2s));
+    CHECK(metric(f, "mesd_dns_tcp_refused_total") == 1);
+    CHECK(metric(f, "mesd_dns_tcp_evicted_total") == 0);
+    // The one waiting still gets its answer (SERVFAIL once the upstream's 2 s are up).
+    CHECK(read_replies(waiting, 1) == std::vector<int>{2});
+    ::close(newcomer);
+    ::close(waiting);
+}
+
 TEST_CASE("TCP abuse: 1500 trickling clients are closed by tcpIoTimeout and a fresh dig +tcp is answered within 1 s")
 {
     allow_open_files(4096);
