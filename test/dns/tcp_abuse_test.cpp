@@ -185,6 +185,27 @@ TEST_CASE("TCP abuse: dns.tcpIoTimeout and dns.tcpMaxClientsPerIp are read, with
     CHECK_THAT(negative.errors[0].format(), Catch::Contains("mesd.yaml:2:23: dns.tcpMaxClientsPerIp: must be between 0 and 1000000"));
 }
 
+TEST_CASE("TCP abuse: mesd raises its open files soft limit to the hard limit and logs both")
+{
+    rlimit saved{};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
+    REQUIRE(saved.rlim_max > 256);
+    // mesd inherits a low soft limit, as from a default shell.
+    rlimit lowered = saved;
+    lowered.rlim_cur = 256;
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &lowered) == 0);
+    std::unique_ptr<Fixture> f;
+    try {
+        f = std::make_unique<Fixture>();
+    } catch (...) {
+        ::setrlimit(RLIMIT_NOFILE, &saved);
+        throw;
+    }
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
+    auto hard = std::to_string(saved.rlim_max);
+    CHECK_THAT(f->mesd->log(), Catch::Contains("msg=\"open files limit\" soft=" + hard + " hard=" + hard + "\n"));
+}
+
 TEST_CASE("TCP abuse: a message trickling in is closed after tcpIoTimeout from its first byte, and no sooner")
 {
     MesdOptions o;
