@@ -536,7 +536,8 @@ struct TcpConnection {
             return;
         }
         // The deadline of a message runs from its first byte (its length prefix), not from
-        // the latest: a client sending a byte a second must not hold its slot for a minute.
+        // the latest: a timeout re-armed by every segment invites a slow-read attack (RFC
+        // 7766 section 6.2.3), a client sending a byte a second holding its slot for minutes.
         bool new_message = !in.empty() && (was_between || pos > 0);
         if (new_message) message_started = now;
         settle(new_message);
@@ -1063,8 +1064,8 @@ void Server::Impl::on_tcp_connection(uv_stream_t* listener)
     uv_tcp_getpeername(&c->tcp, reinterpret_cast<sockaddr*>(&peer), &namelen);
     const auto* peer_sa = reinterpret_cast<const sockaddr*>(&peer);
     c->may_forward = may_forward(peer_sa);
-    // One address may hold only so many connections (as Unbound's tcp-connection-limit
-    // and dnsdist's per-client limit: accepted, then closed at once).
+    // One address may hold only so many connections (RFC 7766 section 6.2.2; accepted, then
+    // closed at once, as Unbound's tcp-connection-limit and dnsdist's per-client limit do).
     if (options.tcp_max_clients_per_ip > 0) {
         if (peer_sa->sa_family == AF_INET)
             c->address.assign(reinterpret_cast<const char*>(&reinterpret_cast<const sockaddr_in*>(peer_sa)->sin_addr), 4);
@@ -1079,9 +1080,9 @@ void Server::Impl::on_tcp_connection(uv_stream_t* listener)
     }
     // At tcpMaxClients the newcomer takes the place of the connection that least deserves
     // one: the longest idle, else the one whose message has been arriving the longest (RFC
-    // 7766 section 6.2.3: a server may close idle connections, and should under pressure
-    // rather than refuse new clients). Only when every connection is owed answers is the
-    // newcomer refused.
+    // 7766 section 6.2.3: under heavy load or attack a server may use zero idle timeouts),
+    // so that slow clients cannot lock new ones out. Only when every connection is owed
+    // answers is the newcomer refused.
     if (tcp_open >= options.tcp_max_clients) {
         TcpConnection* victim = !tcp_idle.empty()      ? tcp_idle.front()
                               : !tcp_reading.empty() ? tcp_reading.front()
