@@ -213,6 +213,22 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
         if (index.owners_[i].has_ipv4) index.by_ipv4_.push_back(i);
         if (index.owners_[i].ipv6) index.by_ipv6_.push_back(i);
     }
+    // The ancestors are suffixes of the hostnames' texts: they point into the arena, so each
+    // costs a slot, not a string. "a.b.mesh" gives "b.mesh" and "mesh".
+    std::size_t suffixes = 0;
+    for (const auto& b : built) suffixes += static_cast<std::size_t>(std::ranges::count(index.record_text(b.at), '.'));
+    index.ancestors_.assign(std::bit_ceil(std::max<std::size_t>(16, suffixes * 2)), Ancestor{});
+    for (const auto& b : built) {
+        auto text = index.record_text(b.at);
+        auto text_at = b.at + static_cast<std::uint32_t>(record_size);
+        for (auto dot = text.find('.'); dot != std::string_view::npos; dot = text.find('.', dot + 1)) {
+            auto suffix = text.substr(dot + 1);
+            if (suffix.empty()) break;
+            auto hash = hash_name(suffix);
+            Ancestor& a = index.ancestor_for(suffix, hash);
+            if (a.slot == 0) a = Ancestor{(std::uint64_t{hash} << 32) | (text_at + dot + 1 + 1), static_cast<std::uint32_t>(suffix.size())};
+        }
+    }
     std::ranges::sort(index.by_ipv4_, {}, [&](std::uint32_t i) { return index.owners_[i].ipv4; });
     std::ranges::sort(index.by_ipv6_, {}, [&](std::uint32_t i) { return index.ipv6_[index.owners_[i].ipv6 - 1]; });
     index.arena_.shrink_to_fit();
@@ -236,6 +252,29 @@ const std::uint64_t* NameIndex::slot_for(std::string_view name, std::uint32_t ha
         if (static_cast<std::uint32_t>(s >> 32) == hash && record_text(static_cast<std::uint32_t>(s - 1)) == name)
             return &slots_[i];
     }
+}
+
+NameIndex::Ancestor& NameIndex::ancestor_for(std::string_view name, std::uint32_t hash)
+{
+    return const_cast<Ancestor&>(std::as_const(*this).ancestor_for(name, hash));
+}
+
+const NameIndex::Ancestor& NameIndex::ancestor_for(std::string_view name, std::uint32_t hash) const
+{
+    std::size_t mask = ancestors_.size() - 1;
+    for (std::size_t i = hash & mask;; i = (i + 1) & mask) {
+        const Ancestor& a = ancestors_[i];
+        if (a.slot == 0) return a;
+        if (static_cast<std::uint32_t>(a.slot >> 32) == hash && a.size == name.size() &&
+            std::string_view(arena_.data() + static_cast<std::uint32_t>(a.slot - 1), a.size) == name)
+            return a;
+    }
+}
+
+bool NameIndex::has_names_below(std::string_view name) const
+{
+    if (ancestors_.empty()) return false;
+    return ancestor_for(name, hash_name(name)).slot != 0;
 }
 
 const NameIndex::Owner* NameIndex::find(std::string_view name) const
@@ -317,7 +356,7 @@ std::optional<vip::Address> NameIndex::ipv6(const Owner& o) const
 std::size_t NameIndex::bytes() const
 {
     return arena_.capacity() + owners_.capacity() * sizeof(Owner) + ipv6_.capacity() * 16 +
-           slots_.capacity() * sizeof(std::uint64_t) + (by_ipv4_.capacity() + by_ipv6_.capacity()) * sizeof(std::uint32_t);
+           slots_.capacity() * sizeof(std::uint64_t) + (by_ipv4_.capacity() + by_ipv6_.capacity()) * sizeof(std::uint32_t) + ancestors_.capacity() * sizeof(Ancestor);
 }
 
 }  // namespace dns

@@ -46,6 +46,13 @@ public:
         return facts;
     }
     bool in_pool(const vip::Address& a) override { return vip::Pool::parse("127.242.0.0/16")->contains(a); }
+    std::vector<vip::Pool> pools() override { return {*vip::Pool::parse("127.242.0.0/16")}; }
+    bool has_names_below(std::string_view name) override
+    {
+        for (const auto& [n, o] : names)
+            if (n.size() > name.size() && n.ends_with(name) && n[n.size() - name.size() - 1] == '.') return true;
+        return false;
+    }
     std::uint32_t serial() override { return generation; }
 };
 
