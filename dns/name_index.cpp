@@ -214,19 +214,33 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
         if (index.owners_[i].ipv6) index.by_ipv6_.push_back(i);
     }
     // The ancestors are suffixes of the hostnames' texts: they point into the arena, so each
-    // costs a slot, not a string. "a.b.mesh" gives "b.mesh" and "mesh".
-    std::size_t suffixes = 0;
-    for (const auto& b : built) suffixes += static_cast<std::size_t>(std::ranges::count(index.record_text(b.at), '.'));
-    index.ancestors_.assign(std::bit_ceil(std::max<std::size_t>(16, suffixes * 2)), Ancestor{});
+    // costs a slot, not a string. "a.b.mesh" gives "b.mesh" and "mesh". Most hostnames share
+    // their ancestors, so the table grows as they come (load at most one half).
+    std::size_t ancestors = 0;
+    index.ancestors_.assign(16, Ancestor{});
+    auto add_ancestor = [&](std::string_view suffix, std::uint32_t at) {
+        auto hash = hash_name(suffix);
+        Ancestor& a = index.ancestor_for(suffix, hash);
+        if (a.slot != 0) return false;
+        a = Ancestor{(std::uint64_t{hash} << 32) | (std::uint64_t{at} + 1), static_cast<std::uint32_t>(suffix.size())};
+        if (++ancestors * 2 > index.ancestors_.size()) {
+            auto old = std::move(index.ancestors_);
+            index.ancestors_.assign(old.size() * 2, Ancestor{});
+            for (const auto& o : old) {
+                if (o.slot == 0) continue;
+                std::string_view text(index.arena_.data() + static_cast<std::uint32_t>(o.slot - 1), o.size);
+                index.ancestor_for(text, static_cast<std::uint32_t>(o.slot >> 32)) = o;
+            }
+        }
+        return true;
+    };
     for (const auto& b : built) {
         auto text = index.record_text(b.at);
         auto text_at = b.at + static_cast<std::uint32_t>(record_size);
         for (auto dot = text.find('.'); dot != std::string_view::npos; dot = text.find('.', dot + 1)) {
             auto suffix = text.substr(dot + 1);
-            if (suffix.empty()) break;
-            auto hash = hash_name(suffix);
-            Ancestor& a = index.ancestor_for(suffix, hash);
-            if (a.slot == 0) a = Ancestor{(std::uint64_t{hash} << 32) | (text_at + dot + 1 + 1), static_cast<std::uint32_t>(suffix.size())};
+            // A suffix already known came with all of its own: the rest are there too.
+            if (suffix.empty() || !add_ancestor(suffix, text_at + static_cast<std::uint32_t>(dot + 1))) break;
         }
     }
     std::ranges::sort(index.by_ipv4_, {}, [&](std::uint32_t i) { return index.owners_[i].ipv4; });
