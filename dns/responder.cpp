@@ -574,6 +574,8 @@ Response Responder::answer_general(std::span<const std::uint8_t> query, const Cl
     };
     unsigned opcode = (query[2] >> 3) & 0x0f;
     if (opcode != LDNS_PACKET_QUERY) return header_only(rcode_notimp);
+    // Checked before ldns sees the query: it keeps only the last of several TSIG records
+    // (leaking the others) and takes a second OPT record without complaint.
     if (shape.bad_opt || shape.bad_tsig) return header_only(rcode_formerr);
     ldns_pkt* raw = nullptr;
     if (ldns_wire2pkt(&raw, query.data(), query.size()) != LDNS_STATUS_OK || !raw) return header_only(rcode_formerr);
@@ -768,10 +770,13 @@ std::vector<std::uint8_t> Responder::error_reply(std::span<const std::uint8_t> q
                                                  std::uint16_t udp_size) const
 {
     if (query.size() < header_size) return {};
+    QueryShape shape = shape_of(query);
     ldns_pkt* raw = nullptr;
-    if (ldns_wire2pkt(&raw, query.data(), query.size()) != LDNS_STATUS_OK || !raw) {
+    // ldns keeps only the last of several TSIG records and leaks the others: such a query
+    // never reaches it.
+    if (shape.bad_tsig || ldns_wire2pkt(&raw, query.data(), query.size()) != LDNS_STATUS_OK || !raw) {
         auto out = header_reply(query, rcode);
-        if (QueryShape shape = shape_of(query); shape.has_opt) append_opt(out, settings_.edns_udp_size, shape.do_bit);
+        if (shape.has_opt) append_opt(out, settings_.edns_udp_size, shape.do_bit);
         return out;
     }
     PktPtr q(raw);
