@@ -180,6 +180,7 @@ std::string rcode_name(std::uint16_t rcode)
     case rcode_nxdomain: return "NXDOMAIN";
     case rcode_notimp: return "NOTIMP";
     case rcode_refused: return "REFUSED";
+    case rcode_notauth: return "NOTAUTH";
     case rcode_badvers: return "BADVERS";
     default: return "RCODE" + std::to_string(rcode);
     }
