@@ -1059,3 +1059,43 @@ TEST_CASE("conformance: mesd and Knot DNS serving the same zones answer the same
     }
     CHECK(compared == static_cast<int>(cases.size()) * 8 + static_cast<int>(extra.size()));
 }
+
+TEST_CASE("conformance: a pool whose prefix ends inside an octet or a nibble: the zone is rounded down, the rest of it NXDOMAIN")
+{
+    MesdOptions o;
+    o.vip_section = "  ipv4: 127.242.16.0/20\n  ipv6: fd00:fd02::/62\n";
+    Fixture f(o);
+    int port = std::stoi(f.port);
+    auto vip4 = f.short_answer("mes-http.mesh", "A");
+    REQUIRE(vip4.starts_with("127.242.16."));
+    // 127.242.16.0/20 -> 242.127.in-addr.arpa; fd00:fd02::/62 -> the first 15 nibbles.
+    const std::string apex6 = "0.0.0.0.0.0.0.2.0.d.f.0.0.d.f.ip6.arpa";
+    for (const std::string& apex : std::vector<std::string>{"242.127.in-addr.arpa", apex6}) {
+        Query q;
+        q.name = apex;
+        q.type = SOA;
+        CHECK(ask(port, q).answer_types == std::vector<std::uint16_t>{SOA});
+    }
+    struct Case {
+        std::string name;
+        unsigned rcode;
+    };
+    for (const auto& c : std::vector<Case>{{"16.242.127.in-addr.arpa", NOERROR},  // inside the pool: an ENT
+                                           {"31.242.127.in-addr.arpa", NOERROR},
+                                           {"15.242.127.in-addr.arpa", NXDOMAIN},  // in the zone, outside the pool
+                                           {"32.242.127.in-addr.arpa", NXDOMAIN},
+                                           {"1.15.242.127.in-addr.arpa", NXDOMAIN},
+                                           {"3." + apex6, NOERROR},  // nibbles 0-3 of the 16th are the pool's
+                                           {"4." + apex6, NXDOMAIN},
+                                           {"0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4." + apex6, NXDOMAIN}}) {
+        CAPTURE(c.name);
+        Query q;
+        q.name = c.name;
+        q.type = PTR;
+        auto r = ask(port, q);
+        CHECK(r.rcode == c.rcode);
+        CHECK(r.aa);
+        CHECK(r.an == 0);
+        CHECK(r.authority_types == std::vector<std::uint16_t>{SOA});
+    }
+}
