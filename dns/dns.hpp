@@ -9,9 +9,16 @@
 // Rules (DESIGN.md, RFC 1035, 2308, 4343, 6891, 8482): A/AAAA for generated hostnames with
 // AA and the configured TTL, names matched case-insensitively and echoed as asked; a known
 // name of another type gets NODATA, an unknown name inside a zone NXDOMAIN, both with the
-// zone's SOA; SOA and NS at each apex; PTR for every VIP; TXT describing the MES; ANY
-// answered with one RRset. EDNS echoed with our size, TC when the answer does not fit,
-// BADVERS for EDNS versions other than 0; FORMERR, NOTIMP and REFUSED as RFC 1035 says.
+// zone's SOA; an empty non-terminal (a name with hostnames below it) NODATA (RFC 8020);
+// SOA and NS at each apex, the reverse zones of the VIP pools included, whose negative
+// answers carry their SOA too (RFC 2308); PTR for every VIP, the whole RRset for ANY; TXT
+// describing the MES; ANY at a hostname answered with one RRset. EDNS echoed with our size
+// and the query's DO bit (RFC 3225) in every reply to an EDNS query, errors included; TC
+// when the answer does not fit; BADVERS for EDNS versions other than 0; FORMERR for a
+// second OPT, an OPT outside the additional section, not owned by the root or with an
+// option running past its RDATA (RFC 6891 6.1.1); NOTAUTH/BADKEY for any TSIG-signed query
+// (mesd holds no key, RFC 8945 5.2.2); AXFR/IXFR NOTIMP over UDP, REFUSED over TCP;
+// FORMERR, NOTIMP and REFUSED as RFC 1035 says otherwise.
 #pragma once
 
 #include "dns/name_index.hpp"
@@ -73,6 +80,13 @@ public:
     virtual std::vector<std::string> describe(const Owner& owner) = 0;
     // Whether `address` lies in a VIP pool (its reverse name is ours to answer).
     virtual bool in_pool(const vip::Address& address) = 0;
+    // The VIP pools: mesd is authoritative for their reverse zones, each pool's prefix
+    // rounded down to an octet under in-addr.arpa and to a nibble under ip6.arpa.
+    virtual std::vector<vip::Pool> pools() { return {}; }
+    // Whether some generated hostname lies below `name` (lowercase, without the final dot):
+    // `name` then exists even when it is no hostname itself, an empty non-terminal that
+    // gets NODATA and never NXDOMAIN (RFC 8020). Runs for every NXDOMAIN candidate.
+    virtual bool has_names_below(std::string_view name) { (void)name; return false; }
     // The zones' SOA serial: changes whenever the answers may have.
     virtual std::uint32_t serial() = 0;
 };
@@ -169,6 +183,8 @@ public:
     std::vector<std::string> hostnames_of(const Owner& owner) override;
     std::vector<std::string> describe(const Owner& owner) override;
     bool in_pool(const vip::Address& address) override;
+    std::vector<vip::Pool> pools() override;
+    bool has_names_below(std::string_view name) override;
     std::uint32_t serial() override { return static_cast<std::uint32_t>(generation_); }
 
 private:

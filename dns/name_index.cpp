@@ -213,6 +213,36 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
         if (index.owners_[i].has_ipv4) index.by_ipv4_.push_back(i);
         if (index.owners_[i].ipv6) index.by_ipv6_.push_back(i);
     }
+    // The ancestors are suffixes of the hostnames' texts: they point into the arena, so each
+    // costs a slot, not a string. "a.b.mesh" gives "b.mesh" and "mesh". Most hostnames share
+    // their ancestors, so the table grows as they come (load at most one half).
+    std::size_t ancestors = 0;
+    index.ancestors_.assign(16, Ancestor{});
+    auto add_ancestor = [&](std::string_view suffix, std::uint32_t at) {
+        auto hash = hash_name(suffix);
+        Ancestor& a = index.ancestor_for(suffix, hash);
+        if (a.slot != 0) return false;
+        a = Ancestor{(std::uint64_t{hash} << 32) | (std::uint64_t{at} + 1), static_cast<std::uint32_t>(suffix.size())};
+        if (++ancestors * 2 > index.ancestors_.size()) {
+            auto old = std::move(index.ancestors_);
+            index.ancestors_.assign(old.size() * 2, Ancestor{});
+            for (const auto& o : old) {
+                if (o.slot == 0) continue;
+                std::string_view text(index.arena_.data() + static_cast<std::uint32_t>(o.slot - 1), o.size);
+                index.ancestor_for(text, static_cast<std::uint32_t>(o.slot >> 32)) = o;
+            }
+        }
+        return true;
+    };
+    for (const auto& b : built) {
+        auto text = index.record_text(b.at);
+        auto text_at = b.at + static_cast<std::uint32_t>(record_size);
+        for (auto dot = text.find('.'); dot != std::string_view::npos; dot = text.find('.', dot + 1)) {
+            auto suffix = text.substr(dot + 1);
+            // A suffix already known came with all of its own: the rest are there too.
+            if (suffix.empty() || !add_ancestor(suffix, text_at + static_cast<std::uint32_t>(dot + 1))) break;
+        }
+    }
     std::ranges::sort(index.by_ipv4_, {}, [&](std::uint32_t i) { return index.owners_[i].ipv4; });
     std::ranges::sort(index.by_ipv6_, {}, [&](std::uint32_t i) { return index.ipv6_[index.owners_[i].ipv6 - 1]; });
     index.arena_.shrink_to_fit();
@@ -236,6 +266,29 @@ const std::uint64_t* NameIndex::slot_for(std::string_view name, std::uint32_t ha
         if (static_cast<std::uint32_t>(s >> 32) == hash && record_text(static_cast<std::uint32_t>(s - 1)) == name)
             return &slots_[i];
     }
+}
+
+NameIndex::Ancestor& NameIndex::ancestor_for(std::string_view name, std::uint32_t hash)
+{
+    return const_cast<Ancestor&>(std::as_const(*this).ancestor_for(name, hash));
+}
+
+const NameIndex::Ancestor& NameIndex::ancestor_for(std::string_view name, std::uint32_t hash) const
+{
+    std::size_t mask = ancestors_.size() - 1;
+    for (std::size_t i = hash & mask;; i = (i + 1) & mask) {
+        const Ancestor& a = ancestors_[i];
+        if (a.slot == 0) return a;
+        if (static_cast<std::uint32_t>(a.slot >> 32) == hash && a.size == name.size() &&
+            std::string_view(arena_.data() + static_cast<std::uint32_t>(a.slot - 1), a.size) == name)
+            return a;
+    }
+}
+
+bool NameIndex::has_names_below(std::string_view name) const
+{
+    if (ancestors_.empty()) return false;
+    return ancestor_for(name, hash_name(name)).slot != 0;
 }
 
 const NameIndex::Owner* NameIndex::find(std::string_view name) const
@@ -317,7 +370,7 @@ std::optional<vip::Address> NameIndex::ipv6(const Owner& o) const
 std::size_t NameIndex::bytes() const
 {
     return arena_.capacity() + owners_.capacity() * sizeof(Owner) + ipv6_.capacity() * 16 +
-           slots_.capacity() * sizeof(std::uint64_t) + (by_ipv4_.capacity() + by_ipv6_.capacity()) * sizeof(std::uint32_t);
+           slots_.capacity() * sizeof(std::uint64_t) + (by_ipv4_.capacity() + by_ipv6_.capacity()) * sizeof(std::uint32_t) + ancestors_.capacity() * sizeof(Ancestor);
 }
 
 }  // namespace dns

@@ -73,6 +73,9 @@ public:
     // Starts loading the slots, then the records, that looking up `names` will read.
     void prefetch(std::span<const std::string_view> names) const;
     const Owner* find(const vip::Address& address) const;
+    // Whether `name` (lowercase, without the final dot) is a proper ancestor of some hostname:
+    // an empty non-terminal when it is no hostname itself (RFC 8020: it exists).
+    bool has_names_below(std::string_view name) const;
 
     std::string_view mesh(const Owner& o) const { return {arena_.data() + o.mesh_at, o.mesh_size}; }
     std::string_view name(const Owner& o) const { return {arena_.data() + o.name_at, o.name_size}; }
@@ -102,6 +105,9 @@ private:
     std::string_view record_text(std::uint32_t at) const;
     std::uint64_t* slot_for(std::string_view name, std::uint32_t hash);
     const std::uint64_t* slot_for(std::string_view name, std::uint32_t hash) const;
+    struct Ancestor;
+    Ancestor& ancestor_for(std::string_view name, std::uint32_t hash);
+    const Ancestor& ancestor_for(std::string_view name, std::uint32_t hash) const;
 
     detail::PopulatedVector<char> arena_;
     detail::PopulatedVector<Owner> owners_;
@@ -109,6 +115,13 @@ private:
     std::size_t names_ = 0;
     detail::PopulatedVector<std::uint64_t> slots_;  // (hash << 32) | (record offset + 1); 0 is empty
     detail::PopulatedVector<std::uint32_t> by_ipv4_, by_ipv6_;  // owner indexes sorted by address
+    // Every proper ancestor of every hostname, once: open addressing like `slots_`, each slot
+    // (hash << 32) | (offset of the ancestor's text in the arena + 1), with its length beside.
+    struct Ancestor {
+        std::uint64_t slot = 0;
+        std::uint32_t size = 0;
+    };
+    detail::PopulatedVector<Ancestor> ancestors_;
 };
 
 }  // namespace dns

@@ -16,6 +16,8 @@ constexpr std::uint16_t rcode_servfail = 2;
 constexpr std::uint16_t rcode_nxdomain = 3;
 constexpr std::uint16_t rcode_notimp = 4;
 constexpr std::uint16_t rcode_refused = 5;
+constexpr std::uint16_t rcode_notauth = 9;
+constexpr std::uint16_t tsig_badkey = 17;
 constexpr std::uint16_t rcode_badvers = 16;
 constexpr std::size_t header_size = 12;
 
@@ -34,7 +36,8 @@ std::vector<std::uint8_t> header_reply(std::span<const std::uint8_t> query, std:
 {
     std::vector<std::uint8_t> out(query.begin(), query.begin() + header_size);
     std::uint8_t opcode_bits = query[2] & 0x78;
-    std::uint8_t rd = query[2] & 0x01;
+    // RD is defined for QUERY alone (RFC 1035 4.1.1); ISC's genreport flags it on NOTIMP.
+    std::uint8_t rd = opcode_bits == 0 ? query[2] & 0x01 : 0;
     out[2] = static_cast<std::uint8_t>(0x80 | opcode_bits | rd);  // QR
     out[3] = static_cast<std::uint8_t>(rcode & 0x0f);
     std::fill(out.begin() + 4, out.end(), 0);
@@ -79,44 +82,84 @@ ldns_rr* new_rr(const ldns_rdf* owner, ldns_rr_type type, std::uint32_t ttl)
 
 ldns_rdf* dname(const std::string& text) { return ldns_dname_new_frm_str(text.c_str()); }
 
-// "4.3.2.1.in-addr.arpa" or 32 nibbles under "ip6.arpa" back to the address.
-std::optional<vip::Address> reverse_address(std::string_view name)
+// An OPT record with our size, version 0 and the query's DO bit (RFC 3225 3), appended to a
+// reply written by hand: an EDNS query gets one in every reply (RFC 6891 7).
+void append_opt(std::vector<std::uint8_t>& reply, std::uint16_t udp_size, bool do_bit)
 {
-    constexpr std::string_view v4 = ".in-addr.arpa", v6 = ".ip6.arpa";
-    if (name.ends_with(v4)) {
-        name.remove_suffix(v4.size());
-        std::string parts[4];
-        int n = 0;
-        while (n < 4) {
-            auto dot = name.rfind('.');
-            parts[n++] = std::string(dot == std::string_view::npos ? name : name.substr(dot + 1));
-            if (dot == std::string_view::npos) break;
-            name = name.substr(0, dot);
-            if (n == 4) return std::nullopt;  // more than four labels
-        }
-        if (n != 4) return std::nullopt;
-        for (const auto& p : parts)
-            if (p.empty() || p.size() > 3 || !std::ranges::all_of(p, [](char c) { return c >= '0' && c <= '9'; }) ||
-                (p.size() > 1 && p[0] == '0'))
-                return std::nullopt;
-        return vip::Address::parse(parts[0] + "." + parts[1] + "." + parts[2] + "." + parts[3]);
+    reply.insert(reply.end(), {0, 0, static_cast<std::uint8_t>(LDNS_RR_TYPE_OPT), static_cast<std::uint8_t>(udp_size >> 8),
+                               static_cast<std::uint8_t>(udp_size & 0xff), 0, 0, static_cast<std::uint8_t>(do_bit ? 0x80 : 0), 0,
+                               0, 0});
+    auto arcount = static_cast<std::uint16_t>(read_u16(reply, 10) + 1);
+    reply[10] = static_cast<std::uint8_t>(arcount >> 8);
+    reply[11] = static_cast<std::uint8_t>(arcount & 0xff);
+}
+
+// The reverse zone of a pool: its network's leading octets under in-addr.arpa, or nibbles
+// under ip6.arpa, as many as the prefix covers whole ("10.1.0.0/20" -> "1.10.in-addr.arpa").
+std::string reverse_apex(const vip::Pool& pool)
+{
+    bool v4 = pool.family() == vip::Family::v4;
+    unsigned unit = v4 ? 8 : 4, width = v4 ? 32 : 128;
+    unsigned labels = pool.prefix() / unit;
+    vip::u128 network = pool.network().value;
+    std::string apex;
+    for (unsigned i = labels; i-- > 0;) {
+        auto value = static_cast<unsigned>((network >> (width - (i + 1) * unit)) & ((vip::u128{1} << unit) - 1));
+        if (v4) apex += std::to_string(value);
+        else apex.push_back("0123456789abcdef"[value]);
+        apex.push_back('.');
     }
-    if (name.ends_with(v6)) {
-        name.remove_suffix(v6.size());
-        if (name.size() != 63) return std::nullopt;
-        std::string bytes(16, '\0');
-        for (std::size_t i = 0; i < 32; ++i) {
-            char c = name[i * 2];
-            if (i < 31 && name[i * 2 + 1] != '.') return std::nullopt;
-            int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-            if (v < 0) return std::nullopt;
-            std::size_t nibble = 31 - i;  // the first label is the lowest nibble
-            auto& byte = bytes[nibble / 2];
-            byte = static_cast<char>(static_cast<unsigned char>(byte) | (nibble % 2 == 0 ? v << 4 : v));
+    return apex + (v4 ? "in-addr.arpa" : "ip6.arpa");
+}
+
+// Where a name lies in the reverse zone it falls under.
+enum class ReversePlace {
+    apex,
+    between,  // above addresses of the pool: an empty non-terminal (RFC 8020)
+    address,  // a whole address of the pool
+    none,     // no name of the zone: NXDOMAIN
+};
+
+// `name` below `apex`, the reverse zone of `pool`; `address` is set for a whole address.
+ReversePlace reverse_place(std::string_view name, std::string_view apex, const vip::Pool& pool, vip::Address& address)
+{
+    if (name == apex) return ReversePlace::apex;
+    name.remove_suffix(apex.size() + 1);
+    bool v4 = pool.family() == vip::Family::v4;
+    unsigned unit = v4 ? 8 : 4, width = v4 ? 32 : 128;
+    unsigned bits = pool.prefix() / unit * unit;
+    vip::u128 value = bits == 0 ? 0 : pool.network().value >> (width - bits) << (width - bits);
+    // Labels from the apex down: each is the next octet or nibble, in the usual spelling.
+    while (true) {
+        auto dot = name.rfind('.');
+        std::string_view label = dot == std::string_view::npos ? name : name.substr(dot + 1);
+        if (bits == width || label.empty()) return ReversePlace::none;
+        unsigned v = 0;
+        if (v4) {
+            if (label.size() > 3 || (label.size() > 1 && label[0] == '0')) return ReversePlace::none;
+            for (char c : label) {
+                if (c < '0' || c > '9') return ReversePlace::none;
+                v = v * 10 + static_cast<unsigned>(c - '0');
+            }
+            if (v > 255) return ReversePlace::none;
+        } else {
+            char c = label[0];
+            if (label.size() != 1 || !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return ReversePlace::none;
+            v = static_cast<unsigned>(c <= '9' ? c - '0' : c - 'a' + 10);
         }
-        return vip::Address::from_bytes(bytes);
+        bits += unit;
+        value |= vip::u128{v} << (width - bits);
+        if (dot == std::string_view::npos) break;
+        name = name.substr(0, dot);
     }
-    return std::nullopt;
+    // The name's prefix and the pool's agree on the bits both have.
+    unsigned common = std::min(bits, pool.prefix());
+    vip::u128 all = v4 ? vip::u128{0xffffffff} : ~vip::u128{0};
+    vip::u128 mask = common == 0 ? 0 : all >> (width - common) << (width - common);
+    if ((value & mask) != (pool.network().value & mask)) return ReversePlace::none;
+    if (bits < width) return ReversePlace::between;
+    address = vip::Address{pool.family(), value};
+    return ReversePlace::address;
 }
 
 }  // namespace
@@ -137,6 +180,7 @@ std::string rcode_name(std::uint16_t rcode)
     case rcode_nxdomain: return "NXDOMAIN";
     case rcode_notimp: return "NOTIMP";
     case rcode_refused: return "REFUSED";
+    case rcode_notauth: return "NOTAUTH";
     case rcode_badvers: return "BADVERS";
     default: return "RCODE" + std::to_string(rcode);
     }
@@ -230,6 +274,79 @@ private:
     std::size_t pos_ = 0;
 };
 
+// Whether the options of an OPT record's RDATA each end within it (RFC 6891 6.1.2).
+bool options_fit(std::span<const std::uint8_t> rdata)
+{
+    WireReader in(rdata);
+    while (in.remaining() > 0) {
+        std::uint16_t code = 0, length = 0;
+        if (!in.u16(code) || !in.u16(length) || !in.skip(length)) return false;
+    }
+    return true;
+}
+
+// Skips a name, compressed or not; `root` tells whether it was the root itself.
+bool skip_name(WireReader& in, bool& root)
+{
+    root = false;
+    for (bool first = true;; first = false) {
+        std::uint8_t len = 0;
+        if (!in.u8(len)) return false;
+        if ((len & 0xc0) == 0xc0) return in.skip(1);
+        if (len & 0xc0) return false;
+        if (len == 0) {
+            root = first;
+            return true;
+        }
+        if (!in.skip(len)) return false;
+    }
+}
+
+// What the query's sections hold, read off the wire: ldns takes a second OPT record, or
+// one in the wrong section, without complaint, and lifts a TSIG record out of any position.
+struct QueryShape {
+    bool complete = false;  // every counted record lies within the message
+    bool bad_opt = false;   // RFC 6891 6.1.1: FORMERR
+    bool bad_tsig = false;  // RFC 8945 5.2: a TSIG record anywhere but last: FORMERR
+    bool has_opt = false;
+    bool do_bit = false;  // the first OPT's
+    bool has_tsig = false;
+};
+
+QueryShape shape_of(std::span<const std::uint8_t> query)
+{
+    QueryShape shape;
+    WireReader in(query);
+    std::array<std::uint16_t, 4> counts{};
+    if (!in.skip(4)) return shape;
+    for (auto& c : counts)
+        if (!in.u16(c)) return shape;
+    bool root = false;
+    for (std::uint16_t i = 0; i < counts[0]; ++i)
+        if (!skip_name(in, root) || !in.skip(4)) return shape;
+    for (std::size_t section = 1; section < counts.size(); ++section) {
+        for (std::uint16_t i = 0; i < counts[section]; ++i) {
+            std::uint16_t type = 0, klass = 0, flags = 0, rdlen = 0;
+            std::uint8_t ext_rcode = 0, version = 0;
+            if (!skip_name(in, root) || !in.u16(type) || !in.u16(klass) || !in.u8(ext_rcode) || !in.u8(version) ||
+                !in.u16(flags) || !in.u16(rdlen) || rdlen > in.remaining())
+                return shape;
+            auto rdata = query.subspan(in.pos(), rdlen);
+            in.skip(rdlen);
+            if (type == LDNS_RR_TYPE_OPT) {
+                if (section != 3 || shape.has_opt || !root || !options_fit(rdata)) shape.bad_opt = true;
+                if (!shape.has_opt) shape.do_bit = (flags & 0x8000) != 0;
+                shape.has_opt = true;
+            } else if (type == LDNS_RR_TYPE_TSIG) {
+                if (section != 3 || i + 1 != counts[section]) shape.bad_tsig = true;
+                shape.has_tsig = true;
+            }
+        }
+    }
+    shape.complete = true;
+    return shape;
+}
+
 // Writes into a fixed buffer that the caller has sized for the largest fast reply.
 class WireWriter {
 public:
@@ -309,16 +426,19 @@ bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& c
     if (qclass != LDNS_RR_CLASS_IN || (qtype != LDNS_RR_TYPE_A && qtype != LDNS_RR_TYPE_AAAA)) return false;
     std::size_t question_end = in.pos();
 
-    bool edns = false;
+    bool edns = false, do_bit = false;
     std::uint16_t client_size = 512;
     if (ar == 1) {  // must be exactly one OPT record, version 0 (RFC 6891 6.1)
         std::uint8_t root = 0, ext_rcode = 0, version = 0;
         std::uint16_t type = 0, size = 0, edns_flags = 0, rdlen = 0;
         if (!in.u8(root) || root != 0 || !in.u16(type) || type != LDNS_RR_TYPE_OPT || !in.u16(size) ||
-            !in.u8(ext_rcode) || !in.u8(version) || !in.u16(edns_flags) || !in.u16(rdlen) || !in.skip(rdlen))
+            !in.u8(ext_rcode) || !in.u8(version) || !in.u16(edns_flags) || !in.u16(rdlen) || rdlen > in.remaining())
             return false;
+        if (!options_fit(query.subspan(in.pos(), rdlen))) return false;  // FORMERR: the general path
+        in.skip(rdlen);
         if (version != 0) return false;  // BADVERS: the general path
         edns = true;
+        do_bit = (edns_flags & 0x8000) != 0;
         client_size = std::max<std::uint16_t>(512, size);
     }
     if (in.remaining() != 0) return false;
@@ -338,7 +458,8 @@ bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& c
     if (owner) address = qtype == LDNS_RR_TYPE_A ? &owner->ipv4 : &owner->ipv6;
     bool has_answer = address && address->has_value();
     bool with_soa = !has_answer;
-    std::uint16_t rcode = owner ? rcode_noerror : rcode_nxdomain;
+    // A name with hostnames below it exists (RFC 8020): NODATA, not NXDOMAIN.
+    std::uint16_t rcode = owner || source.has_names_below(qname) ? rcode_noerror : rcode_nxdomain;
 
     // At most 12 + 259 (question) + 28 (AAAA) + 58 (SOA) + 11 (OPT) bytes: within the buffer.
     static_assert(sizeof reply.wire >= 12 + 259 + 28 + 58 + 11);
@@ -390,7 +511,8 @@ bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& c
         out.u8(0);
         out.u16(LDNS_RR_TYPE_OPT);
         out.u16(settings_.edns_udp_size);
-        out.u32(0);
+        out.u16(0);  // extended rcode, version
+        out.u16(do_bit ? 0x8000 : 0);  // DO as asked (RFC 3225 3), nothing else
         out.u16(0);
     }
     std::size_t limit = client.tcp ? 65535 : (edns ? std::min(client_size, settings_.edns_udp_size) : 512);
@@ -443,24 +565,23 @@ Response Responder::answer_general(std::span<const std::uint8_t> query, const Cl
     if (query.size() < header_size) return out;  // not even a header: drop
     if (query[2] & 0x80) return out;             // a response (QR=1): drop, never answer it
     out.action = Action::reply;
+    QueryShape shape = shape_of(query);
+    // A reply without the question; an EDNS query's carries an OPT all the same (RFC 6891 7).
+    auto header_only = [&](std::uint16_t rcode) {
+        out.rcode = rcode;
+        out.wire = header_reply(query, rcode);
+        if (shape.has_opt) append_opt(out.wire, settings_.edns_udp_size, shape.do_bit);
+        return out;
+    };
     unsigned opcode = (query[2] >> 3) & 0x0f;
-    if (opcode != LDNS_PACKET_QUERY) {
-        out.rcode = rcode_notimp;
-        out.wire = header_reply(query, rcode_notimp);
-        return out;
-    }
+    if (opcode != LDNS_PACKET_QUERY) return header_only(rcode_notimp);
+    // Checked before ldns sees the query: it keeps only the last of several TSIG records
+    // (leaking the others) and takes a second OPT record without complaint.
+    if (shape.bad_opt || shape.bad_tsig) return header_only(rcode_formerr);
     ldns_pkt* raw = nullptr;
-    if (ldns_wire2pkt(&raw, query.data(), query.size()) != LDNS_STATUS_OK || !raw) {
-        out.rcode = rcode_formerr;
-        out.wire = header_reply(query, rcode_formerr);
-        return out;
-    }
+    if (ldns_wire2pkt(&raw, query.data(), query.size()) != LDNS_STATUS_OK || !raw) return header_only(rcode_formerr);
     PktPtr q(raw);
-    if (read_u16(query, 4) != 1 || ldns_rr_list_rr_count(ldns_pkt_question(q.get())) != 1) {
-        out.rcode = rcode_formerr;
-        out.wire = header_reply(query, rcode_formerr);
-        return out;
-    }
+    if (read_u16(query, 4) != 1 || ldns_rr_list_rr_count(ldns_pkt_question(q.get())) != 1) return header_only(rcode_formerr);
     const ldns_rr* question = ldns_rr_list_rr(ldns_pkt_question(q.get()), 0);
     const ldns_rdf* qname = ldns_rr_owner(question);
     auto qtype = static_cast<std::uint16_t>(ldns_rr_get_type(question));
@@ -479,7 +600,10 @@ Response Responder::answer_general(std::span<const std::uint8_t> query, const Cl
     ldns_pkt_set_rd(r, ldns_pkt_rd(q.get()));
     ldns_pkt_set_opcode(r, LDNS_PACKET_QUERY);
     ldns_pkt_push_rr(r, LDNS_SECTION_QUESTION, ldns_rr_clone(question));
-    if (edns) ldns_pkt_set_edns_udp_size(r, settings_.edns_udp_size);
+    if (edns) {
+        ldns_pkt_set_edns_udp_size(r, settings_.edns_udp_size);
+        ldns_pkt_set_edns_do(r, ldns_pkt_edns_do(q.get()));  // RFC 3225 3: in every reply
+    }
 
     auto finish = [&](std::uint16_t rcode) {
         ldns_pkt_set_rcode(r, static_cast<std::uint8_t>(rcode & 0x0f));
@@ -493,6 +617,21 @@ Response Responder::answer_general(std::span<const std::uint8_t> query, const Cl
         ldns_pkt_set_edns_extended_rcode(r, static_cast<std::uint8_t>(rcode_badvers >> 4));
         return finish(rcode_badvers);
     }
+    // RFC 8945 5.2.2: mesd holds no key, so every signed query names a key it does not know:
+    // NOTAUTH, and an unsigned TSIG record carrying BADKEY with an empty MAC (5.3.2).
+    if (const ldns_rr* tsig = ldns_pkt_tsig(q.get()); tsig && shape.has_tsig) {
+        if (ldns_rr_rd_count(tsig) != 7) return header_only(rcode_formerr);
+        ldns_rr* badkey = ldns_rr_clone(tsig);
+        static constexpr std::uint8_t empty_mac[2] = {0, 0};
+        ldns_rdf_deep_free(ldns_rr_set_rdf(badkey, ldns_rdf_new_frm_data(ldns_rdf_get_type(ldns_rr_rdf(tsig, 3)), 2, empty_mac), 3));
+        ldns_rdf_deep_free(ldns_rr_set_rdf(badkey, ldns_native2rdf_int16(ldns_rdf_get_type(ldns_rr_rdf(tsig, 5)), tsig_badkey), 5));
+        ldns_rdf_deep_free(ldns_rr_set_rdf(badkey, ldns_rdf_new_frm_data(ldns_rdf_get_type(ldns_rr_rdf(tsig, 6)), 2, empty_mac), 6));
+        ldns_pkt_set_tsig(r, badkey);
+        return finish(rcode_notauth);
+    }
+    // Zone transfers are not offered: NOTIMP over UDP, where RFC 5936 4.2 allows no AXFR,
+    // and REFUSED over TCP (policy, as RFC 5936 4.2 lets a server say).
+    if (qtype == LDNS_RR_TYPE_AXFR || qtype == LDNS_RR_TYPE_IXFR) return finish(client.tcp ? rcode_refused : rcode_notimp);
     if (qclass != LDNS_RR_CLASS_IN && qclass != LDNS_RR_CLASS_ANY) {
         if (client.may_forward) {
             out.action = Action::forward;
@@ -567,28 +706,10 @@ Response Responder::answer_general(std::span<const std::uint8_t> query, const Cl
         }
     }
 
-    if (auto address = reverse_address(name); address && source.in_pool(*address)) {
-        ldns_pkt_set_aa(r, true);
-        auto owner = source.find_vip(*address);
-        if (!owner) return finish(rcode_nxdomain);
-        if (qtype != LDNS_RR_TYPE_PTR && qtype != LDNS_RR_TYPE_ANY) return finish(rcode_noerror);
-        for (const auto& host : source.hostnames_of(*owner)) {
-            ldns_rr* rr = new_rr(qname, LDNS_RR_TYPE_PTR, settings_.ttl);
-            ldns_rr_push_rdf(rr, dname(host + "."));
-            ldns_pkt_push_rr(r, LDNS_SECTION_ANSWER, rr);
-            if (qtype == LDNS_RR_TYPE_ANY) break;
-        }
-        return finish(rcode_noerror);
-    }
-
-    if (zone) {
-        ldns_pkt_set_aa(r, true);
-        if (name != *zone) {
-            add_soa(LDNS_SECTION_AUTHORITY, *zone);
-            return finish(rcode_nxdomain);
-        }
+    // SOA and NS at an apex (ANY gets the SOA), NODATA with the SOA for the other types.
+    auto at_apex = [&](const std::string& apex) {
         if (qtype == LDNS_RR_TYPE_SOA || qtype == LDNS_RR_TYPE_ANY) {
-            add_soa(LDNS_SECTION_ANSWER, *zone);
+            add_soa(LDNS_SECTION_ANSWER, apex);
             return finish(rcode_noerror);
         }
         if (qtype == LDNS_RR_TYPE_NS) {
@@ -597,7 +718,46 @@ Response Responder::answer_general(std::span<const std::uint8_t> query, const Cl
             ldns_pkt_push_rr(r, LDNS_SECTION_ANSWER, rr);
             return finish(rcode_noerror);
         }
-        return nodata();
+        add_soa(LDNS_SECTION_AUTHORITY, apex);
+        return finish(rcode_noerror);
+    };
+
+    // The reverse zones of the pools, with their SOA in every negative answer (RFC 2308 3).
+    if (name.ends_with(".arpa")) {
+        for (const auto& pool : source.pools()) {
+            std::string apex = reverse_apex(pool);
+            if (name != apex && !(name.ends_with(apex) && name.size() > apex.size() && name[name.size() - apex.size() - 1] == '.'))
+                continue;
+            ldns_pkt_set_aa(r, true);
+            vip::Address address;
+            auto place = reverse_place(name, apex, pool, address);
+            if (place == ReversePlace::apex) return at_apex(apex);
+            auto owner = place == ReversePlace::address ? source.find_vip(address) : std::nullopt;
+            if (place == ReversePlace::none || (place == ReversePlace::address && !owner)) {
+                add_soa(LDNS_SECTION_AUTHORITY, apex);
+                return finish(rcode_nxdomain);
+            }
+            if (!owner || (qtype != LDNS_RR_TYPE_PTR && qtype != LDNS_RR_TYPE_ANY)) {
+                add_soa(LDNS_SECTION_AUTHORITY, apex);
+                return finish(rcode_noerror);
+            }
+            // ANY gets the whole PTR RRset: an RRset is never split (RFC 2181 5).
+            for (const auto& host : source.hostnames_of(*owner)) {
+                ldns_rr* rr = new_rr(qname, LDNS_RR_TYPE_PTR, settings_.ttl);
+                ldns_rr_push_rdf(rr, dname(host + "."));
+                ldns_pkt_push_rr(r, LDNS_SECTION_ANSWER, rr);
+            }
+            return finish(rcode_noerror);
+        }
+    }
+
+    if (zone) {
+        ldns_pkt_set_aa(r, true);
+        if (name == *zone) return at_apex(*zone);
+        // A name with hostnames below it exists (RFC 8020, RFC 4592 2.2.2): NODATA.
+        if (source.has_names_below(name)) return nodata();
+        add_soa(LDNS_SECTION_AUTHORITY, *zone);
+        return finish(rcode_nxdomain);
     }
 
     if (client.may_forward) {
@@ -611,8 +771,15 @@ std::vector<std::uint8_t> Responder::error_reply(std::span<const std::uint8_t> q
                                                  std::uint16_t udp_size) const
 {
     if (query.size() < header_size) return {};
+    QueryShape shape = shape_of(query);
     ldns_pkt* raw = nullptr;
-    if (ldns_wire2pkt(&raw, query.data(), query.size()) != LDNS_STATUS_OK || !raw) return header_reply(query, rcode);
+    // ldns keeps only the last of several TSIG records and leaks the others: such a query
+    // never reaches it.
+    if (shape.bad_tsig || ldns_wire2pkt(&raw, query.data(), query.size()) != LDNS_STATUS_OK || !raw) {
+        auto out = header_reply(query, rcode);
+        if (shape.has_opt) append_opt(out, settings_.edns_udp_size, shape.do_bit);
+        return out;
+    }
     PktPtr q(raw);
     PktPtr r(ldns_pkt_new());
     ldns_pkt_set_id(r.get(), ldns_pkt_id(q.get()));
@@ -622,7 +789,10 @@ std::vector<std::uint8_t> Responder::error_reply(std::span<const std::uint8_t> q
     ldns_pkt_set_rcode(r.get(), static_cast<std::uint8_t>(rcode));
     if (ldns_rr_list_rr_count(ldns_pkt_question(q.get())) > 0)
         ldns_pkt_push_rr(r.get(), LDNS_SECTION_QUESTION, ldns_rr_clone(ldns_rr_list_rr(ldns_pkt_question(q.get()), 0)));
-    if (ldns_pkt_edns(q.get())) ldns_pkt_set_edns_udp_size(r.get(), settings_.edns_udp_size);
+    if (ldns_pkt_edns(q.get())) {
+        ldns_pkt_set_edns_udp_size(r.get(), settings_.edns_udp_size);
+        ldns_pkt_set_edns_do(r.get(), ldns_pkt_edns_do(q.get()));  // RFC 3225 3
+    }
     bool truncated = false;
     return to_wire(r.get(), udp_size, truncated);
 }

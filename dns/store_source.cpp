@@ -120,4 +120,17 @@ bool StoreSource::in_pool(const vip::Address& address)
     return (pool4_ && pool4_->contains(address)) || (pool6_ && pool6_->contains(address));
 }
 
+std::vector<vip::Pool> StoreSource::pools()
+{
+    std::vector<vip::Pool> out;
+    if (pool4_) out.push_back(*pool4_);
+    if (pool6_) out.push_back(*pool6_);
+    return out;
+}
+
+bool StoreSource::has_names_below(std::string_view name)
+{
+    return index_ && index_->has_names_below(name);
+}
+
 }  // namespace dns

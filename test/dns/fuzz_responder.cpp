@@ -29,6 +29,8 @@ public:
         return {"mes=default/" + o.name, "port=80", "protocol=http", std::string(300, 'e'), "tls=disabled"};
     }
     bool in_pool(const vip::Address& a) override { return pool.contains(a); }
+    std::vector<vip::Pool> pools() override { return {pool}; }
+    bool has_names_below(std::string_view name) override { return name == "mesh"; }
     std::uint32_t serial() override { return 1; }
     vip::Pool pool = *vip::Pool::parse("127.242.0.0/16");
 };

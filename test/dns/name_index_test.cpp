@@ -183,3 +183,27 @@ TEST_CASE("store source: the index follows the store, and reads still work after
     CHECK(source.find_vip(*vip::Address::parse("127.242.0.2"))->name == "b");
     CHECK(source.hostnames_of(*source.find_name("b.mesh")) == std::vector<std::string>{"b.mesh"});
 }
+
+TEST_CASE("name index: every proper ancestor of a hostname is known, and nothing else")
+{
+    Fixture f;
+    // "www.<name>.mesh" gives 300 distinct ancestors (the table grows several times over);
+    // "<name>.extsvc.mesh.local" gives the same three ancestors 300 times.
+    std::vector<conf::Resource> resources = {generator("www", "www.{{ .Name }}.mesh"),
+                                             generator("kuma", "{{ .Name }}.extsvc.mesh.local")};
+    for (int i = 0; i < 300; ++i) resources.push_back(mes("mes-" + std::to_string(i)));
+    f.apply(resources);
+    auto index = f.index({"default"});
+    for (int i = 0; i < 300; ++i) {
+        auto name = "mes-" + std::to_string(i);
+        CAPTURE(name);
+        CHECK(index.has_names_below(name + ".mesh"));
+        CHECK_FALSE(index.has_names_below("www." + name + ".mesh"));  // a hostname with nothing below
+        CHECK_FALSE(index.has_names_below(name + ".extsvc.mesh.local"));
+        CHECK(index.find("www." + name + ".mesh"));
+    }
+    for (std::string name : {"mesh", "extsvc.mesh.local", "mesh.local", "local"}) CHECK(index.has_names_below(name));
+    for (std::string name : {"", "extsvc", "mesh.loca", "esh", "mes-300.mesh", "x.extsvc.mesh.local", "www.mesh"})
+        CHECK_FALSE(index.has_names_below(name));
+    CHECK_FALSE(f.index({"other"}).has_names_below("mesh"));
+}

@@ -46,6 +46,13 @@ public:
         return facts;
     }
     bool in_pool(const vip::Address& a) override { return vip::Pool::parse("127.242.0.0/16")->contains(a); }
+    std::vector<vip::Pool> pools() override { return {*vip::Pool::parse("127.242.0.0/16")}; }
+    bool has_names_below(std::string_view name) override
+    {
+        for (const auto& [n, o] : names)
+            if (n.size() > name.size() && n.ends_with(name) && n[n.size() - name.size() - 1] == '.') return true;
+        return false;
+    }
     std::uint32_t serial() override { return generation; }
 };
 
@@ -283,4 +290,54 @@ TEST_CASE("responder: a name of 256 octets with its root is malformed on the fas
     };
     CHECK(ask(61).rcode != 1);  // 255 octets: a name (outside the zones: REFUSED)
     CHECK(ask(62).rcode == 1);  // 256: FORMERR, as the general path says
+}
+
+TEST_CASE("responder: empty non-terminals, the DO bit and malformed OPT records: the fast path says what the general one says")
+{
+    Setup fast;
+    Setup general = general_path();
+    for (auto* s : {&fast, &general})
+        s->source.names["deep.ext.mesh"] = dns::Owner{"default", "deep", vip::Address::parse("127.242.0.5"), std::nullopt};
+    auto text = [](const std::vector<std::uint8_t>& wire) {
+        Parsed p(wire);
+        char* s = ldns_pkt2str(p.pkt);
+        std::string out = s;
+        free(s);
+        return out.substr(0, out.find(";; Query time"));
+    };
+    auto with_do = [](const char* name, ldns_rr_type type) {
+        ldns_pkt* q = nullptr;
+        REQUIRE(ldns_pkt_query_new_frm_str(&q, name, type, LDNS_RR_CLASS_IN, LDNS_RD) == LDNS_STATUS_OK);
+        ldns_pkt_set_id(q, 0xbeef);
+        ldns_pkt_set_edns_udp_size(q, 1232);
+        ldns_pkt_set_edns_do(q, true);
+        std::uint8_t* buf = nullptr;
+        std::size_t size = 0;
+        REQUIRE(ldns_pkt2wire(&buf, q, &size) == LDNS_STATUS_OK);
+        std::vector<std::uint8_t> out(buf, buf + size);
+        free(buf);
+        ldns_pkt_free(q);
+        return out;
+    };
+    for (const char* name : {"ext.mesh.", "EXT.Mesh.", "deep.ext.mesh.", "x.ext.mesh.", "x.deep.ext.mesh.", "nope.mesh."})
+        for (auto type : {LDNS_RR_TYPE_A, LDNS_RR_TYPE_AAAA})
+            for (int kind = 0; kind < 3; ++kind) {
+                auto q = kind == 0 ? query(name, type) : kind == 1 ? query(name, type, 1232) : with_do(name, type);
+                auto a = fast.ask(q), b = general.ask(q);
+                INFO(name << " " << type << " kind " << kind);
+                CHECK(a.rcode == b.rcode);
+                CHECK(text(a.wire) == text(b.wire));
+                bool ent = std::string(name) == "ext.mesh." || std::string(name) == "EXT.Mesh.";
+                if (ent) CHECK(a.rcode == LDNS_RCODE_NOERROR);
+                if (kind == 2) CHECK(a.wire[a.wire.size() - 4] == 0x80);  // the OPT's DO bit (it is the last record)
+            }
+    // An option running past the OPT RDATA: FORMERR from both, with an OPT.
+    auto q = query("mes-http.mesh.", LDNS_RR_TYPE_A, 1232);
+    q.insert(q.end(), {0x00, 0x0a, 0x00, 0x10, 1, 2});
+    q[q.size() - 7] = 6;  // RDLENGTH covers the half option
+    auto a = fast.ask(q), b = general.ask(q);
+    CHECK(a.rcode == LDNS_RCODE_FORMERR);
+    CHECK(b.rcode == LDNS_RCODE_FORMERR);
+    CHECK(a.wire == b.wire);
+    CHECK(a.wire[11] == 1);
 }
