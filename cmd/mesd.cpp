@@ -597,6 +597,10 @@ std::string Daemon::metrics_text()
     counter("mesd_dns_forward_overload_total", "Queries refused because maxInFlight were outstanding.", m.forward_overload);
     counter("mesd_dns_tcp_connections_total", "TCP connections accepted.", m.tcp_connections);
     counter("mesd_dns_tcp_refused_total", "TCP connections closed at once: over tcpMaxClients.", m.tcp_refused);
+    counter("mesd_dns_rate_limited_dropped_total", "UDP answers not sent: their source prefix was over dns.rateLimit.",
+            m.rate_limited_dropped);
+    counter("mesd_dns_rate_limited_slipped_total", "UDP answers sent as TC alone: their source prefix was over dns.rateLimit.",
+            m.rate_limited_slipped);
     gauge("mesd_dns_forward_in_flight", "Upstream queries outstanding.", server_->in_flight());
     out += "# HELP mesd_dns_latency_seconds Time from receiving a query to sending its reply.\n"
            "# TYPE mesd_dns_latency_seconds histogram\n";
@@ -729,6 +733,10 @@ int Daemon::run()
     options.forward_timeout = config_.dns.forward.timeout;
     options.allow = config_.dns.forward.allow;
     options.max_in_flight = config_.dns.forward.max_in_flight;
+    const auto& rate_limit = config_.dns.rate_limit;
+    options.rate_limit = {rate_limit.responses_per_second, rate_limit.burst, rate_limit.slip,
+                          rate_limit.ipv4_prefix_length, rate_limit.ipv6_prefix_length, rate_limit.table_size,
+                          rate_limit.exempt};
     if (options.forward_enabled && options.upstreams.empty()) options.upstreams = dns::system_upstreams(config_.dns.listen);
     server_ = std::make_unique<dns::Server>(&loop_, responder_, source_, options);
     if (auto started = server_->start(); !started) {
@@ -741,6 +749,14 @@ int Daemon::run()
     for (const auto& u : options.upstreams) upstreams += (upstreams.empty() ? "" : ",") + u.to_string();
     for (const auto& b : server_->bound())
         log::info("dns", "listening", {{"addr", b}, {"forward", options.forward_enabled ? upstreams : "off"}});
+    if (rate_limit.responses_per_second > 0)
+        log::info("dns", "rate limiting UDP answers",
+                  {{"per_second", std::to_string(rate_limit.responses_per_second)},
+                   {"burst", std::to_string(rate_limit.burst ? rate_limit.burst : rate_limit.responses_per_second)},
+                   {"slip", std::to_string(rate_limit.slip)},
+                   {"prefixes", "/" + std::to_string(rate_limit.ipv4_prefix_length) + " /" +
+                                    std::to_string(rate_limit.ipv6_prefix_length)},
+                   {"exempt", std::to_string(rate_limit.exempt.size()) + " networks"}});
 
     admin_ = std::make_unique<cmd::Admin>(&loop_, [this](const std::string& path) { return admin(path); });
     auto admin_addr = admin_->start(config_.admin.listen);

@@ -196,6 +196,8 @@ struct Metrics {
     std::uint64_t forward_overload = 0;    // refused because maxInFlight were outstanding
     std::uint64_t tcp_connections = 0;
     std::uint64_t tcp_refused = 0;         // over tcpMaxClients
+    std::uint64_t rate_limited_dropped = 0;  // UDP answers not sent: over dns.rateLimit
+    std::uint64_t rate_limited_slipped = 0;  // UDP answers sent as TC instead: over dns.rateLimit
     // Latency from receipt to reply, in these upper bounds (seconds), plus the rest.
     static constexpr std::array<double, 12> bounds = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                                                       0.01,   0.025,   0.05,   0.1,   0.5,    2.0};
@@ -204,6 +206,17 @@ struct Metrics {
     std::uint64_t latency_count = 0;
     // `replies` that took `seconds` each.
     void observe(double seconds, std::uint64_t replies = 1);
+};
+
+// Response rate limiting of UDP answers per source prefix (dns/rate_limit.hpp).
+struct RateLimitSettings {
+    std::uint32_t responses_per_second = 0;  // per prefix; 0: no limit
+    std::uint32_t burst = 0;                 // answers at once after a quiet spell; 0: one second's
+    std::uint32_t slip = 2;                  // every Nth limited answer goes out as TC; 0: none
+    unsigned ipv4_prefix = 24;
+    unsigned ipv6_prefix = 56;
+    std::uint32_t table_size = 393241;       // buckets, fixed; prefixes that collide share one
+    std::vector<std::string> exempt = {"127.0.0.0/8", "::1/128"};  // CIDRs never limited
 };
 
 struct ServerOptions {
@@ -215,6 +228,7 @@ struct ServerOptions {
     std::chrono::milliseconds forward_timeout{2000};
     std::vector<std::string> allow;  // CIDRs
     std::uint32_t max_in_flight = 4096;
+    RateLimitSettings rate_limit;
 };
 
 // UDP and TCP listeners on a libuv loop, answering through a Responder and forwarding the
