@@ -212,7 +212,7 @@ struct Metrics {
 struct RateLimitSettings {
     std::uint32_t responses_per_second = 0;  // per prefix; 0: no limit
     std::uint32_t burst = 0;                 // answers at once after a quiet spell; 0: one second's
-    std::uint32_t slip = 2;                  // every Nth limited answer goes out as TC; 0: none
+    std::uint32_t slip = 1;                  // every Nth limited answer goes out as TC; 0: none
     unsigned ipv4_prefix = 24;
     unsigned ipv6_prefix = 56;
     std::uint32_t table_size = 393241;       // buckets, fixed; prefixes that collide share one

@@ -780,24 +780,33 @@ bool UdpListener::read_batch()
     constexpr std::uint16_t qtype_a = 1, qtype_aaaa = 28, rcode_noerror = 0, rcode_nxdomain = 3;
     std::array<std::array<std::uint32_t, 2>, 2> fast_counts{};  // [is AAAA][is NXDOMAIN]
     Server::Impl& s = *server;
+    // Rate limiting comes first: a dropped answer costs no lookup (nor a prefetch), which is
+    // what most of a flood gets.
+    std::array<RateLimiter::Verdict, mmsg_width> verdicts;
+    verdicts.fill(RateLimiter::Verdict::pass);
+    if (s.limiter) {
+        auto now_ms = static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::milliseconds>(received.time_since_epoch()).count());
+        for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i)
+            if (!(in[i].msg_hdr.msg_flags & MSG_TRUNC))  // dropped below, and no answer to count
+                verdicts[i] = s.limiter->check(reinterpret_cast<const sockaddr*>(&from[i]), now_ms);
+    }
     if (s.responder.settings().fast_path) {
         std::array<std::span<const std::uint8_t>, mmsg_width> queries;
+        std::size_t answering = 0;
         for (int i = 0; i < n; ++i)
-            queries[static_cast<std::size_t>(i)] = {buffer.data() + static_cast<std::size_t>(i) * query_slot,
-                                                    in[static_cast<std::size_t>(i)].msg_len};
-        s.responder.prefetch(std::span(queries.data(), static_cast<std::size_t>(n)), s.source);
+            if (verdicts[static_cast<std::size_t>(i)] != RateLimiter::Verdict::drop)
+                queries[answering++] = {buffer.data() + static_cast<std::size_t>(i) * query_slot,
+                                        in[static_cast<std::size_t>(i)].msg_len};
+        s.responder.prefetch(std::span(queries.data(), answering), s.source);
     }
-    auto now_ms = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::milliseconds>(received.time_since_epoch()).count());
     for (int i = 0; i < n; ++i) {
         const auto* src = reinterpret_cast<const sockaddr*>(&from[static_cast<std::size_t>(i)]);
         if (in[static_cast<std::size_t>(i)].msg_hdr.msg_flags & MSG_TRUNC) {
             ++s.metrics.dropped;
             continue;
         }
-        // Rate limiting comes before answering: a dropped answer costs no lookup, which is
-        // what a flood mostly gets.
-        auto verdict = s.limiter ? s.limiter->check(src, now_ms) : RateLimiter::Verdict::pass;
+        auto verdict = verdicts[static_cast<std::size_t>(i)];
         if (verdict == RateLimiter::Verdict::drop) {
             ++s.metrics.rate_limited_dropped;
             continue;

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -171,7 +172,7 @@ TEST_CASE("rate limit config: defaults, keys and range errors pointing into the 
     REQUIRE(defaults.ok());
     const auto& d = defaults.config.dns.rate_limit;
     CHECK(d.responses_per_second == 0);
-    CHECK(d.slip == 2);
+    CHECK(d.slip == 1);
     CHECK(d.ipv4_prefix_length == 24);
     CHECK(d.ipv6_prefix_length == 56);
     CHECK(d.table_size == 393241);
@@ -441,4 +442,30 @@ TEST_CASE("rrl: a slipped reply is header, question and OPT with TC; TCP still a
     CHECK(f.short_answer("mes-big.mesh", "TXT", "+tcp").find("mes=") != std::string::npos);
     CHECK(metric(*f.mesd, "mesd_dns_rate_limited_slipped_total") == 2);
     CHECK(metric(*f.mesd, "mesd_dns_rate_limited_dropped_total") == 0);
+}
+
+TEST_CASE("rrl: a limited query that would be forwarded goes nowhere upstream; its slip is TC")
+{
+    std::atomic<int> asked{0};
+    FakeUpstream upstream([&](int fd, const std::vector<std::uint8_t>& q, const sockaddr_in& from) {
+        ++asked;
+        auto r = a_reply(q, static_cast<std::uint16_t>((q[0] << 8) | q[1]), 9);
+        ::sendto(fd, r.data(), r.size(), 0, reinterpret_cast<const sockaddr*>(&from), sizeof from);
+    });
+    auto options = forwarding({upstream.port});
+    options.dns_section += "  rateLimit:\n    responsesPerSecond: 1\n    burst: 1\n    slip: 2\n    exempt: []\n";
+    Fixture f(options);
+    int fd = udp_from("127.0.0.2");
+    auto q = query("www.example.org", type_a, 0x3333);
+    Tally t;
+    for (int i = 0; i < 5; ++i) send_query(fd, f.mesd->dns_port(), q);
+    collect(fd, t, 3);
+    ::close(fd);
+    // The bucket's one answer came from upstream; of the four limited, the 2nd and 4th slipped.
+    CHECK(t.full == 1);
+    CHECK(t.tc == 2);
+    CHECK(asked == 1);
+    CHECK(metric(*f.mesd, "mesd_dns_forwarded_total") == 1);
+    CHECK(metric(*f.mesd, "mesd_dns_rate_limited_slipped_total") == 2);
+    CHECK(metric(*f.mesd, "mesd_dns_rate_limited_dropped_total") == 2);
 }
