@@ -59,7 +59,7 @@ int passes(dns::RateLimiter& limiter, const char* source, int count, std::uint64
 
 }  // namespace
 
-TEST_CASE("rate limiter: a bucket holds the burst and refills at the rate, on the clock it is given")
+TEST_CASE("rate limiter: a bucket holds the burst and refills at the rate on the clock it is given")
 {
     dns::RateLimiter limiter(limit(10, 5));
     const std::uint64_t t0 = 1'000'000;
@@ -84,7 +84,7 @@ TEST_CASE("rate limiter: burst 0 means one second's worth")
     CHECK(passes(limiter, "198.51.100.7", 300, 5000) == 200);
 }
 
-TEST_CASE("rate limiter: every slip-th limited answer slips, 0 never and 1 always")
+TEST_CASE("rate limiter: every slip-th limited answer slips (0 never and 1 always)")
 {
     auto verdicts = [](std::uint32_t slip) {
         dns::RateLimiter limiter(limit(1, 1, slip));
@@ -102,7 +102,7 @@ TEST_CASE("rate limiter: every slip-th limited answer slips, 0 never and 1 alway
     CHECK(verdicts(0) == "PDDDDDD");
 }
 
-TEST_CASE("rate limiter: sources share a bucket by prefix, IPv4 /24 and IPv6 /56 by default")
+TEST_CASE("rate limiter: sources share a bucket by prefix (IPv4 /24 and IPv6 /56 by default)")
 {
     dns::RateLimiter limiter(limit(1, 2));
     CHECK(passes(limiter, "10.1.2.3", 2, 0) == 2);
@@ -125,7 +125,7 @@ TEST_CASE("rate limiter: sources share a bucket by prefix, IPv4 /24 and IPv6 /56
     CHECK(passes(narrow, "2001:db8:0:1201::2", 1, 0) == 0);
 }
 
-TEST_CASE("rate limiter: the table is fixed whatever the number of sources; colliding prefixes share a bucket")
+TEST_CASE("rate limiter: the table is fixed whatever the number of sources and colliding prefixes share a bucket")
 {
     auto s = limit(1, 3);
     s.table_size = 1;
@@ -166,7 +166,7 @@ TEST_CASE("rate limiter: exempt networks are never limited")
     CHECK(passes(limiter, "::2", 5, 0) == 1);
 }
 
-TEST_CASE("rate limit config: defaults, keys and range errors pointing into the file")
+TEST_CASE("rate limit config: defaults and keys and range errors pointing into the file")
 {
     auto defaults = conf::load_config_text("{}", "mesd.yaml");
     REQUIRE(defaults.ok());
@@ -301,7 +301,7 @@ MesdOptions limited(const std::string& rate_limit)
 
 }  // namespace
 
-TEST_CASE("rrl: a flood from one source gets the rate plus every slip-th as TC; another prefix is unaffected")
+TEST_CASE("rrl: a flood from one source gets the rate plus every slip-th as TC while another prefix is unaffected")
 {
     constexpr int rate = 100, burst = 20, rounds = 50, per_round = 12, flood = rounds * per_round;
     Fixture f(limited("    responsesPerSecond: 100\n    burst: 20\n    slip: 2\n    exempt: []\n"));
@@ -349,7 +349,7 @@ TEST_CASE("rrl: a flood from one source gets the rate plus every slip-th as TC; 
     CHECK(from_other.tc == 0);
 }
 
-TEST_CASE("rrl: exempt sources are never limited, loopback by default")
+TEST_CASE("rrl: exempt sources are never limited (loopback by default)")
 {
     auto flood_from = [](Fixture& f, const char* source, int count) {
         int fd = udp_from(source);
@@ -373,7 +373,7 @@ TEST_CASE("rrl: exempt sources are never limited, loopback by default")
         CHECK(metric(*f.mesd, "mesd_dns_rate_limited_dropped_total") == 0);
         CHECK(metric(*f.mesd, "mesd_dns_rate_limited_slipped_total") == 0);
     }
-    SECTION("an exempt /32 is not limited; its neighbour in the same /24 is")
+    SECTION("an exempt /32 is not limited but its neighbour in the same /24 is")
     {
         Fixture f(limited("    responsesPerSecond: 10\n    slip: 0\n    exempt: [127.0.0.2/32]\n"));
         auto exempt = flood_from(f, "127.0.0.2", 300);
@@ -386,7 +386,7 @@ TEST_CASE("rrl: exempt sources are never limited, loopback by default")
     }
 }
 
-TEST_CASE("rrl: a slipped reply is header, question and OPT with TC; TCP still answers in full")
+TEST_CASE("rrl: a slipped reply is header and question and OPT with TC while TCP still answers in full")
 {
     Fixture f(limited("    responsesPerSecond: 1\n    burst: 1\n    slip: 1\n    exempt: []\n"));
     int fd = udp_from("127.0.0.2");
@@ -444,7 +444,7 @@ TEST_CASE("rrl: a slipped reply is header, question and OPT with TC; TCP still a
     CHECK(metric(*f.mesd, "mesd_dns_rate_limited_dropped_total") == 0);
 }
 
-TEST_CASE("rrl: a limited query that would be forwarded goes nowhere upstream; its slip is TC")
+TEST_CASE("rrl: a limited query that would be forwarded goes nowhere upstream and its slip is TC")
 {
     std::atomic<int> asked{0};
     FakeUpstream upstream([&](int fd, const std::vector<std::uint8_t>& q, const sockaddr_in& from) {
