@@ -90,6 +90,7 @@ RateLimiter::RateLimiter(const RateLimitSettings& settings)
 
 bool RateLimiter::exempt(std::span<const std::uint8_t> address) const noexcept
 {
+    if (address.size() != 4 && address.size() != 16) return false;
     bool v6 = address.size() == 16 && !ipv4_mapped(address.data());
     u128 value = v6 ? load128(address.data()) : load32(address.data() + (address.size() == 16 ? 12 : 0));
     for (const auto& n : exempt_)
