@@ -588,6 +588,10 @@ std::string Daemon::metrics_text()
     counter("mesd_dns_forwarded_total", "Queries forwarded upstream.", m.forwarded);
     counter("mesd_dns_dropped_total", "Packets dropped: responses or shorter than a header.", m.dropped);
     counter("mesd_dns_truncated_total", "UDP replies sent with TC.", m.truncated);
+    counter("mesd_dns_rate_limited_dropped_total", "UDP answers not sent: their source prefix was over dns.rateLimit.",
+            m.rate_limited_dropped);
+    counter("mesd_dns_rate_limited_slipped_total", "UDP answers sent as TC alone: their source prefix was over dns.rateLimit.",
+            m.rate_limited_slipped);
     counter("mesd_dns_upstream_timeouts_total", "Upstream queries that timed out.", m.upstream_timeouts);
     counter("mesd_dns_upstream_failures_total", "Forwarded queries answered SERVFAIL after every upstream failed.",
             m.upstream_failures);
@@ -597,10 +601,6 @@ std::string Daemon::metrics_text()
     counter("mesd_dns_forward_overload_total", "Queries refused because maxInFlight were outstanding.", m.forward_overload);
     counter("mesd_dns_tcp_connections_total", "TCP connections accepted.", m.tcp_connections);
     counter("mesd_dns_tcp_refused_total", "TCP connections closed at once: over tcpMaxClients.", m.tcp_refused);
-    counter("mesd_dns_rate_limited_dropped_total", "UDP answers not sent: their source prefix was over dns.rateLimit.",
-            m.rate_limited_dropped);
-    counter("mesd_dns_rate_limited_slipped_total", "UDP answers sent as TC alone: their source prefix was over dns.rateLimit.",
-            m.rate_limited_slipped);
     gauge("mesd_dns_forward_in_flight", "Upstream queries outstanding.", server_->in_flight());
     out += "# HELP mesd_dns_latency_seconds Time from receiving a query to sending its reply.\n"
            "# TYPE mesd_dns_latency_seconds histogram\n";

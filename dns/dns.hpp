@@ -189,6 +189,8 @@ struct Metrics {
     std::uint64_t forwarded = 0;           // sent upstream
     std::uint64_t dropped = 0;             // not a query, or not even a header
     std::uint64_t truncated = 0;           // replies sent with TC
+    std::uint64_t rate_limited_dropped = 0;  // UDP answers not sent: over dns.rateLimit
+    std::uint64_t rate_limited_slipped = 0;  // UDP answers sent as TC instead: over dns.rateLimit
     std::uint64_t upstream_timeouts = 0;   // an upstream did not answer in time
     std::uint64_t upstream_failures = 0;   // every upstream failed: SERVFAIL
     std::uint64_t upstream_mismatched = 0; // answers ignored: wrong ID, source or question
@@ -196,8 +198,6 @@ struct Metrics {
     std::uint64_t forward_overload = 0;    // refused because maxInFlight were outstanding
     std::uint64_t tcp_connections = 0;
     std::uint64_t tcp_refused = 0;         // over tcpMaxClients
-    std::uint64_t rate_limited_dropped = 0;  // UDP answers not sent: over dns.rateLimit
-    std::uint64_t rate_limited_slipped = 0;  // UDP answers sent as TC instead: over dns.rateLimit
     // Latency from receipt to reply, in these upper bounds (seconds), plus the rest.
     static constexpr std::array<double, 12> bounds = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                                                       0.01,   0.025,   0.05,   0.1,   0.5,    2.0};
