@@ -84,6 +84,11 @@ bench-deps:
 bench-store: build
 	$(BUILD_DIR)/bench/bench_store $(BUILD_DIR)/cmd/mesctl 100000
 
+# The cost of one response-rate-limit check (dns.rateLimit), in-process.
+.PHONY: bench-rrl
+bench-rrl: build
+	$(BUILD_DIR)/bench/bench_rrl
+
 # mesd against Knot and NSD on the same zone (dnsperf, interleaved rounds).
 bench-dns: build bench-deps
 	bench/dns_bench.sh $(BUILD_DIR)

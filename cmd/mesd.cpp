@@ -588,6 +588,10 @@ std::string Daemon::metrics_text()
     counter("mesd_dns_forwarded_total", "Queries forwarded upstream.", m.forwarded);
     counter("mesd_dns_dropped_total", "Packets dropped: responses or shorter than a header.", m.dropped);
     counter("mesd_dns_truncated_total", "UDP replies sent with TC.", m.truncated);
+    counter("mesd_dns_rate_limited_dropped_total", "UDP answers not sent: their source prefix was over dns.rateLimit.",
+            m.rate_limited_dropped);
+    counter("mesd_dns_rate_limited_slipped_total", "UDP answers sent as TC alone: their source prefix was over dns.rateLimit.",
+            m.rate_limited_slipped);
     counter("mesd_dns_upstream_timeouts_total", "Upstream queries that timed out.", m.upstream_timeouts);
     counter("mesd_dns_upstream_failures_total", "Forwarded queries answered SERVFAIL after every upstream failed.",
             m.upstream_failures);
@@ -739,6 +743,10 @@ int Daemon::run()
     options.forward_timeout = config_.dns.forward.timeout;
     options.allow = config_.dns.forward.allow;
     options.max_in_flight = config_.dns.forward.max_in_flight;
+    const auto& rate_limit = config_.dns.rate_limit;
+    options.rate_limit = {rate_limit.responses_per_second, rate_limit.burst, rate_limit.slip,
+                          rate_limit.ipv4_prefix_length, rate_limit.ipv6_prefix_length, rate_limit.table_size,
+                          rate_limit.exempt};
     if (options.forward_enabled && options.upstreams.empty()) options.upstreams = dns::system_upstreams(config_.dns.listen);
     server_ = std::make_unique<dns::Server>(&loop_, responder_, source_, options);
     if (auto started = server_->start(); !started) {
@@ -751,6 +759,14 @@ int Daemon::run()
     for (const auto& u : options.upstreams) upstreams += (upstreams.empty() ? "" : ",") + u.to_string();
     for (const auto& b : server_->bound())
         log::info("dns", "listening", {{"addr", b}, {"forward", options.forward_enabled ? upstreams : "off"}});
+    if (rate_limit.responses_per_second > 0)
+        log::info("dns", "rate limiting UDP answers",
+                  {{"per_second", std::to_string(rate_limit.responses_per_second)},
+                   {"burst", std::to_string(rate_limit.burst ? rate_limit.burst : rate_limit.responses_per_second)},
+                   {"slip", std::to_string(rate_limit.slip)},
+                   {"prefixes", "/" + std::to_string(rate_limit.ipv4_prefix_length) + " /" +
+                                    std::to_string(rate_limit.ipv6_prefix_length)},
+                   {"exempt", std::to_string(rate_limit.exempt.size()) + " networks"}});
 
     admin_ = std::make_unique<cmd::Admin>(&loop_, [this](const std::string& path) { return admin(path); });
     auto admin_addr = admin_->start(config_.admin.listen);

@@ -285,6 +285,17 @@ struct Config {
                                               "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"};
             std::uint32_t max_in_flight = 4096;  // upstream queries outstanding at once
         } forward;
+        // UDP response rate limiting per source prefix; the defaults are Knot DNS's: off, /24
+        // and /56 groups, every limited answer slipped as TC, a table of 393241 buckets.
+        struct RateLimit {
+            std::uint32_t responses_per_second = 0;  // 0: off
+            std::uint32_t burst = 0;                 // 0: responsesPerSecond
+            std::uint32_t slip = 1;
+            std::uint32_t ipv4_prefix_length = 24;
+            std::uint32_t ipv6_prefix_length = 56;
+            std::uint32_t table_size = 393241;
+            std::vector<std::string> exempt = {"127.0.0.0/8", "::1/128"};
+        } rate_limit;
     } dns;
     struct Vip {
         std::string ipv4 = "242.0.0.0/8";

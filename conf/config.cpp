@@ -220,6 +220,18 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
                              "a CIDR such as 10.0.0.0/8 or fc00::/7");
                 read.integer(fwd, "maxInFlight", c.dns.forward.max_in_flight, 1, 1'000'000);
             }
+            Fields rrl(r, dns.take("rateLimit"), "dns.rateLimit");
+            if (rrl.ok()) {
+                auto& l = c.dns.rate_limit;
+                read.integer(rrl, "responsesPerSecond", l.responses_per_second, 0, 1'000'000);
+                read.integer(rrl, "burst", l.burst, 0, 1'000'000);
+                read.integer(rrl, "slip", l.slip, 0, 100);  // Knot's range
+                read.integer(rrl, "ipv4PrefixLength", l.ipv4_prefix_length, 8, 32);
+                read.integer(rrl, "ipv6PrefixLength", l.ipv6_prefix_length, 16, 128);
+                read.integer(rrl, "tableSize", l.table_size, 1, 16'777'216);
+                read.strings(rrl, "exempt", l.exempt, [](const std::string& s) { return valid_any_cidr(s); },
+                             "a CIDR such as 127.0.0.0/8 or ::1/128");
+            }
         }
     }
     {

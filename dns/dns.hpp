@@ -205,6 +205,8 @@ struct Metrics {
     std::uint64_t forwarded = 0;           // sent upstream
     std::uint64_t dropped = 0;             // not a query, or not even a header
     std::uint64_t truncated = 0;           // replies sent with TC
+    std::uint64_t rate_limited_dropped = 0;  // UDP answers not sent: over dns.rateLimit
+    std::uint64_t rate_limited_slipped = 0;  // UDP answers sent as TC instead: over dns.rateLimit
     std::uint64_t upstream_timeouts = 0;   // an upstream did not answer in time
     std::uint64_t upstream_failures = 0;   // every upstream failed: SERVFAIL
     std::uint64_t upstream_mismatched = 0; // answers ignored: wrong ID, source or question
@@ -225,6 +227,17 @@ struct Metrics {
     void observe(double seconds, std::uint64_t replies = 1);
 };
 
+// Response rate limiting of UDP answers per source prefix (dns/rate_limit.hpp).
+struct RateLimitSettings {
+    std::uint32_t responses_per_second = 0;  // per prefix; 0: no limit
+    std::uint32_t burst = 0;                 // answers at once after a quiet spell; 0: one second's
+    std::uint32_t slip = 1;                  // every Nth limited answer goes out as TC; 0: none
+    unsigned ipv4_prefix = 24;
+    unsigned ipv6_prefix = 56;
+    std::uint32_t table_size = 393241;       // buckets, fixed; prefixes that collide share one
+    std::vector<std::string> exempt = {"127.0.0.0/8", "::1/128"};  // CIDRs never limited
+};
+
 struct ServerOptions {
     std::vector<conf::HostPort> listen;
     std::chrono::milliseconds tcp_idle_timeout{10000};
@@ -237,6 +250,7 @@ struct ServerOptions {
     std::chrono::milliseconds forward_timeout{2000};
     std::vector<std::string> allow;  // CIDRs
     std::uint32_t max_in_flight = 4096;
+    RateLimitSettings rate_limit;
 };
 
 // UDP and TCP listeners on a libuv loop, answering through a Responder and forwarding the

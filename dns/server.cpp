@@ -5,6 +5,7 @@
 // every upstream fails). Every handle is owned by one object that frees itself in the last
 // close callback; no callback lets an exception out.
 #include "dns/dns.hpp"
+#include "dns/rate_limit.hpp"
 
 #include <uv.h>
 
@@ -195,6 +196,23 @@ std::vector<std::uint8_t> truncated_copy(std::span<const std::uint8_t> reply,
     return out;
 }
 
+// The same cut made in place, for an answer the rate limit lets out only as TC (what Knot and
+// NSD call a slip): no allocation on the batch path. Returns the new size.
+std::size_t truncate_in_place(std::span<std::uint8_t> reply)
+{
+    if (reply.size() < 12) return reply.size();
+    bool has_question = reply[4] != 0 || reply[5] != 0;
+    std::size_t end = has_question ? question_end(reply) : 0;
+    if (end == 0) end = 12;
+    auto opt = has_question ? opt_record(reply) : std::span<const std::uint8_t>{};
+    // The OPT record lies after the question: moving it down overwrites nothing it still needs.
+    if (!opt.empty()) std::memmove(reply.data() + end, opt.data(), opt.size());
+    reply[2] |= 0x02;
+    for (std::size_t i = 6; i < 12; ++i) reply[i] = 0;
+    if (!opt.empty()) reply[11] = 1;  // ARCOUNT
+    return end + opt.size();
+}
+
 // A reply the outgoing link will not carry unfragmented, cut to TC; empty when cutting would
 // not make it smaller (it is cut already).
 std::vector<std::uint8_t> cut_for_link(std::span<const std::uint8_t> reply)
@@ -289,6 +307,7 @@ struct Server::Impl {
     Metrics metrics;
     std::vector<vip::Pool> allow;
     std::vector<sockaddr_storage> upstreams;
+    std::optional<RateLimiter> limiter;  // UDP only, when dns.rateLimit sets a rate
 
     std::list<UdpListener*> udp_listeners;
     std::list<uv_tcp_t*> tcp_listeners;
@@ -873,12 +892,25 @@ bool UdpListener::read_batch()
     constexpr std::uint16_t qtype_a = 1, qtype_aaaa = 28, rcode_noerror = 0, rcode_nxdomain = 3;
     std::array<std::array<std::uint32_t, 2>, 2> fast_counts{};  // [is AAAA][is NXDOMAIN]
     Server::Impl& s = *server;
+    // Rate limiting comes first: a dropped answer costs no lookup (nor a prefetch), which is
+    // what most of a flood gets.
+    std::array<RateLimiter::Verdict, mmsg_width> verdicts;
+    verdicts.fill(RateLimiter::Verdict::pass);
+    if (s.limiter) {
+        auto now_ms = static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::milliseconds>(received.time_since_epoch()).count());
+        for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i)
+            if (!(in[i].msg_hdr.msg_flags & MSG_TRUNC))  // dropped below, and no answer to count
+                verdicts[i] = s.limiter->check(reinterpret_cast<const sockaddr*>(&from[i]), now_ms);
+    }
     if (s.responder.settings().fast_path) {
         std::array<std::span<const std::uint8_t>, mmsg_width> queries;
+        std::size_t answering = 0;
         for (int i = 0; i < n; ++i)
-            queries[static_cast<std::size_t>(i)] = {buffer.data() + static_cast<std::size_t>(i) * query_slot,
-                                                    in[static_cast<std::size_t>(i)].msg_len};
-        s.responder.prefetch(std::span(queries.data(), static_cast<std::size_t>(n)), s.source);
+            if (verdicts[static_cast<std::size_t>(i)] != RateLimiter::Verdict::drop)
+                queries[answering++] = {buffer.data() + static_cast<std::size_t>(i) * query_slot,
+                                        in[static_cast<std::size_t>(i)].msg_len};
+        s.responder.prefetch(std::span(queries.data(), answering), s.source);
     }
     for (int i = 0; i < n; ++i) {
         const auto* src = reinterpret_cast<const sockaddr*>(&from[static_cast<std::size_t>(i)]);
@@ -886,16 +918,39 @@ bool UdpListener::read_batch()
             ++s.metrics.dropped;
             continue;
         }
+        auto verdict = verdicts[static_cast<std::size_t>(i)];
+        if (verdict == RateLimiter::Verdict::drop) {
+            ++s.metrics.rate_limited_dropped;
+            continue;
+        }
+        bool slip = verdict == RateLimiter::Verdict::slip;
         std::span<const std::uint8_t> query(buffer.data() + static_cast<std::size_t>(i) * query_slot,
                                             in[static_cast<std::size_t>(i)].msg_len);
         Client client{false, s.may_forward(src)};
         FastReply& f = fast[replies];
         if (s.responder.settings().fast_path && s.responder.answer_fast(query, client, s.source, f)) {
             ++fast_counts[f.qtype == qtype_aaaa ? 1 : 0][f.rcode == rcode_nxdomain ? 1 : 0];
+            if (slip) {
+                f.size = static_cast<std::uint16_t>(truncate_in_place(std::span(f.wire.data(), f.size)));
+                ++s.metrics.rate_limited_slipped;
+                ++s.metrics.truncated;
+            }
             queue_reply(from[static_cast<std::size_t>(i)], f.wire.data(), f.size);
             continue;
         }
         Response r = s.responder.answer_general(query, client, s.source);
+        if (slip && r.action == Action::forward) {
+            // Nothing goes upstream for a limited source: it gets the empty TC reply it would
+            // have had for a local name, and may ask again over TCP.
+            r.wire = s.responder.error_reply(query, 0, r.client_udp_size);
+            r.action = r.wire.empty() ? Action::drop : Action::reply;
+            r.rcode = 0;
+        }
+        if (slip && r.action == Action::reply) {
+            r.wire.resize(truncate_in_place(r.wire));
+            r.truncated = true;
+            ++s.metrics.rate_limited_slipped;
+        }
         s.count(r);
         if (r.action == Action::drop) {
             ++s.metrics.dropped;
@@ -1174,6 +1229,7 @@ std::expected<void, std::string> Server::start()
         if (auto p = vip::Pool::parse(cidr)) s.allow.push_back(*p);
     for (const auto& u : s.options.upstreams)
         if (auto a = to_sockaddr(u)) s.upstreams.push_back(*a);
+    if (s.options.rate_limit.responses_per_second > 0) s.limiter.emplace(s.options.rate_limit);
 
     for (const auto& hp : s.options.listen) {
         auto addr = to_sockaddr(hp);
