@@ -76,16 +76,17 @@ TEST_CASE("forward: an upstream that is mesd's own listening address is left out
 
 TEST_CASE("forward: listening on every address with resolv.conf naming the host's own address, checked again on change")
 {
-    // The usual VM set-up, in a namespace of our own: mesd on :53, an interface address, and
+    // The usual VM set-up, in a namespace of our own: mesd on :53, an interface address (a veth pair's), and
     // resolv.conf (bind-mounted over /etc/resolv.conf by `ip netns exec`) naming that address.
     Namespace ns("mesd-fwd-self");
     struct Cleanup {
         std::string dir;
         ~Cleanup() { std::filesystem::remove_all(dir); }
     } cleanup{"/etc/netns/" + ns.name};
-    REQUIRE(ns.in({"/usr/sbin/ip", "link", "add", "d0", "type", "dummy"}).exit_code == 0);
+    REQUIRE(ns.in({"/usr/sbin/ip", "link", "add", "d0", "type", "veth", "peer", "name", "d1"}).exit_code == 0);
     REQUIRE(ns.in({"/usr/sbin/ip", "addr", "add", "10.77.0.1/24", "dev", "d0"}).exit_code == 0);
     REQUIRE(ns.in({"/usr/sbin/ip", "link", "set", "d0", "up"}).exit_code == 0);
+    REQUIRE(ns.in({"/usr/sbin/ip", "link", "set", "d1", "up"}).exit_code == 0);
     std::filesystem::create_directories(cleanup.dir);
     auto resolv_conf = cleanup.dir + "/resolv.conf";
     std::ofstream(resolv_conf) << "nameserver 10.77.0.1\n";
