@@ -788,6 +788,13 @@ struct Forward {
             return;
         }
         current().answered(Clock::now() - attempt_sent);
+        if (!client_edns && (answer[3] & 0x0f) == 1 /* FORMERR */ && query.size() != original.size()) {
+            // An upstream that knows no EDNS refuses the OPT record mesd added (RFC 6891
+            // section 7): asked again as the client asked, without the loop mark.
+            query = original;
+            try_udp();
+            return;
+        }
         if (answer[2] & 0x02) {  // TC: ask the same upstream over TCP
             ++server.metrics.upstream_tcp_retries;
             try_tcp();

@@ -184,6 +184,31 @@ TEST_CASE("forward: a client without EDNS gets no OPT record back, a client with
     CHECK(big[11] == 0);  // ARCOUNT: no OPT
 }
 
+TEST_CASE("forward: an upstream that answers FORMERR to EDNS is asked again as the client asked")
+{
+    // An upstream from before EDNS: FORMERR for any query with an additional record.
+    std::atomic<int> formerrs = 0;
+    FakeUpstream old([&](int fd, const std::vector<std::uint8_t>& q, const sockaddr_in& from) {
+        std::uint16_t id = static_cast<std::uint16_t>((q[0] << 8) | q[1]);
+        std::vector<std::uint8_t> r;
+        if (q[11] != 0) {
+            ++formerrs;
+            r.assign(q.begin(), q.end());
+            r[2] |= 0x80;
+            r[3] = (r[3] & 0xf0) | 1;
+        } else {
+            r = a_reply(q, id, 88);
+        }
+        ::sendto(fd, r.data(), r.size(), 0, reinterpret_cast<const sockaddr*>(&from), sizeof from);
+    });
+    Fixture f(forwarding({old.port}));
+    auto reply = udp_exchange(f.mesd->dns_port(), raw_query("www.old.test"));
+    REQUIRE(reply.size() >= 12);
+    CHECK(rcode_of(reply) == 0);
+    CHECK(reply.back() == 88);
+    CHECK(formerrs == 1);
+}
+
 TEST_CASE("forward: memory per pending forward is bounded at maxInFlight")
 {
     FakeUpstream silent(nullptr);
