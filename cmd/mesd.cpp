@@ -602,6 +602,8 @@ std::string Daemon::metrics_text()
             m.forward_loops);
     counter("mesd_dns_upstream_probes_total", "Queries sent to a backed-off upstream to see if it answers again.",
             m.upstream_probes);
+    counter("mesd_dns_forward_backed_off_total", "Queries answered SERVFAIL at once: every upstream backed off.",
+            m.forward_backed_off);
     {
         // One series per upstream now in use, best first.
         auto upstreams = server_->upstreams();

@@ -356,14 +356,16 @@ struct Upstream {
         srtt = 0.875 * srtt + 0.125 * r;
     }
 
-    // A timeout while already backed off says nothing new (the forwards that chose it before
-    // it failed time out one after another); otherwise the back-off doubles, 1 s up to 64 s.
+    // A timeout while already backed off or probed says nothing new (the forwards that chose
+    // it before it failed time out one after another). The first may be one lost datagram:
+    // a probe goes out at once. A probe's timeout confirms it: the next probe waits 1 s, then
+    // 2 s, doubling up to 64 s.
     void timed_out(Clock::time_point now)
     {
         ++timeouts;
-        if (suspect() && now < backoff_until) return;
+        if (suspect() && (probing || now < backoff_until)) return;
         ++failures;
-        backoff_until = now + std::chrono::seconds(1) * (1u << std::min<std::uint32_t>(failures - 1, 6));
+        backoff_until = failures == 1 ? now : now + std::chrono::seconds(1) * (1u << std::min<std::uint32_t>(failures - 2, 6));
     }
 };
 
@@ -471,6 +473,7 @@ struct Server::Impl {
     // The upstreams to try for one query, best first; starts a probe of each backed-off one
     // whose time has come.
     std::vector<std::shared_ptr<Upstream>> ranked(Clock::time_point now, bool start_probes = true);
+    void start_due_probes(Clock::time_point now);
     // The upstreams from the config or resolv.conf, less mesd's own addresses.
     void refresh_upstreams(bool at_start);
     bool is_own(const sockaddr* address, const std::vector<sockaddr_storage>& interfaces) const;
@@ -685,7 +688,9 @@ struct Forward {
         uv_timer_start(&timer, [](uv_timer_t* t) {
             auto* f = static_cast<Forward*>(t->data);
             ++f->server.metrics.upstream_timeouts;
-            f->current().timed_out(Clock::now());
+            auto now = Clock::now();
+            f->current().timed_out(now);
+            f->server.start_due_probes(now);  // a lost datagram is found out before the next query
             f->next();
         }, static_cast<std::uint64_t>(wait.count()), 0);
     }
@@ -926,21 +931,22 @@ struct Probe {
                                       answer.size() < 12 || !(answer[2] & 0x80) || get_id(answer) != get_id(p->query) ||
                                       !same_question(p->query, answer))
                                       return;
-                                  p->upstream->answered(Clock::now() - p->sent);
                                   p->close();
+                                  p->upstream->answered(Clock::now() - p->sent);
                               }) < 0 ||
             uv_udp_try_send(&udp, &buf, 1, to) < 0) {
-            upstream->timed_out(Clock::now());
             close();
+            upstream->timed_out(Clock::now());
             return;
         }
         uv_timer_start(&timer, [](uv_timer_t* t) {
             auto* p = static_cast<Probe*>(t->data);
-            p->upstream->timed_out(Clock::now());
             p->close();
+            p->upstream->timed_out(Clock::now());
         }, static_cast<std::uint64_t>(server.options.forward_timeout.count()), 0);
     }
 
+    // Ends the probe; `upstream` stays valid until the close callbacks run.
     void close()
     {
         if (done) return;
@@ -969,16 +975,21 @@ std::vector<std::shared_ptr<Upstream>> Server::Impl::ranked(Clock::time_point no
         // Unmeasured upstreams first (srtt 0): each gets its first sample from real traffic.
         return a->srtt < b->srtt;
     });
-    if (start_probes && !stopping)
-        for (const auto& u : order)
-            if (u->suspect() && !u->probing && now >= u->backoff_until) {
-                ++metrics.upstream_probes;
-                auto* p = new Probe(*this, u);
-                probes.push_front(p);
-                p->self = probes.begin();
-                p->start();
-            }
+    if (start_probes) start_due_probes(now);
     return order;
+}
+
+void Server::Impl::start_due_probes(Clock::time_point now)
+{
+    if (stopping) return;
+    for (const auto& u : upstreams)
+        if (u->suspect() && !u->probing && now >= u->backoff_until) {
+            ++metrics.upstream_probes;
+            auto* p = new Probe(*this, u);
+            probes.push_front(p);
+            p->self = probes.begin();
+            p->start();
+        }
 }
 
 void TcpConnection::close()
@@ -1021,6 +1032,18 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
         else if (!reply.empty()) static_cast<UdpListener*>(udp->data)->send_one(client, std::move(reply));
         return;
     }
+    auto order = ranked(Clock::now());
+    if (!order.empty() && std::ranges::all_of(order, [](const auto& u) { return u->suspect(); })) {
+        // Every upstream has just timed out and is being probed, or has failed its probe too:
+        // waiting on them would only make the client's resolver wait (glibc asks twice, for
+        // each search domain, for A and AAAA: 16 waits). SERVFAIL now moves it on at once.
+        ++metrics.forward_backed_off;
+        auto reply = responder.error_reply(query, 2 /* SERVFAIL */, tcp ? 65535 : r.client_udp_size);
+        ++metrics.replies_by_rcode[2];
+        if (tcp) tcp->send(std::move(reply));
+        else if (!reply.empty()) static_cast<UdpListener*>(udp->data)->send_one(client, std::move(reply));
+        return;
+    }
     ++metrics.forwarded;
     auto* f = new Forward(*this);
     forwards.push_front(f);
@@ -1033,7 +1056,7 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
     f->client_udp_size = r.client_udp_size;
     f->received = received;
     f->deadline = received + options.forward_max_wait;
-    f->order = ranked(Clock::now());
+    f->order = std::move(order);
     if (tcp) {
         f->via_tcp = true;
         f->tcp_client = tcp;

@@ -271,37 +271,42 @@ TEST_CASE("forward: a silent upstream is backed off, so the second lookup onward
         CHECK(answer == "127.0.0.77");
         CHECK(took < 100ms);
     }
-    auto metrics = f.mesd->admin_get("/metrics");
+    // The timeout started a probe of the silent upstream at once (one lost datagram would
+    // have been forgiven by its answer); the probe's own timeout confirmed it dead.
     std::string silent_label = "{upstream=\"127.0.0.1:" + std::to_string(silent.port) + "\"}";
     std::string real_label = "{upstream=\"127.0.0.1:" + std::to_string(real.port) + "\"}";
+    CHECK(eventually([&] {
+        return metric(f.mesd->admin_get("/metrics"), "mesd_dns_upstream_consecutive_failures" + silent_label) == 2;
+    }, 1s));
+    auto metrics = f.mesd->admin_get("/metrics");
+    CHECK(metric(metrics, "mesd_dns_upstream_probes_total") == 1);
     CHECK(metric(metrics, "mesd_dns_upstream_backed_off" + silent_label) == 1);
-    CHECK(metric(metrics, "mesd_dns_upstream_consecutive_failures" + silent_label) == 1);
     CHECK(metric(metrics, "mesd_dns_upstream_backed_off" + real_label) == 0);
     CHECK(metric(metrics, "mesd_dns_upstream_srtt_seconds" + real_label) > 0);
     CHECK(metric(metrics, "mesd_dns_upstream_srtt_seconds" + real_label) < 0.05);
     CHECK(metric(metrics, "mesd_dns_upstream_answers_total" + real_label) == 6);
-    CHECK(metric(metrics, "mesd_dns_upstream_timeouts_total") == 1);
+    CHECK(metric(metrics, "mesd_dns_upstream_timeouts_total") == 1);  // forwards' timeouts, not the probe's
+    CHECK(metric(metrics, "mesd_dns_forward_backed_off_total") == 0);  // a healthy upstream was left
     // The best is listed first.
     CHECK(metrics.find("mesd_dns_upstream_srtt_seconds" + real_label) < metrics.find("mesd_dns_upstream_srtt_seconds" + silent_label));
 
-    // After its first back-off (1 s) a lookup starts a probe of the silent one, and does not
-    // wait for it; the probe's timeout doubles the back-off.
+    // After its back-off (1 s) a lookup starts the next probe and does not wait for it; the
+    // probe's timeout doubles the back-off.
     std::this_thread::sleep_for(1100ms);
     auto [later, later_took] = timed("later.fwd.test");
     CHECK(later == "127.0.0.77");
     CHECK(later_took < 100ms);
     CHECK(eventually([&] {
-        auto m = f.mesd->admin_get("/metrics");
-        return metric(m, "mesd_dns_upstream_consecutive_failures" + silent_label) == 2;
+        return metric(f.mesd->admin_get("/metrics"), "mesd_dns_upstream_consecutive_failures" + silent_label) == 3;
     }, 1s));
     metrics = f.mesd->admin_get("/metrics");
-    CHECK(metric(metrics, "mesd_dns_upstream_probes_total") == 1);
+    CHECK(metric(metrics, "mesd_dns_upstream_probes_total") == 2);
     CHECK(metric(metrics, "mesd_dns_upstream_backed_off" + silent_label) == 1);
 }
 
-TEST_CASE("forward: a dead upstream that answers again is taken back after a probe")
+TEST_CASE("forward: an upstream that missed one query is taken back when its probe is answered")
 {
-    // An upstream that stays silent for its first query only.
+    // An upstream that stays silent for its first query only: a lost datagram.
     std::atomic<int> seen = 0;
     FakeUpstream flaky([&](int fd, const std::vector<std::uint8_t>& q, const sockaddr_in& from) {
         if (seen++ == 0) return;
@@ -309,15 +314,49 @@ TEST_CASE("forward: a dead upstream that answers again is taken back after a pro
         auto r = a_reply(q, id, 99);
         ::sendto(fd, r.data(), r.size(), 0, reinterpret_cast<const sockaddr*>(&from), sizeof from);
     });
-    Dir dir;
-    Dnsmasq real(dir.path);
-    Fixture f(forwarding({flaky.port, real.port}, "200ms"));
-    CHECK(f.short_answer("www.fwd.test") == "127.0.0.77");  // flaky timed out, real answered
+    Fixture f(forwarding({flaky.port}, "200ms"));
+    auto lost = udp_exchange(f.mesd->dns_port(), raw_query("www.fwd.test"), 2000ms);
+    CHECK(rcode_of(lost) == 2);  // its only upstream timed out
     std::string label = "{upstream=\"127.0.0.1:" + std::to_string(flaky.port) + "\"}";
-    CHECK(metric(f.mesd->admin_get("/metrics"), "mesd_dns_upstream_backed_off" + label) == 1);
-    std::this_thread::sleep_for(1100ms);
-    CHECK(f.short_answer("www.fwd.test") == "127.0.0.77");  // starts the probe, answered by real
     CHECK(eventually([&] { return metric(f.mesd->admin_get("/metrics"), "mesd_dns_upstream_backed_off" + label) == 0; }, 1s));
+    auto back = udp_exchange(f.mesd->dns_port(), raw_query("www.fwd.test"), 2000ms);
+    REQUIRE(rcode_of(back) == 0);
+    CHECK(back.back() == 99);
+    auto metrics = f.mesd->admin_get("/metrics");
+    CHECK(metric(metrics, "mesd_dns_upstream_probes_total") == 1);
+    CHECK(metric(metrics, "mesd_dns_forward_backed_off_total") == 0);
+}
+
+TEST_CASE("forward: with every upstream dead, SERVFAIL comes at once, and glibc's search list is walked in one wait")
+{
+    // A namespace whose resolv.conf points at mesd, with two search domains and ndots:5, as
+    // in a Kubernetes pod: mes-http.mesh is asked with each suffix first, A and AAAA, twice
+    // each on SERVFAIL. Its only upstream never answers (nothing listens there).
+    Namespace ns("mesd-fwd-ndots");
+    struct Cleanup {
+        std::string dir;
+        ~Cleanup() { std::filesystem::remove_all(dir); }
+    } cleanup{"/etc/netns/" + ns.name};
+    std::filesystem::create_directories(cleanup.dir);
+    std::ofstream(cleanup.dir + "/resolv.conf") << "nameserver 127.0.0.1\nsearch a.example b.example\noptions ndots:5\n";
+    MesdOptions o;
+    o.wrapper = ns.exec;
+    o.dns_listen = "127.0.0.1:53";
+    o.dns_section = "  forward:\n    upstreams: [\"127.0.0.1:5399\"]\n";
+    Fixture f(o);
+    auto started = std::chrono::steady_clock::now();
+    auto found = ns.in({"/usr/bin/getent", "hosts", "mes-http.mesh"});
+    auto took = std::chrono::steady_clock::now() - started;
+    CHECK(found.exit_code == 0);
+    CHECK_THAT(found.out, Catch::StartsWith("127.242.0.1"));
+    // One maxWait (1.8 s) for the first query; 16 waits of 2 s before.
+    CHECK(took < 2500ms);
+    auto metrics = ns.in({"/usr/bin/curl", "-s", "http://127.0.0.1:" + std::to_string(f.mesd->admin_port()) + "/metrics"}).out;
+    CHECK(metric(metrics, "mesd_dns_forwarded_total") == 1);
+    CHECK(metric(metrics, "mesd_dns_forward_backed_off_total") >= 3);
+    started = std::chrono::steady_clock::now();
+    CHECK(ns.in({"/usr/bin/getent", "hosts", "mes-http.mesh"}).exit_code == 0);
+    CHECK(std::chrono::steady_clock::now() - started < 500ms);
 }
 
 TEST_CASE("forward: maxWait caps a client's wait with every upstream silent, each upstream still tried")
