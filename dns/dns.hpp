@@ -216,8 +216,6 @@ struct ServerOptions {
     bool forward_enabled = true;
     std::vector<conf::HostPort> upstreams;
     std::chrono::milliseconds forward_timeout{2000};
-    std::vector<std::string> allow;  // CIDRs
-    std::uint32_t max_in_flight = 4096;
     // The longest a client waits for a forwarded answer, every upstream tried included; each
     // attempt gets at most `forward_timeout` and its share of what is left.
     std::chrono::milliseconds forward_max_wait{1800};
@@ -229,6 +227,8 @@ struct ServerOptions {
     // Called for what an operator must hear about: an upstream left out, no upstream at all, a
     // forwarding loop. One key and value each; absent: nothing is reported.
     std::function<void(std::string_view message, std::string_view key, const std::string& value)> on_warn;
+    std::vector<std::string> allow;  // CIDRs
+    std::uint32_t max_in_flight = 4096;
 };
 
 // What the forwarder knows about one upstream (RFC 6298's smoothed RTT and its variation,

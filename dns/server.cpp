@@ -1,9 +1,8 @@
 // The DNS server's I/O on libuv: UDP and TCP listeners (RFC 7766 framing, pipelining, idle
 // timeout, a client limit) and the forwarder (fresh ID and source port per query, answers
-// matched on ID, source and question, upstreams tried best first by smoothed RTT with dead
-// ones backed off, a total wait, TCP on TC, SERVFAIL when every upstream fails, loops
-// refused). Every handle is owned by one object that frees itself in the last close
-// callback; no callback lets an exception out.
+// matched on ID, source and question, a timeout per upstream, TCP on TC, SERVFAIL when
+// every upstream fails). Every handle is owned by one object that frees itself in the last
+// close callback; no callback lets an exception out.
 #include "dns/dns.hpp"
 
 #include <uv.h>
@@ -608,6 +607,10 @@ struct TcpConnection {
 };
 
 // ---- Forwarding -----------------------------------------------------------------------------
+//
+// Upstreams are tried best first by smoothed RTT, dead ones backed off and probed, within a
+// total wait (maxWait); upstreams that are mesd itself are left out, and a forwarded query
+// that comes back is answered SERVFAIL instead of going round again.
 
 struct Forward {
     Server::Impl& server;
@@ -1297,13 +1300,13 @@ void Server::Impl::on_tcp_connection(uv_stream_t* listener)
 
 void Server::Impl::maybe_stopped()
 {
-    if (!stopping || !forwards.empty() || !connections.empty() || live_probes > 0) return;
+    if (!stopping || !forwards.empty() || !connections.empty()) return;
     if (!udp_listeners.empty()) {
         for (auto* u : udp_listeners) u->close();
         udp_listeners.clear();
         return;
     }
-    if (open_listeners > 0) return;
+    if (open_listeners > 0 || live_probes > 0) return;
     if (on_stopped) {
         auto done = std::move(on_stopped);
         on_stopped = nullptr;
