@@ -44,7 +44,7 @@ std::size_t occurrences(const std::string& text, const std::string& what)
 
 }  // namespace
 
-TEST_CASE("forward: an upstream that is mesd's own listening address is left out, and no upstream is said so")
+TEST_CASE("forward: an upstream that is mesd's own listening address is left out and no upstream at all is said so")
 {
     Dir dir;
     Dnsmasq real(dir.path);
@@ -74,7 +74,7 @@ TEST_CASE("forward: an upstream that is mesd's own listening address is left out
     CHECK(metric(f.mesd->admin_get("/metrics"), "mesd_dns_forwarded_total") == 0);
 }
 
-TEST_CASE("forward: listening on every address with resolv.conf naming the host's own address, checked again on change")
+TEST_CASE("forward: listening on every address with resolv.conf naming the host's own address and checked again on change")
 {
     // The usual VM set-up, in a namespace of our own: mesd on :53, an interface address (a veth pair's), and
     // resolv.conf (bind-mounted over /etc/resolv.conf by `ip netns exec`) naming that address.
@@ -121,7 +121,7 @@ TEST_CASE("forward: listening on every address with resolv.conf naming the host'
     CHECK(metric(metrics(), "mesd_dns_forward_loops_total") == 0);
 }
 
-TEST_CASE("forward: a query that comes back through another forwarder is answered SERVFAIL once, not amplified")
+TEST_CASE("forward: a query that comes back through another forwarder is answered SERVFAIL once and not amplified")
 {
     // mesd -> dnsmasq 2.90 -> mesd: mesd must see its own query come back.
     Dir dir;
@@ -158,7 +158,7 @@ TEST_CASE("forward: a query that comes back through another forwarder is answere
     CHECK(before > 0);
 }
 
-TEST_CASE("forward: a client without EDNS gets no OPT record back, a client with EDNS gets its own")
+TEST_CASE("forward: a client without EDNS gets no OPT record back and a client with EDNS gets its own")
 {
     // mesd adds an OPT record to carry its loop mark; the reply's must not reach a client
     // that sent none (RFC 6891 section 7).
@@ -246,7 +246,7 @@ TEST_CASE("forward: memory per pending forward is bounded at maxInFlight")
     CHECK(full < 48 * 1024);
 }
 
-TEST_CASE("forward: a silent upstream is backed off, so the second lookup onward is fast, and probed again")
+TEST_CASE("forward: a silent upstream is backed off so the second lookup onward is fast and it is probed again")
 {
     FakeUpstream silent(nullptr);
     Dir dir;
@@ -327,7 +327,7 @@ TEST_CASE("forward: an upstream that missed one query is taken back when its pro
     CHECK(metric(metrics, "mesd_dns_forward_backed_off_total") == 0);
 }
 
-TEST_CASE("forward: with every upstream dead, SERVFAIL comes at once, and glibc's search list is walked in one wait")
+TEST_CASE("forward: with every upstream dead SERVFAIL comes at once and glibc's search list is walked in one wait")
 {
     // A namespace whose resolv.conf points at mesd, with two search domains and ndots:5, as
     // in a Kubernetes pod: mes-http.mesh is asked with each suffix first, A and AAAA, twice
@@ -359,7 +359,7 @@ TEST_CASE("forward: with every upstream dead, SERVFAIL comes at once, and glibc'
     CHECK(std::chrono::steady_clock::now() - started < 500ms);
 }
 
-TEST_CASE("forward: maxWait caps a client's wait with every upstream silent, each upstream still tried")
+TEST_CASE("forward: maxWait caps a client's wait with every upstream silent and each upstream is still tried")
 {
     FakeUpstream a(nullptr), b(nullptr);
     MesdOptions o = forwarding({a.port, b.port}, "2s");
