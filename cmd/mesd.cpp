@@ -610,6 +610,36 @@ std::string Daemon::metrics_text()
     counter("mesd_dns_tcp_evicted_total", "TCP connections closed to make room for a new one at tcpMaxClients.",
             m.tcp_evicted);
     gauge("mesd_dns_forward_in_flight", "Upstream queries outstanding.", server_->in_flight());
+    counter("mesd_dns_forward_loops_total", "Queries mesd forwarded that came back to it, answered SERVFAIL.",
+            m.forward_loops);
+    counter("mesd_dns_upstream_probes_total", "Queries sent to a backed-off upstream to see if it answers again.",
+            m.upstream_probes);
+    counter("mesd_dns_forward_backed_off_total", "Queries answered SERVFAIL at once: every upstream backed off.",
+            m.forward_backed_off);
+    {
+        // One series per upstream now in use, best first.
+        auto upstreams = server_->upstreams();
+        auto family = [&](const char* name, const char* type, const char* help, auto value) {
+            out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+            for (const auto& u : upstreams) {
+                char v[64];
+                std::snprintf(v, sizeof v, "%.6f", static_cast<double>(value(u)));
+                out += std::string(name) + "{upstream=\"" + u.address + "\"} " + v + "\n";
+            }
+        };
+        family("mesd_dns_upstream_srtt_seconds", "gauge", "Smoothed round-trip time of an upstream's UDP answers (0 before the first).",
+               [](const dns::UpstreamStatus& u) { return u.srtt_seconds; });
+        family("mesd_dns_upstream_rttvar_seconds", "gauge", "Variation of an upstream's round-trip time.",
+               [](const dns::UpstreamStatus& u) { return u.rttvar_seconds; });
+        family("mesd_dns_upstream_consecutive_failures", "gauge", "Timeouts in a row of an upstream.",
+               [](const dns::UpstreamStatus& u) { return u.failures; });
+        family("mesd_dns_upstream_backed_off", "gauge", "1 while an upstream is tried after every healthy one.",
+               [](const dns::UpstreamStatus& u) { return u.backed_off ? 1 : 0; });
+        family("mesd_dns_upstream_answers_total", "counter", "Answers from an upstream.",
+               [](const dns::UpstreamStatus& u) { return u.answers; });
+        family("mesd_dns_upstream_attempt_timeouts_total", "counter", "Queries to an upstream that timed out.",
+               [](const dns::UpstreamStatus& u) { return u.timeouts; });
+    }
     out += "# HELP mesd_dns_latency_seconds Time from receiving a query to sending its reply.\n"
            "# TYPE mesd_dns_latency_seconds histogram\n";
     std::uint64_t cumulative = 0;
@@ -747,7 +777,11 @@ int Daemon::run()
     options.rate_limit = {rate_limit.responses_per_second, rate_limit.burst, rate_limit.slip,
                           rate_limit.ipv4_prefix_length, rate_limit.ipv6_prefix_length, rate_limit.table_size,
                           rate_limit.exempt};
-    if (options.forward_enabled && options.upstreams.empty()) options.upstreams = dns::system_upstreams(config_.dns.listen);
+    options.forward_max_wait = config_.dns.forward.max_wait;
+    options.resolv_conf = "/etc/resolv.conf";  // when dns.forward.upstreams is empty
+    options.on_warn = [](std::string_view message, std::string_view key, const std::string& value) {
+        log::warn("dns", message, {{key, value}});
+    };
     server_ = std::make_unique<dns::Server>(&loop_, responder_, source_, options);
     if (auto started = server_->start(); !started) {
         log::error("dns", "cannot listen", {{"error", started.error()}});
@@ -756,7 +790,7 @@ int Daemon::run()
         return exit_failed;
     }
     std::string upstreams;
-    for (const auto& u : options.upstreams) upstreams += (upstreams.empty() ? "" : ",") + u.to_string();
+    for (const auto& u : server_->upstreams()) upstreams += (upstreams.empty() ? "" : ",") + u.address;
     for (const auto& b : server_->bound())
         log::info("dns", "listening", {{"addr", b}, {"forward", options.forward_enabled ? upstreams : "off"}});
     if (rate_limit.responses_per_second > 0)

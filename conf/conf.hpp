@@ -284,6 +284,10 @@ struct Config {
             std::vector<std::string> allow = {"127.0.0.0/8",    "::1/128",        "10.0.0.0/8",
                                               "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"};
             std::uint32_t max_in_flight = 4096;  // upstream queries outstanding at once
+            // The longest a client waits for a forwarded answer, every upstream tried included.
+            // 1.8 s as Unbound's serve-expired-client-timeout (RFC 8767 section 5's client
+            // response timer): a SERVFAIL well before glibc's 5 s retry.
+            Duration max_wait = std::chrono::milliseconds(1800);
         } forward;
         // UDP response rate limiting per source prefix; the defaults are Knot DNS's: off, /24
         // and /56 groups, every limited answer slipped as TC, a table of 393241 buckets.

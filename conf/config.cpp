@@ -102,7 +102,7 @@ class ConfigReader {
 public:
     ConfigReader(Reporter& r) : r_(r) {}
 
-    void duration(Fields& f, std::string_view key, Duration& out, bool allow_zero = false)
+    void duration(Fields& f, std::string_view key, Duration& out, bool allow_zero = false, Duration max = Duration::max())
     {
         auto node = f.take(key);
         auto text = read_string(r_, node, f.path(key));
@@ -110,6 +110,10 @@ public:
         auto d = parse_duration(*text);
         if (!d || (!allow_zero && d->count() == 0)) {
             r_.error(node, f.path(key), "must be a duration such as 500ms, 30s, 5m or 1h, got \"" + *text + "\"");
+            return;
+        }
+        if (*d > max) {
+            r_.error(node, f.path(key), "must be at most " + format_duration(max) + ", got \"" + *text + "\"");
             return;
         }
         out = *d;
@@ -219,6 +223,7 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
                 read.strings(fwd, "allow", c.dns.forward.allow, [](const std::string& s) { return valid_any_cidr(s); },
                              "a CIDR such as 10.0.0.0/8 or fc00::/7");
                 read.integer(fwd, "maxInFlight", c.dns.forward.max_in_flight, 1, 1'000'000);
+                read.duration(fwd, "maxWait", c.dns.forward.max_wait, false, std::chrono::minutes(1));
             }
             Fields rrl(r, dns.take("rateLimit"), "dns.rateLimit");
             if (rrl.ok()) {

@@ -212,6 +212,9 @@ struct Metrics {
     std::uint64_t upstream_mismatched = 0; // answers ignored: wrong ID, source or question
     std::uint64_t upstream_tcp_retries = 0;
     std::uint64_t forward_overload = 0;    // refused because maxInFlight were outstanding
+    std::uint64_t forward_loops = 0;       // queries mesd forwarded that came back to it: SERVFAIL
+    std::uint64_t upstream_probes = 0;     // queries sent to a backed-off upstream to see if it is back
+    std::uint64_t forward_backed_off = 0;  // SERVFAIL at once: every upstream backed off
     std::uint64_t tcp_connections = 0;
     std::uint64_t tcp_refused = 0;         // over tcpMaxClients, nothing to evict
     std::uint64_t tcp_io_timeouts = 0;     // a message or reply not through within tcpIoTimeout
@@ -248,9 +251,33 @@ struct ServerOptions {
     bool forward_enabled = true;
     std::vector<conf::HostPort> upstreams;
     std::chrono::milliseconds forward_timeout{2000};
+    // The longest a client waits for a forwarded answer, every upstream tried included; each
+    // attempt gets at most `forward_timeout` and its share of what is left.
+    std::chrono::milliseconds forward_max_wait{1800};
+    // When `upstreams` is empty: the nameservers of this file (port 53), read again when it
+    // changes. Upstreams that are one of mesd's own listening addresses are left out, checked
+    // again every `recheck_interval` (the file and the interface addresses may change).
+    std::string resolv_conf;
+    std::chrono::milliseconds recheck_interval{2000};
+    // Called for what an operator must hear about: an upstream left out, no upstream at all, a
+    // forwarding loop. One key and value each; absent: nothing is reported.
+    std::function<void(std::string_view message, std::string_view key, const std::string& value)> on_warn;
     std::vector<std::string> allow;  // CIDRs
     std::uint32_t max_in_flight = 4096;
     RateLimitSettings rate_limit;
+};
+
+// What the forwarder knows about one upstream (RFC 6298's smoothed RTT and its variation,
+// from UDP answers), for the metrics.
+struct UpstreamStatus {
+    std::string address;            // "10.0.0.2:53"
+    bool measured = false;          // srtt and rttvar hold at least one sample
+    double srtt_seconds = 0;
+    double rttvar_seconds = 0;
+    std::uint32_t failures = 0;     // timeouts in a row (reset by any answer)
+    bool backed_off = false;        // tried after every healthy upstream until it answers again
+    std::uint64_t answers = 0;
+    std::uint64_t timeouts = 0;
 };
 
 // UDP and TCP listeners on a libuv loop, answering through a Responder and forwarding the
@@ -270,6 +297,8 @@ public:
     std::vector<std::string> bound() const;
     const Metrics& metrics() const;
     std::size_t in_flight() const;
+    // The upstreams forwarded to now, best first.
+    std::vector<UpstreamStatus> upstreams() const;
 
     struct Impl;
 
@@ -281,6 +310,8 @@ private:
 // that a host pointing its resolver at mesd does not make mesd ask itself.
 std::vector<conf::HostPort> system_upstreams(const std::vector<conf::HostPort>& listen,
                                              const std::string& resolv_conf = "/etc/resolv.conf");
+// Every `nameserver` of `resolv_conf`, port 53, in order.
+std::vector<conf::HostPort> read_nameservers(const std::string& resolv_conf);
 
 // Name of a query type for metrics and logs ("A", "AAAA", ..., "TYPE65").
 std::string qtype_name(std::uint16_t qtype);

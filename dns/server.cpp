@@ -11,6 +11,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <ifaddrs.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -18,12 +19,14 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <deque>
 #include <limits>
 #include <list>
 #include <memory>
+#include <set>
 #include <tuple>
 #include <unordered_map>
 
@@ -222,6 +225,85 @@ std::vector<std::uint8_t> cut_for_link(std::span<const std::uint8_t> reply)
     return cut;
 }
 
+std::uint16_t read16(std::span<const std::uint8_t> m, std::size_t at)
+{
+    return static_cast<std::uint16_t>((m[at] << 8) | m[at + 1]);
+}
+void write16(std::vector<std::uint8_t>& m, std::size_t at, std::size_t value)
+{
+    m[at] = static_cast<std::uint8_t>((value >> 8) & 0xff);
+    m[at + 1] = static_cast<std::uint8_t>(value & 0xff);
+}
+
+// Every query mesd forwards carries an EDNS option of its own: code 65299, from the range
+// RFC 6891 section 9 leaves for local use, holding a token drawn at start. A query that
+// arrives with it is one mesd sent, come back through a forwarder that leads to mesd (or
+// through mesd itself): forwarding it again would loop until every slot is taken. dnsmasq
+// 2.90 passes unknown EDNS options through, so the loop is seen on its first turn. The
+// upstreams learn nothing from the token but that the queries come from one mesd.
+constexpr std::uint16_t loop_option_code = 65299;
+using LoopToken = std::array<std::uint8_t, 8>;
+constexpr std::size_t opt_fixed = 11;  // root name, type, class, TTL, RDLENGTH
+
+// The query with the loop option added: to its OPT record, or in an OPT record of its own
+// that asks for no more than a client without EDNS gets (512 bytes, RFC 6891 section 6.2.5).
+// False when the query cannot carry it (left unmarked).
+bool mark_query(std::vector<std::uint8_t>& q, const LoopToken& token)
+{
+    if (q.size() < 12) return false;
+    std::array<std::uint8_t, 4 + std::tuple_size_v<LoopToken>> option{};
+    option[0] = static_cast<std::uint8_t>(loop_option_code >> 8);
+    option[1] = static_cast<std::uint8_t>(loop_option_code & 0xff);
+    option[3] = static_cast<std::uint8_t>(token.size());
+    std::copy(token.begin(), token.end(), option.begin() + 4);
+    auto opt = opt_record(q);
+    if (!opt.empty()) {
+        auto at = static_cast<std::size_t>(opt.data() - q.data());
+        if (opt.size() < opt_fixed || q[at] != 0) return false;
+        std::size_t rdlength = read16(q, at + 9);
+        if (option.size() > 0xffff - rdlength) return false;
+        write16(q, at + 9, rdlength + option.size());
+        q.insert(q.begin() + static_cast<std::ptrdiff_t>(at + opt.size()), option.begin(), option.end());
+        return true;
+    }
+    std::size_t arcount = read16(q, 10);
+    if (arcount == 0xffff) return false;
+    const std::uint8_t record[opt_fixed] = {0, 0, 41, 0x02, 0x00, 0, 0, 0, 0, 0, static_cast<std::uint8_t>(option.size())};
+    q.insert(q.end(), std::begin(record), std::end(record));
+    q.insert(q.end(), option.begin(), option.end());
+    write16(q, 10, arcount + 1);
+    return true;
+}
+
+// Whether `q` carries the loop option with `token`: a query this mesd forwarded.
+bool marked_by(std::span<const std::uint8_t> q, const LoopToken& token)
+{
+    auto opt = opt_record(q);
+    if (opt.size() < opt_fixed) return false;
+    std::size_t pos = opt_fixed;
+    while (4 <= opt.size() - pos) {
+        std::size_t code = read16(opt, pos), len = read16(opt, pos + 2);
+        pos += 4;
+        if (len > opt.size() - pos) return false;
+        if (code == loop_option_code && len == token.size() && std::equal(token.begin(), token.end(), opt.begin() + static_cast<std::ptrdiff_t>(pos)))
+            return true;
+        pos += len;
+    }
+    return false;
+}
+
+// The reply without its OPT record, for a client that sent none (RFC 6891 section 7: an OPT
+// record only in a reply to a query that had one); the OPT came from the option mesd added.
+void strip_opt(std::vector<std::uint8_t>& reply)
+{
+    auto opt = opt_record(reply);
+    if (opt.empty()) return;
+    auto at = opt.data() - reply.data();
+    auto size = static_cast<std::ptrdiff_t>(opt.size());
+    reply.erase(reply.begin() + at, reply.begin() + at + size);
+    write16(reply, 10, read16(reply, 10) - 1u);
+}
+
 // Replies leave with DF set and are never fragmented here (RFC 9715 section 3.1). PROBE sets
 // DF but ignores path MTU reports, which anyone could forge to make replies fragment or fail;
 // a reply larger than the link takes fails with EMSGSIZE and goes out truncated instead.
@@ -256,6 +338,56 @@ struct UdpSend {
 
 struct TcpConnection;
 struct Forward;
+struct Probe;
+
+// One upstream and what answering has shown of it. Shared by the forwards that chose it: the
+// list can change (resolv.conf rewritten) while they are in flight.
+struct Upstream {
+    sockaddr_storage address{};
+    std::string name;
+    // RFC 6298 section 2, in seconds: srtt and rttvar from the first sample, then smoothed
+    // with gains 1/8 and 1/4, as Unbound and dnsdist rank their servers.
+    double srtt = 0;
+    double rttvar = 0;
+    bool measured = false;
+    std::uint32_t failures = 0;      // timeouts in a row
+    Clock::time_point backoff_until{};
+    bool probing = false;
+    std::uint64_t answers = 0;
+    std::uint64_t timeouts = 0;
+
+    // Failing upstreams come after every healthy one, soonest to be probed first.
+    bool suspect() const { return failures > 0; }
+
+    void answered(std::optional<Clock::duration> rtt)
+    {
+        ++answers;
+        failures = 0;
+        backoff_until = {};
+        if (!rtt) return;
+        double r = std::chrono::duration<double>(*rtt).count();
+        if (!measured) {
+            srtt = r;
+            rttvar = r / 2;
+            measured = true;
+            return;
+        }
+        rttvar = 0.75 * rttvar + 0.25 * std::abs(srtt - r);
+        srtt = 0.875 * srtt + 0.125 * r;
+    }
+
+    // A timeout while already backed off or probed says nothing new (the forwards that chose
+    // it before it failed time out one after another). The first may be one lost datagram:
+    // a probe goes out at once. A probe's timeout confirms it: the next probe waits 1 s, then
+    // 2 s, doubling up to 64 s.
+    void timed_out(Clock::time_point now)
+    {
+        ++timeouts;
+        if (suspect() && (probing || now < backoff_until)) return;
+        ++failures;
+        backoff_until = failures == 1 ? now : now + std::chrono::seconds(1) * (1u << std::min<std::uint32_t>(failures - 2, 6));
+    }
+};
 
 // A UDP listener. libuv reports the socket readable (a uv_poll_t on a second descriptor of
 // it); the datagrams are then read here, up to `mmsg_width` per recvmmsg, answered in order,
@@ -306,8 +438,19 @@ struct Server::Impl {
     ServerOptions options;
     Metrics metrics;
     std::vector<vip::Pool> allow;
-    std::vector<sockaddr_storage> upstreams;
+    std::vector<std::shared_ptr<Upstream>> upstreams;
     std::optional<RateLimiter> limiter;  // UDP only, when dns.rateLimit sets a rate
+    LoopToken loop_token{};
+    // One receive buffer for every forward and probe: libuv hands a datagram or a TCP read
+    // to its callback before the next read, and what is kept is copied out at its size.
+    std::vector<std::uint8_t> receive_buffer = std::vector<std::uint8_t>(max_udp);
+    std::vector<sockaddr_storage> bound_addresses;
+    std::set<std::string> refused_reported;
+    uv_timer_t recheck{};
+    bool recheck_open = false;
+    std::list<Probe*> probes;
+    std::size_t live_probes = 0;
+    std::optional<Clock::time_point> last_loop_report;
 
     std::list<UdpListener*> udp_listeners;
     std::list<uv_tcp_t*> tcp_listeners;
@@ -331,7 +474,11 @@ struct Server::Impl {
     Impl(uv_loop_t* l, const Responder& r, Source& s, ServerOptions o)
         : loop(l), responder(r), source(s), options(std::move(o))
     {
+        arc4random_buf(loop_token.data(), loop_token.size());
     }
+
+    Impl(const Impl&) = delete;
+    Impl& operator=(const Impl&) = delete;
 
     bool may_forward(const sockaddr* client) const
     {
@@ -349,6 +496,18 @@ struct Server::Impl {
             if (r.truncated) ++metrics.truncated;
         }
     }
+
+    void warn(std::string_view message, std::string_view key, const std::string& value) const
+    {
+        if (options.on_warn) options.on_warn(message, key, value);
+    }
+    // The upstreams to try for one query, best first; starts a probe of each backed-off one
+    // whose time has come.
+    std::vector<std::shared_ptr<Upstream>> ranked(Clock::time_point now, bool start_probes = true);
+    void start_due_probes(Clock::time_point now);
+    // The upstreams from the config or resolv.conf, less mesd's own addresses.
+    void refresh_upstreams(bool at_start);
+    bool is_own(const sockaddr* address, const std::vector<sockaddr_storage>& interfaces) const;
 
     void maybe_stopped();
     void on_tcp_connection(uv_stream_t* listener);
@@ -569,21 +728,30 @@ std::list<TcpConnection*>& TcpConnection::list_of(Place p)
 }
 
 // ---- Forwarding -----------------------------------------------------------------------------
+//
+// Upstreams are tried best first by smoothed RTT, dead ones backed off and probed, within a
+// total wait (maxWait); upstreams that are mesd itself are left out, and a forwarded query
+// that comes back is answered SERVFAIL instead of going round again.
 
 struct Forward {
     Server::Impl& server;
     std::list<Forward*>::iterator self;
-    std::vector<std::uint8_t> query;  // with our ID
+    std::vector<std::uint8_t> original;  // as the client sent it
+    std::vector<std::uint8_t> query;     // with our ID and the loop option
     std::uint16_t client_id = 0;
     std::uint16_t client_udp_size = 512;
+    bool client_edns = false;
     Clock::time_point received;
+    Clock::time_point deadline;
     // Where the answer goes: a UDP listener and client address, or a TCP connection.
     uv_udp_t* udp_listener = nullptr;
     sockaddr_storage client{};
     bool via_tcp = false;
     TcpConnection* tcp_client = nullptr;  // cleared when the connection closes first
 
+    std::vector<std::shared_ptr<Upstream>> order;  // best first, as ranked when it started
     std::size_t upstream = 0;
+    Clock::time_point attempt_sent;
     uv_timer_t timer{};
     // Each attempt gets handles of its own: a closed handle lives on until its close
     // callback, so it cannot be reused for the next upstream.
@@ -592,7 +760,6 @@ struct Forward {
     int open_handles = 0;
     bool done = false;
     std::vector<std::uint8_t> tcp_in;
-    std::array<std::uint8_t, max_udp> buffer{};
 
     explicit Forward(Server::Impl& s) : server(s)
     {
@@ -600,6 +767,9 @@ struct Forward {
         uv_timer_init(server.loop, &timer);
         open_handles = 1;
     }
+
+    Upstream& current() const { return *order[upstream]; }
+    const sockaddr* current_address() const { return reinterpret_cast<const sockaddr*>(&current().address); }
 
     static void release(Forward* f)
     {
@@ -631,14 +801,22 @@ struct Forward {
         close_attempt(tcp);
     }
 
-    // Each attempt, UDP or TCP, gets the whole timeout; then the next upstream.
+    // An attempt, UDP or TCP, waits `timeout` at most, and no more than its share of what is
+    // left of the client's wait, so that every upstream still to try gets a turn before
+    // `maxWait` ends.
     void arm_timeout()
     {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        auto share = left / static_cast<long>(order.size() - upstream);
+        auto wait = std::clamp(share, std::chrono::milliseconds(1), server.options.forward_timeout);
         uv_timer_start(&timer, [](uv_timer_t* t) {
             auto* f = static_cast<Forward*>(t->data);
             ++f->server.metrics.upstream_timeouts;
+            auto now = Clock::now();
+            f->current().timed_out(now);
+            f->server.start_due_probes(now);  // a lost datagram is found out before the next query
             f->next();
-        }, static_cast<std::uint64_t>(server.options.forward_timeout.count()), 0);
+        }, static_cast<std::uint64_t>(wait.count()), 0);
     }
 
     void finish(std::vector<std::uint8_t> reply)
@@ -656,6 +834,7 @@ struct Forward {
             return;
         }
         set_id(reply, client_id);
+        if (!client_edns) strip_opt(reply);
         std::uint16_t rcode = reply[3] & 0x0f;
         ++server.metrics.replies_by_rcode[rcode];
         server.metrics.observe(std::chrono::duration<double>(Clock::now() - received).count());
@@ -675,8 +854,6 @@ struct Forward {
     void fail()
     {
         ++server.metrics.upstream_failures;
-        std::vector<std::uint8_t> original = query;
-        set_id(original, client_id);
         finish(server.responder.error_reply(original, 2 /* SERVFAIL */, via_tcp ? 65535 : client_udp_size));
     }
 
@@ -684,16 +861,16 @@ struct Forward {
     void try_udp()
     {
         close_sockets();
-        if (upstream >= server.upstreams.size()) {
+        if (upstream >= order.size() || Clock::now() >= deadline) {
             fail();
             return;
         }
-        if (server.stopping && !server.upstreams.empty() && upstream > 0) {
+        if (server.stopping && upstream > 0) {
             fail();
             return;
         }
         set_id(query, static_cast<std::uint16_t>(arc4random() & 0xffff));
-        const sockaddr* to = reinterpret_cast<const sockaddr*>(&server.upstreams[upstream]);
+        const sockaddr* to = current_address();
         udp = new uv_udp_t;
         uv_udp_init(server.loop, udp);
         udp->data = this;
@@ -702,11 +879,12 @@ struct Forward {
         if (to->sa_family == AF_INET6) uv_ip6_addr("::", 0, reinterpret_cast<sockaddr_in6*>(&any));
         else uv_ip4_addr("0.0.0.0", 0, reinterpret_cast<sockaddr_in*>(&any));
         uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(query.data()), static_cast<unsigned>(query.size()));
+        attempt_sent = Clock::now();
         if (uv_udp_bind(udp, reinterpret_cast<sockaddr*>(&any), 0) < 0 ||
             uv_udp_recv_start(udp,
                               [](uv_handle_t* h, size_t, uv_buf_t* b) {
-                                  auto* f = static_cast<Forward*>(h->data);
-                                  *b = uv_buf_init(reinterpret_cast<char*>(f->buffer.data()), static_cast<unsigned>(f->buffer.size()));
+                                  auto& buffer = static_cast<Forward*>(h->data)->server.receive_buffer;
+                                  *b = uv_buf_init(reinterpret_cast<char*>(buffer.data()), static_cast<unsigned>(buffer.size()));
                               },
                               [](uv_udp_t* h, ssize_t n, const uv_buf_t* b, const sockaddr* from, unsigned) {
                                   auto* f = static_cast<Forward*>(h->data);
@@ -736,9 +914,16 @@ struct Forward {
 
     void on_udp_answer(std::span<const std::uint8_t> answer, const sockaddr* from)
     {
-        const sockaddr* to = reinterpret_cast<const sockaddr*>(&server.upstreams[upstream]);
-        if (!same_endpoint(from, to) || !acceptable(answer)) {
+        if (!same_endpoint(from, current_address()) || !acceptable(answer)) {
             ++server.metrics.upstream_mismatched;  // spoofed or stale: keep waiting
+            return;
+        }
+        current().answered(Clock::now() - attempt_sent);
+        if (!client_edns && (answer[3] & 0x0f) == 1 /* FORMERR */ && query.size() != original.size()) {
+            // An upstream that knows no EDNS refuses the OPT record mesd added (RFC 6891
+            // section 7): asked again as the client asked, without the loop mark.
+            query = original;
+            try_udp();
             return;
         }
         if (answer[2] & 0x02) {  // TC: ask the same upstream over TCP
@@ -760,7 +945,7 @@ struct Forward {
         tcp_in.clear();
         auto* connect = new uv_connect_t;
         connect->data = this;
-        int rc = uv_tcp_connect(connect, tcp, reinterpret_cast<const sockaddr*>(&server.upstreams[upstream]),
+        int rc = uv_tcp_connect(connect, tcp, current_address(),
                                 [](uv_connect_t* req, int status) {
                                     auto* f = static_cast<Forward*>(req->data);
                                     bool current = req->handle == reinterpret_cast<uv_stream_t*>(f->tcp);
@@ -795,8 +980,8 @@ struct Forward {
         }
         uv_read_start(reinterpret_cast<uv_stream_t*>(tcp),
                       [](uv_handle_t* h, size_t, uv_buf_t* b) {
-                          auto* f = static_cast<Forward*>(h->data);
-                          *b = uv_buf_init(reinterpret_cast<char*>(f->buffer.data()), static_cast<unsigned>(f->buffer.size()));
+                          auto& buffer = static_cast<Forward*>(h->data)->server.receive_buffer;
+                          *b = uv_buf_init(reinterpret_cast<char*>(buffer.data()), static_cast<unsigned>(buffer.size()));
                       },
                       [](uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
                           auto* f = static_cast<Forward*>(s->data);
@@ -815,10 +1000,123 @@ struct Forward {
                               f->next();
                               return;
                           }
+                          f->current().answered(std::nullopt);
                           f->finish(std::vector<std::uint8_t>(answer.begin(), answer.end()));
                       });
     }
 };
+
+// A query sent to a backed-off upstream to learn whether it answers again, so that no client
+// waits on an upstream that may still be dead: the forwards keep to the healthy ones
+// meanwhile. Its answer (any answer) ends the back-off; its timeout doubles it.
+struct Probe {
+    Server::Impl& server;
+    std::shared_ptr<Upstream> upstream;
+    std::list<Probe*>::iterator self;
+    uv_udp_t udp{};
+    uv_timer_t timer{};
+    int open_handles = 2;
+    bool done = false;
+    std::vector<std::uint8_t> query;
+    Clock::time_point sent;
+
+    Probe(Server::Impl& s, std::shared_ptr<Upstream> u) : server(s), upstream(std::move(u))
+    {
+        udp.data = timer.data = this;
+        uv_udp_init(server.loop, &udp);
+        uv_timer_init(server.loop, &timer);
+        ++server.live_probes;
+        upstream->probing = true;
+    }
+
+    void start()
+    {
+        // ". NS", which every resolver answers (even if only REFUSED), with the loop option: a
+        // probe that leads back to mesd comes back as SERVFAIL, not as another probe.
+        query = {0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1};
+        set_id(query, static_cast<std::uint16_t>(arc4random() & 0xffff));
+        mark_query(query, server.loop_token);
+        const sockaddr* to = reinterpret_cast<const sockaddr*>(&upstream->address);
+        sockaddr_storage any{};
+        if (to->sa_family == AF_INET6) uv_ip6_addr("::", 0, reinterpret_cast<sockaddr_in6*>(&any));
+        else uv_ip4_addr("0.0.0.0", 0, reinterpret_cast<sockaddr_in*>(&any));
+        uv_buf_t buf = uv_buf_init(reinterpret_cast<char*>(query.data()), static_cast<unsigned>(query.size()));
+        sent = Clock::now();
+        if (uv_udp_bind(&udp, reinterpret_cast<sockaddr*>(&any), 0) < 0 ||
+            uv_udp_recv_start(&udp,
+                              [](uv_handle_t* h, size_t, uv_buf_t* b) {
+                                  auto& buffer = static_cast<Probe*>(h->data)->server.receive_buffer;
+                                  *b = uv_buf_init(reinterpret_cast<char*>(buffer.data()), static_cast<unsigned>(buffer.size()));
+                              },
+                              [](uv_udp_t* h, ssize_t n, const uv_buf_t* b, const sockaddr* from, unsigned) {
+                                  auto* p = static_cast<Probe*>(h->data);
+                                  if (n <= 0 || !from || p->done) return;
+                                  std::span<const std::uint8_t> answer(reinterpret_cast<std::uint8_t*>(b->base),
+                                                                       static_cast<std::size_t>(n));
+                                  if (!same_endpoint(from, reinterpret_cast<const sockaddr*>(&p->upstream->address)) ||
+                                      answer.size() < 12 || !(answer[2] & 0x80) || get_id(answer) != get_id(p->query) ||
+                                      !same_question(p->query, answer))
+                                      return;
+                                  p->close();
+                                  p->upstream->answered(Clock::now() - p->sent);
+                              }) < 0 ||
+            uv_udp_try_send(&udp, &buf, 1, to) < 0) {
+            close();
+            upstream->timed_out(Clock::now());
+            return;
+        }
+        uv_timer_start(&timer, [](uv_timer_t* t) {
+            auto* p = static_cast<Probe*>(t->data);
+            p->close();
+            p->upstream->timed_out(Clock::now());
+        }, static_cast<std::uint64_t>(server.options.forward_timeout.count()), 0);
+    }
+
+    // Ends the probe; `upstream` stays valid until the close callbacks run.
+    void close()
+    {
+        if (done) return;
+        done = true;
+        upstream->probing = false;
+        server.probes.erase(self);
+        auto on_close = [](uv_handle_t* h) {
+            auto* p = static_cast<Probe*>(h->data);
+            if (--p->open_handles > 0) return;
+            Server::Impl& s = p->server;
+            delete p;
+            --s.live_probes;
+            s.maybe_stopped();
+        };
+        uv_close(reinterpret_cast<uv_handle_t*>(&udp), on_close);
+        uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);
+    }
+};
+
+std::vector<std::shared_ptr<Upstream>> Server::Impl::ranked(Clock::time_point now, bool start_probes)
+{
+    auto order = upstreams;
+    std::ranges::stable_sort(order, [](const std::shared_ptr<Upstream>& a, const std::shared_ptr<Upstream>& b) {
+        if (a->suspect() != b->suspect()) return b->suspect();
+        if (a->suspect()) return a->backoff_until < b->backoff_until;
+        // Unmeasured upstreams first (srtt 0): each gets its first sample from real traffic.
+        return a->srtt < b->srtt;
+    });
+    if (start_probes) start_due_probes(now);
+    return order;
+}
+
+void Server::Impl::start_due_probes(Clock::time_point now)
+{
+    if (stopping) return;
+    for (const auto& u : upstreams)
+        if (u->suspect() && !u->probing && now >= u->backoff_until) {
+            ++metrics.upstream_probes;
+            auto* p = new Probe(*this, u);
+            probes.push_front(p);
+            p->self = probes.begin();
+            p->start();
+        }
+}
 
 void TcpConnection::close()
 {
@@ -843,8 +1141,37 @@ void TcpConnection::close()
 void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Response& r, Clock::time_point received,
                                  uv_udp_t* udp, const sockaddr* client, TcpConnection* tcp)
 {
+    if (marked_by(query, loop_token)) {
+        // A query mesd forwarded has come back: answering it is what ends the loop (SERVFAIL
+        // goes back along the chain to the client), forwarding it again would repeat it until
+        // every slot were taken.
+        ++metrics.forward_loops;
+        auto now = Clock::now();
+        if (!last_loop_report || now - *last_loop_report > std::chrono::seconds(10)) {
+            last_loop_report = now;
+            warn("forwarding loop: a query mesd forwarded came back to it, answered SERVFAIL", "from",
+                 tcp ? std::string("tcp") : describe(client));
+        }
+        auto reply = responder.error_reply(query, 2 /* SERVFAIL */, tcp ? 65535 : r.client_udp_size);
+        ++metrics.replies_by_rcode[2];
+        if (tcp) tcp->send(std::move(reply));
+        else if (!reply.empty()) static_cast<UdpListener*>(udp->data)->send_one(client, std::move(reply));
+        return;
+    }
     if (forwards.size() >= options.max_in_flight || stopping) {
         ++metrics.forward_overload;
+        auto reply = responder.error_reply(query, 2 /* SERVFAIL */, tcp ? 65535 : r.client_udp_size);
+        ++metrics.replies_by_rcode[2];
+        if (tcp) tcp->send(std::move(reply));
+        else if (!reply.empty()) static_cast<UdpListener*>(udp->data)->send_one(client, std::move(reply));
+        return;
+    }
+    auto order = ranked(Clock::now());
+    if (!order.empty() && std::ranges::all_of(order, [](const auto& u) { return u->suspect(); })) {
+        // Every upstream has just timed out and is being probed, or has failed its probe too:
+        // waiting on them would only make the client's resolver wait (glibc asks twice, for
+        // each search domain, for A and AAAA: 16 waits). SERVFAIL now moves it on at once.
+        ++metrics.forward_backed_off;
         auto reply = responder.error_reply(query, 2 /* SERVFAIL */, tcp ? 65535 : r.client_udp_size);
         ++metrics.replies_by_rcode[2];
         if (tcp) tcp->send(std::move(reply));
@@ -855,10 +1182,15 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
     auto* f = new Forward(*this);
     forwards.push_front(f);
     f->self = forwards.begin();
-    f->query.assign(query.begin(), query.end());
+    f->original.assign(query.begin(), query.end());
+    f->query = f->original;
+    f->client_edns = !opt_record(query).empty();
+    mark_query(f->query, loop_token);
     f->client_id = get_id(query);
     f->client_udp_size = r.client_udp_size;
     f->received = received;
+    f->deadline = received + options.forward_max_wait;
+    f->order = std::move(order);
     if (tcp) {
         f->via_tcp = true;
         f->tcp_client = tcp;
@@ -1178,7 +1510,7 @@ void Server::Impl::maybe_stopped()
         udp_listeners.clear();
         return;
     }
-    if (open_listeners > 0) return;
+    if (open_listeners > 0 || live_probes > 0) return;
     if (on_stopped) {
         auto done = std::move(on_stopped);
         on_stopped = nullptr;
@@ -1227,8 +1559,6 @@ std::expected<void, std::string> Server::start()
     auto& s = *impl_;
     for (const auto& cidr : s.options.allow)
         if (auto p = vip::Pool::parse(cidr)) s.allow.push_back(*p);
-    for (const auto& u : s.options.upstreams)
-        if (auto a = to_sockaddr(u)) s.upstreams.push_back(*a);
     if (s.options.rate_limit.responses_per_second > 0) s.limiter.emplace(s.options.rate_limit);
 
     for (const auto& hp : s.options.listen) {
@@ -1288,8 +1618,124 @@ std::expected<void, std::string> Server::start()
             rc < 0)
             return std::unexpected("dns.listen " + hp.to_string() + " (tcp): " + from_uv(rc));
         s.bound.push_back(describe(reinterpret_cast<sockaddr*>(&actual)));
+        s.bound_addresses.push_back(actual);
+    }
+    if (s.options.forward_enabled) {
+        s.refresh_upstreams(true);
+        // A timer, not a file watch: resolv.conf is often replaced by a rename (which a watch
+        // on the file misses) and interface addresses change with no file at all; reading a
+        // small file and the address list every two seconds costs next to nothing.
+        uv_timer_init(s.loop, &s.recheck);
+        s.recheck.data = &s;
+        s.recheck_open = true;
+        ++s.open_listeners;
+        auto every = static_cast<std::uint64_t>(s.options.recheck_interval.count());
+        uv_timer_start(&s.recheck, [](uv_timer_t* t) { static_cast<Server::Impl*>(t->data)->refresh_upstreams(false); },
+                       every, every);
     }
     return {};
+}
+
+namespace {
+
+// The addresses of this host's interfaces, for a wildcard listener's own addresses.
+std::vector<sockaddr_storage> interface_addresses()
+{
+    std::vector<sockaddr_storage> out;
+    ifaddrs* list = nullptr;
+    if (::getifaddrs(&list) != 0) return out;
+    for (ifaddrs* i = list; i; i = i->ifa_next) {
+        if (!i->ifa_addr || (i->ifa_addr->sa_family != AF_INET && i->ifa_addr->sa_family != AF_INET6)) continue;
+        sockaddr_storage ss{};
+        std::memcpy(&ss, i->ifa_addr, i->ifa_addr->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
+        out.push_back(ss);
+    }
+    ::freeifaddrs(list);
+    return out;
+}
+
+std::uint16_t port_of(const sockaddr* sa)
+{
+    return ntohs(sa->sa_family == AF_INET6 ? reinterpret_cast<const sockaddr_in6*>(sa)->sin6_port
+                                           : reinterpret_cast<const sockaddr_in*>(sa)->sin_port);
+}
+
+bool same_address(const sockaddr* a, const sockaddr* b)
+{
+    auto x = address_of(a), y = address_of(b);
+    return x && y && *x == *y;
+}
+
+bool is_wildcard(const sockaddr* sa)
+{
+    static const in6_addr any6 = IN6ADDR_ANY_INIT;
+    if (sa->sa_family == AF_INET) return reinterpret_cast<const sockaddr_in*>(sa)->sin_addr.s_addr == htonl(INADDR_ANY);
+    return std::memcmp(&reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr, &any6, sizeof any6) == 0;
+}
+
+bool is_loopback(const sockaddr* sa)
+{
+    if (sa->sa_family == AF_INET) return (ntohl(reinterpret_cast<const sockaddr_in*>(sa)->sin_addr.s_addr) >> 24) == 127;
+    return IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr);
+}
+
+}  // namespace
+
+// An upstream is mesd itself when it has the port of a listener and that listener's address,
+// or, for a listener on every address, any address of this host (127.0.0.0/8 included: the
+// whole block reaches the loopback interface). A dual-stack [::] listener takes IPv4 too.
+bool Server::Impl::is_own(const sockaddr* address, const std::vector<sockaddr_storage>& interfaces) const
+{
+    for (const auto& b : bound_addresses) {
+        const auto* mine = reinterpret_cast<const sockaddr*>(&b);
+        if (port_of(mine) != port_of(address)) continue;
+        if (!is_wildcard(mine)) {
+            if (same_address(mine, address)) return true;
+            continue;
+        }
+        if (mine->sa_family == AF_INET && address->sa_family != AF_INET) continue;
+        if (is_loopback(address)) return true;
+        for (const auto& i : interfaces)
+            if (same_address(reinterpret_cast<const sockaddr*>(&i), address)) return true;
+    }
+    return false;
+}
+
+void Server::Impl::refresh_upstreams(bool at_start)
+{
+    bool from_file = options.upstreams.empty();
+    auto wanted = from_file ? (options.resolv_conf.empty() ? std::vector<conf::HostPort>{} : read_nameservers(options.resolv_conf))
+                            : options.upstreams;
+    auto interfaces = interface_addresses();
+    std::vector<std::shared_ptr<Upstream>> chosen;
+    for (const auto& hp : wanted) {
+        auto address = to_sockaddr(hp);
+        if (!address) continue;
+        const auto* sa = reinterpret_cast<const sockaddr*>(&*address);
+        std::string name = describe(sa);
+        if (is_own(sa, interfaces)) {
+            if (refused_reported.insert(name).second)
+                warn("upstream left out: it is one of mesd's own listening addresses, asking it would loop", "upstream", name);
+            continue;
+        }
+        if (std::ranges::any_of(chosen, [&](const auto& u) { return u->name == name; })) continue;
+        // An upstream already known keeps what was learnt of it.
+        auto known = std::ranges::find_if(upstreams, [&](const auto& u) { return u->name == name; });
+        if (known != upstreams.end()) {
+            chosen.push_back(*known);
+            continue;
+        }
+        auto u = std::make_shared<Upstream>();
+        u->address = *address;
+        u->name = name;
+        chosen.push_back(std::move(u));
+    }
+    bool changed = chosen.size() != upstreams.size() || !std::equal(chosen.begin(), chosen.end(), upstreams.begin());
+    upstreams = std::move(chosen);
+    if ((at_start || changed) && upstreams.empty())
+        warn("no upstreams: names outside mesd's own are answered REFUSED", "source",
+             from_file ? (options.resolv_conf.empty() ? std::string("none") : options.resolv_conf)
+                       : std::string("dns.forward.upstreams"));
 }
 
 void Server::stop(std::function<void()> done)
@@ -1312,6 +1758,17 @@ void Server::stop(std::function<void()> done)
             impl->maybe_stopped();
         });
     s.tcp_listeners.clear();
+    if (s.recheck_open) {
+        s.recheck_open = false;
+        uv_close(reinterpret_cast<uv_handle_t*>(&s.recheck), [](uv_handle_t* h) {
+            auto* impl = static_cast<Server::Impl*>(h->data);
+            --impl->open_listeners;
+            impl->maybe_stopped();
+        });
+    }
+    // A probe only informs later forwards: there are none.
+    std::vector<Probe*> probes(s.probes.begin(), s.probes.end());
+    for (auto* p : probes) p->close();
     // Connections with nothing outstanding close now; the rest once their answers are sent.
     std::vector<TcpConnection*> idle;
     for (const auto* list : {&s.tcp_idle, &s.tcp_reading, &s.tcp_busy})
@@ -1322,6 +1779,26 @@ void Server::stop(std::function<void()> done)
 }
 
 std::vector<conf::HostPort> system_upstreams(const std::vector<conf::HostPort>& listen, const std::string& resolv_conf)
+{
+    std::vector<conf::HostPort> out;
+    for (const auto& ns : read_nameservers(resolv_conf)) {
+        auto address = vip::Address::parse(ns.host);
+        if (!address) continue;
+        bool loopback = (address->family == vip::Family::v4 && (address->value >> 24) == 127) ||
+                        (address->family == vip::Family::v6 && address->value == 1);
+        bool ours = std::ranges::any_of(listen, [&](const conf::HostPort& l) {
+            if (l.port != 53) return false;
+            // Listening on every address includes loopback (and the host's own addresses).
+            if (l.host.empty() || l.host == "0.0.0.0" || l.host == "::") return loopback;
+            auto mine = vip::Address::parse(l.host);
+            return mine && *mine == *address;
+        });
+        if (!ours) out.push_back(ns);
+    }
+    return out;
+}
+
+std::vector<conf::HostPort> read_nameservers(const std::string& resolv_conf)
 {
     std::vector<conf::HostPort> out;
     std::FILE* f = std::fopen(resolv_conf.c_str(), "r");
@@ -1336,17 +1813,7 @@ std::vector<conf::HostPort> system_upstreams(const std::vector<conf::HostPort>& 
         std::string host = text.substr(start, end == std::string::npos ? std::string::npos : end - start);
         if (auto pct = host.find('%'); pct != std::string::npos) host.resize(pct);  // fe80::1%eth0
         auto address = vip::Address::parse(host);
-        if (!address) continue;
-        bool loopback = (address->family == vip::Family::v4 && (address->value >> 24) == 127) ||
-                        (address->family == vip::Family::v6 && address->value == 1);
-        bool ours = std::ranges::any_of(listen, [&](const conf::HostPort& l) {
-            if (l.port != 53) return false;
-            // Listening on every address includes loopback (and the host's own addresses).
-            if (l.host.empty() || l.host == "0.0.0.0" || l.host == "::") return loopback;
-            auto mine = vip::Address::parse(l.host);
-            return mine && *mine == *address;
-        });
-        if (!ours) out.push_back(conf::HostPort{address->to_string(), 53});
+        if (address) out.push_back(conf::HostPort{address->to_string(), 53});
     }
     std::fclose(f);
     return out;
@@ -1355,5 +1822,24 @@ std::vector<conf::HostPort> system_upstreams(const std::vector<conf::HostPort>& 
 std::vector<std::string> Server::bound() const { return impl_->bound; }
 const Metrics& Server::metrics() const { return impl_->metrics; }
 std::size_t Server::in_flight() const { return impl_->forwards.size(); }
+
+std::vector<UpstreamStatus> Server::upstreams() const
+{
+    std::vector<UpstreamStatus> out;
+    auto now = Clock::now();
+    for (const auto& u : impl_->ranked(now, false)) {
+        UpstreamStatus st;
+        st.address = u->name;
+        st.measured = u->measured;
+        st.srtt_seconds = u->srtt;
+        st.rttvar_seconds = u->rttvar;
+        st.failures = u->failures;
+        st.backed_off = u->suspect();
+        st.answers = u->answers;
+        st.timeouts = u->timeouts;
+        out.push_back(std::move(st));
+    }
+    return out;
+}
 
 }  // namespace dns

@@ -64,6 +64,7 @@ dns:
     timeout: 1s
     allow: ["10.0.0.0/8"]
     maxInFlight: 7
+    maxWait: 900ms
 vip:
   ipv4: 127.242.0.0/16
   ipv6: fd00:fd02::/64
@@ -103,6 +104,7 @@ log:
     CHECK_FALSE(c.dns.forward.enabled);
     CHECK(c.dns.forward.upstreams.at(0).port == 53);
     CHECK(c.dns.forward.max_in_flight == 7);
+    CHECK(c.dns.forward.max_wait == 900ms);
     CHECK(c.vip.ipv6 == "fd00:fd02::/64");
     CHECK(c.vip.quarantine == 150min);
     CHECK(c.proxy.mode == "redirect");
