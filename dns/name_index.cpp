@@ -199,6 +199,26 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
     });
     if (!names) return std::unexpected(names.error());
 
+    // Each owner's TXT and PTR answers, from its MES. Owners not found here (none, unless the
+    // snapshot is damaged) keep has_txt and has_ptr false: the general path answers for them.
+    for (std::size_t m = 0; m < meshes.size(); ++m) {
+        if (*rank_of(meshes[m]) != static_cast<std::uint16_t>(m)) continue;  // listed twice
+        auto scan = snapshot.scan(conf::Kind::mesh_external_service, meshes[m], [&](const store::Entry& entry) {
+            std::string_view mesh = entry.resource.mesh, name = entry.resource.name;
+            auto begin = index.owners_.begin(), end = begin + static_cast<std::ptrdiff_t>(sorted_owners);
+            auto it = std::lower_bound(begin, end, std::pair{mesh, name}, [&](const Owner& o, const auto& key) {
+                return std::pair{index.mesh(o), index.name(o)} < key;
+            });
+            if (it != end && index.mesh(*it) == mesh && index.name(*it) == name) {
+                index.add_answers(*it, entry);
+                return;
+            }
+            auto found = without_vip.find(std::pair{std::string(mesh), std::string(name)});
+            if (found != without_vip.end()) index.add_answers(index.owners_[found->second], entry);
+        });
+        if (!scan) return std::unexpected(scan.error());
+    }
+
     // Offsets into the arena are 32 bits.
     if (index.arena_.size() > std::numeric_limits<std::uint32_t>::max() - 1)
         return std::unexpected(store::Error{"too many names for the in-memory index (its strings exceed 4 GiB)"});
@@ -219,6 +239,82 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
     index.owners_.shrink_to_fit();
     index.ipv6_.shrink_to_fit();
     return index;
+}
+
+void NameIndex::add_answers(Owner& o, const store::Entry& entry)
+{
+    const auto* mes = entry.resource.mes();
+    if (!mes) return;
+    // RFC 1035 3.3.14: character-strings of at most 255 bytes; the RDATA's length is 16 bits.
+    std::size_t start = arena_.size();
+    for (const auto& fact : describe_mes(entry.resource.mesh, entry.resource.name, *mes)) {
+        std::string_view text = std::string_view(fact).substr(0, 255);
+        arena_.push_back(static_cast<char>(text.size()));
+        arena_.insert(arena_.end(), text.begin(), text.end());
+    }
+    if (arena_.size() - start <= std::numeric_limits<std::uint16_t>::max()) {
+        o.txt_at = static_cast<std::uint32_t>(start);
+        o.txt_size = static_cast<std::uint16_t>(arena_.size() - start);
+        o.has_txt = true;
+    } else {
+        arena_.resize(start);
+    }
+
+    // Each hostname in wire form (RFC 1035 3.1). They are valid DNS names (the generator
+    // refuses others); one that is not, or a list longer than a record holds, is left to
+    // the general path.
+    start = arena_.size();
+    bool ok = true;
+    for (const auto& a : entry.status.hostnames.addresses) {
+        std::string_view host = a.hostname;
+        if (host.empty() || host.size() > 253 || host.back() == '.' || host.find('\\') != std::string_view::npos) {
+            ok = false;
+            break;
+        }
+        while (ok) {
+            auto dot = host.find('.');
+            auto label = host.substr(0, dot);
+            if (label.empty() || label.size() > 63) ok = false;
+            arena_.push_back(static_cast<char>(label.size()));
+            arena_.insert(arena_.end(), label.begin(), label.end());
+            if (dot == std::string_view::npos) break;
+            host.remove_prefix(dot + 1);
+        }
+        arena_.push_back(0);
+    }
+    if (ok && arena_.size() - start <= std::numeric_limits<std::uint16_t>::max()) {
+        o.ptr_at = static_cast<std::uint32_t>(start);
+        o.ptr_size = static_cast<std::uint16_t>(arena_.size() - start);
+        o.has_ptr = true;
+    } else {
+        arena_.resize(start);
+    }
+}
+
+std::vector<std::string> describe_mes(std::string_view mesh, std::string_view name, const conf::MeshExternalService& mes)
+{
+    std::vector<std::string> facts;
+    facts.push_back("mes=" + std::string(mesh) + "/" + std::string(name));
+    facts.push_back("port=" + (mes.port ? std::to_string(*mes.port) : std::string("*")));
+    facts.push_back("protocol=" + std::string(conf::protocol_name(mes.protocol)));
+    for (const auto& ep : mes.endpoints) {
+        std::string text = "endpoint=" + ep.address;
+        if (ep.port) text += ":" + std::to_string(*ep.port);
+        if (ep.priority) text += " priority=" + std::to_string(ep.priority);
+        facts.push_back(std::move(text));
+    }
+    if (!mes.tls || !mes.tls->enabled) {
+        facts.push_back("tls=disabled");
+    } else {
+        const auto& t = *mes.tls;
+        std::string text = "tls=enabled mode=" + std::string(conf::verification_mode_name(t.mode));
+        if (!t.server_name.empty()) text += " sni=" + t.server_name;
+        if (t.min != conf::TlsVersion::tls_auto) text += " min=" + std::string(conf::tls_version_name(t.min));
+        if (t.max != conf::TlsVersion::tls_auto) text += " max=" + std::string(conf::tls_version_name(t.max));
+        if (t.client_cert) text += " client-cert";
+        facts.push_back(std::move(text));
+    }
+    return facts;
 }
 
 std::uint64_t* NameIndex::slot_for(std::string_view name, std::uint32_t hash)

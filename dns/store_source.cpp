@@ -87,32 +87,28 @@ std::vector<std::string> StoreSource::hostnames_of(const Owner& owner)
 
 std::vector<std::string> StoreSource::describe(const Owner& owner)
 {
-    std::vector<std::string> facts;
-    if (!snapshot_) return facts;
+    if (!snapshot_) return {};
     auto entry = snapshot_->get(conf::Kind::mesh_external_service, owner.mesh, owner.name);
-    if (!entry || !*entry) return facts;
-    const auto& mes = *(*entry)->resource.mes();
-    facts.push_back("mes=" + owner.mesh + "/" + owner.name);
-    facts.push_back("port=" + (mes.port ? std::to_string(*mes.port) : std::string("*")));
-    facts.push_back("protocol=" + std::string(conf::protocol_name(mes.protocol)));
-    for (const auto& ep : mes.endpoints) {
-        std::string text = "endpoint=" + ep.address;
-        if (ep.port) text += ":" + std::to_string(*ep.port);
-        if (ep.priority) text += " priority=" + std::to_string(ep.priority);
-        facts.push_back(std::move(text));
-    }
-    if (!mes.tls || !mes.tls->enabled) {
-        facts.push_back("tls=disabled");
-    } else {
-        const auto& t = *mes.tls;
-        std::string text = "tls=enabled mode=" + std::string(conf::verification_mode_name(t.mode));
-        if (!t.server_name.empty()) text += " sni=" + t.server_name;
-        if (t.min != conf::TlsVersion::tls_auto) text += " min=" + std::string(conf::tls_version_name(t.min));
-        if (t.max != conf::TlsVersion::tls_auto) text += " max=" + std::string(conf::tls_version_name(t.max));
-        if (t.client_cert) text += " client-cert";
-        facts.push_back(std::move(text));
-    }
-    return facts;
+    if (!entry || !*entry) return {};
+    return describe_mes(owner.mesh, owner.name, *(*entry)->resource.mes());
+}
+
+Source::Prebuilt StoreSource::txt_rdata(std::string_view name)
+{
+    if (!index_) return {};
+    const auto* o = index_->find(name);
+    if (!o) return {Prebuilt::Found::no, {}};
+    if (!o->has_txt) return {};
+    return {Prebuilt::Found::yes, index_->txt(*o)};
+}
+
+Source::Prebuilt StoreSource::ptr_targets(const vip::Address& address)
+{
+    if (!index_) return {};
+    const auto* o = index_->find(address);
+    if (!o) return {Prebuilt::Found::no, {}};
+    if (!o->has_ptr) return {};
+    return {Prebuilt::Found::yes, index_->ptr_targets(*o)};
 }
 
 bool StoreSource::in_pool(const vip::Address& address)
