@@ -73,18 +73,28 @@ public:
     virtual std::vector<std::string> describe(const Owner& owner) = 0;
     // Whether `address` lies in a VIP pool (its reverse name is ours to answer).
     virtual bool in_pool(const vip::Address& address) = 0;
-    // Answers prebuilt for the fast path, as views into the source's memory that stay valid
-    // until it next changes. `unknown`: nothing prebuilt, the general path must ask.
-    struct Prebuilt {
-        enum class Found { unknown, no, yes } found = Found::unknown;
-        std::span<const std::uint8_t> bytes;
+    // What the fast path reads instead of asking describe() and hostnames_of(): views into the
+    // source's memory, valid until it next changes. `unknown`: the general path must answer.
+    enum class Found { unknown, no, yes };
+    struct Txt {
+        Found found = Found::unknown;  // `no`: no such name
+        std::span<const std::uint8_t> rdata;
     };
-    // The TXT RDATA of a generated hostname (`no`: no such name); what describe() says, as
-    // character-strings of at most 255 bytes.
-    virtual Prebuilt txt_rdata(std::string_view name) { (void)name; return {}; }
-    // The PTR targets of a VIP (`no`: no MES holds it): what hostnames_of() says, as
-    // uncompressed wire-form names one after another.
-    virtual Prebuilt ptr_targets(const vip::Address& address) { (void)address; return {}; }
+    // The TXT RDATA of a generated hostname: describe()'s facts as character-strings of at
+    // most 255 bytes each (RFC 1035 3.3.14).
+    virtual Txt txt_rdata(std::string_view name) { (void)name; return {}; }
+    // The hostnames of the MES holding a VIP, as hostnames_of() gives them, written to `out`
+    // (`no`: no MES holds it; `unknown` also when there are more than `out` holds).
+    struct Hostnames {
+        Found found = Found::unknown;
+        std::size_t count = 0;
+    };
+    virtual Hostnames vip_hostnames(const vip::Address& address, std::span<std::string_view> out)
+    {
+        (void)address;
+        (void)out;
+        return {};
+    }
     // The zones' SOA serial: changes whenever the answers may have.
     virtual std::uint32_t serial() = 0;
 };
@@ -142,8 +152,8 @@ public:
     // The fast path when it can answer, else the general one.
     Response respond(std::span<const std::uint8_t> query, const Client& client, Source& source) const;
     // A/AAAA/TXT hits, NODATA and NXDOMAIN under a zone, and PTR of the pools' addresses, by a
-    // small hand-written encoder (TXT and PTR from what the source prebuilt); false when the
-    // general path must answer (anything else, or a reply that needs truncating).
+    // small hand-written encoder (TXT and PTR from what the source keeps for it); false when
+    // the general path must answer (anything else, or a reply that needs truncating).
     bool answer_fast(std::span<const std::uint8_t> query, const Client& client, Source& source, FastReply& reply) const;
     // The question names of a batch of queries handed to `source` as a prefetch hint, so that
     // the lookups of the batch overlap their memory loads instead of waiting for each in turn.
@@ -168,8 +178,8 @@ private:
 };
 
 // The daemon's Source: a store snapshot, renewed by `refresh()`, and a NameIndex built from
-// it whenever the store's generation moves. Names, VIPs and the prebuilt TXT and PTR answers
-// come from the index; describe() and hostnames_of() read the snapshot.
+// it whenever the store's generation moves. Names, VIPs and their hostnames come from the
+// index; describe() reads the snapshot.
 class StoreSource final : public Source {
 public:
     // Serves the generated hostnames of `meshes`, the first listed winning a name that
@@ -191,8 +201,10 @@ public:
     std::vector<std::string> hostnames_of(const Owner& owner) override;
     std::vector<std::string> describe(const Owner& owner) override;
     bool in_pool(const vip::Address& address) override;
-    Prebuilt txt_rdata(std::string_view name) override;
-    Prebuilt ptr_targets(const vip::Address& address) override;
+    // Built on the first TXT question for each MES (one store read), then kept until the
+    // index is next rebuilt: the cost of a TXT answer is paid once per MES, not per query.
+    Txt txt_rdata(std::string_view name) override;
+    Hostnames vip_hostnames(const vip::Address& address, std::span<std::string_view> out) override;
     std::uint32_t serial() override { return static_cast<std::uint32_t>(generation_); }
 
 private:
@@ -203,6 +215,11 @@ private:
     std::uint64_t generation_ = 0;
     std::optional<vip::Pool> pool4_;
     std::optional<vip::Pool> pool6_;
+    // TXT RDATA by owner position: 1 + its offset in txt_bytes_ (a 16-bit size, then the
+    // bytes), 0 while not built, too_large when it cannot be one record.
+    static constexpr std::uint32_t too_large = 0xffffffff;
+    std::vector<std::uint32_t> txt_at_;
+    std::vector<std::uint8_t> txt_bytes_;
 };
 
 // Counters keyed by a 16-bit code (query type, rcode, opcode): one counter for each code in

@@ -199,26 +199,6 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
     });
     if (!names) return std::unexpected(names.error());
 
-    // Each owner's TXT and PTR answers, from its MES. Owners not found here (none, unless the
-    // snapshot is damaged) keep has_txt and has_ptr false: the general path answers for them.
-    for (std::size_t m = 0; m < meshes.size(); ++m) {
-        if (*rank_of(meshes[m]) != static_cast<std::uint16_t>(m)) continue;  // listed twice
-        auto scan = snapshot.scan(conf::Kind::mesh_external_service, meshes[m], [&](const store::Entry& entry) {
-            std::string_view mesh = entry.resource.mesh, name = entry.resource.name;
-            auto begin = index.owners_.begin(), end = begin + static_cast<std::ptrdiff_t>(sorted_owners);
-            auto it = std::lower_bound(begin, end, std::pair{mesh, name}, [&](const Owner& o, const auto& key) {
-                return std::pair{index.mesh(o), index.name(o)} < key;
-            });
-            if (it != end && index.mesh(*it) == mesh && index.name(*it) == name) {
-                index.add_answers(*it, entry);
-                return;
-            }
-            auto found = without_vip.find(std::pair{std::string(mesh), std::string(name)});
-            if (found != without_vip.end()) index.add_answers(index.owners_[found->second], entry);
-        });
-        if (!scan) return std::unexpected(scan.error());
-    }
-
     // Offsets into the arena are 32 bits.
     if (index.arena_.size() > std::numeric_limits<std::uint32_t>::max() - 1)
         return std::unexpected(store::Error{"too many names for the in-memory index (its strings exceed 4 GiB)"});
@@ -228,6 +208,23 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
         auto text = index.record_text(b.at);
         auto hash = hash_name(text);
         *index.slot_for(text, hash) = (std::uint64_t{hash} << 32) | (b.at + 1);
+    }
+    // Each owner's hostnames, grouped by owner and in hostname order within each group (the
+    // order of `built`), for PTR answers. A record holds at most 65,535 of them (RFC 1035
+    // 4.1.1's ANCOUNT); no generator set comes near.
+    std::vector<std::uint32_t> placed(index.owners_.size(), 0);
+    for (const auto& b : built) ++placed[index.record(b.at).owner];
+    std::uint32_t next = 0;
+    for (std::size_t i = 0; i < index.owners_.size(); ++i) {
+        index.owners_[i].hostnames_at = next;
+        index.owners_[i].hostnames = static_cast<std::uint16_t>(std::min<std::uint32_t>(placed[i], 65535));
+        next += placed[i];
+        placed[i] = 0;
+    }
+    index.hostname_records_.assign(next, 0);
+    for (const auto& b : built) {
+        auto owner = index.record(b.at).owner;
+        index.hostname_records_[index.owners_[owner].hostnames_at + placed[owner]++] = b.at;
     }
     for (std::uint32_t i = 0; i < index.owners_.size(); ++i) {
         if (index.owners_[i].has_ipv4) index.by_ipv4_.push_back(i);
@@ -239,56 +236,6 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
     index.owners_.shrink_to_fit();
     index.ipv6_.shrink_to_fit();
     return index;
-}
-
-void NameIndex::add_answers(Owner& o, const store::Entry& entry)
-{
-    const auto* mes = entry.resource.mes();
-    if (!mes) return;
-    // RFC 1035 3.3.14: character-strings of at most 255 bytes; the RDATA's length is 16 bits.
-    std::size_t start = arena_.size();
-    for (const auto& fact : describe_mes(entry.resource.mesh, entry.resource.name, *mes)) {
-        std::string_view text = std::string_view(fact).substr(0, 255);
-        arena_.push_back(static_cast<char>(text.size()));
-        arena_.insert(arena_.end(), text.begin(), text.end());
-    }
-    if (arena_.size() - start <= std::numeric_limits<std::uint16_t>::max()) {
-        o.txt_at = static_cast<std::uint32_t>(start);
-        o.txt_size = static_cast<std::uint16_t>(arena_.size() - start);
-        o.has_txt = true;
-    } else {
-        arena_.resize(start);
-    }
-
-    // Each hostname in wire form (RFC 1035 3.1). They are valid DNS names (the generator
-    // refuses others); one that is not, or a list longer than a record holds, is left to
-    // the general path.
-    start = arena_.size();
-    bool ok = true;
-    for (const auto& a : entry.status.hostnames.addresses) {
-        std::string_view host = a.hostname;
-        if (host.empty() || host.size() > 253 || host.back() == '.' || host.find('\\') != std::string_view::npos) {
-            ok = false;
-            break;
-        }
-        while (ok) {
-            auto dot = host.find('.');
-            auto label = host.substr(0, dot);
-            if (label.empty() || label.size() > 63) ok = false;
-            arena_.push_back(static_cast<char>(label.size()));
-            arena_.insert(arena_.end(), label.begin(), label.end());
-            if (dot == std::string_view::npos) break;
-            host.remove_prefix(dot + 1);
-        }
-        arena_.push_back(0);
-    }
-    if (ok && arena_.size() - start <= std::numeric_limits<std::uint16_t>::max()) {
-        o.ptr_at = static_cast<std::uint32_t>(start);
-        o.ptr_size = static_cast<std::uint16_t>(arena_.size() - start);
-        o.has_ptr = true;
-    } else {
-        arena_.resize(start);
-    }
 }
 
 std::vector<std::string> describe_mes(std::string_view mesh, std::string_view name, const conf::MeshExternalService& mes)
@@ -413,7 +360,8 @@ std::optional<vip::Address> NameIndex::ipv6(const Owner& o) const
 std::size_t NameIndex::bytes() const
 {
     return arena_.capacity() + owners_.capacity() * sizeof(Owner) + ipv6_.capacity() * 16 +
-           slots_.capacity() * sizeof(std::uint64_t) + (by_ipv4_.capacity() + by_ipv6_.capacity()) * sizeof(std::uint32_t);
+           slots_.capacity() * sizeof(std::uint64_t) +
+           (by_ipv4_.capacity() + by_ipv6_.capacity() + hostname_records_.capacity()) * sizeof(std::uint32_t);
 }
 
 }  // namespace dns

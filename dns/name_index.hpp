@@ -8,10 +8,8 @@
 // (linear probing, load at most one half) of 32-bit hash and record offset, so that an A
 // lookup touches two cache lines: the slot and the record. PTR lookups binary-search owner
 // indexes sorted by address.
-//
-// The TXT and PTR answers are prebuilt too, so that no query type is slower to answer than A:
-// each owner's TXT RDATA (its facts as character-strings) and its hostnames as wire-form PTR
-// targets sit in the arena, written once per build from the MES in the snapshot.
+// Each owner also lists its hostname records (by hostname), so that a PTR answer is read from
+// the index as an A answer is, with no store read.
 #pragma once
 
 #include "store/store.hpp"
@@ -59,12 +57,9 @@ public:
         std::uint16_t mesh_size = 0, name_size = 0;
         std::uint32_t ipv4 = 0;  // host order
         std::uint32_t ipv6 = 0;  // 1 + its position in the IPv6 addresses; 0 for none
+        std::uint32_t hostnames_at = 0;  // its first entry in hostname_records_
+        std::uint16_t hostnames = 0;     // how many of its hostnames this index answers
         bool has_ipv4 = false;
-        // Whether the TXT RDATA and PTR targets were prebuilt (not when the MES was not
-        // found, or its answer would not fit a record: the general path answers then).
-        bool has_txt = false, has_ptr = false;
-        std::uint16_t txt_size = 0, ptr_size = 0;
-        std::uint32_t txt_at = 0, ptr_at = 0;
     };
 
     // The hostnames of `meshes` in `snapshot`; a name several meshes generate goes to the
@@ -85,11 +80,11 @@ public:
 
     std::string_view mesh(const Owner& o) const { return {arena_.data() + o.mesh_at, o.mesh_size}; }
     std::string_view name(const Owner& o) const { return {arena_.data() + o.name_at, o.name_size}; }
-    // The TXT record's RDATA: one character-string per fact of `describe_mes` (RFC 1035 3.3.14).
-    std::span<const std::uint8_t> txt(const Owner& o) const { return bytes_at(o.txt_at, o.txt_size); }
-    // The owner's hostnames as PTR targets: uncompressed wire-form names, one after another,
-    // in the order of its status.
-    std::span<const std::uint8_t> ptr_targets(const Owner& o) const { return bytes_at(o.ptr_at, o.ptr_size); }
+    // The owner's `i`th hostname (lowercase, by hostname order): the names that answer with its
+    // addresses, so a PTR answer never names a hostname that resolves elsewhere.
+    std::string_view hostname(const Owner& o, std::size_t i) const { return record_text(hostname_records_[o.hostnames_at + i]); }
+    // The owner's position, 0 to owners() - 1 (for tables kept beside the index).
+    std::size_t position(const Owner& o) const { return static_cast<std::size_t>(&o - owners_.data()); }
     static std::optional<vip::Address> ipv4(const Owner& o);
     std::optional<vip::Address> ipv6(const Owner& o) const;
 
@@ -110,12 +105,7 @@ private:
     static constexpr std::size_t record_size = 14;  // NameRecord's fields, packed
 
     std::uint32_t add_string(std::string_view s);
-    std::span<const std::uint8_t> bytes_at(std::uint32_t at, std::size_t size) const
-    {
-        return {reinterpret_cast<const std::uint8_t*>(arena_.data()) + at, size};
-    }
-    // Writes the TXT RDATA and PTR targets of `o` from its MES's entry.
-    void add_answers(Owner& o, const store::Entry& entry);
+
     Owner new_owner(std::string_view mesh, std::string_view name);
     NameRecord record(std::uint32_t at) const;
     void set_record(std::uint32_t at, const NameRecord& r);
@@ -129,6 +119,7 @@ private:
     std::size_t names_ = 0;
     detail::PopulatedVector<std::uint64_t> slots_;  // (hash << 32) | (record offset + 1); 0 is empty
     detail::PopulatedVector<std::uint32_t> by_ipv4_, by_ipv6_;  // owner indexes sorted by address
+    detail::PopulatedVector<std::uint32_t> hostname_records_;   // record offsets, grouped by owner
 };
 
 // One string per fact about a MES, as its TXT record gives them: mes=, port=, protocol=,

@@ -380,11 +380,22 @@ private:
     std::size_t size_ = 0;
 };
 
-std::size_t wire_name_size(const std::uint8_t* name)
+// A hostname ("a.b", no final dot) in uncompressed wire form; false for what is not a name.
+bool to_wire_name(std::string_view text, std::array<std::uint8_t, 256>& out, std::size_t& size)
 {
-    std::size_t n = 0;
-    while (name[n]) n += 1u + name[n];
-    return n + 1;
+    size = 0;
+    while (true) {
+        auto dot = text.find('.');
+        auto label = text.substr(0, dot);
+        if (label.empty() || label.size() > 63 || size + 1 + label.size() + 1 > 255) return false;
+        out[size++] = static_cast<std::uint8_t>(label.size());
+        std::memcpy(out.data() + size, label.data(), label.size());
+        size += label.size();
+        if (dot == std::string_view::npos) break;
+        text.remove_prefix(dot + 1);
+    }
+    out[size++] = 0;
+    return true;
 }
 
 }  // namespace
@@ -460,23 +471,22 @@ bool Responder::answer_fast_ptr(const FastQuestion& q, Source& source, FastReply
     // A generated hostname that looks like a reverse name is answered as a name, by the
     // general path; so is an address outside the pools (forwarded or refused).
     if (source.find_addresses(qname) || !source.in_pool(*address)) return false;
-    auto targets = source.ptr_targets(*address);
-    if (targets.found == Source::Prebuilt::Found::unknown) return false;
-    if (targets.found == Source::Prebuilt::Found::no)
+    std::array<std::string_view, 32> hostnames;
+    auto found = source.vip_hostnames(*address, hostnames);
+    if (found.found == Source::Found::unknown) return false;
+    if (found.found == Source::Found::no)
         return finish_fast(q, write_fast_header(q, rcode_nxdomain, 0, reply), rcode_nxdomain, LDNS_RR_TYPE_PTR, reply);
 
     constexpr std::size_t opt_size = 11, rr_fixed = 12;
-    std::uint16_t answers = 0;
-    for (std::size_t i = 0; i < targets.bytes.size(); i += wire_name_size(targets.bytes.data() + i)) ++answers;
     std::uint8_t* wire = reply.wire.data();
-    std::size_t at = write_fast_header(q, rcode_noerror, answers, reply);
+    std::size_t at = write_fast_header(q, rcode_noerror, static_cast<std::uint16_t>(found.count), reply);
     Compressor names(wire);
     for (std::size_t i = 0; i < q.name.labels; ++i)
         if (!names.add(q.name.label_starts[i])) return false;
-    for (std::size_t i = 0; i < targets.bytes.size();) {
-        const std::uint8_t* target = targets.bytes.data() + i;
-        std::size_t target_size = wire_name_size(target);
-        i += target_size;
+    for (std::size_t i = 0; i < found.count; ++i) {
+        std::array<std::uint8_t, 256> target;
+        std::size_t target_size = 0;
+        if (!to_wire_name(hostnames[i], target, target_size)) return false;
         if (at + rr_fixed + target_size + opt_size > reply.wire.size()) return false;
         WireWriter out(wire + at);
         out.u16(0xc00c);
@@ -488,7 +498,7 @@ bool Responder::answer_fast_ptr(const FastQuestion& q, Source& source, FastReply
         at += out.size();
         std::size_t rdata_start = at;
         // RFC 1035 4.1.4: the name as far as it is new, then a pointer to the rest.
-        for (const std::uint8_t* label = target;; label += 1u + *label) {
+        for (const std::uint8_t* label = target.data();; label += 1u + *label) {
             if (*label == 0) {
                 wire[at++] = 0;
                 break;
@@ -553,8 +563,8 @@ bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& c
     if (!zone || qname == *zone) return false;
     if (qtype == LDNS_RR_TYPE_TXT) {
         auto txt = source.txt_rdata(qname);
-        if (txt.found == Source::Prebuilt::Found::unknown) return false;
-        if (txt.found == Source::Prebuilt::Found::yes) return answer_fast_txt(question, txt.bytes, reply);
+        if (txt.found == Source::Found::unknown) return false;
+        if (txt.found == Source::Found::yes) return answer_fast_txt(question, txt.rdata, reply);
         // No such name: NXDOMAIN, as for A below.
     }
     auto owner = source.find_addresses(qname);

@@ -26,6 +26,8 @@ store::Result<bool> StoreSource::refresh()
         pool4_ = vip::Pool::parse(pools->ipv4);
         pool6_ = vip::Pool::parse(pools->ipv6);
         index_.emplace(std::move(*index));
+        txt_at_.assign(index_->owners(), 0);
+        txt_bytes_ = {};
         // Everything the hot path reads is in the index now; the pages the build walked
         // would otherwise stay mapped, and count as this process's memory, until the next.
         store_.unmap_pages();
@@ -77,11 +79,15 @@ std::optional<Owner> StoreSource::find_vip(const vip::Address& address)
 
 std::vector<std::string> StoreSource::hostnames_of(const Owner& owner)
 {
+    // The names in the index that answer with this owner's addresses: a PTR answer never
+    // names a hostname that resolves to another VIP (one that another served mesh won).
     std::vector<std::string> out;
-    if (!snapshot_) return out;
-    auto entry = snapshot_->get(conf::Kind::mesh_external_service, owner.mesh, owner.name);
-    if (!entry || !*entry) return out;
-    for (const auto& a : (*entry)->status.hostnames.addresses) out.push_back(a.hostname);
+    if (!index_) return out;
+    const NameIndex::Owner* o = nullptr;
+    if (owner.ipv4) o = index_->find(*owner.ipv4);
+    if (!o && owner.ipv6) o = index_->find(*owner.ipv6);
+    if (!o) return out;
+    for (std::size_t i = 0; i < o->hostnames; ++i) out.emplace_back(index_->hostname(*o, i));
     return out;
 }
 
@@ -93,22 +99,45 @@ std::vector<std::string> StoreSource::describe(const Owner& owner)
     return describe_mes(owner.mesh, owner.name, *(*entry)->resource.mes());
 }
 
-Source::Prebuilt StoreSource::txt_rdata(std::string_view name)
+Source::Txt StoreSource::txt_rdata(std::string_view name)
 {
     if (!index_) return {};
     const auto* o = index_->find(name);
-    if (!o) return {Prebuilt::Found::no, {}};
-    if (!o->has_txt) return {};
-    return {Prebuilt::Found::yes, index_->txt(*o)};
+    if (!o) return {Found::no, {}};
+    auto& at = txt_at_[index_->position(*o)];
+    if (at == too_large) return {};
+    if (at == 0) {
+        // RFC 1035 3.3.14: character-strings of at most 255 bytes; the RDATA's size is 16 bits.
+        std::size_t start = txt_bytes_.size();
+        txt_bytes_.resize(start + 2);
+        for (const auto& fact : describe(to_owner(*index_, *o))) {
+            std::string_view text = std::string_view(fact).substr(0, 255);
+            txt_bytes_.push_back(static_cast<std::uint8_t>(text.size()));
+            txt_bytes_.insert(txt_bytes_.end(), text.begin(), text.end());
+        }
+        std::size_t size = txt_bytes_.size() - start - 2;
+        if (size > 0xffff || start >= too_large - 1) {
+            txt_bytes_.resize(start);
+            at = too_large;
+            return {};
+        }
+        txt_bytes_[start] = static_cast<std::uint8_t>(size >> 8);
+        txt_bytes_[start + 1] = static_cast<std::uint8_t>(size & 0xff);
+        at = static_cast<std::uint32_t>(start + 1);
+    }
+    std::size_t start = at - 1;
+    std::size_t size = (static_cast<std::size_t>(txt_bytes_[start]) << 8) | txt_bytes_[start + 1];
+    return {Found::yes, std::span<const std::uint8_t>(txt_bytes_).subspan(start + 2, size)};
 }
 
-Source::Prebuilt StoreSource::ptr_targets(const vip::Address& address)
+Source::Hostnames StoreSource::vip_hostnames(const vip::Address& address, std::span<std::string_view> out)
 {
     if (!index_) return {};
     const auto* o = index_->find(address);
-    if (!o) return {Prebuilt::Found::no, {}};
-    if (!o->has_ptr) return {};
-    return {Prebuilt::Found::yes, index_->ptr_targets(*o)};
+    if (!o) return {Found::no, 0};
+    if (o->hostnames > out.size()) return {};
+    for (std::size_t i = 0; i < o->hostnames; ++i) out[i] = index_->hostname(*o, i);
+    return {Found::yes, o->hostnames};
 }
 
 bool StoreSource::in_pool(const vip::Address& address)

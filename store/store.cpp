@@ -856,15 +856,6 @@ Result<std::vector<Entry>> Snapshot::list(std::optional<conf::Kind> kind, std::o
     return out;
 }
 
-Result<void> Snapshot::scan(conf::Kind kind, std::string_view mesh, const std::function<void(const Entry&)>& fn) const
-{
-    auto scan = scan_records(impl_->txn, resource_key(kind, mesh, ""), [&](std::string_view, Record rec, conf::Resource res) {
-        if (res.mesh == mesh) fn(to_entry(std::move(res), rec));
-    });
-    if (!scan) return std::unexpected(to_error(scan.error()));
-    return {};
-}
-
 Result<std::optional<Entry>> Snapshot::get(conf::Kind kind, std::string_view mesh, std::string_view name) const
 {
     const auto& txn = impl_->txn;

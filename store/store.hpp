@@ -137,9 +137,6 @@ public:
     // Resources of `kind` (all kinds when unset) in `mesh` (all when unset), by key order.
     Result<std::vector<Entry>> list(std::optional<conf::Kind> kind, std::optional<std::string_view> mesh) const;
     Result<std::optional<Entry>> get(conf::Kind kind, std::string_view mesh, std::string_view name) const;
-    // The resources of `kind` in `mesh`, by key order, each handed to `fn` and not kept: a
-    // whole store's worth never sits in memory at once.
-    Result<void> scan(conf::Kind kind, std::string_view mesh, const std::function<void(const Entry&)>& fn) const;
     Result<bool> has_secret(std::string_view mesh, std::string_view name) const;
     // The MES that hold `hostname` (matched case-insensitively), one per mesh at most.
     Result<std::vector<Owner>> lookup_hostname(std::string_view hostname) const;

@@ -239,3 +239,57 @@ TEST_CASE("code counters: a fixed set of counters whatever codes are counted")
     CHECK(m.replies_by_rcode.label(16) == "BADVERS");
     CHECK(m.replies_by_rcode.label(12) == "other");
 }
+
+TEST_CASE("store source: a MES's TXT RDATA is built on its first question and follows the store")
+{
+    TempDir dir;
+    auto db = store::Store::open(store::Options{(dir.path / "data").string()});
+    REQUIRE(db.has_value());
+    store::WriteOptions options;
+    options.pools.ipv4 = "127.242.0.0/16";
+    auto mes = [](std::uint16_t port) {
+        conf::Resource r;
+        r.kind = conf::Kind::mesh_external_service;
+        r.mesh = "default";
+        r.name = "a";
+        conf::MeshExternalService m;
+        m.port = port;
+        m.endpoints.push_back(conf::Endpoint{"example.com", conf::AddressKind::hostname, 443, 0});
+        r.spec = m;
+        return r;
+    };
+    conf::Resource generator;
+    generator.kind = conf::Kind::hostname_generator;
+    generator.mesh = "default";
+    generator.name = "g";
+    conf::HostnameGenerator g;
+    g.selects_mesh_external_services = true;
+    g.template_text = "{{ .Name }}.mesh";
+    generator.spec = g;
+    REQUIRE((*db)->apply(std::vector<conf::Resource>{generator, mes(80)}, options).has_value());
+    dns::StoreSource source(**db, {"default"});
+    REQUIRE(source.refresh().has_value());
+
+    auto text = [](std::span<const std::uint8_t> rdata) { return std::string(rdata.begin(), rdata.end()); };
+    auto first = source.txt_rdata("a.mesh");
+    REQUIRE(first.found == dns::Source::Found::yes);
+    CHECK(text(first.rdata).find("port=80") != std::string::npos);
+    // The same bytes the second time: kept, not built again.
+    auto again = source.txt_rdata("a.mesh");
+    REQUIRE(again.found == dns::Source::Found::yes);
+    CHECK(again.rdata.data() == first.rdata.data());
+    CHECK(source.txt_rdata("b.mesh").found == dns::Source::Found::no);
+
+    REQUIRE((*db)->apply(std::vector<conf::Resource>{mes(8080)}, options).has_value());
+    REQUIRE(source.refresh().has_value());
+    auto changed = source.txt_rdata("a.mesh");
+    REQUIRE(changed.found == dns::Source::Found::yes);
+    CHECK(text(changed.rdata).find("port=8080") != std::string::npos);
+
+    std::array<std::string_view, 4> names;
+    auto hostnames = source.vip_hostnames(*vip::Address::parse("127.242.0.1"), names);
+    REQUIRE(hostnames.found == dns::Source::Found::yes);
+    REQUIRE(hostnames.count == 1);
+    CHECK(names[0] == "a.mesh");
+    CHECK(source.vip_hostnames(*vip::Address::parse("127.242.0.9"), names).found == dns::Source::Found::no);
+}
