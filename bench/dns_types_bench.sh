@@ -2,7 +2,8 @@
 # bench-dns-types: whether one query type is a lever against the others. One mesd (1,000 MES,
 # two hostnames each) on loopback; dnsperf at full speed with A, TXT and PTR hits in turn
 # (queries per second, mesd's CPU); then a flood of each type from one dnsperf while a second
-# sends A hits at a fixed rate, and how many of those the flood cost. Usage:
+# sends A hits at a fixed rate, and how many of those the flood cost (the flood keeps up to
+# 5,000 queries outstanding, more than mesd answers in time). Usage:
 #   bench/dns_types_bench.sh BUILD_DIR [MESD_BINARY]
 # (a second binary, such as an older build, is measured the same way for comparison).
 set -euo pipefail
@@ -32,6 +33,9 @@ dns:
     enabled: false
 admin:
   listen: 127.0.0.1:0
+proxy:
+  mode: redirect
+  redirectListen: 127.0.0.1:0
 log:
   level: warn
 EOF
@@ -70,7 +74,7 @@ for t in a txt ptr; do
 done
 echo "A hits at $legit_rate/s beside a flood of each type from another dnsperf:"
 for t in a txt ptr; do
-    dnsperf -s 127.0.0.1 -p "$port" -d "$work/$t.txt" -l "$((duration + 1))" -c 10 > "$work/flood.out" 2>&1 &
+    dnsperf -s 127.0.0.1 -p "$port" -d "$work/$t.txt" -l "$((duration + 1))" -c 20 -q 5000 > "$work/flood.out" 2>&1 &
     flood=$!
     sleep 0.5
     legit=$(dnsperf -s 127.0.0.1 -p "$port" -d "$work/a.txt" -l "$duration" -Q "$legit_rate" -t 1 2>&1)
