@@ -107,10 +107,15 @@ Source::Txt StoreSource::txt_rdata(std::string_view name)
     auto& at = txt_at_[index_->position(*o)];
     if (at == too_large) return {};
     if (at == 0) {
+        // Read from the snapshot the index was built from; without it (released for a write)
+        // nothing is kept, and the general path answers.
+        if (!snapshot_) return {};
+        auto entry = snapshot_->get(conf::Kind::mesh_external_service, index_->mesh(*o), index_->name(*o));
+        if (!entry || !*entry || !(*entry)->resource.mes()) return {};
         // RFC 1035 3.3.14: character-strings of at most 255 bytes; the RDATA's size is 16 bits.
         std::size_t start = txt_bytes_.size();
         txt_bytes_.resize(start + 2);
-        for (const auto& fact : describe(to_owner(*index_, *o))) {
+        for (const auto& fact : describe_mes(index_->mesh(*o), index_->name(*o), *(*entry)->resource.mes())) {
             std::string_view text = std::string_view(fact).substr(0, 255);
             txt_bytes_.push_back(static_cast<std::uint8_t>(text.size()));
             txt_bytes_.insert(txt_bytes_.end(), text.begin(), text.end());

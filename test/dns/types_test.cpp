@@ -247,11 +247,11 @@ TEST_CASE("store source: a MES's TXT RDATA is built on its first question and fo
     REQUIRE(db.has_value());
     store::WriteOptions options;
     options.pools.ipv4 = "127.242.0.0/16";
-    auto mes = [](std::uint16_t port) {
+    auto mes = [](std::uint16_t port, const std::string& name = "a") {
         conf::Resource r;
         r.kind = conf::Kind::mesh_external_service;
         r.mesh = "default";
-        r.name = "a";
+        r.name = name;
         conf::MeshExternalService m;
         m.port = port;
         m.endpoints.push_back(conf::Endpoint{"example.com", conf::AddressKind::hostname, 443, 0});
@@ -280,11 +280,19 @@ TEST_CASE("store source: a MES's TXT RDATA is built on its first question and fo
     CHECK(again.rdata.data() == first.rdata.data());
     CHECK(source.txt_rdata("b.mesh").found == dns::Source::Found::no);
 
-    REQUIRE((*db)->apply(std::vector<conf::Resource>{mes(8080)}, options).has_value());
+    REQUIRE((*db)->apply(std::vector<conf::Resource>{mes(8080), mes(81, "b")}, options).has_value());
     REQUIRE(source.refresh().has_value());
     auto changed = source.txt_rdata("a.mesh");
     REQUIRE(changed.found == dns::Source::Found::yes);
     CHECK(text(changed.rdata).find("port=8080") != std::string::npos);
+    // With the snapshot let go, what is kept still answers; nothing new is kept.
+    source.release();
+    CHECK(source.txt_rdata("a.mesh").found == dns::Source::Found::yes);
+    CHECK(source.txt_rdata("b.mesh").found == dns::Source::Found::unknown);
+    REQUIRE(source.refresh().has_value());
+    auto b = source.txt_rdata("b.mesh");
+    REQUIRE(b.found == dns::Source::Found::yes);
+    CHECK(text(b.rdata).find("port=81") != std::string::npos);
 
     std::array<std::string_view, 4> names;
     auto hostnames = source.vip_hostnames(*vip::Address::parse("127.242.0.1"), names);
