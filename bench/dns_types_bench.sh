@@ -2,15 +2,15 @@
 # bench-dns-types: whether one query type is a lever against the others. One mesd (1,000 MES,
 # two hostnames each) on loopback; dnsperf at full speed with A, TXT and PTR hits in turn
 # (queries per second, mesd's CPU); then a flood of each type from one dnsperf while a second
-# sends A hits at a fixed rate, and how many of those the flood cost (the flood keeps up to
-# 5,000 queries outstanding, more than mesd answers in time). Usage:
+# sends A hits at a fixed rate, and how many of those the flood cost (the flood asks for
+# 100,000 and 200,000 queries a second with up to 8,000 outstanding). Usage:
 #   bench/dns_types_bench.sh BUILD_DIR [MESD_BINARY]
 # (a second binary, such as an older build, is measured the same way for comparison).
 set -euo pipefail
 build=${1:-build}
 mesd=${2:-$build/cmd/mesd}
 mesctl=$build/cmd/mesctl
-duration=${DURATION:-5}
+duration=${DURATION:-4}
 legit_rate=${LEGIT_QPS:-5000}
 command -v dnsperf > /dev/null || { echo "bench-dns-types: dnsperf is missing (make bench-deps)"; exit 1; }
 
@@ -61,11 +61,11 @@ for _ in $(seq 1 100); do dig @127.0.0.1 -p "$port" +short +tries=1 +time=1 svc-
 
 cpu() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
 tick=$(getconf CLK_TCK)
-echo "bench-dns-types: $(basename "$mesd") $mesd, $n MES, ${duration}s runs"
+echo "bench-dns-types: $mesd, $n MES, ${duration}s runs, dnsperf -c 40 -T 8"
 printf '%-5s %12s %18s\n' type "queries/s" "mesd CPU us/query"
 for t in a txt ptr; do
     before=$(cpu)
-    out=$(dnsperf -s 127.0.0.1 -p "$port" -d "$work/$t.txt" -l "$duration" -c 10 2>&1)
+    out=$(dnsperf -s 127.0.0.1 -p "$port" -d "$work/$t.txt" -l "$duration" -c 40 -T 8 -q 4000 2>&1)
     after=$(cpu)
     qps=$(awk '/Queries per second/ { print $4 }' <<< "$out")
     done_q=$(awk '/Queries completed/ { print $3 }' <<< "$out")
@@ -73,13 +73,16 @@ for t in a txt ptr; do
         'BEGIN { printf "%-5s %12.0f %18.2f\n", toupper(t), q, c / tick / n * 1e6 }'
 done
 echo "A hits at $legit_rate/s beside a flood of each type from another dnsperf:"
-for t in a txt ptr; do
-    dnsperf -s 127.0.0.1 -p "$port" -d "$work/$t.txt" -l "$((duration + 1))" -c 20 -q 5000 > "$work/flood.out" 2>&1 &
-    flood=$!
-    sleep 0.5
-    legit=$(dnsperf -s 127.0.0.1 -p "$port" -d "$work/a.txt" -l "$duration" -Q "$legit_rate" -t 1 2>&1)
-    wait "$flood" || true
-    fqps=$(awk '/Queries per second/ { print $4 }' "$work/flood.out")
-    lost=$(awk '/Queries lost/ { print $3, $4 }' <<< "$legit")
-    printf '  %-4s flood at %8.0f/s: A queries lost %s\n' "$(tr a-z A-Z <<< "$t")" "$fqps" "$lost"
+for rate in 100000 200000; do
+    for t in a txt ptr; do
+        dnsperf -s 127.0.0.1 -p "$port" -d "$work/$t.txt" -l "$((duration + 1))" -c 40 -T 8 -q 8000 -Q "$rate" \
+            > "$work/flood.out" 2>&1 &
+        flood=$!
+        sleep 0.5
+        legit=$(dnsperf -s 127.0.0.1 -p "$port" -d "$work/a.txt" -l "$duration" -Q "$legit_rate" -t 1 2>&1)
+        wait "$flood" || true
+        fqps=$(awk '/Queries per second/ { print $4 }' "$work/flood.out")
+        lost=$(awk '/Queries lost/ { print $3, $4 }' <<< "$legit")
+        printf '  %-4s flood asked at %6d/s, answered %8.0f/s: A queries lost %s\n' "$(tr a-z A-Z <<< "$t")" "$rate" "$fqps" "$lost"
+    done
 done
