@@ -75,7 +75,8 @@ MesdOptions dual_stack()
 
 TEST_CASE("TXT and PTR through mesd are the general path's bytes, written by the fast path")
 {
-    Fixture f(dual_stack(), alt_generator);
+    // mes-big's TXT answer is over 512 bytes and under 1232; mes-huge's over 1232.
+    Fixture f(dual_stack(), alt_generator + big_mes("mes-huge", 26));
     int port = f.mesd->dns_port();
     // The general path over the same store, read from this process (LMDB readers share it).
     auto db = store::Store::open(store::Options{(f.dir.path / "mesd" / "data").string()});
@@ -121,14 +122,23 @@ TEST_CASE("TXT and PTR through mesd are the general path's bytes, written by the
     auto whole = tcp_exchange(port, big);
     CHECK(whole.size() > 512);
     CHECK(whole == expected(big, true));
+    // Too large for our EDNS size: TC with the OPT record; whole over TCP.
+    auto huge = query("mes-huge.mesh.", LDNS_RR_TYPE_TXT, 4096);
+    cut = udp_exchange(port, huge);
+    REQUIRE(cut.size() > 3);
+    CHECK((cut[2] & 0x02) != 0);
+    CHECK(cut == expected(huge, false));
+    whole = tcp_exchange(port, huge);
+    CHECK(whole.size() > 1232);
+    CHECK(whole == expected(huge, true));
 
     auto after = f.mesd->admin_get("/metrics");
-    // Every query but the truncated one was written by the fast path.
+    // Every query but the two truncated ones was written by the fast path.
     CHECK(metric(after, "mesd_dns_answered_fast_total") - metric(before, "mesd_dns_answered_fast_total") ==
-          static_cast<long long>(fits.size()) + 1);
-    CHECK(metric(after, "mesd_dns_queries_total{qtype=\"TXT\"}") == 6);
+          static_cast<long long>(fits.size()) + 2);
+    CHECK(metric(after, "mesd_dns_queries_total{qtype=\"TXT\"}") == 8);
     CHECK(metric(after, "mesd_dns_queries_total{qtype=\"PTR\"}") == 5);
-    CHECK(metric(after, "mesd_dns_truncated_total") == 1);
+    CHECK(metric(after, "mesd_dns_truncated_total") == 2);
 
     // The answers themselves, as dig reads them.
     // In the status's order: by generator name.
