@@ -311,3 +311,27 @@ TEST_CASE("store source: a MES's TXT RDATA is built on its first question and fo
     CHECK(names[0] == "a.mesh");
     CHECK(source.vip_hostnames(*vip::Address::parse("127.242.0.9"), names).found == dns::Source::Found::no);
 }
+
+TEST_CASE("an upstream's unassigned rcodes are counted as other")
+{
+    // Answers each query with its question, QR set, and the rcode its first label names:
+    // "rcX" is rcode X - 'a'.
+    FakeUpstream upstream([](int fd, const std::vector<std::uint8_t>& q, const sockaddr_in& from) {
+        auto r = q;
+        r[2] = static_cast<std::uint8_t>(r[2] | 0x80);
+        r[3] = static_cast<std::uint8_t>(0x80 | ((q[15] - 'a') & 0x0f));
+        ::sendto(fd, r.data(), r.size(), 0, reinterpret_cast<const sockaddr*>(&from), sizeof from);
+    });
+    Fixture f(forwarding({upstream.port}));
+    for (int rcode : {0, 3, 9, 12, 13, 15}) {
+        auto reply = udp_exchange(f.mesd->dns_port(), raw_query("rc" + std::string(1, static_cast<char>('a' + rcode)) + ".fwd.test"));
+        REQUIRE(reply.size() >= 12);
+        CHECK((reply[3] & 0x0f) == rcode);
+    }
+    auto page = f.mesd->admin_get("/metrics");
+    CHECK(metric(page, "mesd_dns_replies_total{rcode=\"NOERROR\"}") == 1);
+    CHECK(metric(page, "mesd_dns_replies_total{rcode=\"NXDOMAIN\"}") == 1);
+    CHECK(metric(page, "mesd_dns_replies_total{rcode=\"NOTAUTH\"}") == 1);
+    CHECK(metric(page, "mesd_dns_replies_total{rcode=\"other\"}") == 3);
+    CHECK(page.find("RCODE12") == std::string::npos);
+}
