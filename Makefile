@@ -15,7 +15,7 @@ FUZZ_PACKAGES  := clang libclang-rt-14-dev libfuzzer-14-dev
 BENCH_PACKAGES := dnsperf knot nsd wrk iperf3 haproxy nginx-light
 PACKAGES       := $(BUILD_PACKAGES) $(TEST_PACKAGES) $(FUZZ_PACKAGES)
 
-.PHONY: all build deps bench-deps test test-sanitize sanitize fuzz-dns run clean bench bench-store bench-dns bench-proxy bench-tls bench-soak
+.PHONY: all build deps bench-deps test test-sanitize sanitize fuzz-dns run clean bench bench-store bench-dns bench-dns-types bench-proxy bench-tls bench-soak
 
 all: build
 
@@ -92,6 +92,12 @@ bench-rrl: build
 # mesd against Knot and NSD on the same zone (dnsperf, interleaved rounds).
 bench-dns: build bench-deps
 	bench/dns_bench.sh $(BUILD_DIR)
+
+# mesd's own cost per query by type, fast path against the ldns path (no sockets); then A, TXT
+# and PTR through mesd with dnsperf, and what a flood of each type costs A queries beside it.
+bench-dns-types: build bench-deps
+	$(BUILD_DIR)/bench/bench_responder 100000
+	bench/dns_types_bench.sh $(BUILD_DIR)
 
 # mesd against HAProxy in front of the same nginx and iperf3 (wrk, iperf3, interleaved rounds).
 bench-proxy: build bench-deps

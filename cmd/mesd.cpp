@@ -579,12 +579,22 @@ std::string Daemon::metrics_text()
                std::to_string(v) + "\n";
     };
     out += "# HELP mesd_dns_queries_total DNS queries received, by question type.\n# TYPE mesd_dns_queries_total counter\n";
-    for (const auto& [qtype, n] : m.queries_by_qtype)
-        out += "mesd_dns_queries_total{qtype=\"" + dns::qtype_name(qtype) + "\"} " + std::to_string(n) + "\n";
+    // Labels come from fixed lists (dns::known_qtypes and the others), the rest as "other":
+    // no client can grow this page.
+    auto by_code = [&](const char* name, const char* label, const dns::CodeCounts& counts) {
+        counts.each([&](std::string_view value, std::uint64_t n) {
+            out += std::string(name) + "{" + label + "=\"" + std::string(value) + "\"} " + std::to_string(n) + "\n";
+        });
+    };
+    by_code("mesd_dns_queries_total", "qtype", m.queries_by_qtype);
     out += "# HELP mesd_dns_replies_total DNS replies sent, by rcode.\n# TYPE mesd_dns_replies_total counter\n";
-    for (const auto& [rcode, n] : m.replies_by_rcode)
-        out += "mesd_dns_replies_total{rcode=\"" + dns::rcode_name(rcode) + "\"} " + std::to_string(n) + "\n";
+    by_code("mesd_dns_replies_total", "rcode", m.replies_by_rcode);
+    out += "# HELP mesd_dns_queries_by_opcode_total DNS queries received, by opcode.\n"
+           "# TYPE mesd_dns_queries_by_opcode_total counter\n";
+    by_code("mesd_dns_queries_by_opcode_total", "opcode", m.queries_by_opcode);
     counter("mesd_dns_answered_total", "Queries answered from mesd's own data.", m.answered);
+    counter("mesd_dns_answered_fast_total", "Of those, answers written by the fast path (no ldns, no allocation).",
+            m.answered_fast);
     counter("mesd_dns_forwarded_total", "Queries forwarded upstream.", m.forwarded);
     counter("mesd_dns_dropped_total", "Packets dropped: responses or shorter than a header.", m.dropped);
     counter("mesd_dns_truncated_total", "UDP replies sent with TC.", m.truncated);

@@ -87,6 +87,28 @@ public:
     // `name` then exists even when it is no hostname itself, an empty non-terminal that
     // gets NODATA and never NXDOMAIN (RFC 8020). Runs for every NXDOMAIN candidate.
     virtual bool has_names_below(std::string_view name) { (void)name; return false; }
+    // What the fast path reads instead of asking describe() and hostnames_of(): views into the
+    // source's memory, valid until it next changes. `unknown`: the general path must answer.
+    enum class Found { unknown, no, yes };
+    struct Txt {
+        Found found = Found::unknown;  // `no`: no such name
+        std::span<const std::uint8_t> rdata;
+    };
+    // The TXT RDATA of a generated hostname: describe()'s facts as character-strings of at
+    // most 255 bytes each (RFC 1035 3.3.14).
+    virtual Txt txt_rdata(std::string_view name) { (void)name; return {}; }
+    // The hostnames of the MES holding a VIP, as hostnames_of() gives them, written to `out`
+    // (`no`: no MES holds it; `unknown` also when there are more than `out` holds).
+    struct Hostnames {
+        Found found = Found::unknown;
+        std::size_t count = 0;
+    };
+    virtual Hostnames vip_hostnames(const vip::Address& address, std::span<std::string_view> out)
+    {
+        (void)address;
+        (void)out;
+        return {};
+    }
     // The zones' SOA serial: changes whenever the answers may have.
     virtual std::uint32_t serial() = 0;
 };
@@ -120,15 +142,18 @@ struct Response {
     // For metrics: the question's type (0 when unreadable) and the reply's rcode.
     std::uint16_t qtype = 0;
     std::uint16_t rcode = 0;
+    std::uint8_t opcode = 0;  // the query's (drop: none)
+    bool fast = false;        // written by the fast path
     bool truncated = false;
     // For forwarding: the client's UDP size limit (512 without EDNS) and the question class.
     std::uint16_t client_udp_size = 512;
     std::uint16_t qclass = 0;
 };
 
-// A fast-path reply, written in place: answering allocates nothing.
+// A fast-path reply, written in place: answering allocates nothing. A reply larger than
+// this (a TXT or PTR answer over TCP) is left to the general path.
 struct FastReply {
-    std::array<std::uint8_t, 512> wire;
+    std::array<std::uint8_t, 4096> wire;
     std::uint16_t size = 0;
     std::uint16_t qtype = 0;
     std::uint16_t rcode = 0;  // NOERROR or NXDOMAIN
@@ -140,8 +165,9 @@ public:
 
     // The fast path when it can answer, else the general one.
     Response respond(std::span<const std::uint8_t> query, const Client& client, Source& source) const;
-    // A/AAAA hits, NODATA and NXDOMAIN under a zone, by a small hand-written encoder; false
-    // when the general path must answer (anything else, or a reply that needs truncating).
+    // A/AAAA/TXT hits, NODATA and NXDOMAIN under a zone, and PTR of the pools' addresses, by a
+    // small hand-written encoder (TXT and PTR from what the source keeps for it); false when
+    // the general path must answer (anything else, or a reply that needs truncating).
     bool answer_fast(std::span<const std::uint8_t> query, const Client& client, Source& source, FastReply& reply) const;
     // The question names of a batch of queries handed to `source` as a prefetch hint, so that
     // the lookups of the batch overlap their memory loads instead of waiting for each in turn.
@@ -156,12 +182,18 @@ public:
     const Settings& settings() const { return settings_; }
 
 private:
+    struct FastQuestion;
+    bool answer_fast_txt(const FastQuestion& q, std::span<const std::uint8_t> rdata, FastReply& reply) const;
+    bool answer_fast_ptr(const FastQuestion& q, Source& source, FastReply& reply) const;
+    std::size_t write_fast_header(const FastQuestion& q, std::uint16_t rcode, std::uint16_t answers, FastReply& reply) const;
+    bool finish_fast(const FastQuestion& q, std::size_t size, std::uint16_t rcode, std::uint16_t qtype, FastReply& reply) const;
+
     Settings settings_;
 };
 
 // The daemon's Source: a store snapshot, renewed by `refresh()`, and a NameIndex built from
-// it whenever the store's generation moves. Names and VIPs are answered from the index;
-// TXT and PTR details from the snapshot.
+// it whenever the store's generation moves. Names, VIPs and their hostnames come from the
+// index; describe() reads the snapshot.
 class StoreSource final : public Source {
 public:
     // Serves the generated hostnames of `meshes`, the first listed winning a name that
@@ -185,6 +217,10 @@ public:
     bool in_pool(const vip::Address& address) override;
     std::vector<vip::Pool> pools() override;
     bool has_names_below(std::string_view name) override;
+    // Built on the first TXT question for each MES (one store read), then kept until the
+    // index is next rebuilt: the cost of a TXT answer is paid once per MES, not per query.
+    Txt txt_rdata(std::string_view name) override;
+    Hostnames vip_hostnames(const vip::Address& address, std::span<std::string_view> out) override;
     std::uint32_t serial() override { return static_cast<std::uint32_t>(generation_); }
 
 private:
@@ -195,13 +231,53 @@ private:
     std::uint64_t generation_ = 0;
     std::optional<vip::Pool> pool4_;
     std::optional<vip::Pool> pool6_;
+    // TXT RDATA by owner position: 1 + its offset in txt_bytes_ (a 16-bit size, then the
+    // bytes), 0 while not built, too_large when it cannot be one record.
+    static constexpr std::uint32_t too_large = 0xffffffff;
+    std::vector<std::uint32_t> txt_at_;
+    std::vector<std::uint8_t> txt_bytes_;
 };
+
+// Counters keyed by a 16-bit code (query type, rcode, opcode): one counter for each code in
+// a fixed list of known ones and one shared by every other code, so that however many codes
+// clients send, the counters and the metrics page keep this size. `counts[code]` counts.
+class CodeCounts {
+public:
+    struct Known {
+        std::uint16_t code;
+        const char* name;  // the metric label
+    };
+    // `known` sorted by code; it must outlive this.
+    explicit CodeCounts(std::span<const Known> known) : known_(known), counts_(known.size() + 1, 0) {}
+    std::uint64_t& operator[](std::uint16_t code);
+    std::uint64_t other() const { return counts_.back(); }
+    // The label a code is counted under: its name, or "other".
+    std::string_view label(std::uint16_t code) const;
+    // Each label with its count, the known codes in order and then "other"; counts of zero left out.
+    template <class Fn>
+    void each(Fn&& fn) const
+    {
+        for (std::size_t i = 0; i < counts_.size(); ++i)
+            if (counts_[i]) fn(std::string_view(i < known_.size() ? known_[i].name : "other"), counts_[i]);
+    }
+
+private:
+    std::span<const Known> known_;
+    std::vector<std::uint64_t> counts_;
+};
+
+// The codes labelled by name in the metrics (dns/server.cpp lists them): the query types
+// mesd answers or that resolvers commonly ask, the rcodes of RFC 1035, 2136, 6891, 8945,
+// 7873 and 8490, and the opcodes IANA assigns.
+extern const std::span<const CodeCounts::Known> known_qtypes, known_rcodes, known_opcodes;
 
 // Counters the admin endpoint publishes. Only the loop thread writes them.
 struct Metrics {
-    std::map<std::uint16_t, std::uint64_t> queries_by_qtype;
-    std::map<std::uint16_t, std::uint64_t> replies_by_rcode;
+    CodeCounts queries_by_qtype{known_qtypes};
+    CodeCounts replies_by_rcode{known_rcodes};
+    CodeCounts queries_by_opcode{known_opcodes};  // every query with a header, QR clear
     std::uint64_t answered = 0;            // replied from mesd's own data (or its errors)
+    std::uint64_t answered_fast = 0;       // of those, written by the fast path
     std::uint64_t forwarded = 0;           // sent upstream
     std::uint64_t dropped = 0;             // not a query, or not even a header
     std::uint64_t truncated = 0;           // replies sent with TC

@@ -209,6 +209,23 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
         auto hash = hash_name(text);
         *index.slot_for(text, hash) = (std::uint64_t{hash} << 32) | (b.at + 1);
     }
+    // Each owner's hostnames, grouped by owner and in hostname order within each group (the
+    // order of `built`), for PTR answers. A record holds at most 65,535 of them (RFC 1035
+    // 4.1.1's ANCOUNT); no generator set comes near.
+    std::vector<std::uint32_t> placed(index.owners_.size(), 0);
+    for (const auto& b : built) ++placed[index.record(b.at).owner];
+    std::uint32_t next = 0;
+    for (std::size_t i = 0; i < index.owners_.size(); ++i) {
+        index.owners_[i].hostnames_at = next;
+        index.owners_[i].hostnames = static_cast<std::uint16_t>(std::min<std::uint32_t>(placed[i], 65535));
+        next += placed[i];
+        placed[i] = 0;
+    }
+    index.hostname_records_.assign(next, 0);
+    for (const auto& b : built) {
+        auto owner = index.record(b.at).owner;
+        index.hostname_records_[index.owners_[owner].hostnames_at + placed[owner]++] = b.at;
+    }
     for (std::uint32_t i = 0; i < index.owners_.size(); ++i) {
         if (index.owners_[i].has_ipv4) index.by_ipv4_.push_back(i);
         if (index.owners_[i].ipv6) index.by_ipv6_.push_back(i);
@@ -249,6 +266,32 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
     index.owners_.shrink_to_fit();
     index.ipv6_.shrink_to_fit();
     return index;
+}
+
+std::vector<std::string> describe_mes(std::string_view mesh, std::string_view name, const conf::MeshExternalService& mes)
+{
+    std::vector<std::string> facts;
+    facts.push_back("mes=" + std::string(mesh) + "/" + std::string(name));
+    facts.push_back("port=" + (mes.port ? std::to_string(*mes.port) : std::string("*")));
+    facts.push_back("protocol=" + std::string(conf::protocol_name(mes.protocol)));
+    for (const auto& ep : mes.endpoints) {
+        std::string text = "endpoint=" + ep.address;
+        if (ep.port) text += ":" + std::to_string(*ep.port);
+        if (ep.priority) text += " priority=" + std::to_string(ep.priority);
+        facts.push_back(std::move(text));
+    }
+    if (!mes.tls || !mes.tls->enabled) {
+        facts.push_back("tls=disabled");
+    } else {
+        const auto& t = *mes.tls;
+        std::string text = "tls=enabled mode=" + std::string(conf::verification_mode_name(t.mode));
+        if (!t.server_name.empty()) text += " sni=" + t.server_name;
+        if (t.min != conf::TlsVersion::tls_auto) text += " min=" + std::string(conf::tls_version_name(t.min));
+        if (t.max != conf::TlsVersion::tls_auto) text += " max=" + std::string(conf::tls_version_name(t.max));
+        if (t.client_cert) text += " client-cert";
+        facts.push_back(std::move(text));
+    }
+    return facts;
 }
 
 std::uint64_t* NameIndex::slot_for(std::string_view name, std::uint32_t hash)
@@ -370,7 +413,8 @@ std::optional<vip::Address> NameIndex::ipv6(const Owner& o) const
 std::size_t NameIndex::bytes() const
 {
     return arena_.capacity() + owners_.capacity() * sizeof(Owner) + ipv6_.capacity() * 16 +
-           slots_.capacity() * sizeof(std::uint64_t) + (by_ipv4_.capacity() + by_ipv6_.capacity()) * sizeof(std::uint32_t) + ancestors_.capacity() * sizeof(Ancestor);
+           slots_.capacity() * sizeof(std::uint64_t) + ancestors_.capacity() * sizeof(Ancestor) +
+           (by_ipv4_.capacity() + by_ipv6_.capacity() + hostname_records_.capacity()) * sizeof(std::uint32_t);
 }
 
 }  // namespace dns

@@ -8,6 +8,8 @@
 // (linear probing, load at most one half) of 32-bit hash and record offset, so that an A
 // lookup touches two cache lines: the slot and the record. PTR lookups binary-search owner
 // indexes sorted by address.
+// Each owner also lists its hostname records (by hostname), so that a PTR answer is read from
+// the index as an A answer is, with no store read.
 #pragma once
 
 #include "store/store.hpp"
@@ -55,6 +57,8 @@ public:
         std::uint16_t mesh_size = 0, name_size = 0;
         std::uint32_t ipv4 = 0;  // host order
         std::uint32_t ipv6 = 0;  // 1 + its position in the IPv6 addresses; 0 for none
+        std::uint32_t hostnames_at = 0;  // its first entry in hostname_records_
+        std::uint16_t hostnames = 0;     // how many of its hostnames this index answers
         bool has_ipv4 = false;
     };
 
@@ -79,6 +83,11 @@ public:
 
     std::string_view mesh(const Owner& o) const { return {arena_.data() + o.mesh_at, o.mesh_size}; }
     std::string_view name(const Owner& o) const { return {arena_.data() + o.name_at, o.name_size}; }
+    // The owner's `i`th hostname (lowercase, by hostname order): the names that answer with its
+    // addresses, so a PTR answer never names a hostname that resolves elsewhere.
+    std::string_view hostname(const Owner& o, std::size_t i) const { return record_text(hostname_records_[o.hostnames_at + i]); }
+    // The owner's position, 0 to owners() - 1 (for tables kept beside the index).
+    std::size_t position(const Owner& o) const { return static_cast<std::size_t>(&o - owners_.data()); }
     static std::optional<vip::Address> ipv4(const Owner& o);
     std::optional<vip::Address> ipv6(const Owner& o) const;
 
@@ -99,6 +108,7 @@ private:
     static constexpr std::size_t record_size = 14;  // NameRecord's fields, packed
 
     std::uint32_t add_string(std::string_view s);
+
     Owner new_owner(std::string_view mesh, std::string_view name);
     NameRecord record(std::uint32_t at) const;
     void set_record(std::uint32_t at, const NameRecord& r);
@@ -122,6 +132,11 @@ private:
         std::uint32_t size = 0;
     };
     detail::PopulatedVector<Ancestor> ancestors_;
+    detail::PopulatedVector<std::uint32_t> hostname_records_;   // record offsets, grouped by owner
 };
+
+// One string per fact about a MES, as its TXT record gives them: mes=, port=, protocol=,
+// endpoint= (one each), tls=.
+std::vector<std::string> describe_mes(std::string_view mesh, std::string_view name, const conf::MeshExternalService& mes);
 
 }  // namespace dns

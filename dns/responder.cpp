@@ -3,6 +3,7 @@
 #include <ldns/ldns.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <memory>
 
@@ -411,6 +412,232 @@ bool read_question_name(WireReader& in, QuestionName& name)
 
 }  // namespace
 
+namespace {
+
+// "4.3.2.1.in-addr.arpa" or 32 nibbles under "ip6.arpa" back to the address, as
+// reverse_address() reads them but with no allocation.
+std::optional<vip::Address> fast_reverse_address(std::string_view name)
+{
+    constexpr std::string_view v4 = ".in-addr.arpa", v6 = ".ip6.arpa";
+    if (name.ends_with(v4)) {
+        name.remove_suffix(v4.size());
+        std::uint32_t value = 0;
+        for (int shift = 0; shift < 32; shift += 8) {  // the first label is the lowest octet
+            auto dot = name.find('.');
+            if ((dot == std::string_view::npos) != (shift == 24)) return std::nullopt;  // not four labels
+            auto label = name.substr(0, dot);
+            if (label.empty() || label.size() > 3 || (label.size() > 1 && label[0] == '0')) return std::nullopt;
+            unsigned octet = 0;
+            for (char c : label) {
+                if (c < '0' || c > '9') return std::nullopt;
+                octet = octet * 10 + static_cast<unsigned>(c - '0');
+            }
+            if (octet > 255) return std::nullopt;
+            value |= octet << shift;
+            if (dot != std::string_view::npos) name.remove_prefix(dot + 1);
+        }
+        return vip::Address{vip::Family::v4, value};
+    }
+    if (name.ends_with(v6)) {
+        name.remove_suffix(v6.size());
+        if (name.size() != 63) return std::nullopt;
+        vip::u128 value = 0;
+        for (std::size_t i = 0; i < 32; ++i) {  // the first label is the lowest nibble
+            char c = name[i * 2];
+            if (i < 31 && name[i * 2 + 1] != '.') return std::nullopt;
+            int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+            if (v < 0) return std::nullopt;
+            value |= static_cast<vip::u128>(v) << (4 * i);
+        }
+        return vip::Address{vip::Family::v6, value};
+    }
+    return std::nullopt;
+}
+
+// The names written so far that a later name may point at, as ldns compresses (every name and
+// each of its suffixes, where it starts before offset 16384; a name found whole or by a
+// suffix is written up to there and then pointed at). The fast path must write the bytes the
+// general path writes, pointers included.
+class Compressor {
+public:
+    explicit Compressor(const std::uint8_t* packet) : packet_(packet) {}
+    // Where `name` (uncompressed wire form) was written, if it was.
+    std::optional<std::uint16_t> find(const std::uint8_t* name) const
+    {
+        for (std::size_t i = 0; i < size_; ++i)
+            if (same(at_[i], name)) return at_[i];
+        return std::nullopt;
+    }
+    // False when the table is full: the general path answers then.
+    bool add(std::size_t at)
+    {
+        if (at >= 16384) return true;  // beyond what a pointer reaches: ldns keeps nothing either
+        if (size_ == at_.size()) return false;
+        at_[size_++] = static_cast<std::uint16_t>(at);
+        return true;
+    }
+
+private:
+    // Case-insensitive, as ldns compares names (RFC 4343).
+    bool same(std::size_t at, const std::uint8_t* name) const
+    {
+        while (true) {
+            while ((packet_[at] & 0xc0) == 0xc0) at = static_cast<std::size_t>(((packet_[at] & 0x3f) << 8) | packet_[at + 1]);
+            std::uint8_t len = packet_[at];
+            if (len != *name) return false;
+            if (len == 0) return true;
+            for (std::size_t i = 1; i <= len; ++i)
+                if (std::tolower(packet_[at + i]) != std::tolower(name[i])) return false;
+            at += 1u + len;
+            name += 1u + len;
+        }
+    }
+    const std::uint8_t* packet_;
+    std::array<std::uint16_t, 256> at_;
+    std::size_t size_ = 0;
+};
+
+// A hostname ("a.b", no final dot) in uncompressed wire form; false for what is not a name.
+bool to_wire_name(std::string_view text, std::array<std::uint8_t, 256>& out, std::size_t& size)
+{
+    size = 0;
+    while (true) {
+        auto dot = text.find('.');
+        auto label = text.substr(0, dot);
+        if (label.empty() || label.size() > 63 || size + 1 + label.size() + 1 > 255) return false;
+        out[size++] = static_cast<std::uint8_t>(label.size());
+        std::memcpy(out.data() + size, label.data(), label.size());
+        size += label.size();
+        if (dot == std::string_view::npos) break;
+        text.remove_prefix(dot + 1);
+    }
+    out[size++] = 0;
+    return true;
+}
+
+}  // namespace
+
+// The header and question of a fast reply, shared by the TXT and PTR answers.
+struct Responder::FastQuestion {
+    std::span<const std::uint8_t> query;
+    std::size_t question_end = 0;
+    const QuestionName& name;
+    bool edns = false;
+    std::uint16_t client_size = 512;
+    bool tcp = false;
+    bool do_bit = false;  // copied into our OPT record (RFC 3225 3)
+};
+
+bool Responder::finish_fast(const FastQuestion& q, std::size_t size, std::uint16_t rcode, std::uint16_t qtype,
+                            FastReply& reply) const
+{
+    if (q.edns) {  // our OPT record, as the A answer's
+        WireWriter out(reply.wire.data() + size);
+        out.u8(0);
+        out.u16(LDNS_RR_TYPE_OPT);
+        out.u16(settings_.edns_udp_size);
+        out.u16(0);  // extended rcode, version
+        out.u16(q.do_bit ? 0x8000 : 0);
+        out.u16(0);
+        size += out.size();
+    }
+    std::size_t limit = q.tcp ? 65535 : (q.edns ? std::min(q.client_size, settings_.edns_udp_size) : 512);
+    if (size > limit) return false;  // the general path truncates
+    reply.size = static_cast<std::uint16_t>(size);
+    reply.qtype = qtype;
+    reply.rcode = rcode;
+    return true;
+}
+
+std::size_t Responder::write_fast_header(const FastQuestion& q, std::uint16_t rcode, std::uint16_t answers,
+                                         FastReply& reply) const
+{
+    WireWriter out(reply.wire.data());
+    out.u16(read_u16(q.query, 0));
+    out.u8(static_cast<std::uint8_t>(0x84 | (q.query[2] & 0x01)));  // QR, AA, RD as asked
+    out.u8(static_cast<std::uint8_t>(rcode));
+    out.u16(1);
+    out.u16(answers);
+    out.u16(0);
+    out.u16(q.edns ? 1 : 0);
+    out.bytes(q.query.data() + header_size, q.question_end - header_size);
+    return out.size();
+}
+
+// One TXT record of the prebuilt RDATA (RFC 1035 3.3.14), owned by the question's name.
+bool Responder::answer_fast_txt(const FastQuestion& q, std::span<const std::uint8_t> rdata, FastReply& reply) const
+{
+    constexpr std::size_t opt_size = 11, rr_fixed = 12;
+    if (q.question_end + rr_fixed + rdata.size() + opt_size > reply.wire.size()) return false;
+    std::size_t at = write_fast_header(q, rcode_noerror, 1, reply);
+    WireWriter out(reply.wire.data() + at);
+    out.u16(0xc00c);
+    out.u16(LDNS_RR_TYPE_TXT);
+    out.u16(LDNS_RR_CLASS_IN);
+    out.u32(settings_.ttl);
+    out.u16(static_cast<std::uint16_t>(rdata.size()));
+    out.bytes(rdata.data(), rdata.size());
+    return finish_fast(q, at + out.size(), rcode_noerror, LDNS_RR_TYPE_TXT, reply);
+}
+
+// PTR of a pool address: one record per hostname of the MES holding it (RFC 1035 3.5).
+// Anything else is the general path's.
+bool Responder::answer_fast_ptr(const FastQuestion& q, Source& source, FastReply& reply) const
+{
+    std::string_view qname = q.name.view();
+    auto address = fast_reverse_address(qname);
+    if (!address) return false;
+    // A generated hostname that looks like a reverse name is answered as a name, by the
+    // general path; so is an address outside the pools (forwarded or refused).
+    if (source.find_addresses(qname) || !source.in_pool(*address)) return false;
+    std::array<std::string_view, 32> hostnames;
+    auto found = source.vip_hostnames(*address, hostnames);
+    if (found.found == Source::Found::unknown) return false;
+    // An address no MES holds is NXDOMAIN with its reverse zone's SOA: the general path's.
+    if (found.found == Source::Found::no) return false;
+
+    constexpr std::size_t opt_size = 11, rr_fixed = 12;
+    std::uint8_t* wire = reply.wire.data();
+    std::size_t at = write_fast_header(q, rcode_noerror, static_cast<std::uint16_t>(found.count), reply);
+    Compressor names(wire);
+    for (std::size_t i = 0; i < q.name.labels; ++i)
+        if (!names.add(q.name.label_starts[i])) return false;
+    for (std::size_t i = 0; i < found.count; ++i) {
+        std::array<std::uint8_t, 256> target;
+        std::size_t target_size = 0;
+        if (!to_wire_name(hostnames[i], target, target_size)) return false;
+        if (at + rr_fixed + target_size + opt_size > reply.wire.size()) return false;
+        WireWriter out(wire + at);
+        out.u16(0xc00c);
+        out.u16(LDNS_RR_TYPE_PTR);
+        out.u16(LDNS_RR_CLASS_IN);
+        out.u32(settings_.ttl);
+        std::size_t rdlength_at = at + out.size();
+        out.u16(0);
+        at += out.size();
+        std::size_t rdata_start = at;
+        // RFC 1035 4.1.4: the name as far as it is new, then a pointer to the rest.
+        for (const std::uint8_t* label = target.data();; label += 1u + *label) {
+            if (*label == 0) {
+                wire[at++] = 0;
+                break;
+            }
+            if (auto seen = names.find(label)) {
+                wire[at++] = static_cast<std::uint8_t>(0xc0 | (*seen >> 8));
+                wire[at++] = static_cast<std::uint8_t>(*seen & 0xff);
+                break;
+            }
+            if (!names.add(at)) return false;
+            std::memcpy(wire + at, label, 1u + *label);
+            at += 1u + *label;
+        }
+        std::size_t rdlength = at - rdata_start;
+        wire[rdlength_at] = static_cast<std::uint8_t>(rdlength >> 8);
+        wire[rdlength_at + 1] = static_cast<std::uint8_t>(rdlength & 0xff);
+    }
+    return finish_fast(q, at, rcode_noerror, LDNS_RR_TYPE_PTR, reply);
+}
+
 bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& client, Source& source,
                             FastReply& reply) const
 {
@@ -423,7 +650,9 @@ bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& c
     if (!read_question_name(in, name)) return false;
     std::uint16_t qtype = 0, qclass = 0;
     if (!in.u16(qtype) || !in.u16(qclass)) return false;
-    if (qclass != LDNS_RR_CLASS_IN || (qtype != LDNS_RR_TYPE_A && qtype != LDNS_RR_TYPE_AAAA)) return false;
+    if (qclass != LDNS_RR_CLASS_IN || (qtype != LDNS_RR_TYPE_A && qtype != LDNS_RR_TYPE_AAAA &&
+                                       qtype != LDNS_RR_TYPE_TXT && qtype != LDNS_RR_TYPE_PTR))
+        return false;
     std::size_t question_end = in.pos();
 
     bool edns = false, do_bit = false;
@@ -444,6 +673,8 @@ bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& c
     if (in.remaining() != 0) return false;
 
     std::string_view qname = name.view();
+    FastQuestion question{query, question_end, name, edns, client_size, client.tcp, do_bit};
+    if (qtype == LDNS_RR_TYPE_PTR) return answer_fast_ptr(question, source, reply);
     const std::string* zone = nullptr;
     for (const auto& z : settings_.zones)
         if ((qname == z || (qname.size() > z.size() && qname.ends_with(z) && qname[qname.size() - z.size() - 1] == '.')) &&
@@ -452,6 +683,12 @@ bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& c
     // Outside the zones (forwarded names, generated names under no zone) and at an apex the
     // general path answers; deciding that before the lookup keeps it from being done twice.
     if (!zone || qname == *zone) return false;
+    if (qtype == LDNS_RR_TYPE_TXT) {
+        auto txt = source.txt_rdata(qname);
+        if (txt.found == Source::Found::unknown) return false;
+        if (txt.found == Source::Found::yes) return answer_fast_txt(question, txt.rdata, reply);
+        // No such name: NXDOMAIN, as for A below.
+    }
     auto owner = source.find_addresses(qname);
 
     const std::optional<vip::Address>* address = nullptr;
@@ -553,6 +790,7 @@ Response Responder::respond(std::span<const std::uint8_t> query, const Client& c
             r.wire.assign(fast.wire.begin(), fast.wire.begin() + fast.size);
             r.qtype = fast.qtype;
             r.rcode = fast.rcode;
+            r.fast = true;
             return r;
         }
     }
@@ -574,6 +812,7 @@ Response Responder::answer_general(std::span<const std::uint8_t> query, const Cl
         return out;
     };
     unsigned opcode = (query[2] >> 3) & 0x0f;
+    out.opcode = static_cast<std::uint8_t>(opcode);
     if (opcode != LDNS_PACKET_QUERY) return header_only(rcode_notimp);
     // Checked before ldns sees the query: it keeps only the last of several TSIG records
     // (leaking the others) and takes a second OPT record without complaint.

@@ -32,6 +32,57 @@
 
 namespace dns {
 
+namespace {
+
+// Sorted by code. Query types: what mesd answers itself (A, NS, SOA, PTR, TXT, AAAA, ANY) and
+// what stub resolvers, browsers, mail servers and validators ask often enough to be worth a
+// series of their own; the other 65,500 or so count as "other".
+constexpr std::array<CodeCounts::Known, 29> qtype_table{{
+    {1, "A"},        {2, "NS"},       {5, "CNAME"},    {6, "SOA"},   {12, "PTR"},   {13, "HINFO"},
+    {15, "MX"},      {16, "TXT"},     {28, "AAAA"},    {33, "SRV"},  {35, "NAPTR"}, {39, "DNAME"},
+    {43, "DS"},      {46, "RRSIG"},   {47, "NSEC"},    {48, "DNSKEY"}, {50, "NSEC3"}, {51, "NSEC3PARAM"},
+    {52, "TLSA"},    {59, "CDS"},     {60, "CDNSKEY"}, {64, "SVCB"}, {65, "HTTPS"}, {99, "SPF"},
+    {251, "IXFR"},   {252, "AXFR"},   {255, "ANY"},    {256, "URI"}, {257, "CAA"},
+}};
+// RFC 1035 4.1.1, RFC 2136 2.2 (YXDOMAIN to NOTZONE), RFC 8490 (DSOTYPENI), RFC 6891 (BADVERS),
+// RFC 8945 and 2930 (BADKEY to BADTRUNC), RFC 7873 (BADCOOKIE).
+constexpr std::array<CodeCounts::Known, 19> rcode_table{{
+    {0, "NOERROR"},   {1, "FORMERR"},  {2, "SERVFAIL"}, {3, "NXDOMAIN"}, {4, "NOTIMP"},   {5, "REFUSED"},
+    {6, "YXDOMAIN"},  {7, "YXRRSET"},  {8, "NXRRSET"},  {9, "NOTAUTH"},  {10, "NOTZONE"}, {11, "DSOTYPENI"},
+    {16, "BADVERS"},  {17, "BADKEY"},  {18, "BADTIME"}, {19, "BADMODE"}, {20, "BADNAME"}, {21, "BADALG"},
+    {22, "BADTRUNC"},
+}};
+constexpr std::array<CodeCounts::Known, 6> opcode_table{{
+    {0, "QUERY"}, {1, "IQUERY"}, {2, "STATUS"}, {4, "NOTIFY"}, {5, "UPDATE"}, {6, "DSO"},
+}};
+
+constexpr bool sorted(std::span<const CodeCounts::Known> table)
+{
+    for (std::size_t i = 1; i < table.size(); ++i)
+        if (table[i - 1].code >= table[i].code) return false;
+    return true;
+}
+static_assert(sorted(qtype_table) && sorted(rcode_table) && sorted(opcode_table));
+
+}  // namespace
+
+const std::span<const CodeCounts::Known> known_qtypes = qtype_table;
+const std::span<const CodeCounts::Known> known_rcodes = rcode_table;
+const std::span<const CodeCounts::Known> known_opcodes = opcode_table;
+
+std::uint64_t& CodeCounts::operator[](std::uint16_t code)
+{
+    auto it = std::ranges::lower_bound(known_, code, {}, &Known::code);
+    if (it != known_.end() && it->code == code) return counts_[static_cast<std::size_t>(it - known_.begin())];
+    return counts_.back();
+}
+
+std::string_view CodeCounts::label(std::uint16_t code) const
+{
+    auto it = std::ranges::lower_bound(known_, code, {}, &Known::code);
+    return it != known_.end() && it->code == code ? std::string_view(it->name) : std::string_view("other");
+}
+
 void Metrics::observe(double seconds, std::uint64_t replies)
 {
     std::size_t i = 0;
@@ -490,9 +541,11 @@ struct Server::Impl {
     void count(const Response& r)
     {
         if (r.qtype) ++metrics.queries_by_qtype[r.qtype];
+        if (r.action != Action::drop) ++metrics.queries_by_opcode[r.opcode];
         if (r.action == Action::reply) {
             ++metrics.replies_by_rcode[r.rcode];
             ++metrics.answered;
+            if (r.fast) ++metrics.answered_fast;
             if (r.truncated) ++metrics.truncated;
         }
     }
@@ -1219,10 +1272,11 @@ bool UdpListener::read_batch()
     // Every reply of the batch leaves with the batch's sendmmsg: each query's latency runs from
     // the batch's arrival to then, so one clock read at each end serves the whole batch.
     auto received = Clock::now();
-    // Fast replies (A or AAAA, NOERROR or NXDOMAIN) counted here, added to the metrics' maps
-    // once per batch.
-    constexpr std::uint16_t qtype_a = 1, qtype_aaaa = 28, rcode_noerror = 0, rcode_nxdomain = 3;
-    std::array<std::array<std::uint32_t, 2>, 2> fast_counts{};  // [is AAAA][is NXDOMAIN]
+    // Fast replies (A, AAAA, TXT or PTR, NOERROR or NXDOMAIN) counted here, added to the
+    // metrics' counters once per batch.
+    constexpr std::uint16_t rcode_noerror = 0, rcode_nxdomain = 3;
+    constexpr std::array<std::uint16_t, 4> fast_qtypes = {1, 28, 16, 12};  // A, AAAA, TXT, PTR
+    std::array<std::array<std::uint32_t, 2>, fast_qtypes.size()> fast_counts{};  // [qtype][is NXDOMAIN]
     Server::Impl& s = *server;
     // Rate limiting comes first: a dropped answer costs no lookup (nor a prefetch), which is
     // what most of a flood gets.
@@ -1261,7 +1315,8 @@ bool UdpListener::read_batch()
         Client client{false, s.may_forward(src)};
         FastReply& f = fast[replies];
         if (s.responder.settings().fast_path && s.responder.answer_fast(query, client, s.source, f)) {
-            ++fast_counts[f.qtype == qtype_aaaa ? 1 : 0][f.rcode == rcode_nxdomain ? 1 : 0];
+            auto kind = static_cast<std::size_t>(std::ranges::find(fast_qtypes, f.qtype) - fast_qtypes.begin());
+            ++fast_counts[std::min(kind, fast_qtypes.size() - 1)][f.rcode == rcode_nxdomain ? 1 : 0];
             if (slip) {
                 f.size = static_cast<std::uint16_t>(truncate_in_place(std::span(f.wire.data(), f.size)));
                 ++s.metrics.rate_limited_slipped;
@@ -1295,12 +1350,14 @@ bool UdpListener::read_batch()
         general[replies] = std::move(r.wire);
         queue_reply(from[static_cast<std::size_t>(i)], general[replies].data(), general[replies].size());
     }
-    for (std::size_t v6 = 0; v6 < 2; ++v6)
+    for (std::size_t kind = 0; kind < fast_qtypes.size(); ++kind)
         for (std::size_t nx = 0; nx < 2; ++nx)
-            if (std::uint32_t c = fast_counts[v6][nx]) {
-                s.metrics.queries_by_qtype[v6 ? qtype_aaaa : qtype_a] += c;
+            if (std::uint32_t c = fast_counts[kind][nx]) {
+                s.metrics.queries_by_qtype[fast_qtypes[kind]] += c;
                 s.metrics.replies_by_rcode[nx ? rcode_nxdomain : rcode_noerror] += c;
                 s.metrics.answered += c;
+                s.metrics.answered_fast += c;
+                s.metrics.queries_by_opcode[0] += c;  // the fast path answers QUERY only
             }
     if (replies) s.metrics.observe(std::chrono::duration<double>(Clock::now() - received).count(), replies);
     send_replies();

@@ -26,6 +26,8 @@ store::Result<bool> StoreSource::refresh()
         pool4_ = vip::Pool::parse(pools->ipv4);
         pool6_ = vip::Pool::parse(pools->ipv6);
         index_.emplace(std::move(*index));
+        txt_at_.assign(index_->owners(), 0);
+        txt_bytes_ = {};
         // Everything the hot path reads is in the index now; the pages the build walked
         // would otherwise stay mapped, and count as this process's memory, until the next.
         store_.unmap_pages();
@@ -77,42 +79,70 @@ std::optional<Owner> StoreSource::find_vip(const vip::Address& address)
 
 std::vector<std::string> StoreSource::hostnames_of(const Owner& owner)
 {
+    // The names in the index that answer with this owner's addresses: a PTR answer never
+    // names a hostname that resolves to another VIP (one that another served mesh won).
     std::vector<std::string> out;
-    if (!snapshot_) return out;
-    auto entry = snapshot_->get(conf::Kind::mesh_external_service, owner.mesh, owner.name);
-    if (!entry || !*entry) return out;
-    for (const auto& a : (*entry)->status.hostnames.addresses) out.push_back(a.hostname);
+    if (!index_) return out;
+    const NameIndex::Owner* o = nullptr;
+    if (owner.ipv4) o = index_->find(*owner.ipv4);
+    if (!o && owner.ipv6) o = index_->find(*owner.ipv6);
+    if (!o) return out;
+    for (std::size_t i = 0; i < o->hostnames; ++i) out.emplace_back(index_->hostname(*o, i));
     return out;
 }
 
 std::vector<std::string> StoreSource::describe(const Owner& owner)
 {
-    std::vector<std::string> facts;
-    if (!snapshot_) return facts;
+    if (!snapshot_) return {};
     auto entry = snapshot_->get(conf::Kind::mesh_external_service, owner.mesh, owner.name);
-    if (!entry || !*entry) return facts;
-    const auto& mes = *(*entry)->resource.mes();
-    facts.push_back("mes=" + owner.mesh + "/" + owner.name);
-    facts.push_back("port=" + (mes.port ? std::to_string(*mes.port) : std::string("*")));
-    facts.push_back("protocol=" + std::string(conf::protocol_name(mes.protocol)));
-    for (const auto& ep : mes.endpoints) {
-        std::string text = "endpoint=" + ep.address;
-        if (ep.port) text += ":" + std::to_string(*ep.port);
-        if (ep.priority) text += " priority=" + std::to_string(ep.priority);
-        facts.push_back(std::move(text));
+    if (!entry || !*entry) return {};
+    return describe_mes(owner.mesh, owner.name, *(*entry)->resource.mes());
+}
+
+Source::Txt StoreSource::txt_rdata(std::string_view name)
+{
+    if (!index_) return {};
+    const auto* o = index_->find(name);
+    if (!o) return {Found::no, {}};
+    auto& at = txt_at_[index_->position(*o)];
+    if (at == too_large) return {};
+    if (at == 0) {
+        // Read from the snapshot the index was built from; without it (released for a write)
+        // nothing is kept, and the general path answers.
+        if (!snapshot_) return {};
+        auto entry = snapshot_->get(conf::Kind::mesh_external_service, index_->mesh(*o), index_->name(*o));
+        if (!entry || !*entry || !(*entry)->resource.mes()) return {};
+        // RFC 1035 3.3.14: character-strings of at most 255 bytes; the RDATA's size is 16 bits.
+        std::size_t start = txt_bytes_.size();
+        txt_bytes_.resize(start + 2);
+        for (const auto& fact : describe_mes(index_->mesh(*o), index_->name(*o), *(*entry)->resource.mes())) {
+            std::string_view text = std::string_view(fact).substr(0, 255);
+            txt_bytes_.push_back(static_cast<std::uint8_t>(text.size()));
+            txt_bytes_.insert(txt_bytes_.end(), text.begin(), text.end());
+        }
+        std::size_t size = txt_bytes_.size() - start - 2;
+        if (size > 0xffff || start >= too_large - 1) {
+            txt_bytes_.resize(start);
+            at = too_large;
+            return {};
+        }
+        txt_bytes_[start] = static_cast<std::uint8_t>(size >> 8);
+        txt_bytes_[start + 1] = static_cast<std::uint8_t>(size & 0xff);
+        at = static_cast<std::uint32_t>(start + 1);
     }
-    if (!mes.tls || !mes.tls->enabled) {
-        facts.push_back("tls=disabled");
-    } else {
-        const auto& t = *mes.tls;
-        std::string text = "tls=enabled mode=" + std::string(conf::verification_mode_name(t.mode));
-        if (!t.server_name.empty()) text += " sni=" + t.server_name;
-        if (t.min != conf::TlsVersion::tls_auto) text += " min=" + std::string(conf::tls_version_name(t.min));
-        if (t.max != conf::TlsVersion::tls_auto) text += " max=" + std::string(conf::tls_version_name(t.max));
-        if (t.client_cert) text += " client-cert";
-        facts.push_back(std::move(text));
-    }
-    return facts;
+    std::size_t start = at - 1;
+    std::size_t size = (static_cast<std::size_t>(txt_bytes_[start]) << 8) | txt_bytes_[start + 1];
+    return {Found::yes, std::span<const std::uint8_t>(txt_bytes_).subspan(start + 2, size)};
+}
+
+Source::Hostnames StoreSource::vip_hostnames(const vip::Address& address, std::span<std::string_view> out)
+{
+    if (!index_) return {};
+    const auto* o = index_->find(address);
+    if (!o) return {Found::no, 0};
+    if (o->hostnames > out.size()) return {};
+    for (std::size_t i = 0; i < o->hostnames; ++i) out[i] = index_->hostname(*o, i);
+    return {Found::yes, o->hostnames};
 }
 
 bool StoreSource::in_pool(const vip::Address& address)

@@ -1,12 +1,16 @@
 // The responder alone, with a Source in memory: every rule, byte for byte where it matters.
 #include "dns/dns.hpp"
 
+#include "test/support/resources.hpp"
+#include "test/support/tempdir.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <ldns/ldns.h>
 
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -340,4 +344,128 @@ TEST_CASE("responder: empty non-terminals, the DO bit and malformed OPT records:
     CHECK(b.rcode == LDNS_RCODE_FORMERR);
     CHECK(a.wire == b.wire);
     CHECK(a.wire[11] == 1);
+}
+
+namespace {
+
+// A store behind a StoreSource: the TXT and PTR answers the fast path takes from the index
+// against those the general path builds from the snapshot.
+struct StoreSetup {
+    test_support::TempDir dir;
+    std::unique_ptr<store::Store> db;
+    std::unique_ptr<dns::StoreSource> source;
+    dns::Responder fast{dns::Settings{}};
+    dns::Responder general{[] {
+        dns::Settings s;
+        s.fast_path = false;
+        return s;
+    }()};
+
+    explicit StoreSetup(std::vector<conf::Resource> resources)
+    {
+        auto opened = store::Store::open(store::Options{(dir.path / "data").string()});
+        REQUIRE(opened.has_value());
+        db = std::move(*opened);
+        store::WriteOptions options;
+        options.pools.ipv4 = "127.242.0.0/16";
+        options.pools.ipv6 = "fd00::/112";
+        auto applied = db->apply(resources, options);
+        INFO((applied ? std::string() : applied.error().message));
+        REQUIRE(applied.has_value());
+        source = std::make_unique<dns::StoreSource>(*db, std::vector<std::string>{"default"});
+        REQUIRE(source->refresh().has_value());
+    }
+    // Both paths' replies, which must be the same bytes; whether the fast path answered.
+    bool same(const std::vector<std::uint8_t>& q, bool tcp = false)
+    {
+        dns::Client client{tcp, false};
+        dns::FastReply reply;
+        bool answered = fast.answer_fast(q, client, *source, reply);
+        auto a = fast.respond(q, client, *source);
+        auto b = general.respond(q, client, *source);
+        CHECK(a.action == b.action);
+        CHECK(a.rcode == b.rcode);
+        CHECK(a.qtype == b.qtype);
+        CHECK(a.truncated == b.truncated);
+        CHECK(a.wire == b.wire);
+        if (answered) CHECK(std::vector<std::uint8_t>(reply.wire.begin(), reply.wire.begin() + reply.size) == b.wire);
+        return answered;
+    }
+};
+
+conf::Resource mes_with_endpoints(const std::string& name, int endpoints)
+{
+    auto r = test_support::make_mes(name);
+    auto& m = std::get<conf::MeshExternalService>(r.spec);
+    m.endpoints.clear();
+    for (int i = 0; i < endpoints; ++i)
+        m.endpoints.push_back(conf::Endpoint{"endpoint-" + std::to_string(i) + ".backends.example.com",
+                                             conf::AddressKind::hostname, 8080, static_cast<std::uint8_t>(i % 3)});
+    return r;
+}
+
+std::string reverse_of(const char* address) { return vip::Address::parse(address)->reverse_name(); }
+
+}  // namespace
+
+TEST_CASE("responder: TXT and PTR from the index are byte for byte the general path's, and the fast path's")
+{
+    std::vector<conf::Resource> resources = {test_support::make_generator("a-plain", "{{ .Name }}.mesh"),
+                                             test_support::make_generator("b-other", "{{ .Name }}.other.mesh"),
+                                             test_support::make_generator("c-outside", "{{ .Name }}.svc.example")};
+    for (int endpoints : {0, 1, 2, 6, 7, 8, 9, 12, 19, 20, 21, 22, 27, 80})
+        resources.push_back(mes_with_endpoints("mes-" + std::to_string(endpoints), endpoints));
+    StoreSetup s(resources);
+
+    std::size_t fast = 0, general = 0;
+    auto ask = [&](const std::string& name, ldns_rr_type type, std::uint16_t edns, bool tcp) {
+        INFO(name << " type " << type << " edns " << edns << " tcp " << tcp);
+        (s.same(query(name.c_str(), type, edns), tcp) ? fast : general) += 1;
+    };
+    for (const std::string suffix : {".mesh.", ".OTHER.Mesh.", ".svc.example.", ".nope.mesh."})
+        for (int endpoints : {0, 1, 2, 6, 7, 8, 9, 12, 19, 20, 21, 22, 27, 80})
+            for (std::uint16_t edns : {std::uint16_t{0}, std::uint16_t{512}, std::uint16_t{1232}, std::uint16_t{4096}})
+                for (bool tcp : {false, true}) ask("MES-" + std::to_string(endpoints) + suffix, LDNS_RR_TYPE_TXT, edns, tcp);
+    // Every VIP: two families, three hostnames each (one outside the zones), unused addresses
+    // of the pools, and an address outside them.
+    for (const char* address : {"127.242.0.1", "127.242.0.5", "127.242.0.14", "127.242.0.15", "127.242.255.254",
+                                "10.0.0.1", "fd00::1", "fd00::e", "fd00::ff", "fd01::1"})
+        for (std::uint16_t edns : {std::uint16_t{0}, std::uint16_t{1232}})
+            for (bool tcp : {false, true}) {
+                ask(reverse_of(address), LDNS_RR_TYPE_PTR, edns, tcp);
+                auto upper = reverse_of(address);
+                for (auto& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+                ask(upper, LDNS_RR_TYPE_PTR, edns, tcp);
+                ask(reverse_of(address), LDNS_RR_TYPE_TXT, edns, tcp);
+            }
+    // Reverse names that are not addresses.
+    for (const char* name : {"1.0.242.127.in-addr.arpa.", "01.0.242.127.in-addr.arpa.", "256.0.242.127.in-addr.arpa.",
+                             "0.242.127.in-addr.arpa.", "1.1.0.242.127.in-addr.arpa.",
+                             "g.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.d.f.ip6.arpa."})
+        ask(name, LDNS_RR_TYPE_PTR, 0, false);
+    // The fast path answered most, and left the replies that need truncating (and the
+    // names outside the zones) to the general path.
+    CHECK(fast > general);
+    CHECK(general > 0);
+
+    // What the fast path took, case by case.
+    dns::FastReply reply;
+    auto fast_answers = [&](const std::string& name, ldns_rr_type type, std::uint16_t edns = 0, bool tcp = false) {
+        return s.fast.answer_fast(query(name.c_str(), type, edns), dns::Client{tcp, false}, *s.source, reply);
+    };
+    CHECK(fast_answers("mes-1.mesh.", LDNS_RR_TYPE_TXT));
+    CHECK(fast_answers("nope.mesh.", LDNS_RR_TYPE_TXT));              // NXDOMAIN
+    CHECK_FALSE(fast_answers("mes-1.svc.example.", LDNS_RR_TYPE_TXT));  // outside the zones
+    CHECK_FALSE(fast_answers("mes-12.mesh.", LDNS_RR_TYPE_TXT));        // over 512: TC
+    CHECK(fast_answers("mes-12.mesh.", LDNS_RR_TYPE_TXT, 1232));
+    CHECK(fast_answers("mes-12.mesh.", LDNS_RR_TYPE_TXT, 0, true));
+    CHECK_FALSE(fast_answers("mes-27.mesh.", LDNS_RR_TYPE_TXT, 1232));  // over 1232: TC
+    CHECK(fast_answers("mes-27.mesh.", LDNS_RR_TYPE_TXT, 4096, true));
+    CHECK_FALSE(fast_answers("mes-80.mesh.", LDNS_RR_TYPE_TXT, 0, true));  // over the fast buffer
+    CHECK(fast_answers(reverse_of("127.242.0.1"), LDNS_RR_TYPE_PTR));
+    CHECK(reply.size > 0);
+    CHECK(fast_answers(reverse_of("fd00::1"), LDNS_RR_TYPE_PTR));
+    // NXDOMAIN with the reverse zone's SOA: the general path's.
+    CHECK_FALSE(fast_answers(reverse_of("127.242.255.254"), LDNS_RR_TYPE_PTR));
+    CHECK_FALSE(fast_answers(reverse_of("10.0.0.1"), LDNS_RR_TYPE_PTR));  // not ours
 }
