@@ -4,6 +4,8 @@
 #include "test/support/resources.hpp"
 #include "test/support/tempdir.hpp"
 
+#include "test/support/ldns_query.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <ldns/ldns.h>
@@ -68,20 +70,7 @@ struct Parsed {
 
 std::vector<std::uint8_t> query(const char* name, ldns_rr_type type, std::uint16_t edns_size = 0, std::uint8_t edns_version = 0)
 {
-    ldns_pkt* q = nullptr;
-    REQUIRE(ldns_pkt_query_new_frm_str(&q, name, type, LDNS_RR_CLASS_IN, LDNS_RD) == LDNS_STATUS_OK);
-    ldns_pkt_set_id(q, 0xbeef);
-    if (edns_size) {
-        ldns_pkt_set_edns_udp_size(q, edns_size);
-        ldns_pkt_set_edns_version(q, edns_version);
-    }
-    std::uint8_t* buf = nullptr;
-    std::size_t size = 0;
-    REQUIRE(ldns_pkt2wire(&buf, q, &size) == LDNS_STATUS_OK);
-    std::vector<std::uint8_t> out(buf, buf + size);
-    free(buf);
-    ldns_pkt_free(q);
-    return out;
+    return test_support::ldns_query(name, type, {edns_size, edns_version});
 }
 
 struct Setup {
@@ -310,18 +299,7 @@ TEST_CASE("responder: empty non-terminals, the DO bit and malformed OPT records:
         return out.substr(0, out.find(";; Query time"));
     };
     auto with_do = [](const char* name, ldns_rr_type type) {
-        ldns_pkt* q = nullptr;
-        REQUIRE(ldns_pkt_query_new_frm_str(&q, name, type, LDNS_RR_CLASS_IN, LDNS_RD) == LDNS_STATUS_OK);
-        ldns_pkt_set_id(q, 0xbeef);
-        ldns_pkt_set_edns_udp_size(q, 1232);
-        ldns_pkt_set_edns_do(q, true);
-        std::uint8_t* buf = nullptr;
-        std::size_t size = 0;
-        REQUIRE(ldns_pkt2wire(&buf, q, &size) == LDNS_STATUS_OK);
-        std::vector<std::uint8_t> out(buf, buf + size);
-        free(buf);
-        ldns_pkt_free(q);
-        return out;
+        return test_support::ldns_query(name, type, {.edns_size = 1232, .do_bit = true});
     };
     for (const char* name : {"ext.mesh.", "EXT.Mesh.", "deep.ext.mesh.", "x.ext.mesh.", "x.deep.ext.mesh.", "nope.mesh."})
         for (auto type : {LDNS_RR_TYPE_A, LDNS_RR_TYPE_AAAA})

@@ -3,6 +3,8 @@
 #include "dns/dns.hpp"
 #include "test/support/dns.hpp"
 
+#include "test/support/ldns_query.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <ldns/ldns.h>
@@ -22,17 +24,7 @@ long long metric(const std::string& page, const std::string& series)
 
 std::vector<std::uint8_t> query(const std::string& name, ldns_rr_type type, std::uint16_t edns_size = 0)
 {
-    ldns_pkt* q = nullptr;
-    REQUIRE(ldns_pkt_query_new_frm_str(&q, name.c_str(), type, LDNS_RR_CLASS_IN, LDNS_RD) == LDNS_STATUS_OK);
-    ldns_pkt_set_id(q, 0x4d45);
-    if (edns_size) ldns_pkt_set_edns_udp_size(q, edns_size);
-    std::uint8_t* buf = nullptr;
-    std::size_t size = 0;
-    REQUIRE(ldns_pkt2wire(&buf, q, &size) == LDNS_STATUS_OK);
-    std::vector<std::uint8_t> out(buf, buf + size);
-    free(buf);
-    ldns_pkt_free(q);
-    return out;
+    return test_support::ldns_query(name, type, {.edns_size = edns_size, .id = 0x4d45});
 }
 
 // One framed query over TCP and its reply.
