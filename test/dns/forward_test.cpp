@@ -152,7 +152,13 @@ TEST_CASE("forward: a query that comes back through another forwarder is answere
     CHECK(metric(metrics, "mesd_dns_forwarded_total") <= 2 * loops);
     CHECK(metric(metrics, "mesd_dns_forward_loops_total") >= loops);
     CHECK(metric(metrics, "mesd_dns_forward_in_flight") == 0);
+    // AddressSanitizer's quarantine keeps freed memory resident for a while: a looser bound
+    // there, still far below the 270 MB a loop cost before.
+#ifdef __SANITIZE_ADDRESS__
+    CHECK(after - before < 16 * 1024);
+#else
     CHECK(after - before < 2048);
+#endif
     CHECK(occurrences(f.mesd->log(), "msg=\"forwarding loop") == 1);  // reported, not per query
     INFO("RSS before " << before << " KiB, after " << loops << " loops " << after << " KiB");
     CHECK(before > 0);
@@ -242,8 +248,15 @@ TEST_CASE("forward: memory per pending forward is bounded at maxInFlight")
     WARN("VmRSS idle " << idle << " KiB, with " << max_in_flight << " forwards pending " << full << " KiB: "
                        << per_forward << " bytes each");
     // 64 KiB each before (256 MiB at 4,096); now a few hundred bytes plus the query.
+    // AddressSanitizer adds redzones to every allocation and its own shadow memory to the
+    // idle figure: looser bounds there, still far below 64 KiB a forward.
+#ifdef __SANITIZE_ADDRESS__
+    CHECK(per_forward < 16 * 1024);
+    CHECK(full - idle < 64 * 1024);
+#else
     CHECK(per_forward < 4096);
     CHECK(full < 48 * 1024);
+#endif
 }
 
 TEST_CASE("forward: a silent upstream is backed off so the second lookup onward is fast and it is probed again")
