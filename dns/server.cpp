@@ -528,6 +528,7 @@ struct TcpConnection {
     std::vector<std::uint8_t> in;
     std::vector<Forward*> forwards;  // forwards not yet answered; told when this closes
     bool draining = false;
+    bool drain_when_answered = false;  // the client half-closed: drain once forwards are answered
     uv_shutdown_t shutdown_req{};
     bool may_forward = false;
     std::string address;  // the client's address bytes, for tcpMaxClientsPerIp
@@ -638,6 +639,22 @@ struct TcpConnection {
             last_active = now;
         }
         arm();
+    }
+
+    // The client shut down its side (EOF) after its last query, as one-shot clients do: it
+    // still reads, so the answers it is owed (its forwards, replies not yet written) go out
+    // before the connection closes; closing at once would leave it to retry over a new
+    // connection (RFC 7766 section 6.2.4), or, if it cannot, without answers. A partial
+    // message left over will never complete.
+    void on_peer_done()
+    {
+        uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp));
+        if (!in.empty()) {
+            close();
+            return;
+        }
+        drain_when_answered = true;
+        if (forwards.empty()) drain();
     }
 
     // Queues a reply; the caller settles the connection afterwards.
@@ -830,7 +847,8 @@ struct Forward {
         if (tcp_client) std::erase(tcp_client->forwards, this);
         if (reply.empty() || (via_tcp && !tcp_client)) {  // nothing to send, or the client has gone
             if (tcp_client) tcp_client->settle();
-            if (tcp_client && server.stopping && tcp_client->forwards.empty()) tcp_client->drain();
+            if (tcp_client && (server.stopping || tcp_client->drain_when_answered) && tcp_client->forwards.empty())
+                tcp_client->drain();
             return;
         }
         set_id(reply, client_id);
@@ -841,7 +859,7 @@ struct Forward {
         if (tcp_client) {
             tcp_client->send(std::move(reply));
             tcp_client->settle();
-            if (server.stopping && tcp_client->forwards.empty()) tcp_client->drain();
+            if ((server.stopping || tcp_client->drain_when_answered) && tcp_client->forwards.empty()) tcp_client->drain();
             return;
         }
         if (reply.size() > client_udp_size) {
@@ -1497,6 +1515,7 @@ void Server::Impl::on_tcp_connection(uv_stream_t* listener)
                       auto* conn = static_cast<TcpConnection*>(s->data);
                       if (n > 0) conn->on_read(std::span<const std::uint8_t>(reinterpret_cast<std::uint8_t*>(b->base),
                                                                              static_cast<std::size_t>(n)));
+                      else if (n == UV_EOF) conn->on_peer_done();
                       else if (n < 0) conn->close();
                       std::free(b->base);
                   });
