@@ -69,7 +69,11 @@ std::optional<vip::Address> address_of(const sockaddr* sa)
     }
     if (sa->sa_family == AF_INET6) {
         auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
-        return vip::Address::from_bytes(std::string_view(reinterpret_cast<const char*>(&in6->sin6_addr), 16));
+        const char* bytes = reinterpret_cast<const char*>(&in6->sin6_addr);
+        // An IPv4 client of a dual-stack socket arrives as ::ffff:a.b.c.d (RFC 4291 section
+        // 2.5.5.2): it is that IPv4 address, which the allow list and mesd's own addresses name.
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) return vip::Address::from_bytes(std::string_view(bytes + 12, 4));
+        return vip::Address::from_bytes(std::string_view(bytes, 16));
     }
     return std::nullopt;
 }

@@ -1,4 +1,5 @@
-// The DNS side attacked through the real mesd binary: TCP clients that half-close.
+// The DNS side attacked through the real mesd binary: TCP clients that half-close, IPv4
+// clients of a dual-stack listener.
 #include "test/support/dns.hpp"
 
 using namespace test_support;
@@ -12,6 +13,8 @@ double metric(const std::string& text, const std::string& name)
     if (at == std::string::npos) return -1;
     return std::stod(text.substr(at + name.size() + 2));
 }
+
+int rcode_of(const std::vector<std::uint8_t>& reply) { return reply.size() >= 12 ? reply[3] & 0x0f : -1; }
 
 // An upstream that answers every query with 127.0.0.9 after `delay`.
 FakeUpstream late_upstream(std::chrono::milliseconds delay)
@@ -49,4 +52,21 @@ TEST_CASE("audit: a TCP client that half-closes after its queries still gets eve
     CHECK(eventually([&] {
         return metric(f.mesd->admin_get("/metrics"), "mesd_dns_forward_in_flight") == 0;
     }, 2s));
+}
+
+TEST_CASE("audit: IPv4 clients of a dual-stack listener are allowed to forward as their IPv4 address is")
+{
+    // On [::] an IPv4 client is seen as ::ffff:a.b.c.d (RFC 4291 2.5.5.2); the default allow
+    // list names 127.0.0.0/8, which must cover it.
+    auto upstream = late_upstream(0ms);
+    auto options = forwarding({upstream.port}, "1s");
+    options.dns_listen = "[::]:0";
+    Fixture f(options);
+    auto udp = udp_exchange(f.mesd->dns_port(), raw_query("mapped.example"), 2000ms);
+    CHECK(rcode_of(udp) == 0);
+    int fd = tcp_connect(f.mesd->dns_port());
+    auto stream = framed({raw_query("mapped-tcp.example")});
+    REQUIRE(::send(fd, stream.data(), stream.size(), 0) == static_cast<ssize_t>(stream.size()));
+    CHECK(read_replies(fd, 1) == std::vector<int>{0});
+    ::close(fd);
 }
