@@ -296,6 +296,30 @@ bool marked_by(std::span<const std::uint8_t> q, const LoopToken& token)
     return false;
 }
 
+// What makes two queries the same question to an upstream: the name (lowercase), type and
+// class, RD and CD, and the whole OPT record but its UDP size (DO, cookies, ECS and the rest of
+// the options shape the answer); empty when the question cannot be read.
+std::string join_key(std::span<const std::uint8_t> q)
+{
+    std::size_t end = question_end(q);
+    if (end == 0 || q[4] != 0 || q[5] != 1) return {};
+    std::string key;
+    key.reserve(end + 16);
+    key.push_back(static_cast<char>(q[2] & 0x01));  // RD
+    key.push_back(static_cast<char>(q[3] & 0x10));  // CD
+    for (std::size_t i = 12; i < end; ++i) {
+        auto c = q[i];
+        if (i < end - 4 && c >= 'A' && c <= 'Z') c = static_cast<std::uint8_t>(c + 32);
+        key.push_back(static_cast<char>(c));
+    }
+    auto opt = opt_record(q);
+    if (opt.size() >= opt_fixed) {
+        key.push_back('\1');
+        key.append(reinterpret_cast<const char*>(opt.data()) + 5, opt.size() - 5);  // TTL (DO) and options
+    }
+    return key;
+}
+
 // The reply without its OPT record, for a client that sent none (RFC 6891 section 7: an OPT
 // record only in a reply to a query that had one); the OPT came from the option mesd added.
 void strip_opt(std::vector<std::uint8_t>& reply)
@@ -471,6 +495,9 @@ struct Server::Impl {
     // Open connections per client address (its bytes), kept when tcpMaxClientsPerIp is set.
     std::unordered_map<std::string, std::uint32_t> tcp_per_address;
     std::list<Forward*> forwards;
+    // The forward asking upstream for each question now in flight, by join_key(): a query
+    // asking the same waits for its answer instead of asking again.
+    std::unordered_map<std::string, Forward*> asking;
     int open_listeners = 0;
     bool stopping = false;
     std::function<void()> on_stopped;
@@ -781,6 +808,10 @@ struct Forward {
     int open_handles = 0;
     bool done = false;
     std::vector<std::uint8_t> tcp_in;
+    // A forward asking upstream is in `server.asking` under `key`, and answers its
+    // `joined` too: forwards of the same question that arrived meanwhile and ask nobody.
+    std::string key;
+    std::vector<Forward*> joined;
 
     explicit Forward(Server::Impl& s) : server(s)
     {
@@ -840,11 +871,31 @@ struct Forward {
         }, static_cast<std::uint64_t>(wait.count()), 0);
     }
 
-    void finish(std::vector<std::uint8_t> reply)
+    void finish(std::vector<std::uint8_t> reply, bool failed = false)
     {
         if (done) return;
         done = true;
         server.forwards.erase(self);
+        if (!key.empty()) {
+            if (auto it = server.asking.find(key); it != server.asking.end() && it->second == this) server.asking.erase(it);
+            key.clear();
+        }
+        // Those that joined get the answer as their own (their ID and their question's case,
+        // RFC 5452 section 9.1, set in theirs), or their own SERVFAIL.
+        auto waiting = std::move(joined);
+        joined.clear();
+        for (auto* j : waiting) {
+            if (failed || reply.empty()) {
+                j->fail();
+                continue;
+            }
+            auto theirs = reply;
+            std::size_t end = question_end(theirs);
+            if (end != 0 && end == question_end(j->original))
+                std::copy(j->original.begin() + 12, j->original.begin() + static_cast<std::ptrdiff_t>(end - 4),
+                          theirs.begin() + 12);
+            j->finish(std::move(theirs));
+        }
         uv_timer_stop(&timer);
         close_sockets();
         uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);
@@ -876,7 +927,7 @@ struct Forward {
     void fail()
     {
         ++server.metrics.upstream_failures;
-        finish(server.responder.error_reply(original, 2 /* SERVFAIL */, via_tcp ? 65535 : client_udp_size));
+        finish(server.responder.error_reply(original, 2 /* SERVFAIL */, via_tcp ? 65535 : client_udp_size), true);
     }
 
     // Tries upstream `upstream` over UDP from a fresh socket (a fresh source port).
@@ -1200,7 +1251,12 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
         else if (!reply.empty()) static_cast<UdpListener*>(udp->data)->send_one(client, std::move(reply));
         return;
     }
-    ++metrics.forwarded;
+    auto key = join_key(query);
+    Forward* leader = nullptr;
+    if (!key.empty())
+        if (auto it = asking.find(key); it != asking.end()) leader = it->second;
+    if (leader) ++metrics.forward_joined;
+    else ++metrics.forwarded;
     auto* f = new Forward(*this);
     forwards.push_front(f);
     f->self = forwards.begin();
@@ -1220,6 +1276,19 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
     } else {
         f->udp_listener = udp;
         std::memcpy(&f->client, client, client->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
+    }
+    // The same question already being asked: this one waits for that answer. Besides
+    // sparing the upstreams a burst of identical queries (as Unbound and dnsmasq merge
+    // them), this ends a loop through a forwarder that strips mesd's loop option: the query
+    // that comes back joins the forward it came from instead of being forwarded again, which
+    // would repeat until every maxInFlight slot were taken by one client query.
+    if (leader) {
+        leader->joined.push_back(f);
+        return;
+    }
+    if (!key.empty()) {
+        f->key = key;
+        asking.emplace(std::move(key), f);
     }
     f->try_udp();
 }

@@ -2,6 +2,9 @@
 // clients of a dual-stack listener.
 #include "test/support/dns.hpp"
 
+#include <atomic>
+#include <map>
+
 using namespace test_support;
 using namespace std::chrono_literals;
 
@@ -69,4 +72,124 @@ TEST_CASE("audit: IPv4 clients of a dual-stack listener are allowed to forward a
     REQUIRE(::send(fd, stream.data(), stream.size(), 0) == static_cast<ssize_t>(stream.size()));
     CHECK(read_replies(fd, 1) == std::vector<int>{0});
     ::close(fd);
+}
+
+namespace {
+
+// A forwarder that drops the additional section of every query, mesd's loop option with it,
+// and asks `target` (mesd) for it: the loop that option cannot see.
+struct StrippingForwarder {
+    int listen_fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+    int ask_fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+    int port = 0;
+    std::atomic<int> asked{0};
+    std::jthread thread;
+
+    explicit StrippingForwarder(const int& target)
+    {
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ::bind(listen_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+        ::bind(ask_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+        socklen_t len = sizeof addr;
+        ::getsockname(listen_fd, reinterpret_cast<sockaddr*>(&addr), &len);
+        port = ntohs(addr.sin_port);
+        thread = std::jthread([this, &target](std::stop_token stop) {
+            std::map<std::uint16_t, std::pair<std::uint16_t, sockaddr_in>> pending;
+            std::uint16_t next_id = 1;
+            while (!stop.stop_requested()) {
+                pollfd p[2] = {{listen_fd, POLLIN, 0}, {ask_fd, POLLIN, 0}};
+                if (::poll(p, 2, 100) <= 0) continue;
+                std::vector<std::uint8_t> m(65535);
+                sockaddr_in from{};
+                socklen_t flen = sizeof from;
+                if (p[0].revents & POLLIN) {
+                    auto n = ::recvfrom(listen_fd, m.data(), m.size(), 0, reinterpret_cast<sockaddr*>(&from), &flen);
+                    if (n < 12) continue;
+                    std::size_t end = 12;
+                    while (end < static_cast<std::size_t>(n) && m[end] != 0) end += 1u + m[end];
+                    m.resize(std::min(end + 5, static_cast<std::size_t>(n)));
+                    m[10] = m[11] = 0;
+                    std::uint16_t id = next_id++;
+                    pending[id] = {static_cast<std::uint16_t>((m[0] << 8) | m[1]), from};
+                    m[0] = static_cast<std::uint8_t>(id >> 8);
+                    m[1] = static_cast<std::uint8_t>(id & 0xff);
+                    sockaddr_in to{};
+                    to.sin_family = AF_INET;
+                    to.sin_port = htons(static_cast<std::uint16_t>(target));
+                    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+                    ++asked;
+                    ::sendto(ask_fd, m.data(), m.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof to);
+                } else if (p[1].revents & POLLIN) {
+                    auto n = ::recv(ask_fd, m.data(), m.size(), 0);
+                    if (n < 12) continue;
+                    auto it = pending.find(static_cast<std::uint16_t>((m[0] << 8) | m[1]));
+                    if (it == pending.end()) continue;
+                    m[0] = static_cast<std::uint8_t>(it->second.first >> 8);
+                    m[1] = static_cast<std::uint8_t>(it->second.first & 0xff);
+                    ::sendto(listen_fd, m.data(), static_cast<std::size_t>(n), 0,
+                             reinterpret_cast<const sockaddr*>(&it->second.second), sizeof it->second.second);
+                    pending.erase(it);
+                }
+            }
+        });
+    }
+    ~StrippingForwarder()
+    {
+        thread.request_stop();
+        thread.join();
+        ::close(listen_fd);
+        ::close(ask_fd);
+    }
+};
+
+}  // namespace
+
+TEST_CASE("audit: a loop through a forwarder that strips the loop option costs one more forward and not every slot")
+{
+    int mesd_port = 0;
+    StrippingForwarder stripper(mesd_port);
+    auto options = forwarding({stripper.port}, "500ms");
+    options.dns_section += "    maxWait: 800ms\n";
+    Fixture f(options);
+    mesd_port = f.mesd->dns_port();
+    auto reply = udp_exchange(mesd_port, raw_query("loop.example"), 3000ms);
+    CHECK(rcode_of(reply) == 2);
+    auto metrics = f.mesd->admin_get("/metrics");
+    INFO(metrics);
+    // The client's query, and the one that came back joined it (4,096 forwards before).
+    CHECK(metric(metrics, "mesd_dns_forwarded_total") == 1);
+    CHECK(metric(metrics, "mesd_dns_forward_joined_total") == 1);
+    CHECK(metric(metrics, "mesd_dns_forward_overload_total") == 0);
+    CHECK(stripper.asked <= 2);
+    CHECK(eventually([&] { return metric(f.mesd->admin_get("/metrics"), "mesd_dns_forward_in_flight") == 0; }, 2s));
+}
+
+TEST_CASE("audit: clients asking the same question at once get one upstream query and each its own ID and case")
+{
+    std::atomic<int> asked{0};
+    FakeUpstream upstream([&](int fd, const std::vector<std::uint8_t>& q, const sockaddr_in& from) {
+        ++asked;
+        std::this_thread::sleep_for(200ms);
+        auto r = a_reply(q, static_cast<std::uint16_t>((q[0] << 8) | q[1]), 9);
+        ::sendto(fd, r.data(), r.size(), 0, reinterpret_cast<const sockaddr*>(&from), sizeof from);
+    });
+    Fixture f(forwarding({upstream.port}, "1s"));
+    auto first = with_id(raw_query("Same.Example"), 0x1111);
+    auto second = with_id(raw_query("sAME.eXAMPLE"), 0x2222);
+    std::vector<std::uint8_t> got_first;
+    std::jthread asking([&] { got_first = udp_exchange(f.mesd->dns_port(), first, 2000ms); });
+    std::this_thread::sleep_for(50ms);
+    auto got_second = udp_exchange(f.mesd->dns_port(), second, 2000ms);
+    asking.join();
+    REQUIRE(got_first.size() == first.size() + 16);
+    REQUIRE(got_second.size() == second.size() + 16);
+    CHECK(std::equal(first.begin() + 12, first.end(), got_first.begin() + 12));  // the question as asked
+    CHECK(std::equal(second.begin() + 12, second.end(), got_second.begin() + 12));
+    CHECK((got_first[0] == 0x11 && got_first[1] == 0x11));
+    CHECK((got_second[0] == 0x22 && got_second[1] == 0x22));
+    CHECK(got_second.back() == 9);
+    CHECK(asked == 1);
+    CHECK(metric(f.mesd->admin_get("/metrics"), "mesd_dns_forward_joined_total") == 1);
 }
