@@ -1542,6 +1542,16 @@ void UdpListener::send_replies()
 
 void UdpListener::send_one(const sockaddr* to, std::vector<std::uint8_t> bytes)
 {
+    // Replies the socket would not take wait in libuv's queue, which has no bound of its own:
+    // when the outgoing link is what is full (a flood of small queries for large answers),
+    // it grew by the flood's whole excess, 21 MB in 4 s on an 8 Mbit/s link, and sent the
+    // replies seconds late. Past about one default socket buffer more (net.core.wmem_default,
+    // 208 KiB), a reply is dropped and counted, as a UDP server under overload drops.
+    constexpr std::size_t send_queue_limit = 256 * 1024;
+    if (uv_udp_get_send_queue_size(&handle) > send_queue_limit) {
+        ++server->metrics.dropped;
+        return;
+    }
     auto* send = new UdpSend;
     send->bytes = std::move(bytes);
     std::memcpy(&send->to, to, to->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));

@@ -1,6 +1,6 @@
 // The DNS side attacked through the real mesd binary: TCP clients that half-close or
 // pipeline without reading, IPv4 clients of a dual-stack listener, a forwarding loop that
-// mesd's loop option cannot see, clients asking the same question at once.
+X
 #include "test/support/dns.hpp"
 
 #include <atomic>
@@ -235,5 +235,46 @@ TEST_CASE("audit: a TCP client that pipelines without reading cannot grow mesd's
     for (int fd : fds) ::close(fd);
     WARN("RSS before " << before << " KiB, peak " << peak << " KiB");
     CHECK(peak - before < 24 * 1024);
+    CHECK(before > 0);
+}
+
+TEST_CASE("audit: a UDP flood for answers larger than the link carries leaves mesd's memory bounded")
+{
+    // Queries of 40 bytes for a 1,100-byte answer, in a namespace whose loopback carries
+    // 8 Mbit/s: the replies cannot all leave. 21 MB more in 4 s before, growing with the flood.
+    Namespace ns("mesd-audit-udp");
+    REQUIRE(ns.in({"/usr/sbin/tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "8mbit", "burst", "32kb", "latency",
+                   "400ms"}).exit_code == 0);
+    MesdOptions o;
+    o.wrapper = ns.exec;
+    Fixture f(o);
+    f.dir.write("flood.py",
+                "import socket, struct, sys, time\n"
+                "q = struct.pack('>HHHHHH', 1, 0x0100, 1, 0, 0, 1) + b'\\x07mes-big\\x04mesh\\x00\\x00\\x10\\x00\\x01'"
+                " + b'\\x00\\x00\\x29\\x10\\x00\\x00\\x00\\x00\\x00\\x00\\x00'\n"
+                "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+                "s.setblocking(False)\n"
+                "end = time.time() + 3\n"
+                "while time.time() < end:\n"
+                "    try: s.sendto(q, ('127.0.0.1', int(sys.argv[1])))\n"
+                "    except OSError: pass\n");
+    long before = rss_kib(f.mesd->pid());
+    std::vector<std::unique_ptr<Child>> flooders;
+    for (int i = 0; i < 3; ++i)
+        flooders.push_back(std::make_unique<Child>(ns.wrap({"/usr/bin/python3", (f.dir.path / "flood.py").string(), f.port}),
+                                                   (f.dir.path / ("flood" + std::to_string(i) + ".out")).string()));
+    long peak = before;
+    auto end = std::chrono::steady_clock::now() + 3500ms;
+    while (std::chrono::steady_clock::now() < end) {
+        peak = std::max(peak, rss_kib(f.mesd->pid()));
+        std::this_thread::sleep_for(20ms);
+    }
+    for (auto& c : flooders) c->wait();
+    auto metrics = ns.in({"/usr/bin/curl", "-s", "http://127.0.0.1:" + std::to_string(f.mesd->admin_port()) + "/metrics"}).out;
+    WARN("RSS before " << before << " KiB, peak " << peak << " KiB; answered " << metric(metrics, "mesd_dns_answered_total")
+                       << ", dropped " << metric(metrics, "mesd_dns_dropped_total"));
+    CHECK(metric(metrics, "mesd_dns_answered_total") > 1000);
+    CHECK(metric(metrics, "mesd_dns_dropped_total") > 0);
+    CHECK(peak - before < 6 * 1024);
     CHECK(before > 0);
 }
