@@ -1,6 +1,7 @@
 // The DNS side attacked through the real mesd binary: TCP clients that half-close or
 // pipeline without reading, IPv4 clients of a dual-stack listener, a forwarding loop that
-X
+// mesd's loop option cannot see, clients asking the same question at once, a UDP flood for
+// more than the outgoing link carries.
 #include "test/support/dns.hpp"
 
 #include <atomic>
