@@ -279,3 +279,50 @@ TEST_CASE("audit: a UDP flood for answers larger than the link carries leaves me
     CHECK(peak - before < 6 * 1024);
     CHECK(before > 0);
 }
+
+namespace {
+
+// Sends `count` queries from `source` (an address of 127.0.0.0/8) and counts the replies
+// that come within half a second of the last.
+int answered_from(const char* source, int port, int count)
+{
+    int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    REQUIRE(::inet_pton(AF_INET, source, &addr.sin_addr) == 1);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(static_cast<std::uint16_t>(port));
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < count; ++i) {
+        auto q = with_id(raw_query("mes-http.mesh"), static_cast<std::uint16_t>(i));
+        ::sendto(fd, q.data(), q.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof to);
+    }
+    int replies = 0;
+    pollfd p{fd, POLLIN, 0};
+    while (::poll(&p, 1, 500) == 1) {
+        std::uint8_t buf[4096];
+        if (::recv(fd, buf, sizeof buf, 0) >= 12) ++replies;
+    }
+    ::close(fd);
+    return replies;
+}
+
+}  // namespace
+
+TEST_CASE("audit: rate limiting on a dual-stack listener takes an IPv4 client by its IPv4 prefix and exemption")
+{
+    // Seen as ::ffff:127.0.0.2, a flooder must not be put in the /56 that holds every IPv4
+    // client, nor an exempt IPv4 source be missed.
+    MesdOptions o;
+    o.dns_listen = "[::]:0";
+    o.dns_section = "  forward:\n    enabled: false\n  rateLimit:\n    responsesPerSecond: 10\n    burst: 5\n"
+                    "    slip: 0\n    exempt: [\"127.0.0.3/32\"]\n";
+    Fixture f(o);
+    int flooded = answered_from("127.0.0.2", f.mesd->dns_port(), 40);
+    CHECK(flooded >= 5);
+    CHECK(flooded <= 7);
+    CHECK(answered_from("127.0.1.2", f.mesd->dns_port(), 4) == 4);  // another /24, its own bucket
+    CHECK(answered_from("127.0.0.3", f.mesd->dns_port(), 40) == 40);  // exempt
+}
