@@ -622,6 +622,9 @@ std::string Daemon::metrics_text()
     gauge("mesd_dns_forward_in_flight", "Upstream queries outstanding.", server_->in_flight());
     counter("mesd_dns_forward_loops_total", "Queries mesd forwarded that came back to it, answered SERVFAIL.",
             m.forward_loops);
+    counter("mesd_dns_forward_joined_total",
+            "Queries not sent upstream: they waited for the answer to the same question being forwarded.",
+            m.forward_joined);
     counter("mesd_dns_upstream_probes_total", "Queries sent to a backed-off upstream to see if it answers again.",
             m.upstream_probes);
     counter("mesd_dns_forward_backed_off_total", "Queries answered SERVFAIL at once: every upstream backed off.",

@@ -289,6 +289,7 @@ struct Metrics {
     std::uint64_t upstream_tcp_retries = 0;
     std::uint64_t forward_overload = 0;    // refused because maxInFlight were outstanding
     std::uint64_t forward_loops = 0;       // queries mesd forwarded that came back to it: SERVFAIL
+    std::uint64_t forward_joined = 0;      // waited for the answer to the same question already asked
     std::uint64_t upstream_probes = 0;     // queries sent to a backed-off upstream to see if it is back
     std::uint64_t forward_backed_off = 0;  // SERVFAIL at once: every upstream backed off
     std::uint64_t tcp_connections = 0;

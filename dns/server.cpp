@@ -120,7 +120,11 @@ std::optional<vip::Address> address_of(const sockaddr* sa)
     }
     if (sa->sa_family == AF_INET6) {
         auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
-        return vip::Address::from_bytes(std::string_view(reinterpret_cast<const char*>(&in6->sin6_addr), 16));
+        const char* bytes = reinterpret_cast<const char*>(&in6->sin6_addr);
+        // An IPv4 client of a dual-stack socket arrives as ::ffff:a.b.c.d (RFC 4291 section
+        // 2.5.5.2): it is that IPv4 address, which the allow list and mesd's own addresses name.
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) return vip::Address::from_bytes(std::string_view(bytes + 12, 4));
+        return vip::Address::from_bytes(std::string_view(bytes, 16));
     }
     return std::nullopt;
 }
@@ -343,6 +347,30 @@ bool marked_by(std::span<const std::uint8_t> q, const LoopToken& token)
     return false;
 }
 
+// What makes two queries the same question to an upstream: the name (lowercase), type and
+// class, RD and CD, and the whole OPT record but its UDP size (DO, cookies, ECS and the rest of
+// the options shape the answer); empty when the question cannot be read.
+std::string join_key(std::span<const std::uint8_t> q)
+{
+    std::size_t end = question_end(q);
+    if (end == 0 || q[4] != 0 || q[5] != 1) return {};
+    std::string key;
+    key.reserve(end + 16);
+    key.push_back(static_cast<char>(q[2] & 0x01));  // RD
+    key.push_back(static_cast<char>(q[3] & 0x10));  // CD
+    for (std::size_t i = 12; i < end; ++i) {
+        auto c = q[i];
+        if (i < end - 4 && c >= 'A' && c <= 'Z') c = static_cast<std::uint8_t>(c + 32);
+        key.push_back(static_cast<char>(c));
+    }
+    auto opt = opt_record(q);
+    if (opt.size() >= opt_fixed) {
+        key.push_back('\1');
+        key.append(reinterpret_cast<const char*>(opt.data()) + 5, opt.size() - 5);  // TTL (DO) and options
+    }
+    return key;
+}
+
 // The reply without its OPT record, for a client that sent none (RFC 6891 section 7: an OPT
 // record only in a reply to a query that had one); the OPT came from the option mesd added.
 void strip_opt(std::vector<std::uint8_t>& reply)
@@ -518,6 +546,9 @@ struct Server::Impl {
     // Open connections per client address (its bytes), kept when tcpMaxClientsPerIp is set.
     std::unordered_map<std::string, std::uint32_t> tcp_per_address;
     std::list<Forward*> forwards;
+    // The forward asking upstream for each question now in flight, by join_key(): a query
+    // asking the same waits for its answer instead of asking again.
+    std::unordered_map<std::string, Forward*> asking;
     int open_listeners = 0;
     bool stopping = false;
     std::function<void()> on_stopped;
@@ -581,6 +612,8 @@ struct TcpConnection {
     std::vector<std::uint8_t> in;
     std::vector<Forward*> forwards;  // forwards not yet answered; told when this closes
     bool draining = false;
+    bool drain_when_answered = false;  // the client half-closed: drain once forwards are answered
+    bool paused = false;               // not read while its replies are backlogged
     uv_shutdown_t shutdown_req{};
     bool may_forward = false;
     std::string address;  // the client's address bytes, for tcpMaxClientsPerIp
@@ -693,6 +726,22 @@ struct TcpConnection {
         arm();
     }
 
+    // The client shut down its side (EOF) after its last query, as one-shot clients do: it
+    // still reads, so the answers it is owed (its forwards, replies not yet written) go out
+    // before the connection closes; closing at once would leave it to retry over a new
+    // connection (RFC 7766 section 6.2.4), or, if it cannot, without answers. A partial
+    // message left over will never complete.
+    void on_peer_done()
+    {
+        uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp));
+        if (!in.empty()) {
+            close();
+            return;
+        }
+        drain_when_answered = true;
+        if (forwards.empty()) drain();
+    }
+
     // Queues a reply; the caller settles the connection afterwards.
     void send(std::vector<std::uint8_t> reply)
     {
@@ -707,6 +756,7 @@ struct TcpConnection {
         int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&tcp), &buf, 1, [](uv_write_t* req, int status) {
             auto* write = reinterpret_cast<Write*>(req);
             auto* c = static_cast<TcpConnection*>(req->data);
+            c->backlog_bytes -= sizeof(Write) + write->bytes.size();
             delete write;
             // Writes complete in the order they were queued.
             if (!c->unsent.empty()) c->unsent.pop_front();
@@ -715,6 +765,7 @@ struct TcpConnection {
                 return;
             }
             c->last_active = uv_now(c->server.loop);
+            c->resume_if_clear();
             c->settle();
         });
         if (rc < 0) {
@@ -722,6 +773,7 @@ struct TcpConnection {
             close();
             return;
         }
+        backlog_bytes += sizeof(Write) + w->bytes.size();
         unsent.push_back(uv_now(server.loop));
     }
 
@@ -733,10 +785,54 @@ struct TcpConnection {
         in.insert(in.end(), data.begin(), data.end());
         std::uint64_t now = uv_now(server.loop);
         last_active = now;
-        // Every complete message is handled now: one left for the next read would wait for
-        // a read that a client expecting its answers never causes.
+        answer_waiting(was_between, now);
+    }
+
+    // Replies queued and not yet completed (their bytes and requests) that stop the client's
+    // queries being answered and read: one 64 KiB read of pipelined queries made 2,000
+    // replies at once, libuv completes them only on the next turn of the loop and queues
+    // what the socket will not take without limit, and a client that pipelined without
+    // reading held 1.8 MB of mesd's memory (1.8 GB at tcpMaxClients). As Knot writes a reply
+    // before it reads the next query, the next are answered once the backlog is under one
+    // largest message.
+    static constexpr std::size_t write_backlog_limit = 65537;
+    std::size_t backlog_bytes = 0;
+    bool backlogged() const { return backlog_bytes > write_backlog_limit; }
+
+    void start_reading()
+    {
+        uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp),
+                      [](uv_handle_t*, size_t suggested, uv_buf_t* b) {
+                          b->base = static_cast<char*>(std::malloc(suggested));
+                          b->len = b->base ? suggested : 0;
+                      },
+                      [](uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
+                          auto* conn = static_cast<TcpConnection*>(s->data);
+                          if (n > 0) conn->on_read(std::span<const std::uint8_t>(reinterpret_cast<std::uint8_t*>(b->base),
+                                                                                 static_cast<std::size_t>(n)));
+                          else if (n == UV_EOF) conn->on_peer_done();
+                          else if (n < 0) conn->close();
+                          std::free(b->base);
+                      });
+    }
+
+    // After a write: the queries left waiting for the backlog to clear are answered, and
+    // reading goes on once they are.
+    void resume_if_clear()
+    {
+        if (!paused || closing || draining || backlogged()) return;
+        paused = false;
+        answer_waiting(false, uv_now(server.loop));
+        if (!paused && !closing && !draining) start_reading();
+    }
+
+    // Answers the complete messages in `in`, up to a write backlog.
+    void answer_waiting(bool was_between, std::uint64_t now)
+    {
+        // Every complete message is handled now, or once the backlog clears: one left for the
+        // next read would wait for a read that a client expecting its answers never causes.
         std::size_t pos = 0;
-        while (!closing && in.size() - pos >= 2) {
+        while (!closing && in.size() - pos >= 2 && !backlogged()) {
             std::size_t len = (static_cast<std::size_t>(in[pos]) << 8) | in[pos + 1];
             if (len == 0) {
                 close();
@@ -760,6 +856,10 @@ struct TcpConnection {
         }
         if (closing) return;
         in.erase(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(pos));
+        if (!paused && backlogged()) {
+            paused = true;
+            uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp));
+        }
         // Messages left over wait for the next read; a peer that only ever sends keeps its
         // buffer bounded by the framing (at most one partial 64 KiB message plus backlog).
         if (in.size() > 2 * 65537) {
@@ -813,6 +913,10 @@ struct Forward {
     int open_handles = 0;
     bool done = false;
     std::vector<std::uint8_t> tcp_in;
+    // A forward asking upstream is in `server.asking` under `key`, and answers its
+    // `joined` too: forwards of the same question that arrived meanwhile and ask nobody.
+    std::string key;
+    std::vector<Forward*> joined;
 
     explicit Forward(Server::Impl& s) : server(s)
     {
@@ -872,18 +976,39 @@ struct Forward {
         }, static_cast<std::uint64_t>(wait.count()), 0);
     }
 
-    void finish(std::vector<std::uint8_t> reply)
+    void finish(std::vector<std::uint8_t> reply, bool failed = false)
     {
         if (done) return;
         done = true;
         server.forwards.erase(self);
+        if (!key.empty()) {
+            if (auto it = server.asking.find(key); it != server.asking.end() && it->second == this) server.asking.erase(it);
+            key.clear();
+        }
+        // Those that joined get the answer as their own (their ID and their question's case,
+        // RFC 5452 section 9.1, set in theirs), or their own SERVFAIL.
+        auto waiting = std::move(joined);
+        joined.clear();
+        for (auto* j : waiting) {
+            if (failed || reply.empty()) {
+                j->fail();
+                continue;
+            }
+            auto theirs = reply;
+            std::size_t end = question_end(theirs);
+            if (end != 0 && end == question_end(j->original))
+                std::copy(j->original.begin() + 12, j->original.begin() + static_cast<std::ptrdiff_t>(end - 4),
+                          theirs.begin() + 12);
+            j->finish(std::move(theirs));
+        }
         uv_timer_stop(&timer);
         close_sockets();
         uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);
         if (tcp_client) std::erase(tcp_client->forwards, this);
         if (reply.empty() || (via_tcp && !tcp_client)) {  // nothing to send, or the client has gone
             if (tcp_client) tcp_client->settle();
-            if (tcp_client && server.stopping && tcp_client->forwards.empty()) tcp_client->drain();
+            if (tcp_client && (server.stopping || tcp_client->drain_when_answered) && tcp_client->forwards.empty())
+                tcp_client->drain();
             return;
         }
         set_id(reply, client_id);
@@ -894,7 +1019,7 @@ struct Forward {
         if (tcp_client) {
             tcp_client->send(std::move(reply));
             tcp_client->settle();
-            if (server.stopping && tcp_client->forwards.empty()) tcp_client->drain();
+            if ((server.stopping || tcp_client->drain_when_answered) && tcp_client->forwards.empty()) tcp_client->drain();
             return;
         }
         if (reply.size() > client_udp_size) {
@@ -907,7 +1032,7 @@ struct Forward {
     void fail()
     {
         ++server.metrics.upstream_failures;
-        finish(server.responder.error_reply(original, 2 /* SERVFAIL */, via_tcp ? 65535 : client_udp_size));
+        finish(server.responder.error_reply(original, 2 /* SERVFAIL */, via_tcp ? 65535 : client_udp_size), true);
     }
 
     // Tries upstream `upstream` over UDP from a fresh socket (a fresh source port).
@@ -1231,7 +1356,12 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
         else if (!reply.empty()) static_cast<UdpListener*>(udp->data)->send_one(client, std::move(reply));
         return;
     }
-    ++metrics.forwarded;
+    auto key = join_key(query);
+    Forward* leader = nullptr;
+    if (!key.empty())
+        if (auto it = asking.find(key); it != asking.end()) leader = it->second;
+    if (leader) ++metrics.forward_joined;
+    else ++metrics.forwarded;
     auto* f = new Forward(*this);
     forwards.push_front(f);
     f->self = forwards.begin();
@@ -1251,6 +1381,19 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
     } else {
         f->udp_listener = udp;
         std::memcpy(&f->client, client, client->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
+    }
+    // The same question already being asked: this one waits for that answer. Besides
+    // sparing the upstreams a burst of identical queries (as Unbound and dnsmasq merge
+    // them), this ends a loop through a forwarder that strips mesd's loop option: the query
+    // that comes back joins the forward it came from instead of being forwarded again, which
+    // would repeat until every maxInFlight slot were taken by one client query.
+    if (leader) {
+        leader->joined.push_back(f);
+        return;
+    }
+    if (!key.empty()) {
+        f->key = key;
+        asking.emplace(std::move(key), f);
     }
     f->try_udp();
 }
@@ -1456,6 +1599,16 @@ void UdpListener::send_replies()
 
 void UdpListener::send_one(const sockaddr* to, std::vector<std::uint8_t> bytes)
 {
+    // Replies the socket would not take wait in libuv's queue, which has no bound of its own:
+    // when the outgoing link is what is full (a flood of small queries for large answers),
+    // it grew by the flood's whole excess, 21 MB in 4 s on an 8 Mbit/s link, and sent the
+    // replies seconds late. Past about one default socket buffer more (net.core.wmem_default,
+    // 208 KiB), a reply is dropped and counted, as a UDP server under overload drops.
+    constexpr std::size_t send_queue_limit = 256 * 1024;
+    if (uv_udp_get_send_queue_size(&handle) > send_queue_limit) {
+        ++server->metrics.dropped;
+        return;
+    }
     auto* send = new UdpSend;
     send->bytes = std::move(bytes);
     std::memcpy(&send->to, to, to->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
@@ -1545,18 +1698,7 @@ void Server::Impl::on_tcp_connection(uv_stream_t* listener)
     uv_tcp_nodelay(&c->tcp, 1);
     c->last_active = uv_now(loop);
     c->settle();
-    uv_read_start(reinterpret_cast<uv_stream_t*>(&c->tcp),
-                  [](uv_handle_t*, size_t suggested, uv_buf_t* b) {
-                      b->base = static_cast<char*>(std::malloc(suggested));
-                      b->len = b->base ? suggested : 0;
-                  },
-                  [](uv_stream_t* s, ssize_t n, const uv_buf_t* b) {
-                      auto* conn = static_cast<TcpConnection*>(s->data);
-                      if (n > 0) conn->on_read(std::span<const std::uint8_t>(reinterpret_cast<std::uint8_t*>(b->base),
-                                                                             static_cast<std::size_t>(n)));
-                      else if (n < 0) conn->close();
-                      std::free(b->base);
-                  });
+    c->start_reading();
 }
 
 void Server::Impl::maybe_stopped()
