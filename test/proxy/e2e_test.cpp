@@ -693,8 +693,10 @@ TEST_CASE("redirect mode: a MES's route is read when a connection first needs it
     const auto& in_ns = netns.exec;
     auto ns_run = [&](std::vector<std::string> argv, const std::string& input = {}) { return netns.in(std::move(argv), input); };
     route_pool_to_redirect_listener(netns);
-    Backend first("127.0.0.1", 9101, "SYSTEM:echo first", in_ns);
-    Backend second("127.0.0.1", 9102, "SYSTEM:echo second", in_ns);
+    // Each reads the client's line before answering: a backend that closes with the line still
+    // unread sends a reset, which can reach mesd before its answer does and discard it.
+    Backend first("127.0.0.1", 9101, "SYSTEM:read line; echo first", in_ns);
+    Backend second("127.0.0.1", 9102, "SYSTEM:read line; echo second", in_ns);
 
     Dir dir;
     auto ca = make_ca("mesd test CA");
