@@ -118,6 +118,13 @@ struct Quarantined {
     Clock::time_point released;
 };
 
+// LMDB's reader table: a slot per open read transaction, shared by every process using the
+// store. A process killed while reading leaves its slot behind until someone clears it.
+struct Readers {
+    std::size_t in_use = 0;  // slots held, stale ones included
+    std::size_t max = 0;     // the table's size; a read beyond it fails until a slot is freed
+};
+
 struct Usage {
     std::size_t bytes = 0;        // pages in use times page size, all databases
     std::size_t map_bytes = 0;    // the current map size
@@ -197,6 +204,14 @@ public:
     // it needs calls it so that pages it will not touch again stop counting in its RSS.
     void unmap_pages() const;
     const std::string& data_dir() const;
+
+    // Why the store was opened read-only (a read-only file system, files or directory not
+    // writable); empty when it can be written. Every write of a read-only store fails.
+    const std::string& read_only() const;
+    // Frees the reader slots of processes that died reading (mdb_reader_check); returns how
+    // many. Open and a read that finds the table full do it too.
+    std::size_t clear_stale_readers() const;
+    Readers readers() const;
 
     struct Impl;
 
