@@ -3,10 +3,12 @@
 #include "store/detail/codec.hpp"
 #include "store/detail/lmdb.hpp"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -675,19 +677,43 @@ struct Store::Impl {
         return static_cast<std::size_t>(dead);
     }
 
+    std::string reserve_path() const { return options.data_dir + "/space.reserve"; }
+
+    // Sets the reserve aside again when there is room for it (a stat when it is there).
+    void keep_reserve() const
+    {
+        if (!read_only.empty() || options.reserve_bytes == 0) return;
+        auto path = reserve_path();
+        struct stat st {};
+        if (::stat(path.c_str(), &st) == 0 && static_cast<std::size_t>(st.st_size) >= options.reserve_bytes) return;
+        int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) return;
+        // Allocated, not sparse: the blocks must be there to give back.
+        int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(options.reserve_bytes));
+        ::close(fd);
+        if (rc != 0) ::unlink(path.c_str());
+    }
+
+    bool out_of_space(const Failure& f, std::uint64_t* free_bytes = nullptr) const
+    {
+        struct statvfs fs {};
+        bool have_fs = ::statvfs(options.data_dir.c_str(), &fs) == 0;
+        std::uint64_t bytes = have_fs ? std::uint64_t{fs.f_bavail} * fs.f_frsize : 0;
+        if (free_bytes) *free_bytes = bytes;
+        return f.code == ENOSPC || (f.code == EIO && have_fs && bytes < no_space_below);
+    }
+
     // Why a write failed, in words. LMDB reports a short write(2) as EIO (mdb_page_flush),
     // which is how a full file system usually shows: the free space tells them apart.
     Error write_error(const Failure& f) const
     {
-        struct statvfs fs {};
-        bool have_fs = ::statvfs(options.data_dir.c_str(), &fs) == 0;
-        std::uint64_t free_bytes = have_fs ? std::uint64_t{fs.f_bavail} * fs.f_frsize : 0;
-        if (f.code == ENOSPC || (f.code == EIO && have_fs && free_bytes < no_space_below)) {
+        std::uint64_t free_bytes = 0;
+        if (out_of_space(f, &free_bytes)) {
             return Error{"store " + options.data_dir + ": no space left on device (" + std::to_string(free_bytes) +
                          " bytes free); the store is unchanged. Free space on its file system, or delete resources: "
                          "a delete or a shrinking prune reuses the pages the store has already freed"};
         }
-        if (f.code == EIO && have_fs)
+        if (f.code == EIO)
             return Error{f.message + " (store " + options.data_dir + ", " + std::to_string(free_bytes) + " bytes free)"};
         return to_error(f);
     }
@@ -709,9 +735,11 @@ struct Store::Impl {
     }
 
     // Runs `body` in a write transaction, growing the map and re-running it when full.
+    // `shrinks`: a delete or prune, which may give up the space reserve to get done.
     template <class Body>
-    Result<WriteReport> write(const WriteOptions& write_options, Body&& body)
+    Result<WriteReport> write(const WriteOptions& write_options, bool shrinks, Body&& body)
     {
+        bool used_reserve = false;
         if (!read_only.empty())
             return std::unexpected(Error{"store " + options.data_dir + " is read-only (" + read_only +
                                          "): nothing can be written to it"});
@@ -725,8 +753,19 @@ struct Store::Impl {
             Res<void> done = body(w);
             if (done) done = w.finish();
             if (done) done = txn.commit();
-            if (done) return std::move(w.report());
+            if (done) {
+                if (used_reserve)
+                    w.report().notes.push_back("the file system of store " + options.data_dir +
+                                               " is full: this write used the space kept in reserve; free space "
+                                               "there (the reserve is set aside again once there is room)");
+                keep_reserve();
+                return std::move(w.report());
+            }
             txn.abort();
+            if (shrinks && !used_reserve && out_of_space(done.error()) && ::unlink(reserve_path().c_str()) == 0) {
+                used_reserve = true;
+                continue;
+            }
             if (done.error().code != MDB_MAP_FULL) return std::unexpected(write_error(done.error()));
             if (auto g = grow(); !g) return std::unexpected(to_error(g.error()));
         }
@@ -835,12 +874,13 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options)
     }
     // Committing a read transaction keeps its database handles for the environment.
     if (auto r = t.commit(); !r) return std::unexpected(impl->write_error(r.error()));
+    impl->keep_reserve();
     return std::unique_ptr<Store>(new Store(std::move(impl)));
 }
 
 Result<WriteReport> Store::apply(std::span<const conf::Resource> resources, const WriteOptions& options)
 {
-    return impl_->write(options, [&](WriteTxn& w) -> Res<void> {
+    return impl_->write(options, options.prune, [&](WriteTxn& w) -> Res<void> {
         if (auto r = w.sync_pools(); !r) return r;
         std::set<std::string> keep;
         for (const auto& res : resources) {
@@ -856,7 +896,7 @@ Result<WriteReport> Store::apply(std::span<const conf::Resource> resources, cons
 Result<WriteReport> Store::remove(conf::Kind kind, std::string_view mesh, std::string_view name,
                                   const WriteOptions& options)
 {
-    return impl_->write(options, [&](WriteTxn& w) -> Res<void> {
+    return impl_->write(options, true, [&](WriteTxn& w) -> Res<void> {
         if (auto r = w.sync_pools(); !r) return r;
         return w.erase(kind, mesh, name);
     });
@@ -864,7 +904,7 @@ Result<WriteReport> Store::remove(conf::Kind kind, std::string_view mesh, std::s
 
 Result<WriteReport> Store::sync_pools(const WriteOptions& options)
 {
-    return impl_->write(options, [&](WriteTxn& w) { return w.sync_pools(); });
+    return impl_->write(options, false, [&](WriteTxn& w) { return w.sync_pools(); });
 }
 
 Result<Usage> Store::usage() const

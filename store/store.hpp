@@ -47,6 +47,10 @@ struct Options {
     // The map starts this large and doubles whenever a write finds it full.
     std::size_t initial_map_bytes = std::size_t{256} << 20;
     std::size_t max_map_bytes = std::size_t{1} << 40;
+    // A file of this size (`space.reserve`) kept beside the store and given up when a delete
+    // or a prune finds the file system full: LMDB writes every change, deletes included, to
+    // free pages, and a full disk would otherwise leave no way to shrink the store. 0: none.
+    std::size_t reserve_bytes = std::size_t{1} << 20;
 };
 
 // The VIP pools and quarantine a write works with (from the configuration file).
