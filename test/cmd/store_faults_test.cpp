@@ -189,6 +189,7 @@ TEST_CASE("mesd is not ready while live readers hold every slot of the store")
     TempDir dir;
     Mesd mesd(dir.path / "mesd");
     REQUIRE(ctl(mesd.config(), {"apply", "-f", dir.write("svc.yaml", services(1))}).exit_code == 0);
+    REQUIRE(eventually([&] { return !dig_a(mesd.dns_port(), "svc0.mesh").empty(); }));
     REQUIRE(mesd.admin_get("/ready").find(" 200 ") != std::string::npos);
 
     MDB_env* env = nullptr;
