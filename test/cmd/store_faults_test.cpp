@@ -172,14 +172,14 @@ TEST_CASE("killed readers leave no stale slot that blocks reads or pins pages")
 
     // With stale slots left behind, 40 writes that each rewrite every record: pages freed by
     // one write are reused by a later one, so the file stays within a few versions of the
-    // data (mesd's snapshot, refreshed every 200 ms, pins one); a pinned slot would add every
-    // write's pages, about 40 times the data.
+    // data (mesd's snapshots, refreshed every 200 ms, pin some: 2.3 to 3.2 times measured on
+    // 2 busy cores). A pinned slot adds every write's pages: 17.7 times measured.
     kill_readers(5);
     auto before = size_of(data);
     for (int i = 0; i < 40; ++i) REQUIRE(ctl(config, {"apply", "-f", i % 2 ? first : second}).exit_code == 0);
     auto after = size_of(data);
     INFO("data.mdb " << before << " bytes before, " << after << " after");
-    CHECK(after <= before * 3);
+    CHECK(after <= before * 6);
     CHECK(eventually([&] { return metric(mesd, "mesd_store_readers") <= 2; }, std::chrono::milliseconds(6000)));
     ::close(fd);
 }
