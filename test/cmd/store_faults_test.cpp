@@ -276,3 +276,38 @@ TEST_CASE("a store on a read-only file system is served and refuses writes by sa
     CHECK(applied.err.find("is read-only (read-only file system)") != std::string::npos);
     mesd.stop();
 }
+
+TEST_CASE("a store whose files the user may not write is read without its lock file")
+{
+    TempDir dir;
+    // Another user runs mesctl: this one's temp dir must be open to it.
+    std::filesystem::permissions(dir.path, std::filesystem::perms::owner_all | std::filesystem::perms::group_exec |
+                                               std::filesystem::perms::others_exec);
+    auto data = dir.path / "data";
+    auto config = dir.write("mesd.yaml", "dataDir: " + data.string() + "\nvip:\n  ipv4: 127.242.0.0/16\n");
+    ::chmod(config.c_str(), 0644);
+    REQUIRE(ctl(config, {"apply", "-f", dir.write("svc.yaml", services(2))}).exit_code == 0);
+    // Owned by nobody, who may read but not write them.
+    for (const auto& entry : std::filesystem::directory_iterator(data)) {
+        REQUIRE(::chown(entry.path().c_str(), 65534, 65534) == 0);
+        REQUIRE(::chmod(entry.path().c_str(), 0400) == 0);
+    }
+    REQUIRE(::chown(data.c_str(), 65534, 65534) == 0);
+    REQUIRE(::chmod(data.c_str(), 0500) == 0);
+    auto as_nobody = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), {"/usr/bin/setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", mesctl,
+                                   "--config", config});
+        return run(args);
+    };
+
+    auto got = as_nobody({"get", "mes", "svc1"});
+    INFO(got.err);
+    CHECK(got.exit_code == 0);
+    CHECK(got.out.find("127.242.0.2") != std::string::npos);
+    CHECK(got.err.find("read-only (permission denied") != std::string::npos);
+    auto removed = as_nobody({"delete", "mes", "svc1"});
+    CHECK(removed.exit_code != 0);
+    CHECK(removed.err.find("is read-only (permission denied") != std::string::npos);
+    CHECK(as_nobody({"check"}).exit_code == 0);
+    ::chmod(data.c_str(), 0700);  // for the temp dir's removal
+}
