@@ -196,7 +196,9 @@ bool Daemon::refresh()
     auto moved = source_.refresh();
     if (!moved) {
         ++store_errors_;
-        log::error("store", "cannot read the store", {{"error", moved.error().message}});
+        // Once per reason: the poll retries every 200 ms.
+        if (moved.error().message != store_error_)
+            log::error("store", "cannot read the store", {{"error", moved.error().message}});
         store_error_ = moved.error().message;
         return false;
     }

@@ -214,6 +214,12 @@ TEST_CASE("mesd is not ready while live readers hold every slot of the store")
     for (auto* txn : held) mdb_txn_abort(txn);
     mdb_env_close(env);
     CHECK(eventually([&] { return mesd.admin_get("/ready").find(" 200 ") != std::string::npos; }));
+    auto log = mesd.log();
+    std::size_t errors = 0;
+    for (auto at = log.find("cannot read the store"); at != std::string::npos; at = log.find("cannot read the store", at + 1))
+        ++errors;
+    CHECK(errors == 1);  // once per reason, not at every 200 ms poll
+    CHECK(log.find("the store can be read again") != std::string::npos);
 }
 
 TEST_CASE("a full file system fails a write by name and leaves room for deletes and prunes")
