@@ -170,6 +170,9 @@ std::expected<Context, int> open_context(const Globals& g)
         return std::unexpected(exit_failed);
     }
     ctx.store = std::move(*opened);
+    if (!ctx.store->read_only().empty())
+        std::cerr << "mesctl: warning: store " << ctx.config.data_dir << " is read-only (" << ctx.store->read_only()
+                  << "): it can be read, not changed\n";
     return ctx;
 }
 

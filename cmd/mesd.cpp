@@ -32,6 +32,9 @@ constexpr int exit_failed = 1;
 constexpr int exit_usage = 2;
 constexpr std::uint64_t store_poll_ms = 200;  // store changes show within this (DESIGN: 1 s)
 constexpr std::uint64_t conf_dir_poll_ms = 1000;
+// Reader slots of dead processes are freed this often (and whenever a read finds none free):
+// a check reads the table and asks the kernel, by fcntl lock, which holders are alive.
+constexpr auto stale_readers_check_interval = std::chrono::seconds(5);
 
 constexpr std::string_view usage_text =
     "usage: mesd [--config FILE] [--data-dir DIR] [--dns-listen ADDR:PORT]... [--admin-listen ADDR:PORT]\n"
@@ -172,17 +175,35 @@ private:
     std::uint64_t conf_dir_errors_ = 0;
     std::uint64_t conf_dir_applies_ = 0;
     std::uint64_t store_errors_ = 0;
+    std::string store_error_;  // why the last read of the store failed; empty once one succeeds
+    std::chrono::steady_clock::time_point readers_checked_{};
+    std::uint64_t stale_readers_cleared_ = 0;
 };
 
 bool Daemon::refresh()
 {
     auto started = std::chrono::steady_clock::now();
+    // A `mesctl get` killed mid-read keeps its reader slot while mesd holds the store open;
+    // enough of them and no one can read it, and their old snapshots pin pages that the
+    // store then grows past. A failing read frees them too; this keeps them from piling up.
+    if (started - readers_checked_ >= stale_readers_check_interval) {
+        readers_checked_ = started;
+        if (auto cleared = store_->clear_stale_readers(); cleared > 0) {
+            stale_readers_cleared_ += cleared;
+            log::warn("store", "cleared the reader slots of dead processes", {{"slots", std::to_string(cleared)}});
+        }
+    }
     auto moved = source_.refresh();
     if (!moved) {
         ++store_errors_;
-        log::error("store", "cannot read the store", {{"error", moved.error().message}});
+        // Once per reason: the poll retries every 200 ms.
+        if (moved.error().message != store_error_)
+            log::error("store", "cannot read the store", {{"error", moved.error().message}});
+        store_error_ = moved.error().message;
         return false;
     }
+    if (!store_error_.empty()) log::info("store", "the store can be read again");
+    store_error_.clear();
     if (*moved)
         log::debug("store", "store changed",
                    {{"generation", std::to_string(source_.generation())},
@@ -672,6 +693,11 @@ std::string Daemon::metrics_text()
     auto usage = store_->usage();
     gauge("mesd_vips_in_use", "VIPs allocated to MeshExternalServices.", usage ? usage->vips : 0);
     counter("mesd_store_errors_total", "Failed reads of the store.", store_errors_);
+    auto readers = store_->readers();
+    gauge("mesd_store_readers", "Reader slots of the store held, by every process, stale ones included.", readers.in_use);
+    gauge("mesd_store_readers_max", "Reader slots of the store; reads fail while all are held.", readers.max);
+    counter("mesd_store_stale_readers_cleared_total", "Reader slots of dead processes freed.", stale_readers_cleared_);
+    gauge("mesd_store_read_only", "1 when the store was opened read-only.", store_->read_only().empty() ? 0 : 1);
     counter("mesd_conf_dir_applies_total", "Successful applies of --conf-dir.", conf_dir_applies_);
     counter("mesd_conf_dir_errors_total", "Applies of --conf-dir refused for invalid input or failed.", conf_dir_errors_);
     if (proxy_) out += proxy_metrics(proxy_->status());
@@ -735,8 +761,14 @@ std::string Daemon::config_json()
 cmd::HttpReply Daemon::admin(const std::string& path)
 {
     if (path == "/metrics") return {200, "text/plain; version=0.0.4; charset=utf-8", metrics_text()};
-    if (path == "/ready") return ready_ && !stopping_ ? cmd::HttpReply{200, "text/plain", "ready\n"}
-                                                     : cmd::HttpReply{503, "text/plain", "not ready\n"};
+    if (path == "/ready") {
+        // Answers from an index the store can no longer refresh are stale: let traffic go
+        // to a replica that can read its store.
+        if (!store_error_.empty() && !stopping_)
+            return cmd::HttpReply{503, "text/plain", "not ready: cannot read the store: " + store_error_ + "\n"};
+        return ready_ && !stopping_ ? cmd::HttpReply{200, "text/plain", "ready\n"}
+                                    : cmd::HttpReply{503, "text/plain", "not ready\n"};
+    }
     if (path == "/config") return {200, "application/json", config_json()};
     return {404, "text/plain", "not found: try /metrics, /ready or /config\n"};
 }
@@ -763,12 +795,18 @@ void Daemon::shutdown(const char* why)
 
 int Daemon::run()
 {
-    auto synced = store_->sync_pools(write_options());
-    if (!synced) {
-        log::error("store", "cannot record the VIP pools", {{"error", synced.error().message}});
-        return exit_failed;
+    if (!store_->read_only().empty()) {
+        // Served as it is: VIPs stay as the last write left them, whatever the pools say now.
+        log::warn("store", "opened read-only: serving it as it is, no writes",
+                  {{"data_dir", config_.data_dir}, {"reason", store_->read_only()}});
+    } else {
+        auto synced = store_->sync_pools(write_options());
+        if (!synced) {
+            log::error("store", "cannot record the VIP pools", {{"error", synced.error().message}});
+            return exit_failed;
+        }
+        for (const auto& n : synced->notes) log::warn("store", n);
     }
-    for (const auto& n : synced->notes) log::warn("store", n);
     if (conf_dir_) {
         conf_fingerprint_ = fingerprint(*conf_dir_);
         sync_conf_dir();

@@ -1,5 +1,7 @@
 #include "store/detail/lmdb.hpp"
 
+#include <cerrno>
+
 namespace store::detail {
 
 namespace {
@@ -20,6 +22,8 @@ Failure from_mdb(int rc, std::string_view what)
     case MDB_INVALID: message += "not an LMDB store (data.mdb is damaged or something else)"; break;
     case MDB_CORRUPTED: message += "the store is corrupted"; break;
     case EACCES: message += "permission denied"; break;
+    case ENOSPC: message += "no space left on device"; break;
+    case EROFS: message += "read-only file system"; break;
     default: message += mdb_strerror(rc); break;
     }
     return Failure{rc, std::move(message)};

@@ -3,9 +3,12 @@
 #include "store/detail/codec.hpp"
 #include "store/detail/lmdb.hpp"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -636,6 +639,7 @@ struct Store::Impl {
     MDB_env* env = nullptr;
     Dbs dbs;
     Options options;
+    std::string read_only;  // why the environment was opened MDB_RDONLY; empty when writable
 
     ~Impl()
     {
@@ -644,7 +648,8 @@ struct Store::Impl {
 
     Res<MDB_txn*> begin(bool write) const
     {
-        for (int attempt = 0; attempt < 3; ++attempt) {
+        bool cleared = false;
+        for (int attempt = 0; attempt < 4; ++attempt) {
             MDB_txn* txn = nullptr;
             int rc = mdb_txn_begin(env, nullptr, write ? 0 : MDB_RDONLY, &txn);
             // Another process grew the map: adopt its size and try again.
@@ -652,11 +657,69 @@ struct Store::Impl {
                 mdb_env_set_mapsize(env, 0);
                 continue;
             }
+            // Every slot taken: those of processes killed mid-read stay taken for as long as
+            // any process keeps the environment open. Free them and try once more.
+            if (rc == MDB_READERS_FULL && !cleared) {
+                cleared = true;
+                clear_stale_readers();
+                continue;
+            }
             if (rc != 0) return std::unexpected(from_mdb(rc, write ? "begin a write" : "begin a read"));
             return txn;
         }
         return std::unexpected(Failure{MDB_MAP_RESIZED, "begin: the store's map keeps changing size"});
     }
+
+    std::size_t clear_stale_readers() const
+    {
+        int dead = 0;
+        if (mdb_reader_check(env, &dead) != 0) return 0;
+        return static_cast<std::size_t>(dead);
+    }
+
+    std::string reserve_path() const { return options.data_dir + "/space.reserve"; }
+
+    // Sets the reserve aside again when there is room for it (a stat when it is there).
+    void keep_reserve() const
+    {
+        if (!read_only.empty() || options.reserve_bytes == 0) return;
+        auto path = reserve_path();
+        struct stat st {};
+        if (::stat(path.c_str(), &st) == 0 && static_cast<std::size_t>(st.st_size) >= options.reserve_bytes) return;
+        int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) return;
+        // Allocated, not sparse: the blocks must be there to give back.
+        int rc = ::posix_fallocate(fd, 0, static_cast<off_t>(options.reserve_bytes));
+        ::close(fd);
+        if (rc != 0) ::unlink(path.c_str());
+    }
+
+    bool out_of_space(const Failure& f, std::uint64_t* free_bytes = nullptr) const
+    {
+        struct statvfs fs {};
+        bool have_fs = ::statvfs(options.data_dir.c_str(), &fs) == 0;
+        std::uint64_t bytes = have_fs ? std::uint64_t{fs.f_bavail} * fs.f_frsize : 0;
+        if (free_bytes) *free_bytes = bytes;
+        return f.code == ENOSPC || (f.code == EIO && have_fs && bytes < no_space_below);
+    }
+
+    // Why a write failed, in words. LMDB reports a short write(2) as EIO (mdb_page_flush),
+    // which is how a full file system usually shows: the free space tells them apart.
+    Error write_error(const Failure& f) const
+    {
+        std::uint64_t free_bytes = 0;
+        if (out_of_space(f, &free_bytes)) {
+            return Error{"store " + options.data_dir + ": no space left on device (" + std::to_string(free_bytes) +
+                         " bytes free); the store is unchanged. Free space on its file system, or delete resources: "
+                         "a delete or a shrinking prune reuses the pages the store has already freed"};
+        }
+        if (f.code == EIO)
+            return Error{f.message + " (store " + options.data_dir + ", " + std::to_string(free_bytes) + " bytes free)"};
+        return to_error(f);
+    }
+    // A commit writes its dirty pages and two meta pages; with less than this free, an EIO
+    // from a write is taken for a full file system.
+    static constexpr std::uint64_t no_space_below = std::uint64_t{1} << 20;
 
     Res<void> grow()
     {
@@ -672,22 +735,38 @@ struct Store::Impl {
     }
 
     // Runs `body` in a write transaction, growing the map and re-running it when full.
+    // `shrinks`: a delete or prune, which may give up the space reserve to get done.
     template <class Body>
-    Result<WriteReport> write(const WriteOptions& write_options, Body&& body)
+    Result<WriteReport> write(const WriteOptions& write_options, bool shrinks, Body&& body)
     {
+        bool used_reserve = false;
+        if (!read_only.empty())
+            return std::unexpected(Error{"store " + options.data_dir + " is read-only (" + read_only +
+                                         "): nothing can be written to it"});
         auto pools = parse_pools(write_options.pools);
         if (!pools) return std::unexpected(to_error(pools.error()));
         while (true) {
             auto raw = begin(true);
-            if (!raw) return std::unexpected(to_error(raw.error()));
+            if (!raw) return std::unexpected(write_error(raw.error()));
             Txn txn(*raw, dbs);
             WriteTxn w(txn, write_options, *pools);
             Res<void> done = body(w);
             if (done) done = w.finish();
             if (done) done = txn.commit();
-            if (done) return std::move(w.report());
+            if (done) {
+                if (used_reserve)
+                    w.report().notes.push_back("the file system of store " + options.data_dir +
+                                               " is full: this write used the space kept in reserve; free space "
+                                               "there (the reserve is set aside again once there is room)");
+                keep_reserve();
+                return std::move(w.report());
+            }
             txn.abort();
-            if (done.error().code != MDB_MAP_FULL) return std::unexpected(to_error(done.error()));
+            if (shrinks && !used_reserve && out_of_space(done.error()) && ::unlink(reserve_path().c_str()) == 0) {
+                used_reserve = true;
+                continue;
+            }
+            if (done.error().code != MDB_MAP_FULL) return std::unexpected(write_error(done.error()));
             if (auto g = grow(); !g) return std::unexpected(to_error(g.error()));
         }
     }
@@ -697,6 +776,30 @@ Store::Store(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Store::~Store() = default;
 
 const std::string& Store::data_dir() const { return impl_->options.data_dir; }
+const std::string& Store::read_only() const { return impl_->read_only; }
+std::size_t Store::clear_stale_readers() const { return impl_->clear_stale_readers(); }
+
+Readers Store::readers() const
+{
+    Readers r;
+    unsigned max = 0;
+    mdb_env_get_maxreaders(impl_->env, &max);
+    r.max = max;
+    // mdb_reader_list prints a header line, then one line per slot held.
+    std::size_t lines = 0;
+    mdb_reader_list(
+        impl_->env,
+        [](const char* msg, void* ctx) -> int {
+            auto* n = static_cast<std::size_t*>(ctx);
+            for (const char* p = msg; *p; ++p)
+                if (*p == '\n') ++*n;
+            if (std::strstr(msg, "(no ")) *n = 1;  // "(no active readers)", "(no reader locks)"
+            return 0;
+        },
+        &lines);
+    r.in_use = lines > 0 ? lines - 1 : 0;
+    return r;
+}
 
 Result<std::unique_ptr<Store>> Store::open(const Options& options)
 {
@@ -715,43 +818,69 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options)
     auto fail = [&](int rc, std::string_view what) {
         return std::unexpected(Error{"store " + options.data_dir + ": " + from_mdb(rc, what).message});
     };
-    if (int rc = mdb_env_create(&impl->env); rc != 0) return fail(rc, "create");
-    mdb_env_set_maxdbs(impl->env, 8);
-    mdb_env_set_mapsize(impl->env, options.initial_map_bytes);
     // MDB_NOTLS: read transactions belong to their Snapshot, not to a thread.
     // MDB_NORDAHEAD: lookups are random; read-around would map in pages of the other
     // databases around each one touched (at 100,000 MES the whole file ends up resident).
-    if (int rc = mdb_env_open(impl->env, options.data_dir.c_str(), MDB_NOTLS | MDB_NORDAHEAD, 0600); rc != 0)
-        return fail(rc, "open");
+    auto open_env = [&](unsigned extra) {
+        if (impl->env) mdb_env_close(impl->env);  // LMDB wants a failed open's handle discarded
+        impl->env = nullptr;
+        if (int rc = mdb_env_create(&impl->env); rc != 0) return rc;
+        mdb_env_set_maxdbs(impl->env, 8);
+        mdb_env_set_mapsize(impl->env, options.initial_map_bytes);
+        return mdb_env_open(impl->env, options.data_dir.c_str(), MDB_NOTLS | MDB_NORDAHEAD | extra, 0600);
+    };
+    int rc = open_env(0);
+    if (rc == EROFS || rc == EACCES) {
+        // What cannot be written can still be served: DNS answers from the last state, and
+        // `mesctl get` shows it. On a read-only file system LMDB reads without its lock file;
+        // a lock file that cannot be written is not used at all (MDB_NOLOCK), which is safe
+        // as long as nothing writes the store meanwhile.
+        impl->read_only = rc == EROFS ? "read-only file system" : "permission denied";
+        rc = open_env(MDB_RDONLY);
+        if (rc == EACCES) {
+            impl->read_only = "permission denied; read without the lock file";
+            rc = open_env(MDB_RDONLY | MDB_NOLOCK);
+        }
+    }
+    if (rc != 0) return fail(rc, "open");
+    impl->clear_stale_readers();
 
-    auto raw = impl->begin(true);
+    auto raw = impl->begin(impl->read_only.empty());
     if (!raw) return std::unexpected(Error{"store " + options.data_dir + ": " + raw.error().message});
     MDB_txn* txn = *raw;
-    auto open_db = [&](const char* name, MDB_dbi& dbi) { return mdb_dbi_open(txn, name, MDB_CREATE, &dbi); };
-    int rc = 0;
+    unsigned create = impl->read_only.empty() ? MDB_CREATE : 0;
+    auto open_db = [&](const char* name, MDB_dbi& dbi) { return mdb_dbi_open(txn, name, create, &dbi); };
     if ((rc = open_db("resources", impl->dbs.resources)) || (rc = open_db("vip_by_owner", impl->dbs.vip_by_owner)) ||
         (rc = open_db("owner_by_vip", impl->dbs.owner_by_vip)) || (rc = open_db("released", impl->dbs.released)) ||
         (rc = open_db("quarantine_by_vip", impl->dbs.quarantine_by_vip)) ||
         (rc = open_db("hostnames", impl->dbs.hostnames)) || (rc = open_db("meta", impl->dbs.meta))) {
         mdb_txn_abort(txn);
+        if (rc == MDB_NOTFOUND)
+            return std::unexpected(Error{"store " + options.data_dir + " is read-only (" + impl->read_only +
+                                         ") and was never written: there is nothing to read"});
         return fail(rc, "open databases");
     }
     Txn t(txn, impl->dbs);
     auto schema = t.get(impl->dbs.meta, "schema");
     if (!schema) return std::unexpected(to_error(schema.error()));
     if (!*schema) {
-        if (auto r = t.put(impl->dbs.meta, "schema", schema_version); !r) return std::unexpected(to_error(r.error()));
+        if (!impl->read_only.empty())
+            return std::unexpected(Error{"store " + options.data_dir + " is read-only (" + impl->read_only +
+                                         ") and was never written: there is nothing to read"});
+        if (auto r = t.put(impl->dbs.meta, "schema", schema_version); !r) return std::unexpected(impl->write_error(r.error()));
     } else if (**schema != schema_version) {
         return std::unexpected(Error{"store " + options.data_dir + " has schema version " + std::string(**schema) +
                                      "; this mesd reads version " + std::string(schema_version)});
     }
-    if (auto r = t.commit(); !r) return std::unexpected(to_error(r.error()));
+    // Committing a read transaction keeps its database handles for the environment.
+    if (auto r = t.commit(); !r) return std::unexpected(impl->write_error(r.error()));
+    impl->keep_reserve();
     return std::unique_ptr<Store>(new Store(std::move(impl)));
 }
 
 Result<WriteReport> Store::apply(std::span<const conf::Resource> resources, const WriteOptions& options)
 {
-    return impl_->write(options, [&](WriteTxn& w) -> Res<void> {
+    return impl_->write(options, options.prune, [&](WriteTxn& w) -> Res<void> {
         if (auto r = w.sync_pools(); !r) return r;
         std::set<std::string> keep;
         for (const auto& res : resources) {
@@ -767,7 +896,7 @@ Result<WriteReport> Store::apply(std::span<const conf::Resource> resources, cons
 Result<WriteReport> Store::remove(conf::Kind kind, std::string_view mesh, std::string_view name,
                                   const WriteOptions& options)
 {
-    return impl_->write(options, [&](WriteTxn& w) -> Res<void> {
+    return impl_->write(options, true, [&](WriteTxn& w) -> Res<void> {
         if (auto r = w.sync_pools(); !r) return r;
         return w.erase(kind, mesh, name);
     });
@@ -775,7 +904,7 @@ Result<WriteReport> Store::remove(conf::Kind kind, std::string_view mesh, std::s
 
 Result<WriteReport> Store::sync_pools(const WriteOptions& options)
 {
-    return impl_->write(options, [&](WriteTxn& w) { return w.sync_pools(); });
+    return impl_->write(options, false, [&](WriteTxn& w) { return w.sync_pools(); });
 }
 
 Result<Usage> Store::usage() const

@@ -47,6 +47,10 @@ struct Options {
     // The map starts this large and doubles whenever a write finds it full.
     std::size_t initial_map_bytes = std::size_t{256} << 20;
     std::size_t max_map_bytes = std::size_t{1} << 40;
+    // A file of this size (`space.reserve`) kept beside the store and given up when a delete
+    // or a prune finds the file system full: LMDB writes every change, deletes included, to
+    // free pages, and a full disk would otherwise leave no way to shrink the store. 0: none.
+    std::size_t reserve_bytes = std::size_t{1} << 20;
 };
 
 // The VIP pools and quarantine a write works with (from the configuration file).
@@ -116,6 +120,13 @@ struct VipEntry {
 struct Quarantined {
     vip::Address address;
     Clock::time_point released;
+};
+
+// LMDB's reader table: a slot per open read transaction, shared by every process using the
+// store. A process killed while reading leaves its slot behind until someone clears it.
+struct Readers {
+    std::size_t in_use = 0;  // slots held, stale ones included
+    std::size_t max = 0;     // the table's size; a read beyond it fails until a slot is freed
 };
 
 struct Usage {
@@ -197,6 +208,14 @@ public:
     // it needs calls it so that pages it will not touch again stop counting in its RSS.
     void unmap_pages() const;
     const std::string& data_dir() const;
+
+    // Why the store was opened read-only (a read-only file system, files or directory not
+    // writable); empty when it can be written. Every write of a read-only store fails.
+    const std::string& read_only() const;
+    // Frees the reader slots of processes that died reading (mdb_reader_check); returns how
+    // many. Open and a read that finds the table full do it too.
+    std::size_t clear_stale_readers() const;
+    Readers readers() const;
 
     struct Impl;
 
