@@ -129,13 +129,25 @@ private:
     std::size_t nodes_ = 0;
 };
 
-// Where the document's node count first passes max_document_nodes, or nullopt. No YAML text
-// makes more than two nodes a byte (the densest, `[:,:,:]`, where each `:` is a mapping of a
-// null key to a null value, makes ten in seven), so only a document of more than half the
-// bound in bytes needs the counting parse; the others cost nothing more.
+// At most how many nodes `text` can make. A node begins at the start of the text or after a
+// line break or one of , [ { - : ? (a block entry, a key, a value, a flow entry), and one
+// such byte begins at most three (`[:` is a mapping with a null key and a null value), so
+// three per such byte bounds the count; bytes inside quoted or block scalars only raise it.
+std::size_t node_bound(std::string_view text)
+{
+    std::size_t starts = 1;
+    for (char c : text)
+        starts += c == '\n' || c == '\r' || c == ',' || c == '[' || c == '{' || c == '-' || c == ':' || c == '?';
+    return 3 * starts;
+}
+
+// Where the document's node count first passes max_document_nodes, or nullopt. Only a
+// document whose bytes allow that many nodes pays for the counting parse (as long as
+// building it, without the memory); the others, a 10 MB scalar among them, cost one pass
+// over the bytes.
 std::optional<YAML::Mark> too_many_nodes(std::string_view text)
 {
-    if (text.size() <= max_document_nodes / 2) return std::nullopt;
+    if (node_bound(text) <= max_document_nodes) return std::nullopt;
     std::ispanstream in(std::span<const char>(text.data(), text.size()));  // no copy of 32 MiB
     YAML::Parser parser(in);
     NodeCounter counter;
