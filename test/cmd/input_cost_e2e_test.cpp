@@ -70,6 +70,16 @@ TEST_CASE("mesctl validate prints control bytes escaped and a 10 MB name as an e
     CHECK_THAT(r.err, Catch::Contains("unknown field \"k\\x1b]0;owned\\x07\\r\""));
 }
 
+TEST_CASE("mesctl's own messages print the names they quote escaped")
+{
+    TempDir dir;
+    auto config = dir.write("mesd.yaml", "dataDir: " + (dir.path / "data").string() + "\nvip:\n  ipv4: 127.242.0.0/16\n");
+    auto r = run({mesctl_path, "--config", config, "get", "mes", "a\x1b[2J\rb"});
+    CHECK(r.exit_code == 1);
+    CHECK_FALSE(has_raw_control(r.err));
+    CHECK_THAT(r.err, Catch::Contains("a\\x1b[2J\\rb not found"));
+}
+
 TEST_CASE("control bytes from the conf dir reach mesd's log escaped")
 {
     Fixture f({}, "---\ntype: MeshExternalService\nname: evil\nspec:\n  match: {port: 80}\n"

@@ -4,11 +4,20 @@
 #include "test/conf/support.hpp"
 
 #include <chrono>
+#include <ctime>
 
 using namespace test_support;
 using namespace std::chrono_literals;
 
 namespace {
+
+// CPU time, not wall time: what is measured is the work, whatever else shares the machine.
+std::chrono::duration<double> cpu_time()
+{
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec);
+}
 
 std::string mes_with_spec(const std::string& spec_lines)
 {
@@ -24,11 +33,10 @@ TEST_CASE("80000 keys in one mapping are read in linear time and duplicates stil
     spec += "  k5: 2\n";  // line 4 + 80,001
     auto text = mes_with_spec(spec);
     REQUIRE(text.size() > 780'000);
-    auto start = std::chrono::steady_clock::now();
+    auto start = cpu_time();
     auto r = load(text);
-    auto elapsed = std::chrono::steady_clock::now() - start;
-    // The quadratic check took 46 s here; the linear one about 0.3 s.
-    CHECK(elapsed < 3s);
+    // The pairwise check took 46 s here; the hash table about 0.5 s.
+    CHECK(cpu_time() - start < 5s);
     REQUIRE(r.documents.size() == 1);
     CHECK(r.documents[0].diagnostics.size() == 80001);  // 80,000 unknown fields and the duplicate
     CHECK(has_error(r, "spec.k5", "duplicate field \"k5\""));
@@ -46,9 +54,9 @@ TEST_CASE("a document past the node bound is refused before yaml-cpp builds it")
     text.reserve(2'000'010);
     for (int i = 1; i < 1'000'000; ++i) text += ",a";
     text += "]\n";
-    auto start = std::chrono::steady_clock::now();
+    auto start = cpu_time();
     auto r = load(text);
-    CHECK(std::chrono::steady_clock::now() - start < 3s);
+    CHECK(cpu_time() - start < 3s);
     REQUIRE(r.file_errors.size() == 1);
     CHECK(r.documents.empty());
     const auto& e = r.file_errors[0];
