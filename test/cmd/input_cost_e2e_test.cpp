@@ -129,3 +129,36 @@ TEST_CASE("a TXT answer of 10000 endpoints is cut to fit TCP and says how many w
     CHECK_THAT(small, Catch::Contains("endpoint-19.backends.example.com:8080"));
     CHECK(small.find("truncated=") == std::string::npos);
 }
+
+TEST_CASE("a conf dir file of 80000 keys in one mapping does not hold DNS")
+{
+    std::string wide = "---\ntype: MeshExternalService\nname: wide\nspec:\n  match: {port: 80}\n";
+    for (int i = 0; i < 80000; ++i) wide += "  k" + std::to_string(i) + ": 1\n";
+    Dir dir;
+    dir.write("resources/good.yaml", resources);
+    MesdOptions options;
+    options.conf_dir = (dir.path / "resources").string();
+    options.dns_section = "  forward:\n    enabled: false\n";
+    Mesd mesd(dir.path / "mesd", options);
+    auto query = [&] {
+        return output_of({dig, "@127.0.0.1", "-p", std::to_string(mesd.dns_port()), "+tries=1", "+time=5",
+                          "+short", "mes-http.mesh", "A"});
+    };
+    REQUIRE(query() == "127.242.0.1\n");
+
+    // The directory is polled each second and read on the loop: while it is read, DNS waits.
+    auto start = std::chrono::steady_clock::now();
+    dir.write("resources/wide.yaml", wide);
+    std::string log;
+    while (std::chrono::steady_clock::now() - start < 60s) {
+        log = mesd.log();
+        if (log.find("keeping the last good state") != std::string::npos) break;
+        std::this_thread::sleep_for(100ms);
+    }
+    // 46 s with the pairwise duplicate check; now the poll's second and a fraction of one
+    // (a few seconds on a loaded machine).
+    CHECK(std::chrono::steady_clock::now() - start < 15s);
+    CHECK_THAT(log, Catch::Contains("unknown field \\\"k79999\\\""));
+    CHECK_THAT(log, Catch::Contains("keeping the last good state"));
+    CHECK(query() == "127.242.0.1\n");
+}
