@@ -1,5 +1,7 @@
 #include "cmd/log.hpp"
 
+#include "conf/conf.hpp"
+
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -21,23 +23,27 @@ std::string_view name(Level l)
     return "?";
 }
 
-// Values with spaces, quotes or '=' are quoted (logfmt).
-void append_value(std::string& out, std::string_view v)
+// Values carry names and messages from the input: control bytes (CR, ESC...) and bytes that
+// are not UTF-8 are written escaped, so that no value can forge a log line or drive the
+// terminal that shows it. Values with spaces, quotes, '=' or escapes are quoted (logfmt).
+void append_value(std::string& out, std::string_view raw)
 {
-    bool quote = v.empty() || v.find_first_of(" \"=\t\n") != std::string_view::npos;
+    std::string v = conf::escape_controls(raw);
+    bool quote = v.empty() || v.size() != raw.size() || v.find_first_of(" \"=\\") != std::string::npos;
     if (!quote) {
         out += v;
         return;
     }
-    out += '"';
-    for (char c : v) {
-        if (c == '"' || c == '\\') out += '\\';
-        if (c == '\n') {
-            out += "\\n";
-            continue;
-        }
-        out += c;
+    // The value's own quotes and backslashes first, then the control bytes: their escapes'
+    // backslashes are then the only single ones.
+    std::string quoted;
+    quoted.reserve(raw.size());
+    for (char c : raw) {
+        if (c == '"' || c == '\\') quoted += '\\';
+        quoted += c;
     }
+    out += '"';
+    out += conf::escape_controls(quoted);
     out += '"';
 }
 

@@ -34,15 +34,16 @@ constexpr std::string_view usage_text =
     "(--config FILE, else $MESD_CONFIG), else /var/lib/mesd.\n"
     "exit status: 0 success, 1 invalid input or failed operation, 2 usage error or unreadable path\n";
 
+// Messages may quote arguments and stored names: their control bytes are written escaped.
 int usage_error(std::string_view message)
 {
-    std::cerr << "mesctl: " << message << "\n\n" << usage_text;
+    std::cerr << "mesctl: " << conf::escape_controls(message) << "\n\n" << usage_text;
     return exit_usage;
 }
 
 int failure(std::string_view message)
 {
-    std::cerr << "mesctl: " << message << '\n';
+    std::cerr << "mesctl: " << conf::escape_controls(message) << '\n';
     return exit_failed;
 }
 

@@ -32,6 +32,25 @@ namespace conf {
 // generator or a wrong path should get a clear message, not minutes of parsing.
 inline constexpr std::size_t max_file_bytes = 32u * 1024u * 1024u;
 
+// A document may hold at most this many YAML nodes. yaml-cpp keeps about 500 bytes per node,
+// so without it a 32 MiB file of one-byte scalars (`x: [a,a,...]`) costs 8 GB; this bound
+// keeps one document under about 100 MB and still allows a MES with 10,000 endpoints.
+inline constexpr std::size_t max_document_nodes = 200'000;
+
+// Offset of the first byte of `text` that is not strict UTF-8 (RFC 3629 section 3: no
+// overlong forms, no surrogates, nothing past U+10FFFF), or npos.
+std::size_t invalid_utf8_at(std::string_view text);
+
+// `text` with control bytes (C0, DEL, and C1 written in UTF-8) and bytes that are not UTF-8
+// written as \xNN, \n, \r, \t: what reaches a terminal or a log line cannot move the cursor,
+// clear the screen or forge a line.
+std::string escape_controls(std::string_view text);
+
+// `text` as a message echoes it: quoted, control bytes escaped, and when longer than
+// `max_bytes` cut to its first bytes (at a character boundary) followed by its length, so
+// that a 10 MB value costs a line, not 10 MB, in every message about it.
+std::string excerpt(std::string_view text, std::size_t max_bytes = 64);
+
 struct Mark {
     std::string file;
     int line = 0;  // 1-based; 0 when unknown

@@ -109,11 +109,11 @@ public:
         if (!text) return;
         auto d = parse_duration(*text);
         if (!d || (!allow_zero && d->count() == 0)) {
-            r_.error(node, f.path(key), "must be a duration such as 500ms, 30s, 5m or 1h, got \"" + *text + "\"");
+            r_.error(node, f.path(key), "must be a duration such as 500ms, 30s, 5m or 1h, got " + excerpt(*text));
             return;
         }
         if (*d > max) {
-            r_.error(node, f.path(key), "must be at most " + format_duration(max) + ", got \"" + *text + "\"");
+            r_.error(node, f.path(key), "must be at most " + format_duration(max) + ", got " + excerpt(*text));
             return;
         }
         out = *d;
@@ -162,7 +162,7 @@ public:
             auto text = read_string(r_, node[i], detail::join(path, i));
             if (!text) continue;
             if (!valid(*text)) {
-                r_.error(node[i], detail::join(path, i), "must be " + std::string(what) + ", got \"" + *text + "\"");
+                r_.error(node[i], detail::join(path, i), "must be " + std::string(what) + ", got " + excerpt(*text));
                 continue;
             }
             values.push_back(*text);
@@ -245,12 +245,12 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
             auto v4 = vip.take("ipv4");
             if (auto text = read_string(r, v4, "vip.ipv4")) {
                 if (valid_cidr(*text, false)) c.vip.ipv4 = *text;
-                else r.error(v4, "vip.ipv4", "must be an IPv4 CIDR such as 242.0.0.0/8, got \"" + *text + "\"");
+                else r.error(v4, "vip.ipv4", "must be an IPv4 CIDR such as 242.0.0.0/8, got " + excerpt(*text));
             }
             auto v6 = vip.take("ipv6");
             if (auto text = read_string(r, v6, "vip.ipv6")) {
                 if (text->empty() || valid_cidr(*text, true)) c.vip.ipv6 = *text;
-                else r.error(v6, "vip.ipv6", "must be an IPv6 CIDR such as fd00:fd02::/64, got \"" + *text + "\"");
+                else r.error(v6, "vip.ipv6", "must be an IPv6 CIDR such as fd00:fd02::/64, got " + excerpt(*text));
             }
             read.duration(vip, "quarantine", c.vip.quarantine, true);
         }

@@ -74,9 +74,109 @@ std::string_view Endpoint::unix_path() const
     return std::string_view(address).substr(scheme.size());
 }
 
+std::size_t invalid_utf8_at(std::string_view text)
+{
+    std::size_t i = 0;
+    while (i < text.size()) {
+        auto c = static_cast<unsigned char>(text[i]);
+        if (c < 0x80) {
+            ++i;
+            continue;
+        }
+        // RFC 3629 section 4: the second byte's range depends on the first, which is what
+        // rules out overlong forms (C0, C1, E0 80-9F, F0 80-8F), surrogates (ED A0-BF) and
+        // code points past U+10FFFF (F4 90-BF, F5-FF).
+        std::size_t len = 0;
+        unsigned char lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf) len = 2;
+        else if (c >= 0xe0 && c <= 0xef) {
+            len = 3;
+            if (c == 0xe0) lo = 0xa0;
+            if (c == 0xed) hi = 0x9f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            len = 4;
+            if (c == 0xf0) lo = 0x90;
+            if (c == 0xf4) hi = 0x8f;
+        }
+        if (len == 0 || len > text.size() - i) return i;
+        auto second = static_cast<unsigned char>(text[i + 1]);
+        if (second < lo || second > hi) return i;
+        for (std::size_t k = 2; k < len; ++k)
+            if ((static_cast<unsigned char>(text[i + k]) & 0xc0) != 0x80) return i;
+        i += len;
+    }
+    return std::string_view::npos;
+}
+
+namespace {
+
+void append_hex(std::string& out, unsigned char c)
+{
+    constexpr std::string_view digits = "0123456789abcdef";
+    out += "\\x";
+    out += digits[c >> 4];
+    out += digits[c & 0xf];
+}
+
+}  // namespace
+
+std::string escape_controls(std::string_view text)
+{
+    std::string out;
+    out.reserve(text.size());
+    std::size_t i = 0;
+    while (i < text.size()) {
+        auto c = static_cast<unsigned char>(text[i]);
+        if (c == '\n') out += "\\n";
+        else if (c == '\r') out += "\\r";
+        else if (c == '\t') out += "\\t";
+        else if (c < 0x20 || c == 0x7f) append_hex(out, c);
+        if (c < 0x20 || c == 0x7f) {
+            ++i;
+            continue;
+        }
+        if (c < 0x80) {
+            out += static_cast<char>(c);
+            ++i;
+            continue;
+        }
+        std::size_t len = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+        if (invalid_utf8_at(text.substr(i, len)) != std::string_view::npos) {
+            append_hex(out, c);  // not UTF-8: one byte at a time
+            ++i;
+            continue;
+        }
+        // U+0080..U+009F (C2 80..C2 9F) are the C1 controls; CSI among them.
+        if (c == 0xc2 && static_cast<unsigned char>(text[i + 1]) < 0xa0) {
+            append_hex(out, c);
+            append_hex(out, static_cast<unsigned char>(text[i + 1]));
+        } else {
+            out.append(text.substr(i, len));
+        }
+        i += len;
+    }
+    return out;
+}
+
+std::string excerpt(std::string_view text, std::size_t max_bytes)
+{
+    if (text.size() <= max_bytes) return '"' + escape_controls(text) + '"';
+    std::size_t cut = max_bytes;
+    // Back up to the start of a character so the excerpt stays UTF-8.
+    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xc0) == 0x80) --cut;
+    return '"' + escape_controls(text.substr(0, cut)) + "...\" (" + std::to_string(text.size()) + " bytes)";
+}
+
 std::string Diagnostic::format() const
 {
-    std::string out = mark.file;
+    // Paths and names are made of the input's keys and values: excerpts of them, escaped.
+    auto shorten = [](std::string_view text) {
+        if (text.size() <= 128) return escape_controls(text);
+        std::size_t cut = 96;
+        while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xc0) == 0x80) --cut;
+        return escape_controls(text.substr(0, cut)) + "...(" + std::to_string(text.size()) + " bytes)";
+    };
+    std::string out = escape_controls(mark.file);
     if (mark.line > 0) {
         out += ':' + std::to_string(mark.line);
         if (mark.col > 0) out += ':' + std::to_string(mark.col);
@@ -86,16 +186,16 @@ std::string Diagnostic::format() const
     if (!kind.empty()) {
         out += kind;
         out += ' ';
-        out += mesh.empty() ? std::string("?") : mesh;
+        out += mesh.empty() ? std::string("?") : shorten(mesh);
         out += '/';
-        out += name.empty() ? std::string("?") : name;
+        out += name.empty() ? std::string("?") : shorten(name);
         out += ": ";
     }
     if (!path.empty()) {
-        out += path;
+        out += shorten(path);
         out += ": ";
     }
-    out += message;
+    out += escape_controls(message);
     return out;
 }
 

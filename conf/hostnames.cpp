@@ -76,8 +76,8 @@ std::vector<HostnameStatus> generate_hostnames(std::span<const Ordered> generato
             } else if (!is_rfc1123_subdomain(*rendered)) {
                 entry.condition.status = "False";
                 entry.condition.reason = "TemplateError";
-                entry.condition.message = "template renders to \"" + *rendered +
-                                          "\" which is not a valid DNS name: " + std::string(rfc1123_subdomain_message);
+                entry.condition.message = "template renders to " + excerpt(*rendered) +
+                                          " which is not a valid DNS name: " + std::string(rfc1123_subdomain_message);
             } else if (auto it = claimed.find(*rendered); it != claimed.end() && it->second != si) {
                 entry.condition.status = "False";
                 entry.condition.reason = "Collision";

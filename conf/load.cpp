@@ -3,12 +3,16 @@
 #include "conf/conf.hpp"
 #include "conf/detail/spec.hpp"
 
+#include <yaml-cpp/eventhandler.h>
+#include <yaml-cpp/parser.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <spanstream>
 #include <tuple>
 
 namespace conf {
@@ -20,22 +24,6 @@ using detail::Fields;
 using detail::Reporter;
 using detail::present;
 using detail::read_string;
-
-// Offset of the first byte that is not part of valid UTF-8, or npos.
-std::size_t invalid_utf8_at(std::string_view s)
-{
-    std::size_t i = 0;
-    while (i < s.size()) {
-        auto c = static_cast<unsigned char>(s[i]);
-        std::size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-        if (len == 0 || len > s.size() - i) return i;
-        for (std::size_t k = 1; k < len; ++k)
-            if ((static_cast<unsigned char>(s[i + k]) & 0xc0) != 0x80) return i;
-        if (len == 2 && c < 0xc2) return i;  // overlong
-        i += len;
-    }
-    return std::string_view::npos;
-}
 
 Mark mark_at_offset(const std::string& file, std::string_view text, std::size_t offset)
 {
@@ -104,6 +92,73 @@ std::vector<Piece> split_documents(std::string_view text)
     }
     if (start < text.size()) pieces.push_back(Piece{text.substr(start), start_line});
     return pieces;
+}
+
+// Counts the nodes of one document as the parser streams its events, without building them,
+// and stops the parse at the first node past the bound.
+class NodeCounter : public YAML::EventHandler {
+public:
+    struct TooMany {
+        YAML::Mark mark;
+    };
+
+    void OnDocumentStart(const YAML::Mark&) override {}
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { count(mark); }
+    void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}  // shares the anchored node
+    void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t, const std::string&) override
+    {
+        count(mark);
+    }
+    void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override
+    {
+        count(mark);
+    }
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override
+    {
+        count(mark);
+    }
+    void OnMapEnd() override {}
+
+private:
+    void count(const YAML::Mark& mark)
+    {
+        if (++nodes_ > max_document_nodes) throw TooMany{mark};
+    }
+    std::size_t nodes_ = 0;
+};
+
+// At most how many nodes `text` can make. A node begins at the start of the text or after a
+// line break or one of , [ { - : ? (a block entry, a key, a value, a flow entry), and one
+// such byte begins at most three (`[:` is a mapping with a null key and a null value), so
+// three per such byte bounds the count; bytes inside quoted or block scalars only raise it.
+std::size_t node_bound(std::string_view text)
+{
+    std::size_t starts = 1;
+    for (char c : text)
+        starts += c == '\n' || c == '\r' || c == ',' || c == '[' || c == '{' || c == '-' || c == ':' || c == '?';
+    return 3 * starts;
+}
+
+// Where the document's node count first passes max_document_nodes, or nullopt. Only a
+// document whose bytes allow that many nodes pays for the counting parse (as long as
+// building it, without the memory); the others, a 10 MB scalar among them, cost one pass
+// over the bytes.
+std::optional<YAML::Mark> too_many_nodes(std::string_view text)
+{
+    if (node_bound(text) <= max_document_nodes) return std::nullopt;
+    std::ispanstream in(std::span<const char>(text.data(), text.size()));  // no copy of 32 MiB
+    YAML::Parser parser(in);
+    NodeCounter counter;
+    try {
+        parser.HandleNextDocument(counter);
+    } catch (const NodeCounter::TooMany& e) {
+        return e.mark;
+    } catch (const std::exception&) {
+        // Not YAML: the real parse reports where.
+    }
+    return std::nullopt;
 }
 
 constexpr std::string_view kuma_api_version = "kuma.io/v1alpha1";
@@ -243,6 +298,12 @@ void Loader::load_text(std::string_view text, const std::string& file)
     std::size_t decoded = 0;
     for (const auto& piece : pieces) {
         YAML::Node root;
+        if (auto at = too_many_nodes(piece.text)) {
+            file_error(Mark{file, at->line + 1 + piece.first_line, at->column + 1},
+                       "document has more than " + std::to_string(max_document_nodes) +
+                           " YAML nodes (the limit per document); split it into several documents");
+            return;
+        }
         try {
             root = YAML::Load(std::string(piece.text));
         } catch (const YAML::ParserException& e) {
@@ -388,7 +449,7 @@ Decoded decode_document(const LoadOptions& options, const YAML::Node& root, cons
             } else if (!kind) {
                 if (kind_text)
                     r.error(kind_node, kubernetes ? "kind" : "type",
-                            "unknown kind \"" + *kind_text + "\" (expected MeshExternalService, HostnameGenerator or Secret)");
+                            "unknown kind " + excerpt(*kind_text) + " (expected MeshExternalService, HostnameGenerator or Secret)");
                 // The rest of the document cannot be understood without its kind.
                 for (auto it = root.begin(); it != root.end(); ++it)
                     if (it->first.IsScalar()) (void)top.take(it->first.Scalar());
@@ -443,13 +504,13 @@ void Loader::check_secret_refs()
                 std::size_t before = doc.diagnostics.size();
                 detail::check_pem_role(r, ref.mark, ref.path, secret_doc.resource.secret()->data, ref.role, options_.now);
                 for (auto k = before; k < doc.diagnostics.size(); ++k)
-                    doc.diagnostics[k].message = "secret \"" + ref.name + "\" used as " +
+                    doc.diagnostics[k].message = "secret " + excerpt(ref.name) + " used as " +
                                                  std::string(secret_role_word(ref.role)) + ": " +
                                                  doc.diagnostics[k].message;
                 continue;
             }
             if (options_.secret_exists && options_.secret_exists(doc.resource.mesh, ref.name)) continue;
-            r.error(ref.mark, ref.path, "secret \"" + ref.name + "\" not found in mesh \"" + doc.resource.mesh + "\"");
+            r.error(ref.mark, ref.path, "secret " + excerpt(ref.name) + " not found in mesh " + excerpt(doc.resource.mesh));
         }
     }
 }

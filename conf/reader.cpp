@@ -68,9 +68,12 @@ Fields::Fields(Reporter& reporter, const YAML::Node& node, std::string path)
             continue;
         }
         const std::string& key = it->first.Scalar();
-        bool duplicate = std::ranges::any_of(entries_, [&](const Entry& e) { return e.key == key; });
-        if (duplicate) {
-            reporter_.error(it->first, join(path_, key), "duplicate field \"" + key + "\"");
+        if (auto bad = invalid_utf8_at(key); bad != std::string_view::npos) {
+            reporter_.error(it->first, path_, "key is not UTF-8 (invalid byte at offset " + std::to_string(bad) + ")");
+            continue;
+        }
+        if (!index_.try_emplace(key, entries_.size()).second) {
+            reporter_.error(it->first, join(path_, key), "duplicate field " + excerpt(key));
             continue;
         }
         entries_.push_back(Entry{key, it->first, it->second, false});
@@ -80,24 +83,23 @@ Fields::Fields(Reporter& reporter, const YAML::Node& node, std::string path)
 Fields::~Fields()
 {
     for (const auto& e : entries_)
-        if (!e.taken) reporter_.error(e.key_node, join(path_, e.key), "unknown field \"" + e.key + "\"");
+        if (!e.taken) reporter_.error(e.key_node, join(path_, e.key), "unknown field " + excerpt(e.key));
 }
 
 YAML::Node Fields::take(std::string_view key)
 {
-    for (auto& e : entries_) {
-        if (e.key == key) {
-            e.taken = true;
-            if (e.value.IsNull()) return YAML::Node(YAML::NodeType::Undefined);
-            return e.value;
-        }
-    }
-    return YAML::Node(YAML::NodeType::Undefined);
+    auto found = index_.find(key);
+    if (found == index_.end()) return YAML::Node(YAML::NodeType::Undefined);
+    auto& e = entries_[found->second];
+    e.taken = true;
+    if (e.value.IsNull()) return YAML::Node(YAML::NodeType::Undefined);
+    return e.value;
 }
 
 bool Fields::has(std::string_view key) const
 {
-    return std::ranges::any_of(entries_, [&](const Entry& e) { return e.key == key && !e.value.IsNull(); });
+    auto found = index_.find(key);
+    return found != index_.end() && !entries_[found->second].value.IsNull();
 }
 
 namespace {
@@ -120,6 +122,12 @@ std::optional<std::string> read_string(Reporter& r, const YAML::Node& node, cons
         r.error(node, path, "must be a string, got " + std::string(type_word(node)));
         return std::nullopt;
     }
+    // The file is checked to be UTF-8, but escapes in double-quoted scalars ("\ud800",
+    // "\xc0") can still make what RFC 3629 forbids.
+    if (auto bad = invalid_utf8_at(node.Scalar()); bad != std::string_view::npos) {
+        r.error(node, path, "must be UTF-8 text (invalid byte at offset " + std::to_string(bad) + " of the value)");
+        return std::nullopt;
+    }
     return node.Scalar();
 }
 
@@ -134,7 +142,7 @@ std::optional<bool> read_bool(Reporter& r, const YAML::Node& node, const std::st
     }
     r.error(node, path,
             "must be a boolean (true or false), got " +
-                (node.IsScalar() ? "\"" + node.Scalar() + "\"" : std::string(type_word(node))));
+                (node.IsScalar() ? excerpt(node.Scalar()) : std::string(type_word(node))));
     return std::nullopt;
 }
 
@@ -145,7 +153,7 @@ std::optional<std::int64_t> read_int(Reporter& r, const YAML::Node& node, const 
     if (!node.IsScalar() || quoted(node)) {
         r.error(node, path,
                 "must be an integer, got " +
-                    (node.IsScalar() ? "string \"" + node.Scalar() + "\"" : std::string(type_word(node))));
+                    (node.IsScalar() ? "string " + excerpt(node.Scalar()) : std::string(type_word(node))));
         return std::nullopt;
     }
     std::string_view text = node.Scalar();
@@ -161,7 +169,7 @@ std::optional<std::int64_t> read_int(Reporter& r, const YAML::Node& node, const 
         return (c >= '0' && c <= '9') || (base == 16 && ((c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')));
     });
     if (!all_digits) {
-        r.error(node, path, "must be an integer, got \"" + std::string(text) + "\"");
+        r.error(node, path, "must be an integer, got " + excerpt(text));
         return std::nullopt;
     }
     std::int64_t value = 0;
@@ -193,6 +201,10 @@ std::map<std::string, std::string> read_string_map(Reporter& r, const YAML::Node
             continue;
         }
         const std::string& key = it->first.Scalar();
+        if (auto bad = invalid_utf8_at(key); bad != std::string_view::npos) {
+            r.error(it->first, path, "key is not UTF-8 (invalid byte at offset " + std::to_string(bad) + ")");
+            continue;
+        }
         if (it->second.IsNull()) {
             out[key] = "";
             continue;

@@ -283,7 +283,7 @@ void decode_hostname_generator(Reporter& r, const YAML::Node& spec, HostnameGene
     auto rendered = parsed->render(stub);
     if (rendered && !is_rfc1123_subdomain(*rendered))
         r.error(template_node, f.path("template"),
-                "template renders to \"" + *rendered + "\" which is not a valid DNS name: " +
+                "template renders to " + excerpt(*rendered) + " which is not a valid DNS name: " +
                     std::string(rfc1123_subdomain_message));
 }
 

@@ -271,17 +271,21 @@ store::Result<NameIndex> NameIndex::build(const store::Snapshot& snapshot, const
 std::vector<std::string> describe_mes(std::string_view mesh, std::string_view name, const conf::MeshExternalService& mes)
 {
     std::vector<std::string> facts;
+    // The RDATA a string costs: its length byte and at most 255 bytes (RFC 1035 3.3.14).
+    auto cost = [](const std::string& fact) { return 1 + std::min<std::size_t>(fact.size(), 255); };
     facts.push_back("mes=" + std::string(mesh) + "/" + std::string(name));
     facts.push_back("port=" + (mes.port ? std::to_string(*mes.port) : std::string("*")));
     facts.push_back("protocol=" + std::string(conf::protocol_name(mes.protocol)));
+    std::vector<std::string> endpoints;
     for (const auto& ep : mes.endpoints) {
         std::string text = "endpoint=" + ep.address;
         if (ep.port) text += ":" + std::to_string(*ep.port);
         if (ep.priority) text += " priority=" + std::to_string(ep.priority);
-        facts.push_back(std::move(text));
+        endpoints.push_back(std::move(text));
     }
+    std::string tls;
     if (!mes.tls || !mes.tls->enabled) {
-        facts.push_back("tls=disabled");
+        tls = "tls=disabled";
     } else {
         const auto& t = *mes.tls;
         std::string text = "tls=enabled mode=" + std::string(conf::verification_mode_name(t.mode));
@@ -289,8 +293,23 @@ std::vector<std::string> describe_mes(std::string_view mesh, std::string_view na
         if (t.min != conf::TlsVersion::tls_auto) text += " min=" + std::string(conf::tls_version_name(t.min));
         if (t.max != conf::TlsVersion::tls_auto) text += " max=" + std::string(conf::tls_version_name(t.max));
         if (t.client_cert) text += " client-cert";
-        facts.push_back(std::move(text));
+        tls = std::move(text);
     }
+    // The whole RDATA must fit one message: as many endpoints as fit max_txt_rdata, then
+    // the tls string, then one saying how many were left out.
+    std::size_t used = cost(tls);
+    for (const auto& f : facts) used += cost(f);
+    std::size_t all = used;
+    for (const auto& e : endpoints) all += cost(e);
+    std::size_t kept = endpoints.size();
+    if (all > max_txt_rdata) {
+        used += 1 + std::string_view("truncated=4294967295 more").size();
+        kept = 0;
+        while (kept < endpoints.size() && used + cost(endpoints[kept]) <= max_txt_rdata) used += cost(endpoints[kept++]);
+    }
+    for (std::size_t i = 0; i < kept; ++i) facts.push_back(std::move(endpoints[i]));
+    facts.push_back(std::move(tls));
+    if (kept < endpoints.size()) facts.push_back("truncated=" + std::to_string(endpoints.size() - kept) + " more");
     return facts;
 }
 

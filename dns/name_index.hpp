@@ -135,8 +135,14 @@ private:
     detail::PopulatedVector<std::uint32_t> hostname_records_;   // record offsets, grouped by owner
 };
 
+// The most RDATA a MES's TXT record carries: with a 12-byte header, a question of the longest
+// name (259 bytes), the record's own name uncompressed (255) and fixed part (10), and an OPT
+// record with room for options, the answer stays under TCP's 65,535 bytes (RFC 1035 4.2.2).
+inline constexpr std::size_t max_txt_rdata = 64'000;
+
 // One string per fact about a MES, as its TXT record gives them: mes=, port=, protocol=,
-// endpoint= (one each), tls=.
+// endpoint= (one each), tls=. When they would exceed max_txt_rdata, only the endpoints that
+// fit are given, and a last string `truncated=N more` counts the others.
 std::vector<std::string> describe_mes(std::string_view mesh, std::string_view name, const conf::MeshExternalService& mes);
 
 }  // namespace dns

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace conf::detail {
@@ -81,6 +82,12 @@ private:
     YAML::Node node_;
     std::string path_;
     std::vector<Entry> entries_;
+    // Key to its place in entries_: a mapping of n keys is read in O(n), duplicates included.
+    struct KeyHash {
+        using is_transparent = void;
+        std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+    };
+    std::unordered_map<std::string, std::size_t, KeyHash, std::equal_to<>> index_;
     bool ok_ = false;
 };
 
