@@ -172,6 +172,7 @@ private:
     std::uint64_t conf_dir_errors_ = 0;
     std::uint64_t conf_dir_applies_ = 0;
     std::uint64_t store_errors_ = 0;
+    std::string store_failure_;  // why the store last failed to read; empty once it reads
 };
 
 bool Daemon::refresh()
@@ -180,8 +181,18 @@ bool Daemon::refresh()
     auto moved = source_.refresh();
     if (!moved) {
         ++store_errors_;
-        log::error("store", "cannot read the store", {{"error", moved.error().message}});
+        // Polled every store_poll_ms: logged once per reason. The index last built stays in
+        // use (its answers were right when the store was last readable), but mesd is not
+        // ready until the store reads again.
+        if (moved.error().message != store_failure_)
+            log::error("store", "cannot read the store; answering from the last good index",
+                       {{"error", moved.error().message}, {"data_dir", config_.data_dir}});
+        store_failure_ = moved.error().message;
         return false;
+    }
+    if (!store_failure_.empty()) {
+        log::info("store", "the store reads again", {{"data_dir", config_.data_dir}});
+        store_failure_.clear();
     }
     if (*moved)
         log::debug("store", "store changed",
@@ -669,6 +680,8 @@ std::string Daemon::metrics_text()
     auto usage = store_->usage();
     gauge("mesd_vips_in_use", "VIPs allocated to MeshExternalServices.", usage ? usage->vips : 0);
     counter("mesd_store_errors_total", "Failed reads of the store.", store_errors_);
+    gauge("mesd_store_unreadable", "1 while the store cannot be read (answers come from the last good index).",
+          store_failure_.empty() ? 0 : 1);
     counter("mesd_conf_dir_applies_total", "Successful applies of --conf-dir.", conf_dir_applies_);
     counter("mesd_conf_dir_errors_total", "Applies of --conf-dir refused for invalid input or failed.", conf_dir_errors_);
     if (proxy_) out += proxy_metrics(proxy_->status());
@@ -732,7 +745,7 @@ std::string Daemon::config_json()
 cmd::HttpReply Daemon::admin(const std::string& path)
 {
     if (path == "/metrics") return {200, "text/plain; version=0.0.4; charset=utf-8", metrics_text()};
-    if (path == "/ready") return ready_ && !stopping_ ? cmd::HttpReply{200, "text/plain", "ready\n"}
+    if (path == "/ready") return ready_ && !stopping_ && store_failure_.empty() ? cmd::HttpReply{200, "text/plain", "ready\n"}
                                                      : cmd::HttpReply{503, "text/plain", "not ready\n"};
     if (path == "/config") return {200, "application/json", config_json()};
     return {404, "text/plain", "not found: try /metrics, /ready or /config\n"};
@@ -762,7 +775,7 @@ int Daemon::run()
 {
     auto synced = store_->sync_pools(write_options());
     if (!synced) {
-        log::error("store", "cannot record the VIP pools", {{"error", synced.error().message}});
+        log::error("store", "cannot record the VIP pools", {{"error", synced.error().message}, {"data_dir", config_.data_dir}});
         return exit_failed;
     }
     for (const auto& n : synced->notes) log::warn("store", n);

@@ -1,7 +1,9 @@
 #include "store/store.hpp"
 
 #include "store/detail/codec.hpp"
+#include "store/detail/guard.hpp"
 #include "store/detail/lmdb.hpp"
+#include "store/detail/verify.hpp"
 
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -24,7 +26,20 @@ namespace {
 constexpr std::string_view schema_version = "1";
 constexpr char sep = '\0';
 
-Error to_error(const Failure& f) { return Error{f.message}; }
+bool is_damage(int code)
+{
+    return code == MDB_CORRUPTED || code == MDB_INVALID || code == MDB_PAGE_NOTFOUND || code == map_fault ||
+           code == lmdb_assertion;
+}
+
+// Damage found after the store opened (a bad record, a page LMDB cannot use, a file cut short
+// under the map) says what to do about it, like damage found when opening.
+Error to_error(const Failure& f)
+{
+    if (!is_damage(f.code)) return Error{f.message};
+    return Error{f.message + "; data.mdb is damaged: restore the data dir from a backup, or re-apply the resources "
+                             "(mesctl apply -f ...) into a fresh data dir"};
+}
 
 std::string kind_prefix(conf::Kind kind) { return std::string(1, static_cast<char>(static_cast<int>(kind) + 1)); }
 
@@ -646,10 +661,10 @@ struct Store::Impl {
     {
         for (int attempt = 0; attempt < 3; ++attempt) {
             MDB_txn* txn = nullptr;
-            int rc = mdb_txn_begin(env, nullptr, write ? 0 : MDB_RDONLY, &txn);
+            int rc = guarded([&] { return mdb_txn_begin(env, nullptr, write ? 0 : MDB_RDONLY, &txn); });
             // Another process grew the map: adopt its size and try again.
             if (rc == MDB_MAP_RESIZED) {
-                mdb_env_set_mapsize(env, 0);
+                guarded([&] { return mdb_env_set_mapsize(env, 0); });
                 continue;
             }
             if (rc != 0) return std::unexpected(from_mdb(rc, write ? "begin a write" : "begin a read"));
@@ -661,7 +676,8 @@ struct Store::Impl {
     Res<void> grow()
     {
         MDB_envinfo info{};
-        mdb_env_info(env, &info);
+        if (int rc = guarded([&] { return mdb_env_info(env, &info); }); rc != 0)
+            return std::unexpected(from_mdb(rc, "grow the map"));
         std::size_t next = std::min(info.me_mapsize * 2, options.max_map_bytes);
         if (next <= info.me_mapsize)
             return std::unexpected(Failure{MDB_MAP_FULL, "the store has reached its maximum size of " +
@@ -710,24 +726,39 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options)
         return std::unexpected(Error{"data dir " + options.data_dir + " is not a directory"});
     }
 
+    // What to do about a damaged store, said once for every way of finding it.
+    auto damage_advice = [&](int code) -> std::string {
+        if (!is_damage(code)) return "";
+        return "; restore " + options.data_dir + " from a backup, or move it aside and re-apply the resources "
+               "(mesctl apply -f ...) into a fresh data dir";
+    };
+    if (auto verified = verify_data_file(options.data_dir + "/data.mdb"); !verified)
+        return std::unexpected(Error{"store " + options.data_dir + ": " + verified.error().message +
+                                     damage_advice(verified.error().code)});
+
     auto impl = std::make_unique<Impl>();
     impl->options = options;
     auto fail = [&](int rc, std::string_view what) {
-        return std::unexpected(Error{"store " + options.data_dir + ": " + from_mdb(rc, what).message});
+        return std::unexpected(Error{"store " + options.data_dir + ": " + from_mdb(rc, what).message + damage_advice(rc)});
     };
     if (int rc = mdb_env_create(&impl->env); rc != 0) return fail(rc, "create");
     mdb_env_set_maxdbs(impl->env, 8);
+    mdb_env_set_assert(impl->env, on_lmdb_assert);
     mdb_env_set_mapsize(impl->env, options.initial_map_bytes);
     // MDB_NOTLS: read transactions belong to their Snapshot, not to a thread.
     // MDB_NORDAHEAD: lookups are random; read-around would map in pages of the other
     // databases around each one touched (at 100,000 MES the whole file ends up resident).
-    if (int rc = mdb_env_open(impl->env, options.data_dir.c_str(), MDB_NOTLS | MDB_NORDAHEAD, 0600); rc != 0)
+    if (int rc = guarded([&] { return mdb_env_open(impl->env, options.data_dir.c_str(), MDB_NOTLS | MDB_NORDAHEAD, 0600); });
+        rc != 0)
         return fail(rc, "open");
 
     auto raw = impl->begin(true);
-    if (!raw) return std::unexpected(Error{"store " + options.data_dir + ": " + raw.error().message});
+    if (!raw)
+        return std::unexpected(Error{"store " + options.data_dir + ": " + raw.error().message + damage_advice(raw.error().code)});
     MDB_txn* txn = *raw;
-    auto open_db = [&](const char* name, MDB_dbi& dbi) { return mdb_dbi_open(txn, name, MDB_CREATE, &dbi); };
+    auto open_db = [&](const char* name, MDB_dbi& dbi) {
+        return guarded([&] { return mdb_dbi_open(txn, name, MDB_CREATE, &dbi); });
+    };
     int rc = 0;
     if ((rc = open_db("resources", impl->dbs.resources)) || (rc = open_db("vip_by_owner", impl->dbs.vip_by_owner)) ||
         (rc = open_db("owner_by_vip", impl->dbs.owner_by_vip)) || (rc = open_db("released", impl->dbs.released)) ||
@@ -738,14 +769,14 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options)
     }
     Txn t(txn, impl->dbs);
     auto schema = t.get(impl->dbs.meta, "schema");
-    if (!schema) return std::unexpected(to_error(schema.error()));
+    if (!schema) return fail(schema.error().code, "read the schema");
     if (!*schema) {
         if (auto r = t.put(impl->dbs.meta, "schema", schema_version); !r) return std::unexpected(to_error(r.error()));
     } else if (**schema != schema_version) {
         return std::unexpected(Error{"store " + options.data_dir + " has schema version " + std::string(**schema) +
                                      "; this mesd reads version " + std::string(schema_version)});
     }
-    if (auto r = t.commit(); !r) return std::unexpected(to_error(r.error()));
+    if (auto r = t.commit(); !r) return fail(r.error().code, "commit");
     return std::unique_ptr<Store>(new Store(std::move(impl)));
 }
 
@@ -785,16 +816,17 @@ Result<Usage> Store::usage() const
     Txn txn(*raw, impl_->dbs);
     Usage u;
     MDB_envinfo info{};
-    mdb_env_info(impl_->env, &info);
-    u.map_bytes = info.me_mapsize;
     MDB_stat main{};
-    mdb_env_stat(impl_->env, &main);
+    if (int rc = guarded([&] { return mdb_env_info(impl_->env, &info) | mdb_env_stat(impl_->env, &main); }); rc != 0)
+        return std::unexpected(to_error(from_mdb(rc, "stat")));
+    u.map_bytes = info.me_mapsize;
     auto pages = [](const MDB_stat& s) { return s.ms_branch_pages + s.ms_leaf_pages + s.ms_overflow_pages; };
     u.bytes = pages(main) * main.ms_psize;
     const auto& d = impl_->dbs;
     for (MDB_dbi dbi : {d.resources, d.vip_by_owner, d.owner_by_vip, d.released, d.quarantine_by_vip, d.hostnames, d.meta}) {
         MDB_stat s{};
-        mdb_stat(txn.raw(), dbi, &s);
+        if (int rc = guarded([&] { return mdb_stat(txn.raw(), dbi, &s); }); rc != 0)
+            return std::unexpected(to_error(from_mdb(rc, "stat")));
         u.bytes += pages(s) * s.ms_psize;
         if (dbi == d.resources) u.resources = s.ms_entries;
         if (dbi == d.owner_by_vip) u.vips = s.ms_entries;
@@ -961,8 +993,8 @@ Result<Snapshot::Counts> Snapshot::counts() const
 {
     const auto& txn = impl_->txn;
     MDB_stat vips{}, hostnames{};
-    if (int rc = mdb_stat(txn.raw(), txn.dbs().vip_by_owner, &vips); rc != 0) return std::unexpected(to_error(from_mdb(rc, "stat")));
-    if (int rc = mdb_stat(txn.raw(), txn.dbs().hostnames, &hostnames); rc != 0) return std::unexpected(to_error(from_mdb(rc, "stat")));
+    if (int rc = guarded([&] { return mdb_stat(txn.raw(), txn.dbs().vip_by_owner, &vips); }); rc != 0) return std::unexpected(to_error(from_mdb(rc, "stat")));
+    if (int rc = guarded([&] { return mdb_stat(txn.raw(), txn.dbs().hostnames, &hostnames); }); rc != 0) return std::unexpected(to_error(from_mdb(rc, "stat")));
     return Counts{vips.ms_entries, hostnames.ms_entries};
 }
 
