@@ -33,12 +33,13 @@ bool is_damage(int code)
 }
 
 // Damage found after the store opened (a bad record, a page LMDB cannot use, a file cut short
-// under the map) says what to do about it, like damage found when opening.
-Error to_error(const Failure& f)
+// under the map) names the file and says what to do about it, like damage found when opening.
+Error to_error(const Failure& f, const Dbs& dbs)
 {
-    if (!is_damage(f.code)) return Error{f.message};
-    return Error{f.message + "; data.mdb is damaged: restore the data dir from a backup, or re-apply the resources "
-                             "(mesctl apply -f ...) into a fresh data dir"};
+    if (!is_damage(f.code) || !dbs.data_dir) return Error{f.message};
+    return Error{f.message + "; " + *dbs.data_dir + "/data.mdb is damaged: restore " + *dbs.data_dir +
+                 " from a backup, or move it aside and re-apply the resources (mesctl apply -f ...) into a fresh "
+                 "data dir"};
 }
 
 std::string kind_prefix(conf::Kind kind) { return std::string(1, static_cast<char>(static_cast<int>(kind) + 1)); }
@@ -692,10 +693,10 @@ struct Store::Impl {
     Result<WriteReport> write(const WriteOptions& write_options, Body&& body)
     {
         auto pools = parse_pools(write_options.pools);
-        if (!pools) return std::unexpected(to_error(pools.error()));
+        if (!pools) return std::unexpected(to_error(pools.error(), dbs));
         while (true) {
             auto raw = begin(true);
-            if (!raw) return std::unexpected(to_error(raw.error()));
+            if (!raw) return std::unexpected(to_error(raw.error(), dbs));
             Txn txn(*raw, dbs);
             WriteTxn w(txn, write_options, *pools);
             Res<void> done = body(w);
@@ -703,8 +704,8 @@ struct Store::Impl {
             if (done) done = txn.commit();
             if (done) return std::move(w.report());
             txn.abort();
-            if (done.error().code != MDB_MAP_FULL) return std::unexpected(to_error(done.error()));
-            if (auto g = grow(); !g) return std::unexpected(to_error(g.error()));
+            if (done.error().code != MDB_MAP_FULL) return std::unexpected(to_error(done.error(), dbs));
+            if (auto g = grow(); !g) return std::unexpected(to_error(g.error(), dbs));
         }
     }
 };
@@ -738,6 +739,7 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options)
 
     auto impl = std::make_unique<Impl>();
     impl->options = options;
+    impl->dbs.data_dir = &impl->options.data_dir;
     auto fail = [&](int rc, std::string_view what) {
         return std::unexpected(Error{"store " + options.data_dir + ": " + from_mdb(rc, what).message + damage_advice(rc)});
     };
@@ -771,7 +773,7 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options)
     auto schema = t.get(impl->dbs.meta, "schema");
     if (!schema) return fail(schema.error().code, "read the schema");
     if (!*schema) {
-        if (auto r = t.put(impl->dbs.meta, "schema", schema_version); !r) return std::unexpected(to_error(r.error()));
+        if (auto r = t.put(impl->dbs.meta, "schema", schema_version); !r) return std::unexpected(to_error(r.error(), impl->dbs));
     } else if (**schema != schema_version) {
         return std::unexpected(Error{"store " + options.data_dir + " has schema version " + std::string(**schema) +
                                      "; this mesd reads version " + std::string(schema_version)});
@@ -812,13 +814,13 @@ Result<WriteReport> Store::sync_pools(const WriteOptions& options)
 Result<Usage> Store::usage() const
 {
     auto raw = impl_->begin(false);
-    if (!raw) return std::unexpected(to_error(raw.error()));
+    if (!raw) return std::unexpected(to_error(raw.error(), impl_->dbs));
     Txn txn(*raw, impl_->dbs);
     Usage u;
     MDB_envinfo info{};
     MDB_stat main{};
     if (int rc = guarded([&] { return mdb_env_info(impl_->env, &info) | mdb_env_stat(impl_->env, &main); }); rc != 0)
-        return std::unexpected(to_error(from_mdb(rc, "stat")));
+        return std::unexpected(to_error(from_mdb(rc, "stat"), impl_->dbs));
     u.map_bytes = info.me_mapsize;
     auto pages = [](const MDB_stat& s) { return s.ms_branch_pages + s.ms_leaf_pages + s.ms_overflow_pages; };
     u.bytes = pages(main) * main.ms_psize;
@@ -826,7 +828,7 @@ Result<Usage> Store::usage() const
     for (MDB_dbi dbi : {d.resources, d.vip_by_owner, d.owner_by_vip, d.released, d.quarantine_by_vip, d.hostnames, d.meta}) {
         MDB_stat s{};
         if (int rc = guarded([&] { return mdb_stat(txn.raw(), dbi, &s); }); rc != 0)
-            return std::unexpected(to_error(from_mdb(rc, "stat")));
+            return std::unexpected(to_error(from_mdb(rc, "stat"), impl_->dbs));
         u.bytes += pages(s) * s.ms_psize;
         if (dbi == d.resources) u.resources = s.ms_entries;
         if (dbi == d.owner_by_vip) u.vips = s.ms_entries;
@@ -872,7 +874,7 @@ Snapshot::~Snapshot() = default;
 Result<Snapshot> Store::snapshot() const
 {
     auto raw = impl_->begin(false);
-    if (!raw) return std::unexpected(to_error(raw.error()));
+    if (!raw) return std::unexpected(to_error(raw.error(), impl_->dbs));
     return Snapshot(std::make_unique<Snapshot::Impl>(*raw, impl_->dbs));
 }
 
@@ -884,7 +886,7 @@ Result<std::vector<Entry>> Snapshot::list(std::optional<conf::Kind> kind, std::o
     auto scan = scan_records(impl_->txn, prefix, [&](std::string_view, Record rec, conf::Resource res) {
         if (!mesh || res.mesh == *mesh) out.push_back(to_entry(std::move(res), rec));
     });
-    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (!scan) return std::unexpected(to_error(scan.error(), impl_->txn.dbs()));
     return out;
 }
 
@@ -893,12 +895,12 @@ Result<std::optional<Entry>> Snapshot::get(conf::Kind kind, std::string_view mes
     const auto& txn = impl_->txn;
     auto key = resource_key(kind, mesh, name);
     auto bytes = txn.get(txn.dbs().resources, key);
-    if (!bytes) return std::unexpected(to_error(bytes.error()));
+    if (!bytes) return std::unexpected(to_error(bytes.error(), impl_->txn.dbs()));
     if (!*bytes) return std::optional<Entry>{};
     auto rec = read_record(**bytes, key);
-    if (!rec) return std::unexpected(to_error(rec.error()));
+    if (!rec) return std::unexpected(to_error(rec.error(), impl_->txn.dbs()));
     auto res = read_resource(*rec);
-    if (!res) return std::unexpected(to_error(res.error()));
+    if (!res) return std::unexpected(to_error(res.error(), impl_->txn.dbs()));
     return std::optional<Entry>{to_entry(std::move(*res), *rec)};
 }
 
@@ -906,7 +908,7 @@ Result<bool> Snapshot::has_secret(std::string_view mesh, std::string_view name) 
 {
     const auto& txn = impl_->txn;
     auto bytes = txn.get(txn.dbs().resources, resource_key(conf::Kind::secret, mesh, name));
-    if (!bytes) return std::unexpected(to_error(bytes.error()));
+    if (!bytes) return std::unexpected(to_error(bytes.error(), impl_->txn.dbs()));
     return bytes->has_value();
 }
 
@@ -936,11 +938,11 @@ Result<std::vector<Owner>> Snapshot::lookup_hostname(std::string_view hostname) 
         found.emplace_back(std::string(key.substr(prefix.size())), std::string(name));
         return true;
     });
-    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (!scan) return std::unexpected(to_error(scan.error(), impl_->txn.dbs()));
     std::vector<Owner> out;
     for (auto& [mesh, name] : found) {
         auto o = owner_with_vips(txn, std::move(mesh), std::move(name));
-        if (!o) return std::unexpected(to_error(o.error()));
+        if (!o) return std::unexpected(to_error(o.error(), impl_->txn.dbs()));
         out.push_back(std::move(*o));
     }
     return out;
@@ -955,10 +957,10 @@ Result<std::optional<Owner>> Snapshot::lookup_hostname_in(std::string_view hostn
     key.push_back(sep);
     key.append(mesh);
     auto name = txn.get(txn.dbs().hostnames, key);
-    if (!name) return std::unexpected(to_error(name.error()));
+    if (!name) return std::unexpected(to_error(name.error(), impl_->txn.dbs()));
     if (!*name) return std::optional<Owner>{};
     auto o = owner_with_vips(txn, std::string(mesh), std::string(**name));
-    if (!o) return std::unexpected(to_error(o.error()));
+    if (!o) return std::unexpected(to_error(o.error(), impl_->txn.dbs()));
     return std::optional<Owner>{std::move(*o)};
 }
 
@@ -966,11 +968,11 @@ Result<std::optional<Owner>> Snapshot::owner_of(const vip::Address& address) con
 {
     const auto& txn = impl_->txn;
     auto v = txn.get(txn.dbs().owner_by_vip, vip_key(address));
-    if (!v) return std::unexpected(to_error(v.error()));
+    if (!v) return std::unexpected(to_error(v.error(), impl_->txn.dbs()));
     if (!*v) return std::optional<Owner>{};
     auto [mesh, name] = split_owner(**v);
     auto o = owner_with_vips(txn, std::move(mesh), std::move(name));
-    if (!o) return std::unexpected(to_error(o.error()));
+    if (!o) return std::unexpected(to_error(o.error(), impl_->txn.dbs()));
     return std::optional<Owner>{std::move(*o)};
 }
 
@@ -985,7 +987,7 @@ Result<std::vector<VipEntry>> Snapshot::vips() const
         }
         return true;
     });
-    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (!scan) return std::unexpected(to_error(scan.error(), impl_->txn.dbs()));
     return out;
 }
 
@@ -993,8 +995,8 @@ Result<Snapshot::Counts> Snapshot::counts() const
 {
     const auto& txn = impl_->txn;
     MDB_stat vips{}, hostnames{};
-    if (int rc = guarded([&] { return mdb_stat(txn.raw(), txn.dbs().vip_by_owner, &vips); }); rc != 0) return std::unexpected(to_error(from_mdb(rc, "stat")));
-    if (int rc = guarded([&] { return mdb_stat(txn.raw(), txn.dbs().hostnames, &hostnames); }); rc != 0) return std::unexpected(to_error(from_mdb(rc, "stat")));
+    if (int rc = guarded([&] { return mdb_stat(txn.raw(), txn.dbs().vip_by_owner, &vips); }); rc != 0) return std::unexpected(to_error(from_mdb(rc, "stat"), impl_->txn.dbs()));
+    if (int rc = guarded([&] { return mdb_stat(txn.raw(), txn.dbs().hostnames, &hostnames); }); rc != 0) return std::unexpected(to_error(from_mdb(rc, "stat"), impl_->txn.dbs()));
     return Counts{vips.ms_entries, hostnames.ms_entries};
 }
 
@@ -1010,7 +1012,7 @@ Result<void> Snapshot::scan_owner_vips(
         if (address) fn(key.substr(0, first), key.substr(first + 1, key.size() - first - 3), *address);
         return true;
     });
-    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (!scan) return std::unexpected(to_error(scan.error(), impl_->txn.dbs()));
     return {};
 }
 
@@ -1023,7 +1025,7 @@ Result<void> Snapshot::scan_hostnames(
         if (nul != std::string_view::npos) fn(key.substr(0, nul), key.substr(nul + 1), name);
         return true;
     });
-    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (!scan) return std::unexpected(to_error(scan.error(), impl_->txn.dbs()));
     return {};
 }
 
@@ -1036,7 +1038,7 @@ Result<std::vector<Quarantined>> Snapshot::quarantine() const
             out.push_back(Quarantined{*a, from_unix_seconds(static_cast<std::int64_t>(from_u64_be(when)))});
         return true;
     });
-    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (!scan) return std::unexpected(to_error(scan.error(), impl_->txn.dbs()));
     return out;
 }
 
@@ -1044,7 +1046,7 @@ Result<std::uint64_t> Snapshot::generation() const
 {
     const auto& txn = impl_->txn;
     auto v = txn.get(txn.dbs().meta, "generation");
-    if (!v) return std::unexpected(to_error(v.error()));
+    if (!v) return std::unexpected(to_error(v.error(), impl_->txn.dbs()));
     return *v && (*v)->size() == 8 ? from_u64_be(**v) : std::uint64_t{0};
 }
 
@@ -1055,7 +1057,7 @@ Result<Pools> Snapshot::pools() const
     p.ipv4.clear();
     for (auto f : {vip::Family::v4, vip::Family::v6}) {
         auto v = txn.get(txn.dbs().meta, std::string("pool") + family_char(f));
-        if (!v) return std::unexpected(to_error(v.error()));
+        if (!v) return std::unexpected(to_error(v.error(), impl_->txn.dbs()));
         (f == vip::Family::v4 ? p.ipv4 : p.ipv6) = *v ? std::string(**v) : "";
     }
     return p;
@@ -1124,7 +1126,7 @@ Result<std::vector<std::string>> Snapshot::check() const
         }
         return true;
     });
-    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (!scan) return std::unexpected(to_error(scan.error(), impl_->txn.dbs()));
 
     // Every VIP has exactly one owner, and that owner exists and says so.
     auto vscan = txn.scan(dbs.owner_by_vip, "", [&](std::string_view key, std::string_view owner) {
@@ -1144,7 +1146,7 @@ Result<std::vector<std::string>> Snapshot::check() const
             fail("VIP " + a->to_string() + " of " + mesh + "/" + name + " is missing from the owner index");
         return true;
     });
-    if (!vscan) return std::unexpected(to_error(vscan.error()));
+    if (!vscan) return std::unexpected(to_error(vscan.error(), impl_->txn.dbs()));
     auto oscan = txn.scan(dbs.vip_by_owner, "", [&](std::string_view key, std::string_view bytes) {
         auto a = vip::Address::from_bytes(bytes);
         auto owner = a ? txn.get(dbs.owner_by_vip, vip_key(*a)) : Res<std::optional<std::string_view>>{};
@@ -1155,7 +1157,7 @@ Result<std::vector<std::string>> Snapshot::check() const
             fail("the owner index entry of " + who + " has no matching VIP");
         return true;
     });
-    if (!oscan) return std::unexpected(to_error(oscan.error()));
+    if (!oscan) return std::unexpected(to_error(oscan.error(), impl_->txn.dbs()));
 
     // Hostname index entries point at MES that hold them.
     auto hscan = txn.scan(dbs.hostnames, "", [&](std::string_view key, std::string_view name) {
@@ -1168,7 +1170,7 @@ Result<std::vector<std::string>> Snapshot::check() const
                  ", which does not hold it");
         return true;
     });
-    if (!hscan) return std::unexpected(to_error(hscan.error()));
+    if (!hscan) return std::unexpected(to_error(hscan.error(), impl_->txn.dbs()));
 
     // The two quarantine indexes agree, and quarantined VIPs lie in their pool.
     std::size_t released_count = 0;
@@ -1184,7 +1186,7 @@ Result<std::vector<std::string>> Snapshot::check() const
             fail("quarantine entry " + (a ? a->to_string() : std::string("?")) + " is inconsistent");
         return true;
     });
-    if (!rscan) return std::unexpected(to_error(rscan.error()));
+    if (!rscan) return std::unexpected(to_error(rscan.error(), impl_->txn.dbs()));
     std::size_t by_vip_count = 0;
     auto qscan = txn.scan(dbs.quarantine_by_vip, "", [&](std::string_view key, std::string_view) {
         ++by_vip_count;
@@ -1193,7 +1195,7 @@ Result<std::vector<std::string>> Snapshot::check() const
             fail("quarantined VIP " + a->to_string() + " is outside its pool");
         return true;
     });
-    if (!qscan) return std::unexpected(to_error(qscan.error()));
+    if (!qscan) return std::unexpected(to_error(qscan.error(), impl_->txn.dbs()));
     if (released_count != by_vip_count)
         fail("the quarantine indexes disagree (" + std::to_string(released_count) + " vs " +
              std::to_string(by_vip_count) + " entries)");

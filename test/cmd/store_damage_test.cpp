@@ -68,9 +68,11 @@ struct Outcome {
 // ready mesd is stopped with SIGTERM.
 Outcome start_mesd(const std::string& config, const fs::path& log_path, std::chrono::milliseconds limit)
 {
+    // Emptied before the fork: the last start's "ready" must not be taken for this one's.
+    spit(log_path, "");
     pid_t pid = ::fork();
     if (pid == 0) {
-        int fd = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        int fd = ::open(log_path.c_str(), O_WRONLY | O_APPEND);
         ::dup2(fd, 2);
         int null = ::open("/dev/null", O_RDWR);
         ::dup2(null, 0);
