@@ -57,8 +57,9 @@ int guarded_call(int (*op)(void*), void* arg) noexcept
     install();
     sigjmp_buf target;
     sigjmp_buf* outer = active;
-    // savemask: the jump leaves the handler, whose signal would otherwise stay blocked.
-    int jumped = sigsetjmp(target, 1);
+    // No mask saved (that would be a system call per read): the handler runs with
+    // SA_NODEFER, so jumping out of it leaves no signal blocked.
+    int jumped = sigsetjmp(target, 0);
     if (jumped != 0) {
         active = outer;
         return jumped == SIGBUS || jumped == SIGSEGV ? map_fault : lmdb_assertion;

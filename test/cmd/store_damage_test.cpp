@@ -6,7 +6,10 @@
 #include "test/support/process.hpp"
 #include "test/support/tempdir.hpp"
 
+#include "store/detail/guard.hpp"
+
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -259,4 +262,41 @@ TEST_CASE("a store cut short under a running mesd keeps the last good answers an
     CHECK_THAT(ready, Catch::StartsWith("HTTP/1.1 200"));
     CHECK_THAT(mesd.log(), Catch::Contains("the store reads again"));
     CHECK(mesd.stop() == 0);
+}
+
+// The guard's handler fails only reads made under a guard: any other fault still kills the
+// process, as it would without it.
+TEST_CASE("a fault outside a guarded store read stays fatal")
+{
+    long page = ::sysconf(_SC_PAGESIZE);
+    void* hole = ::mmap(nullptr, static_cast<std::size_t>(page), PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(hole != MAP_FAILED);
+    int progress[2];
+    REQUIRE(::pipe(progress) == 0);
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        ::close(progress[0]);
+        // Without the test framework's own handlers: the default action is what is wanted.
+        ::signal(SIGSEGV, SIG_DFL);
+        ::signal(SIGBUS, SIG_DFL);
+        const volatile char* p = static_cast<const volatile char*>(hole);
+        for (int i = 0; i < 3; ++i)
+            if (store::detail::guarded([&] { return static_cast<int>(p[0]); }) != store::detail::map_fault) ::_exit(3);
+        if (store::detail::guarded([] { return 7; }) != 7) ::_exit(4);
+        (void)!::write(progress[1], "g", 1);  // the guarded faults were survived
+        (void)p[0];                           // unguarded
+        ::_exit(5);
+    }
+    ::close(progress[1]);
+    char got = 0;
+    auto n = ::read(progress[0], &got, 1);
+    ::close(progress[0]);
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    ::munmap(hole, static_cast<std::size_t>(page));
+    CHECK(n == 1);
+    CHECK(got == 'g');
+    INFO("status " << status);
+    REQUIRE(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGSEGV);
 }
