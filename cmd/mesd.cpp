@@ -185,8 +185,10 @@ bool Daemon::refresh()
         // use (its answers were right when the store was last readable), but mesd is not
         // ready until the store reads again.
         if (moved.error().message != store_failure_)
-            log::error("store", "cannot read the store; answering from the last good index",
-                       {{"error", moved.error().message}, {"data_dir", config_.data_dir}});
+            log::error("store", "cannot read the store",
+                       {{"error", moved.error().message},
+                        {"data_dir", config_.data_dir},
+                        {"serving", source_.index() ? "the last good index" : "nothing"}});
         store_failure_ = moved.error().message;
         return false;
     }

@@ -93,6 +93,10 @@ Res<void> Txn::commit()
     MDB_txn* t = txn_;
     txn_ = nullptr;
     int rc = guarded([&] { return mdb_txn_commit(t); });
+    // A fault reading the map (the free list, pages being written out) comes before the
+    // commit writes its meta page or frees the transaction: abort it, so that the writer's
+    // lock is released.
+    if (rc == map_fault || rc == lmdb_assertion) mdb_txn_abort(t);
     if (rc != 0) return std::unexpected(from_mdb(rc, "commit"));
     return {};
 }

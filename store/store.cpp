@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -660,6 +661,14 @@ struct Store::Impl {
 
     Res<MDB_txn*> begin(bool write) const
     {
+        // A transaction starts by reading the meta pages through the map. A fault there would
+        // leave its reader slot taken for good (the jump skips LMDB's cleanup), and a mesd
+        // polling a file cut to nothing would run out of slots: look at the size first.
+        mdb_filehandle_t fd = -1;
+        struct stat st {};
+        if (mdb_env_get_fd(env, &fd) == 0 && ::fstat(fd, &st) == 0 && st.st_size < 2 * ::sysconf(_SC_PAGESIZE))
+            return std::unexpected(Failure{map_fault, std::string(write ? "begin a write" : "begin a read") +
+                                                          ": data.mdb is cut short, shorter than its two meta pages"});
         for (int attempt = 0; attempt < 3; ++attempt) {
             MDB_txn* txn = nullptr;
             int rc = guarded([&] { return mdb_txn_begin(env, nullptr, write ? 0 : MDB_RDONLY, &txn); });

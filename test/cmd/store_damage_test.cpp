@@ -250,6 +250,18 @@ TEST_CASE("a store cut short under a running mesd keeps the last good answers an
     CHECK(log.find("cannot read the store", first + 1) == std::string::npos);
     CHECK_THAT(log, Catch::Contains("data.mdb is damaged"));
     CHECK_THAT(log, Catch::Contains(data.string()));
+    CHECK_THAT(log, Catch::Contains("serving=\"the last good index\""));
+
+    // Cut to nothing, meta pages included: another reason, logged once more.
+    fs::resize_file(data / "data.mdb", 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(700));
+    CHECK(::kill(mesd.pid(), 0) == 0);
+    CHECK(answered_vip(udp_exchange(mesd.dns_port(), raw_query("mes-a.mesh"))) == "127.242.0.1");
+    log = mesd.log();
+    auto second = log.find("cannot read the store", first + 1);
+    CHECK(second != std::string::npos);
+    CHECK(log.find("cannot read the store", second + 1) == std::string::npos);
+    CHECK_THAT(log, Catch::Contains("shorter than its two meta pages"));
 
     // The file restored: ready again.
     spit(data / "data.mdb", good);
