@@ -67,9 +67,13 @@ struct Outcome {
     std::string err;
 };
 
-// Starts mesd on `config` and waits (at most `limit`) for it to become ready or to exit; a
-// ready mesd is stopped with SIGTERM.
-Outcome start_mesd(const std::string& config, const fs::path& log_path, std::chrono::milliseconds limit)
+// A mesd started on `config`, its log going to `log_path`.
+struct Started {
+    pid_t pid = -1;
+    fs::path log_path;
+};
+
+Started launch_mesd(const std::string& config, const fs::path& log_path)
 {
     // Emptied before the fork: the last start's "ready" must not be taken for this one's.
     spit(log_path, "");
@@ -83,25 +87,32 @@ Outcome start_mesd(const std::string& config, const fs::path& log_path, std::chr
         ::execl(MESD_PATH, MESD_PATH, "--config", config.c_str(), static_cast<char*>(nullptr));
         ::_exit(127);
     }
+    return Started{pid, log_path};
+}
+
+// Waits (at most `limit`) for the mesd to become ready or to exit; a ready one is stopped
+// with SIGTERM.
+Outcome finish_mesd(const Started& started, std::chrono::milliseconds limit)
+{
     Outcome o;
     int status = 0;
     auto deadline = std::chrono::steady_clock::now() + limit;
     bool reaped = false;
     while (std::chrono::steady_clock::now() < deadline) {
-        if (::waitpid(pid, &status, WNOHANG) == pid) {
+        if (::waitpid(started.pid, &status, WNOHANG) == started.pid) {
             reaped = true;
             break;
         }
-        if (slurp(log_path).find("msg=ready") != std::string::npos) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        if (slurp(started.log_path).find("msg=ready") != std::string::npos) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
     if (!reaped) {
-        ::kill(pid, SIGTERM);
-        ::waitpid(pid, &status, 0);
+        ::kill(started.pid, SIGTERM);
+        ::waitpid(started.pid, &status, 0);
     }
     o.by_signal = WIFSIGNALED(status);
     o.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
-    o.err = slurp(log_path);
+    o.err = slurp(started.log_path);
     return o;
 }
 
@@ -113,9 +124,12 @@ TEST_CASE("a damaged store is an error never a crash in mesctl and mesd")
 {
     TempDir dir;
     fs::path data = dir.path / "data";
-    std::string config = (dir.path / "mesd.yaml").string();
-    std::ofstream(config) << "dataDir: " << data.string() << "\nvip:\n  ipv4: 127.242.0.0/16\n"
-                          << "admin:\n  listen: 127.0.0.1:0\ndns:\n  listen: [\"127.0.0.1:0\"]\n";
+    std::string config = dir.write("mesctl.yaml", "dataDir: " + data.string() + "\nvip:\n  ipv4: 127.242.0.0/16\n");
+    fs::path mesd_data = dir.path / "mesd-data";
+    std::string mesd_config = dir.write("mesd.yaml", "dataDir: " + mesd_data.string() +
+                                                         "\nvip:\n  ipv4: 127.242.0.0/16\nadmin:\n  listen: 127.0.0.1:0\n"
+                                                         "dns:\n  listen: [\"127.0.0.1:0\"]\n");
+    fs::create_directories(mesd_data);
     auto ctl = [&](std::vector<std::string> args) {
         args.insert(args.begin(), {MESCTL_PATH, "--config", config});
         return run(args);
@@ -162,16 +176,22 @@ TEST_CASE("a damaged store is an error never a crash in mesctl and mesd")
         }
         }
         INFO("corruption " << i << ": " << what);
-        // Each command gets the damaged file afresh: a successful apply would rewrite it.
+        // mesd starts on a copy of its own while the mesctl commands run one after the other,
+        // each on the damaged file afresh (a successful apply rewrites it).
+        fs::remove(mesd_data / "lock.mdb");
+        spit(mesd_data / "data.mdb", bytes);
+        Started mesd = launch_mesd(mesd_config, dir.path / "mesd.log");
         std::vector<std::pair<std::string, std::function<Outcome()>>> runs = {
             {"check", [&] { return from(ctl({"check"})); }},
             {"get", [&] { return from(ctl({"get", "mes"})); }},
             {"apply", [&] { return from(ctl({"apply", "-f", (dir.path / "one.yaml").string()})); }},
-            {"mesd", [&] { return start_mesd(config, dir.path / "mesd.log", std::chrono::seconds(5)); }},
+            {"mesd", [&] { return finish_mesd(mesd, std::chrono::seconds(5)); }},
         };
         for (auto& [name, fn] : runs) {
-            fs::remove(data / "lock.mdb");
-            spit(data / "data.mdb", bytes);
+            if (name != "mesd") {
+                fs::remove(data / "lock.mdb");
+                spit(data / "data.mdb", bytes);
+            }
             Outcome o = fn();
             INFO(name << " said: " << o.err);
             CHECK_FALSE(o.by_signal);
@@ -181,7 +201,7 @@ TEST_CASE("a damaged store is an error never a crash in mesctl and mesd")
                 ++failures;
                 CHECK(o.exit_code == 1);
                 // Names the store and says what is wrong.
-                CHECK(o.err.find(data.string()) != std::string::npos);
+                CHECK(o.err.find((name == "mesd" ? mesd_data : data).string()) != std::string::npos);
                 bool says_damage = o.err.find("damaged") != std::string::npos ||
                                    o.err.find("problem(s)") != std::string::npos ||
                                    o.err.find("LMDB format version") != std::string::npos;
