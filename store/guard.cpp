@@ -21,8 +21,9 @@ void on_fault(int sig, siginfo_t* info, void* context)
         active = nullptr;
         siglongjmp(*target, sig);
     }
-    // Not a guarded read: whoever handled this before us (a sanitizer, or nobody, and then
-    // the default action kills the process once the faulting instruction runs again).
+    // Not a guarded read: whoever handled this before us (a sanitizer), or the default
+    // action, which kills the process (raised again here, so that a signal sent with kill(2),
+    // which no instruction would raise again, kills it too).
     const struct sigaction& previous = sig == SIGBUS ? previous_bus : previous_segv;
     if ((previous.sa_flags & SA_SIGINFO) && previous.sa_sigaction) {
         previous.sa_sigaction(sig, info, context);
@@ -33,6 +34,7 @@ void on_fault(int sig, siginfo_t* info, void* context)
         return;
     }
     ::signal(sig, SIG_DFL);
+    ::raise(sig);
 }
 
 void install()
