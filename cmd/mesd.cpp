@@ -196,13 +196,18 @@ bool Daemon::refresh()
     auto moved = source_.refresh();
     if (!moved) {
         ++store_errors_;
-        // Once per reason: the poll retries every 200 ms.
+        // Polled every store_poll_ms: logged once per reason. The index last built stays in
+        // use (its answers were right when the store was last readable), but mesd is not
+        // ready until the store reads again.
         if (moved.error().message != store_error_)
-            log::error("store", "cannot read the store", {{"error", moved.error().message}});
+            log::error("store", "cannot read the store",
+                       {{"error", moved.error().message},
+                        {"data_dir", config_.data_dir},
+                        {"serving", source_.index() ? "the last good index" : "nothing"}});
         store_error_ = moved.error().message;
         return false;
     }
-    if (!store_error_.empty()) log::info("store", "the store can be read again");
+    if (!store_error_.empty()) log::info("store", "the store can be read again", {{"data_dir", config_.data_dir}});
     store_error_.clear();
     if (*moved)
         log::debug("store", "store changed",
@@ -698,6 +703,8 @@ std::string Daemon::metrics_text()
     gauge("mesd_store_readers_max", "Reader slots of the store; reads fail while all are held.", readers.max);
     counter("mesd_store_stale_readers_cleared_total", "Reader slots of dead processes freed.", stale_readers_cleared_);
     gauge("mesd_store_read_only", "1 when the store was opened read-only.", store_->read_only().empty() ? 0 : 1);
+    gauge("mesd_store_unreadable", "1 while the store cannot be read (answers come from the last good index).",
+          store_error_.empty() ? 0 : 1);
     counter("mesd_conf_dir_applies_total", "Successful applies of --conf-dir.", conf_dir_applies_);
     counter("mesd_conf_dir_errors_total", "Applies of --conf-dir refused for invalid input or failed.", conf_dir_errors_);
     if (proxy_) out += proxy_metrics(proxy_->status());
@@ -802,7 +809,7 @@ int Daemon::run()
     } else {
         auto synced = store_->sync_pools(write_options());
         if (!synced) {
-            log::error("store", "cannot record the VIP pools", {{"error", synced.error().message}});
+            log::error("store", "cannot record the VIP pools", {{"error", synced.error().message}, {"data_dir", config_.data_dir}});
             return exit_failed;
         }
         for (const auto& n : synced->notes) log::warn("store", n);

@@ -17,8 +17,10 @@ bool read_into(std::optional<T> v, T& out)
 bool read_small(Reader& r, std::size_t& out)
 {
     auto v = r.varint();
-    // No list in a resource is anywhere near this long; a larger count means damage.
-    if (!v || *v > (1u << 24)) return false;
+    // No list in a resource is anywhere near this long; a larger count means damage. Every
+    // element takes at least a byte, so a count beyond what is left is damage too, and is
+    // refused before the caller sizes a vector by it.
+    if (!v || *v > (1u << 24) || *v > r.remaining()) return false;
     out = static_cast<std::size_t>(*v);
     return true;
 }

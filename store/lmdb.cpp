@@ -1,5 +1,7 @@
 #include "store/detail/lmdb.hpp"
 
+#include "store/detail/guard.hpp"
+
 #include <cerrno>
 
 namespace store::detail {
@@ -21,6 +23,9 @@ Failure from_mdb(int rc, std::string_view what)
     case MDB_VERSION_MISMATCH: message += "the store was written by another LMDB version"; break;
     case MDB_INVALID: message += "not an LMDB store (data.mdb is damaged or something else)"; break;
     case MDB_CORRUPTED: message += "the store is corrupted"; break;
+    case MDB_PAGE_NOTFOUND: message += "the store is corrupted (a page it refers to is missing)"; break;
+    case map_fault: message += "reading data.mdb faulted: the file was truncated or is damaged"; break;
+    case lmdb_assertion: message += std::string("the store is corrupted (LMDB: ") + last_assertion() + ")"; break;
     case EACCES: message += "permission denied"; break;
     case ENOSPC: message += "no space left on device"; break;
     case EROFS: message += "read-only file system"; break;
@@ -32,7 +37,11 @@ Failure from_mdb(int rc, std::string_view what)
 Res<std::optional<std::string_view>> Txn::get(MDB_dbi dbi, std::string_view key) const
 {
     MDB_val k = val(key), v{};
-    int rc = mdb_get(txn_, dbi, &k, &v);
+    int rc = guarded([&] {
+        int r = mdb_get(txn_, dbi, &k, &v);
+        if (r == 0) touch(v);
+        return r;
+    });
     if (rc == MDB_NOTFOUND) return std::optional<std::string_view>{};
     if (rc != 0) return std::unexpected(from_mdb(rc, "read"));
     return std::optional<std::string_view>{view(v)};
@@ -41,7 +50,7 @@ Res<std::optional<std::string_view>> Txn::get(MDB_dbi dbi, std::string_view key)
 Res<void> Txn::put(MDB_dbi dbi, std::string_view key, std::string_view value)
 {
     MDB_val k = val(key), v = val(value);
-    int rc = mdb_put(txn_, dbi, &k, &v, 0);
+    int rc = guarded([&] { return mdb_put(txn_, dbi, &k, &v, 0); });
     if (rc != 0) return std::unexpected(from_mdb(rc, "write"));
     return {};
 }
@@ -49,7 +58,7 @@ Res<void> Txn::put(MDB_dbi dbi, std::string_view key, std::string_view value)
 Res<bool> Txn::del(MDB_dbi dbi, std::string_view key)
 {
     MDB_val k = val(key);
-    int rc = mdb_del(txn_, dbi, &k, nullptr);
+    int rc = guarded([&] { return mdb_del(txn_, dbi, &k, nullptr); });
     if (rc == MDB_NOTFOUND) return false;
     if (rc != 0) return std::unexpected(from_mdb(rc, "delete"));
     return true;
@@ -59,14 +68,24 @@ Res<void> Txn::scan(MDB_dbi dbi, std::string_view prefix,
                     const std::function<bool(std::string_view, std::string_view)>& fn) const
 {
     MDB_cursor* cursor = nullptr;
-    int rc = mdb_cursor_open(txn_, dbi, &cursor);
+    int rc = guarded([&] { return mdb_cursor_open(txn_, dbi, &cursor); });
     if (rc != 0) return std::unexpected(from_mdb(rc, "scan"));
     MDB_val k = val(prefix), v{};
-    rc = prefix.empty() ? mdb_cursor_get(cursor, &k, &v, MDB_FIRST) : mdb_cursor_get(cursor, &k, &v, MDB_SET_RANGE);
+    auto step = [&](MDB_cursor_op op) {
+        return guarded([&] {
+            int r = mdb_cursor_get(cursor, &k, &v, op);
+            if (r == 0) {
+                touch(k);
+                touch(v);
+            }
+            return r;
+        });
+    };
+    rc = step(prefix.empty() ? MDB_FIRST : MDB_SET_RANGE);
     while (rc == 0) {
         auto key = view(k);
         if (!key.starts_with(prefix) || !fn(key, view(v))) break;
-        rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT);
+        rc = step(MDB_NEXT);
     }
     mdb_cursor_close(cursor);
     if (rc != 0 && rc != MDB_NOTFOUND) return std::unexpected(from_mdb(rc, "scan"));
@@ -77,7 +96,11 @@ Res<void> Txn::commit()
 {
     MDB_txn* t = txn_;
     txn_ = nullptr;
-    int rc = mdb_txn_commit(t);
+    int rc = guarded([&] { return mdb_txn_commit(t); });
+    // A fault reading the map (the free list, pages being written out) comes before the
+    // commit writes its meta page or frees the transaction: abort it, so that the writer's
+    // lock is released.
+    if (rc == map_fault || rc == lmdb_assertion) mdb_txn_abort(t);
     if (rc != 0) return std::unexpected(from_mdb(rc, "commit"));
     return {};
 }

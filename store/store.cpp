@@ -1,7 +1,9 @@
 #include "store/store.hpp"
 
 #include "store/detail/codec.hpp"
+#include "store/detail/guard.hpp"
 #include "store/detail/lmdb.hpp"
+#include "store/detail/verify.hpp"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -27,7 +29,21 @@ namespace {
 constexpr std::string_view schema_version = "1";
 constexpr char sep = '\0';
 
-Error to_error(const Failure& f) { return Error{f.message}; }
+bool is_damage(int code)
+{
+    return code == MDB_CORRUPTED || code == MDB_INVALID || code == MDB_PAGE_NOTFOUND || code == map_fault ||
+           code == lmdb_assertion;
+}
+
+// Damage found after the store opened (a bad record, a page LMDB cannot use, a file cut short
+// under the map) names the file and says what to do about it, like damage found when opening.
+Error to_error(const Failure& f, const Dbs& dbs)
+{
+    if (!is_damage(f.code) || !dbs.data_dir) return Error{f.message};
+    return Error{f.message + "; " + *dbs.data_dir + "/data.mdb is damaged: restore " + *dbs.data_dir +
+                 " from a backup, or move it aside and re-apply the resources (mesctl apply -f ...) into a fresh "
+                 "data dir"};
+}
 
 std::string kind_prefix(conf::Kind kind) { return std::string(1, static_cast<char>(static_cast<int>(kind) + 1)); }
 
@@ -648,13 +664,21 @@ struct Store::Impl {
 
     Res<MDB_txn*> begin(bool write) const
     {
+        // A transaction starts by reading the meta pages through the map. A fault there would
+        // leave its reader slot taken for good (the jump skips LMDB's cleanup), and a mesd
+        // polling a file cut to nothing would run out of slots: look at the size first.
+        mdb_filehandle_t fd = -1;
+        struct stat st {};
+        if (mdb_env_get_fd(env, &fd) == 0 && ::fstat(fd, &st) == 0 && st.st_size < 2 * ::sysconf(_SC_PAGESIZE))
+            return std::unexpected(Failure{map_fault, std::string(write ? "begin a write" : "begin a read") +
+                                                          ": data.mdb is cut short, shorter than its two meta pages"});
         bool cleared = false;
         for (int attempt = 0; attempt < 4; ++attempt) {
             MDB_txn* txn = nullptr;
-            int rc = mdb_txn_begin(env, nullptr, write ? 0 : MDB_RDONLY, &txn);
+            int rc = guarded([&] { return mdb_txn_begin(env, nullptr, write ? 0 : MDB_RDONLY, &txn); });
             // Another process grew the map: adopt its size and try again.
             if (rc == MDB_MAP_RESIZED) {
-                mdb_env_set_mapsize(env, 0);
+                guarded([&] { return mdb_env_set_mapsize(env, 0); });
                 continue;
             }
             // Every slot taken: those of processes killed mid-read stay taken for as long as
@@ -715,7 +739,7 @@ struct Store::Impl {
         }
         if (f.code == EIO)
             return Error{f.message + " (store " + options.data_dir + ", " + std::to_string(free_bytes) + " bytes free)"};
-        return to_error(f);
+        return to_error(f, dbs);
     }
     // A commit writes its dirty pages and two meta pages; with less than this free, an EIO
     // from a write is taken for a full file system.
@@ -724,7 +748,8 @@ struct Store::Impl {
     Res<void> grow()
     {
         MDB_envinfo info{};
-        mdb_env_info(env, &info);
+        if (int rc = guarded([&] { return mdb_env_info(env, &info); }); rc != 0)
+            return std::unexpected(from_mdb(rc, "grow the map"));
         std::size_t next = std::min(info.me_mapsize * 2, options.max_map_bytes);
         if (next <= info.me_mapsize)
             return std::unexpected(Failure{MDB_MAP_FULL, "the store has reached its maximum size of " +
@@ -744,7 +769,7 @@ struct Store::Impl {
             return std::unexpected(Error{"store " + options.data_dir + " is read-only (" + read_only +
                                          "): nothing can be written to it"});
         auto pools = parse_pools(write_options.pools);
-        if (!pools) return std::unexpected(to_error(pools.error()));
+        if (!pools) return std::unexpected(to_error(pools.error(), dbs));
         while (true) {
             auto raw = begin(true);
             if (!raw) return std::unexpected(write_error(raw.error()));
@@ -767,7 +792,7 @@ struct Store::Impl {
                 continue;
             }
             if (done.error().code != MDB_MAP_FULL) return std::unexpected(write_error(done.error()));
-            if (auto g = grow(); !g) return std::unexpected(to_error(g.error()));
+            if (auto g = grow(); !g) return std::unexpected(to_error(g.error(), dbs));
         }
     }
 };
@@ -813,10 +838,21 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options)
         return std::unexpected(Error{"data dir " + options.data_dir + " is not a directory"});
     }
 
+    // What to do about a damaged store, said once for every way of finding it.
+    auto damage_advice = [&](int code) -> std::string {
+        if (!is_damage(code)) return "";
+        return "; restore " + options.data_dir + " from a backup, or move it aside and re-apply the resources "
+               "(mesctl apply -f ...) into a fresh data dir";
+    };
+    if (auto verified = verify_data_file(options.data_dir + "/data.mdb"); !verified)
+        return std::unexpected(Error{"store " + options.data_dir + ": " + verified.error().message +
+                                     damage_advice(verified.error().code)});
+
     auto impl = std::make_unique<Impl>();
     impl->options = options;
+    impl->dbs.data_dir = &impl->options.data_dir;
     auto fail = [&](int rc, std::string_view what) {
-        return std::unexpected(Error{"store " + options.data_dir + ": " + from_mdb(rc, what).message});
+        return std::unexpected(Error{"store " + options.data_dir + ": " + from_mdb(rc, what).message + damage_advice(rc)});
     };
     // MDB_NOTLS: read transactions belong to their Snapshot, not to a thread.
     // MDB_NORDAHEAD: lookups are random; read-around would map in pages of the other
@@ -826,8 +862,9 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options)
         impl->env = nullptr;
         if (int rc = mdb_env_create(&impl->env); rc != 0) return rc;
         mdb_env_set_maxdbs(impl->env, 8);
+        mdb_env_set_assert(impl->env, on_lmdb_assert);
         mdb_env_set_mapsize(impl->env, options.initial_map_bytes);
-        return mdb_env_open(impl->env, options.data_dir.c_str(), MDB_NOTLS | MDB_NORDAHEAD | extra, 0600);
+        return guarded([&] { return mdb_env_open(impl->env, options.data_dir.c_str(), MDB_NOTLS | MDB_NORDAHEAD | extra, 0600); });
     };
     int rc = open_env(0);
     if (rc == EROFS || rc == EACCES) {
@@ -846,10 +883,13 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options)
     impl->clear_stale_readers();
 
     auto raw = impl->begin(impl->read_only.empty());
-    if (!raw) return std::unexpected(Error{"store " + options.data_dir + ": " + raw.error().message});
+    if (!raw)
+        return std::unexpected(Error{"store " + options.data_dir + ": " + raw.error().message + damage_advice(raw.error().code)});
     MDB_txn* txn = *raw;
     unsigned create = impl->read_only.empty() ? MDB_CREATE : 0;
-    auto open_db = [&](const char* name, MDB_dbi& dbi) { return mdb_dbi_open(txn, name, create, &dbi); };
+    auto open_db = [&](const char* name, MDB_dbi& dbi) {
+        return guarded([&] { return mdb_dbi_open(txn, name, create, &dbi); });
+    };
     if ((rc = open_db("resources", impl->dbs.resources)) || (rc = open_db("vip_by_owner", impl->dbs.vip_by_owner)) ||
         (rc = open_db("owner_by_vip", impl->dbs.owner_by_vip)) || (rc = open_db("released", impl->dbs.released)) ||
         (rc = open_db("quarantine_by_vip", impl->dbs.quarantine_by_vip)) ||
@@ -862,7 +902,7 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options)
     }
     Txn t(txn, impl->dbs);
     auto schema = t.get(impl->dbs.meta, "schema");
-    if (!schema) return std::unexpected(to_error(schema.error()));
+    if (!schema) return fail(schema.error().code, "read the schema");
     if (!*schema) {
         if (!impl->read_only.empty())
             return std::unexpected(Error{"store " + options.data_dir + " is read-only (" + impl->read_only +
@@ -910,20 +950,21 @@ Result<WriteReport> Store::sync_pools(const WriteOptions& options)
 Result<Usage> Store::usage() const
 {
     auto raw = impl_->begin(false);
-    if (!raw) return std::unexpected(to_error(raw.error()));
+    if (!raw) return std::unexpected(to_error(raw.error(), impl_->dbs));
     Txn txn(*raw, impl_->dbs);
     Usage u;
     MDB_envinfo info{};
-    mdb_env_info(impl_->env, &info);
-    u.map_bytes = info.me_mapsize;
     MDB_stat main{};
-    mdb_env_stat(impl_->env, &main);
+    if (int rc = guarded([&] { return mdb_env_info(impl_->env, &info) | mdb_env_stat(impl_->env, &main); }); rc != 0)
+        return std::unexpected(to_error(from_mdb(rc, "stat"), impl_->dbs));
+    u.map_bytes = info.me_mapsize;
     auto pages = [](const MDB_stat& s) { return s.ms_branch_pages + s.ms_leaf_pages + s.ms_overflow_pages; };
     u.bytes = pages(main) * main.ms_psize;
     const auto& d = impl_->dbs;
     for (MDB_dbi dbi : {d.resources, d.vip_by_owner, d.owner_by_vip, d.released, d.quarantine_by_vip, d.hostnames, d.meta}) {
         MDB_stat s{};
-        mdb_stat(txn.raw(), dbi, &s);
+        if (int rc = guarded([&] { return mdb_stat(txn.raw(), dbi, &s); }); rc != 0)
+            return std::unexpected(to_error(from_mdb(rc, "stat"), impl_->dbs));
         u.bytes += pages(s) * s.ms_psize;
         if (dbi == d.resources) u.resources = s.ms_entries;
         if (dbi == d.owner_by_vip) u.vips = s.ms_entries;
@@ -969,7 +1010,7 @@ Snapshot::~Snapshot() = default;
 Result<Snapshot> Store::snapshot() const
 {
     auto raw = impl_->begin(false);
-    if (!raw) return std::unexpected(to_error(raw.error()));
+    if (!raw) return std::unexpected(to_error(raw.error(), impl_->dbs));
     return Snapshot(std::make_unique<Snapshot::Impl>(*raw, impl_->dbs));
 }
 
@@ -981,7 +1022,7 @@ Result<std::vector<Entry>> Snapshot::list(std::optional<conf::Kind> kind, std::o
     auto scan = scan_records(impl_->txn, prefix, [&](std::string_view, Record rec, conf::Resource res) {
         if (!mesh || res.mesh == *mesh) out.push_back(to_entry(std::move(res), rec));
     });
-    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (!scan) return std::unexpected(to_error(scan.error(), impl_->txn.dbs()));
     return out;
 }
 
@@ -990,12 +1031,12 @@ Result<std::optional<Entry>> Snapshot::get(conf::Kind kind, std::string_view mes
     const auto& txn = impl_->txn;
     auto key = resource_key(kind, mesh, name);
     auto bytes = txn.get(txn.dbs().resources, key);
-    if (!bytes) return std::unexpected(to_error(bytes.error()));
+    if (!bytes) return std::unexpected(to_error(bytes.error(), impl_->txn.dbs()));
     if (!*bytes) return std::optional<Entry>{};
     auto rec = read_record(**bytes, key);
-    if (!rec) return std::unexpected(to_error(rec.error()));
+    if (!rec) return std::unexpected(to_error(rec.error(), impl_->txn.dbs()));
     auto res = read_resource(*rec);
-    if (!res) return std::unexpected(to_error(res.error()));
+    if (!res) return std::unexpected(to_error(res.error(), impl_->txn.dbs()));
     return std::optional<Entry>{to_entry(std::move(*res), *rec)};
 }
 
@@ -1003,7 +1044,7 @@ Result<bool> Snapshot::has_secret(std::string_view mesh, std::string_view name) 
 {
     const auto& txn = impl_->txn;
     auto bytes = txn.get(txn.dbs().resources, resource_key(conf::Kind::secret, mesh, name));
-    if (!bytes) return std::unexpected(to_error(bytes.error()));
+    if (!bytes) return std::unexpected(to_error(bytes.error(), impl_->txn.dbs()));
     return bytes->has_value();
 }
 
@@ -1033,11 +1074,11 @@ Result<std::vector<Owner>> Snapshot::lookup_hostname(std::string_view hostname) 
         found.emplace_back(std::string(key.substr(prefix.size())), std::string(name));
         return true;
     });
-    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (!scan) return std::unexpected(to_error(scan.error(), impl_->txn.dbs()));
     std::vector<Owner> out;
     for (auto& [mesh, name] : found) {
         auto o = owner_with_vips(txn, std::move(mesh), std::move(name));
-        if (!o) return std::unexpected(to_error(o.error()));
+        if (!o) return std::unexpected(to_error(o.error(), impl_->txn.dbs()));
         out.push_back(std::move(*o));
     }
     return out;
@@ -1052,10 +1093,10 @@ Result<std::optional<Owner>> Snapshot::lookup_hostname_in(std::string_view hostn
     key.push_back(sep);
     key.append(mesh);
     auto name = txn.get(txn.dbs().hostnames, key);
-    if (!name) return std::unexpected(to_error(name.error()));
+    if (!name) return std::unexpected(to_error(name.error(), impl_->txn.dbs()));
     if (!*name) return std::optional<Owner>{};
     auto o = owner_with_vips(txn, std::string(mesh), std::string(**name));
-    if (!o) return std::unexpected(to_error(o.error()));
+    if (!o) return std::unexpected(to_error(o.error(), impl_->txn.dbs()));
     return std::optional<Owner>{std::move(*o)};
 }
 
@@ -1063,11 +1104,11 @@ Result<std::optional<Owner>> Snapshot::owner_of(const vip::Address& address) con
 {
     const auto& txn = impl_->txn;
     auto v = txn.get(txn.dbs().owner_by_vip, vip_key(address));
-    if (!v) return std::unexpected(to_error(v.error()));
+    if (!v) return std::unexpected(to_error(v.error(), impl_->txn.dbs()));
     if (!*v) return std::optional<Owner>{};
     auto [mesh, name] = split_owner(**v);
     auto o = owner_with_vips(txn, std::move(mesh), std::move(name));
-    if (!o) return std::unexpected(to_error(o.error()));
+    if (!o) return std::unexpected(to_error(o.error(), impl_->txn.dbs()));
     return std::optional<Owner>{std::move(*o)};
 }
 
@@ -1082,7 +1123,7 @@ Result<std::vector<VipEntry>> Snapshot::vips() const
         }
         return true;
     });
-    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (!scan) return std::unexpected(to_error(scan.error(), impl_->txn.dbs()));
     return out;
 }
 
@@ -1090,8 +1131,8 @@ Result<Snapshot::Counts> Snapshot::counts() const
 {
     const auto& txn = impl_->txn;
     MDB_stat vips{}, hostnames{};
-    if (int rc = mdb_stat(txn.raw(), txn.dbs().vip_by_owner, &vips); rc != 0) return std::unexpected(to_error(from_mdb(rc, "stat")));
-    if (int rc = mdb_stat(txn.raw(), txn.dbs().hostnames, &hostnames); rc != 0) return std::unexpected(to_error(from_mdb(rc, "stat")));
+    if (int rc = guarded([&] { return mdb_stat(txn.raw(), txn.dbs().vip_by_owner, &vips); }); rc != 0) return std::unexpected(to_error(from_mdb(rc, "stat"), impl_->txn.dbs()));
+    if (int rc = guarded([&] { return mdb_stat(txn.raw(), txn.dbs().hostnames, &hostnames); }); rc != 0) return std::unexpected(to_error(from_mdb(rc, "stat"), impl_->txn.dbs()));
     return Counts{vips.ms_entries, hostnames.ms_entries};
 }
 
@@ -1107,7 +1148,7 @@ Result<void> Snapshot::scan_owner_vips(
         if (address) fn(key.substr(0, first), key.substr(first + 1, key.size() - first - 3), *address);
         return true;
     });
-    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (!scan) return std::unexpected(to_error(scan.error(), impl_->txn.dbs()));
     return {};
 }
 
@@ -1120,7 +1161,7 @@ Result<void> Snapshot::scan_hostnames(
         if (nul != std::string_view::npos) fn(key.substr(0, nul), key.substr(nul + 1), name);
         return true;
     });
-    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (!scan) return std::unexpected(to_error(scan.error(), impl_->txn.dbs()));
     return {};
 }
 
@@ -1133,7 +1174,7 @@ Result<std::vector<Quarantined>> Snapshot::quarantine() const
             out.push_back(Quarantined{*a, from_unix_seconds(static_cast<std::int64_t>(from_u64_be(when)))});
         return true;
     });
-    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (!scan) return std::unexpected(to_error(scan.error(), impl_->txn.dbs()));
     return out;
 }
 
@@ -1141,7 +1182,7 @@ Result<std::uint64_t> Snapshot::generation() const
 {
     const auto& txn = impl_->txn;
     auto v = txn.get(txn.dbs().meta, "generation");
-    if (!v) return std::unexpected(to_error(v.error()));
+    if (!v) return std::unexpected(to_error(v.error(), impl_->txn.dbs()));
     return *v && (*v)->size() == 8 ? from_u64_be(**v) : std::uint64_t{0};
 }
 
@@ -1152,7 +1193,7 @@ Result<Pools> Snapshot::pools() const
     p.ipv4.clear();
     for (auto f : {vip::Family::v4, vip::Family::v6}) {
         auto v = txn.get(txn.dbs().meta, std::string("pool") + family_char(f));
-        if (!v) return std::unexpected(to_error(v.error()));
+        if (!v) return std::unexpected(to_error(v.error(), impl_->txn.dbs()));
         (f == vip::Family::v4 ? p.ipv4 : p.ipv6) = *v ? std::string(**v) : "";
     }
     return p;
@@ -1221,7 +1262,7 @@ Result<std::vector<std::string>> Snapshot::check() const
         }
         return true;
     });
-    if (!scan) return std::unexpected(to_error(scan.error()));
+    if (!scan) return std::unexpected(to_error(scan.error(), impl_->txn.dbs()));
 
     // Every VIP has exactly one owner, and that owner exists and says so.
     auto vscan = txn.scan(dbs.owner_by_vip, "", [&](std::string_view key, std::string_view owner) {
@@ -1241,7 +1282,7 @@ Result<std::vector<std::string>> Snapshot::check() const
             fail("VIP " + a->to_string() + " of " + mesh + "/" + name + " is missing from the owner index");
         return true;
     });
-    if (!vscan) return std::unexpected(to_error(vscan.error()));
+    if (!vscan) return std::unexpected(to_error(vscan.error(), impl_->txn.dbs()));
     auto oscan = txn.scan(dbs.vip_by_owner, "", [&](std::string_view key, std::string_view bytes) {
         auto a = vip::Address::from_bytes(bytes);
         auto owner = a ? txn.get(dbs.owner_by_vip, vip_key(*a)) : Res<std::optional<std::string_view>>{};
@@ -1252,7 +1293,7 @@ Result<std::vector<std::string>> Snapshot::check() const
             fail("the owner index entry of " + who + " has no matching VIP");
         return true;
     });
-    if (!oscan) return std::unexpected(to_error(oscan.error()));
+    if (!oscan) return std::unexpected(to_error(oscan.error(), impl_->txn.dbs()));
 
     // Hostname index entries point at MES that hold them.
     auto hscan = txn.scan(dbs.hostnames, "", [&](std::string_view key, std::string_view name) {
@@ -1265,7 +1306,7 @@ Result<std::vector<std::string>> Snapshot::check() const
                  ", which does not hold it");
         return true;
     });
-    if (!hscan) return std::unexpected(to_error(hscan.error()));
+    if (!hscan) return std::unexpected(to_error(hscan.error(), impl_->txn.dbs()));
 
     // The two quarantine indexes agree, and quarantined VIPs lie in their pool.
     std::size_t released_count = 0;
@@ -1281,7 +1322,7 @@ Result<std::vector<std::string>> Snapshot::check() const
             fail("quarantine entry " + (a ? a->to_string() : std::string("?")) + " is inconsistent");
         return true;
     });
-    if (!rscan) return std::unexpected(to_error(rscan.error()));
+    if (!rscan) return std::unexpected(to_error(rscan.error(), impl_->txn.dbs()));
     std::size_t by_vip_count = 0;
     auto qscan = txn.scan(dbs.quarantine_by_vip, "", [&](std::string_view key, std::string_view) {
         ++by_vip_count;
@@ -1290,7 +1331,7 @@ Result<std::vector<std::string>> Snapshot::check() const
             fail("quarantined VIP " + a->to_string() + " is outside its pool");
         return true;
     });
-    if (!qscan) return std::unexpected(to_error(qscan.error()));
+    if (!qscan) return std::unexpected(to_error(qscan.error(), impl_->txn.dbs()));
     if (released_count != by_vip_count)
         fail("the quarantine indexes disagree (" + std::to_string(released_count) + " vs " +
              std::to_string(by_vip_count) + " entries)");

@@ -31,6 +31,7 @@ struct Dbs {
     MDB_dbi quarantine_by_vip = 0;  // family byte + address bytes -> release time (u64 BE)
     MDB_dbi hostnames = 0;          // lowercase hostname + NUL + mesh -> MES name
     MDB_dbi meta = 0;               // schema, generation, sequence, cursor4/6, pool4/6
+    const std::string* data_dir = nullptr;  // the Store's, named in messages about damage
 };
 
 class Txn {
