@@ -82,8 +82,11 @@ TEST_CASE("mesctl's own messages print the names they quote escaped")
 
 TEST_CASE("control bytes from the conf dir reach mesd's log escaped")
 {
-    Fixture f({}, "---\ntype: MeshExternalService\nname: evil\nspec:\n  match: {port: 80}\n"
-                  "  \"k\\e[2J\\r\\nlevel=error forged\": 1\n");
+    // Written once mesd is ready: a bad file at start logs an error line, which the start-up
+    // wait takes for a failed start if it comes before the ready line.
+    Fixture f;
+    f.dir.write("resources/evil.yaml", "type: MeshExternalService\nname: evil\nspec:\n  match: {port: 80}\n"
+                                       "  \"k\\e[2J\\r\\nlevel=error forged\": 1\n");
     std::string log;
     auto deadline = std::chrono::steady_clock::now() + 5s;
     while (std::chrono::steady_clock::now() < deadline) {
