@@ -886,10 +886,6 @@ int Daemon::run()
     return exit_ok;
 }
 
-}  // namespace
-
-namespace {
-
 // Shares the descriptor limit out, as Unbound's checkrlimits() does at start: fixed needs
 // first (the store, the listeners, the loop's own descriptors, upstream and resolver
 // sockets), then the admin endpoint's connections, then DNS over TCP, and the proxy what is

@@ -1,6 +1,7 @@
 // The limits that protect the rest of mesd, through the real binary: descriptors shared out
 // from a low RLIMIT_NOFILE (admin connections capped, the proxy kept to its share, so that
 // /ready, DNS over TCP and proxying go on under floods), and core dumps off by default.
+#include "net/accept.hpp"
 #include "test/support/dns.hpp"
 #include "test/support/mesd.hpp"
 #include "test/support/net.hpp"
@@ -8,6 +9,7 @@
 #include "test/support/tempdir.hpp"
 
 #include <catch2/catch.hpp>
+#include <uv.h>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -24,6 +26,7 @@
 #include <memory>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace test_support;
@@ -230,11 +233,13 @@ TEST_CASE("limits: with the limit this test runs under the proxy gets what is le
 
 namespace {
 
-// mesd as an unprivileged user (65534), so that /proc shows whether it may be dumped: the
-// kernel makes a non-dumpable process's /proc/PID files root's.
+// mesd as an unprivileged user (65534 when the test runs as root, else the test's own), so
+// that /proc shows whether it may be dumped: the kernel makes a non-dumpable process's
+// /proc/PID files root's.
 struct Unprivileged {
     TempDir dir;
     std::unique_ptr<Mesd> mesd;
+    uid_t uid = ::getuid() == 0 ? 65534 : ::getuid();
     explicit Unprivileged(bool allow_core_dumps)
     {
         std::filesystem::create_directories(dir.path / "mesd");
@@ -242,7 +247,7 @@ struct Unprivileged {
         std::filesystem::permissions(dir.path / "mesd", std::filesystem::perms::all);
         MesdOptions options;
         options.dns_section = "  forward:\n    enabled: false\n";
-        options.wrapper = {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"};
+        if (::getuid() == 0) options.wrapper = {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"};
         if (allow_core_dumps) options.wrapper.insert(options.wrapper.end(), {"/bin/sh", "-c", "exec \"$0\" \"$@\" --allow-core-dumps"});
         mesd = std::make_unique<Mesd>(dir.path / "mesd", options);
     }
@@ -269,6 +274,7 @@ TEST_CASE("limits: core dumps are off by default and --allow-core-dumps turns th
     SECTION("default")
     {
         Unprivileged u(false);
+        REQUIRE(u.uid != 0);
         CHECK(u.proc_owner("environ") == 0);
         CHECK(u.proc_owner("mem") == 0);
         CHECK(std::regex_search(u.core_limit(), std::regex(R"(^Max core file size\s+0\s+0\s)")));
@@ -277,9 +283,84 @@ TEST_CASE("limits: core dumps are off by default and --allow-core-dumps turns th
     SECTION("allowed")
     {
         Unprivileged u(true);
-        CHECK(u.proc_owner("environ") == 65534);
-        CHECK(u.proc_owner("mem") == 65534);
+        CHECK(u.proc_owner("environ") == u.uid);
+        CHECK(u.proc_owner("mem") == u.uid);
         CHECK(u.mesd->log().find("core dumps allowed") != std::string::npos);
         CHECK(u.mesd->stop() == 0);
     }
+}
+
+// The guard alone, on a libuv loop in this process: the descriptor limit lowered so that
+// accept fails with EMFILE, and libuv's own spare descriptor taken away (as when another
+// thread took the descriptor it freed), so that the error reaches the connection callback.
+// Without the guard, libuv would call accept again at once, for ever.
+TEST_CASE("limits: an accept that fails for want of descriptors is shed and counted and accepting pauses")
+{
+    uv_loop_t loop{};
+    REQUIRE(uv_loop_init(&loop) == 0);
+    struct Listener {
+        uv_tcp_t tcp{};
+        net::AcceptGuard guard;
+        int accepted = 0, served = 0, callbacks = 0;
+    } listener;
+    uv_tcp_init(&loop, &listener.tcp);
+    listener.tcp.data = &listener;
+    sockaddr_in addr{};
+    uv_ip4_addr("127.0.0.1", 0, &addr);
+    REQUIRE(uv_tcp_bind(&listener.tcp, reinterpret_cast<const sockaddr*>(&addr), 0) == 0);
+    REQUIRE(uv_listen(reinterpret_cast<uv_stream_t*>(&listener.tcp), 64, [](uv_stream_t* s, int status) {
+                auto* l = static_cast<Listener*>(s->data);
+                if (++l->callbacks > 1000) std::abort();  // the spin the guard prevents
+                if (status < 0) {
+                    l->guard.on_error(s, status);
+                    return;
+                }
+                auto* client = new uv_tcp_t;
+                uv_tcp_init(s->loop, client);
+                if (uv_accept(s, reinterpret_cast<uv_stream_t*>(client)) == 0) {
+                    ++l->accepted;
+                    if (l->guard.serving(s)) ++l->served;
+                }
+                uv_close(reinterpret_cast<uv_handle_t*>(client), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+            }) == 0);
+    int len = sizeof addr;
+    uv_tcp_getsockname(&listener.tcp, reinterpret_cast<sockaddr*>(&addr), &len);
+    int port = ntohs(addr.sin_port);
+
+    Sockets clients;
+    for (int i = 0; i < 3; ++i) clients.fds.push_back(connect_to("127.0.0.1", port));
+    if (loop.emfile_fd >= 0) {
+        ::close(loop.emfile_fd);
+        loop.emfile_fd = -1;
+    }
+    // No descriptor above the highest open one.
+    int highest = 0;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd"))
+        highest = std::max(highest, std::stoi(e.path().filename().string()));
+    rlimit saved{};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &saved) == 0);
+    rlimit low = saved;
+    low.rlim_cur = static_cast<rlim_t>(highest + 1);
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+    for (int i = 0; i < 5; ++i) uv_run(&loop, UV_RUN_NOWAIT);
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
+
+    CHECK(listener.guard.errors() >= 1);
+    CHECK(listener.guard.shed() >= 3);  // the three pending connections, closed unserved
+    CHECK(listener.accepted == 0);
+    // Within the pause a newcomer is accepted and closed unserved; after it, served.
+    clients.fds.push_back(connect_to("127.0.0.1", port));
+    for (int i = 0; i < 5 && listener.accepted < 1; ++i) uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK(listener.accepted == 1);
+    CHECK(listener.served == 0);
+    std::this_thread::sleep_for(std::chrono::milliseconds(net::AcceptGuard::pause_ms + 20));
+    uv_update_time(&loop);
+    clients.fds.push_back(connect_to("127.0.0.1", port));
+    for (int i = 0; i < 5 && listener.accepted < 2; ++i) uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK(listener.accepted == 2);
+    CHECK(listener.served == 1);
+
+    uv_close(reinterpret_cast<uv_handle_t*>(&listener.tcp), nullptr);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK(uv_loop_close(&loop) == 0);
 }
