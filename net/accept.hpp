@@ -10,7 +10,8 @@
 // a spare of its own, counts the failure, and for a moment afterwards closes what is accepted
 // at once instead of serving it, so that descriptors freed by closing connections are not
 // taken straight back (HAProxy and nginx stop accepting for a moment on EMFILE for the same
-// reason).
+// reason). What it cannot end: the spare's slot taken by something else before the next
+// failure, with no descriptor freed since.
 #pragma once
 
 #include <uv.h>
@@ -44,18 +45,19 @@ public:
         paused_until_ = uv_now(listener->loop) + pause_ms;
         uv_os_fd_t fd = -1;
         if (uv_fileno(reinterpret_cast<uv_handle_t*>(listener), &fd) != 0) return true;
-        if (spare_ >= 0) {
-            ::close(spare_);
-            spare_ = -1;
-        }
-        // Until accept says EAGAIN: then libuv's loop returns to polling.
+        if (spare_ < 0) spare_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (spare_ < 0) return true;  // nothing to shed with: libuv tries again at once
+        ::close(spare_);
+        spare_ = -1;
+        // Accept fails with EMFILE before it looks at the queue, so the spare's slot is what
+        // lets it empty the queue. The slot stays free: libuv's next accept then says EAGAIN
+        // and libuv goes back to polling. The spare is taken again after the pause.
         for (int n = 0; n < 4096; ++n) {
             int c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
             if (c < 0) break;
             ::close(c);
             ++shed_;
         }
-        spare_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
         return true;
     }
 
@@ -65,6 +67,7 @@ public:
     {
         if (paused_until_ == 0) return true;
         if (uv_now(listener->loop) >= paused_until_) {
+            if (spare_ < 0) spare_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
             paused_until_ = 0;
             return true;
         }

@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/resource.h>
@@ -342,8 +343,12 @@ TEST_CASE("limits: an accept that fails for want of descriptors is shed and coun
     rlimit low = saved;
     low.rlim_cur = static_cast<rlim_t>(highest + 1);
     REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+    Sockets fillers;  // and none free below it
+    for (int fd; (fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;) fillers.fds.push_back(fd);
     for (int i = 0; i < 5; ++i) uv_run(&loop, UV_RUN_NOWAIT);
     REQUIRE(::setrlimit(RLIMIT_NOFILE, &saved) == 0);
+    for (int fd : fillers.fds) ::close(fd);
+    fillers.fds.clear();
 
     CHECK(listener.guard.errors() >= 1);
     CHECK(listener.guard.shed() >= 3);  // the three pending connections, closed unserved
