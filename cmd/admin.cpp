@@ -1,9 +1,11 @@
 #include "cmd/admin.hpp"
+#include "net/accept.hpp"
 
 #include <uv.h>
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <list>
 
 namespace cmd {
@@ -18,6 +20,7 @@ struct Connection {
     uv_timer_t timer{};
     int open_handles = 2;
     bool closing = false;
+    bool replying = false;  // the request is in: not evicted for a newcomer
     std::string request;
     std::string response;
     uv_write_t write{};
@@ -53,6 +56,20 @@ struct Admin::Impl {
     std::list<Connection*> connections;
     std::function<void()> on_stopped;
     bool stopping = false;
+    net::AcceptGuard accept_guard;
+    Admin::Stats stats;
+
+    // Room for one more: the oldest connection still waiting for its request goes (the list
+    // is newest first). Those replying finish on their own.
+    void make_room()
+    {
+        while (connections.size() >= Admin::max_connections) {
+            auto oldest = std::find_if(connections.rbegin(), connections.rend(), [](const Connection* c) { return !c->replying; });
+            if (oldest == connections.rend()) return;
+            ++stats.evicted;
+            (*oldest)->close();  // takes it off the list
+        }
+    }
 
     void maybe_stopped()
     {
@@ -89,6 +106,7 @@ void Connection::on_data(const char* data, std::size_t n)
         return;
     }
     uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp));
+    replying = true;
     HttpReply reply;
     auto line_end = request.find_first_of("\r\n");
     std::string line = request.substr(0, line_end);
@@ -139,14 +157,18 @@ std::expected<std::string, std::string> Admin::start(const conf::HostPort& liste
     a.listening = true;
     if ((rc = uv_tcp_bind(&a.listener, reinterpret_cast<sockaddr*>(&ss), 0)) < 0 ||
         (rc = uv_listen(reinterpret_cast<uv_stream_t*>(&a.listener), 64, [](uv_stream_t* l, int status) {
-             if (status < 0) return;
              auto* admin = static_cast<Admin::Impl*>(l->data);
+             if (status < 0) {
+                 if (admin->accept_guard.on_error(l, status)) ++admin->stats.accept_errors;
+                 return;
+             }
+             admin->make_room();
              auto* c = new Connection(*admin);
              uv_tcp_init(admin->loop, &c->tcp);
              uv_timer_init(admin->loop, &c->timer);
              admin->connections.push_front(c);
              c->self = admin->connections.begin();
-             if (uv_accept(l, reinterpret_cast<uv_stream_t*>(&c->tcp)) < 0) {
+             if (uv_accept(l, reinterpret_cast<uv_stream_t*>(&c->tcp)) < 0 || !admin->accept_guard.serving(l)) {
                  c->close();
                  return;
              }
@@ -179,6 +201,8 @@ std::expected<std::string, std::string> Admin::start(const conf::HostPort& liste
     port = ntohs(reinterpret_cast<sockaddr_in6*>(&actual)->sin6_port);
     return "[" + std::string(name) + "]:" + std::to_string(port);
 }
+
+Admin::Stats Admin::stats() const { return impl_->stats; }
 
 void Admin::stop(std::function<void()> done)
 {

@@ -1,9 +1,13 @@
 // The admin endpoint: a minimal HTTP/1.1 server on loopback for /metrics, /ready and
-// /config. One request per connection; the handler builds the whole body.
+// /config. One request per connection; the handler builds the whole body. At most
+// max_connections are open at once: a newcomer beyond them closes the oldest connection
+// still waiting for its request, so that idle or slow clients cannot take the descriptors
+// /ready and /metrics need.
 #pragma once
 
 #include "conf/conf.hpp"
 
+#include <cstdint>
 #include <expected>
 #include <functional>
 #include <memory>
@@ -20,6 +24,12 @@ struct HttpReply {
 class Admin {
 public:
     using Handler = std::function<HttpReply(const std::string& path)>;
+    static constexpr std::size_t max_connections = 16;
+
+    struct Stats {
+        std::uint64_t evicted = 0;        // closed, waiting for their request, to make room
+        std::uint64_t accept_errors = 0;  // accept failed for want of descriptors
+    };
 
     Admin(void* uv_loop, Handler handler);
     ~Admin();
@@ -28,6 +38,7 @@ public:
 
     std::expected<std::string, std::string> start(const conf::HostPort& listen);  // the bound address
     void stop(std::function<void()> done);
+    Stats stats() const;
 
     struct Impl;
 

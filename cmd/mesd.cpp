@@ -12,6 +12,7 @@
 #include <uv.h>
 
 #include <malloc.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -38,12 +39,14 @@ constexpr auto stale_readers_check_interval = std::chrono::seconds(5);
 
 constexpr std::string_view usage_text =
     "usage: mesd [--config FILE] [--data-dir DIR] [--dns-listen ADDR:PORT]... [--admin-listen ADDR:PORT]\n"
-    "            [--conf-dir DIR] [--log-level debug|info|warn|error]\n"
+    "            [--conf-dir DIR] [--log-level debug|info|warn|error] [--allow-core-dumps]\n"
     "\n"
     "Answers DNS for MeshExternalService hostnames and forwards other names upstream.\n"
     "The configuration file is --config FILE, else $MESD_CONFIG, else the built-in defaults;\n"
     "flags override it. --conf-dir applies a directory of resource YAML at start and whenever\n"
-    "it changes (deleting what it no longer names); a bad file keeps the last good state.\n";
+    "it changes (deleting what it no longer names); a bad file keeps the last good state.\n"
+    "Core dumps are off (the process holds TLS keys and Secrets); --allow-core-dumps turns\n"
+    "them back on for debugging.\n";
 
 struct Flags {
     std::optional<std::string> config;
@@ -52,6 +55,7 @@ struct Flags {
     std::optional<std::string> admin_listen;
     std::optional<std::string> conf_dir;
     std::optional<std::string> log_level;
+    bool allow_core_dumps = false;
 };
 
 std::optional<std::string> parse_flags(int argc, char** argv, Flags& f)
@@ -75,6 +79,9 @@ std::optional<std::string> parse_flags(int argc, char** argv, Flags& f)
         else if (name == "--dns-listen") {
             v = take();
             if (v) f.dns_listen.push_back(*v);
+        } else if (name == "--allow-core-dumps") {
+            f.allow_core_dumps = true;
+            continue;
         } else if (name == "--help" || name == "-h") {
             std::cout << usage_text;
             std::exit(exit_ok);
@@ -541,6 +548,8 @@ std::string proxy_metrics(const proxy::Status& st)
          &proxy::Status::local_failures},
         {"mesd_proxy_mark_failures_total", "counter", "Connections to endpoints made without proxy.upstreamMark.",
          &proxy::Status::mark_failures},
+        {"mesd_proxy_accept_errors_total", "counter", "Accepts that failed for want of descriptors; accepting paused.",
+         &proxy::Status::accept_errors},
     };
     for (const auto& t : totals) {
         family(t.name, t.type, t.help);
@@ -645,6 +654,15 @@ std::string Daemon::metrics_text()
             m.tcp_refused_per_ip);
     counter("mesd_dns_tcp_evicted_total", "TCP connections closed to make room for a new one at tcpMaxClients.",
             m.tcp_evicted);
+    counter("mesd_dns_tcp_accept_errors_total", "TCP accepts that failed for want of descriptors; accepting paused.",
+            m.tcp_accept_errors);
+    {
+        auto admin_stats = admin_->stats();
+        counter("mesd_admin_connections_evicted_total",
+                "Admin connections closed before their request to make room for a new one.", admin_stats.evicted);
+        counter("mesd_admin_accept_errors_total", "Admin accepts that failed for want of descriptors; accepting paused.",
+                admin_stats.accept_errors);
+    }
     gauge("mesd_dns_forward_in_flight", "Upstream queries outstanding.", server_->in_flight());
     counter("mesd_dns_forward_loops_total", "Queries mesd forwarded that came back to it, answered SERVFAIL.",
             m.forward_loops);
@@ -916,6 +934,54 @@ int Daemon::run()
     return exit_ok;
 }
 
+// Shares the descriptor limit out, as Unbound's checkrlimits() does at start: fixed needs
+// first (the store, the listeners, the loop's own descriptors, upstream and resolver
+// sockets), then the admin endpoint's connections, then DNS over TCP, and the proxy what is
+// left at two descriptors a connection. A setting that does not fit is lowered with a warning
+// rather than left to fail with EMFILE at run time, where it would take /ready down with it.
+void share_descriptors(conf::Config& config, rlim_t limit)
+{
+    constexpr std::uint64_t fixed = 64;  // store, loop, signals, thread pool, upstream sockets, logs
+    const std::uint64_t listeners = 2 * config.dns.listen.size() + 2;  // UDP and TCP each; admin; redirect
+    const std::uint64_t admin = cmd::Admin::max_connections;
+    const std::uint64_t total = limit == RLIM_INFINITY ? std::uint64_t{1} << 32 : static_cast<std::uint64_t>(limit);
+    const std::uint64_t reserved = fixed + listeners + admin;
+    const std::uint64_t available = total > reserved + 4 ? total - reserved : 4;
+    // DNS over TCP keeps dns.tcpMaxClients when it fits in half of what is left; otherwise it
+    // and the proxy share it.
+    std::uint64_t dns_tcp = config.dns.tcp_max_clients;
+    if (dns_tcp > available / 2) {
+        dns_tcp = available / 2;
+        log::warn("daemon", "open files limit too low for dns.tcpMaxClients; lowered",
+                  {{"tcpMaxClients", std::to_string(config.dns.tcp_max_clients)}, {"now", std::to_string(dns_tcp)},
+                   {"limit", std::to_string(total)}});
+        config.dns.tcp_max_clients = static_cast<std::uint32_t>(dns_tcp);
+    }
+    const std::uint64_t proxy = std::max<std::uint64_t>(1, (available - dns_tcp) / 2);
+    if (config.proxy.max_connections > proxy) {
+        if (config.proxy.max_connections_set)
+            log::warn("daemon", "open files limit too low for proxy.maxConnections; lowered",
+                      {{"maxConnections", std::to_string(config.proxy.max_connections)}, {"now", std::to_string(proxy)},
+                       {"limit", std::to_string(total)}});
+        config.proxy.max_connections = static_cast<std::uint32_t>(proxy);
+    }
+    log::info("daemon", "descriptors shared out",
+              {{"reserved", std::to_string(reserved)}, {"admin_connections", std::to_string(admin)},
+               {"dns_tcp_clients", std::to_string(config.dns.tcp_max_clients)},
+               {"proxy_connections", std::to_string(config.proxy.max_connections)}});
+}
+
+// Off unless asked for: a core file (or a debugger attached by another process of the same
+// user) would expose the TLS client keys and Secrets mesd holds in memory. PR_SET_DUMPABLE 0
+// also makes /proc/PID's files root's, so another process of the same user cannot read
+// mesd's environment or memory; RLIMIT_CORE 0 covers a dump made despite it.
+void disable_core_dumps()
+{
+    rlimit core{0, 0};
+    ::setrlimit(RLIMIT_CORE, &core);
+    ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv)
@@ -933,6 +999,8 @@ int main(int argc, char** argv)
         std::cerr << "mesd: " << *err << "\n\n" << usage_text;
         return exit_usage;
     }
+    // Before the configuration, and with it any key or Secret, is read.
+    if (!flags.allow_core_dumps) disable_core_dumps();
     auto loaded = conf::load_config(flags.config);
     if (!loaded.ok()) {
         for (const auto& d : loaded.errors) std::cerr << d.format() << '\n';
@@ -966,14 +1034,13 @@ int main(int argc, char** argv)
         return exit_usage;
     }
     log::set_level(level);
-    // What the raise above got: every TCP client and proxied connection holds descriptors
-    // from it, and a limit below tcpMaxClients refuses clients before mesd's own limit does.
+    if (flags.allow_core_dumps) log::warn("daemon", "core dumps allowed: they may hold TLS keys and Secrets");
+    // What the raise above got, shared out: every TCP client and proxied connection holds
+    // descriptors from it, and the admin endpoint must keep one free under any flood.
     if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
         log::info("daemon", "open files limit",
                   {{"soft", std::to_string(nofile.rlim_cur)}, {"hard", std::to_string(nofile.rlim_max)}});
-        if (nofile.rlim_cur != RLIM_INFINITY && config.dns.tcp_max_clients >= nofile.rlim_cur)
-            log::warn("daemon", "open files limit below dns.tcpMaxClients",
-                      {{"limit", std::to_string(nofile.rlim_cur)}, {"tcpMaxClients", std::to_string(config.dns.tcp_max_clients)}});
+        share_descriptors(config, nofile.rlim_cur);
     }
     if (flags.conf_dir && !std::filesystem::is_directory(*flags.conf_dir)) {
         std::cerr << "mesd: --conf-dir " << *flags.conf_dir << ": not a directory\n";

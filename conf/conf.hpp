@@ -331,6 +331,9 @@ struct Config {
         Duration connect_timeout = std::chrono::seconds(5);
         Duration idle_timeout = std::chrono::hours(1);
         std::uint32_t max_connections = 100000;
+        // Written in the file: mesd warns when it must lower it to fit the descriptor limit
+        // (otherwise it is derived from that limit, up to the default above).
+        bool max_connections_set = false;
         std::uint32_t max_connections_per_service = 0;  // 0: only the global limit
         std::uint32_t upstream_mark = 0;  // SO_MARK on connections to endpoints (redirect rules skip it); 0: none
         std::uint32_t connect_attempts = 3;             // endpoints tried per client connection

@@ -263,6 +263,7 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
             read.host_port(proxy, "redirectListen", c.proxy.redirect_listen);
             read.duration(proxy, "connectTimeout", c.proxy.connect_timeout);
             read.duration(proxy, "idleTimeout", c.proxy.idle_timeout);
+            c.proxy.max_connections_set = proxy.has("maxConnections");
             read.integer(proxy, "maxConnections", c.proxy.max_connections, 1, 10'000'000);
             read.integer(proxy, "maxConnectionsPerService", c.proxy.max_connections_per_service, 0, 10'000'000);
             read.integer(proxy, "upstreamMark", c.proxy.upstream_mark, 0, 0xffffffffLL);

@@ -297,6 +297,7 @@ struct Metrics {
     std::uint64_t tcp_io_timeouts = 0;     // a message or reply not through within tcpIoTimeout
     std::uint64_t tcp_refused_per_ip = 0;  // over tcpMaxClientsPerIp
     std::uint64_t tcp_evicted = 0;         // closed to make room for a newcomer
+    std::uint64_t tcp_accept_errors = 0;   // accept failed for want of descriptors (EMFILE, ENFILE)
     // Latency from receipt to reply, in these upper bounds (seconds), plus the rest.
     static constexpr std::array<double, 12> bounds = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                                                       0.01,   0.025,   0.05,   0.1,   0.5,    2.0};

@@ -6,6 +6,7 @@
 // close callback; no callback lets an exception out.
 #include "dns/dns.hpp"
 #include "dns/rate_limit.hpp"
+#include "net/accept.hpp"
 
 #include <uv.h>
 
@@ -516,6 +517,7 @@ struct Server::Impl {
     Source& source;
     ServerOptions options;
     Metrics metrics;
+    net::AcceptGuard accept_guard;
     std::vector<vip::Pool> allow;
     std::vector<std::shared_ptr<Upstream>> upstreams;
     std::optional<RateLimiter> limiter;  // UDP only, when dns.rateLimit sets a rate
@@ -1651,6 +1653,11 @@ void Server::Impl::on_tcp_connection(uv_stream_t* listener)
         c->close();
         return;
     }
+    if (!accept_guard.serving(listener)) {
+        ++metrics.tcp_refused;
+        c->close();
+        return;
+    }
     if (stopping) {
         ++metrics.tcp_refused;
         c->close();
@@ -1811,8 +1818,12 @@ std::expected<void, std::string> Server::start()
         if (int rc = tcp_fd >= 0 ? uv_tcp_open(tcp, tcp_fd) : uv_tcp_bind(tcp, reinterpret_cast<sockaddr*>(&actual), 0); rc < 0)
             return std::unexpected("dns.listen " + hp.to_string() + " (tcp): " + from_uv(rc));
         if (int rc = uv_listen(reinterpret_cast<uv_stream_t*>(tcp), 1024, [](uv_stream_t* l, int status) {
-                if (status < 0) return;
-                static_cast<Server::Impl*>(l->data)->on_tcp_connection(l);
+                auto* server = static_cast<Server::Impl*>(l->data);
+                if (status < 0) {
+                    if (server->accept_guard.on_error(l, status)) ++server->metrics.tcp_accept_errors;
+                    return;
+                }
+                server->on_tcp_connection(l);
             });
             rc < 0)
             return std::unexpected("dns.listen " + hp.to_string() + " (tcp): " + from_uv(rc));

@@ -7,6 +7,7 @@
 #include "proxy/detail/http.hpp"
 #include "proxy/detail/resolver.hpp"
 #include "proxy/detail/tls.hpp"
+#include "net/accept.hpp"
 
 #include <uv.h>
 
@@ -254,6 +255,7 @@ struct Proxy::Impl {
     std::uint64_t active = 0, total = 0, refused = 0, unrouted = 0;
     std::uint64_t local_failures = 0;  // connects not even started: no socket to be had
     std::uint64_t mark_failures = 0;   // SO_MARK refused (no CAP_NET_ADMIN)
+    net::AcceptGuard accept_guard;
     std::size_t closing_connections = 0;
     uv_timer_t* retry_timer = nullptr;  // bind mode: listeners that failed are tried again
     bool stopping = false;
@@ -1069,7 +1071,9 @@ void Proxy::Impl::accept(Listener* l)
     uv_tcp_init(loop, &conn->client.h.tcp);
     conn->client.open = true;
     conn->client.h.tcp.data = conn;
-    if (uv_accept(as_stream(&l->tcp), as_stream(&conn->client.h.tcp)) != 0) {
+    bool accepted = uv_accept(as_stream(&l->tcp), as_stream(&conn->client.h.tcp)) == 0;
+    if (!accepted || !accept_guard.serving(as_stream(&l->tcp))) {
+        if (accepted) ++refused;  // closed unserved: a pause after running out of descriptors
         conn->closing = true;
         conn->client.open = false;
         uv_close(as_handle(&conn->client.h.tcp), [](uv_handle_t* h) { delete static_cast<Connection*>(h->data); });
@@ -1176,7 +1180,9 @@ std::string Proxy::Impl::open_listener(const std::string& key, const vip::Addres
     if (rc == 0) set_nodelay(&l->tcp);
     if (rc == 0)
         rc = uv_listen(as_stream(&l->tcp), 1024, [](uv_stream_t* s, int status) {
-            if (status == 0) static_cast<Listener*>(s->data)->impl->accept(static_cast<Listener*>(s->data));
+            auto* listener = static_cast<Listener*>(s->data);
+            if (status == 0) listener->impl->accept(listener);
+            else listener->impl->accept_guard.on_error(s, status);
         });
     if (rc != 0) {
         std::string why = "cannot listen on " + l->address + ": " + uv_strerror(rc);
@@ -1287,7 +1293,9 @@ std::expected<void, std::string> Proxy::start()
     if (rc == 0) set_nodelay(&l->tcp);
     if (rc == 0)
         rc = uv_listen(as_stream(&l->tcp), 4096, [](uv_stream_t* s, int status) {
-            if (status == 0) static_cast<Listener*>(s->data)->impl->accept(static_cast<Listener*>(s->data));
+            auto* listener = static_cast<Listener*>(s->data);
+            if (status == 0) listener->impl->accept(listener);
+            else listener->impl->accept_guard.on_error(s, status);
         });
     if (rc != 0) {
         uv_close(as_handle(&l->tcp), [](uv_handle_t* h) { delete static_cast<Listener*>(h->data); });
@@ -1428,6 +1436,7 @@ Status Proxy::status() const
     st.unrouted = i.unrouted;
     st.local_failures = i.local_failures;
     st.mark_failures = i.mark_failures;
+    st.accept_errors = i.accept_guard.errors();
     std::uint64_t now = uv_now(i.loop);
     for (const auto& [key, s] : i.services) {
         ServiceStatus ss;

@@ -127,6 +127,7 @@ struct Status {
     std::uint64_t unrouted = 0;  // redirect mode: an original destination no route claims
     std::uint64_t local_failures = 0;  // no socket for a connect (out of file descriptors)
     std::uint64_t mark_failures = 0;   // proxy.upstreamMark could not be set (no CAP_NET_ADMIN)
+    std::uint64_t accept_errors = 0;   // accept failed for want of descriptors (EMFILE, ENFILE)
     std::vector<ServiceStatus> services;  // by key; redirect mode: those that have had connections
 };
 
