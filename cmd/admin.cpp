@@ -1,5 +1,5 @@
 #include "cmd/admin.hpp"
-#include "net/accept.hpp"
+#include "proxy/accept.hpp"
 
 #include <uv.h>
 
@@ -56,7 +56,7 @@ struct Admin::Impl {
     std::list<Connection*> connections;
     std::function<void()> on_stopped;
     bool stopping = false;
-    net::AcceptGuard accept_guard;
+    proxy::AcceptGuard accept_guard;
     Admin::Stats stats;
 
     // Room for one more: the oldest connection still waiting for its request goes (the list

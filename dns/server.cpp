@@ -6,7 +6,7 @@
 // close callback; no callback lets an exception out.
 #include "dns/dns.hpp"
 #include "dns/rate_limit.hpp"
-#include "net/accept.hpp"
+#include "proxy/accept.hpp"
 
 #include <uv.h>
 
@@ -517,7 +517,7 @@ struct Server::Impl {
     Source& source;
     ServerOptions options;
     Metrics metrics;
-    net::AcceptGuard accept_guard;
+    proxy::AcceptGuard accept_guard;
     std::vector<vip::Pool> allow;
     std::vector<std::shared_ptr<Upstream>> upstreams;
     std::optional<RateLimiter> limiter;  // UDP only, when dns.rateLimit sets a rate

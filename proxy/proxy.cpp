@@ -7,7 +7,7 @@
 #include "proxy/detail/http.hpp"
 #include "proxy/detail/resolver.hpp"
 #include "proxy/detail/tls.hpp"
-#include "net/accept.hpp"
+#include "proxy/accept.hpp"
 
 #include <uv.h>
 
@@ -255,7 +255,7 @@ struct Proxy::Impl {
     std::uint64_t active = 0, total = 0, refused = 0, unrouted = 0;
     std::uint64_t local_failures = 0;  // connects not even started: no socket to be had
     std::uint64_t mark_failures = 0;   // SO_MARK refused (no CAP_NET_ADMIN)
-    net::AcceptGuard accept_guard;
+    AcceptGuard accept_guard;
     std::size_t closing_connections = 0;
     uv_timer_t* retry_timer = nullptr;  // bind mode: listeners that failed are tried again
     bool stopping = false;

@@ -1,7 +1,7 @@
 // The limits that protect the rest of mesd, through the real binary: descriptors shared out
 // from a low RLIMIT_NOFILE (admin connections capped, the proxy kept to its share, so that
 // /ready, DNS over TCP and proxying go on under floods), and core dumps off by default.
-#include "net/accept.hpp"
+#include "proxy/accept.hpp"
 #include "test/support/dns.hpp"
 #include "test/support/mesd.hpp"
 #include "test/support/net.hpp"
@@ -301,7 +301,7 @@ TEST_CASE("limits: an accept that fails for want of descriptors is shed and coun
     REQUIRE(uv_loop_init(&loop) == 0);
     struct Listener {
         uv_tcp_t tcp{};
-        net::AcceptGuard guard;
+        proxy::AcceptGuard guard;
         int accepted = 0, served = 0, callbacks = 0;
     } listener;
     uv_tcp_init(&loop, &listener.tcp);
@@ -358,7 +358,7 @@ TEST_CASE("limits: an accept that fails for want of descriptors is shed and coun
     for (int i = 0; i < 5 && listener.accepted < 1; ++i) uv_run(&loop, UV_RUN_NOWAIT);
     CHECK(listener.accepted == 1);
     CHECK(listener.served == 0);
-    std::this_thread::sleep_for(std::chrono::milliseconds(net::AcceptGuard::pause_ms + 20));
+    std::this_thread::sleep_for(std::chrono::milliseconds(proxy::AcceptGuard::pause_ms + 20));
     uv_update_time(&loop);
     clients.fds.push_back(connect_to("127.0.0.1", port));
     for (int i = 0; i < 5 && listener.accepted < 2; ++i) uv_run(&loop, UV_RUN_NOWAIT);

@@ -1,6 +1,6 @@
-// net: what the TCP listeners of mesd (DNS over TCP, the proxy, the admin endpoint) do when
-// accept(2) fails for want of descriptors (EMFILE, ENFILE). Header-only: each module that
-// listens links libuv itself.
+// What the TCP listeners of mesd (the proxy's, and DNS over TCP and the admin endpoint,
+// which borrow this header) do when accept(2) fails for want of descriptors (EMFILE,
+// ENFILE). Header-only: each module that listens links libuv itself.
 //
 // libuv meets EMFILE with a spare descriptor of its own (close it, accept and close what is
 // pending, open it again). When that spare is gone (ENFILE, or another thread took the
@@ -22,7 +22,7 @@
 
 #include <cstdint>
 
-namespace net {
+namespace proxy {
 
 class AcceptGuard {
 public:
@@ -85,4 +85,4 @@ private:
     std::uint64_t shed_ = 0;
 };
 
-}  // namespace net
+}  // namespace proxy
