@@ -37,6 +37,30 @@ void Reporter::warning(const Mark& at, std::string path, std::string message)
     add(Severity::warning, at, std::move(path), std::move(message));
 }
 
+std::string quoted_excerpt(std::string_view value, std::size_t max)
+{
+    std::size_t cut = std::min(value.size(), max);
+    while (cut > 0 && cut < value.size() && (static_cast<unsigned char>(value[cut]) & 0xc0) == 0x80) --cut;
+    std::string out = "\"";
+    for (char ch : value.substr(0, cut)) {
+        auto c = static_cast<unsigned char>(ch);
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += ch;
+        } else if (c < 0x20 || c == 0x7f) {
+            static constexpr char hex[] = "0123456789abcdef";
+            out += "\\x";
+            out += hex[c >> 4];
+            out += hex[c & 0xf];
+        } else {
+            out += ch;
+        }
+    }
+    out += '"';
+    if (cut < value.size()) out += "... (" + std::to_string(value.size()) + " bytes)";
+    return out;
+}
+
 std::string join(std::string_view path, std::string_view key)
 {
     if (path.empty()) return std::string(key);
@@ -70,7 +94,7 @@ Fields::Fields(Reporter& reporter, const YAML::Node& node, std::string path)
         const std::string& key = it->first.Scalar();
         bool duplicate = std::ranges::any_of(entries_, [&](const Entry& e) { return e.key == key; });
         if (duplicate) {
-            reporter_.error(it->first, join(path_, key), "duplicate field \"" + key + "\"");
+            reporter_.error(it->first, join(path_, key), "duplicate field " + quoted_excerpt(key));
             continue;
         }
         entries_.push_back(Entry{key, it->first, it->second, false});
@@ -80,7 +104,7 @@ Fields::Fields(Reporter& reporter, const YAML::Node& node, std::string path)
 Fields::~Fields()
 {
     for (const auto& e : entries_)
-        if (!e.taken) reporter_.error(e.key_node, join(path_, e.key), "unknown field \"" + e.key + "\"");
+        if (!e.taken) reporter_.error(e.key_node, join(path_, e.key), "unknown field " + quoted_excerpt(e.key));
 }
 
 YAML::Node Fields::take(std::string_view key)
@@ -134,7 +158,7 @@ std::optional<bool> read_bool(Reporter& r, const YAML::Node& node, const std::st
     }
     r.error(node, path,
             "must be a boolean (true or false), got " +
-                (node.IsScalar() ? "\"" + node.Scalar() + "\"" : std::string(type_word(node))));
+                (node.IsScalar() ? quoted_excerpt(node.Scalar()) : std::string(type_word(node))));
     return std::nullopt;
 }
 
@@ -145,7 +169,7 @@ std::optional<std::int64_t> read_int(Reporter& r, const YAML::Node& node, const 
     if (!node.IsScalar() || quoted(node)) {
         r.error(node, path,
                 "must be an integer, got " +
-                    (node.IsScalar() ? "string \"" + node.Scalar() + "\"" : std::string(type_word(node))));
+                    (node.IsScalar() ? "string " + quoted_excerpt(node.Scalar()) : std::string(type_word(node))));
         return std::nullopt;
     }
     std::string_view text = node.Scalar();
@@ -161,7 +185,7 @@ std::optional<std::int64_t> read_int(Reporter& r, const YAML::Node& node, const 
         return (c >= '0' && c <= '9') || (base == 16 && ((c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')));
     });
     if (!all_digits) {
-        r.error(node, path, "must be an integer, got \"" + std::string(text) + "\"");
+        r.error(node, path, "must be an integer, got " + quoted_excerpt(text));
         return std::nullopt;
     }
     std::int64_t value = 0;

@@ -15,6 +15,11 @@
 
 namespace conf::detail {
 
+// A value from the input as a message may show it: in double quotes, at most `max` bytes of it
+// (cut at a UTF-8 boundary, then "..."), quotes, backslashes and control bytes escaped. Input
+// that is not ours (a link to /etc/shadow, a binary blob) must not be echoed into logs whole.
+std::string quoted_excerpt(std::string_view value, std::size_t max = 40);
+
 // Collects the diagnostics of one document; the loader stamps them with the document's kind,
 // mesh and name once all of it has been read.
 class Reporter {
