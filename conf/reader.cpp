@@ -61,6 +61,16 @@ std::string quoted_excerpt(std::string_view value, std::size_t max)
     return out;
 }
 
+// A key as a field path shows it: itself when short and plain, else its excerpt.
+std::string shown_key(std::string_view key)
+{
+    bool plain = key.size() <= 40 && std::ranges::all_of(key, [](char ch) {
+        auto c = static_cast<unsigned char>(ch);
+        return c >= 0x20 && c != 0x7f && c != '"' && c != '\\';
+    });
+    return plain ? std::string(key) : quoted_excerpt(key);
+}
+
 std::string join(std::string_view path, std::string_view key)
 {
     if (path.empty()) return std::string(key);
@@ -94,7 +104,7 @@ Fields::Fields(Reporter& reporter, const YAML::Node& node, std::string path)
         const std::string& key = it->first.Scalar();
         bool duplicate = std::ranges::any_of(entries_, [&](const Entry& e) { return e.key == key; });
         if (duplicate) {
-            reporter_.error(it->first, join(path_, key), "duplicate field " + quoted_excerpt(key));
+            reporter_.error(it->first, join(path_, shown_key(key)), "duplicate field " + quoted_excerpt(key));
             continue;
         }
         entries_.push_back(Entry{key, it->first, it->second, false});
@@ -104,7 +114,7 @@ Fields::Fields(Reporter& reporter, const YAML::Node& node, std::string path)
 Fields::~Fields()
 {
     for (const auto& e : entries_)
-        if (!e.taken) reporter_.error(e.key_node, join(path_, e.key), "unknown field " + quoted_excerpt(e.key));
+        if (!e.taken) reporter_.error(e.key_node, join(path_, shown_key(e.key)), "unknown field " + quoted_excerpt(e.key));
 }
 
 YAML::Node Fields::take(std::string_view key)

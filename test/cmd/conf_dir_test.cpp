@@ -250,8 +250,8 @@ TEST_CASE("links out of the conf dir are not followed unless asked and rejected 
     write_file(conf / "gen.yaml", generator_doc);
     write_file(conf / "a.yaml", mes_doc("mes-a", 80));
     // A link inside the directory is followed as before.
-    write_file(conf / "versions" / "b-1.yaml", mes_doc("mes-b", 80));
-    fs::create_symlink("versions/b-1.yaml", conf / "b.yaml");
+    write_file(conf / ".versions" / "b-1.yaml", mes_doc("mes-b", 80));
+    fs::create_symlink(".versions/b-1.yaml", conf / "b.yaml");
     TempDir ws;
     auto config = ws.write("mesd.yaml", "dataDir: " + (ws.path / "data").string() + "\nvip:\n  ipv4: 127.242.0.0/16\n");
     auto fine = mesctl(config, {"validate", conf.string()});
