@@ -688,6 +688,11 @@ struct Store::Impl {
             if (done) return std::move(w.report());
             txn.abort();
             if (done.error().code != MDB_MAP_FULL) return std::unexpected(to_error(done.error()));
+            if (!write_options.grow_map) {
+                auto e = to_error(done.error());
+                e.map_full = true;
+                return std::unexpected(std::move(e));
+            }
             if (auto g = grow(); !g) return std::unexpected(to_error(g.error()));
         }
     }
