@@ -134,7 +134,8 @@ TEST_CASE("a ..data flip racing conf dir reloads deletes no shared MES and chang
     auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     int flips = 0;
     while (std::chrono::steady_clock::now() < until) {
-        cm.switch_to(cm.current == "v1" ? "v2" : "v1", std::chrono::milliseconds(random() % 150));
+        // A slow kubelet: the visible links dangle for a while after each flip.
+        cm.switch_to(cm.current == "v1" ? "v2" : "v1", std::chrono::milliseconds(150 + random() % 250));
         ++flips;
         // Every third flip a pause long enough for the change to settle and be read.
         std::this_thread::sleep_for(std::chrono::milliseconds(flips % 3 == 0 ? 1000 + random() % 400 : random() % 40));
