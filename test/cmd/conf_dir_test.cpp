@@ -1,5 +1,7 @@
 // mesd --conf-dir and mesctl validate/apply on directories that change under them, hold
 // entries nobody can read, or links that lead elsewhere.
+#include "conf/conf.hpp"
+#include "store/store.hpp"
 #include "test/support/dns.hpp"
 
 #include <sys/stat.h>
@@ -308,4 +310,30 @@ TEST_CASE("links out of the conf dir are not followed unless asked and rejected 
     CHECK(metric(mesd, "mesd_conf_dir_errors_total") == 1);
     CHECK_THAT(mesd.log(), Catch::Contains("a link that leads out of the directory"));
     CHECK_THAT(mesd.log(), !Catch::Contains("secret"));
+}
+
+TEST_CASE("a write that must grow the map fails with map_full when growing is off and then grows")
+{
+    // mesd writes the conf dir on a worker thread with grow_map off and redoes on its loop a
+    // write that fails so; the loop's write grows the map as before.
+    TempDir t;
+    auto opened = store::Store::open(store::Options{(t.path / "data").string(), std::size_t{1} << 20});
+    REQUIRE(opened.has_value());
+    auto result = conf::load_text(generator_doc + mes_range("m-", 0, 5000, 80), "many.yaml");
+    REQUIRE(result.ok());
+    std::vector<conf::Resource> resources;
+    for (const auto& doc : result.documents) resources.push_back(doc.resource);
+    store::WriteOptions options;
+    options.pools.ipv4 = "127.242.0.0/16";
+    options.prune = true;
+    options.grow_map = false;
+    auto refused = (*opened)->apply(resources, options);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().map_full);
+    CHECK((*opened)->usage()->vips == 0);  // nothing of the failed write stayed
+    options.grow_map = true;
+    auto grown = (*opened)->apply(resources, options);
+    REQUIRE(grown.has_value());
+    CHECK(grown->changes.size() == 5001);
+    CHECK((*opened)->usage()->map_bytes > (std::size_t{1} << 20));
 }
