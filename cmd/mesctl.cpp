@@ -23,6 +23,7 @@ constexpr std::string_view usage_text =
     "commands:\n"
     "  validate [--quiet] PATH...                 check YAML files or directories of resources\n"
     "  apply -f PATH [-f PATH]... [--prune]       validate, then write everything in one transaction\n"
+    "      (validate, apply: --follow-links reads links in a directory that lead out of it)\n"
     "  get KIND [NAME] [--mesh M] [-o table|yaml|json]\n"
     "                                             KIND: mes, hostnamegenerators, secrets, vips\n"
     "  delete KIND NAME [--mesh M] [--force]      delete one resource (its VIPs go to quarantine)\n"
@@ -56,6 +57,7 @@ struct Args {
     bool quiet = false;
     bool prune = false;
     bool force = false;
+    bool follow_links = false;  // links in a directory may lead out of it
 };
 
 struct Globals {
@@ -99,6 +101,8 @@ std::optional<std::string> parse_args(const std::vector<std::string>& argv, Glob
             a.quiet = true;
         } else if (arg == "--prune") {
             a.prune = true;
+        } else if (arg == "--follow-links") {
+            a.follow_links = true;
         } else if (arg == "--force") {
             a.force = true;
         } else {
@@ -138,7 +142,9 @@ int cmd_validate(const Args& a)
     if (a.positional.empty()) return usage_error("validate: no PATH given");
     std::vector<std::string> paths;
     for (const auto& p : a.positional) paths.push_back(p == "-" ? "/dev/stdin" : p);
-    auto result = conf::load_paths(paths);
+    conf::LoadOptions options;
+    options.follow_outside_links = a.follow_links;
+    auto result = conf::load_paths(paths, options);
     print_diagnostics(result, a.quiet);
     return report_invalid(result).value_or(exit_ok);
 }
@@ -193,6 +199,7 @@ int cmd_apply(const Globals& g, const Args& a)
     if (!ctx) return ctx.error();
 
     conf::LoadOptions options;
+    options.follow_outside_links = a.follow_links;
     // With --prune only the input counts: a Secret missing from it is about to be deleted.
     std::optional<store::Snapshot> snap;
     if (!a.prune) {

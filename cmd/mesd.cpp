@@ -32,19 +32,26 @@ constexpr int exit_ok = 0;
 constexpr int exit_failed = 1;
 constexpr int exit_usage = 2;
 constexpr std::uint64_t store_poll_ms = 200;  // store changes show within this (DESIGN: 1 s)
-constexpr std::uint64_t conf_dir_poll_ms = 1000;
+// The conf dir is looked at this often, and read once it has looked the same twice in a row:
+// a burst of changes (a ConfigMap update, an rsync) is read once, after it.
+constexpr std::uint64_t conf_dir_poll_ms = 500;
+// Passes of one read of the conf dir before it is left for the next look: a read counts
+// once two passes in a row saw the same bytes.
+constexpr int conf_dir_max_passes = 4;
 // Reader slots of dead processes are freed this often (and whenever a read finds none free):
 // a check reads the table and asks the kernel, by fcntl lock, which holders are alive.
 constexpr auto stale_readers_check_interval = std::chrono::seconds(5);
 
 constexpr std::string_view usage_text =
     "usage: mesd [--config FILE] [--data-dir DIR] [--dns-listen ADDR:PORT]... [--admin-listen ADDR:PORT]\n"
-    "            [--conf-dir DIR] [--log-level debug|info|warn|error] [--allow-core-dumps]\n"
+    "            [--conf-dir DIR [--conf-dir-follow-links]] [--log-level debug|info|warn|error]\n"
+    "            [--allow-core-dumps]\n"
     "\n"
     "Answers DNS for MeshExternalService hostnames and forwards other names upstream.\n"
     "The configuration file is --config FILE, else $MESD_CONFIG, else the built-in defaults;\n"
     "flags override it. --conf-dir applies a directory of resource YAML at start and whenever\n"
     "it changes (deleting what it no longer names); a bad file keeps the last good state.\n"
+    "Links in it that lead out of it are an error unless --conf-dir-follow-links.\n"
     "Core dumps are off (the process holds TLS keys and Secrets); --allow-core-dumps turns\n"
     "them back on for debugging.\n";
 
@@ -56,6 +63,7 @@ struct Flags {
     std::optional<std::string> conf_dir;
     std::optional<std::string> log_level;
     bool allow_core_dumps = false;
+    bool conf_dir_follow_links = false;
 };
 
 std::optional<std::string> parse_flags(int argc, char** argv, Flags& f)
@@ -76,6 +84,10 @@ std::optional<std::string> parse_flags(int argc, char** argv, Flags& f)
         else if (name == "--admin-listen") v = f.admin_listen = take();
         else if (name == "--conf-dir") v = f.conf_dir = take();
         else if (name == "--log-level") v = f.log_level = take();
+        else if (arg == "--conf-dir-follow-links") {
+            f.conf_dir_follow_links = true;
+            continue;
+        }
         else if (name == "--dns-listen") {
             v = take();
             if (v) f.dns_listen.push_back(*v);
@@ -102,6 +114,11 @@ std::string fingerprint(const std::string& dir)
     std::vector<std::string> lines;
     for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
         const auto& e = *it;
+        // Kubernetes' `..data` and `..<timestamp>` entries: the visible links show their changes.
+        if (auto name = e.path().filename().string(); !name.empty() && name.front() == '.') {
+            it.disable_recursion_pending();
+            continue;
+        }
         auto ext = e.path().extension().string();
         if (!e.is_regular_file(ec) || (ext != ".yaml" && ext != ".yml")) continue;
         auto t = fs::last_write_time(e.path(), ec).time_since_epoch().count();
@@ -114,11 +131,13 @@ std::string fingerprint(const std::string& dir)
 
 class Daemon {
 public:
-    Daemon(conf::Config config, std::unique_ptr<store::Store> store, std::optional<std::string> conf_dir)
+    Daemon(conf::Config config, std::unique_ptr<store::Store> store, std::optional<std::string> conf_dir,
+           bool conf_dir_follow_links)
         : config_(std::move(config)), store_(std::move(store)), conf_dir_(std::move(conf_dir)),
           source_(*store_, config_.meshes), responder_(dns_settings())
     {
         uv_loop_init(&loop_);
+        conf_options_.follow_outside_links = conf_dir_follow_links;
     }
     ~Daemon() { uv_loop_close(&loop_); }
 
@@ -153,7 +172,9 @@ private:
     proxy::Options::Lookup after_lookup(proxy::Options::Lookup lookup);
     void became_ready();
     proxy::Options proxy_options(const std::vector<conf::HostPort>& dns_upstreams);
-    bool sync_conf_dir();
+    void look_at_conf_dir();
+    bool apply_conf_dir(conf::LoadResult result, std::optional<store::Result<store::WriteReport>> written = {},
+                        std::chrono::milliseconds write_took = {});
     void shutdown(const char* why);
     cmd::HttpReply admin(const std::string& path);
     std::string metrics_text();
@@ -162,6 +183,7 @@ private:
     conf::Config config_;
     std::unique_ptr<store::Store> store_;
     std::optional<std::string> conf_dir_;
+    conf::LoadOptions conf_options_;
     dns::StoreSource source_;
     dns::Responder responder_;
     uv_loop_t loop_{};
@@ -178,7 +200,11 @@ private:
     uv_signal_t sigint_{};
     bool ready_ = false;
     bool stopping_ = false;
-    std::string conf_fingerprint_;
+    std::string conf_seen_;     // the conf dir's fingerprint at the last look
+    std::string conf_applied_;  // ... when it was last read whole (applied or refused)
+    bool conf_reading_ = false; // a worker thread is reading it
+    std::optional<conf::LoadResult> conf_pending_;  // read, waiting for the routes' listing to end
+    std::uint64_t conf_dir_torn_reads_ = 0;
     std::uint64_t conf_dir_errors_ = 0;
     std::uint64_t conf_dir_applies_ = 0;
     std::uint64_t store_errors_ = 0;
@@ -461,10 +487,121 @@ proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upst
     return o;
 }
 
-bool Daemon::sync_conf_dir()
+namespace {
+
+// Reads the conf dir until two passes in a row see the same bytes, then parses what they saw.
+// A pass racing a change (a `..data` flip, an editor's rename) differs from the next and is
+// dropped, so a half-old, half-new view, in which names of both versions may be missing,
+// is never applied and never prunes. Empty when the directory kept changing.
+std::optional<conf::LoadResult> read_conf_dir(const std::string& dir, const conf::LoadOptions& options)
 {
-    std::vector<std::string> paths{*conf_dir_};
-    auto result = conf::load_paths(paths);
+    std::vector<std::string> paths{dir};
+    auto previous = conf::read_sources(paths, options);
+    for (int pass = 2; pass <= conf_dir_max_passes; ++pass) {
+        auto next = conf::read_sources(paths, options);
+        if (next.same_as(previous)) return conf::load_sources(next, options);
+        previous = std::move(next);
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
+// Looks at the conf dir on a worker thread and, once a change has settled, reads, parses and
+// writes it there too, in one transaction: 50,000 MES take seconds to parse and 20,000 a
+// quarter of a second to write, and DNS is answered on the loop meanwhile (LMDB readers do not
+// wait for a writer). Only a write that must grow the map is done on the loop, where no read
+// is open while it grows.
+void Daemon::look_at_conf_dir()
+{
+    if (stopping_) return;
+    if (conf_pending_) {
+        // No write while the routes are listed on a worker thread: a write may have to grow
+        // the map, which LMDB allows only with no read open in this process.
+        if (routes_building_) return;
+        auto result = std::move(*conf_pending_);
+        conf_pending_.reset();
+        apply_conf_dir(std::move(result));
+        return;
+    }
+    if (conf_reading_) return;
+    conf_reading_ = true;
+    struct Look {
+        uv_work_t req{};
+        Daemon* daemon = nullptr;
+        std::string dir;
+        conf::LoadOptions options;
+        std::string seen, applied;  // in: the last look's fingerprint, the last read's
+        store::Store* store = nullptr;
+        store::WriteOptions write;
+        std::string fingerprint;    // out
+        bool read = false;
+        std::optional<conf::LoadResult> result;
+        std::optional<store::Result<store::WriteReport>> written;  // when the result was valid
+        std::chrono::milliseconds write_took{};
+    };
+    auto* look = new Look;
+    look->daemon = this;
+    look->dir = *conf_dir_;
+    look->options = conf_options_;
+    look->options.now = std::chrono::system_clock::now();  // for certificate expiry
+    look->seen = conf_seen_;
+    look->applied = conf_applied_;
+    look->store = store_.get();
+    look->write = write_options();
+    look->write.prune = true;
+    look->write.grow_map = false;
+    look->req.data = look;
+    uv_queue_work(
+        &loop_, &look->req,
+        [](uv_work_t* req) {
+            auto* l = static_cast<Look*>(req->data);
+            l->fingerprint = fingerprint(l->dir);
+            // Read once it looks the same as at the last look: a burst is read after it ends.
+            if (l->fingerprint == l->applied || l->fingerprint != l->seen) return;
+            l->read = true;
+            l->result = read_conf_dir(l->dir, l->options);
+            if (!l->result || !l->result->ok()) return;
+            std::vector<conf::Resource> resources;
+            resources.reserve(l->result->documents.size());
+            for (const auto& doc : l->result->documents) resources.push_back(doc.resource);
+            auto started = std::chrono::steady_clock::now();
+            l->written = l->store->apply(resources, l->write);
+            l->write_took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
+        },
+        [](uv_work_t* req, int) noexcept {
+            std::unique_ptr<Look> l(static_cast<Look*>(req->data));
+            Daemon* d = l->daemon;
+            d->conf_reading_ = false;
+            if (d->stopping_) return;
+            if (l->fingerprint != d->conf_seen_ && l->fingerprint != d->conf_applied_)
+                log::info("confd", "directory changed", {{"dir", l->dir}});
+            d->conf_seen_ = l->fingerprint;
+            if (!l->read) return;
+            if (!l->result) {
+                ++d->conf_dir_torn_reads_;
+                log::info("confd", "directory changed while read; reading it again",
+                          {{"dir", l->dir}, {"passes", std::to_string(conf_dir_max_passes)}});
+                return;
+            }
+            d->conf_applied_ = l->fingerprint;
+            try {
+                if (l->written && !*l->written && l->written->error().map_full) {
+                    d->conf_pending_ = std::move(l->result);  // written on the loop, growing the map
+                    d->look_at_conf_dir();
+                } else {
+                    d->apply_conf_dir(std::move(*l->result), std::move(l->written), l->write_took);
+                }
+            } catch (const std::exception& e) {
+                ++d->conf_dir_errors_;
+                log::error("confd", "apply failed; keeping the last good state", {{"error", e.what()}});
+            }
+        });
+}
+
+bool Daemon::apply_conf_dir(conf::LoadResult result, std::optional<store::Result<store::WriteReport>> written,
+                            std::chrono::milliseconds write_took)
+{
     for (const auto& d : result.file_errors) log::warn("confd", d.format());
     for (const auto& doc : result.documents)
         for (const auto& d : doc.diagnostics)
@@ -475,13 +612,23 @@ bool Daemon::sync_conf_dir()
                    {{"dir", *conf_dir_}, {"errors", std::to_string(result.error_count())}});
         return false;
     }
-    std::vector<conf::Resource> resources;
-    for (auto& doc : result.documents) resources.push_back(std::move(doc.resource));
-    auto options = write_options();
-    options.prune = true;
-    source_.release();  // a write may grow the map; no read may be open in this process then
-    auto report = store_->apply(resources, options);
+    std::size_t count = result.documents.size();
+    bool on_loop = !written;
+    if (on_loop) {
+        std::vector<conf::Resource> resources;
+        for (auto& doc : result.documents) resources.push_back(std::move(doc.resource));
+        auto options = write_options();
+        options.prune = true;
+        source_.release();  // a write may grow the map; no read may be open in this process then
+        auto started = std::chrono::steady_clock::now();
+        written = store_->apply(resources, options);
+        write_took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
+    }
+    auto& report = *written;
+    auto indexed = std::chrono::steady_clock::now();
     refresh();
+    auto index_ms = std::to_string(
+        std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - indexed).count());
     if (!report) {
         ++conf_dir_errors_;
         log::error("confd", "apply failed; keeping the last good state", {{"error", report.error().message}});
@@ -496,8 +643,10 @@ bool Daemon::sync_conf_dir()
                   {{"kind", std::string(conf::kind_name(c.kind))}, {"mesh", c.mesh}, {"name", c.name}});
     }
     for (const auto& n : report->notes) log::warn("store", n);
-    log::info("confd", "applied", {{"dir", *conf_dir_}, {"resources", std::to_string(resources.size())},
-                                   {"changed", std::to_string(changed)}, {"generation", std::to_string(report->generation)}});
+    log::info("confd", "applied", {{"dir", *conf_dir_}, {"resources", std::to_string(count)},
+                                   {"changed", std::to_string(changed)}, {"generation", std::to_string(report->generation)},
+                                   {"write_ms", std::to_string(write_took.count())}, {"write_on", on_loop ? "loop" : "worker"},
+                                   {"index_ms", index_ms}});
     return true;
 }
 
@@ -725,6 +874,8 @@ std::string Daemon::metrics_text()
           store_error_.empty() ? 0 : 1);
     counter("mesd_conf_dir_applies_total", "Successful applies of --conf-dir.", conf_dir_applies_);
     counter("mesd_conf_dir_errors_total", "Applies of --conf-dir refused for invalid input or failed.", conf_dir_errors_);
+    counter("mesd_conf_dir_torn_reads_total", "Reads of --conf-dir left because it changed under every pass.",
+            conf_dir_torn_reads_);
     if (proxy_) out += proxy_metrics(proxy_->status());
     return out;
 }
@@ -833,8 +984,9 @@ int Daemon::run()
         for (const auto& n : synced->notes) log::warn("store", n);
     }
     if (conf_dir_) {
-        conf_fingerprint_ = fingerprint(*conf_dir_);
-        sync_conf_dir();
+        conf_seen_ = conf_applied_ = fingerprint(*conf_dir_);
+        if (auto result = read_conf_dir(*conf_dir_, conf_options_)) apply_conf_dir(std::move(*result));
+        else conf_applied_.clear();  // it kept changing: read again at the first look
     }
     if (!refresh()) return exit_failed;
 
@@ -910,17 +1062,8 @@ int Daemon::run()
     uv_timer_init(&loop_, &conf_timer_);
     conf_timer_.data = this;
     if (conf_dir_)
-        uv_timer_start(&conf_timer_, [](uv_timer_t* t) {
-            auto* d = static_cast<Daemon*>(t->data);
-            // No write while the routes are listed on a worker thread: a write may have to grow
-            // the map, which LMDB allows only with no read open in this process.
-            if (d->routes_building_) return;
-            auto now = fingerprint(*d->conf_dir_);
-            if (now == d->conf_fingerprint_) return;
-            d->conf_fingerprint_ = now;
-            log::info("confd", "directory changed", {{"dir", *d->conf_dir_}});
-            d->sync_conf_dir();
-        }, conf_dir_poll_ms, conf_dir_poll_ms);
+        uv_timer_start(&conf_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->look_at_conf_dir(); },
+                       conf_dir_poll_ms, conf_dir_poll_ms);
     uv_signal_init(&loop_, &sigterm_);
     uv_signal_init(&loop_, &sigint_);
     sigterm_.data = sigint_.data = this;
@@ -1053,7 +1196,7 @@ int main(int argc, char** argv)
         return exit_failed;
     }
     try {
-        Daemon daemon(std::move(config), std::move(*opened), flags.conf_dir);
+        Daemon daemon(std::move(config), std::move(*opened), flags.conf_dir, flags.conf_dir_follow_links);
         return daemon.run();
     } catch (const std::exception& e) {
         log::error("daemon", "fatal", {{"error", e.what()}});

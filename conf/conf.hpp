@@ -217,7 +217,30 @@ struct LoadOptions {
     std::function<bool(std::string_view mesh, std::string_view name)> secret_exists;
     // "Now" for certificate expiry warnings.
     std::chrono::system_clock::time_point now = std::chrono::system_clock::now();
+    // Whether a symbolic link inside a directory may lead out of it. Off: such a link is an
+    // error, so a link to /etc/shadow is never read (links to `..data/`, the Kubernetes
+    // ConfigMap scheme, stay inside). mesctl --follow-links, mesd --conf-dir-follow-links.
+    bool follow_outside_links = false;
 };
+
+// The bytes of the YAML files under some paths as read in one pass, before any parsing.
+// In a directory with a `..data` link (a Kubernetes ConfigMap or Secret mount) the link is
+// resolved once and the versioned directory it names is read, so that a pass never mixes two
+// versions; files keep the names they have through the user-visible links.
+struct Sources {
+    struct File {
+        std::string name;  // as reported in diagnostics
+        std::string text;
+        bool operator==(const File&) const = default;
+    };
+    std::vector<File> files;
+    std::vector<Diagnostic> errors;  // entries that cannot be read: the input is unusable
+    std::vector<std::string> unreadable;
+    // Same files, same bytes, same errors: two passes that agree saw one state.
+    bool same_as(const Sources& other) const;
+};
+
+Sources read_sources(std::span<const std::string> paths, const LoadOptions& options = {});
 
 struct LoadResult {
     std::vector<Document> documents;
@@ -231,9 +254,12 @@ struct LoadResult {
 };
 
 // Reads every path: a file as it is, a directory as its `*.yaml` and `*.yml` files (walked
-// recursively, in name order). Documents are validated one by one, then across the input
+// recursively, in name order; hidden entries skipped). An entry of a directory that cannot be
+// read (unreadable, a dangling link, a FIFO named *.yaml, a link out of it) is an error. Documents are validated one by one, then across the input
 // (duplicate names, references to Secrets).
 LoadResult load_paths(std::span<const std::string> paths, const LoadOptions& options = {});
+// Parses and validates what read_sources read; touches no file.
+LoadResult load_sources(const Sources& sources, const LoadOptions& options = {});
 
 // The same for text already in memory, reported as coming from `file_name`.
 LoadResult load_text(std::string_view text, std::string_view file_name,

@@ -7,10 +7,12 @@
 #include <yaml-cpp/parser.h>
 
 #include <algorithm>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <spanstream>
 #include <tuple>
@@ -179,11 +181,202 @@ struct Decoded {
 // Decodes one document; touches nothing but what it returns.
 Decoded decode_document(const LoadOptions& options, const YAML::Node& root, const std::string& file, int line_offset);
 
+// Reads the files under some paths into memory, one pass, no parsing.
+class SourceReader {
+public:
+    explicit SourceReader(const LoadOptions& options) : options_(options) {}
+
+    void read_path(const std::string& path);
+    Sources take() { return std::move(out_); }
+
+private:
+    void error(const std::string& file, std::string message)
+    {
+        Diagnostic d;
+        d.mark = Mark{file, 0, 0};
+        d.message = std::move(message);
+        out_.errors.push_back(std::move(d));
+        out_.unreadable.push_back(file);
+    }
+    // `shown` is the name the user knows; `real` where the bytes are read.
+    void walk(const fs::path& shown, const fs::path& real, const fs::path& root, bool top);
+    void read_file(const std::string& shown, const fs::path& real, bool regular_only);
+
+    const LoadOptions& options_;
+    Sources out_;
+    std::vector<std::string> visited_;  // canonical directories walked: a link loop ends here
+    std::vector<std::pair<std::string, fs::path>> pending_;  // files found by walk(), read after
+};
+
+bool inside(const fs::path& canonical, const fs::path& root)
+{
+    auto c = canonical.native();
+    const auto& r = root.native();
+    return c == r || (c.starts_with(r) && (r.ends_with('/') || c[r.size()] == '/'));
+}
+
+bool yaml_name(const fs::path& p)
+{
+    auto ext = p.extension().string();
+    return ext == ".yaml" || ext == ".yml";
+}
+
+void SourceReader::read_path(const std::string& path)
+{
+    std::error_code ec;
+    auto status = fs::status(path, ec);
+    if (ec || !fs::exists(status)) {
+        error(path, "cannot read: " + (ec ? ec.message() : std::string("No such file or directory")));
+        return;
+    }
+    if (!fs::is_directory(status)) {
+        read_file(path, path, false);  // named by the user: a pipe such as /dev/stdin is fine
+        return;
+    }
+    auto root = fs::canonical(path, ec);
+    if (ec) {
+        error(path, "cannot read directory: " + ec.message());
+        return;
+    }
+    walk(path, root, root, true);
+    // In name order across the whole tree, as a reader lists it.
+    std::ranges::sort(pending_, {}, &std::pair<std::string, fs::path>::first);
+    for (const auto& [shown, real] : pending_) read_file(shown, real, true);
+    pending_.clear();
+}
+
+void SourceReader::walk(const fs::path& shown, const fs::path& real, const fs::path& root, bool top)
+{
+    std::error_code ec;
+    auto canonical = fs::canonical(real, ec);
+    if (ec) {
+        error(shown.string(), "cannot read directory: " + ec.message());
+        return;
+    }
+    if (std::ranges::find(visited_, canonical.native()) != visited_.end()) return;
+    visited_.push_back(canonical.native());
+
+    // Kubernetes' atomic writer flips `..data` to a new `..<timestamp>` directory and then
+    // fixes the user-visible links; reading through those links one by one mixes versions.
+    // The link is read once and the versioned directory listed instead (RFC-less, but
+    // kubernetes/pkg/volume/util/atomic_writer.go documents the scheme).
+    std::optional<fs::path> data_dir;
+    if (top) {
+        auto target = fs::read_symlink(real / "..data", ec);
+        if (!ec) data_dir = real / target;
+        ec.clear();
+    }
+
+    std::vector<std::pair<std::string, fs::directory_entry>> entries;
+    fs::directory_iterator it(real, ec);
+    for (; !ec && it != fs::directory_iterator(); it.increment(ec))
+        entries.emplace_back(it->path().filename().string(), *it);
+    if (ec) {
+        error(shown.string(), "cannot read directory: " + ec.message());
+        return;
+    }
+    std::ranges::sort(entries, {}, &std::pair<std::string, fs::directory_entry>::first);
+    if (data_dir) walk(shown, *data_dir, root, false);
+    for (const auto& [name, entry] : entries) {
+        // Hidden entries are skipped: Kubernetes keeps its versions under `..` names.
+        if (name.empty() || name.front() == '.') continue;
+        auto shown_path = shown / name;
+        auto link = entry.symlink_status(ec);
+        if (ec) {
+            error(shown_path.string(), "cannot read: " + ec.message());
+            continue;
+        }
+        if (fs::is_symlink(link)) {
+            auto target = fs::read_symlink(entry.path(), ec);
+            // Read through the versioned directory above, with all the others.
+            if (!ec && data_dir && target.is_relative() && target.begin() != target.end() && *target.begin() == "..data")
+                continue;
+            auto resolved = fs::canonical(entry.path(), ec);
+            if (ec) {
+                error(shown_path.string(), "cannot read: a link to \"" + target.string() + "\" that leads nowhere (" +
+                                               ec.message() + ")");
+                continue;
+            }
+            if (!inside(resolved, root) && !options_.follow_outside_links) {
+                error(shown_path.string(), "a link that leads out of the directory; not followed (allow such links with "
+                                           "mesctl --follow-links or mesd --conf-dir-follow-links)");
+                continue;
+            }
+        }
+        auto status = entry.status(ec);
+        if (ec) {
+            error(shown_path.string(), "cannot read: " + ec.message());
+            continue;
+        }
+        if (fs::is_directory(status)) {
+            walk(shown_path, entry.path(), root, false);
+        } else if (yaml_name(entry.path())) {
+            pending_.emplace_back(shown_path.string(), entry.path());
+        }
+    }
+}
+
+void SourceReader::read_file(const std::string& shown, const fs::path& real, bool regular_only)
+{
+    // O_NONBLOCK: a FIFO put where a file was listed must not hang the reader.
+    int fd = ::open(real.c_str(), O_RDONLY | O_CLOEXEC | (regular_only ? O_NONBLOCK : 0));
+    if (fd < 0) {
+        error(shown, std::string("cannot read: ") + std::strerror(errno));
+        return;
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        int e = errno;
+        ::close(fd);
+        error(shown, std::string("cannot read: ") + std::strerror(e));
+        return;
+    }
+    if (regular_only && !S_ISREG(st.st_mode)) {
+        ::close(fd);
+        error(shown, "cannot read: not a regular file");
+        return;
+    }
+    if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) > max_file_bytes) {
+        ::close(fd);
+        Diagnostic d;
+        d.mark = Mark{shown, 0, 0};
+        d.message = "file is " + std::to_string(st.st_size) + " bytes, larger than the limit of " +
+                    std::to_string(max_file_bytes) + " bytes; split it into several files";
+        out_.errors.push_back(std::move(d));
+        return;
+    }
+    std::string text;
+    char buf[65536];
+    for (;;) {
+        auto n = ::read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            int e = errno;
+            ::close(fd);
+            error(shown, std::string("cannot read: ") + std::strerror(e));
+            return;
+        }
+        if (n == 0) break;
+        text.append(buf, static_cast<std::size_t>(n));
+        if (text.size() > max_file_bytes) {
+            ::close(fd);
+            Diagnostic d;
+            d.mark = Mark{shown, 0, 0};
+            d.message = "file is larger than the limit of " + std::to_string(max_file_bytes) +
+                        " bytes; split it into several files";
+            out_.errors.push_back(std::move(d));
+            return;
+        }
+    }
+    ::close(fd);
+    out_.files.push_back(Sources::File{shown, std::move(text)});
+}
+
 class Loader {
 public:
     explicit Loader(const LoadOptions& options) : options_(options) {}
 
-    void load_path(const std::string& path);
+    void load_sources(const Sources& sources);
     void load_text(std::string_view text, const std::string& file);
     LoadResult finish();
 
@@ -195,7 +388,6 @@ private:
         d.message = std::move(message);
         result_.file_errors.push_back(std::move(d));
     }
-    void load_file(const fs::path& path);
     void check_duplicates();
     void check_secret_refs();
 
@@ -204,74 +396,11 @@ private:
     std::vector<std::vector<detail::SecretRef>> refs_;  // parallel to result_.documents
 };
 
-void Loader::load_path(const std::string& path)
+void Loader::load_sources(const Sources& sources)
 {
-    std::error_code ec;
-    auto status = fs::status(path, ec);
-    if (ec || !fs::exists(status)) {
-        file_error(Mark{path, 0, 0}, "cannot read: " + (ec ? ec.message() : std::string("No such file or directory")));
-        result_.unreadable.push_back(path);
-        return;
-    }
-    if (!fs::is_directory(status)) {
-        load_file(path);
-        return;
-    }
-    std::vector<fs::path> files;
-    fs::recursive_directory_iterator it(path, fs::directory_options::skip_permission_denied, ec);
-    for (; !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
-        const auto& entry = *it;
-        auto name = entry.path().filename().string();
-        // Hidden entries are skipped: Kubernetes mounts keep old copies under "..data" dirs.
-        if (!name.empty() && name.front() == '.') {
-            if (entry.is_directory()) it.disable_recursion_pending();
-            continue;
-        }
-        auto ext = entry.path().extension().string();
-        if (entry.is_regular_file() && (ext == ".yaml" || ext == ".yml")) files.push_back(entry.path());
-    }
-    if (ec) {
-        file_error(Mark{path, 0, 0}, "cannot read directory: " + ec.message());
-        result_.unreadable.push_back(path);
-        return;
-    }
-    std::ranges::sort(files);
-    for (const auto& f : files) load_file(f);
-}
-
-void Loader::load_file(const fs::path& path)
-{
-    std::string file = path.string();
-    std::error_code ec;
-    auto size = fs::file_size(path, ec);
-    if (!ec && size > max_file_bytes) {
-        file_error(Mark{file, 0, 0}, "file is " + std::to_string(size) + " bytes, larger than the limit of " +
-                                         std::to_string(max_file_bytes) + " bytes; split it into several files");
-        return;
-    }
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        file_error(Mark{file, 0, 0}, std::string("cannot read: ") + std::strerror(errno));
-        result_.unreadable.push_back(file);
-        return;
-    }
-    std::string text;
-    text.resize(static_cast<std::size_t>(ec ? 0 : size));
-    in.read(text.data(), static_cast<std::streamsize>(text.size()));
-    text.resize(static_cast<std::size_t>(in.gcount()));
-    // Special files (pipes, /dev/stdin) report no size: read them up to the limit.
-    if (ec || text.size() == size) {
-        char buf[65536];
-        while (in.read(buf, sizeof buf) || in.gcount() > 0) {
-            text.append(buf, static_cast<std::size_t>(in.gcount()));
-            if (text.size() > max_file_bytes) {
-                file_error(Mark{file, 0, 0}, "file is larger than the limit of " +
-                                                 std::to_string(max_file_bytes) + " bytes; split it into several files");
-                return;
-            }
-        }
-    }
-    load_text(text, file);
+    result_.file_errors.insert(result_.file_errors.end(), sources.errors.begin(), sources.errors.end());
+    result_.unreadable.insert(result_.unreadable.end(), sources.unreadable.begin(), sources.unreadable.end());
+    for (const auto& f : sources.files) load_text(f.text, f.name);
 }
 
 void Loader::load_text(std::string_view text, const std::string& file)
@@ -536,11 +665,31 @@ LoadResult Loader::finish()
 
 }  // namespace
 
-LoadResult load_paths(std::span<const std::string> paths, const LoadOptions& options)
+bool Sources::same_as(const Sources& other) const
+{
+    if (files != other.files || errors.size() != other.errors.size()) return false;
+    for (std::size_t i = 0; i < errors.size(); ++i)
+        if (errors[i].format() != other.errors[i].format()) return false;
+    return true;
+}
+
+Sources read_sources(std::span<const std::string> paths, const LoadOptions& options)
+{
+    SourceReader reader(options);
+    for (const auto& p : paths) reader.read_path(p);
+    return reader.take();
+}
+
+LoadResult load_sources(const Sources& sources, const LoadOptions& options)
 {
     Loader loader(options);
-    for (const auto& p : paths) loader.load_path(p);
+    loader.load_sources(sources);
     return loader.finish();
+}
+
+LoadResult load_paths(std::span<const std::string> paths, const LoadOptions& options)
+{
+    return load_sources(read_sources(paths, options), options);
 }
 
 LoadResult load_text(std::string_view text, std::string_view file_name, const LoadOptions& options)

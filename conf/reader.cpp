@@ -37,6 +37,16 @@ void Reporter::warning(const Mark& at, std::string path, std::string message)
     add(Severity::warning, at, std::move(path), std::move(message));
 }
 
+// A key as a field path shows it: itself when short and plain, else its excerpt.
+std::string shown_key(std::string_view key)
+{
+    bool plain = key.size() <= 40 && std::ranges::all_of(key, [](char ch) {
+        auto c = static_cast<unsigned char>(ch);
+        return c >= 0x20 && c != 0x7f && c != '"' && c != '\\';
+    });
+    return plain ? std::string(key) : excerpt(key, 40);
+}
+
 std::string join(std::string_view path, std::string_view key)
 {
     if (path.empty()) return std::string(key);
@@ -73,7 +83,7 @@ Fields::Fields(Reporter& reporter, const YAML::Node& node, std::string path)
             continue;
         }
         if (!index_.try_emplace(key, entries_.size()).second) {
-            reporter_.error(it->first, join(path_, key), "duplicate field " + excerpt(key));
+            reporter_.error(it->first, join(path_, shown_key(key)), "duplicate field " + excerpt(key, 40));
             continue;
         }
         entries_.push_back(Entry{key, it->first, it->second, false});
@@ -83,7 +93,7 @@ Fields::Fields(Reporter& reporter, const YAML::Node& node, std::string path)
 Fields::~Fields()
 {
     for (const auto& e : entries_)
-        if (!e.taken) reporter_.error(e.key_node, join(path_, e.key), "unknown field " + excerpt(e.key));
+        if (!e.taken) reporter_.error(e.key_node, join(path_, shown_key(e.key)), "unknown field " + excerpt(e.key, 40));
 }
 
 YAML::Node Fields::take(std::string_view key)

@@ -792,6 +792,11 @@ struct Store::Impl {
                 continue;
             }
             if (done.error().code != MDB_MAP_FULL) return std::unexpected(write_error(done.error()));
+            if (!write_options.grow_map) {
+                auto e = to_error(done.error(), dbs);
+                e.map_full = true;
+                return std::unexpected(std::move(e));
+            }
             if (auto g = grow(); !g) return std::unexpected(to_error(g.error(), dbs));
         }
     }

@@ -36,6 +36,7 @@ namespace store {
 
 struct Error {
     std::string message;
+    bool map_full = false;  // the write needed a larger map and WriteOptions::grow_map was off
 };
 template <class T>
 using Result = std::expected<T, Error>;
@@ -96,6 +97,10 @@ struct WriteOptions {
     Clock::time_point now = Clock::now();
     bool prune = false;  // apply: delete what the input does not name
     bool force = false;  // delete: even a Secret that a MES still references
+    // Off: a write that needs a larger map fails (Error::map_full) instead of growing it.
+    // Growing needs no read transaction open in this process, which a writer on a thread
+    // beside readers cannot promise; it retries where it can (mesd: on its loop).
+    bool grow_map = true;
 };
 
 struct WriteReport {
