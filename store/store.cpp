@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -662,7 +663,13 @@ struct Store::Impl {
         if (env) mdb_env_close(env);
     }
 
-    Res<MDB_txn*> begin(bool write) const
+    // Writes running off the loop's thread (grow_map off: the conf dir's), while the loop keeps
+    // read transactions open. LMDB lets the map be resized only while this process has no
+    // transaction open, so neither side may adopt a size another process grew the map to
+    // while one of these runs: the write is redone on the loop, the read on the next poll.
+    mutable std::atomic<int> off_loop_writes{0};
+
+    Res<MDB_txn*> begin(bool write, bool may_resize = true) const
     {
         // A transaction starts by reading the meta pages through the map. A fault there would
         // leave its reader slot taken for good (the jump skips LMDB's cleanup), and a mesd
@@ -678,6 +685,10 @@ struct Store::Impl {
             int rc = guarded([&] { return mdb_txn_begin(env, nullptr, write ? 0 : MDB_RDONLY, &txn); });
             // Another process grew the map: adopt its size and try again.
             if (rc == MDB_MAP_RESIZED) {
+                if (!may_resize || off_loop_writes.load() > 0)
+                    return std::unexpected(Failure{MDB_MAP_RESIZED, std::string(write ? "begin a write" : "begin a read") +
+                                                                        ": another process grew the store's map while a "
+                                                                        "write of this one runs; tried again after it"});
                 guarded([&] { return mdb_env_set_mapsize(env, 0); });
                 continue;
             }
@@ -770,8 +781,23 @@ struct Store::Impl {
                                          "): nothing can be written to it"});
         auto pools = parse_pools(write_options.pools);
         if (!pools) return std::unexpected(to_error(pools.error(), dbs));
+        bool off_loop = !write_options.grow_map;
+        if (off_loop) ++off_loop_writes;
+        struct Done {
+            std::atomic<int>* count;
+            ~Done()
+            {
+                if (count) --*count;
+            }
+        } done_off_loop{off_loop ? &off_loop_writes : nullptr};
         while (true) {
-            auto raw = begin(true);
+            auto raw = begin(true, !off_loop);
+            if (!raw && off_loop && raw.error().code == MDB_MAP_RESIZED) {
+                // Redone on the loop, where the new size can be taken (as for a map to grow).
+                auto e = to_error(raw.error(), dbs);
+                e.map_full = true;
+                return std::unexpected(std::move(e));
+            }
             if (!raw) return std::unexpected(write_error(raw.error()));
             Txn txn(*raw, dbs);
             WriteTxn w(txn, write_options, *pools);
