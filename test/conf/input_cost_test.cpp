@@ -165,7 +165,8 @@ TEST_CASE("control bytes are escaped and long values cut to an excerpt in messag
     auto r = load(mes_with_spec("  \"evil\\e[2J\\rkey\": 1\n"));
     auto all = messages(r);
     REQUIRE(all.size() == 1);
-    CHECK(all[0] == "test.yaml:5:3: MeshExternalService default/a: spec.evil\\x1b[2J\\rkey: "
+    // A key that is not plain text is quoted in the path too.
+    CHECK(all[0] == "test.yaml:5:3: MeshExternalService default/a: spec.\"evil\\x1b[2J\\rkey\": "
                     "unknown field \"evil\\x1b[2J\\rkey\"");
 
     std::string huge(10'000'000, 'n');
