@@ -3,6 +3,7 @@
 #include "conf/conf.hpp"
 #include "store/store.hpp"
 #include "test/support/dns.hpp"
+#include "test/support/resources.hpp"
 
 #include <sys/stat.h>
 
@@ -22,16 +23,6 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string mesctl_path = MESCTL_PATH;
-
-std::string mes_doc(const std::string& name, int port)
-{
-    return "---\ntype: MeshExternalService\nname: " + name + "\nspec:\n  match: {port: " + std::to_string(port) +
-           ", protocol: tcp}\n  endpoints: [{address: 127.0.0.1, port: 9}]\n";
-}
-
-const std::string generator_doc =
-    "---\ntype: HostnameGenerator\nname: example\nspec:\n  selector:\n    meshExternalService:\n"
-    "      matchLabels: {}\n  template: \"{{ .Name }}.mesh\"\n";
 
 std::string mes_range(const std::string& prefix, int from, int to, int port)
 {

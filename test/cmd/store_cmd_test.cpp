@@ -1,5 +1,6 @@
 // mesctl apply, get, delete, inspect and check as a user runs them, on a store in a temp dir.
 #include "test/support/process.hpp"
+#include "test/support/resources.hpp"
 
 #include <lmdb.h>
 
@@ -17,6 +18,8 @@
 #include <thread>
 
 using test_support::Child;
+using test_support::generator_doc;
+using test_support::mes_doc;
 using test_support::run;
 using test_support::RunResult;
 
@@ -54,16 +57,6 @@ struct Workspace {
         return args;
     }
 };
-
-std::string mes_doc(const std::string& name, int port = 80, const std::string& extra = "")
-{
-    return "---\ntype: MeshExternalService\nname: " + name + "\nspec:\n  match: {port: " + std::to_string(port) +
-           ", protocol: tcp}\n  endpoints: [{address: 127.0.0.1, port: 9}]\n" + extra;
-}
-
-const std::string generator_doc =
-    "---\ntype: HostnameGenerator\nname: example\nspec:\n  selector:\n    meshExternalService:\n"
-    "      matchLabels: {}\n  template: \"{{ .Name }}.mesh\"\n";
 
 // name -> VIP, from `get vips -o json`.
 std::map<std::string, std::string> vips_by_name(const Workspace& ws)

@@ -2,6 +2,7 @@
 // mesctl and mesd: every command and every start ends with an exit status and a message
 // naming the store, never with a signal.
 #include "test/support/dns.hpp"
+#include "test/support/resources.hpp"
 #include "test/support/mesd.hpp"
 #include "test/support/process.hpp"
 #include "test/support/tempdir.hpp"
@@ -31,6 +32,8 @@ using test_support::run;
 using test_support::RunResult;
 using test_support::TempDir;
 using test_support::udp_exchange;
+using test_support::generator_doc;
+using test_support::mes_doc;
 
 namespace {
 
@@ -49,16 +52,6 @@ void spit(const fs::path& p, const std::string& bytes)
     std::ofstream out(p, std::ios::binary | std::ios::trunc);
     out << bytes;
 }
-
-std::string mes_doc(const std::string& name, int port)
-{
-    return "---\ntype: MeshExternalService\nname: " + name + "\nspec:\n  match: {port: " + std::to_string(port) +
-           ", protocol: tcp}\n  endpoints: [{address: 127.0.0.1, port: 9}]\n";
-}
-
-const std::string generator_doc =
-    "---\ntype: HostnameGenerator\nname: example\nspec:\n  selector:\n    meshExternalService:\n"
-    "      matchLabels: {}\n  template: \"{{ .Name }}.mesh\"\n";
 
 // What a command or a start did with a damaged store.
 struct Outcome {

@@ -3,6 +3,7 @@
 // mesd's loop option cannot see, clients asking the same question at once, a UDP flood for
 // more than the outgoing link carries.
 #include "test/support/dns.hpp"
+#include "test/support/metrics.hpp"
 
 #include <atomic>
 #include <fstream>
@@ -12,22 +13,6 @@ using namespace test_support;
 using namespace std::chrono_literals;
 
 namespace {
-
-double metric(const std::string& text, const std::string& name)
-{
-    auto at = text.find("\n" + name + " ");
-    if (at == std::string::npos) return -1;
-    return std::stod(text.substr(at + name.size() + 2));
-}
-
-long rss_kib(int pid)
-{
-    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-    std::string line;
-    while (std::getline(in, line))
-        if (line.starts_with("VmRSS:")) return std::stol(line.substr(6));
-    return -1;
-}
 
 // AddressSanitizer keeps freed memory in quarantine (256 MB by default) and adds shadow
 // memory, so RSS says nothing about what mesd holds in a sanitizer build.

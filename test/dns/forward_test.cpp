@@ -3,6 +3,7 @@
 // addresses change), a loop through another forwarder answered once, the memory a pending
 // forward costs, upstream ranking and back-off, and the cap on a client's wait.
 #include "test/support/dns.hpp"
+#include "test/support/metrics.hpp"
 
 #include "conf/conf.hpp"
 
@@ -14,24 +15,6 @@ using namespace test_support;
 using namespace std::chrono_literals;
 
 namespace {
-
-// A counter or gauge from the metrics text (`name` with its labels), or -1 when absent.
-double metric(const std::string& text, const std::string& name)
-{
-    auto at = text.find("\n" + name + " ");
-    if (at == std::string::npos) return -1;
-    return std::stod(text.substr(at + name.size() + 2));
-}
-
-// VmRSS of a process, in KiB.
-long rss_kib(int pid)
-{
-    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-    std::string line;
-    while (std::getline(in, line))
-        if (line.starts_with("VmRSS:")) return std::stol(line.substr(6));
-    return -1;
-}
 
 int rcode_of(const std::vector<std::uint8_t>& reply) { return reply.size() >= 12 ? reply[3] & 0x0f : -1; }
 

@@ -39,4 +39,16 @@ inline conf::Resource make_generator(const std::string& name, const std::string&
     return r;
 }
 
+// A MES on `port` with one endpoint (127.0.0.1:9), as YAML; `extra` is appended to it.
+inline std::string mes_doc(const std::string& name, int port = 80, const std::string& extra = "")
+{
+    return "---\ntype: MeshExternalService\nname: " + name + "\nspec:\n  match: {port: " + std::to_string(port) +
+           ", protocol: tcp}\n  endpoints: [{address: 127.0.0.1, port: 9}]\n" + extra;
+}
+
+// A HostnameGenerator naming every MES `<name>.mesh`, as YAML.
+inline const std::string generator_doc =
+    "---\ntype: HostnameGenerator\nname: example\nspec:\n  selector:\n    meshExternalService:\n"
+    "      matchLabels: {}\n  template: \"{{ .Name }}.mesh\"\n";
+
 }  // namespace test_support
