@@ -632,6 +632,9 @@ bool Daemon::apply_conf_dir(conf::LoadResult result, std::optional<store::Result
     if (!report) {
         ++conf_dir_errors_;
         log::error("confd", "apply failed; keeping the last good state", {{"error", report.error().message}});
+        // Valid input that could not be written (a full disk, a busy store) is read and
+        // written again at the next look, not only once the directory changes.
+        conf_applied_.clear();
         return false;
     }
     ++conf_dir_applies_;

@@ -17,7 +17,10 @@ struct sigaction previous_segv {};
 
 void on_fault(int sig, siginfo_t* info, void* context)
 {
-    if (sigjmp_buf* target = active) {
+    // Only a fault the kernel raised (si_code > 0) is one of the map's: a SIGBUS or SIGSEGV
+    // sent with kill(2) may come while LMDB holds a lock of the allocator's, and must not
+    // jump.
+    if (sigjmp_buf* target = active; target && info && info->si_code > 0) {
         active = nullptr;
         siglongjmp(*target, sig);
     }

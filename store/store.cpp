@@ -682,7 +682,10 @@ struct Store::Impl {
         bool cleared = false;
         for (int attempt = 0; attempt < 4; ++attempt) {
             MDB_txn* txn = nullptr;
-            int rc = guarded([&] { return mdb_txn_begin(env, nullptr, write ? 0 : MDB_RDONLY, &txn); });
+            // A write's begin is not guarded: a jump out of it would leave the writer's lock
+            // held by this live process, and every later write waiting for it.
+            int rc = write ? mdb_txn_begin(env, nullptr, 0, &txn)
+                           : guarded([&] { return mdb_txn_begin(env, nullptr, MDB_RDONLY, &txn); });
             // Another process grew the map: adopt its size and try again.
             if (rc == MDB_MAP_RESIZED) {
                 if (!may_resize || off_loop_writes.load() > 0)
@@ -919,7 +922,8 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options)
     MDB_txn* txn = *raw;
     unsigned create = impl->read_only.empty() ? MDB_CREATE : 0;
     auto open_db = [&](const char* name, MDB_dbi& dbi) {
-        return guarded([&] { return mdb_dbi_open(txn, name, create, &dbi); });
+        // Creating a database writes: not guarded, as no write is (store/lmdb.cpp).
+        return create ? mdb_dbi_open(txn, name, create, &dbi) : guarded([&] { return mdb_dbi_open(txn, name, 0, &dbi); });
     };
     if ((rc = open_db("resources", impl->dbs.resources)) || (rc = open_db("vip_by_owner", impl->dbs.vip_by_owner)) ||
         (rc = open_db("owner_by_vip", impl->dbs.owner_by_vip)) || (rc = open_db("released", impl->dbs.released)) ||

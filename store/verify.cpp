@@ -314,7 +314,9 @@ Res<void> verify_data_file(const std::string& path)
         result = verify_once(path, before);
         if (result || result.error().code == MDB_VERSION_MISMATCH) return result;
         Res<void> again = verify_once(path, after);
-        if (again && after != before) continue;
+        // A second pass that finds nothing wrong wins: the first may have read the file in
+        // the middle of another process's commit (its size before the commit grew it).
+        if (again) return again;
         if (after == before) return result;
     }
     return result;
