@@ -14,6 +14,12 @@ StoreSource::StoreSource(const store::Store& store, std::vector<std::string> mes
 store::Result<bool> StoreSource::refresh()
 {
     auto fresh = store_.snapshot();
+    if (!fresh && fresh.error().map_resized) {
+        // Another process grew the map: this process takes the new size only with no read
+        // open, this snapshot's included.
+        snapshot_.reset();
+        fresh = store_.snapshot();
+    }
     if (!fresh) return std::unexpected(fresh.error());
     auto generation = fresh->generation();
     if (!generation) return std::unexpected(generation.error());

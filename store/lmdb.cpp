@@ -100,6 +100,7 @@ Res<void> Txn::commit()
 {
     MDB_txn* t = txn_;
     txn_ = nullptr;
+    if (dbs_.open_txns) --*dbs_.open_txns;
     int rc = mdb_txn_commit(t);  // not guarded, as put and del are not
     if (rc != 0) return std::unexpected(from_mdb(rc, "commit"));
     return {};
@@ -107,7 +108,9 @@ Res<void> Txn::commit()
 
 void Txn::abort()
 {
-    if (txn_) mdb_txn_abort(txn_);
+    if (!txn_) return;
+    if (dbs_.open_txns) --*dbs_.open_txns;
+    mdb_txn_abort(txn_);
     txn_ = nullptr;
 }
 

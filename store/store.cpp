@@ -14,6 +14,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <mutex>
+#include <shared_mutex>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -40,6 +42,7 @@ bool is_damage(int code)
 // under the map) names the file and says what to do about it, like damage found when opening.
 Error to_error(const Failure& f, const Dbs& dbs)
 {
+    if (f.code == MDB_MAP_RESIZED) return Error{f.message, false, true};
     if (!is_damage(f.code) || !dbs.data_dir) return Error{f.message};
     return Error{f.message + "; " + *dbs.data_dir + "/data.mdb is damaged: restore " + *dbs.data_dir +
                  " from a backup, or move it aside and re-apply the resources (mesctl apply -f ...) into a fresh "
@@ -663,11 +666,13 @@ struct Store::Impl {
         if (env) mdb_env_close(env);
     }
 
-    // Writes running off the loop's thread (grow_map off: the conf dir's), while the loop keeps
-    // read transactions open. LMDB lets the map be resized only while this process has no
-    // transaction open, so neither side may adopt a size another process grew the map to
-    // while one of these runs: the write is redone on the loop, the read on the next poll.
-    mutable std::atomic<int> off_loop_writes{0};
+    // Transactions open in this process (Dbs::open_txns points here). LMDB lets the map be
+    // resized only while none is open: a begin that finds the map grown by another process
+    // takes the new size only then, and otherwise fails as map_resized, to be tried again
+    // once the caller's own snapshot is let go (a read) or on the loop (a write off it).
+    // A begin holds `resize_mutex` shared, a resize holds it alone: none starts meanwhile.
+    mutable std::atomic<int> open_txns{0};
+    mutable std::shared_mutex resize_mutex;
 
     Res<MDB_txn*> begin(bool write, bool may_resize = true) const
     {
@@ -682,16 +687,25 @@ struct Store::Impl {
         bool cleared = false;
         for (int attempt = 0; attempt < 4; ++attempt) {
             MDB_txn* txn = nullptr;
-            // A write's begin is not guarded: a jump out of it would leave the writer's lock
-            // held by this live process, and every later write waiting for it.
-            int rc = write ? mdb_txn_begin(env, nullptr, 0, &txn)
+            int rc = 0;
+            {
+                std::shared_lock begun(resize_mutex);
+                // A write's begin is not guarded: a jump out of it would leave the writer's
+                // lock held by this live process, and every later write waiting for it.
+                rc = write ? mdb_txn_begin(env, nullptr, 0, &txn)
                            : guarded([&] { return mdb_txn_begin(env, nullptr, MDB_RDONLY, &txn); });
+                if (rc == 0) {
+                    ++open_txns;
+                    return txn;
+                }
+            }
             // Another process grew the map: adopt its size and try again.
             if (rc == MDB_MAP_RESIZED) {
-                if (!may_resize || off_loop_writes.load() > 0)
+                std::unique_lock resizing(resize_mutex);
+                if (!may_resize || open_txns.load() > 0)
                     return std::unexpected(Failure{MDB_MAP_RESIZED, std::string(write ? "begin a write" : "begin a read") +
-                                                                        ": another process grew the store's map while a "
-                                                                        "write of this one runs; tried again after it"});
+                                                                        ": another process grew the store's map while this "
+                                                                        "one has a transaction open; tried again after it"});
                 guarded([&] { return mdb_env_set_mapsize(env, 0); });
                 continue;
             }
@@ -702,8 +716,7 @@ struct Store::Impl {
                 clear_stale_readers();
                 continue;
             }
-            if (rc != 0) return std::unexpected(from_mdb(rc, write ? "begin a write" : "begin a read"));
-            return txn;
+            return std::unexpected(from_mdb(rc, write ? "begin a write" : "begin a read"));
         }
         return std::unexpected(Failure{MDB_MAP_RESIZED, "begin: the store's map keeps changing size"});
     }
@@ -761,6 +774,9 @@ struct Store::Impl {
 
     Res<void> grow()
     {
+        std::unique_lock resizing(resize_mutex);
+        if (open_txns.load() > 0)
+            return std::unexpected(Failure{MDB_MAP_FULL, "grow the map: a read of this process is open; tried again after it"});
         MDB_envinfo info{};
         if (int rc = guarded([&] { return mdb_env_info(env, &info); }); rc != 0)
             return std::unexpected(from_mdb(rc, "grow the map"));
@@ -785,14 +801,6 @@ struct Store::Impl {
         auto pools = parse_pools(write_options.pools);
         if (!pools) return std::unexpected(to_error(pools.error(), dbs));
         bool off_loop = !write_options.grow_map;
-        if (off_loop) ++off_loop_writes;
-        struct Done {
-            std::atomic<int>* count;
-            ~Done()
-            {
-                if (count) --*count;
-            }
-        } done_off_loop{off_loop ? &off_loop_writes : nullptr};
         while (true) {
             auto raw = begin(true, !off_loop);
             if (!raw && off_loop && raw.error().code == MDB_MAP_RESIZED) {
@@ -885,6 +893,7 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options)
     auto impl = std::make_unique<Impl>();
     impl->options = options;
     impl->dbs.data_dir = &impl->options.data_dir;
+    impl->dbs.open_txns = &impl->open_txns;
     auto fail = [&](int rc, std::string_view what) {
         return std::unexpected(Error{"store " + options.data_dir + ": " + from_mdb(rc, what).message + damage_advice(rc)});
     };
@@ -929,6 +938,7 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options)
         (rc = open_db("owner_by_vip", impl->dbs.owner_by_vip)) || (rc = open_db("released", impl->dbs.released)) ||
         (rc = open_db("quarantine_by_vip", impl->dbs.quarantine_by_vip)) ||
         (rc = open_db("hostnames", impl->dbs.hostnames)) || (rc = open_db("meta", impl->dbs.meta))) {
+        --impl->open_txns;
         mdb_txn_abort(txn);
         if (rc == MDB_NOTFOUND)
             return std::unexpected(Error{"store " + options.data_dir + " is read-only (" + impl->read_only +

@@ -37,6 +37,9 @@ namespace store {
 struct Error {
     std::string message;
     bool map_full = false;  // the write needed a larger map and WriteOptions::grow_map was off
+    // Another process grew the map while this one had a transaction open: LMDB takes the new
+    // size only when none is, so end them (a held Snapshot) and try again.
+    bool map_resized = false;
 };
 template <class T>
 using Result = std::expected<T, Error>;

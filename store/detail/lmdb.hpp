@@ -4,6 +4,8 @@
 
 #include <lmdb.h>
 
+#include <atomic>
+
 #include <cstdint>
 #include <expected>
 #include <functional>
@@ -32,6 +34,9 @@ struct Dbs {
     MDB_dbi hostnames = 0;          // lowercase hostname + NUL + mesh -> MES name
     MDB_dbi meta = 0;               // schema, generation, sequence, cursor4/6, pool4/6
     const std::string* data_dir = nullptr;  // the Store's, named in messages about damage
+    // Transactions open in this process, counted up by Store's begin and down when their Txn
+    // ends: the map may be resized only while there are none.
+    std::atomic<int>* open_txns = nullptr;
 };
 
 class Txn {

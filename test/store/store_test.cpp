@@ -9,6 +9,10 @@
 #include <filesystem>
 #include <set>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <optional>
 
 using namespace std::chrono_literals;
 
@@ -321,6 +325,43 @@ TEST_CASE("the map grows instead of failing")
     CHECK(usage->map_bytes > (std::size_t{1} << 20));
     CHECK(usage->vips == 5000);
     CHECK(s.vip("mes-4999") == "127.242.19.136");
+    s.require_sound();
+}
+
+TEST_CASE("a map another process grew is taken once this process's reads have ended")
+{
+    constexpr std::size_t small = std::size_t{1} << 20;
+    TempStore s(small);
+    s.apply({mes("first")});
+    std::optional<store::Snapshot> held = s.snap();  // a read open in this process
+    pid_t child = ::fork();
+    if (child == 0) {
+        // Another process with its own handle, growing the map well past 1 MiB.
+        auto other = store::Store::open(store::Options{s.dir.string(), small});
+        if (!other) ::_exit(1);
+        std::vector<conf::Resource> many;
+        for (int i = 0; i < 5000; ++i) many.push_back(mes("mes-" + std::to_string(i)));
+        ::_exit((*other)->apply(many, s.options) ? 0 : 2);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) == 0);
+
+    // The read still open keeps what it saw; a new one cannot take the new size meanwhile
+    // (LMDB resizes only with no transaction open in the process) and says so.
+    auto first = held->get(conf::Kind::mesh_external_service, "default", "first");
+    REQUIRE(first.has_value());
+    CHECK(first->has_value());
+    auto refused = s.db->snapshot();
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().map_resized);
+    held.reset();
+    // Once it has ended, the new size is taken and the other process's writes are seen.
+    CHECK(s.vip("mes-4999") != "none");
+    auto usage = s.db->usage();
+    REQUIRE(usage.has_value());
+    CHECK(usage->map_bytes > small);
     s.require_sound();
 }
 
