@@ -736,7 +736,9 @@ struct Store::Impl {
         if (!read_only.empty() || options.reserve_bytes == 0) return;
         auto path = reserve_path();
         struct stat st {};
-        if (::stat(path.c_str(), &st) == 0 && static_cast<std::size_t>(st.st_size) >= options.reserve_bytes) return;
+        // Its blocks, not its size: a copy made sparse (cp --sparse, rsync -S, tar) holds none
+        // to give back.
+        if (::stat(path.c_str(), &st) == 0 && static_cast<std::size_t>(st.st_blocks) * 512 >= options.reserve_bytes) return;
         int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
         if (fd < 0) return;
         // Allocated, not sparse: the blocks must be there to give back.

@@ -365,6 +365,27 @@ TEST_CASE("a map another process grew is taken once this process's reads have en
     s.require_sound();
 }
 
+TEST_CASE("a space reserve made sparse by a copy is allocated again at open")
+{
+    TempStore s;
+    auto reserve = s.dir / "space.reserve";
+    struct stat st {};
+    REQUIRE(::stat(reserve.c_str(), &st) == 0);
+    auto size = st.st_size;
+    CHECK(st.st_blocks * 512 >= size);
+    // As `cp --sparse=always` or `rsync -S` would leave it: the size, no blocks.
+    std::filesystem::remove(reserve);
+    FILE* f = std::fopen(reserve.c_str(), "w");
+    REQUIRE(f);
+    std::fclose(f);
+    std::filesystem::resize_file(reserve, static_cast<std::uintmax_t>(size));
+    REQUIRE(::stat(reserve.c_str(), &st) == 0);
+    REQUIRE(st.st_blocks * 512 < size);
+    s.reopen();
+    REQUIRE(::stat(reserve.c_str(), &st) == 0);
+    CHECK(st.st_blocks * 512 >= size);
+}
+
 TEST_CASE("two handles on one store allocate distinct VIPs")
 {
     TempStore s;
