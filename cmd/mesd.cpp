@@ -227,6 +227,13 @@ bool Daemon::refresh()
         }
     }
     auto moved = source_.refresh();
+    if (!moved && moved.error().map_resized && source_.index()) {
+        // Another process grew the map while a read or write of ours (the conf dir's, off the
+        // loop) was open: the index stays, and the next poll takes the new size. Nothing is
+        // wrong with the store.
+        log::debug("store", "store map grown elsewhere; read again at the next poll");
+        return true;
+    }
     if (!moved) {
         ++store_errors_;
         // Polled every store_poll_ms: logged once per reason. The index last built stays in
