@@ -83,6 +83,10 @@ public:
     // The VIP pools: mesd is authoritative for their reverse zones, each pool's prefix
     // rounded down to an octet under in-addr.arpa and to a nibble under ip6.arpa.
     virtual std::vector<vip::Pool> pools() { return {}; }
+    // The labels of the reverse zone's apex (as in pools()) for an address of a pool, without
+    // allocating: what the fast path needs to name the SOA of an unused address's NXDOMAIN.
+    // 0: not known here (the general path answers).
+    virtual std::size_t reverse_apex_labels(const vip::Address& address) { (void)address; return 0; }
     // Whether some generated hostname lies below `name` (lowercase, without the final dot):
     // `name` then exists even when it is no hostname itself, an empty non-terminal that
     // gets NODATA and never NXDOMAIN (RFC 8020). Runs for every NXDOMAIN candidate.
@@ -185,7 +189,10 @@ private:
     struct FastQuestion;
     bool answer_fast_txt(const FastQuestion& q, std::span<const std::uint8_t> rdata, FastReply& reply) const;
     bool answer_fast_ptr(const FastQuestion& q, Source& source, FastReply& reply) const;
-    std::size_t write_fast_header(const FastQuestion& q, std::uint16_t rcode, std::uint16_t answers, FastReply& reply) const;
+    std::size_t write_fast_header(const FastQuestion& q, std::uint16_t rcode, std::uint16_t answers, FastReply& reply,
+                                  std::uint16_t authority = 0) const;
+    // A negative answer's SOA at `out` for the apex the pointer `apex` (0xc000 | offset) names.
+    std::size_t write_fast_soa(std::uint8_t* out, std::uint16_t apex, std::uint32_t serial) const;
     bool finish_fast(const FastQuestion& q, std::size_t size, std::uint16_t rcode, std::uint16_t qtype, FastReply& reply) const;
 
     Settings settings_;
@@ -216,6 +223,7 @@ public:
     std::vector<std::string> describe(const Owner& owner) override;
     bool in_pool(const vip::Address& address) override;
     std::vector<vip::Pool> pools() override;
+    std::size_t reverse_apex_labels(const vip::Address& address) override;
     bool has_names_below(std::string_view name) override;
     // Built on the first TXT question for each MES (one store read), then kept until the
     // index is next rebuilt: the cost of a TXT answer is paid once per MES, not per query.

@@ -353,6 +353,8 @@ class WireWriter {
 public:
     explicit WireWriter(std::uint8_t* out) : out_(out) {}
     std::size_t size() const { return pos_; }
+    // Past `n` bytes written at the current position by someone else.
+    void skip(std::size_t n) { pos_ += n; }
     void u8(std::uint8_t v) { out_[pos_++] = v; }
     void u16(std::uint16_t v)
     {
@@ -550,7 +552,7 @@ bool Responder::finish_fast(const FastQuestion& q, std::size_t size, std::uint16
 }
 
 std::size_t Responder::write_fast_header(const FastQuestion& q, std::uint16_t rcode, std::uint16_t answers,
-                                         FastReply& reply) const
+                                         FastReply& reply, std::uint16_t authority) const
 {
     WireWriter out(reply.wire.data());
     out.u16(read_u16(q.query, 0));
@@ -558,9 +560,30 @@ std::size_t Responder::write_fast_header(const FastQuestion& q, std::uint16_t rc
     out.u8(static_cast<std::uint8_t>(rcode));
     out.u16(1);
     out.u16(answers);
-    out.u16(0);
+    out.u16(authority);
     out.u16(q.edns ? 1 : 0);
     out.bytes(q.query.data() + header_size, q.question_end - header_size);
+    return out.size();
+}
+
+std::size_t Responder::write_fast_soa(std::uint8_t* at, std::uint16_t apex, std::uint32_t serial) const
+{
+    WireWriter out(at);
+    out.u16(apex);
+    out.u16(LDNS_RR_TYPE_SOA);
+    out.u16(LDNS_RR_CLASS_IN);
+    out.u32(std::min(settings_.ttl, settings_.negative_ttl));
+    static constexpr std::uint8_t mname[] = {9, 'l', 'o', 'c', 'a', 'l', 'h', 'o', 's', 't', 0};
+    static constexpr std::uint8_t rname[] = {10, 'h', 'o', 's', 't', 'm', 'a', 's', 't', 'e', 'r'};
+    out.u16(static_cast<std::uint16_t>(sizeof mname + sizeof rname + 2 + 20));
+    out.bytes(mname, sizeof mname);
+    out.bytes(rname, sizeof rname);
+    out.u16(apex);
+    out.u32(serial);
+    out.u32(3600);
+    out.u32(600);
+    out.u32(86400);
+    out.u32(settings_.negative_ttl);
     return out.size();
 }
 
@@ -593,8 +616,16 @@ bool Responder::answer_fast_ptr(const FastQuestion& q, Source& source, FastReply
     std::array<std::string_view, 32> hostnames;
     auto found = source.vip_hostnames(*address, hostnames);
     if (found.found == Source::Found::unknown) return false;
-    // An address no MES holds is NXDOMAIN with its reverse zone's SOA: the general path's.
-    if (found.found == Source::Found::no) return false;
+    // An address no MES holds: NXDOMAIN with its reverse zone's SOA (RFC 2308 3), whose apex
+    // is a suffix of the question's name.
+    if (found.found == Source::Found::no) {
+        std::size_t apex_labels = source.reverse_apex_labels(*address);
+        if (apex_labels == 0 || apex_labels > q.name.labels) return false;
+        std::uint16_t apex = static_cast<std::uint16_t>(0xc000 | q.name.label_starts[q.name.labels - apex_labels]);
+        std::size_t at = write_fast_header(q, rcode_nxdomain, 0, reply, 1);
+        at += write_fast_soa(reply.wire.data() + at, apex, source.serial());
+        return finish_fast(q, at, rcode_nxdomain, LDNS_RR_TYPE_PTR, reply);
+    }
 
     constexpr std::size_t opt_size = 11, rr_fixed = 12;
     std::uint8_t* wire = reply.wire.data();
@@ -728,21 +759,7 @@ bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& c
         // The zone's name is a suffix of the question's: point at it.
         std::size_t zone_labels = static_cast<std::size_t>(std::ranges::count(*zone, '.')) + 1;
         std::uint16_t apex = static_cast<std::uint16_t>(0xc000 | name.label_starts[name.labels - zone_labels]);
-        out.u16(apex);
-        out.u16(LDNS_RR_TYPE_SOA);
-        out.u16(LDNS_RR_CLASS_IN);
-        out.u32(std::min(settings_.ttl, settings_.negative_ttl));
-        static constexpr std::uint8_t mname[] = {9, 'l', 'o', 'c', 'a', 'l', 'h', 'o', 's', 't', 0};
-        static constexpr std::uint8_t rname[] = {10, 'h', 'o', 's', 't', 'm', 'a', 's', 't', 'e', 'r'};
-        out.u16(static_cast<std::uint16_t>(sizeof mname + sizeof rname + 2 + 20));
-        out.bytes(mname, sizeof mname);
-        out.bytes(rname, sizeof rname);
-        out.u16(apex);
-        out.u32(source.serial());
-        out.u32(3600);
-        out.u32(600);
-        out.u32(86400);
-        out.u32(settings_.negative_ttl);
+        out.skip(write_fast_soa(reply.wire.data() + out.size(), apex, source.serial()));
     }
     if (edns) {
         out.u8(0);

@@ -164,6 +164,14 @@ std::vector<vip::Pool> StoreSource::pools()
     return out;
 }
 
+std::size_t StoreSource::reverse_apex_labels(const vip::Address& address)
+{
+    // The pool's prefix rounded down to an octet or a nibble, plus in-addr.arpa or ip6.arpa.
+    if (pool4_ && pool4_->contains(address)) return pool4_->prefix() / 8 + 2;
+    if (pool6_ && pool6_->contains(address)) return pool6_->prefix() / 4 + 2;
+    return 0;
+}
+
 bool StoreSource::has_names_below(std::string_view name)
 {
     return index_ && index_->has_names_below(name);

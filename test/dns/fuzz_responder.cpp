@@ -51,6 +51,11 @@ public:
     }
     bool in_pool(const vip::Address& a) override { return pool.contains(a); }
     std::vector<vip::Pool> pools() override { return {pool}; }
+    std::size_t reverse_apex_labels(const vip::Address& a) override
+    {
+        if (!pool.contains(a)) return 0;
+        return pool.family() == vip::Family::v4 ? pool.prefix() / 8 + 2 : pool.prefix() / 4 + 2;
+    }
     bool has_names_below(std::string_view name) override { return name == "mesh"; }
     std::map<std::string, std::vector<std::uint8_t>> txt;
     std::vector<std::string> names = hostnames_of(dns::Owner{});
