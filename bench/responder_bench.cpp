@@ -4,6 +4,7 @@
 // code per query, the part a flood of one query type could make expensive.
 #include "dns/dns.hpp"
 #include "dns/name_index.hpp"
+#include "test/support/resources.hpp"
 
 #include <ldns/ldns.h>
 
@@ -20,19 +21,6 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-conf::Resource generator(const std::string& name, const std::string& tmpl)
-{
-    conf::Resource r;
-    r.kind = conf::Kind::hostname_generator;
-    r.mesh = "default";
-    r.name = name;
-    conf::HostnameGenerator g;
-    g.selects_mesh_external_services = true;
-    g.template_text = tmpl;
-    r.spec = g;
-    return r;
-}
 
 conf::Resource mes(int i)
 {
@@ -90,7 +78,8 @@ int main(int argc, char** argv)
     auto opened = store::Store::open(store::Options{(dir / "data").string()});
     if (!opened) return 1;
     auto& db = **opened;
-    std::vector<conf::Resource> resources = {generator("a", "{{ .Name }}.mesh"), generator("b", "{{ .Name }}.alt.mesh")};
+    std::vector<conf::Resource> resources = {test_support::make_generator("a", "{{ .Name }}.mesh"),
+                                              test_support::make_generator("b", "{{ .Name }}.alt.mesh")};
     for (int i = 0; i < count; ++i) resources.push_back(mes(i));
     store::WriteOptions options;
     options.pools.ipv4 = "10.0.0.0/8";

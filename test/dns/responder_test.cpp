@@ -69,6 +69,16 @@ struct Parsed {
     ~Parsed() { ldns_pkt_free(pkt); }
 };
 
+// A reply as dig prints it, without the query time and size lines, which differ by nature.
+std::string text(const std::vector<std::uint8_t>& wire)
+{
+    Parsed p(wire);
+    char* s = ldns_pkt2str(p.pkt);
+    std::string out = s;
+    free(s);
+    return out.substr(0, out.find(";; Query time"));
+}
+
 std::vector<std::uint8_t> query(const char* name, ldns_rr_type type, std::uint16_t edns_size = 0, std::uint8_t edns_version = 0)
 {
     return test_support::ldns_query(name, type, {edns_size, edns_version});
@@ -206,14 +216,6 @@ TEST_CASE("responder: the fast path says exactly what the general path says")
 {
     Setup fast;
     Setup general = general_path();
-    auto text = [](const std::vector<std::uint8_t>& wire) {
-        Parsed p(wire);
-        char* s = ldns_pkt2str(p.pkt);
-        std::string out = s;
-        free(s);
-        // The query time and size lines differ by nature; compare the rest.
-        return out.substr(0, out.find(";; Query time"));
-    };
     for (const char* name : {"mes-http.mesh.", "MES-HTTP.Mesh.", "v6.mesh.", "nope.mesh.", "a.b.nope.mesh."})
         for (auto type : {LDNS_RR_TYPE_A, LDNS_RR_TYPE_AAAA})
             for (std::uint16_t edns : {std::uint16_t{0}, std::uint16_t{4096}, std::uint16_t{512}})
@@ -292,13 +294,6 @@ TEST_CASE("responder: empty non-terminals, the DO bit and malformed OPT records:
     Setup general = general_path();
     for (auto* s : {&fast, &general})
         s->source.names["deep.ext.mesh"] = dns::Owner{"default", "deep", vip::Address::parse("127.242.0.5"), std::nullopt};
-    auto text = [](const std::vector<std::uint8_t>& wire) {
-        Parsed p(wire);
-        char* s = ldns_pkt2str(p.pkt);
-        std::string out = s;
-        free(s);
-        return out.substr(0, out.find(";; Query time"));
-    };
     auto with_do = [](const char* name, ldns_rr_type type) {
         return test_support::ldns_query(name, type, {.edns_size = 1232, .do_bit = true});
     };

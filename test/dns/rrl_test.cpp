@@ -178,7 +178,7 @@ TEST_CASE("rate limit config: defaults and keys and range errors pointing into t
     CHECK(d.table_size == 393241);
     CHECK(d.exempt == std::vector<std::string>{"127.0.0.0/8", "::1/128"});
 
-    auto set = conf::load_config_text("dns:\n  rateLimit:\n    responsesPerSecond: 200\n    burst: 50\n    slip: 1\n"
+    auto set = conf::load_config_text("dns:\n  rateLimit:\n    responsesPerSecond: 200\n    burst: 50\n    slip: 3\n"
                                       "    ipv4PrefixLength: 32\n    ipv6PrefixLength: 64\n    tableSize: 1000\n"
                                       "    exempt: []\n",
                                       "mesd.yaml");
@@ -186,7 +186,7 @@ TEST_CASE("rate limit config: defaults and keys and range errors pointing into t
     const auto& l = set.config.dns.rate_limit;
     CHECK(l.responses_per_second == 200);
     CHECK(l.burst == 50);
-    CHECK(l.slip == 1);
+    CHECK(l.slip == 3);  // not the default, so that reading it is what is checked
     CHECK(l.ipv4_prefix_length == 32);
     CHECK(l.ipv6_prefix_length == 64);
     CHECK(l.table_size == 1000);

@@ -4,6 +4,7 @@
 #include "test/support/dns.hpp"
 
 #include "test/support/ldns_query.hpp"
+#include "test/support/resources.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -251,25 +252,8 @@ TEST_CASE("store source: a MES's TXT RDATA is built on its first question and fo
     REQUIRE(db.has_value());
     store::WriteOptions options;
     options.pools.ipv4 = "127.242.0.0/16";
-    auto mes = [](std::uint16_t port, const std::string& name = "a") {
-        conf::Resource r;
-        r.kind = conf::Kind::mesh_external_service;
-        r.mesh = "default";
-        r.name = name;
-        conf::MeshExternalService m;
-        m.port = port;
-        m.endpoints.push_back(conf::Endpoint{"example.com", conf::AddressKind::hostname, 443, 0});
-        r.spec = m;
-        return r;
-    };
-    conf::Resource generator;
-    generator.kind = conf::Kind::hostname_generator;
-    generator.mesh = "default";
-    generator.name = "g";
-    conf::HostnameGenerator g;
-    g.selects_mesh_external_services = true;
-    g.template_text = "{{ .Name }}.mesh";
-    generator.spec = g;
+    auto mes = [](std::uint16_t port, const std::string& name = "a") { return make_mes(name, port); };
+    auto generator = make_generator("g", "{{ .Name }}.mesh");
     REQUIRE((*db)->apply(std::vector<conf::Resource>{generator, mes(80)}, options).has_value());
     dns::StoreSource source(**db, {"default"});
     REQUIRE(source.refresh().has_value());
