@@ -31,7 +31,8 @@ TEST_CASE("forward: an upstream that is mesd's own listening address is left out
 {
     Dir dir;
     Dnsmasq real(dir.path);
-    int port = free_udp_port();
+    // mesd listens on UDP and TCP at a port given in advance: one free for both.
+    int port = free_dual_port();
     std::string self = "127.0.0.1:" + std::to_string(port);
     {
         MesdOptions o = forwarding({port, real.port});
@@ -48,6 +49,9 @@ TEST_CASE("forward: an upstream that is mesd's own listening address is left out
         CHECK_THAT(metrics, !Catch::Contains("upstream=\"" + self + "\""));
     }
     // Only itself: a warning at start, and names outside mesd's own are refused, not looped.
+    // A fresh port: the first one may have been taken since.
+    port = free_dual_port();
+    self = "127.0.0.1:" + std::to_string(port);
     MesdOptions o = forwarding({port});
     o.dns_listen = self;
     Fixture f(o);

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <thread>
 
 namespace test_support {
@@ -28,6 +29,22 @@ int free_port(int type)
 
 int free_tcp_port() { return free_port(SOCK_STREAM); }
 int free_udp_port() { return free_port(SOCK_DGRAM); }
+
+int free_dual_port()
+{
+    for (int attempt = 0; attempt < 64; ++attempt) {
+        int port = free_port(SOCK_STREAM);
+        int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        addr.sin_port = htons(static_cast<std::uint16_t>(port));
+        bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+        ::close(fd);
+        if (free) return port;
+    }
+    return free_port(SOCK_STREAM);
+}
 
 int connect_to(const std::string& host, int port)
 {

@@ -13,6 +13,9 @@ namespace test_support {
 // A port the kernel had free for TCP (or UDP) on 127.0.0.1 a moment ago.
 int free_tcp_port();
 int free_udp_port();
+// A port free for both UDP and TCP on 127.0.0.1 a moment ago, for a server given a fixed port
+// that binds both (a DNS listener).
+int free_dual_port();
 // A connected TCP socket to HOST:PORT (IPv4), or -1.
 int connect_to(const std::string& host, int port);
 // True once `check` is; false when `within` passes first.
