@@ -144,6 +144,40 @@ struct Usage {
     std::size_t vips = 0;
 };
 
+// Cluster mode: the store as a node's copy of what etcd holds. etcd decides every VIP and
+// every resource's age; the store takes them as they are, works out hostnames and statuses
+// as it does for its own writes, and records the etcd revision it has caught up to.
+
+// A resource as etcd holds it.
+struct MirrorEntry {
+    conf::Resource resource;
+    std::uint64_t created = 0;  // etcd's create revision: the cluster-wide creation order
+    Clock::time_point created_at;
+    Clock::time_point modified_at;
+    std::optional<vip::Address> ipv4;  // the VIPs claimed for a MES in etcd
+    std::optional<vip::Address> ipv6;
+};
+
+struct ResourceKey {
+    conf::Kind kind = conf::Kind::mesh_external_service;
+    std::string mesh;
+    std::string name;
+};
+
+// What one etcd watch response (or a whole snapshot) changes, applied as one write.
+struct MirrorBatch {
+    bool replace = false;  // a whole snapshot: every stored resource not in `puts` goes
+    std::vector<MirrorEntry> puts;
+    std::vector<ResourceKey> removals;  // ones not stored are ignored
+    std::int64_t revision = 0;          // the etcd revision the store holds after the write
+    std::string source;                 // which etcd cluster and prefix, recorded with it
+};
+
+struct MirrorState {
+    std::int64_t revision = 0;  // 0: never written from etcd
+    std::string source;
+};
+
 class Store;
 
 // A consistent read view of the store.
@@ -181,6 +215,8 @@ public:
     Result<std::uint64_t> generation() const;
     // The pools recorded by the last write (empty strings before any).
     Result<Pools> pools() const;
+    // The etcd revision and source recorded by the last Store::mirror.
+    Result<MirrorState> mirror_state() const;
     // Every broken invariant, described; empty when the store is sound.
     Result<std::vector<std::string>> check() const;
 
@@ -208,6 +244,11 @@ public:
                                const WriteOptions& options);
     // Records `options.pools`, moving VIPs that fall outside them; a no-op when unchanged.
     Result<WriteReport> sync_pools(const WriteOptions& options);
+
+    // Writes what etcd holds (cluster mode): the entries' VIPs and creation orders as given,
+    // no quarantine (etcd keeps it), hostnames and statuses recomputed for the meshes touched,
+    // and the batch's revision recorded, all in one transaction.
+    Result<WriteReport> mirror(const MirrorBatch& batch, const WriteOptions& options);
 
     Result<Snapshot> snapshot() const;
     Result<Usage> usage() const;
