@@ -2,8 +2,12 @@
 #include "cmd/output.hpp"
 #include "cmd/view.hpp"
 #include "conf/conf.hpp"
+#include "store/cluster.hpp"
 #include "store/store.hpp"
 #include "vip/vip.hpp"
+
+#include <ctime>
+#include <map>
 
 #include <algorithm>
 #include <iostream>
@@ -18,7 +22,7 @@ constexpr int exit_failed = 1;
 constexpr int exit_usage = 2;
 
 constexpr std::string_view usage_text =
-    "usage: mesctl [--config FILE] [--data-dir DIR] COMMAND [ARGS]\n"
+    "usage: mesctl [--config FILE] [--data-dir DIR] [--etcd-endpoints URL,...] COMMAND [ARGS]\n"
     "\n"
     "commands:\n"
     "  validate [--quiet] PATH...                 check YAML files or directories of resources\n"
@@ -29,10 +33,15 @@ constexpr std::string_view usage_text =
     "  delete KIND NAME [--mesh M] [--force]      delete one resource (its VIPs go to quarantine)\n"
     "  inspect NAME|HOSTNAME|VIP [--mesh M]       what DNS answers and where traffic goes\n"
     "  check                                      verify the store's invariants\n"
+    "  get nodes [-o table|yaml|json]             cluster mode: every mesd node, its revision and last contact\n"
+    "  cluster import [--from DIR]                copy a single-node store (default: the store) into etcd,\n"
+    "                                             every VIP kept\n"
     "  help                                       show this text\n"
     "\n"
     "The store is --data-dir, else $MESD_DATA_DIR, else dataDir of the configuration file\n"
     "(--config FILE, else $MESD_CONFIG), else /var/lib/mesd.\n"
+    "In cluster mode (a `cluster` section, --etcd-endpoints or $MESD_ETCD_ENDPOINTS) apply and\n"
+    "delete write to etcd; get, inspect and check read this node's copy in the store.\n"
     "exit status: 0 success, 1 invalid input or failed operation, 2 usage error or unreadable path\n";
 
 // Messages may quote arguments and stored names: their control bytes are written escaped.
@@ -58,11 +67,13 @@ struct Args {
     bool prune = false;
     bool force = false;
     bool follow_links = false;  // links in a directory may lead out of it
+    std::string from;           // cluster import --from
 };
 
 struct Globals {
     std::optional<std::string> config_path;
     std::optional<std::string> data_dir;
+    std::optional<std::string> etcd_endpoints;
 };
 
 std::optional<std::string> parse_args(const std::vector<std::string>& argv, Globals& g, Args& a)
@@ -85,6 +96,12 @@ std::optional<std::string> parse_args(const std::vector<std::string>& argv, Glob
             if (!(g.config_path = value("--config"))) return "--config needs a FILE";
         } else if (is("--data-dir")) {
             if (!(g.data_dir = value("--data-dir"))) return "--data-dir needs a DIR";
+        } else if (is("--etcd-endpoints")) {
+            if (!(g.etcd_endpoints = value("--etcd-endpoints"))) return "--etcd-endpoints needs URL,...";
+        } else if (is("--from")) {
+            auto v = value("--from");
+            if (!v) return "--from needs a DIR";
+            a.from = *v;
         } else if (arg == "-f" || is("--filename")) {
             auto v = value("-f");
             if (!v) return "-f needs a PATH";
@@ -161,16 +178,23 @@ struct Context {
     }
 };
 
-std::expected<Context, int> open_context(const Globals& g)
+conf::ConfigResult load_configuration(const Globals& g)
 {
     auto loaded = conf::load_config(g.config_path);
+    if (g.etcd_endpoints) conf::set_etcd_endpoints(loaded, *g.etcd_endpoints, "--etcd-endpoints");
+    if (g.data_dir) loaded.config.data_dir = *g.data_dir;
+    return loaded;
+}
+
+std::expected<Context, int> open_context(const Globals& g)
+{
+    auto loaded = load_configuration(g);
     if (!loaded.ok()) {
         for (const auto& d : loaded.errors) std::cerr << d.format() << '\n';
         return std::unexpected(g.config_path ? exit_failed : exit_failed);
     }
     Context ctx;
     ctx.config = std::move(loaded.config);
-    if (g.data_dir) ctx.config.data_dir = *g.data_dir;
     auto opened = store::Store::open(store::Options{ctx.config.data_dir});
     if (!opened) {
         std::cerr << "mesctl: " << opened.error().message << '\n';
@@ -188,6 +212,93 @@ void print_notes(const store::WriteReport& report)
     for (const auto& n : report.notes) std::cerr << "mesctl: note: " << n << '\n';
 }
 
+// Cluster mode: the configuration and a client of etcd, for the commands that use etcd.
+struct ClusterContext {
+    conf::Config config;
+    store::etcd::Options options;
+    std::unique_ptr<store::etcd::Client> client;
+};
+
+std::expected<ClusterContext, int> open_cluster(const Globals& g)
+{
+    auto loaded = load_configuration(g);
+    if (!loaded.ok()) {
+        for (const auto& d : loaded.errors) std::cerr << d.format() << '\n';
+        return std::unexpected(exit_failed);
+    }
+    ClusterContext ctx;
+    ctx.config = std::move(loaded.config);
+    if (!ctx.config.cluster.enabled) {
+        std::cerr << "mesctl: not in cluster mode: the configuration has no cluster section "
+                     "(or give --etcd-endpoints)\n";
+        return std::unexpected(exit_usage);
+    }
+    ctx.options = store::cluster::client_options(ctx.config);
+    auto client = store::etcd::Client::connect(ctx.options);
+    if (!client) {
+        std::cerr << "mesctl: " << store::cluster::describe(ctx.options, client.error()) << '\n';
+        return std::unexpected(exit_failed);
+    }
+    ctx.client = std::move(*client);
+    return ctx;
+}
+
+bool cluster_mode(const Globals& g)
+{
+    auto loaded = load_configuration(g);
+    return loaded.config.cluster.enabled;
+}
+
+void print_changes(const store::WriteReport& report)
+{
+    for (const auto& c : report.changes) {
+        std::cout << store::outcome_name(c.outcome) << ' ' << conf::kind_name(c.kind) << ' ' << c.mesh << '/' << c.name;
+        if (c.kind == conf::Kind::mesh_external_service) std::cout << ' ' << cmd::vip_text(c.status);
+        std::cout << '\n';
+    }
+    std::cout.flush();
+    print_notes(report);
+}
+
+int cluster_apply(const Globals& g, const Args& a, const std::vector<std::string>& paths)
+{
+    auto ctx = open_cluster(g);
+    if (!ctx) {
+        std::cerr << "mesctl: nothing was applied\n";
+        return ctx.error();
+    }
+    store::cluster::Writer writer(*ctx->client, ctx->config);
+    conf::LoadOptions options;
+    options.follow_outside_links = a.follow_links;
+    std::map<std::string, bool> secrets;  // asked of etcd once each
+    std::string secret_error;
+    if (!a.prune)
+        options.secret_exists = [&](std::string_view mesh, std::string_view name) {
+            auto key = std::string(mesh) + "/" + std::string(name);
+            if (auto it = secrets.find(key); it != secrets.end()) return it->second;
+            auto has = writer.has_secret(mesh, name);
+            if (!has && secret_error.empty()) secret_error = has.error().message;
+            return secrets[key] = has && *has;
+        };
+    auto result = conf::load_paths(paths, options);
+    for (const auto& d : result.file_errors) std::cerr << d.format() << '\n';
+    for (const auto& doc : result.documents)
+        for (const auto& d : doc.diagnostics) std::cerr << d.format() << '\n';
+    if (!secret_error.empty()) return failure("apply: " + secret_error + " (nothing was applied)");
+    if (auto code = report_invalid(result)) {
+        std::cerr << "mesctl: nothing was applied\n";
+        return *code;
+    }
+    std::vector<conf::Resource> resources;
+    for (auto& doc : result.documents) resources.push_back(std::move(doc.resource));
+    auto report = writer.apply(resources, a.prune);
+    if (!report)
+        return failure("apply: " + report.error().message +
+                       " (what was written before this stays; the same apply again finishes the rest)");
+    print_changes(*report);
+    return exit_ok;
+}
+
 int cmd_apply(const Globals& g, const Args& a)
 {
     std::vector<std::string> paths = a.files;
@@ -195,6 +306,7 @@ int cmd_apply(const Globals& g, const Args& a)
     if (paths.empty()) return usage_error("apply: no -f PATH given");
     for (auto& p : paths)
         if (p == "-") p = "/dev/stdin";
+    if (cluster_mode(g)) return cluster_apply(g, a, paths);
     auto ctx = open_context(g);
     if (!ctx) return ctx.error();
 
@@ -285,10 +397,83 @@ int get_vips(store::Snapshot& snap, const Args& a)
     return exit_ok;
 }
 
+std::string age_text(std::int64_t ms)
+{
+    if (ms < 0) ms = 0;
+    if (ms < 10'000) return std::to_string(ms / 1000) + "." + std::to_string(ms / 100 % 10) + "s";
+    if (ms < 120'000) return std::to_string(ms / 1000) + "s";
+    if (ms < 7'200'000) return std::to_string(ms / 60'000) + "m";
+    return std::to_string(ms / 3'600'000) + "h";
+}
+
+int get_nodes(const Globals& g, const Args& a)
+{
+    auto ctx = open_cluster(g);
+    if (!ctx) return ctx.error();
+    store::cluster::Writer writer(*ctx->client, ctx->config);
+    auto nodes = writer.nodes();
+    if (!nodes) return failure(nodes.error().message);
+    auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::system_clock::now().time_since_epoch()).count();
+    std::vector<std::vector<std::string>> rows;
+    cmd::Value items = cmd::Value::array();
+    for (const auto& n : *nodes) {
+        if (a.positional.size() > 1 && n.name != a.positional[1]) continue;
+        rows.push_back({n.name, std::to_string(n.revision), std::to_string(n.lag), age_text(now - n.updated_ms) + " ago",
+                        n.connected ? "yes" : "no (serving from its copy)"});
+        cmd::Value& item = items.push(cmd::Value::object());
+        item.set("name", n.name);
+        item.set("revision", n.revision);
+        item.set("lag", n.lag);
+        item.set("lastContactMs", now - n.updated_ms);
+        item.set("startedAtMs", n.started_ms);
+        item.set("connected", n.connected);
+    }
+    if (a.output == "table") {
+        std::cout << cmd::table({"NODE", "REVISION", "LAG", "LAST CONTACT", "WATCHING ETCD"}, rows);
+    } else {
+        cmd::Value list = cmd::Value::object();
+        list.set("total", static_cast<std::int64_t>(rows.size()));
+        list.set("items", std::move(items));
+        std::cout << (a.output == "json" ? list.json() : list.yaml());
+    }
+    return exit_ok;
+}
+
+int cmd_cluster(const Globals& g, const Args& a)
+{
+    if (a.positional.empty() || a.positional[0] != "import") return usage_error("cluster: the command is `cluster import`");
+    if (a.positional.size() != 1) return usage_error("cluster import: no arguments but --from DIR");
+    auto ctx = open_cluster(g);
+    if (!ctx) return ctx.error();
+    std::string dir = a.from.empty() ? ctx->config.data_dir : a.from;
+    auto opened = store::Store::open(store::Options{dir});
+    if (!opened) return failure(opened.error().message);
+    auto snap = (*opened)->snapshot();
+    if (!snap) return failure(snap.error().message);
+    auto recorded = snap->mirror_state();
+    if (recorded && recorded->revision > 0)
+        return failure("cluster import: " + dir + " is already a copy of " + recorded->source + ", not a single-node store");
+    store::cluster::Writer writer(*ctx->client, ctx->config);
+    std::vector<std::string> conflicts;
+    auto report = writer.import(*snap, conflicts);
+    if (!report)
+        return failure("cluster import: " + report.error().message +
+                       " (what was copied stays; running the import again copies the rest)");
+    std::size_t created = 0, kept = 0;
+    for (const auto& c : report->changes) (c.outcome == store::Outcome::created ? created : kept) += 1;
+    for (const auto& c : conflicts) std::cerr << "mesctl: conflict: " << c << '\n';
+    std::cout << "imported " << created << " resources from " << dir << " into etcd (" << kept
+              << " already there), every VIP kept\n";
+    if (!conflicts.empty()) return failure(std::to_string(conflicts.size()) + " resource(s) not imported");
+    return exit_ok;
+}
+
 int cmd_get(const Globals& g, const Args& a)
 {
-    if (a.positional.empty()) return usage_error("get: which KIND? (mes, hostnamegenerators, secrets, vips)");
+    if (a.positional.empty()) return usage_error("get: which KIND? (mes, hostnamegenerators, secrets, vips, nodes)");
     if (a.positional.size() > 2) return usage_error("get: too many arguments");
+    if (a.positional[0] == "nodes" || a.positional[0] == "node") return get_nodes(g, a);
     auto ctx = open_context(g);
     if (!ctx) return ctx.error();
     auto snap = ctx->store->snapshot();
@@ -336,6 +521,15 @@ int cmd_delete(const Globals& g, const Args& a)
     if (a.positional.size() != 2) return usage_error("delete: give KIND and NAME");
     auto kind = resource_kind(a.positional[0]);
     if (!kind) return usage_error("delete: unknown KIND \"" + a.positional[0] + "\"");
+    if (cluster_mode(g)) {
+        auto cl = open_cluster(g);
+        if (!cl) return cl.error();
+        store::cluster::Writer writer(*cl->client, cl->config);
+        auto report = writer.remove(*kind, a.mesh.empty() ? "default" : a.mesh, a.positional[1], a.force);
+        if (!report) return failure("delete: " + report.error().message);
+        print_changes(*report);
+        return exit_ok;
+    }
     auto ctx = open_context(g);
     if (!ctx) return ctx.error();
     auto wopts = ctx->write_options();
@@ -490,6 +684,7 @@ int main(int argc, char** argv)
         if (command == "delete") return cmd_delete(g, a);
         if (command == "inspect") return cmd_inspect(g, a);
         if (command == "check") return cmd_check(g);
+        if (command == "cluster") return cmd_cluster(g, a);
     } catch (const std::exception& e) {
         std::cerr << "mesctl: " << e.what() << '\n';
         return exit_failed;

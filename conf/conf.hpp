@@ -377,7 +377,28 @@ struct Config {
     struct Log {
         std::string level = "info";  // debug|info|warn|error
     } log;
+    // Cluster mode: etcd holds the resources and VIPs; this node mirrors them into its store.
+    struct Cluster {
+        bool enabled = false;   // the file has a `cluster` section (or endpoints came by flag)
+        std::string node_name;  // empty: the host name
+        struct Etcd {
+            std::vector<std::string> endpoints;  // http(s)://HOST:PORT or HOST:PORT
+            std::string prefix = "/mesd/";
+            bool tls = false;  // a `tls` section is present
+            std::string ca_file;
+            std::string cert_file;
+            std::string key_file;
+            std::string username;
+            std::string password;
+            Duration dial_timeout = std::chrono::seconds(2);      // etcd clientv3's DialTimeout in etcdctl
+            Duration request_timeout = std::chrono::seconds(5);  // etcdctl's --command-timeout
+        } etcd;
+    } cluster;
 };
+
+// An etcd endpoint as the configuration takes it: http://HOST:PORT, https://HOST:PORT or
+// HOST:PORT, HOST an IP literal ([v6]) or a DNS name.
+bool valid_etcd_endpoint(std::string_view text);
 
 struct ConfigResult {
     Config config;
@@ -391,6 +412,10 @@ ConfigResult load_config_file(const std::string& path);
 // Resolves the configuration the way both programs do: `path` when given, else
 // $MESD_CONFIG when set, else the defaults; then $MESD_DATA_DIR over dataDir.
 ConfigResult load_config(const std::optional<std::string>& path);
+
+// Turns cluster mode on with the comma-separated etcd endpoints of a flag or variable
+// (`source` names it in errors).
+void set_etcd_endpoints(ConfigResult& result, std::string_view list, std::string_view source);
 
 }  // namespace conf
 

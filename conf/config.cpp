@@ -82,6 +82,22 @@ std::string format_duration(Duration d)
     return std::to_string(ms) + "ms";
 }
 
+bool valid_etcd_endpoint(std::string_view text)
+{
+    if (text.starts_with("http://")) text.remove_prefix(7);
+    else if (text.starts_with("https://")) text.remove_prefix(8);
+    if (text.ends_with('/')) text.remove_suffix(1);
+    if (parse_host_port(text)) return true;
+    auto colon = text.rfind(':');
+    if (colon == std::string_view::npos || colon == 0) return false;
+    auto host = text.substr(0, colon);
+    auto port = text.substr(colon + 1);
+    unsigned value = 0;
+    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+    return ec == std::errc{} && end == port.data() + port.size() && !port.empty() && value > 0 && value <= 65535 &&
+           is_dns_name(host);
+}
+
 namespace {
 
 bool valid_cidr(std::string_view text, bool want_v6)
@@ -97,6 +113,15 @@ bool valid_cidr(std::string_view text, bool want_v6)
 }
 
 bool valid_any_cidr(std::string_view text) { return valid_cidr(text, false) || valid_cidr(text, true); }
+
+// Node names go into etcd keys and metric labels: plain characters only.
+bool is_node_name(std::string_view s)
+{
+    return !s.empty() && s.size() <= 253 && std::ranges::all_of(s, [](char ch) {
+        return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+               ch == '-' || ch == '_';
+    });
+}
 
 class ConfigReader {
 public:
@@ -286,6 +311,51 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
         if (admin.ok()) read.host_port(admin, "listen", c.admin.listen);
     }
     {
+        Fields cluster(r, top.take("cluster"), "cluster");
+        if (cluster.ok() && present(cluster.node())) {
+            auto& cl = c.cluster;
+            cl.enabled = true;
+            auto name_node = cluster.take("nodeName");
+            if (auto text = read_string(r, name_node, "cluster.nodeName")) {
+                if (is_node_name(*text)) cl.node_name = *text;
+                else r.error(name_node, "cluster.nodeName",
+                             "must be 1-253 letters, digits, '.', '-' or '_', got " + excerpt(*text));
+            }
+            Fields etcd(r, cluster.take("etcd"), "cluster.etcd");
+            if (!present(etcd.node())) r.error(cluster.node(), "cluster.etcd", "must be given: which etcd to use");
+            if (etcd.ok() && present(etcd.node())) {
+                auto& e = cl.etcd;
+                read.strings(etcd, "endpoints", e.endpoints, [](const std::string& s) { return valid_etcd_endpoint(s); },
+                             "http://HOST:PORT, https://HOST:PORT or HOST:PORT");
+                if (e.endpoints.empty())
+                    r.error(etcd.node(), "cluster.etcd.endpoints", "must list at least one etcd member");
+                auto prefix_node = etcd.take("prefix");
+                if (auto text = read_string(r, prefix_node, "cluster.etcd.prefix")) {
+                    if (!text->empty() && text->size() <= 256 && text->ends_with('/') &&
+                        std::ranges::none_of(*text, [](char ch) { return static_cast<unsigned char>(ch) < 0x20; }))
+                        e.prefix = *text;
+                    else r.error(prefix_node, "cluster.etcd.prefix",
+                                 "must end with '/' (at most 256 characters), e.g. /mesd/, got " + excerpt(*text));
+                }
+                Fields tls(r, etcd.take("tls"), "cluster.etcd.tls");
+                if (tls.ok() && present(tls.node())) {
+                    e.tls = true;
+                    read.string(tls, "caFile", e.ca_file);
+                    read.string(tls, "certFile", e.cert_file);
+                    read.string(tls, "keyFile", e.key_file);
+                    if (e.cert_file.empty() != e.key_file.empty())
+                        r.error(tls.node(), "cluster.etcd.tls", "certFile and keyFile go together");
+                }
+                read.string(etcd, "username", e.username);
+                read.string(etcd, "password", e.password);
+                if (!e.password.empty() && e.username.empty())
+                    r.error(etcd.node(), "cluster.etcd.username", "must be given with a password");
+                read.duration(etcd, "dialTimeout", e.dial_timeout, false, std::chrono::minutes(1));
+                read.duration(etcd, "requestTimeout", e.request_timeout, false, std::chrono::minutes(5));
+            }
+        }
+    }
+    {
         Fields log(r, top.take("log"), "log");
         static constexpr std::string_view levels[] = {"debug", "info", "warn", "error"};
         if (log.ok()) read.choice(log, "level", c.log.level, levels);
@@ -335,12 +405,42 @@ ConfigResult load_config_file(const std::string& path)
     return load_config_text(ss.str(), path);
 }
 
+void set_etcd_endpoints(ConfigResult& result, std::string_view list, std::string_view source)
+{
+    std::vector<std::string> endpoints;
+    while (!list.empty()) {
+        auto comma = list.find(',');
+        auto item = list.substr(0, comma);
+        list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+        if (item.empty()) continue;
+        if (!valid_etcd_endpoint(item)) {
+            Diagnostic d;
+            d.mark = Mark{std::string(source), 0, 0};
+            d.message = "an etcd endpoint must be http://HOST:PORT, https://HOST:PORT or HOST:PORT, got " +
+                        excerpt(item);
+            result.errors.push_back(std::move(d));
+            return;
+        }
+        endpoints.emplace_back(item);
+    }
+    if (endpoints.empty()) return;
+    result.config.cluster.enabled = true;
+    result.config.cluster.etcd.endpoints = std::move(endpoints);
+}
+
 ConfigResult load_config(const std::optional<std::string>& path)
 {
     ConfigResult result;
     if (path) result = load_config_file(*path);
     else if (const char* env = std::getenv("MESD_CONFIG"); env && *env) result = load_config_file(env);
     if (const char* dir = std::getenv("MESD_DATA_DIR"); dir && *dir) result.config.data_dir = dir;
+    // etcd's own client variables are ETCDCTL_*; these follow MESD_DATA_DIR. A comma-separated
+    // list of endpoints turns cluster mode on as a `cluster` section does.
+    if (const char* eps = std::getenv("MESD_ETCD_ENDPOINTS"); eps && *eps)
+        set_etcd_endpoints(result, eps, "MESD_ETCD_ENDPOINTS");
+    if (const char* node = std::getenv("MESD_NODE_NAME"); node && *node) result.config.cluster.node_name = node;
+    if (const char* user = std::getenv("MESD_ETCD_USERNAME"); user && *user) result.config.cluster.etcd.username = user;
+    if (const char* pass = std::getenv("MESD_ETCD_PASSWORD"); pass && *pass) result.config.cluster.etcd.password = pass;
     return result;
 }
 

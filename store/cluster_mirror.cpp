@@ -1,0 +1,408 @@
+// cluster: mesd's copy of etcd (see cluster.hpp). Two threads, each with a client of its
+// own: the watcher applies etcd's events to the store in revision order, one store write per
+// watch response, and the heart keeps the node's registration alive and notices when etcd
+// stops answering a watch that looks open.
+#include "store/cluster.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+namespace store::cluster {
+
+namespace {
+
+using Clock = std::chrono::system_clock;
+using Level = Mirror::Hooks::Level;
+
+constexpr auto node_lease_ttl = std::chrono::seconds(10);
+constexpr auto heartbeat_every = std::chrono::seconds(2);
+constexpr auto first_backoff = std::chrono::milliseconds(200);
+constexpr auto max_backoff = std::chrono::seconds(5);
+// A store write that fails (the map being grown while a read is open) is tried again this
+// often before the watch is given up and started again from the recorded revision.
+constexpr int write_attempts = 50;
+constexpr auto write_retry = std::chrono::milliseconds(100);
+
+std::int64_t unix_ms(Clock::time_point t)
+{
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
+}
+
+std::string host_name()
+{
+    char buf[256] = {};
+    if (gethostname(buf, sizeof buf - 1) != 0 || !buf[0]) return "mesd";
+    return buf;
+}
+
+}  // namespace
+
+struct Mirror::Impl {
+    Store& store;
+    Layout layout;
+    etcd::Options options;
+    Pools pools;
+    Hooks hooks;
+    std::string node_name;
+    Clock::time_point started = Clock::now();
+
+    mutable std::mutex mutex;  // guards state, the clients' pointers and the flags below
+    std::condition_variable wake;
+    State state;
+    bool stopping = false;
+    bool reconnect = false;  // the heart asks the watcher to start over
+    etcd::Client* watch_client = nullptr;
+    etcd::Client* heart_client = nullptr;
+    std::thread watcher, heart;
+
+    Impl(Store& s, const conf::Config& config, Hooks h)
+        : store(s), layout(config.cluster.etcd.prefix), options(client_options(config)), pools(Pools::from(config)),
+          hooks(std::move(h)), node_name(config.cluster.node_name.empty() ? host_name() : config.cluster.node_name)
+    {
+    }
+
+    void log(Level level, std::string_view message, const Hooks::Fields& fields) const
+    {
+        if (hooks.log) hooks.log(level, message, fields);
+    }
+
+    bool sleep(std::chrono::milliseconds d)
+    {
+        std::unique_lock lock(mutex);
+        return !wake.wait_for(lock, d, [&] { return stopping; });
+    }
+
+    bool stopped() const
+    {
+        std::lock_guard lock(mutex);
+        return stopping;
+    }
+
+    void lost(const std::string& why)
+    {
+        bool was;
+        std::int64_t revision;
+        {
+            std::lock_guard lock(mutex);
+            was = state.connected;
+            state.connected = false;
+            ++state.errors;
+            state.last_error = why;
+            revision = state.revision;
+        }
+        if (was)
+            log(Level::warn, "etcd unreachable; serving from the local copy",
+                {{"error", why}, {"revision", std::to_string(revision)}});
+    }
+
+    void connected(const std::string& endpoint, std::int64_t revision)
+    {
+        bool was;
+        {
+            std::lock_guard lock(mutex);
+            was = state.connected;
+            state.connected = true;
+            state.synced = true;
+            state.endpoint = endpoint;
+            state.revision = std::max(state.revision, revision);
+            state.current_at = Clock::now();
+        }
+        if (!was) log(Level::info, "etcd connected", {{"endpoint", endpoint}, {"revision", std::to_string(revision)}});
+    }
+
+    // Writes one batch into the store, trying again while the map is being grown elsewhere.
+    Result<WriteReport> write(const MirrorBatch& batch)
+    {
+        WriteOptions o;
+        o.pools = pools;
+        Result<WriteReport> r = std::unexpected(Error{"not written"});
+        for (int attempt = 0; attempt < write_attempts && !stopped(); ++attempt) {
+            r = store.mirror(batch, o);
+            if (r) break;
+            std::this_thread::sleep_for(write_retry);
+        }
+        if (r && r->changes.size() > 0 && hooks.changed) hooks.changed();
+        return r;
+    }
+
+    std::string source(const etcd::MemberStatus& status) const
+    {
+        return "etcd cluster " + std::to_string(status.cluster_id) + " prefix " + layout.prefix();
+    }
+
+    // Reads every resource at one revision and replaces the store's copy with it in one
+    // write: a node never serves half of an old state and half of a new one.
+    Result<std::int64_t> resync(etcd::Client& client, const std::string& src, const std::string& why)
+    {
+        auto began = std::chrono::steady_clock::now();
+        log(Level::info, "reading the whole state from etcd", {{"reason", why}});
+        MirrorBatch batch;
+        batch.replace = true;
+        batch.source = src;
+        etcd::RangeRequest req;
+        req.key = layout.resources();
+        req.range_end = etcd::prefix_end(req.key);
+        req.limit = 2000;
+        std::size_t undecodable = 0;
+        for (;;) {
+            auto page = client.range(req);
+            if (!page) return std::unexpected(Error{page.error().message});
+            if (req.revision == 0) req.revision = page->revision;
+            for (const auto& kv : page->kvs) {
+                auto key = layout.parse_resource(kv.key);
+                auto e = key ? decode_value(kv.value, *key, kv.create_revision) : std::nullopt;
+                if (!e) {
+                    ++undecodable;
+                    continue;
+                }
+                batch.puts.push_back(std::move(*e));
+            }
+            if (!page->more || page->kvs.empty()) break;
+            req.key = page->kvs.back().key + '\0';
+        }
+        batch.revision = req.revision;
+        auto written = write(batch);
+        if (!written) return std::unexpected(Error{"cannot write the store: " + written.error().message});
+        if (undecodable > 0)
+            log(Level::warn, "etcd holds values mesd cannot read; left out", {{"keys", std::to_string(undecodable)}});
+        {
+            std::lock_guard lock(mutex);
+            ++state.resyncs;
+            state.revision = batch.revision;
+            state.synced = true;
+        }
+        auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - began);
+        log(Level::info, "local copy replaced from etcd",
+            {{"resources", std::to_string(batch.puts.size())}, {"revision", std::to_string(batch.revision)},
+             {"took_ms", std::to_string(took.count())}});
+        return batch.revision;
+    }
+
+    // Follows etcd on one client until it fails or the mirror stops.
+    Result<void> follow(etcd::Client& client)
+    {
+        auto status = client.status();
+        if (!status) return std::unexpected(Error{status.error().message});
+        std::string src = source(*status);
+        auto snap = store.snapshot();
+        if (!snap) return std::unexpected(snap.error());
+        auto recorded = snap->mirror_state();
+        snap = std::unexpected(Error{});  // no read view stays open while the mirror writes
+        if (!recorded) return std::unexpected(recorded.error());
+
+        std::int64_t applied = recorded->revision;
+        if (applied == 0 || recorded->source != src) {
+            auto r = resync(client, src, applied == 0 ? "no copy yet" : "the store was copied from " + recorded->source);
+            if (!r) return std::unexpected(r.error());
+            applied = *r;
+        }
+        for (;;) {
+            bool compacted = false;
+            std::string failure;
+            auto on_response = [&](const etcd::WatchResponse& resp) {
+                if (resp.canceled || resp.compact_revision > 0) {
+                    compacted = resp.compact_revision > 0 || resp.cancel_reason.find("compacted") != std::string::npos;
+                    if (!compacted) failure = "watch canceled: " + resp.cancel_reason;
+                    return false;
+                }
+                if (resp.created) {
+                    connected(client.endpoint(), applied);
+                    return !stopped();
+                }
+                MirrorBatch batch;
+                batch.source = src;
+                std::int64_t last = applied;
+                for (const auto& ev : resp.events) {
+                    last = std::max(last, ev.kv.mod_revision);
+                    auto key = layout.parse_resource(ev.kv.key);
+                    if (!key) continue;  // VIP claims, quarantine and nodes: not copied
+                    if (ev.type == etcd::WatchEvent::Type::remove) {
+                        batch.removals.push_back(*key);
+                    } else if (auto e = decode_value(ev.kv.value, *key, ev.kv.create_revision)) {
+                        batch.puts.push_back(std::move(*e));
+                    } else {
+                        log(Level::warn, "etcd holds a value mesd cannot read; left out", {{"key", ev.kv.key}});
+                    }
+                }
+                if (!batch.puts.empty() || !batch.removals.empty()) {
+                    batch.revision = last;
+                    auto written = write(batch);
+                    if (!written) {
+                        failure = "cannot write the store: " + written.error().message;
+                        return false;
+                    }
+                }
+                applied = last;
+                {
+                    std::lock_guard lock(mutex);
+                    state.revision = applied;
+                    state.current_at = Clock::now();
+                    ++state.batches;
+                }
+                return !stopped();
+            };
+            auto on_idle = [&] {
+                std::lock_guard lock(mutex);
+                if (reconnect) {
+                    reconnect = false;
+                    failure = "etcd stopped answering the node's heartbeat";
+                    return false;
+                }
+                if (state.connected) state.current_at = Clock::now();
+                return !stopping;
+            };
+            std::string watched = layout.prefix();
+            auto r = client.watch(watched, etcd::prefix_end(watched), applied + 1, on_response,
+                                  std::chrono::milliseconds(1000), on_idle);
+            if (stopped()) return {};
+            if (!r) return std::unexpected(Error{r.error().message});
+            if (compacted) {
+                auto again = resync(client, src, "etcd compacted its history past revision " + std::to_string(applied));
+                if (!again) return std::unexpected(again.error());
+                applied = *again;
+                continue;
+            }
+            if (!failure.empty()) return std::unexpected(Error{failure});
+            return std::unexpected(Error{"the watch ended"});
+        }
+    }
+
+    void watch_loop()
+    {
+        auto backoff = std::chrono::milliseconds(first_backoff);
+        while (!stopped()) {
+            auto client = etcd::Client::connect(options);
+            if (!client) {
+                lost(describe(options, client.error()));
+            } else {
+                {
+                    std::lock_guard lock(mutex);
+                    watch_client = client->get();
+                    reconnect = false;
+                }
+                auto r = follow(**client);
+                {
+                    std::lock_guard lock(mutex);
+                    watch_client = nullptr;
+                }
+                if (stopped()) break;
+                if (!r) lost(r.error().message);
+                else lost("the watch ended");
+                if (r) backoff = first_backoff;
+            }
+            if (!sleep(backoff)) break;
+            backoff = std::min<std::chrono::milliseconds>(backoff * 2, max_backoff);
+        }
+    }
+
+    std::string node_record() const
+    {
+        std::lock_guard lock(mutex);
+        nlohmann::json j;
+        j["revision"] = state.revision;
+        j["updated"] = unix_ms(Clock::now());
+        j["started"] = unix_ms(started);
+        j["connected"] = state.connected;
+        return j.dump();
+    }
+
+    void heart_loop()
+    {
+        std::int64_t lease = 0;
+        int failures = 0;
+        std::unique_ptr<etcd::Client> client;
+        while (!stopped()) {
+            std::string error;
+            if (!client) {
+                auto c = etcd::Client::connect(options);
+                if (c) {
+                    client = std::move(*c);
+                    std::lock_guard lock(mutex);
+                    heart_client = client.get();
+                } else {
+                    error = c.error().message;
+                }
+            }
+            if (client) {
+                if (lease != 0) {
+                    auto ttl = client->lease_keepalive(lease);
+                    if (!ttl) error = ttl.error().message;
+                    else if (*ttl == 0) lease = 0;  // expired while etcd was away
+                }
+                if (error.empty() && lease == 0) {
+                    auto granted = client->lease_grant(node_lease_ttl);
+                    if (granted) lease = *granted;
+                    else error = granted.error().message;
+                }
+                if (error.empty()) {
+                    auto put = client->put(layout.node(node_name), node_record(), lease);
+                    if (!put) error = put.error().message;
+                }
+            }
+            if (error.empty()) {
+                failures = 0;
+            } else if (++failures == 2) {
+                // Two beats lost: a watch that still looks open is no longer trusted (a member
+                // cut off from the others keeps its streams open but delivers nothing).
+                std::lock_guard lock(mutex);
+                reconnect = true;
+                if (watch_client) watch_client->interrupt();
+            }
+            if (!error.empty() && client) {
+                std::lock_guard lock(mutex);
+                heart_client = nullptr;
+                client.reset();
+            }
+            if (!sleep(std::chrono::duration_cast<std::chrono::milliseconds>(heartbeat_every))) break;
+        }
+        if (client && lease != 0) (void)client->lease_revoke(lease);  // the node leaves the list at once
+        std::lock_guard lock(mutex);
+        heart_client = nullptr;
+    }
+};
+
+Mirror::Mirror(Store& store, const conf::Config& config, Hooks hooks)
+    : impl_(std::make_unique<Impl>(store, config, std::move(hooks)))
+{
+    auto snap = store.snapshot();
+    if (snap)
+        if (auto recorded = snap->mirror_state(); recorded && recorded->revision > 0) {
+            impl_->state.revision = recorded->revision;
+            impl_->state.synced = true;
+        }
+}
+
+Mirror::~Mirror() { stop(); }
+
+void Mirror::start()
+{
+    impl_->watcher = std::thread([this] { impl_->watch_loop(); });
+    impl_->heart = std::thread([this] { impl_->heart_loop(); });
+}
+
+void Mirror::stop()
+{
+    {
+        std::lock_guard lock(impl_->mutex);
+        if (impl_->stopping) return;
+        impl_->stopping = true;
+        if (impl_->watch_client) impl_->watch_client->interrupt();
+        if (impl_->heart_client) impl_->heart_client->interrupt();
+    }
+    impl_->wake.notify_all();
+    if (impl_->watcher.joinable()) impl_->watcher.join();
+    if (impl_->heart.joinable()) impl_->heart.join();
+}
+
+Mirror::State Mirror::state() const
+{
+    std::lock_guard lock(impl_->mutex);
+    return impl_->state;
+}
+
+}  // namespace store::cluster
