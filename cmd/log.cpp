@@ -64,6 +64,11 @@ bool parse_level(std::string_view text, Level& out)
 
 void write(Level level, std::string_view subsystem, std::string_view message, std::initializer_list<Field> fields)
 {
+    write(level, subsystem, message, std::span<const Field>(fields.begin(), fields.size()));
+}
+
+void write(Level level, std::string_view subsystem, std::string_view message, std::span<const Field> fields)
+{
     if (!enabled(level)) return;
     auto now = std::chrono::system_clock::now();
     auto t = std::chrono::system_clock::to_time_t(now);

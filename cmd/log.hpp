@@ -3,6 +3,7 @@
 #pragma once
 
 #include <initializer_list>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -18,6 +19,7 @@ bool parse_level(std::string_view text, Level& out);
 
 using Field = std::pair<std::string_view, std::string>;
 void write(Level level, std::string_view subsystem, std::string_view message, std::initializer_list<Field> fields = {});
+void write(Level level, std::string_view subsystem, std::string_view message, std::span<const Field> fields);
 
 inline void debug(std::string_view sys, std::string_view msg, std::initializer_list<Field> f = {}) { if (enabled(Level::debug)) write(Level::debug, sys, msg, f); }
 inline void info(std::string_view sys, std::string_view msg, std::initializer_list<Field> f = {}) { write(Level::info, sys, msg, f); }

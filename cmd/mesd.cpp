@@ -7,6 +7,7 @@
 #include "conf/conf.hpp"
 #include "dns/dns.hpp"
 #include "proxy/proxy.hpp"
+#include "store/cluster.hpp"
 #include "store/store.hpp"
 
 #include <uv.h>
@@ -14,6 +15,7 @@
 #include <malloc.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <csignal>
@@ -21,6 +23,7 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -45,13 +48,16 @@ constexpr auto stale_readers_check_interval = std::chrono::seconds(5);
 constexpr std::string_view usage_text =
     "usage: mesd [--config FILE] [--data-dir DIR] [--dns-listen ADDR:PORT]... [--admin-listen ADDR:PORT]\n"
     "            [--conf-dir DIR [--conf-dir-follow-links]] [--log-level debug|info|warn|error]\n"
-    "            [--allow-core-dumps]\n"
+    "            [--allow-core-dumps] [--etcd-endpoints URL,...] [--node-name NAME]\n"
     "\n"
     "Answers DNS for MeshExternalService hostnames and forwards other names upstream.\n"
     "The configuration file is --config FILE, else $MESD_CONFIG, else the built-in defaults;\n"
     "flags override it. --conf-dir applies a directory of resource YAML at start and whenever\n"
     "it changes (deleting what it no longer names); a bad file keeps the last good state.\n"
     "Links in it that lead out of it are an error unless --conf-dir-follow-links.\n"
+    "--etcd-endpoints (or a `cluster` section) runs mesd as a node of a cluster: it mirrors\n"
+    "the resources held in etcd into its store and keeps serving from that copy when etcd\n"
+    "is away; --node-name names it there (default: the host name).\n"
     "Core dumps are off (the process holds TLS keys and Secrets); --allow-core-dumps turns\n"
     "them back on for debugging.\n";
 
@@ -62,6 +68,8 @@ struct Flags {
     std::optional<std::string> admin_listen;
     std::optional<std::string> conf_dir;
     std::optional<std::string> log_level;
+    std::optional<std::string> etcd_endpoints;
+    std::optional<std::string> node_name;
     bool allow_core_dumps = false;
     bool conf_dir_follow_links = false;
 };
@@ -84,6 +92,8 @@ std::optional<std::string> parse_flags(int argc, char** argv, Flags& f)
         else if (name == "--admin-listen") v = f.admin_listen = take();
         else if (name == "--conf-dir") v = f.conf_dir = take();
         else if (name == "--log-level") v = f.log_level = take();
+        else if (name == "--etcd-endpoints") v = f.etcd_endpoints = take();
+        else if (name == "--node-name") v = f.node_name = take();
         else if (arg == "--conf-dir-follow-links") {
             f.conf_dir_follow_links = true;
             continue;
@@ -210,6 +220,13 @@ private:
     std::uint64_t store_errors_ = 0;
     std::string store_error_;  // why the last read of the store failed; empty once one succeeds
     std::chrono::steady_clock::time_point readers_checked_{};
+    // Cluster mode: the copy of etcd, and the wake-up its threads send when the store changed.
+    std::unique_ptr<store::cluster::Mirror> mirror_;
+    uv_async_t mirror_changed_{};
+    std::mutex mirror_changed_mutex_;  // the handle may be signalled only while open
+    bool mirror_changed_open_ = false;
+    std::string cluster_ready_text() const;
+    bool start_cluster();
     std::uint64_t stale_readers_cleared_ = 0;
 };
 
@@ -886,6 +903,19 @@ std::string Daemon::metrics_text()
     counter("mesd_conf_dir_errors_total", "Applies of --conf-dir refused for invalid input or failed.", conf_dir_errors_);
     counter("mesd_conf_dir_torn_reads_total", "Reads of --conf-dir left because it changed under every pass.",
             conf_dir_torn_reads_);
+    if (mirror_) {
+        auto st = mirror_->state();
+        auto lag = st.connected || st.current_at == std::chrono::system_clock::time_point{}
+                       ? 0
+                       : std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now() - st.current_at).count();
+        gauge("mesd_cluster_connected", "1 while the node watches etcd; 0 while it serves from its copy.", st.connected);
+        gauge("mesd_cluster_revision", "The etcd revision the node's copy holds.", static_cast<std::uint64_t>(st.revision));
+        gauge("mesd_cluster_lag_seconds", "Seconds since the node last knew its copy was current (0 while watching).",
+              static_cast<std::uint64_t>(std::max<std::int64_t>(0, lag)));
+        counter("mesd_cluster_resyncs_total", "Whole copies read from etcd (first start, compacted history).", st.resyncs);
+        counter("mesd_cluster_updates_total", "Watch responses from etcd applied to the store.", st.batches);
+        counter("mesd_cluster_errors_total", "Lost connections, failed watches and store writes.", st.errors);
+    }
     if (proxy_) out += proxy_metrics(proxy_->status());
     return out;
 }
@@ -894,6 +924,16 @@ std::string Daemon::config_json()
 {
     cmd::Value root = cmd::Value::object();
     root.set("generation", static_cast<std::int64_t>(source_.generation()));
+    if (mirror_) {
+        auto st = mirror_->state();
+        cmd::Value& cluster = root.set("cluster", cmd::Value::object());
+        cluster.set("node", config_.cluster.node_name);
+        cluster.set("connected", st.connected);
+        cluster.set("endpoint", st.endpoint);
+        cluster.set("revision", st.revision);
+        cluster.set("resyncs", static_cast<std::int64_t>(st.resyncs));
+        if (!st.last_error.empty()) cluster.set("lastError", st.last_error);
+    }
     cmd::Value& zones = root.set("zones", cmd::Value::array());
     for (const auto& z : config_.dns.zones) zones.push(z);
     cmd::Value& names = root.set("names", cmd::Value::array());
@@ -952,6 +992,11 @@ cmd::HttpReply Daemon::admin(const std::string& path)
         // to a replica that can read its store.
         if (!store_error_.empty() && !stopping_)
             return cmd::HttpReply{503, "text/plain", "not ready: cannot read the store: " + store_error_ + "\n"};
+        if (mirror_ && ready_ && !stopping_) {
+            // A node with a complete copy serves it while etcd is away, and says so.
+            auto text = cluster_ready_text();
+            return cmd::HttpReply{text.starts_with("ready") ? 200 : 503, "text/plain", text + "\n"};
+        }
         return ready_ && !stopping_ ? cmd::HttpReply{200, "text/plain", "ready\n"}
                                     : cmd::HttpReply{503, "text/plain", "not ready\n"};
     }
@@ -970,6 +1015,11 @@ void Daemon::shutdown(const char* why)
     uv_close(reinterpret_cast<uv_handle_t*>(&conf_timer_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
+    if (mirror_) {
+        std::lock_guard lock(mirror_changed_mutex_);
+        mirror_changed_open_ = false;
+        uv_close(reinterpret_cast<uv_handle_t*>(&mirror_changed_), nullptr);
+    }
     server_->stop([this] {
         log::info("dns", "listeners closed, in-flight queries finished");
         proxy_->stop([this] {
@@ -985,6 +1035,8 @@ int Daemon::run()
         // Served as it is: VIPs stay as the last write left them, whatever the pools say now.
         log::warn("store", "opened read-only: serving it as it is, no writes",
                   {{"data_dir", config_.data_dir}, {"reason", store_->read_only()}});
+    } else if (config_.cluster.enabled) {
+        // VIPs come from etcd as they are: nothing of the pools is applied here.
     } else {
         auto synced = store_->sync_pools(write_options());
         if (!synced) {
@@ -999,6 +1051,7 @@ int Daemon::run()
         else conf_applied_.clear();  // it kept changing: read again at the first look
     }
     if (!refresh()) return exit_failed;
+    if (config_.cluster.enabled && !start_cluster()) return exit_failed;
 
     dns::ServerOptions options;
     options.listen = config_.dns.listen;
@@ -1083,8 +1136,67 @@ int Daemon::run()
     // DNS answers from now on; "ready" once the proxy has its first routes too (they are
     // listed on a worker thread).
     uv_run(&loop_, UV_RUN_DEFAULT);
+    if (mirror_) mirror_->stop();
     log::info("daemon", "stopped");
     return exit_ok;
+}
+
+bool Daemon::start_cluster()
+{
+    auto snap = store_->snapshot();
+    if (!snap) {
+        log::error("cluster", "cannot read the store", {{"error", snap.error().message}});
+        return false;
+    }
+    auto recorded = snap->mirror_state();
+    auto counts = snap->list(std::nullopt, std::nullopt);
+    if (!recorded || !counts) {
+        log::error("cluster", "cannot read the store", {{"data_dir", config_.data_dir}});
+        return false;
+    }
+    // The store's own resources would be replaced by etcd's: refuse, rather than lose them.
+    if (recorded->revision == 0 && !counts->empty()) {
+        log::error("cluster", "the store holds resources written in single-node mode; copy them into etcd with "
+                              "`mesctl cluster import` first, or start with an empty data dir",
+                   {{"data_dir", config_.data_dir}, {"resources", std::to_string(counts->size())}});
+        return false;
+    }
+    snap = std::unexpected(store::Error{});
+    uv_async_init(&loop_, &mirror_changed_, [](uv_async_t* a) { static_cast<Daemon*>(a->data)->refresh(); });
+    mirror_changed_.data = this;
+    mirror_changed_open_ = true;
+    store::cluster::Mirror::Hooks hooks;
+    hooks.changed = [this] {
+        std::lock_guard lock(mirror_changed_mutex_);
+        if (mirror_changed_open_) uv_async_send(&mirror_changed_);
+    };
+    hooks.log = [](store::cluster::Mirror::Hooks::Level level, std::string_view message,
+                   const store::cluster::Mirror::Hooks::Fields& fields) {
+        std::vector<log::Field> out;
+        for (const auto& [k, v] : fields) out.emplace_back(k, v);
+        using L = store::cluster::Mirror::Hooks::Level;
+        auto lv = level == L::info ? log::Level::info : level == L::warn ? log::Level::warn : log::Level::error;
+        log::write(lv, "cluster", message, std::span<const log::Field>(out));
+    };
+    mirror_ = std::make_unique<store::cluster::Mirror>(*store_, config_, std::move(hooks));
+    std::string endpoints;
+    for (const auto& e : config_.cluster.etcd.endpoints) endpoints += (endpoints.empty() ? "" : ",") + e;
+    log::info("cluster", "node of a cluster",
+              {{"node", config_.cluster.node_name.empty() ? std::string("(host name)") : config_.cluster.node_name},
+               {"etcd", endpoints}, {"prefix", config_.cluster.etcd.prefix},
+               {"revision", std::to_string(recorded->revision)}});
+    mirror_->start();
+    return true;
+}
+
+std::string Daemon::cluster_ready_text() const
+{
+    if (!mirror_) return {};
+    auto st = mirror_->state();
+    if (!st.synced) return "not ready: waiting for the first copy from etcd";
+    if (st.connected) return "ready";
+    return "ready: serving from cache (etcd unreachable" + (st.last_error.empty() ? "" : ": " + st.last_error) +
+           "; revision " + std::to_string(st.revision) + ")";
 }
 
 // Shares the descriptor limit out, as Unbound's checkrlimits() does at start: fixed needs
@@ -1155,6 +1267,12 @@ int main(int argc, char** argv)
     // Before the configuration, and with it any key or Secret, is read.
     if (!flags.allow_core_dumps) disable_core_dumps();
     auto loaded = conf::load_config(flags.config);
+    if (flags.etcd_endpoints) conf::set_etcd_endpoints(loaded, *flags.etcd_endpoints, "--etcd-endpoints");
+    if (flags.node_name) loaded.config.cluster.node_name = *flags.node_name;
+    if (loaded.config.cluster.enabled && loaded.config.cluster.node_name.empty()) {
+        char host[256] = {};
+        loaded.config.cluster.node_name = ::gethostname(host, sizeof host - 1) == 0 && host[0] ? host : "mesd";
+    }
     if (!loaded.ok()) {
         for (const auto& d : loaded.errors) std::cerr << d.format() << '\n';
         return exit_usage;
@@ -1194,6 +1312,12 @@ int main(int argc, char** argv)
         log::info("daemon", "open files limit",
                   {{"soft", std::to_string(nofile.rlim_cur)}, {"hard", std::to_string(nofile.rlim_max)}});
         share_descriptors(config, nofile.rlim_cur);
+    }
+    if (flags.conf_dir && config.cluster.enabled) {
+        // Two sources of truth would undo each other's writes: in cluster mode etcd is the one.
+        std::cerr << "mesd: --conf-dir cannot be used in cluster mode: apply the directory with "
+                     "`mesctl apply --prune -f DIR` (it writes to etcd)\n";
+        return exit_usage;
     }
     if (flags.conf_dir && !std::filesystem::is_directory(*flags.conf_dir)) {
         std::cerr << "mesd: --conf-dir " << *flags.conf_dir << ": not a directory\n";
