@@ -56,6 +56,7 @@ struct Mirror::Impl {
     State state;
     bool stopping = false;
     bool reconnect = false;  // the heart asks the watcher to start over
+    bool loss_logged = false;  // "unreachable" said since the last connection
     etcd::Client* watch_client = nullptr;
     etcd::Client* heart_client = nullptr;
     std::thread watcher, heart;
@@ -85,17 +86,18 @@ struct Mirror::Impl {
 
     void lost(const std::string& why)
     {
-        bool was;
+        bool say;
         std::int64_t revision;
         {
             std::lock_guard lock(mutex);
-            was = state.connected;
+            say = !loss_logged;
+            loss_logged = true;
             state.connected = false;
             ++state.errors;
             state.last_error = why;
             revision = state.revision;
         }
-        if (was)
+        if (say)
             log(Level::warn, "etcd unreachable; serving from the local copy",
                 {{"error", why}, {"revision", std::to_string(revision)}});
     }
@@ -106,6 +108,7 @@ struct Mirror::Impl {
         {
             std::lock_guard lock(mutex);
             was = state.connected;
+            loss_logged = false;
             state.connected = true;
             state.synced = true;
             state.endpoint = endpoint;
@@ -315,9 +318,10 @@ struct Mirror::Impl {
     {
         std::int64_t lease = 0;
         int failures = 0;
+        std::string refused;  // the refusal last logged
         std::unique_ptr<etcd::Client> client;
         while (!stopped()) {
-            std::string error;
+            std::optional<etcd::Error> error;
             if (!client) {
                 auto c = etcd::Client::connect(options);
                 if (c) {
@@ -325,26 +329,33 @@ struct Mirror::Impl {
                     std::lock_guard lock(mutex);
                     heart_client = client.get();
                 } else {
-                    error = c.error().message;
+                    error = c.error();
                 }
             }
             if (client) {
                 if (lease != 0) {
                     auto ttl = client->lease_keepalive(lease);
-                    if (!ttl) error = ttl.error().message;
+                    if (!ttl) error = ttl.error();
                     else if (*ttl == 0) lease = 0;  // expired while etcd was away
                 }
-                if (error.empty() && lease == 0) {
+                if (!error && lease == 0) {
                     auto granted = client->lease_grant(node_lease_ttl);
                     if (granted) lease = *granted;
-                    else error = granted.error().message;
+                    else error = granted.error();
                 }
-                if (error.empty()) {
+                if (!error) {
                     auto put = client->put(layout.node(node_name), node_record(), lease);
-                    if (!put) error = put.error().message;
+                    if (!put) error = put.error();
                 }
             }
-            if (error.empty()) {
+            if (error && !error->unavailable && error->message != refused) {
+                // etcd answered, and refused: the registration is what fails, not the watch.
+                log(Level::warn, "cannot register the node in etcd", {{"error", error->message}});
+                refused = error->message;
+            } else if (!error) {
+                refused.clear();
+            }
+            if (!error || !error->unavailable) {
                 failures = 0;
             } else if (++failures == 2) {
                 // Two beats lost: a watch that still looks open is no longer trusted (a member
@@ -353,7 +364,7 @@ struct Mirror::Impl {
                 reconnect = true;
                 if (watch_client) watch_client->interrupt();
             }
-            if (!error.empty() && client) {
+            if (error && client) {
                 std::lock_guard lock(mutex);
                 heart_client = nullptr;
                 client.reset();
