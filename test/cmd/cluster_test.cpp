@@ -4,7 +4,14 @@
 
 #include <catch2/catch.hpp>
 
+#include "store/cluster.hpp"
+
 #include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <regex>
 #include <set>
 #include <thread>
 
@@ -45,4 +52,353 @@ TEST_CASE("cluster: an apply on one node is answered by dig on the others")
     // A delete on another node takes the name away everywhere.
     REQUIRE(fleet.ctl(2, {"delete", "mes", "web"}).exit_code == 0);
     for (int n = 0; n < 3; ++n) CHECK(fleet.wait_for_answer(n, "web.mesh", "") == "");
+}
+
+namespace {
+
+// name -> VIP on node n, from `mesctl get vips -o json` (the node's copy).
+std::map<std::string, std::string> vips_on(const Fleet& fleet, int n)
+{
+    auto r = fleet.ctl(n, {"get", "vips", "-o", "json"});
+    REQUIRE(r.exit_code == 0);
+    std::map<std::string, std::string> out;
+    std::regex item(R"re("ip": "([^"]+)",\s*"state": "inUse",\s*"mesh": "([^"]+)",\s*"name": "([^"]+)")re");
+    for (std::sregex_iterator it(r.out.begin(), r.out.end(), item), end; it != end; ++it) {
+        auto [pos, inserted] = out.emplace((*it)[3].str(), (*it)[1].str());
+        CHECK(inserted);
+    }
+    return out;
+}
+
+// Many MES in one YAML file: names PREFIX-FROM .. PREFIX-(TO-1).
+std::string many_mes(const std::string& prefix, int from, int to)
+{
+    std::string out;
+    for (int i = from; i < to; ++i) out += mes_doc(prefix + "-" + std::to_string(i), 80);
+    return out;
+}
+
+// What etcd itself holds is whole: every MES has a VIP, its claim names it, no VIP is
+// claimed twice and no claim is left without its MES.
+void check_etcd_whole(const EtcdCluster& etcd, std::size_t want_mes, std::size_t want_without_vip = 0)
+{
+    store::etcd::Options o;
+    o.endpoints = etcd.endpoints();
+    auto client = store::etcd::Client::connect(o);
+    REQUIRE(client);
+    store::cluster::Layout layout("/mesd/");
+    auto res = (*client)->range({layout.resources(), store::etcd::prefix_end(layout.resources()), 0, 0, false, false});
+    REQUIRE(res);
+    std::map<std::string, std::string> claims;  // vip -> owner
+    auto vips = (*client)->range({layout.vips(), store::etcd::prefix_end(layout.vips()), 0, 0, false, false});
+    REQUIRE(vips);
+    for (const auto& kv : vips->kvs) claims[kv.key.substr(layout.vips().size())] = kv.value;
+    std::set<std::string> seen;
+    std::size_t mes = 0, without_vip = 0;
+    for (const auto& kv : res->kvs) {
+        auto key = layout.parse_resource(kv.key);
+        REQUIRE(key);
+        if (key->kind != conf::Kind::mesh_external_service) continue;
+        ++mes;
+        auto e = store::cluster::decode_value(kv.value, *key, kv.create_revision);
+        REQUIRE(e);
+        if (!e->ipv4) {
+            ++without_vip;
+            continue;
+        }
+        auto ip = e->ipv4->to_string();
+        CHECK(seen.insert(ip).second);
+        CHECK(claims[ip] == key->mesh + "/" + key->name);
+    }
+    CHECK(mes == want_mes);
+    CHECK(without_vip == want_without_vip);
+    CHECK(claims.size() == seen.size());
+}
+
+// Every node's copy holds `want` MES, the same VIPs as node 0, and checks clean.
+void check_fleet_agrees(const Fleet& fleet, int nodes, std::size_t want)
+{
+    std::map<std::string, std::string> first;
+    for (int n = 0; n < nodes; ++n) {
+        std::map<std::string, std::string> vips;
+        bool complete = wait_until(20s, [&] {
+            vips = vips_on(fleet, n);
+            return vips.size() == want;
+        }, 100ms);
+        CHECK(complete);
+        if (n == 0) first = vips;
+        else CHECK(vips == first);
+        std::set<std::string> distinct;
+        for (const auto& [name, ip] : vips) distinct.insert(ip);
+        CHECK(distinct.size() == vips.size());
+        auto check = fleet.ctl(n, {"check"});
+        CHECK(check.exit_code == 0);
+        CHECK(check.err == "");
+    }
+}
+
+}  // namespace
+
+TEST_CASE("cluster: concurrent applies from three nodes give every MES one VIP")
+{
+    EtcdCluster etcd;
+    Fleet fleet(etcd, 3);
+    REQUIRE(fleet.apply(0, generator_doc).exit_code == 0);
+    // 3 x 1,000 MES, each node's names overlapping its neighbours': 2,000 distinct.
+    std::vector<std::string> files;
+    for (int n = 0; n < 3; ++n) files.push_back(fleet.dir().write("load-" + std::to_string(n) + ".yaml", many_mes("svc", n * 500, n * 500 + 1000)));
+    std::vector<RunResult> results(3);
+    std::vector<std::thread> appliers;
+    auto began = std::chrono::steady_clock::now();
+    for (int n = 0; n < 3; ++n)
+        appliers.emplace_back([&, n] { results[static_cast<std::size_t>(n)] = fleet.ctl(n, {"apply", "-f", files[static_cast<std::size_t>(n)]}); });
+    for (auto& t : appliers) t.join();
+    auto took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - began);
+    INFO("3 x 1,000 concurrent applies took " << took.count() << " ms");
+    for (const auto& r : results) {
+        INFO(r.err);
+        CHECK(r.exit_code == 0);
+    }
+    check_etcd_whole(etcd, 2000);
+    check_fleet_agrees(fleet, 3, 2000);
+    // A name applied by two nodes resolves to the one VIP everywhere.
+    auto vip = fleet.wait_for_answer(0, "svc-700.mesh");
+    for (int n : {1, 2}) CHECK(fleet.wait_for_answer(n, "svc-700.mesh", vip.c_str()) == vip);
+}
+
+TEST_CASE("cluster: a deleted MES's VIP is not reused within the quarantine on any node")
+{
+    EtcdCluster etcd(EtcdOptions{1});
+    FleetOptions small;
+    small.vip_section = "  ipv4: 127.242.0.0/29\n  quarantine: 1h\n";  // six usable addresses
+    Fleet fleet(etcd, 2, small);
+    auto applied = fleet.apply(0, many_mes("q", 0, 6));
+    REQUIRE(applied.exit_code == 0);
+    auto before = vips_on(fleet, 0);
+    REQUIRE(fleet.ctl(1, {"delete", "mes", "q-3"}).exit_code == 0);
+    // The pool is full but for q-3's address, which is in quarantine: a new MES gets none,
+    // whichever node applies it.
+    for (int n : {0, 1}) {
+        auto r = fleet.apply(n, mes_doc("late-" + std::to_string(n)));
+        REQUIRE(r.exit_code == 0);
+        CHECK(r.err.find("has no VIP: no addresses left in pool 127.242.0.0/29") != std::string::npos);
+        CHECK(r.out.find(before["q-3"]) == std::string::npos);
+    }
+    check_etcd_whole(etcd, 7, 2);  // six, one deleted, two late ones without a VIP
+}
+
+TEST_CASE("cluster: a quarantined VIP returns to the pool when its lease runs out")
+{
+    EtcdCluster etcd(EtcdOptions{1});
+    FleetOptions small;
+    small.vip_section = "  ipv4: 127.242.0.0/30
+  quarantine: 2s
+";  // two usable addresses
+    Fleet fleet(etcd, 1, small);
+    REQUIRE(fleet.apply(0, many_mes("r", 0, 2)).exit_code == 0);
+    auto freed = vips_on(fleet, 0)["r-1"];
+    REQUIRE(fleet.ctl(0, {"delete", "mes", "r-1"}).exit_code == 0);
+    auto at_once = fleet.apply(0, mes_doc("next"));
+    CHECK(at_once.err.find("has no VIP") != std::string::npos);
+    // Applied again once the quarantine's lease has expired, the MES gets the freed address.
+    std::this_thread::sleep_for(3s);
+    auto later = fleet.apply(0, mes_doc("next"));
+    REQUIRE(later.exit_code == 0);
+    CHECK(later.out.find("MeshExternalService default/next " + freed) != std::string::npos);
+    check_etcd_whole(etcd, 2);
+}
+
+TEST_CASE("cluster: an etcd member killed during applies leaves nothing half-written")
+{
+    EtcdCluster etcd;
+    Fleet fleet(etcd, 2);
+    REQUIRE(fleet.apply(0, generator_doc).exit_code == 0);
+    constexpr int rounds = 16;
+    std::vector<RunResult> results(rounds);
+    std::thread killer([&] {
+        std::this_thread::sleep_for(300ms);
+        etcd.kill(0);  // the member mesctl and the nodes reach first
+    });
+    for (int i = 0; i < rounds; ++i) results[static_cast<std::size_t>(i)] = fleet.apply(i % 2, many_mes("k" + std::to_string(i), 0, 25));
+    killer.join();
+    int failed = 0;
+    for (int i = 0; i < rounds; ++i) {
+        const auto& r = results[static_cast<std::size_t>(i)];
+        if (r.exit_code == 0) continue;
+        ++failed;
+        INFO(r.err);
+        CHECK(r.err.find("etcd") != std::string::npos);  // a failure says what failed
+        // and applying the same file again finishes it.
+        CHECK(fleet.apply(0, many_mes("k" + std::to_string(i), 0, 25)).exit_code == 0);
+    }
+    INFO(failed << " of " << rounds << " applies failed while the member died");
+    check_etcd_whole(etcd, rounds * 25);
+    check_fleet_agrees(fleet, 2, rounds * 25);
+}
+
+TEST_CASE("cluster: with all of etcd stopped every node still answers and apply fails clearly")
+{
+    EtcdCluster etcd;
+    Fleet fleet(etcd, 2);
+    REQUIRE(fleet.apply(0, generator_doc + mes_doc("before")).exit_code == 0);
+    auto vip = fleet.wait_for_answer(1, "before.mesh");
+    REQUIRE_FALSE(vip.empty());
+
+    etcd.stop_all();
+    for (int n = 0; n < 2; ++n) {
+        CHECK(wait_until(10s, [&] { return fleet.node(n).admin_get("/metrics").find("mesd_cluster_connected 0") != std::string::npos; }));
+        CHECK(fleet.dig(n, "before.mesh") == vip);
+        auto ready = fleet.node(n).admin_get("/ready");
+        CHECK(ready.find("200 OK") != std::string::npos);
+        CHECK(ready.find("serving from cache") != std::string::npos);
+        CHECK(fleet.node(n).log().find("etcd unreachable; serving from the local copy") != std::string::npos);
+    }
+    auto refused = fleet.apply(0, mes_doc("during"));
+    CHECK(refused.exit_code == 1);
+    CHECK(refused.err.find("etcd at ") != std::string::npos);
+    CHECK(refused.err.find("nothing was applied") != std::string::npos);
+    CHECK(fleet.ctl(0, {"get", "mes", "during"}).exit_code == 1);  // nothing written locally either
+
+    etcd.start_all();
+    for (int n = 0; n < 2; ++n)
+        CHECK(wait_until(20s, [&] { return fleet.node(n).admin_get("/metrics").find("mesd_cluster_connected 1") != std::string::npos; }, 100ms));
+    REQUIRE(fleet.apply(1, mes_doc("after")).exit_code == 0);
+    for (int n = 0; n < 2; ++n) CHECK_FALSE(fleet.wait_for_answer(n, "after.mesh").empty());
+    CHECK(fleet.node(0).log().find("msg=\"etcd connected\"") != std::string::npos);
+}
+
+TEST_CASE("cluster: a node restarted resumes from its revision and after compaction reads everything again")
+{
+    EtcdCluster etcd(EtcdOptions{1});
+    Fleet fleet(etcd, 2);
+    REQUIRE(fleet.apply(0, generator_doc + mes_doc("a") + mes_doc("b")).exit_code == 0);
+    REQUIRE(fleet.wait_for_answer(1, "b.mesh") != "");
+
+    // Stopped, missing one change, started again: it catches up from where it stopped.
+    fleet.stop(1);
+    REQUIRE(fleet.apply(0, mes_doc("c")).exit_code == 0);
+    fleet.start(1);
+    CHECK(fleet.wait_for_answer(1, "c.mesh") != "");
+    CHECK(fleet.node(1).log().find("reading the whole state") == std::string::npos);
+    CHECK(metric_value(fleet.node(1).admin_get("/metrics"), "mesd_cluster_resyncs_total") == 0);
+
+    // Stopped while etcd compacts the history it would resume from: it reads a whole copy.
+    fleet.stop(1);
+    REQUIRE(fleet.apply(0, mes_doc("d")).exit_code == 0);
+    REQUIRE(fleet.ctl(0, {"delete", "mes", "a"}).exit_code == 0);
+    etcd.compact();
+    fleet.start(1);
+    CHECK(fleet.wait_for_answer(1, "d.mesh") != "");
+    CHECK(fleet.wait_for_answer(1, "a.mesh", "") == "");
+    CHECK(fleet.node(1).log().find("compacted") != std::string::npos);
+    CHECK(metric_value(fleet.node(1).admin_get("/metrics"), "mesd_cluster_resyncs_total") == 1);
+    check_fleet_agrees(fleet, 2, 3);
+}
+
+TEST_CASE("cluster: a node killed while it reads a whole copy has all of it or none")
+{
+    EtcdCluster etcd(EtcdOptions{1});
+    Fleet fleet(etcd, 2);
+    fleet.stop(1);
+    REQUIRE(fleet.apply(0, generator_doc + many_mes("bulk", 0, 5000)).exit_code == 0);
+    std::filesystem::remove_all(fleet.data_dir(1));  // a new node: it reads everything
+    fleet.start(1);
+    bool seen = wait_until(10s, [&] { return fleet.node(1).log().find("reading the whole state") != std::string::npos; }, 1ms);
+    CHECK(seen);
+    fleet.kill(1);
+    // What the killed node left: the copy before (none) or the whole one, nothing between.
+    auto left = vips_on(fleet, 1).size();
+    CHECK((left == 0 || left == 5000));
+    CHECK(fleet.ctl(1, {"check"}).exit_code == 0);
+    fleet.start(1);
+    check_fleet_agrees(fleet, 2, 5000);
+    CHECK(fleet.wait_for_answer(1, "bulk-4999.mesh") != "");
+}
+
+TEST_CASE("cluster: etcd with TLS client certificates and a password")
+{
+    EtcdOptions secure;
+    secure.members = 1;
+    secure.tls = true;
+    secure.client_cert_auth = true;
+    secure.root_password = "s3cret-pw";
+    EtcdCluster etcd(secure);
+    FleetOptions tls;
+    tls.etcd_extra = "    tls: {caFile: " + etcd.ca_file() + ", certFile: " + etcd.client_cert_file() +
+                     ", keyFile: " + etcd.client_key_file() + "}\n    username: root\n    password: s3cret-pw\n";
+    Fleet fleet(etcd, 1, tls);
+    REQUIRE(fleet.apply(0, generator_doc + mes_doc("secure")).exit_code == 0);
+    CHECK(fleet.wait_for_answer(0, "secure.mesh") != "");
+    CHECK(fleet.node(0).admin_get("/metrics").find("mesd_cluster_connected 1") != std::string::npos);
+
+    // A wrong password and a missing client certificate are refused, and said so.
+    auto config = fleet.config(0);
+    std::ifstream in(config);
+    std::stringstream text;
+    text << in.rdbuf();
+    auto wrong = std::regex_replace(text.str(), std::regex("s3cret-pw"), "wrong");
+    auto wrong_path = fleet.dir().write("wrong.yaml", wrong);
+    auto r = run({MESCTL_PATH, "--config", wrong_path, "apply", "-f", fleet.dir().write("x.yaml", mes_doc("x"))});
+    CHECK(r.exit_code == 1);
+    CHECK(r.err.find("authentication failed") != std::string::npos);
+    auto no_cert = std::regex_replace(text.str(), std::regex(", certFile: [^,]+, keyFile: [^}]+"), "");
+    auto no_cert_path = fleet.dir().write("nocert.yaml", no_cert);
+    r = run({MESCTL_PATH, "--config", no_cert_path, "apply", "-f", fleet.dir().write("y.yaml", mes_doc("y"))});
+    CHECK(r.exit_code == 1);
+    CHECK(r.err.find("etcd at https://") != std::string::npos);
+    CHECK(r.err.find("nothing was applied") != std::string::npos);
+}
+
+TEST_CASE("cluster: import of a 10,000-MES store keeps every VIP")
+{
+    EtcdCluster etcd(EtcdOptions{1});
+    TempDir single;
+    auto single_config = single.write("single.yaml", "dataDir: " + (single.path / "data").string() +
+                                                         "\nvip:\n  ipv4: 127.242.0.0/16\n");
+    auto input = single.write("all.yaml", generator_doc + many_mes("imp", 0, 10000));
+    REQUIRE(run({MESCTL_PATH, "--config", single_config, "apply", "-f", input}).exit_code == 0);
+    REQUIRE(run({MESCTL_PATH, "--config", single_config, "delete", "mes", "imp-17"}).exit_code == 0);
+    auto vips_json = run({MESCTL_PATH, "--config", single_config, "get", "vips", "-o", "json"}).out;
+
+    std::string endpoints;
+    for (const auto& e : etcd.endpoints()) endpoints += (endpoints.empty() ? "" : ",") + e;
+    auto import = run({MESCTL_PATH, "--config", single_config, "--etcd-endpoints", endpoints, "cluster", "import"});
+    INFO(import.err);
+    REQUIRE(import.exit_code == 0);
+    CHECK(import.out.find("imported 10000 resources") != std::string::npos);  // 9,999 MES and the generator
+    // Again: everything is there already.
+    auto again = run({MESCTL_PATH, "--config", single_config, "--etcd-endpoints", endpoints, "cluster", "import"});
+    CHECK(again.exit_code == 0);
+    CHECK(again.out.find("imported 0 resources") != std::string::npos);
+
+    // mesd will not start in cluster mode on the single-node store (it would be replaced).
+    MesdOptions on_single;
+    on_single.extra_config = "cluster:\n  etcd:\n    endpoints: [\"" + etcd.endpoint(0) + "\"]\n";
+    CHECK_THROWS(Mesd(single.path / "node-on-single", [&] {
+        auto o = on_single;
+        o.extra_config = "dataDir: " + (single.path / "data").string() + "\n" + o.extra_config;
+        return o;
+    }()));
+
+    // A new node serves every VIP the single store had, and the quarantine came along.
+    Fleet fleet(etcd, 1);
+    check_fleet_agrees(fleet, 1, 9999);
+    auto mirrored = fleet.ctl(0, {"get", "vips", "-o", "json"}).out;
+    std::regex in_use(R"re("ip": "([^"]+)",\s*"state": "inUse",\s*"mesh": "([^"]+)",\s*"name": "([^"]+)")re");
+    auto pairs = [&](const std::string& text) {
+        std::set<std::string> out;
+        for (std::sregex_iterator it(text.begin(), text.end(), in_use), end; it != end; ++it)
+            out.insert((*it)[3].str() + "=" + (*it)[1].str());
+        return out;
+    };
+    CHECK(pairs(mirrored) == pairs(vips_json));
+    auto quarantined = run({MESCTL_PATH, "--config", single_config, "get", "vips", "imp-17"});
+    (void)quarantined;
+    store::etcd::Options o;
+    o.endpoints = etcd.endpoints();
+    auto client = store::etcd::Client::connect(o);
+    REQUIRE(client);
+    auto q = (*client)->range({"/mesd/quarantine/", store::etcd::prefix_end("/mesd/quarantine/"), 0, 0, true, false});
+    REQUIRE(q);
+    CHECK(q->kvs.size() == 1);
 }
