@@ -281,7 +281,8 @@ TEST_CASE("mirror: the MES created first in etcd keeps a contested hostname even
 TEST_CASE("mirror: a removal frees VIPs without quarantine and drops hostnames")
 {
     MirrorStore s;
-    auto m = mes("a", 5, "10.0.0.1");
+    // An address of this node's pool, which a local delete would quarantine.
+    auto m = mes("a", 5, "127.242.0.1");
     auto& spec = std::get<conf::MeshExternalService>(m.resource.spec);
     spec.tls = conf::Tls{};
     spec.tls->ca_cert = conf::DataSource{conf::DataSource::Type::secret, "ca"};
@@ -290,12 +291,12 @@ TEST_CASE("mirror: a removal frees VIPs without quarantine and drops hostnames")
         11, {}, {key("a"), key("ca", conf::Kind::secret), key("never-stored"), key("g", conf::Kind::hostname_generator)}));
     // The Secret goes though a MES used it when the batch began: etcd already decided.
     CHECK(outcomes(report) == std::vector<std::string>{"deleted a", "deleted ca", "deleted g"});
-    CHECK(vip_of(report.changes[0].status.ipv4) == "10.0.0.1");
+    CHECK(vip_of(report.changes[0].status.ipv4) == "127.242.0.1");
     auto snap = s.snap();
     auto quarantine = snap.quarantine();
     REQUIRE(quarantine.has_value());
     CHECK(quarantine->empty());
-    auto owner = snap.owner_of(ip("10.0.0.1"));
+    auto owner = snap.owner_of(ip("127.242.0.1"));
     REQUIRE(owner.has_value());
     CHECK_FALSE(owner->has_value());
     auto held = snap.lookup_hostname("a.mesh");
