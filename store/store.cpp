@@ -1477,10 +1477,11 @@ Result<std::vector<std::string>> Snapshot::check() const
     auto pool6 = vip::Pool::parse(recorded->ipv6);
     auto pool_of = [&](vip::Family f) { return f == vip::Family::v4 ? pool4 : pool6; };
     // A mirrored store holds the VIPs etcd assigned, from the pools of whichever node claimed
-    // them; this node's pools (the recorded ones) need not contain them.
-    auto mirrored = mirror_state();
-    if (!mirrored) return std::unexpected(mirrored.error());
-    bool vips_from_etcd = mirrored->revision != 0;
+    // them; this node's pools (the recorded ones) need not contain them. Such a store stays
+    // exempt if it goes back to local writes: the VIPs it kept from etcd still stand.
+    auto mirrored = txn.get(dbs.meta, "mirror_revision");
+    if (!mirrored) return std::unexpected(to_error(mirrored.error(), impl_->txn.dbs()));
+    bool vips_from_etcd = mirrored->has_value();
     // Local writes number records from the sequence, and a mirror raises it past etcd's
     // create revisions: a record above it would tie with the next resource created.
     auto seq = txn.get(dbs.meta, "sequence");
