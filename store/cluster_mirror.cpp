@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -129,7 +130,7 @@ struct Mirror::Impl {
             if (r) break;
             std::this_thread::sleep_for(write_retry);
         }
-        if (r && r->changes.size() > 0 && hooks.changed) hooks.changed();
+        if (r && hooks.changed) hooks.changed();  // the loop reads the generation and sees whether it moved
         return r;
     }
 
@@ -220,8 +221,14 @@ struct Mirror::Impl {
                 MirrorBatch batch;
                 batch.source = src;
                 std::int64_t last = applied;
-                for (const auto& ev : resp.events) {
+                // A batch removes before it puts: of several events on one key in a response,
+                // only the last says what the key holds now.
+                std::map<std::string_view, std::size_t> final_event;
+                for (std::size_t i = 0; i < resp.events.size(); ++i) final_event[resp.events[i].kv.key] = i;
+                for (std::size_t i = 0; i < resp.events.size(); ++i) {
+                    const auto& ev = resp.events[i];
                     last = std::max(last, ev.kv.mod_revision);
+                    if (final_event[ev.kv.key] != i) continue;
                     auto key = layout.parse_resource(ev.kv.key);
                     if (!key) continue;  // VIP claims, quarantine and nodes: not copied
                     if (ev.type == etcd::WatchEvent::Type::remove) {

@@ -220,6 +220,7 @@ public:
     Res<void> upsert(const conf::Resource& res);
     Res<void> erase(conf::Kind kind, std::string_view mesh, std::string_view name);
     Res<void> prune(const std::set<std::string>& keep);
+    Res<void> mirror(const MirrorBatch& batch);
     Res<void> finish();  // recompute hostnames of touched meshes, fill statuses, bump generation
 
     WriteReport& report() { return report_; }
@@ -250,6 +251,15 @@ private:
 
     Res<void> ensure_vips(const conf::Resource& res, MesStatus& status, bool& changed);
     Res<void> free_vip(const vip::Address& a, bool quarantine);
+    Res<void> release_quarantine_outside(vip::Family f);
+    Res<std::optional<Record>> load(std::string_view key);
+    // Deletes a stored record with its VIPs (to quarantine or not) and hostnames.
+    Res<void> drop(conf::Kind kind, std::string_view mesh, std::string_view name, std::string_view key,
+                   const Record& rec, bool quarantine);
+    Res<void> record_pools();
+    Res<void> mirror_remove(conf::Kind kind, std::string_view mesh, std::string_view name);
+    Res<void> mirror_put(const MirrorEntry& entry);
+    Res<void> take_vip(const vip::Address& a, std::string_view mesh, std::string_view name);
     Res<void> put_record(std::string_view key, const Record& rec)
     {
         changed_ = true;
@@ -266,6 +276,7 @@ private:
     std::set<std::string> dirty_meshes_;
     bool changed_ = false;
     std::optional<Failure> ledger_failure_;
+    std::uint64_t largest_created_ = 0;  // of the records a mirror wrote
 };
 
 std::optional<vip::Address> WriteTxn::cursor(vip::Family f)
@@ -357,6 +368,24 @@ Res<void> WriteTxn::ensure_vips(const conf::Resource& res, MesStatus& status, bo
     return {};
 }
 
+// Quarantined VIPs of family `f` outside its pool can never be handed out again.
+Res<void> WriteTxn::release_quarantine_outside(vip::Family f)
+{
+    std::vector<std::string> stale_quarantine;
+    auto qscan = txn_.scan(dbs_.quarantine_by_vip, family_prefix(f), [&](std::string_view key, std::string_view) {
+        auto a = address_from_vip_key(key);
+        if (a && (!pool(f) || !pool(f)->contains(*a))) stale_quarantine.emplace_back(key);
+        return true;
+    });
+    if (!qscan) return qscan;
+    for (const auto& key : stale_quarantine) {
+        auto a = address_from_vip_key(key);
+        if (a) release_from_quarantine(*a);
+        if (ledger_failure_) return std::unexpected(*ledger_failure_);
+    }
+    return {};
+}
+
 Res<void> WriteTxn::sync_pools()
 {
     for (auto f : {vip::Family::v4, vip::Family::v6}) {
@@ -388,18 +417,7 @@ Res<void> WriteTxn::sync_pools()
             return true;
         });
         if (!scan) return scan;
-        std::vector<std::string> stale_quarantine;
-        auto qscan = txn_.scan(dbs_.quarantine_by_vip, family_prefix(f), [&](std::string_view key, std::string_view) {
-            auto a = address_from_vip_key(key);
-            if (a && (!pool(f) || !pool(f)->contains(*a))) stale_quarantine.emplace_back(key);
-            return true;
-        });
-        if (!qscan) return qscan;
-        for (const auto& key : stale_quarantine) {
-            auto a = address_from_vip_key(key);
-            if (a) release_from_quarantine(*a);
-            if (ledger_failure_) return std::unexpected(*ledger_failure_);
-        }
+        if (auto r = release_quarantine_outside(f); !r) return r;
         if (auto r = txn_.del(dbs_.meta, std::string("cursor") + family_char(f)); !r) return std::unexpected(r.error());
 
         std::map<std::string, vip::Address> old_address;  // owner -> address it had
@@ -523,14 +541,20 @@ Res<void> WriteTxn::erase(conf::Kind kind, std::string_view mesh, std::string_vi
                                                       " (use --force to delete it anyway)"});
         }
     }
+    return drop(kind, mesh, name, key, *rec, true);
+}
+
+Res<void> WriteTxn::drop(conf::Kind kind, std::string_view mesh, std::string_view name, std::string_view key,
+                         const Record& rec, bool quarantine)
+{
     if (kind == conf::Kind::mesh_external_service) {
         for (auto f : {vip::Family::v4, vip::Family::v6}) {
-            if (const auto& a = status_address(rec->status, f)) {
-                if (auto r = free_vip(*a, true); !r) return r;
+            if (const auto& a = f == vip::Family::v4 ? rec.status.ipv4 : rec.status.ipv6) {
+                if (auto r = free_vip(*a, quarantine); !r) return r;
                 if (auto r = txn_.del(dbs_.vip_by_owner, owner_key(mesh, name, f)); !r) return std::unexpected(r.error());
             }
         }
-        for (const auto& addr : rec->status.hostnames.addresses) {
+        for (const auto& addr : rec.status.hostnames.addresses) {
             auto hkey = hostname_key(addr.hostname, mesh);
             auto holder = txn_.get(dbs_.hostnames, hkey);
             if (!holder) return std::unexpected(holder.error());
@@ -541,7 +565,7 @@ Res<void> WriteTxn::erase(conf::Kind kind, std::string_view mesh, std::string_vi
     if (kind != conf::Kind::secret) dirty_meshes_.insert(std::string(mesh));
     if (auto r = txn_.del(dbs_.resources, key); !r) return std::unexpected(r.error());
     changed_ = true;
-    report_.changes.push_back(Change{kind, std::string(mesh), std::string(name), Outcome::deleted, rec->status});
+    report_.changes.push_back(Change{kind, std::string(mesh), std::string(name), Outcome::deleted, rec.status});
     return {};
 }
 
@@ -562,6 +586,179 @@ Res<void> WriteTxn::prune(const std::set<std::string>& keep)
             if (auto r = erase(kind, mesh, name); !r) return r;
     }
     return {};
+}
+
+// ---- Mirroring etcd ----------------------------------------------------------------------
+//
+// In cluster mode etcd has decided everything but hostnames and statuses: which resources
+// exist, their creation order (the create revision) and every VIP. The store takes those as
+// they are; quarantine is etcd's too, so nothing freed here goes to the local one.
+
+Res<std::optional<Record>> WriteTxn::load(std::string_view key)
+{
+    auto bytes = txn_.get(dbs_.resources, key);
+    if (!bytes) return std::unexpected(bytes.error());
+    if (!*bytes) return std::optional<Record>{};
+    auto rec = read_record(**bytes, key);
+    if (!rec) return std::unexpected(rec.error());
+    return std::optional<Record>{std::move(*rec)};
+}
+
+// Records the pools of this node's configuration, which readers take for the reverse zones,
+// without moving a VIP: etcd assigned them, from the pools of whichever node wrote them.
+Res<void> WriteTxn::record_pools()
+{
+    for (auto f : {vip::Family::v4, vip::Family::v6}) {
+        std::string meta_key = std::string("pool") + family_char(f);
+        auto stored = txn_.get(dbs_.meta, meta_key);
+        if (!stored) return std::unexpected(stored.error());
+        std::string configured = pool(f) ? pool(f)->to_string() : "";
+        if (*stored && **stored == configured) continue;
+        if (auto r = txn_.put(dbs_.meta, meta_key, configured); !r) return r;
+        changed_ = true;  // the reverse zones readers serve follow the recorded pools
+        if (auto r = txn_.del(dbs_.meta, std::string("cursor") + family_char(f)); !r) return std::unexpected(r.error());
+        if (auto r = release_quarantine_outside(f); !r) return r;
+    }
+    return {};
+}
+
+Res<void> WriteTxn::mirror_remove(conf::Kind kind, std::string_view mesh, std::string_view name)
+{
+    auto key = resource_key(kind, mesh, name);
+    auto rec = load(key);
+    if (!rec) return std::unexpected(rec.error());
+    if (!*rec) return {};  // already gone: a replayed or overlapping watch event
+    // No Secret-in-use refusal: etcd has already accepted the delete.
+    return drop(kind, mesh, name, key, **rec, false);
+}
+
+// Gives `a` to mesh/name: a still-held address was reassigned in etcd after its holder
+// released it (within one batch, before the holder's own update arrives), so the holder
+// loses it; a locally quarantined one leaves quarantine (etcd's quarantine is the one that
+// counts). The caller writes the new owner's indexes.
+Res<void> WriteTxn::take_vip(const vip::Address& a, std::string_view mesh, std::string_view name)
+{
+    auto holder = txn_.get(dbs_.owner_by_vip, vip_key(a));
+    if (!holder) return std::unexpected(holder.error());
+    if (!*holder) {
+        if (quarantined(a)) release_from_quarantine(a);
+        if (ledger_failure_) return std::unexpected(*ledger_failure_);
+        return {};
+    }
+    auto [held_mesh, held_name] = split_owner(**holder);
+    if (held_mesh == mesh && held_name == name) return {};
+    if (auto r = txn_.del(dbs_.vip_by_owner, owner_key(held_mesh, held_name, a.family)); !r)
+        return std::unexpected(r.error());
+    auto key = resource_key(conf::Kind::mesh_external_service, held_mesh, held_name);
+    auto rec = load(key);
+    if (!rec) return std::unexpected(rec.error());
+    if (*rec) {
+        status_address((*rec)->status, a.family).reset();
+        if (auto r = put_record(key, **rec); !r) return r;
+    }
+    report_.notes.push_back("VIP " + a.to_string() + " passed from MeshExternalService " + held_mesh + "/" + held_name +
+                            " to " + std::string(mesh) + "/" + std::string(name));
+    return {};
+}
+
+Res<void> WriteTxn::mirror_put(const MirrorEntry& entry)
+{
+    const auto& res = entry.resource;
+    bool is_mes = res.kind == conf::Kind::mesh_external_service;
+    auto key = resource_key(res.kind, res.mesh, res.name);
+    if (is_mes)
+        for (auto f : {vip::Family::v4, vip::Family::v6})
+            if (const auto& given = f == vip::Family::v4 ? entry.ipv4 : entry.ipv6; given && given->family != f)
+                return std::unexpected(Failure{EINVAL, "MeshExternalService " + res.mesh + "/" + res.name + ": " +
+                                                           given->to_string() + " given as its IPv" + family_char(f) +
+                                                           " VIP"});
+    detail::Writer enc;
+    encode_resource(enc, res);
+    std::string bytes = std::move(enc.data());
+
+    auto old = load(key);
+    if (!old) return std::unexpected(old.error());
+    Record rec;
+    Outcome outcome = Outcome::created;
+    bool reorders = true;  // the resource or its creation order changes: hostnames may move
+    if (*old) {
+        rec = std::move(**old);
+        reorders = rec.resource_bytes != bytes || rec.created != entry.created;
+        bool same_vips = !is_mes || (rec.status.ipv4 == entry.ipv4 && rec.status.ipv6 == entry.ipv6 &&
+                                     rec.status.vip_error.empty());
+        // Timestamps alone (a rewrite of the same value in etcd) change nothing readers see.
+        outcome = !reorders && same_vips ? Outcome::unchanged : Outcome::configured;
+    }
+    largest_created_ = std::max(largest_created_, entry.created);
+    if (outcome != Outcome::unchanged) {
+        if (reorders && res.kind != conf::Kind::secret) dirty_meshes_.insert(res.mesh);
+        rec.created = entry.created;
+        rec.created_at = unix_seconds(entry.created_at);
+        rec.modified_at = unix_seconds(entry.modified_at);
+        rec.resource_bytes = std::move(bytes);
+        if (is_mes) {
+            for (auto f : {vip::Family::v4, vip::Family::v6}) {
+                auto& current = status_address(rec.status, f);
+                const auto& given = f == vip::Family::v4 ? entry.ipv4 : entry.ipv6;
+                if (current == given) continue;
+                if (current) {
+                    if (auto r = free_vip(*current, false); !r) return r;
+                    if (auto r = txn_.del(dbs_.vip_by_owner, owner_key(res.mesh, res.name, f)); !r)
+                        return std::unexpected(r.error());
+                    current.reset();
+                }
+                if (!given) continue;
+                if (auto r = take_vip(*given, res.mesh, res.name); !r) return r;
+                if (auto r = txn_.put(dbs_.owner_by_vip, vip_key(*given), owner_value(res.mesh, res.name)); !r) return r;
+                if (auto r = txn_.put(dbs_.vip_by_owner, owner_key(res.mesh, res.name, f), given->bytes()); !r) return r;
+                current = given;
+            }
+            rec.status.vip_error.clear();  // no local pool is asked: a missing VIP is etcd's to give
+        }
+        if (auto r = put_record(key, rec); !r) return r;
+    }
+    report_.changes.push_back(Change{res.kind, res.mesh, res.name, outcome, {}});
+    return {};
+}
+
+Res<void> WriteTxn::mirror(const MirrorBatch& batch)
+{
+    if (auto r = record_pools(); !r) return r;
+    if (batch.replace) {
+        std::set<std::string> keep;
+        for (const auto& e : batch.puts) keep.insert(resource_key(e.resource.kind, e.resource.mesh, e.resource.name));
+        std::vector<std::string> doomed;
+        auto scan = txn_.scan(dbs_.resources, "", [&](std::string_view key, std::string_view) {
+            if (!keep.contains(std::string(key))) doomed.emplace_back(key);
+            return true;
+        });
+        if (!scan) return scan;
+        for (const auto& key : doomed) {
+            if (key.empty()) continue;
+            auto kind = static_cast<conf::Kind>(static_cast<unsigned char>(key[0]) - 1);
+            auto [mesh, name] = split_owner(std::string_view(key).substr(1));
+            if (auto r = mirror_remove(kind, mesh, name); !r) return r;
+        }
+    }
+    for (const auto& k : batch.removals)
+        if (auto r = mirror_remove(k.kind, k.mesh, k.name); !r) return r;
+    for (const auto& e : batch.puts)
+        if (auto r = mirror_put(e); !r) return r;
+
+    // Records carry etcd's create revisions as their creation order. The sequence the local
+    // writes number from is raised past them, so that a resource applied locally later (a
+    // node taken out of cluster mode) is younger than every mirrored one, as it would be
+    // in etcd, and check() can keep holding every record to created <= sequence.
+    auto seq = txn_.get(dbs_.meta, "sequence");
+    if (!seq) return std::unexpected(seq.error());
+    std::uint64_t sequence = *seq && (*seq)->size() == 8 ? from_u64_be(**seq) : 0;
+    if (largest_created_ > sequence)
+        if (auto r = txn_.put(dbs_.meta, "sequence", u64_be(largest_created_)); !r) return r;
+
+    // Written even when nothing else changed (the generation stays): the revision is where a
+    // restarted watch resumes.
+    if (auto r = txn_.put(dbs_.meta, "mirror_revision", u64_be(static_cast<std::uint64_t>(batch.revision))); !r) return r;
+    return txn_.put(dbs_.meta, "mirror_source", batch.source);
 }
 
 Res<void> WriteTxn::recompute(const std::string& mesh)
@@ -994,6 +1191,14 @@ Result<WriteReport> Store::sync_pools(const WriteOptions& options)
     return impl_->write(options, false, [&](WriteTxn& w) { return w.sync_pools(); });
 }
 
+Result<WriteReport> Store::mirror(const MirrorBatch& batch, const WriteOptions& options)
+{
+    // Changes are reported in the order they are made: removals (those of `replace` first),
+    // then puts in batch order.
+    bool shrinks = batch.replace || !batch.removals.empty();
+    return impl_->write(options, shrinks, [&](WriteTxn& w) { return w.mirror(batch); });
+}
+
 Result<Usage> Store::usage() const
 {
     auto raw = impl_->begin(false);
@@ -1246,6 +1451,19 @@ Result<Pools> Snapshot::pools() const
     return p;
 }
 
+Result<MirrorState> Snapshot::mirror_state() const
+{
+    const auto& txn = impl_->txn;
+    MirrorState state;
+    auto revision = txn.get(txn.dbs().meta, "mirror_revision");
+    if (!revision) return std::unexpected(to_error(revision.error(), impl_->txn.dbs()));
+    if (*revision && (*revision)->size() == 8) state.revision = static_cast<std::int64_t>(from_u64_be(**revision));
+    auto source = txn.get(txn.dbs().meta, "mirror_source");
+    if (!source) return std::unexpected(to_error(source.error(), impl_->txn.dbs()));
+    if (*source) state.source = std::string(**source);
+    return state;
+}
+
 Result<std::vector<std::string>> Snapshot::check() const
 {
     const auto& txn = impl_->txn;
@@ -1258,6 +1476,17 @@ Result<std::vector<std::string>> Snapshot::check() const
     auto pool4 = vip::Pool::parse(recorded->ipv4);
     auto pool6 = vip::Pool::parse(recorded->ipv6);
     auto pool_of = [&](vip::Family f) { return f == vip::Family::v4 ? pool4 : pool6; };
+    // A mirrored store holds the VIPs etcd assigned, from the pools of whichever node claimed
+    // them; this node's pools (the recorded ones) need not contain them. Such a store stays
+    // exempt if it goes back to local writes: the VIPs it kept from etcd still stand.
+    auto mirrored = txn.get(dbs.meta, "mirror_revision");
+    if (!mirrored) return std::unexpected(to_error(mirrored.error(), impl_->txn.dbs()));
+    bool vips_from_etcd = mirrored->has_value();
+    // Local writes number records from the sequence, and a mirror raises it past etcd's
+    // create revisions: a record above it would tie with the next resource created.
+    auto seq = txn.get(dbs.meta, "sequence");
+    if (!seq) return std::unexpected(to_error(seq.error(), impl_->txn.dbs()));
+    std::uint64_t sequence = *seq && (*seq)->size() == 8 ? from_u64_be(**seq) : 0;
 
     // Records decode; MES statuses agree with the VIP and hostname indexes.
     std::map<std::pair<std::string, std::string>, std::string> hostname_holder;  // (mesh, hostname) -> MES
@@ -1276,6 +1505,9 @@ Result<std::vector<std::string>> Snapshot::check() const
         }
         if (key != resource_key(res->kind, res->mesh, res->name))
             fail(std::string(conf::kind_name(res->kind)) + " " + res->mesh + "/" + res->name + " is stored under another key");
+        if (rec->created > sequence)
+            fail(std::string(conf::kind_name(res->kind)) + " " + res->mesh + "/" + res->name + " was created as " +
+                 std::to_string(rec->created) + ", after the last sequence number " + std::to_string(sequence));
         if (res->kind != conf::Kind::mesh_external_service) return true;
         std::string who = "MeshExternalService " + res->mesh + "/" + res->name;
         mes_keys.insert(owner_value(res->mesh, res->name));
@@ -1292,7 +1524,8 @@ Result<std::vector<std::string>> Snapshot::check() const
             if (!owner || !*owner || **owner != owner_value(res->mesh, res->name))
                 fail(who + ": VIP " + status_vip->to_string() + " is not recorded as its own");
             auto p = pool_of(f);
-            if (!p || !p->contains(*status_vip) || *status_vip == p->network() || *status_vip == p->broadcast())
+            if (!vips_from_etcd &&
+                (!p || !p->contains(*status_vip) || *status_vip == p->network() || *status_vip == p->broadcast()))
                 fail(who + ": VIP " + status_vip->to_string() + " is outside the pool " +
                      (p ? p->to_string() : std::string("(none)")));
             auto q = txn.get(dbs.quarantine_by_vip, vip_key(*status_vip));
