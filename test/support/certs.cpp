@@ -73,8 +73,10 @@ KeyPair make_ca(const std::string& common_name)
     return out;
 }
 
-KeyPair make_leaf(const KeyPair& ca, const std::string& common_name, const std::vector<std::string>& sans, long from_days,
-                  long to_days, bool client)
+namespace {
+
+KeyPair make_leaf_for(const KeyPair& ca, const std::string& common_name, const std::vector<std::string>& sans,
+                      long from_days, long to_days, const std::string& usage)
 {
     BIO* cb = BIO_new_mem_buf(ca.cert_pem.data(), static_cast<int>(ca.cert_pem.size()));
     X509* ca_cert = PEM_read_bio_X509(cb, nullptr, nullptr, nullptr);
@@ -95,7 +97,7 @@ KeyPair make_leaf(const KeyPair& ca, const std::string& common_name, const std::
     X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(common_name.c_str()), -1, -1, 0);
     X509_set_issuer_name(cert, X509_get_subject_name(ca_cert));
     add_ext(cert, ca_cert, NID_basic_constraints, "critical,CA:FALSE");
-    add_ext(cert, ca_cert, NID_ext_key_usage, client ? "clientAuth" : "serverAuth");
+    add_ext(cert, ca_cert, NID_ext_key_usage, usage);
     add_ext(cert, ca_cert, NID_authority_key_identifier, "keyid");
     if (!sans.empty()) {
         std::string list;
@@ -109,6 +111,19 @@ KeyPair make_leaf(const KeyPair& ca, const std::string& common_name, const std::
     X509_free(ca_cert);
     EVP_PKEY_free(ca_key);
     return out;
+}
+
+}  // namespace
+
+KeyPair make_leaf(const KeyPair& ca, const std::string& common_name, const std::vector<std::string>& sans, long from_days,
+                  long to_days, bool client)
+{
+    return make_leaf_for(ca, common_name, sans, from_days, to_days, client ? "clientAuth" : "serverAuth");
+}
+
+KeyPair make_server_and_client_leaf(const KeyPair& ca, const std::string& common_name, const std::vector<std::string>& sans)
+{
+    return make_leaf_for(ca, common_name, sans, -1, 365, "serverAuth,clientAuth");
 }
 
 KeyPair make_self_signed(const std::string& common_name, long from_days, long to_days)

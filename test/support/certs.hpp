@@ -20,5 +20,9 @@ KeyPair make_self_signed(const std::string& common_name, long from_days = -1, lo
 KeyPair make_ca(const std::string& common_name);
 KeyPair make_leaf(const KeyPair& ca, const std::string& common_name, const std::vector<std::string>& sans,
                   long from_days = -1, long to_days = 365, bool client = false);
+// A leaf for both ends of TLS (extendedKeyUsage serverAuth and clientAuth), for a server that
+// also dials with its own certificate: etcd's JSON gateway reaches its gRPC port so.
+KeyPair make_server_and_client_leaf(const KeyPair& ca, const std::string& common_name,
+                                    const std::vector<std::string>& sans);
 
 }  // namespace test_support
