@@ -36,11 +36,6 @@ std::int64_t unix_seconds(Clock::time_point t)
     return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
 }
 
-std::int64_t unix_ms(Clock::time_point t)
-{
-    return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
-}
-
 std::string resource_bytes(const conf::Resource& r)
 {
     detail::Writer w;

@@ -56,6 +56,13 @@ TEST_CASE("cluster: an apply on one node is answered by dig on the others")
 
 namespace {
 
+EtcdOptions one_member()
+{
+    EtcdOptions o;
+    o.members = 1;
+    return o;
+}
+
 // name -> VIP on node n, from `mesctl get vips -o json` (the node's copy).
 std::map<std::string, std::string> vips_on(const Fleet& fleet, int n)
 {
@@ -168,7 +175,7 @@ TEST_CASE("cluster: concurrent applies from three nodes give every MES one VIP")
 
 TEST_CASE("cluster: a deleted MES's VIP is not reused within the quarantine on any node")
 {
-    EtcdCluster etcd(EtcdOptions{1});
+    EtcdCluster etcd(one_member());
     FleetOptions small;
     small.vip_section = "  ipv4: 127.242.0.0/29\n  quarantine: 1h\n";  // six usable addresses
     Fleet fleet(etcd, 2, small);
@@ -189,11 +196,9 @@ TEST_CASE("cluster: a deleted MES's VIP is not reused within the quarantine on a
 
 TEST_CASE("cluster: a quarantined VIP returns to the pool when its lease runs out")
 {
-    EtcdCluster etcd(EtcdOptions{1});
+    EtcdCluster etcd(one_member());
     FleetOptions small;
-    small.vip_section = "  ipv4: 127.242.0.0/30
-  quarantine: 2s
-";  // two usable addresses
+    small.vip_section = "  ipv4: 127.242.0.0/30\n  quarantine: 2s\n";  // two usable addresses
     Fleet fleet(etcd, 1, small);
     REQUIRE(fleet.apply(0, many_mes("r", 0, 2)).exit_code == 0);
     auto freed = vips_on(fleet, 0)["r-1"];
@@ -269,7 +274,7 @@ TEST_CASE("cluster: with all of etcd stopped every node still answers and apply 
 
 TEST_CASE("cluster: a node restarted resumes from its revision and after compaction reads everything again")
 {
-    EtcdCluster etcd(EtcdOptions{1});
+    EtcdCluster etcd(one_member());
     Fleet fleet(etcd, 2);
     REQUIRE(fleet.apply(0, generator_doc + mes_doc("a") + mes_doc("b")).exit_code == 0);
     REQUIRE(fleet.wait_for_answer(1, "b.mesh") != "");
@@ -297,7 +302,7 @@ TEST_CASE("cluster: a node restarted resumes from its revision and after compact
 
 TEST_CASE("cluster: a node killed while it reads a whole copy has all of it or none")
 {
-    EtcdCluster etcd(EtcdOptions{1});
+    EtcdCluster etcd(one_member());
     Fleet fleet(etcd, 2);
     fleet.stop(1);
     REQUIRE(fleet.apply(0, generator_doc + many_mes("bulk", 0, 5000)).exit_code == 0);
@@ -349,9 +354,9 @@ TEST_CASE("cluster: etcd with TLS client certificates and a password")
     CHECK(r.err.find("nothing was applied") != std::string::npos);
 }
 
-TEST_CASE("cluster: import of a 10,000-MES store keeps every VIP")
+TEST_CASE("cluster: import of a store of 10000 MES keeps every VIP")
 {
-    EtcdCluster etcd(EtcdOptions{1});
+    EtcdCluster etcd(one_member());
     TempDir single;
     auto single_config = single.write("single.yaml", "dataDir: " + (single.path / "data").string() +
                                                          "\nvip:\n  ipv4: 127.242.0.0/16\n");
