@@ -736,7 +736,19 @@ GatewayError parse_gateway_error(int http_status, std::string_view body)
             }
         }
     }
-    if (e.message.empty()) e.message = "HTTP status " + std::to_string(http_status);
+    if (e.message.empty()) {
+        // The gateway answers some refusals in plain text: say what it said.
+        std::string text;
+        for (char ch : body.substr(0, 200))
+            if (ch >= 0x20 && ch < 0x7f) text += ch;
+        while (!text.empty() && text.back() == ' ') text.pop_back();
+        e.message = "HTTP status " + std::to_string(http_status) + (text.empty() ? "" : ": " + text);
+        // etcd 3.4 refuses every gateway call that carries a client certificate once its auth
+        // is on, as the certificate's CommonName cannot be passed on as the user.
+        if (text.find("CommonName of client sending a request against gateway") != std::string::npos)
+            e.message += " (with etcd's auth on, its JSON gateway takes a user and password or a client "
+                         "certificate, not both: drop certFile and keyFile)";
+    }
     return e;
 }
 

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include "store/cluster.hpp"
+#include "test/support/certs.hpp"
 
 #include <csignal>
 #include <filesystem>
@@ -181,7 +182,9 @@ TEST_CASE("cluster: a deleted MES's VIP is not reused within the quarantine on a
     Fleet fleet(etcd, 2, small);
     auto applied = fleet.apply(0, many_mes("q", 0, 6));
     REQUIRE(applied.exit_code == 0);
-    auto before = vips_on(fleet, 0);
+    std::map<std::string, std::string> before;
+    REQUIRE(wait_until(10s, [&] { return (before = vips_on(fleet, 0)).size() == 6; }));
+    REQUIRE_FALSE(before["q-3"].empty());
     REQUIRE(fleet.ctl(1, {"delete", "mes", "q-3"}).exit_code == 0);
     // The pool is full but for q-3's address, which is in quarantine: a new MES gets none,
     // whichever node applies it.
@@ -201,7 +204,10 @@ TEST_CASE("cluster: a quarantined VIP returns to the pool when its lease runs ou
     small.vip_section = "  ipv4: 127.242.0.0/30\n  quarantine: 2s\n";  // two usable addresses
     Fleet fleet(etcd, 1, small);
     REQUIRE(fleet.apply(0, many_mes("r", 0, 2)).exit_code == 0);
-    auto freed = vips_on(fleet, 0)["r-1"];
+    std::map<std::string, std::string> vips;
+    REQUIRE(wait_until(10s, [&] { return (vips = vips_on(fleet, 0)).size() == 2; }));
+    auto freed = vips["r-1"];
+    REQUIRE_FALSE(freed.empty());
     REQUIRE(fleet.ctl(0, {"delete", "mes", "r-1"}).exit_code == 0);
     auto at_once = fleet.apply(0, mes_doc("next"));
     CHECK(at_once.err.find("has no VIP") != std::string::npos);
@@ -320,7 +326,77 @@ TEST_CASE("cluster: a node killed while it reads a whole copy has all of it or n
     CHECK(fleet.wait_for_answer(1, "bulk-4999.mesh") != "");
 }
 
-TEST_CASE("cluster: etcd with TLS client certificates and a password")
+namespace {
+
+std::string file_text(const std::string& path)
+{
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+}  // namespace
+
+TEST_CASE("cluster: etcd over TLS with client certificates")
+{
+    EtcdOptions secure;
+    secure.members = 1;
+    secure.tls = true;
+    secure.client_cert_auth = true;
+    EtcdCluster etcd(secure);
+    FleetOptions tls;
+    tls.etcd_extra = "    tls: {caFile: " + etcd.ca_file() + ", certFile: " + etcd.client_cert_file() +
+                     ", keyFile: " + etcd.client_key_file() + "}\n";
+    Fleet fleet(etcd, 1, tls);
+    auto applied = fleet.apply(0, generator_doc + mes_doc("secure"));
+    INFO(applied.err);
+    REQUIRE(applied.exit_code == 0);
+    CHECK(fleet.wait_for_answer(0, "secure.mesh") != "");
+    CHECK(fleet.node(0).admin_get("/metrics").find("mesd_cluster_connected 1") != std::string::npos);
+
+    // Without the client certificate the members refuse the connection, and mesctl says where.
+    auto no_cert = std::regex_replace(file_text(fleet.config(0)), std::regex(", certFile: [^,]+, keyFile: [^}]+"), "");
+    auto r = run({MESCTL_PATH, "--config", fleet.dir().write("nocert.yaml", no_cert), "apply", "-f",
+                  fleet.dir().write("y.yaml", mes_doc("y"))});
+    CHECK(r.exit_code == 1);
+    CHECK(r.err.find("etcd at https://") != std::string::npos);
+    CHECK(r.err.find("nothing was applied") != std::string::npos);
+    // Nor is a member whose certificate the configured CA did not sign trusted.
+    auto other_ca = fleet.dir().write("other-ca.pem", make_ca("another CA").cert_pem);
+    auto wrong_ca = std::regex_replace(file_text(fleet.config(0)), std::regex("caFile: [^,]+"), "caFile: " + other_ca);
+    r = run({MESCTL_PATH, "--config", fleet.dir().write("wrongca.yaml", wrong_ca), "get", "nodes"});
+    CHECK(r.exit_code == 1);
+    CHECK(r.err.find("certificate") != std::string::npos);
+}
+
+TEST_CASE("cluster: etcd over TLS with a user and password")
+{
+    EtcdOptions secure;
+    secure.members = 1;
+    secure.tls = true;
+    secure.root_password = "s3cret-pw";
+    EtcdCluster etcd(secure);
+    FleetOptions auth;
+    auth.etcd_extra = "    tls: {caFile: " + etcd.ca_file() + "}\n    username: root\n    password: s3cret-pw\n";
+    Fleet fleet(etcd, 1, auth);
+    auto applied = fleet.apply(0, generator_doc + mes_doc("secure"));
+    INFO(applied.err);
+    REQUIRE(applied.exit_code == 0);
+    CHECK(fleet.wait_for_answer(0, "secure.mesh") != "");
+    CHECK(wait_until(5s, [&] { return fleet.ctl(0, {"get", "nodes"}).out.find("node-0") != std::string::npos; }));
+
+    // A wrong password is refused, said so, and never shown.
+    auto wrong = std::regex_replace(file_text(fleet.config(0)), std::regex("s3cret-pw"), "wrong-pw");
+    auto r = run({MESCTL_PATH, "--config", fleet.dir().write("wrong.yaml", wrong), "apply", "-f",
+                  fleet.dir().write("x.yaml", mes_doc("x"))});
+    CHECK(r.exit_code == 1);
+    CHECK(r.err.find("authentication as root failed") != std::string::npos);
+    CHECK(r.err.find("wrong-pw") == std::string::npos);
+    CHECK(fleet.node(0).log().find("s3cret-pw") == std::string::npos);
+}
+
+TEST_CASE("cluster: client certificates and a password together are refused by the gateway and said why")
 {
     EtcdOptions secure;
     secure.members = 1;
@@ -328,30 +404,14 @@ TEST_CASE("cluster: etcd with TLS client certificates and a password")
     secure.client_cert_auth = true;
     secure.root_password = "s3cret-pw";
     EtcdCluster etcd(secure);
-    FleetOptions tls;
-    tls.etcd_extra = "    tls: {caFile: " + etcd.ca_file() + ", certFile: " + etcd.client_cert_file() +
-                     ", keyFile: " + etcd.client_key_file() + "}\n    username: root\n    password: s3cret-pw\n";
-    Fleet fleet(etcd, 1, tls);
-    REQUIRE(fleet.apply(0, generator_doc + mes_doc("secure")).exit_code == 0);
-    CHECK(fleet.wait_for_answer(0, "secure.mesh") != "");
-    CHECK(fleet.node(0).admin_get("/metrics").find("mesd_cluster_connected 1") != std::string::npos);
-
-    // A wrong password and a missing client certificate are refused, and said so.
-    auto config = fleet.config(0);
-    std::ifstream in(config);
-    std::stringstream text;
-    text << in.rdbuf();
-    auto wrong = std::regex_replace(text.str(), std::regex("s3cret-pw"), "wrong");
-    auto wrong_path = fleet.dir().write("wrong.yaml", wrong);
-    auto r = run({MESCTL_PATH, "--config", wrong_path, "apply", "-f", fleet.dir().write("x.yaml", mes_doc("x"))});
+    TempDir dir;
+    auto config = dir.write("c.yaml", "dataDir: " + (dir.path / "data").string() + "\ncluster:\n  etcd:\n    endpoints: [\"" +
+                                          etcd.endpoint(0) + "\"]\n    tls: {caFile: " + etcd.ca_file() +
+                                          ", certFile: " + etcd.client_cert_file() + ", keyFile: " +
+                                          etcd.client_key_file() + "}\n    username: root\n    password: s3cret-pw\n");
+    auto r = run({MESCTL_PATH, "--config", config, "get", "nodes"});
     CHECK(r.exit_code == 1);
-    CHECK(r.err.find("authentication failed") != std::string::npos);
-    auto no_cert = std::regex_replace(text.str(), std::regex(", certFile: [^,]+, keyFile: [^}]+"), "");
-    auto no_cert_path = fleet.dir().write("nocert.yaml", no_cert);
-    r = run({MESCTL_PATH, "--config", no_cert_path, "apply", "-f", fleet.dir().write("y.yaml", mes_doc("y"))});
-    CHECK(r.exit_code == 1);
-    CHECK(r.err.find("etcd at https://") != std::string::npos);
-    CHECK(r.err.find("nothing was applied") != std::string::npos);
+    CHECK(r.err.find("not both: drop certFile and keyFile") != std::string::npos);
 }
 
 TEST_CASE("cluster: import of a store of 10000 MES keeps every VIP")

@@ -88,9 +88,10 @@ std::vector<std::string> EtcdCluster::member_args(int i) const
         "--logger", "zap",
     };
     if (options_.tls) {
-        args.insert(args.end(), {"--cert-file", dir() + "/server.pem", "--key-file", dir() + "/server-key.pem",
-                                 "--trusted-ca-file", ca_file()});
-        if (options_.client_cert_auth) args.push_back("--client-cert-auth");
+        args.insert(args.end(), {"--cert-file", dir() + "/server.pem", "--key-file", dir() + "/server-key.pem"});
+        // etcd 3.4 asks every client for a certificate once it has a trusted CA, whatever
+        // --client-cert-auth says: the CA goes only with it.
+        if (options_.client_cert_auth) args.insert(args.end(), {"--trusted-ca-file", ca_file(), "--client-cert-auth"});
     }
     // posix_spawn wants a path.
     args[0] = "/usr/bin/etcd";
