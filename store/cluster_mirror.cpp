@@ -8,6 +8,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -28,6 +29,11 @@ constexpr auto max_backoff = std::chrono::seconds(5);
 // often before the watch is given up and started again from the recorded revision.
 constexpr int write_attempts = 50;
 constexpr auto write_retry = std::chrono::milliseconds(100);
+// Events held back during a burst wait at most hold_max; the watch looks for a due write
+// every idle_every while no response comes.
+constexpr auto hold_min = std::chrono::milliseconds(10);
+constexpr auto hold_max = std::chrono::milliseconds(2000);
+constexpr auto idle_every = std::chrono::milliseconds(10);
 
 std::int64_t unix_ms(Clock::time_point t)
 {
@@ -205,9 +211,53 @@ struct Mirror::Impl {
             if (!r) return std::unexpected(r.error());
             applied = *r;
         }
+        // Events wait in `pending` while a burst goes on: each store write recomputes the
+        // hostnames of the meshes it touches, so one write per watch response would cost a
+        // node more than the writer spends on etcd. A write is due when the time since the
+        // last one ended is twice what that one took (at least hold_min): a lone change is
+        // written at once, a burst in a few large writes, and the store's writer stays under
+        // a third of its thread's time.
+        struct Pending {
+            std::map<std::string, etcd::WatchEvent> events;
+            std::int64_t revision = 0;
+        } pending;
+        auto hold = hold_min;
+        auto last_write_end = std::chrono::steady_clock::time_point{};
+        std::string failure;
+        auto flush_due = [&] { return std::chrono::steady_clock::now() - last_write_end >= hold; };
+        auto flush = [&] {
+            MirrorBatch batch;
+            batch.source = src;
+            batch.revision = pending.revision;
+            for (auto& [key_text, ev] : pending.events) {
+                auto key = layout.parse_resource(key_text);
+                if (ev.type == etcd::WatchEvent::Type::remove) {
+                    batch.removals.push_back(*key);
+                } else if (auto e = decode_value(ev.kv.value, *key, ev.kv.create_revision)) {
+                    batch.puts.push_back(std::move(*e));
+                } else {
+                    log(Level::warn, "etcd holds a value mesd cannot read; left out", {{"key", key_text}});
+                }
+            }
+            auto began = std::chrono::steady_clock::now();
+            auto written = write(batch);
+            last_write_end = std::chrono::steady_clock::now();
+            hold = std::clamp(std::chrono::duration_cast<std::chrono::milliseconds>(2 * (last_write_end - began)),
+                              hold_min, hold_max);
+            if (!written) {
+                failure = "cannot write the store: " + written.error().message;
+                return false;
+            }
+            applied = pending.revision;
+            pending = Pending{};
+            std::lock_guard lock(mutex);
+            state.revision = applied;
+            ++state.batches;
+            return true;
+        };
         for (;;) {
             bool compacted = false;
-            std::string failure;
+            pending = Pending{};
             auto on_response = [&](const etcd::WatchResponse& resp) {
                 if (resp.canceled || resp.compact_revision > 0) {
                     compacted = resp.compact_revision > 0 || resp.cancel_reason.find("compacted") != std::string::npos;
@@ -218,45 +268,28 @@ struct Mirror::Impl {
                     connected(client.endpoint(), applied);
                     return !stopped();
                 }
-                MirrorBatch batch;
-                batch.source = src;
-                std::int64_t last = applied;
-                // A batch removes before it puts: of several events on one key in a response,
-                // only the last says what the key holds now.
-                std::map<std::string_view, std::size_t> final_event;
-                for (std::size_t i = 0; i < resp.events.size(); ++i) final_event[resp.events[i].kv.key] = i;
-                for (std::size_t i = 0; i < resp.events.size(); ++i) {
-                    const auto& ev = resp.events[i];
+                std::int64_t last = std::max(applied, pending.revision);
+                for (const auto& ev : resp.events) {
                     last = std::max(last, ev.kv.mod_revision);
-                    if (final_event[ev.kv.key] != i) continue;
-                    auto key = layout.parse_resource(ev.kv.key);
-                    if (!key) continue;  // VIP claims, quarantine and nodes: not copied
-                    if (ev.type == etcd::WatchEvent::Type::remove) {
-                        batch.removals.push_back(*key);
-                    } else if (auto e = decode_value(ev.kv.value, *key, ev.kv.create_revision)) {
-                        batch.puts.push_back(std::move(*e));
-                    } else {
-                        log(Level::warn, "etcd holds a value mesd cannot read; left out", {{"key", ev.kv.key}});
-                    }
+                    // Of several events on one key, the last says what it holds now.
+                    if (layout.parse_resource(ev.kv.key)) pending.events[ev.kv.key] = ev;
                 }
-                if (!batch.puts.empty() || !batch.removals.empty()) {
-                    batch.revision = last;
-                    auto written = write(batch);
-                    if (!written) {
-                        failure = "cannot write the store: " + written.error().message;
-                        return false;
-                    }
-                }
-                applied = last;
                 {
                     std::lock_guard lock(mutex);
-                    state.revision = applied;
                     state.current_at = Clock::now();
-                    ++state.batches;
                 }
-                return !stopped();
+                if (pending.events.empty()) {
+                    applied = last;  // nothing of ours changed: VIP claims, quarantine, nodes
+                    std::lock_guard lock(mutex);
+                    state.revision = applied;
+                    return !stopped();
+                }
+                pending.revision = last;
+                if (!flush_due()) return !stopped();
+                return flush() && !stopped();
             };
             auto on_idle = [&] {
+                if (!pending.events.empty() && flush_due() && !flush()) return false;
                 std::lock_guard lock(mutex);
                 if (reconnect) {
                     reconnect = false;
@@ -267,8 +300,7 @@ struct Mirror::Impl {
                 return !stopping;
             };
             std::string watched = layout.prefix();
-            auto r = client.watch(watched, etcd::prefix_end(watched), applied + 1, on_response,
-                                  std::chrono::milliseconds(1000), on_idle);
+            auto r = client.watch(watched, etcd::prefix_end(watched), applied + 1, on_response, idle_every, on_idle);
             if (stopped()) return {};
             if (!r) return std::unexpected(Error{r.error().message});
             if (compacted) {
