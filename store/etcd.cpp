@@ -343,6 +343,8 @@ std::string from_ssl(std::string_view fallback)
     unsigned long code = ERR_get_error();
     ERR_clear_error();
     if (code == 0) return std::string(fallback);
+    // The reason alone ("sslv3 alert bad certificate") reads better than the packed code.
+    if (const char* reason = ERR_reason_error_string(code)) return reason;
     char buf[256];
     ERR_error_string_n(code, buf, sizeof buf);
     return buf;

@@ -3,6 +3,7 @@
 
 #include "test/support/etcd.hpp"
 #include "test/support/net.hpp"
+#include "test/support/process.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -328,12 +329,12 @@ TEST_CASE("etcd client: interrupt ends a watch from another thread")
     auto cluster = one_member();
     auto client = connect(cluster);
     std::atomic<bool> created = false;
+    std::atomic<std::chrono::steady_clock::time_point> interrupted_at{};
     std::thread stopper([&] {
         test_support::eventually([&] { return created.load(); }, 5s);
+        interrupted_at = std::chrono::steady_clock::now();
         client->interrupt();
     });
-    auto started = std::chrono::steady_clock::now();
-    std::chrono::steady_clock::time_point interrupted_at;
     auto result = client->watch(
         "/i/", store::etcd::prefix_end("/i/"), 0,
         [&](const WatchResponse& r) {
@@ -341,12 +342,43 @@ TEST_CASE("etcd client: interrupt ends a watch from another thread")
             return true;
         },
         10s, [] { return true; });
-    auto elapsed = std::chrono::steady_clock::now() - started;
+    auto returned = std::chrono::steady_clock::now();
     stopper.join();
     CHECK(result);
-    CHECK(created);
-    CHECK(elapsed < 1s + 100ms);
-    (void)interrupted_at;
+    REQUIRE(created);
+    CHECK(returned - interrupted_at.load() < 1s);
+    // The interrupt is final: the client is being shut down, so later calls end at once.
+    auto after = client->put("/i/x", "1");
+    REQUIRE_FALSE(after);
+    CHECK(after.error().message == "etcd: interrupted");
+    CHECK(client->watch("/i/", "", 0, [](const WatchResponse&) { return true; }, 10s, [] { return true; }));
+}
+
+TEST_CASE("etcd client: a quiet watch calls on_idle which may use the client")
+{
+    auto cluster = one_member();
+    auto client = connect(cluster);
+    int idle_calls = 0;
+    bool saw_put = false;
+    auto started = std::chrono::steady_clock::now();
+    auto result = client->watch(
+        "/idle/", store::etcd::prefix_end("/idle/"), 0,
+        [&](const WatchResponse& r) {
+            for (const auto& e : r.events) saw_put = saw_put || e.kv.key == "/idle/ping";
+            return !saw_put;
+        },
+        100ms,
+        [&] {
+            // The third quiet spell writes, as mesd refreshes its node lease between events.
+            if (++idle_calls == 3) return client->put("/idle/ping", "1").has_value();
+            return idle_calls < 10;
+        });
+    auto elapsed = std::chrono::steady_clock::now() - started;
+    REQUIRE(result);
+    CHECK(saw_put);
+    CHECK(idle_calls == 3);
+    CHECK(elapsed >= 300ms);
+    CHECK(elapsed < 2s);
 }
 
 TEST_CASE("etcd client: a member that refuses is named in the error")
@@ -367,7 +399,7 @@ TEST_CASE("etcd client: failover to another member and unavailable when none ans
 {
     auto cluster = EtcdCluster(EtcdOptions{.members = 3});
     store::etcd::Options options;
-    options.request_timeout = 3s;
+    options.request_timeout = 2s;
     options.dial_timeout = 500ms;
     auto client = connect(cluster, options);
     auto writer = connect(cluster);
@@ -387,12 +419,23 @@ TEST_CASE("etcd client: failover to another member and unavailable when none ans
     REQUIRE(read);
     CHECK(read->kvs.size() == 2);
 
-    // A watch opened now lands on a live member too.
-    bool created = false;
+    // A watch opened now lands on a live member too, and ends with `unavailable` when that
+    // member dies under it.
+    std::atomic<bool> created = false;
+    std::thread killer([&] {
+        test_support::eventually([&] { return created.load(); }, 5s);
+        for (int i = 0; i < 3; ++i)
+            if (cluster.running(i) && cluster.endpoint(i).ends_with(client->endpoint())) cluster.kill(i);
+    });
+    auto watch_started = std::chrono::steady_clock::now();
     auto watched = client->watch("/f/", store::etcd::prefix_end("/f/"), 0,
-                                 [&](const WatchResponse& r) { created = r.created; return false; }, 2s, [] { return false; });
-    REQUIRE(watched);
+                                 [&](const WatchResponse& r) { created = created || r.created; return true; }, 5s,
+                                 [] { return false; });
+    killer.join();
     CHECK(created);
+    REQUIRE_FALSE(watched);
+    CHECK(watched.error().unavailable);
+    CHECK(std::chrono::steady_clock::now() - watch_started < 2s);
 
     cluster.stop_all();
     auto started = std::chrono::steady_clock::now();
@@ -484,4 +527,15 @@ TEST_CASE("etcd client: authentication with a wrong and a right password")
         2s, [] { return false; }));
     CHECK(created);
     CHECK(keys == std::vector<std::string>{"/a/x"});
+
+    // Turning auth off and on drops every token: the client's is refused on its open
+    // connection, and it authenticates again once.
+    auto off = cluster.etcdctl({"auth", "disable"});
+    REQUIRE(off.exit_code == 0);
+    auto on = test_support::run({"/usr/bin/etcdctl", "--endpoints=" + cluster.endpoint(0), "auth", "enable"}, {},
+                                {"ETCDCTL_API=3"});
+    REQUIRE(on.exit_code == 0);
+    auto again = client->put("/a/y", "2");
+    INFO((again ? std::string() : again.error().message));
+    CHECK(again);
 }
