@@ -25,7 +25,6 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
-#include <thread>
 
 namespace store::etcd {
 
@@ -729,7 +728,9 @@ GatewayError parse_gateway_error(int http_status, std::string_view body)
     GatewayError e;
     auto j = json::parse(body, nullptr, false);
     if (j.is_object()) {
-        if (auto it = j.find("code"); it != j.end() && it->is_number_integer()) e.code = it->get<int>();
+        // Unary errors say "code"; errors inside a stream say "grpc_code".
+        for (const char* name : {"code", "grpc_code"})
+            if (auto it = j.find(name); it != j.end() && it->is_number_integer() && e.code == 0) e.code = it->get<int>();
         for (const char* name : {"message", "error"}) {
             auto it = j.find(name);
             if (it != j.end() && it->is_string() && !it->get_ref<const std::string&>().empty()) {
@@ -888,7 +889,12 @@ struct Client::Impl {
         }
         auto request = post_request(conn->endpoint(), path, body, with_token ? token : std::string());
         if (auto w = conn->write_all(request, deadline); !w) return std::unexpected(w.error());
-        auto head = reader->head(deadline);
+        // A member waits for its leader before it answers a write; when the leader has died, the
+        // write it forwarded is lost and the member answers only at its own request timeout
+        // (seconds). So an answer must begin within a third of the call's time, leaving room
+        // to ask another member once a new leader is elected.
+        auto answer_deadline = std::min(deadline, Clock::now() + options.request_timeout / 3);
+        auto head = reader->head(answer_deadline);
         if (!head) return std::unexpected(head.error());
         auto text = reader->body(deadline);
         if (!text) return std::unexpected(text.error());
