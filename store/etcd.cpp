@@ -909,10 +909,9 @@ struct Client::Impl {
         auto reply = exchange("/v3/auth/authenticate", body.dump(), false, deadline);
         if (!reply) return std::unexpected(io_error(endpoints[current], reply.error()));
         if (reply->status != 200) {
-            auto err = member_error(endpoints[current], parse_gateway_error(reply->status, reply->body));
-            err.message = "etcd " + endpoints[current].name + ": authentication as " + options.username +
-                          " failed: " + parse_gateway_error(reply->status, reply->body).message;
-            return std::unexpected(err);
+            auto g = parse_gateway_error(reply->status, reply->body);
+            g.message = "authentication as " + options.username + " failed: " + g.message;
+            return std::unexpected(member_error(endpoints[current], g));
         }
         auto j = parse_body(reply->body);
         if (!j) return std::unexpected(Error{"etcd " + endpoints[current].name + ": bad authenticate response"});
