@@ -573,6 +573,8 @@ public:
             if (in_.size() > max_head_bytes) return std::unexpected(failed("response headers too large"));
             if (auto r = conn_.read_some(in_, deadline); !r) return std::unexpected(r.error());
         }
+        // The bound holds however the bytes arrived: one read may bring the whole head.
+        if (end > max_head_bytes) return std::unexpected(failed("response headers too large"));
         std::string_view text(in_.data(), end);
         ResponseHead h;
         auto line_end = text.find("\r\n");

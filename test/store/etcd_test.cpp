@@ -7,7 +7,16 @@
 
 #include <catch2/catch.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <cstdio>
+#include <mutex>
 #include <thread>
 
 // Requests are written with designated initializers naming only the fields a case sets; the
@@ -550,4 +559,181 @@ TEST_CASE("etcd client: authentication with a wrong and a right password")
     auto again = client->put("/a/y", "2");
     INFO((again ? std::string() : again.error().message));
     CHECK(again);
+}
+
+namespace {
+
+// A stand-in for the gateway on 127.0.0.1: it serves the canned responses in order, one
+// connection each, writing every response `step` bytes at a time so that the client's reader
+// sees headers, chunk sizes and JSON lines cut at every possible point.
+class FakeGateway {
+public:
+    explicit FakeGateway(std::vector<std::string> responses, std::size_t step = 1)
+    {
+        listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof addr;
+        if (::bind(listener_, reinterpret_cast<sockaddr*>(&addr), len) != 0 || ::listen(listener_, 8) != 0 ||
+            ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+            throw std::runtime_error("fake gateway: cannot listen");
+        port_ = ntohs(addr.sin_port);
+        thread_ = std::thread([this, responses = std::move(responses), step] { serve(responses, step); });
+    }
+    ~FakeGateway()
+    {
+        stop_ = true;
+        thread_.join();
+        ::close(listener_);
+    }
+    std::string endpoint() const { return "http://127.0.0.1:" + std::to_string(port_); }
+    std::vector<std::string> requests() const
+    {
+        std::lock_guard lock(mutex_);
+        return requests_;
+    }
+
+private:
+    bool readable(int fd, int ms)
+    {
+        pollfd p{fd, POLLIN, 0};
+        return ::poll(&p, 1, ms) > 0;
+    }
+
+    void serve(const std::vector<std::string>& responses, std::size_t step)
+    {
+        for (const auto& response : responses) {
+            while (!stop_ && !readable(listener_, 50)) {
+            }
+            if (stop_) return;
+            int fd = ::accept(listener_, nullptr, nullptr);
+            std::string request;
+            char buf[4096];
+            // The request: headers, then a body of Content-Length bytes.
+            for (;;) {
+                auto end = request.find("\r\n\r\n");
+                if (end != std::string::npos) {
+                    auto cl = request.find("Content-Length: ");
+                    std::size_t length = cl == std::string::npos ? 0 : std::stoul(request.substr(cl + 16));
+                    if (request.size() >= end + 4 + length) break;
+                }
+                if (!readable(fd, 5000)) break;
+                auto n = ::recv(fd, buf, sizeof buf, 0);
+                if (n <= 0) break;
+                request.append(buf, static_cast<std::size_t>(n));
+            }
+            {
+                std::lock_guard lock(mutex_);
+                requests_.push_back(request);
+            }
+            int one = 1;
+            ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            for (std::size_t i = 0; i < response.size() && !stop_; i += step) {
+                if (::send(fd, response.data() + i, std::min(step, response.size() - i), MSG_NOSIGNAL) < 0) break;
+                if (step < response.size()) std::this_thread::sleep_for(std::chrono::microseconds(200));
+            }
+            // Then wait for the client to close, as a gateway holding a stream open would.
+            while (!stop_ && !readable(fd, 50)) {
+            }
+            ::close(fd);
+        }
+    }
+
+    int listener_ = -1;
+    int port_ = 0;
+    std::atomic<bool> stop_ = false;
+    std::thread thread_;
+    mutable std::mutex mutex_;
+    std::vector<std::string> requests_;
+};
+
+std::string http_response(const std::string& body)
+{
+    return "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+const std::string status_body =
+    R"({"header":{"cluster_id":"18446744073709551615","member_id":"7","revision":"42","raft_term":"2"},"leader":"7"})";
+
+}  // namespace
+
+TEST_CASE("etcd client: responses cut into single bytes are read whole")
+{
+    // Two watch messages in chunks whose boundaries fall inside the JSON; a chunk extension
+    // to skip; "AAEC/w==" is the bytes 00 01 02 ff.
+    std::string first = R"({"result":{"header":{"revision":"5"},"created":true}})"
+                        "\n";
+    std::string second =
+        R"({"result":{"header":{"revision":"6"},"events":[{"kv":{"key":"L3cvYQ==","value":"AAEC/w==","mod_revision":"6"}},)"
+        R"({"type":"DELETE","kv":{"key":"L3cvYg==","mod_revision":"6"}}]}})"
+        "\n";
+    auto chunk = [](const std::string& data) {
+        char size[16];
+        std::snprintf(size, sizeof size, "%zx", data.size());
+        return std::string(size) + ";ext=1\r\n" + data + "\r\n";
+    };
+    std::string stream = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(first.substr(0, 10)) +
+                         chunk(first.substr(10) + second.substr(0, 30)) + chunk(second.substr(30)) + "0\r\n\r\n";
+    FakeGateway gateway({http_response(status_body), stream});
+
+    auto client = Client::connect({.endpoints = {gateway.endpoint()}});
+    REQUIRE(client);
+    std::vector<WatchResponse> seen;
+    auto result = (*client)->watch(
+        "/w/", store::etcd::prefix_end("/w/"), 5, [&](const WatchResponse& r) { seen.push_back(r); return true; }, 5s,
+        [] { return false; });
+    // The fake ends the stream after two messages, which a real member never does.
+    REQUIRE_FALSE(result);
+    CHECK(result.error().unavailable);
+    CHECK(result.error().message.find("watch stream ended") != std::string::npos);
+    REQUIRE(seen.size() == 2);
+    CHECK(seen[0].created);
+    CHECK(seen[0].revision == 5);
+    REQUIRE(seen[1].events.size() == 2);
+    CHECK(seen[1].events[0].type == WatchEvent::Type::put);
+    CHECK(seen[1].events[0].kv.key == "/w/a");
+    CHECK(seen[1].events[0].kv.value == std::string("\x00\x01\x02\xff", 4));
+    CHECK(seen[1].events[1].type == WatchEvent::Type::remove);
+    CHECK(seen[1].events[1].kv.mod_revision == 6);
+
+    auto requests = gateway.requests();
+    REQUIRE(requests.size() == 2);
+    CHECK(requests[0].starts_with("POST /v3/maintenance/status HTTP/1.1\r\n"));
+    CHECK(requests[1].starts_with("POST /v3/watch HTTP/1.1\r\n"));
+    CHECK(requests[1].ends_with(R"({"create_request":{"key":"L3cv","range_end":"L3cw","start_revision":"5"}})"));
+}
+
+TEST_CASE("etcd client: oversized answers are refused")
+{
+    store::etcd::Options options;
+    options.request_timeout = 500ms;
+    SECTION("headers")
+    {
+        std::string huge = "HTTP/1.1 200 OK\r\nX-Filler: " + std::string(70 * 1024, 'x') + "\r\n\r\n";
+        FakeGateway gateway(std::vector<std::string>(8, huge), 8192);
+        options.endpoints = {gateway.endpoint()};
+        auto client = Client::connect(options);
+        REQUIRE_FALSE(client);
+        CHECK(client.error().message.find("response headers too large") != std::string::npos);
+    }
+    SECTION("body")
+    {
+        std::string huge = "HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n{}";
+        FakeGateway gateway(std::vector<std::string>(8, huge), 8192);
+        options.endpoints = {gateway.endpoint()};
+        auto client = Client::connect(options);
+        REQUIRE_FALSE(client);
+        CHECK(client.error().message.find("response body too large") != std::string::npos);
+    }
+    SECTION("chunk")
+    {
+        std::string huge = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffff\r\n{}";
+        FakeGateway gateway(std::vector<std::string>(8, huge), 8192);
+        options.endpoints = {gateway.endpoint()};
+        auto client = Client::connect(options);
+        REQUIRE_FALSE(client);
+        CHECK(client.error().message.find("response body too large") != std::string::npos);
+    }
 }
