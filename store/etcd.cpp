@@ -1188,17 +1188,12 @@ Result<void> Client::watch(std::string_view key, std::string_view range_end, std
     for (;;) {
         for (std::size_t eol; (eol = pending.find('\n')) != std::string::npos;) {
             auto line = std::string_view(pending).substr(0, eol);
-            auto j = json::parse(line, nullptr, false);
             if (!trim(line).empty()) {
+                auto j = json::parse(line, nullptr, false);
                 if (!j.is_object()) return std::unexpected(Error{"etcd " + endpoint.name + ": watch message is not JSON"});
                 if (auto err = j.find("error"); err != j.end()) {
-                    GatewayError g;
-                    if (err->is_object()) {
-                        g = parse_gateway_error(0, err->dump());
-                    } else if (err->is_string()) {
-                        g = parse_gateway_error(0, line);
-                    }
-                    if (g.message.empty() || g.message.starts_with("HTTP status")) g.message = "watch failed: " + std::string(line.substr(0, 200));
+                    // Either the gateway's stream error object or a gRPC error written whole.
+                    auto g = parse_gateway_error(0, err->is_object() ? err->dump() : std::string(line));
                     return std::unexpected(member_error(endpoint, g));
                 }
                 WatchResponse response;
