@@ -25,7 +25,6 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
-#include <thread>
 
 namespace store::etcd {
 
@@ -343,6 +342,8 @@ std::string from_ssl(std::string_view fallback)
     unsigned long code = ERR_get_error();
     ERR_clear_error();
     if (code == 0) return std::string(fallback);
+    // The reason alone ("sslv3 alert bad certificate") reads better than the packed code.
+    if (const char* reason = ERR_reason_error_string(code)) return reason;
     char buf[256];
     ERR_error_string_n(code, buf, sizeof buf);
     return buf;
@@ -572,6 +573,8 @@ public:
             if (in_.size() > max_head_bytes) return std::unexpected(failed("response headers too large"));
             if (auto r = conn_.read_some(in_, deadline); !r) return std::unexpected(r.error());
         }
+        // The bound holds however the bytes arrived: one read may bring the whole head.
+        if (end > max_head_bytes) return std::unexpected(failed("response headers too large"));
         std::string_view text(in_.data(), end);
         ResponseHead h;
         auto line_end = text.find("\r\n");
@@ -727,7 +730,9 @@ GatewayError parse_gateway_error(int http_status, std::string_view body)
     GatewayError e;
     auto j = json::parse(body, nullptr, false);
     if (j.is_object()) {
-        if (auto it = j.find("code"); it != j.end() && it->is_number_integer()) e.code = it->get<int>();
+        // Unary errors say "code"; errors inside a stream say "grpc_code".
+        for (const char* name : {"code", "grpc_code"})
+            if (auto it = j.find(name); it != j.end() && it->is_number_integer() && e.code == 0) e.code = it->get<int>();
         for (const char* name : {"message", "error"}) {
             auto it = j.find(name);
             if (it != j.end() && it->is_string() && !it->get_ref<const std::string&>().empty()) {
@@ -898,7 +903,12 @@ struct Client::Impl {
         }
         auto request = post_request(conn->endpoint(), path, body, with_token ? token : std::string());
         if (auto w = conn->write_all(request, deadline); !w) return std::unexpected(w.error());
-        auto head = reader->head(deadline);
+        // A member waits for its leader before it answers a write; when the leader has died, the
+        // write it forwarded is lost and the member answers only at its own request timeout
+        // (seconds). So an answer must begin within a third of the call's time, leaving room
+        // to ask another member once a new leader is elected.
+        auto answer_deadline = std::min(deadline, Clock::now() + options.request_timeout / 3);
+        auto head = reader->head(answer_deadline);
         if (!head) return std::unexpected(head.error());
         auto text = reader->body(deadline);
         if (!text) return std::unexpected(text.error());
@@ -913,10 +923,9 @@ struct Client::Impl {
         auto reply = exchange("/v3/auth/authenticate", body.dump(), false, deadline);
         if (!reply) return std::unexpected(io_error(endpoints[current], reply.error()));
         if (reply->status != 200) {
-            auto err = member_error(endpoints[current], parse_gateway_error(reply->status, reply->body));
-            err.message = "etcd " + endpoints[current].name + ": authentication as " + options.username +
-                          " failed: " + parse_gateway_error(reply->status, reply->body).message;
-            return std::unexpected(err);
+            auto g = parse_gateway_error(reply->status, reply->body);
+            g.message = "authentication as " + options.username + " failed: " + g.message;
+            return std::unexpected(member_error(endpoints[current], g));
         }
         auto j = parse_body(reply->body);
         if (!j) return std::unexpected(Error{"etcd " + endpoints[current].name + ": bad authenticate response"});
@@ -1191,17 +1200,12 @@ Result<void> Client::watch(std::string_view key, std::string_view range_end, std
     for (;;) {
         for (std::size_t eol; (eol = pending.find('\n')) != std::string::npos;) {
             auto line = std::string_view(pending).substr(0, eol);
-            auto j = json::parse(line, nullptr, false);
             if (!trim(line).empty()) {
+                auto j = json::parse(line, nullptr, false);
                 if (!j.is_object()) return std::unexpected(Error{"etcd " + endpoint.name + ": watch message is not JSON"});
                 if (auto err = j.find("error"); err != j.end()) {
-                    GatewayError g;
-                    if (err->is_object()) {
-                        g = parse_gateway_error(0, err->dump());
-                    } else if (err->is_string()) {
-                        g = parse_gateway_error(0, line);
-                    }
-                    if (g.message.empty() || g.message.starts_with("HTTP status")) g.message = "watch failed: " + std::string(line.substr(0, 200));
+                    // Either the gateway's stream error object or a gRPC error written whole.
+                    auto g = parse_gateway_error(0, err->is_object() ? err->dump() : std::string(line));
                     return std::unexpected(member_error(endpoint, g));
                 }
                 WatchResponse response;

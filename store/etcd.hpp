@@ -158,7 +158,8 @@ public:
                        const std::function<bool(const WatchResponse&)>& on_response,
                        std::chrono::milliseconds idle, const std::function<bool()>& on_idle);
 
-    // Thread-safe: makes a blocking watch() (and any call in progress) return soon.
+    // Thread-safe: makes a blocking watch() (and any call in progress) return soon. It is
+    // final, for shutting down: later calls fail at once and later watches return success.
     void interrupt();
 
     const std::string& endpoint() const;  // the member now in use
