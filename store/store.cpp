@@ -875,9 +875,9 @@ Res<void> WriteTxn::generate_for_new(const std::string& mesh, const std::vector<
     std::vector<Loaded> generators, services;
     if (auto r = load_kind(txn_, conf::Kind::hostname_generator, mesh, generators); !r) return r;
     if (generators.empty()) return {};  // nothing to generate, nothing held
-    std::map<std::string, std::size_t> keys_seen;
+    std::set<std::string> keys_seen;
     for (const auto& key : keys) {
-        if (!keys_seen.emplace(key, services.size()).second) continue;
+        if (!keys_seen.insert(key).second) continue;
         auto rec = load(key);
         if (!rec) return std::unexpected(rec.error());
         if (!*rec) return recompute(mesh);
@@ -937,11 +937,8 @@ Res<void> WriteTxn::finish()
     for (const auto& mesh : dirty_meshes_)
         if (auto r = recompute(mesh); !r) return r;
     for (const auto& [mesh, keys] : new_mes_) {
-        if (recompute_all_ && !dirty_meshes_.contains(mesh)) {
-            if (auto r = recompute(mesh); !r) return r;
-        } else if (!dirty_meshes_.contains(mesh)) {
-            if (auto r = generate_for_new(mesh, keys); !r) return r;
-        }
+        if (dirty_meshes_.contains(mesh)) continue;  // done above
+        if (auto r = recompute_all_ ? recompute(mesh) : generate_for_new(mesh, keys); !r) return r;
     }
     // Statuses as they stand after the whole write.
     for (auto& change : report_.changes) {
