@@ -459,11 +459,21 @@ struct Ordered {
     std::uint64_t created = 0;
 };
 
+// Who holds `hostname` among MES left out of a generation (see generate_hostnames), asked
+// while `generator` renders it for one of the services given; nullopt: nobody.
+using ClaimedBy =
+    std::function<std::optional<std::string>(const std::string& hostname, const Resource& generator)>;
+
 // Applies every generator to every MES of one mesh that it selects, in Kuma's order
 // (generators and services each by creation, then name; the first claimant of a hostname
 // keeps it). Returns one status per entry of `services`, in the same order.
+// `claimed_by` lets a store generate for its new MES alone: names it answers for are taken
+// (Collision naming the holder) unless one of `services` claimed them first in this call.
+// The answer is only right when the holder claimed the name before `generator` would
+// have in a generation over every MES; the caller checks that.
 std::vector<HostnameStatus> generate_hostnames(std::span<const Ordered> generators,
-                                               std::span<const Ordered> services);
+                                               std::span<const Ordered> services,
+                                               const ClaimedBy& claimed_by = {});
 
 // The values a template sees for `mes`: name, display name, namespace, mesh, zone, labels.
 Template::Values template_values(const Resource& mes);

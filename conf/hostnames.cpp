@@ -45,7 +45,8 @@ std::vector<std::size_t> creation_order(std::span<const Ordered> items)
 
 }  // namespace
 
-std::vector<HostnameStatus> generate_hostnames(std::span<const Ordered> generators, std::span<const Ordered> services)
+std::vector<HostnameStatus> generate_hostnames(std::span<const Ordered> generators, std::span<const Ordered> services,
+                                               const ClaimedBy& claimed_by)
 {
     // Per service: generator name -> (hostname, condition). A map keeps generator order.
     struct Entry {
@@ -54,6 +55,16 @@ std::vector<HostnameStatus> generate_hostnames(std::span<const Ordered> generato
     };
     std::vector<std::map<std::string, Entry>> per_service(services.size());
     std::map<std::string, std::size_t> claimed;  // hostname -> service index
+
+    // Who holds `hostname` when service `si` renders it: nullopt when free or held by `si`
+    // itself (a MES may hold one name through two generators).
+    auto claimant = [&](const std::string& hostname, std::size_t si,
+                        const Resource& gen_res) -> std::optional<std::string> {
+        if (auto it = claimed.find(hostname); it != claimed.end())
+            return it->second == si ? std::nullopt : std::optional<std::string>(services[it->second].resource->name);
+        if (claimed_by) return claimed_by(hostname, gen_res);
+        return std::nullopt;
+    };
 
     auto service_order = creation_order(services);
     for (std::size_t gi : creation_order(generators)) {
@@ -78,11 +89,10 @@ std::vector<HostnameStatus> generate_hostnames(std::span<const Ordered> generato
                 entry.condition.reason = "TemplateError";
                 entry.condition.message = "template renders to " + excerpt(*rendered) +
                                           " which is not a valid DNS name: " + std::string(rfc1123_subdomain_message);
-            } else if (auto it = claimed.find(*rendered); it != claimed.end() && it->second != si) {
+            } else if (auto holder = claimant(*rendered, si, gen_res)) {
                 entry.condition.status = "False";
                 entry.condition.reason = "Collision";
-                entry.condition.message = "Hostname collision with MeshExternalService: " +
-                                          services[it->second].resource->name;
+                entry.condition.message = "Hostname collision with MeshExternalService: " + *holder;
             } else {
                 claimed.emplace(*rendered, si);
                 entry.hostname = *rendered;

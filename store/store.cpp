@@ -206,6 +206,20 @@ Res<ParsedPools> parse_pools(const Pools& pools)
     return out;
 }
 
+// A record with its key and decoded resource, as a generation needs them.
+struct Loaded {
+    std::string key;
+    Record record;
+    conf::Resource resource;
+};
+
+Res<void> load_kind(const Txn& txn, conf::Kind kind, std::string_view mesh, std::vector<Loaded>& out)
+{
+    return scan_records(txn, resource_key(kind, mesh, ""), [&](std::string_view key, Record rec, conf::Resource res) {
+        out.push_back(Loaded{std::string(key), std::move(rec), std::move(res)});
+    });
+}
+
 // ---- Writing -----------------------------------------------------------------------------
 
 // One write transaction's work. Also the VIP ledger, answering from the same transaction.
@@ -265,15 +279,29 @@ private:
         changed_ = true;
         return txn_.put(dbs_.resources, key, encode_record(rec));
     }
+    Res<void> store_statuses(const std::string& mesh, std::vector<Loaded>& services,
+                             std::vector<conf::HostnameStatus>& statuses);
     Res<void> recompute(const std::string& mesh);
+    Res<void> generate_for_new(const std::string& mesh, const std::vector<std::string>& keys);
     Res<std::uint64_t> next_sequence();
+    // The sequence as the write found it: every record stored before it is no younger.
+    Res<std::uint64_t> sequence_before();
+    // Hostnames of `mesh` need the whole generation over again.
+    void touch_mesh(std::string_view mesh) { dirty_meshes_.insert(std::string(mesh)); }
+    // `key`, a MES of `mesh`, was created by this write with creation order `created`.
+    void touch_new_mes(std::string_view mesh, std::string_view key, std::uint64_t created);
 
     Txn& txn_;
     const Dbs& dbs_;
     const WriteOptions& options_;
     const ParsedPools& pools_;
     WriteReport report_;
-    std::set<std::string> dirty_meshes_;
+    std::set<std::string> dirty_meshes_;  // full recompute
+    // Meshes whose only change is new MES younger than every stored resource: the keys of
+    // those MES, whose hostnames can be generated alone (see generate_for_new).
+    std::map<std::string, std::vector<std::string>> new_mes_;
+    std::optional<std::uint64_t> sequence_before_;
+    bool recompute_all_ = false;  // every touched mesh gets the full recompute
     bool changed_ = false;
     std::optional<Failure> ledger_failure_;
     std::uint64_t largest_created_ = 0;  // of the records a mirror wrote
@@ -322,8 +350,29 @@ void WriteTxn::release_from_quarantine(const vip::Address& a)
     if (auto r = txn_.del(dbs_.quarantine_by_vip, vip_key(a)); !r) remember(r.error());
 }
 
+Res<std::uint64_t> WriteTxn::sequence_before()
+{
+    if (sequence_before_) return *sequence_before_;
+    auto v = txn_.get(dbs_.meta, "sequence");
+    if (!v) return std::unexpected(v.error());
+    sequence_before_ = *v && (*v)->size() == 8 ? from_u64_be(**v) : 0;
+    return *sequence_before_;
+}
+
+void WriteTxn::touch_new_mes(std::string_view mesh, std::string_view key, std::uint64_t created)
+{
+    // Ordered after every stored MES (created above the sequence they were numbered from),
+    // it cannot take a name from one of the same generator; generate_for_new checks the
+    // other generators. Older or equal: it may come first in a generator's service order.
+    if (options_.full_recompute || !sequence_before_ || created <= *sequence_before_)
+        touch_mesh(mesh);
+    else
+        new_mes_[std::string(mesh)].emplace_back(key);
+}
+
 Res<std::uint64_t> WriteTxn::next_sequence()
 {
+    if (auto before = sequence_before(); !before) return before;
     auto v = txn_.get(dbs_.meta, "sequence");
     if (!v) return std::unexpected(v.error());
     std::uint64_t seq = (*v && (*v)->size() == 8 ? from_u64_be(**v) : 0) + 1;
@@ -397,6 +446,7 @@ Res<void> WriteTxn::sync_pools()
         if (*stored && recorded == configured) continue;
         if (auto r = txn_.put(dbs_.meta, meta_key, configured); !r) return r;
         changed_ = true;
+        recompute_all_ = true;
         if (!*stored) {
             // The first write records the pool; there is nothing to move unless VIPs exist.
             bool any = false;
@@ -478,6 +528,7 @@ Res<void> WriteTxn::upsert(const conf::Resource& res)
     encode_resource(enc, res);
     std::string bytes = std::move(enc.data());
 
+    if (auto before = sequence_before(); !before) return std::unexpected(before.error());
     auto old = txn_.get(dbs_.resources, key);
     if (!old) return std::unexpected(old.error());
     Record rec;
@@ -497,7 +548,10 @@ Res<void> WriteTxn::upsert(const conf::Resource& res)
     if (changed) {
         rec.resource_bytes = std::move(bytes);
         rec.modified_at = unix_seconds(options_.now);
-        if (res.kind != conf::Kind::secret) dirty_meshes_.insert(res.mesh);
+        if (res.kind == conf::Kind::mesh_external_service && outcome == Outcome::created)
+            touch_new_mes(res.mesh, key, rec.created);
+        else if (res.kind != conf::Kind::secret)
+            touch_mesh(res.mesh);
     }
     // A MES that found its pool exhausted before tries again on every apply.
     if (res.kind == conf::Kind::mesh_external_service)
@@ -562,7 +616,7 @@ Res<void> WriteTxn::drop(conf::Kind kind, std::string_view mesh, std::string_vie
                 if (auto r = txn_.del(dbs_.hostnames, hkey); !r) return std::unexpected(r.error());
         }
     }
-    if (kind != conf::Kind::secret) dirty_meshes_.insert(std::string(mesh));
+    if (kind != conf::Kind::secret) touch_mesh(mesh);
     if (auto r = txn_.del(dbs_.resources, key); !r) return std::unexpected(r.error());
     changed_ = true;
     report_.changes.push_back(Change{kind, std::string(mesh), std::string(name), Outcome::deleted, rec.status});
@@ -616,6 +670,7 @@ Res<void> WriteTxn::record_pools()
         if (*stored && **stored == configured) continue;
         if (auto r = txn_.put(dbs_.meta, meta_key, configured); !r) return r;
         changed_ = true;  // the reverse zones readers serve follow the recorded pools
+        recompute_all_ = true;
         if (auto r = txn_.del(dbs_.meta, std::string("cursor") + family_char(f)); !r) return std::unexpected(r.error());
         if (auto r = release_quarantine_outside(f); !r) return r;
     }
@@ -691,7 +746,10 @@ Res<void> WriteTxn::mirror_put(const MirrorEntry& entry)
     }
     largest_created_ = std::max(largest_created_, entry.created);
     if (outcome != Outcome::unchanged) {
-        if (reorders && res.kind != conf::Kind::secret) dirty_meshes_.insert(res.mesh);
+        if (reorders && is_mes && !*old)
+            touch_new_mes(res.mesh, key, entry.created);
+        else if (reorders && res.kind != conf::Kind::secret)
+            touch_mesh(res.mesh);
         rec.created = entry.created;
         rec.created_at = unix_seconds(entry.created_at);
         rec.modified_at = unix_seconds(entry.modified_at);
@@ -723,7 +781,10 @@ Res<void> WriteTxn::mirror_put(const MirrorEntry& entry)
 
 Res<void> WriteTxn::mirror(const MirrorBatch& batch)
 {
+    if (auto before = sequence_before(); !before) return std::unexpected(before.error());
     if (auto r = record_pools(); !r) return r;
+    // A whole snapshot follows a lost watch: whatever changed meanwhile is not told apart.
+    if (batch.replace) recompute_all_ = true;
     if (batch.replace) {
         std::set<std::string> keep;
         for (const auto& e : batch.puts) keep.insert(resource_key(e.resource.kind, e.resource.mesh, e.resource.name));
@@ -761,27 +822,9 @@ Res<void> WriteTxn::mirror(const MirrorBatch& batch)
     return txn_.put(dbs_.meta, "mirror_source", batch.source);
 }
 
-Res<void> WriteTxn::recompute(const std::string& mesh)
+Res<void> WriteTxn::store_statuses(const std::string& mesh, std::vector<Loaded>& services,
+                                   std::vector<conf::HostnameStatus>& statuses)
 {
-    struct Loaded {
-        std::string key;
-        Record record;
-        conf::Resource resource;
-    };
-    auto load_kind = [&](conf::Kind kind, std::vector<Loaded>& out) {
-        return scan_records(txn_, resource_key(kind, mesh, ""), [&](std::string_view key, Record rec, conf::Resource res) {
-            out.push_back(Loaded{std::string(key), std::move(rec), std::move(res)});
-        });
-    };
-    std::vector<Loaded> generators, services;
-    if (auto r = load_kind(conf::Kind::hostname_generator, generators); !r) return r;
-    if (auto r = load_kind(conf::Kind::mesh_external_service, services); !r) return r;
-
-    std::vector<conf::Ordered> gen_in, mes_in;
-    for (const auto& g : generators) gen_in.push_back(conf::Ordered{&g.resource, g.record.created});
-    for (const auto& s : services) mes_in.push_back(conf::Ordered{&s.resource, s.record.created});
-    auto statuses = conf::generate_hostnames(gen_in, mes_in);
-
     // Drop the names that move first, then claim the new ones, so that a hostname passing
     // from one MES to another in this change ends up with its new holder.
     std::vector<std::size_t> changed;
@@ -806,10 +849,97 @@ Res<void> WriteTxn::recompute(const std::string& mesh)
     return {};
 }
 
+Res<void> WriteTxn::recompute(const std::string& mesh)
+{
+    std::vector<Loaded> generators, services;
+    if (auto r = load_kind(txn_, conf::Kind::hostname_generator, mesh, generators); !r) return r;
+    if (auto r = load_kind(txn_, conf::Kind::mesh_external_service, mesh, services); !r) return r;
+
+    std::vector<conf::Ordered> gen_in, mes_in;
+    for (const auto& g : generators) gen_in.push_back(conf::Ordered{&g.resource, g.record.created});
+    for (const auto& s : services) mes_in.push_back(conf::Ordered{&s.resource, s.record.created});
+    auto statuses = conf::generate_hostnames(gen_in, mes_in);
+    return store_statuses(mesh, services, statuses);
+}
+
+// The hostnames of `keys`, MES new to `mesh` and younger than every stored resource, when
+// nothing else of the mesh changed: the same statuses and index as recompute(mesh), without
+// decoding the mesh's other MES. Their statuses cannot change: each name a new MES claims is
+// one none of them renders (it would hold it, or see it held, and the index would say so),
+// and within one generator the new MES come after them. What can differ is the order of
+// generators: a new MES that renders a held name through an OLDER generator than the one
+// its holder claimed it through would take it first in the full generation, and move it.
+// That case, and anything the index and statuses do not explain, falls back to recompute.
+Res<void> WriteTxn::generate_for_new(const std::string& mesh, const std::vector<std::string>& keys)
+{
+    std::vector<Loaded> generators, services;
+    if (auto r = load_kind(txn_, conf::Kind::hostname_generator, mesh, generators); !r) return r;
+    if (generators.empty()) return {};  // nothing to generate, nothing held
+    std::set<std::string> keys_seen;
+    for (const auto& key : keys) {
+        if (!keys_seen.insert(key).second) continue;
+        auto rec = load(key);
+        if (!rec) return std::unexpected(rec.error());
+        if (!*rec) return recompute(mesh);
+        auto res = read_resource(**rec);
+        if (!res) return std::unexpected(res.error());
+        services.push_back(Loaded{key, std::move(**rec), std::move(*res)});
+    }
+
+    // Generator name -> its place in the generation order (creation, then name).
+    std::vector<std::pair<std::uint64_t, std::string>> order;
+    for (const auto& g : generators) order.emplace_back(g.record.created, g.resource.name);
+    std::ranges::sort(order);
+    std::map<std::string, std::size_t> rank;
+    for (std::size_t i = 0; i < order.size(); ++i) rank.emplace(order[i].second, i);
+
+    std::set<std::string> new_names;
+    for (const auto& s : services) new_names.insert(s.resource.name);
+    std::optional<Failure> failure;
+    bool fall_back = false;
+    auto claimed_by = [&](const std::string& hostname, const conf::Resource& generator) -> std::optional<std::string> {
+        if (failure || fall_back) return std::nullopt;  // the result is thrown away
+        auto holder = txn_.get(dbs_.hostnames, hostname_key(hostname, mesh));
+        if (!holder) {
+            failure = holder.error();
+            return std::nullopt;
+        }
+        if (!*holder) return std::nullopt;
+        std::string name(**holder);
+        auto held = new_names.contains(name) ? Res<std::optional<Record>>(std::optional<Record>{})
+                                             : load(resource_key(conf::Kind::mesh_external_service, mesh, name));
+        if (!held) {
+            failure = held.error();
+            return std::nullopt;
+        }
+        // The generator its holder claimed it through first: the earliest one listing it.
+        std::optional<std::size_t> first;
+        if (*held)
+            for (const auto& addr : (*held)->status.hostnames.addresses)
+                if (auto it = rank.find(addr.generator); addr.hostname == hostname && it != rank.end())
+                    first = std::min(first.value_or(it->second), it->second);
+        auto mine = rank.find(generator.name);
+        if (!first || mine == rank.end() || *first > mine->second) fall_back = true;
+        return name;
+    };
+
+    std::vector<conf::Ordered> gen_in, mes_in;
+    for (const auto& g : generators) gen_in.push_back(conf::Ordered{&g.resource, g.record.created});
+    for (const auto& s : services) mes_in.push_back(conf::Ordered{&s.resource, s.record.created});
+    auto statuses = conf::generate_hostnames(gen_in, mes_in, claimed_by);
+    if (failure) return std::unexpected(*failure);
+    if (fall_back) return recompute(mesh);
+    return store_statuses(mesh, services, statuses);
+}
+
 Res<void> WriteTxn::finish()
 {
     for (const auto& mesh : dirty_meshes_)
         if (auto r = recompute(mesh); !r) return r;
+    for (const auto& [mesh, keys] : new_mes_) {
+        if (dirty_meshes_.contains(mesh)) continue;  // done above
+        if (auto r = recompute_all_ ? recompute(mesh) : generate_for_new(mesh, keys); !r) return r;
+    }
     // Statuses as they stand after the whole write.
     for (auto& change : report_.changes) {
         if (change.kind != conf::Kind::mesh_external_service || change.outcome == Outcome::deleted) continue;
@@ -1532,8 +1662,9 @@ Result<std::vector<std::string>> Snapshot::check() const
             if (q && *q) fail(who + ": VIP " + status_vip->to_string() + " is both in use and in quarantine");
         }
         for (const auto& addr : rec->status.hostnames.addresses) {
+            // One MES may hold a name through two generators that render it alike.
             auto [it, inserted] = hostname_holder.try_emplace({res->mesh, addr.hostname}, res->name);
-            if (!inserted)
+            if (!inserted && it->second != res->name)
                 fail("hostname " + addr.hostname + " is held by both " + it->second + " and " + res->name +
                      " in mesh " + res->mesh);
             auto idx = txn.get(dbs.hostnames, hostname_key(addr.hostname, res->mesh));

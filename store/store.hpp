@@ -104,6 +104,9 @@ struct WriteOptions {
     // Growing needs no read transaction open in this process, which a writer on a thread
     // beside readers cannot promise; it retries where it can (mesd: on its loop).
     bool grow_map = true;
+    // For tests and benchmarks: every write that touches a mesh recomputes the hostnames of
+    // all its MES, instead of generating only for new ones where that gives the same result.
+    bool full_recompute = false;
 };
 
 struct WriteReport {
