@@ -282,7 +282,7 @@ struct Mirror::Impl {
                     applied = last;  // nothing of ours changed: VIP claims, quarantine, nodes
                     std::lock_guard lock(mutex);
                     state.revision = applied;
-                    return !stopped();
+                    return !stopping;
                 }
                 pending.revision = last;
                 if (!flush_due()) return !stopped();
