@@ -8,8 +8,10 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <mutex>
 #include <random>
 #include <set>
+#include <thread>
 
 namespace store::cluster {
 
@@ -20,6 +22,9 @@ using Clock = std::chrono::system_clock;
 // Conflicting transactions are read again and retried; this many in a row for one batch
 // means something keeps changing the same keys, and the user hears about it.
 constexpr int max_attempts = 32;
+// Applies of this many resources or more are written on this many connections at once.
+constexpr std::size_t parallel_min = 256;
+constexpr std::size_t parallel_writers = 4;
 
 std::string_view kind_segment(conf::Kind kind)
 {
@@ -211,8 +216,11 @@ struct Writer::Impl {
     std::int64_t lease = 0;
     std::vector<std::string> notes;
     std::mt19937_64 random{std::random_device{}()};
+    etcd::Options options;   // for the connections of parallel writers
+    std::mutex plan_mutex;   // parallel writers plan again one at a time
 
-    Impl(etcd::Client& c, const Layout& l, const Pools& p, const Limits& lim) : client(c), layout(l), pools(p), limits(lim)
+    Impl(etcd::Client& c, const Layout& l, const Pools& p, const Limits& lim, etcd::Options o)
+        : client(c), layout(l), pools(p), limits(lim), options(std::move(o))
     {
         if (!pools.ipv4.empty()) pool4 = vip::Pool::parse(pools.ipv4);
         if (!pools.ipv6.empty()) pool6 = vip::Pool::parse(pools.ipv6);
@@ -374,11 +382,13 @@ struct Writer::Impl {
         }
     }
 
-    static std::size_t cost(const std::vector<etcd::Compare>& c, const std::vector<etcd::Operation>& o)
+    // The JSON bytes of the compares and operations from c0 and o0 on (base64 and field names).
+    static std::size_t cost(const std::vector<etcd::Compare>& c, const std::vector<etcd::Operation>& o,
+                            std::size_t c0 = 0, std::size_t o0 = 0)
     {
-        std::size_t bytes = 64;
-        for (const auto& x : c) bytes += x.key.size() * 4 / 3 + 80;
-        for (const auto& x : o) bytes += (x.key.size() + x.value.size()) * 4 / 3 + 80;
+        std::size_t bytes = 0;
+        for (std::size_t i = c0; i < c.size(); ++i) bytes += c[i].key.size() * 4 / 3 + 80;
+        for (std::size_t i = o0; i < o.size(); ++i) bytes += (o[i].key.size() + o[i].value.size()) * 4 / 3 + 80;
         return bytes;
     }
 
@@ -395,16 +405,21 @@ struct Writer::Impl {
     // Writes `items` (planned) in transactions within etcd's limits. A transaction whose
     // compares fail reads every compared key in its failure branch; the items are planned
     // again from that and the transaction retried.
-    Result<void> write(std::vector<Item*> pending)
+    Result<void> write(std::vector<Item*> pending, etcd::Client& via)
     {
         int attempts = 0;
-        while (!pending.empty()) {
-            // Fill one transaction.
+        std::size_t start = 0;  // pending[..start) are written
+        for (;;) {
+            // Fill one transaction from the first items not written yet. Compares and
+            // operations are appended in place and cut back when an item does not fit.
             std::vector<etcd::Compare> compare;
             std::vector<etcd::Operation> ops;
             std::vector<Item*> batch;
+            std::size_t bytes = 64;
             std::map<std::string, std::string> last_created;  // mesh -> name of the last creation
-            for (Item* item : pending) {
+            while (start < pending.size() && pending[start]->done) ++start;
+            for (std::size_t k = start; k < pending.size(); ++k) {
+                Item* item = pending[k];
                 if (item->done) continue;
                 if (item->input && item->outcome == Outcome::unchanged && item->claims.empty()) {
                     item->done = true;
@@ -417,21 +432,24 @@ struct Writer::Impl {
                     auto it = last_created.find(item->key.mesh);
                     if (it != last_created.end() && item->key.name < it->second && !batch.empty()) break;
                 }
-                std::vector<etcd::Compare> c = compare;
-                std::vector<etcd::Operation> o = ops;
-                add(*item, c, o);
-                if (!batch.empty() && (c.size() > limits.max_txn_ops || o.size() > limits.max_txn_ops ||
-                                       cost(c, o) > limits.max_request_bytes))
+                std::size_t c0 = compare.size(), o0 = ops.size();
+                add(*item, compare, ops);
+                std::size_t added = cost(compare, ops, c0, o0);
+                if (compare.size() > limits.max_txn_ops || ops.size() > limits.max_txn_ops ||
+                    bytes + added > limits.max_request_bytes) {
+                    if (batch.empty())
+                        return std::unexpected(Error{"etcd: writing " + name_of(item->key) +
+                                                     " takes more than --max-txn-ops (" +
+                                                     std::to_string(limits.max_txn_ops) + ") operations or " +
+                                                     std::to_string(limits.max_request_bytes) + " bytes"});
+                    compare.resize(c0);
+                    ops.resize(o0);
                     break;
-                if (c.size() > limits.max_txn_ops || o.size() > limits.max_txn_ops)
-                    return std::unexpected(Error{"etcd: writing " + name_of(item->key) + " takes more than --max-txn-ops (" +
-                                                 std::to_string(limits.max_txn_ops) + ") operations"});
-                compare = std::move(c);
-                ops = std::move(o);
+                }
+                bytes += added;
                 batch.push_back(item);
                 if (item->input && !item->current) last_created[item->key.mesh] = item->key.name;
             }
-            std::erase_if(pending, [](Item* i) { return i->done; });
             if (batch.empty()) break;
 
             // The failure branch reads each compared key once, in this order.
@@ -442,13 +460,14 @@ struct Writer::Impl {
                     keys.push_back(c.key);
                     reads.push_back(etcd::Operation{etcd::Operation::Type::range, c.key, {}, {}, 0});
                 }
-            auto r = client.txn(compare, ops, reads);
+            auto r = via.txn(compare, ops, reads);
             if (!r) return std::unexpected(to_error(r.error()));
             if (r->succeeded) {
                 for (Item* item : batch) item->done = true;
                 attempts = 0;
                 continue;
             }
+            std::lock_guard planning(plan_mutex);  // the VIPs taken and the allocator are shared
             if (++attempts >= max_attempts)
                 return std::unexpected(Error{"etcd: gave up after " + std::to_string(max_attempts) +
                                              " transactions in a row lost to concurrent writers"});
@@ -494,16 +513,50 @@ struct Writer::Impl {
         }
         return {};
     }
+
+    // Writes `pending` on `writers` connections at once when there is enough of it: etcd
+    // commits concurrent transactions together (one raft round, one fsync for several), and
+    // a transaction's round trip, not mesctl, is what a large apply waits for.
+    Result<void> write_all(std::vector<Item*> pending)
+    {
+        std::size_t writers = pending.size() >= parallel_min ? parallel_writers : 1;
+        if (writers == 1) return write(std::move(pending), client);
+        // Planning again may need the VIPs taken; read them now, while `client` is free.
+        if (auto r = read_taken(); !r) return r;
+        std::vector<std::unique_ptr<etcd::Client>> extra;
+        for (std::size_t i = 1; i < writers; ++i) {
+            auto c = etcd::Client::connect(options);
+            if (!c) return std::unexpected(to_error(c.error()));
+            extra.push_back(std::move(*c));
+        }
+        std::vector<Result<void>> results(writers);
+        std::vector<std::thread> threads;
+        std::size_t per = (pending.size() + writers - 1) / writers;
+        for (std::size_t w = 0; w < writers; ++w) {
+            std::size_t from = std::min(pending.size(), w * per), to = std::min(pending.size(), from + per);
+            std::vector<Item*> slice(pending.begin() + static_cast<std::ptrdiff_t>(from),
+                                     pending.begin() + static_cast<std::ptrdiff_t>(to));
+            etcd::Client& via = w == 0 ? client : *extra[w - 1];
+            threads.emplace_back([this, &results, w, &via, slice = std::move(slice)]() mutable {
+                results[w] = write(std::move(slice), via);
+            });
+        }
+        for (auto& t : threads) t.join();
+        for (auto& r : results)
+            if (!r) return r;
+        return {};
+    }
 };
 
 Writer::Writer(etcd::Client& client, const conf::Config& config, Limits limits)
-    : client_(client), layout_(config.cluster.etcd.prefix), pools_(Pools::from(config)), limits_(limits)
+    : client_(client), layout_(config.cluster.etcd.prefix), pools_(Pools::from(config)), limits_(limits),
+      options_(client_options(config))
 {
 }
 
 Result<WriteReport> Writer::apply(std::span<const conf::Resource> resources, bool prune)
 {
-    Impl impl(client_, layout_, pools_, limits_);
+    Impl impl(client_, layout_, pools_, limits_, options_);
     std::vector<Item> items;
     items.reserve(resources.size());
     std::set<std::string> named;
@@ -525,7 +578,9 @@ Result<WriteReport> Writer::apply(std::span<const conf::Resource> resources, boo
     }
 
     std::vector<Item> removals;
-    if (prune) {
+    // A large input is matched against one read of the whole prefix (pages of 1,000), a small
+    // one key by key (128 reads to a transaction).
+    if (prune || items.size() > 1000) {
         auto all = impl.range_all(layout_.resources(), false);
         if (!all) return std::unexpected(all.error());
         std::map<std::string, const etcd::KeyValue*> by_key;
@@ -538,6 +593,7 @@ Result<WriteReport> Writer::apply(std::span<const conf::Resource> resources, boo
         // MES first, then generators, then Secrets: a Secret is never gone while a MES
         // being removed still names it.
         for (auto kind : {conf::Kind::mesh_external_service, conf::Kind::hostname_generator, conf::Kind::secret}) {
+            if (!prune) break;
             for (const auto& kv : *all) {
                 if (named.contains(kv.key)) continue;
                 auto key = layout_.parse_resource(kv.key);
@@ -557,14 +613,14 @@ Result<WriteReport> Writer::apply(std::span<const conf::Resource> resources, boo
         if (auto p = impl.plan(item); !p) return std::unexpected(p.error());
     std::vector<Item*> pending;
     for (auto& item : items) pending.push_back(&item);
-    if (auto w = impl.write(pending); !w) return std::unexpected(w.error());
+    if (auto w = impl.write_all(pending); !w) return std::unexpected(w.error());
     if (!removals.empty()) {
         if (auto l = impl.ensure_lease(); !l) return std::unexpected(l.error());
         for (auto kind : {conf::Kind::mesh_external_service, conf::Kind::hostname_generator, conf::Kind::secret}) {
             std::vector<Item*> group;
             for (auto& item : removals)
                 if (item.key.kind == kind) group.push_back(&item);
-            if (auto w = impl.write(group); !w) return std::unexpected(w.error());
+            if (auto w = impl.write_all(group); !w) return std::unexpected(w.error());
         }
     }
 
@@ -591,7 +647,7 @@ Result<WriteReport> Writer::apply(std::span<const conf::Resource> resources, boo
 
 Result<WriteReport> Writer::remove(conf::Kind kind, std::string_view mesh, std::string_view name, bool force)
 {
-    Impl impl(client_, layout_, pools_, limits_);
+    Impl impl(client_, layout_, pools_, limits_, options_);
     Item item;
     item.key = ResourceKey{kind, std::string(mesh), std::string(name)};
     item.etcd_key = layout_.resource(kind, mesh, name);
@@ -619,7 +675,7 @@ Result<WriteReport> Writer::remove(conf::Kind kind, std::string_view mesh, std::
     }
     if (auto l = impl.ensure_lease(); !l) return std::unexpected(l.error());
     auto status_before = target.current_entry;
-    if (auto w = impl.write({&target}); !w) return std::unexpected(w.error());
+    if (auto w = impl.write({&target}, client_); !w) return std::unexpected(w.error());
     WriteReport report;
     MesStatus status;
     if (status_before) {
@@ -642,7 +698,7 @@ Result<bool> Writer::has_secret(std::string_view mesh, std::string_view name)
 
 Result<WriteReport> Writer::import(const Snapshot& snapshot, std::vector<std::string>& conflicts)
 {
-    Impl impl(client_, layout_, pools_, limits_);
+    Impl impl(client_, layout_, pools_, limits_, options_);
     auto entries = snapshot.list(std::nullopt, std::nullopt);
     if (!entries) return std::unexpected(entries.error());
     // Oldest first: etcd's create revisions then keep the store's order of age.
@@ -690,25 +746,28 @@ Result<WriteReport> Writer::import(const Snapshot& snapshot, std::vector<std::st
         std::vector<etcd::Compare> compare;
         std::vector<etcd::Operation> ops;
         std::vector<Item*> batch;
+        std::size_t bytes = 64;
         std::map<std::string, std::string> last_created;
         for (Item* item : pending) {
             auto it = last_created.find(item->key.mesh);
             if (it != last_created.end() && item->key.name < it->second && !batch.empty()) break;
             using C = etcd::Compare;
-            std::vector<etcd::Compare> c = compare;
-            std::vector<etcd::Operation> o = ops;
-            c.push_back(C{item->etcd_key, C::Target::create, C::Op::equal, 0, {}});
-            o.push_back(etcd::Operation{etcd::Operation::Type::put, item->etcd_key, encode_value(item->next), {}, 0});
+            std::size_t c0 = compare.size(), o0 = ops.size();
+            compare.push_back(C{item->etcd_key, C::Target::create, C::Op::equal, 0, {}});
+            ops.push_back(etcd::Operation{etcd::Operation::Type::put, item->etcd_key, encode_value(item->next), {}, 0});
             for (const auto& a : item->claims) {
-                c.push_back(C{layout_.vip(a), C::Target::create, C::Op::equal, 0, {}});
-                o.push_back(etcd::Operation{etcd::Operation::Type::put, layout_.vip(a),
-                                            owner_text(item->key.mesh, item->key.name), {}, 0});
+                compare.push_back(C{layout_.vip(a), C::Target::create, C::Op::equal, 0, {}});
+                ops.push_back(etcd::Operation{etcd::Operation::Type::put, layout_.vip(a),
+                                              owner_text(item->key.mesh, item->key.name), {}, 0});
             }
-            if (!batch.empty() && (c.size() > limits_.max_txn_ops || o.size() > limits_.max_txn_ops ||
-                                   Impl::cost(c, o) > limits_.max_request_bytes))
+            std::size_t added = Impl::cost(compare, ops, c0, o0);
+            if (!batch.empty() && (compare.size() > limits_.max_txn_ops || ops.size() > limits_.max_txn_ops ||
+                                   bytes + added > limits_.max_request_bytes)) {
+                compare.resize(c0);
+                ops.resize(o0);
                 break;
-            compare = std::move(c);
-            ops = std::move(o);
+            }
+            bytes += added;
             batch.push_back(item);
             last_created[item->key.mesh] = item->key.name;
         }

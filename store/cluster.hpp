@@ -102,6 +102,7 @@ private:
     Layout layout_;
     Pools pools_;
     Limits limits_;
+    etcd::Options options_;
 };
 
 // mesd's side: one thread watches etcd and writes what it sees into the store, another
