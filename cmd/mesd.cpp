@@ -1268,7 +1268,14 @@ int main(int argc, char** argv)
     if (!flags.allow_core_dumps) disable_core_dumps();
     auto loaded = conf::load_config(flags.config);
     if (flags.etcd_endpoints) conf::set_etcd_endpoints(loaded, *flags.etcd_endpoints, "--etcd-endpoints");
-    if (flags.node_name) loaded.config.cluster.node_name = *flags.node_name;
+    if (flags.node_name) {
+        if (!conf::is_node_name(*flags.node_name)) {
+            std::cerr << "mesd: --node-name " << conf::escape_controls(*flags.node_name)
+                      << ": must be 1-253 letters, digits, '.', '-' or '_'\n";
+            return exit_usage;
+        }
+        loaded.config.cluster.node_name = *flags.node_name;
+    }
     if (loaded.config.cluster.enabled && loaded.config.cluster.node_name.empty()) {
         char host[256] = {};
         loaded.config.cluster.node_name = ::gethostname(host, sizeof host - 1) == 0 && host[0] ? host : "mesd";

@@ -399,6 +399,8 @@ struct Config {
 // An etcd endpoint as the configuration takes it: http://HOST:PORT, https://HOST:PORT or
 // HOST:PORT, HOST an IP literal ([v6]) or a DNS name.
 bool valid_etcd_endpoint(std::string_view text);
+// A cluster node name: 1-253 letters, digits, '.', '-' or '_' (it names an etcd key).
+bool is_node_name(std::string_view s);
 
 struct ConfigResult {
     Config config;

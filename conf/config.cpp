@@ -114,6 +114,8 @@ bool valid_cidr(std::string_view text, bool want_v6)
 
 bool valid_any_cidr(std::string_view text) { return valid_cidr(text, false) || valid_cidr(text, true); }
 
+}  // namespace
+
 // Node names go into etcd keys and metric labels: plain characters only.
 bool is_node_name(std::string_view s)
 {
@@ -122,6 +124,8 @@ bool is_node_name(std::string_view s)
                ch == '-' || ch == '_';
     });
 }
+
+namespace {
 
 class ConfigReader {
 public:
@@ -438,7 +442,16 @@ ConfigResult load_config(const std::optional<std::string>& path)
     // list of endpoints turns cluster mode on as a `cluster` section does.
     if (const char* eps = std::getenv("MESD_ETCD_ENDPOINTS"); eps && *eps)
         set_etcd_endpoints(result, eps, "MESD_ETCD_ENDPOINTS");
-    if (const char* node = std::getenv("MESD_NODE_NAME"); node && *node) result.config.cluster.node_name = node;
+    if (const char* node = std::getenv("MESD_NODE_NAME"); node && *node) {
+        if (is_node_name(node)) {
+            result.config.cluster.node_name = node;
+        } else {
+            Diagnostic d;
+            d.mark = Mark{"MESD_NODE_NAME", 0, 0};
+            d.message = "a node name is 1-253 letters, digits, '.', '-' or '_', got " + excerpt(node);
+            result.errors.push_back(std::move(d));
+        }
+    }
     if (const char* user = std::getenv("MESD_ETCD_USERNAME"); user && *user) result.config.cluster.etcd.username = user;
     if (const char* pass = std::getenv("MESD_ETCD_PASSWORD"); pass && *pass) result.config.cluster.etcd.password = pass;
     return result;

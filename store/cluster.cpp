@@ -211,8 +211,11 @@ struct Writer::Impl {
     const Limits& limits;
     Clock::time_point now = Clock::now();
     std::optional<vip::Pool> pool4, pool6;
-    std::optional<std::set<vip::Address>> taken;  // read when the first claim is needed
+    std::optional<std::set<vip::Address>> taken;  // the VIPs known to be held
     std::optional<TakenLedger> ledger;
+    bool taken_read = false;   // `taken` has every VIP etcd held when it was read
+    bool many_claims = false;  // this call creates enough MES to read every VIP first
+    int lost_picks = 0;        // transactions lost because a picked VIP was held
     std::int64_t lease = 0;
     std::vector<std::string> notes;
     std::mt19937_64 random{std::random_device{}()};
@@ -278,16 +281,12 @@ struct Writer::Impl {
         return {};
     }
 
-    Result<void> read_taken()
+    // The allocator, with no address known taken yet: enough for a few new MES in a pool
+    // that is mostly free, where a pick someone holds costs one lost transaction.
+    void start_ledger()
     {
-        if (taken) return {};
+        if (ledger) return;
         taken.emplace();
-        for (const std::string& prefix : {layout.vips(), layout.quarantines()}) {
-            auto keys = range_all(prefix, true);
-            if (!keys) return std::unexpected(keys.error());
-            for (const auto& kv : *keys)
-                if (auto a = vip::Address::parse(std::string_view(kv.key).substr(prefix.size()))) taken->insert(*a);
-        }
         ledger.emplace(*taken);
         // Each call starts at a random place in the pool and goes up from there: writers on
         // several nodes then rarely reach for the same address, and one call's VIPs still
@@ -301,6 +300,21 @@ struct Writer::Impl {
             start.value += offset;
             ledger->set_cursor(start);
         }
+    }
+
+    // Every VIP claimed or quarantined in etcd, read once (keys only): for many new MES, and
+    // once picks from the ledger alone have lost a few transactions.
+    Result<void> read_taken()
+    {
+        if (taken_read) return {};
+        start_ledger();
+        for (const std::string& prefix : {layout.vips(), layout.quarantines()}) {
+            auto keys = range_all(prefix, true);
+            if (!keys) return std::unexpected(keys.error());
+            for (const auto& kv : *keys)
+                if (auto a = vip::Address::parse(std::string_view(kv.key).substr(prefix.size()))) taken->insert(*a);
+        }
+        taken_read = true;
         return {};
     }
 
@@ -340,7 +354,11 @@ struct Writer::Impl {
         for (auto f : {vip::Family::v4, vip::Family::v6}) {
             auto& a = address_of(item.next, f);
             if (a || !pool(f)) continue;
-            if (auto r = read_taken(); !r) return r;
+            if (many_claims) {
+                if (auto r = read_taken(); !r) return r;
+            } else {
+                start_ledger();
+            }
             auto picked = pick(f);
             if (!picked) {
                 item.vip_error += (item.vip_error.empty() ? "" : "; ") + picked.error();
@@ -493,7 +511,17 @@ struct Writer::Impl {
                 }
                 if (auto p = plan(*item); !p) return p;
             }
-            // Claims that lost their address to another writer are picked again.
+            // Claims that lost their address to another writer are picked again; after a few
+            // such losses every held VIP is read, so that picks stop guessing.
+            bool any_lost = std::ranges::any_of(batch, [&](Item* item) {
+                return std::ranges::any_of(item->claims, [&](const vip::Address& a) {
+                    auto v = now_there.find(layout.vip(a));
+                    auto q = now_there.find(layout.quarantine(a));
+                    return (v != now_there.end() && v->second) || (q != now_there.end() && q->second);
+                });
+            });
+            if (any_lost && ++lost_picks >= 3 && !taken_read)
+                if (auto read = read_taken(); !read) return read;
             for (Item* item : batch) {
                 if (!item->input || item->done) continue;
                 bool lost = std::ranges::any_of(item->claims, [&](const vip::Address& a) {
@@ -609,6 +637,9 @@ Result<WriteReport> Writer::apply(std::span<const conf::Resource> resources, boo
         return std::unexpected(read.error());
     }
 
+    impl.many_claims = std::ranges::count_if(items, [](const Item& i) {
+                           return i.key.kind == conf::Kind::mesh_external_service && !i.current;
+                       }) >= 64;
     for (auto& item : items)
         if (auto p = impl.plan(item); !p) return std::unexpected(p.error());
     std::vector<Item*> pending;

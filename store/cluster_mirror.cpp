@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -128,6 +129,16 @@ struct Mirror::Impl {
     // Writes one batch into the store, trying again while the map is being grown elsewhere.
     Result<WriteReport> write(const MirrorBatch& batch)
     {
+        // A large batch's decoded resources and etcd's JSON were allocated on this thread's
+        // own malloc arena: hand the pages back once written, as the loop does after an index
+        // rebuild, or a node would keep more memory than a single-node mesd serving the same.
+        struct Trim {
+            bool large;
+            ~Trim()
+            {
+                if (large) malloc_trim(0);
+            }
+        } trim{batch.puts.size() + batch.removals.size() >= 1000};
         WriteOptions o;
         o.pools = pools;
         Result<WriteReport> r = std::unexpected(Error{"not written"});

@@ -465,3 +465,50 @@ TEST_CASE("cluster: import of a store of 10000 MES keeps every VIP")
     REQUIRE(q);
     CHECK(q->kvs.size() == 1);
 }
+
+TEST_CASE("cluster: invalid input writes nothing and prune and Secrets behave as in single-node mode")
+{
+    EtcdCluster etcd(one_member());
+    Fleet fleet(etcd, 2);
+    REQUIRE(fleet.apply(0, generator_doc + mes_doc("a") + mes_doc("b")).exit_code == 0);
+
+    // An invalid document: nothing written to etcd.
+    auto bad = fleet.apply(1, mes_doc("c") + mes_doc("bad", 0));
+    CHECK(bad.exit_code == 1);
+    CHECK(bad.err.find("nothing was applied") != std::string::npos);
+    check_etcd_whole(etcd, 2);
+
+    // A Secret referenced by a MES: looked up in etcd, its value never shown, delete guarded.
+    auto key_ref = "  tls:\n    enabled: true\n    verification:\n      caCert:\n        secret: ca\n";
+    auto missing = fleet.apply(1, mes_doc("uses-ca", 80, key_ref));
+    CHECK(missing.exit_code == 1);
+    CHECK(missing.err.find("secret \"ca\" not found in mesh \"default\"") != std::string::npos);
+    auto ca = make_ca("cluster test CA").cert_pem;
+    std::string b64 = run({"/usr/bin/base64", "-w0", fleet.dir().write("ca.pem", ca)}).out;
+    REQUIRE(fleet.apply(0, "type: Secret\nname: ca\ndata: " + b64 + "\n").exit_code == 0);
+    auto uses = fleet.apply(1, mes_doc("uses-ca", 80, key_ref));
+    INFO(uses.err);
+    REQUIRE(uses.exit_code == 0);
+    auto refused = fleet.ctl(0, {"delete", "secret", "ca"});
+    CHECK(refused.exit_code == 1);
+    CHECK(refused.err.find("Secret default/ca is used by MeshExternalService default/uses-ca") != std::string::npos);
+    CHECK(fleet.wait_for_answer(1, "uses-ca.mesh") != "");
+    std::string shown;
+    CHECK(wait_until(10s, [&] { return (shown = fleet.ctl(1, {"get", "secrets", "ca", "-o", "yaml"}).out).find("name: ca") != std::string::npos; }));
+    CHECK(shown.find(b64.substr(0, 40)) == std::string::npos);
+
+    // --prune: what the input no longer names goes, MES before the Secret they used.
+    auto pruned = fleet.ctl(1, {"apply", "--prune", "-f", fleet.dir().write("keep.yaml", generator_doc + mes_doc("b"))});
+    INFO(pruned.err);
+    CHECK(pruned.exit_code == 0);
+    CHECK(pruned.out.find("unchanged MeshExternalService default/b") != std::string::npos);
+    CHECK(pruned.out.find("deleted MeshExternalService default/a") != std::string::npos);
+    CHECK(pruned.out.find("deleted MeshExternalService default/uses-ca") != std::string::npos);
+    CHECK(pruned.out.find("deleted Secret default/ca") != std::string::npos);
+    for (int n = 0; n < 2; ++n) {
+        CHECK(fleet.wait_for_answer(n, "a.mesh", "") == "");
+        CHECK(fleet.wait_for_answer(n, "b.mesh") != "");
+    }
+    check_etcd_whole(etcd, 1);
+    check_fleet_agrees(fleet, 2, 1);
+}
