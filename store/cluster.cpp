@@ -501,18 +501,8 @@ struct Writer::Impl {
                     if (rest.starts_with(prefix))
                         if (auto a = vip::Address::parse(rest.substr(prefix.size())); a && taken) taken->insert(*a);
             }
-            for (Item* item : batch) {
-                auto it = now_there.find(item->etcd_key);
-                if (it == now_there.end()) continue;
-                if (auto set = set_current(*item, it->second); !set) return set;
-                if (!item->input) {
-                    if (!item->current) item->done = true;  // already deleted by someone else
-                    continue;
-                }
-                if (auto p = plan(*item); !p) return p;
-            }
-            // Claims that lost their address to another writer are picked again; after a few
-            // such losses every held VIP is read, so that picks stop guessing.
+            // Picks that lost their address to another writer: after a few such losses every
+            // held VIP is read, so that picks stop guessing.
             bool any_lost = std::ranges::any_of(batch, [&](Item* item) {
                 return std::ranges::any_of(item->claims, [&](const vip::Address& a) {
                     auto v = now_there.find(layout.vip(a));
@@ -522,21 +512,17 @@ struct Writer::Impl {
             });
             if (any_lost && ++lost_picks >= 3 && !taken_read)
                 if (auto read = read_taken(); !read) return read;
+            // Every item of the batch planned again from what is there now: a MES someone
+            // else created becomes an update keeping their VIP, a new one picks afresh.
             for (Item* item : batch) {
-                if (!item->input || item->done) continue;
-                bool lost = std::ranges::any_of(item->claims, [&](const vip::Address& a) {
-                    auto v = now_there.find(layout.vip(a));
-                    auto q = now_there.find(layout.quarantine(a));
-                    return (v != now_there.end() && v->second) || (q != now_there.end() && q->second);
-                });
-                if (lost) {
-                    for (const auto& a : item->claims) address_of(item->next, a.family).reset();
-                    if (item->current_entry) {
-                        item->next.ipv4 = item->current_entry->ipv4;
-                        item->next.ipv6 = item->current_entry->ipv6;
-                    }
-                    if (auto p = plan(*item); !p) return p;
+                auto it = now_there.find(item->etcd_key);
+                if (it == now_there.end()) continue;
+                if (auto set = set_current(*item, it->second); !set) return set;
+                if (!item->input) {
+                    if (!item->current) item->done = true;  // already deleted by someone else
+                    continue;
                 }
+                if (auto p = plan(*item); !p) return p;
             }
         }
         return {};

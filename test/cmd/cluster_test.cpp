@@ -512,3 +512,24 @@ TEST_CASE("cluster: invalid input writes nothing and prune and Secrets behave as
     check_etcd_whole(etcd, 1);
     check_fleet_agrees(fleet, 2, 1);
 }
+
+TEST_CASE("cluster: single applies find the free VIPs of a crowded pool")
+{
+    EtcdCluster etcd(one_member());
+    FleetOptions crowded;
+    crowded.vip_section = "  ipv4: 127.242.0.0/23\n";  // 510 usable addresses
+    Fleet fleet(etcd, 1, crowded);
+    // 480 in one apply (a block from a random place, wrapping), then one at a time: each
+    // single apply starts at a random place, most likely inside the block, and must get out.
+    REQUIRE(fleet.apply(0, many_mes("bulk", 0, 480)).exit_code == 0);
+    for (int i = 0; i < 30; ++i) {
+        auto r = fleet.apply(0, mes_doc("one-" + std::to_string(i)));
+        INFO(r.err);
+        REQUIRE(r.exit_code == 0);
+        CHECK(r.err.find("has no VIP") == std::string::npos);
+    }
+    // The pool is full now: the next one is told so.
+    auto full = fleet.apply(0, mes_doc("one-too-many"));
+    CHECK(full.err.find("has no VIP: no addresses left in pool 127.242.0.0/23") != std::string::npos);
+    check_etcd_whole(etcd, 511, 1);
+}
