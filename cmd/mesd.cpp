@@ -220,13 +220,15 @@ private:
     std::uint64_t store_errors_ = 0;
     std::string store_error_;  // why the last read of the store failed; empty once one succeeds
     std::chrono::steady_clock::time_point readers_checked_{};
-    // Cluster mode: the copy of etcd, and the wake-up its threads send when the store changed.
-    std::unique_ptr<store::cluster::Mirror> mirror_;
+    // Cluster mode: the wake-up the mirror's threads send when the store changed, and the
+    // mirror itself, declared last so that it stops before what its threads use goes.
     uv_async_t mirror_changed_{};
     std::mutex mirror_changed_mutex_;  // the handle may be signalled only while open
     bool mirror_changed_open_ = false;
+    std::unique_ptr<store::cluster::Mirror> mirror_;
     std::string cluster_ready_text() const;
-    bool start_cluster();
+    bool cluster_store_usable();
+    void start_mirror();
     std::uint64_t stale_readers_cleared_ = 0;
 };
 
@@ -1051,7 +1053,7 @@ int Daemon::run()
         else conf_applied_.clear();  // it kept changing: read again at the first look
     }
     if (!refresh()) return exit_failed;
-    if (config_.cluster.enabled && !start_cluster()) return exit_failed;
+    if (config_.cluster.enabled && !cluster_store_usable()) return exit_failed;
 
     dns::ServerOptions options;
     options.listen = config_.dns.listen;
@@ -1115,6 +1117,9 @@ int Daemon::run()
         return exit_failed;
     }
     if (config_.proxy.mode == "redirect") log::info("proxy", "listening", {{"addr", proxy_->bound()}, {"mode", "redirect"}});
+    // Once every listener is up: a failed start above leaves no mirror thread or wake-up
+    // handle behind to keep the loop from ending.
+    if (config_.cluster.enabled) start_mirror();
     update_routes();
 
 
@@ -1141,7 +1146,7 @@ int Daemon::run()
     return exit_ok;
 }
 
-bool Daemon::start_cluster()
+bool Daemon::cluster_store_usable()
 {
     auto snap = store_->snapshot();
     if (!snap) {
@@ -1161,7 +1166,11 @@ bool Daemon::start_cluster()
                    {{"data_dir", config_.data_dir}, {"resources", std::to_string(counts->size())}});
         return false;
     }
-    snap = std::unexpected(store::Error{});
+    return true;
+}
+
+void Daemon::start_mirror()
+{
     uv_async_init(&loop_, &mirror_changed_, [](uv_async_t* a) { static_cast<Daemon*>(a->data)->refresh(); });
     mirror_changed_.data = this;
     mirror_changed_open_ = true;
@@ -1182,11 +1191,9 @@ bool Daemon::start_cluster()
     std::string endpoints;
     for (const auto& e : config_.cluster.etcd.endpoints) endpoints += (endpoints.empty() ? "" : ",") + e;
     log::info("cluster", "node of a cluster",
-              {{"node", config_.cluster.node_name.empty() ? std::string("(host name)") : config_.cluster.node_name},
-               {"etcd", endpoints}, {"prefix", config_.cluster.etcd.prefix},
-               {"revision", std::to_string(recorded->revision)}});
+              {{"node", config_.cluster.node_name}, {"etcd", endpoints}, {"prefix", config_.cluster.etcd.prefix},
+               {"revision", std::to_string(mirror_->state().revision)}});
     mirror_->start();
-    return true;
 }
 
 std::string Daemon::cluster_ready_text() const

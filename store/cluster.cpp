@@ -217,6 +217,7 @@ struct Writer::Impl {
     bool many_claims = false;  // this call creates enough MES to read every VIP first
     int lost_picks = 0;        // transactions lost because a picked VIP was held
     std::int64_t lease = 0;
+    Clock::time_point lease_granted{};
     std::vector<std::string> notes;
     std::mt19937_64 random{std::random_device{}()};
     etcd::Options options;   // for the connections of parallel writers
@@ -241,6 +242,11 @@ struct Writer::Impl {
         req.limit = keys_only ? 10000 : 1000;
         for (;;) {
             auto page = client.range(req);
+            // A page too large for one response (large Secrets) is asked again at half the size.
+            if (!page && !page.error().unavailable && req.limit > 1) {
+                req.limit /= 2;
+                continue;
+            }
             if (!page) return std::unexpected(to_error(page.error()));
             if (req.revision == 0) req.revision = page->revision;
             for (auto& kv : page->kvs) out.push_back(std::move(kv));
@@ -410,13 +416,18 @@ struct Writer::Impl {
         return bytes;
     }
 
+    // The lease quarantine entries are written under. A quarantine runs from the lease's
+    // grant, so a call that goes on for long takes a new one after half the quarantine (and a
+    // lease shorter than the call cannot run out under it).
     Result<void> ensure_lease()
     {
-        if (lease != 0 || pools.quarantine <= Clock::duration::zero()) return {};
+        if (pools.quarantine <= Clock::duration::zero()) return {};
+        if (lease != 0 && Clock::now() - lease_granted < pools.quarantine / 2) return {};
         auto seconds = std::chrono::ceil<std::chrono::seconds>(pools.quarantine);
         auto granted = client.lease_grant(seconds);
         if (!granted) return std::unexpected(to_error(granted.error()));
         lease = *granted;
+        lease_granted = Clock::now();
         return {};
     }
 
@@ -450,6 +461,8 @@ struct Writer::Impl {
                     auto it = last_created.find(item->key.mesh);
                     if (it != last_created.end() && item->key.name < it->second && !batch.empty()) break;
                 }
+                if (!item->input && batch.empty())
+                    if (auto l = ensure_lease(); !l) return l;
                 std::size_t c0 = compare.size(), o0 = ops.size();
                 add(*item, compare, ops);
                 std::size_t added = cost(compare, ops, c0, o0);
@@ -637,7 +650,8 @@ Result<WriteReport> Writer::apply(std::span<const conf::Resource> resources, boo
             std::vector<Item*> group;
             for (auto& item : removals)
                 if (item.key.kind == kind) group.push_back(&item);
-            if (auto w = impl.write_all(group); !w) return std::unexpected(w.error());
+            // One connection: each removal transaction checks the quarantine lease first.
+            if (auto w = impl.write(group, client_); !w) return std::unexpected(w.error());
         }
     }
 
@@ -759,6 +773,7 @@ Result<WriteReport> Writer::import(const Snapshot& snapshot, std::vector<std::st
     }
     // The import's own write loop: a lost compare here is a conflict to report, not a VIP to
     // pick again, since keeping every VIP is the point.
+    int attempts = 0;
     while (!pending.empty()) {
         std::vector<etcd::Compare> compare;
         std::vector<etcd::Operation> ops;
@@ -773,7 +788,10 @@ Result<WriteReport> Writer::import(const Snapshot& snapshot, std::vector<std::st
             compare.push_back(C{item->etcd_key, C::Target::create, C::Op::equal, 0, {}});
             ops.push_back(etcd::Operation{etcd::Operation::Type::put, item->etcd_key, encode_value(item->next), {}, 0});
             for (const auto& a : item->claims) {
+                // Neither claimed nor in quarantine in etcd: a VIP freed in the cluster a
+                // moment ago is not handed to an imported MES (clients may still cache it).
                 compare.push_back(C{layout_.vip(a), C::Target::create, C::Op::equal, 0, {}});
+                compare.push_back(C{layout_.quarantine(a), C::Target::create, C::Op::equal, 0, {}});
                 ops.push_back(etcd::Operation{etcd::Operation::Type::put, layout_.vip(a),
                                               owner_text(item->key.mesh, item->key.name), {}, 0});
             }
@@ -804,10 +822,16 @@ Result<WriteReport> Writer::import(const Snapshot& snapshot, std::vector<std::st
                     if (kv.key == item->etcd_key) {
                         if (auto set = impl.set_current(*item, &kv); !set) return std::unexpected(set.error());
                         plan_import(*item);
-                    } else if (std::ranges::any_of(item->claims, [&](const auto& a) { return layout_.vip(a) == kv.key; }) &&
-                               kv.value != owner_text(item->key.mesh, item->key.name)) {
+                    } else if (std::ranges::any_of(item->claims, [&](const auto& a) { return layout_.vip(a) == kv.key; })) {
                         conflicts.push_back(name_of(item->key) + ": its VIP " + kv.key.substr(layout_.vips().size()) +
-                                            " is held by " + kv.value + " in etcd; not imported");
+                                            " is claimed by " + kv.value + " in etcd; not imported");
+                        item->outcome = Outcome::unchanged;
+                        item->done = true;
+                    } else if (std::ranges::any_of(item->claims,
+                                                   [&](const auto& a) { return layout_.quarantine(a) == kv.key; })) {
+                        conflicts.push_back(name_of(item->key) + ": its VIP " +
+                                            kv.key.substr(layout_.quarantines().size()) +
+                                            " is in quarantine in etcd (released there); not imported");
                         item->outcome = Outcome::unchanged;
                         item->done = true;
                     }
@@ -815,6 +839,10 @@ Result<WriteReport> Writer::import(const Snapshot& snapshot, std::vector<std::st
             }
         }
         std::erase_if(pending, [](Item* i) { return i->done; });
+        if (!pending.empty() && !r->succeeded && ++attempts >= max_attempts)
+            return std::unexpected(Error{"etcd: gave up after " + std::to_string(max_attempts) +
+                                         " transactions in a row lost; first left: " + name_of(pending.front()->key)});
+        if (r->succeeded) attempts = 0;
     }
 
     // Quarantined VIPs stay quarantined for the rest of their time, under leases rounded up
@@ -869,7 +897,9 @@ Result<std::vector<NodeInfo>> Writer::nodes()
         } catch (const nlohmann::json::exception&) {
             continue;  // not a record of ours
         }
-        n.lag = std::max<std::int64_t>(0, r->revision - n.revision);
+        // Behind by what the node had not applied when it wrote this record: the revision
+        // before its own write, the node's and the others' heartbeats not counted.
+        n.lag = std::max<std::int64_t>(0, kv.mod_revision - 1 - n.revision);
         out.push_back(std::move(n));
     }
     return out;

@@ -70,7 +70,7 @@ struct Limits {
 struct NodeInfo {
     std::string name;
     std::int64_t revision = 0;    // the etcd revision the node has applied
-    std::int64_t lag = 0;         // revisions behind the cluster's newest
+    std::int64_t lag = 0;         // revisions it had not applied when it last wrote its record
     std::int64_t updated_ms = 0;  // last contact, unix milliseconds
     std::int64_t started_ms = 0;
     bool connected = false;       // the node's watch was live at its last contact

@@ -35,6 +35,7 @@ constexpr auto write_retry = std::chrono::milliseconds(100);
 constexpr auto hold_min = std::chrono::milliseconds(10);
 constexpr auto hold_max = std::chrono::milliseconds(2000);
 constexpr auto idle_every = std::chrono::milliseconds(10);
+constexpr std::string_view local_failure = "cannot write the local copy: ";
 
 std::int64_t unix_ms(Clock::time_point t)
 {
@@ -172,6 +173,11 @@ struct Mirror::Impl {
         std::size_t undecodable = 0;
         for (;;) {
             auto page = client.range(req);
+            // A page too large for one response (large Secrets) is asked again at half the size.
+            if (!page && !page.error().unavailable && req.limit > 1) {
+                req.limit /= 2;
+                continue;
+            }
             if (!page) return std::unexpected(Error{page.error().message});
             if (req.revision == 0) req.revision = page->revision;
             for (const auto& kv : page->kvs) {
@@ -188,7 +194,7 @@ struct Mirror::Impl {
         }
         batch.revision = req.revision;
         auto written = write(batch);
-        if (!written) return std::unexpected(Error{"cannot write the store: " + written.error().message});
+        if (!written) return std::unexpected(Error{std::string(local_failure) + written.error().message});
         if (undecodable > 0)
             log(Level::warn, "etcd holds values mesd cannot read; left out", {{"keys", std::to_string(undecodable)}});
         {
@@ -205,7 +211,7 @@ struct Mirror::Impl {
     }
 
     // Follows etcd on one client until it fails or the mirror stops.
-    Result<void> follow(etcd::Client& client)
+    Result<void> follow(etcd::Client& client, bool& was_live)
     {
         auto status = client.status();
         if (!status) return std::unexpected(Error{status.error().message});
@@ -256,7 +262,7 @@ struct Mirror::Impl {
             hold = std::clamp(std::chrono::duration_cast<std::chrono::milliseconds>(2 * (last_write_end - began)),
                               hold_min, hold_max);
             if (!written) {
-                failure = "cannot write the store: " + written.error().message;
+                failure = std::string(local_failure) + written.error().message;
                 return false;
             }
             applied = pending.revision;
@@ -276,6 +282,7 @@ struct Mirror::Impl {
                     return false;
                 }
                 if (resp.created) {
+                    was_live = true;
                     connected(client.endpoint(), applied);
                     return !stopped();
                 }
@@ -325,11 +332,23 @@ struct Mirror::Impl {
         }
     }
 
+    // The client options with the endpoints rotated to start at `first`: a watch that
+    // failed on one member starts over on the next.
+    etcd::Options rotated(std::size_t first) const
+    {
+        etcd::Options o = options;
+        if (!o.endpoints.empty())
+            std::rotate(o.endpoints.begin(), o.endpoints.begin() + static_cast<std::ptrdiff_t>(first % o.endpoints.size()),
+                        o.endpoints.end());
+        return o;
+    }
+
     void watch_loop()
     {
         auto backoff = std::chrono::milliseconds(first_backoff);
+        std::size_t first = 0;
         while (!stopped()) {
-            auto client = etcd::Client::connect(options);
+            auto client = etcd::Client::connect(rotated(first++));
             if (!client) {
                 lost(describe(options, client.error()));
             } else {
@@ -338,15 +357,27 @@ struct Mirror::Impl {
                     watch_client = client->get();
                     reconnect = false;
                 }
-                auto r = follow(**client);
+                bool was_live = false;
+                auto r = follow(**client, was_live);
                 {
                     std::lock_guard lock(mutex);
                     watch_client = nullptr;
                 }
                 if (stopped()) break;
-                if (!r) lost(r.error().message);
-                else lost("the watch ended");
-                if (r) backoff = first_backoff;
+                if (!r && r.error().message.starts_with(local_failure)) {
+                    // Not etcd's doing: the store cannot take what etcd holds. Said as such,
+                    // and tried again from the recorded revision.
+                    log(Level::error, "cannot write the local copy; retrying", {{"error", r.error().message}});
+                    std::lock_guard lock(mutex);
+                    ++state.errors;
+                    state.last_error = r.error().message;
+                } else {
+                    lost(r ? std::string("the watch ended") : r.error().message);
+                }
+                if (was_live) {
+                    backoff = first_backoff;  // a watch that worked starts the backoff over
+                    --first;                  // and the member that served it is tried first again
+                }
             }
             if (!sleep(backoff)) break;
             backoff = std::min<std::chrono::milliseconds>(backoff * 2, max_backoff);
@@ -421,7 +452,14 @@ struct Mirror::Impl {
             }
             if (!sleep(std::chrono::duration_cast<std::chrono::milliseconds>(heartbeat_every))) break;
         }
-        if (client && lease != 0) (void)client->lease_revoke(lease);  // the node leaves the list at once
+        // The node leaves the list at once, through a client of its own with a short deadline
+        // (the heart's own may have been interrupted for the stop).
+        if (lease != 0) {
+            etcd::Options quick = options;
+            quick.dial_timeout = std::min(quick.dial_timeout, std::chrono::milliseconds(500));
+            quick.request_timeout = std::min(quick.request_timeout, std::chrono::milliseconds(1000));
+            if (auto c = etcd::Client::connect(quick)) (void)(*c)->lease_revoke(lease);
+        }
         std::lock_guard lock(mutex);
         heart_client = nullptr;
     }

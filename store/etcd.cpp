@@ -698,7 +698,8 @@ private:
     bool until_close_ = false;
 };
 
-std::string post_request(const Endpoint& e, std::string_view path, std::string_view body, const std::string& token)
+std::string post_request(const Endpoint& e, std::string_view path, std::string_view body, const std::string& token,
+                         bool require_leader = false)
 {
     std::string r;
     r.reserve(body.size() + 256);
@@ -714,6 +715,10 @@ std::string post_request(const Endpoint& e, std::string_view path, std::string_v
         r += token;
         r += "\r\n";
     }
+    // gRPC metadata "hasleader" (clientv3's WithRequireLeader): a member that loses its
+    // leader, cut off from the others, cancels the watch instead of keeping it open and
+    // silent.
+    if (require_leader) r += "Grpc-Metadata-Hasleader: true\r\n";
     r += "\r\n";
     r += body;
     return r;
@@ -1166,7 +1171,7 @@ Result<void> Client::watch(std::string_view key, std::string_view range_end, std
                 continue;
             }
         }
-        auto request = post_request(endpoint, "/v3/watch", body, impl.token);
+        auto request = post_request(endpoint, "/v3/watch", body, impl.token, true);
         if (auto w = conn->write_all(request, deadline); !w) {
             if (w.error().kind == IoFailure::Kind::interrupted) return {};
             fail(w.error());

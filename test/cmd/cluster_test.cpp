@@ -533,3 +533,66 @@ TEST_CASE("cluster: single applies find the free VIPs of a crowded pool")
     CHECK(full.err.find("has no VIP: no addresses left in pool 127.242.0.0/23") != std::string::npos);
     check_etcd_whole(etcd, 511, 1);
 }
+
+TEST_CASE("cluster: a member left without a leader is dropped for one that has one")
+{
+    EtcdCluster etcd;
+    Fleet fleet(etcd, 1);  // its watch is on member 0, the first endpoint
+    REQUIRE(fleet.apply(0, generator_doc + mes_doc("before")).exit_code == 0);
+    REQUIRE(fleet.wait_for_answer(0, "before.mesh") != "");
+    // Members 1 and 2 stop answering: member 0 keeps its sockets open but has no leader.
+    etcd.pause(1);
+    etcd.pause(2);
+    CHECK(wait_until(15s, [&] {
+        return fleet.node(0).admin_get("/metrics").find("mesd_cluster_connected 0") != std::string::npos;
+    }, 100ms));
+    CHECK(fleet.node(0).admin_get("/ready").find("serving from cache") != std::string::npos);
+    CHECK(fleet.dig(0, "before.mesh") != "");
+    etcd.resume(1);
+    etcd.resume(2);
+    CHECK(wait_until(20s, [&] {
+        return fleet.node(0).admin_get("/metrics").find("mesd_cluster_connected 1") != std::string::npos;
+    }, 100ms));
+    REQUIRE(fleet.apply(0, mes_doc("after")).exit_code == 0);
+    CHECK(fleet.wait_for_answer(0, "after.mesh") != "");
+}
+
+TEST_CASE("cluster: a node that cannot listen exits at once with the reason")
+{
+    EtcdCluster etcd(one_member());
+    Fleet fleet(etcd, 1);
+    // A second node on the first one's DNS port: it must fail and exit, not hang.
+    TempDir dir;
+    MesdOptions o;
+    o.dns_listen = "127.0.0.1:" + std::to_string(fleet.node(0).dns_port());
+    o.extra_config = "cluster:\n  nodeName: clash\n  etcd:\n    endpoints: [\"" + etcd.endpoint(0) + "\"]\n";
+    auto began = std::chrono::steady_clock::now();
+    CHECK_THROWS_WITH(Mesd(dir.path / "clash", o), Catch::Contains("cannot listen"));
+    CHECK(std::chrono::steady_clock::now() - began < 10s);
+}
+
+TEST_CASE("cluster: import keeps a VIP in etcd's quarantine out of an imported MES")
+{
+    EtcdCluster etcd(one_member());
+    Fleet fleet(etcd, 1);
+    REQUIRE(fleet.apply(0, mes_doc("gone")).exit_code == 0);
+    std::map<std::string, std::string> vips;
+    REQUIRE(wait_until(10s, [&] { return (vips = vips_on(fleet, 0)).size() == 1; }));
+    auto released = vips["gone"];
+    REQUIRE(fleet.ctl(0, {"delete", "mes", "gone"}).exit_code == 0);
+
+    // A single-node store with the whole /24 around that address in use: one of its MES
+    // holds the very address etcd has in quarantine.
+    TempDir single;
+    auto pool = vip::Pool::parse(released.substr(0, released.rfind('.')) + ".0/24");
+    REQUIRE(pool);
+    auto config = single.write("single.yaml", "dataDir: " + (single.path / "data").string() + "\nvip:\n  ipv4: " +
+                                                  pool->to_string() + "\n");
+    auto filled = run({MESCTL_PATH, "--config", config, "apply", "-f", single.write("all.yaml", many_mes("imp", 0, 254))});
+    REQUIRE(filled.exit_code == 0);
+    REQUIRE(filled.out.find(" " + released + "\n") != std::string::npos);
+    auto import = run({MESCTL_PATH, "--config", config, "--etcd-endpoints", etcd.endpoint(0), "cluster", "import"});
+    CHECK(import.exit_code == 1);
+    CHECK(import.err.find("is in quarantine in etcd") != std::string::npos);
+    check_etcd_whole(etcd, 253);  // the others came in, the one on the quarantined VIP did not
+}

@@ -64,6 +64,18 @@ EtcdCluster::EtcdCluster(EtcdOptions options) : options_(std::move(options))
 
 EtcdCluster::~EtcdCluster() { stop_all(); }
 
+void EtcdCluster::pause(int i)
+{
+    auto& m = members_.at(static_cast<std::size_t>(i));
+    if (m.process) m.process->signal(SIGSTOP);
+}
+
+void EtcdCluster::resume(int i)
+{
+    auto& m = members_.at(static_cast<std::size_t>(i));
+    if (m.process) m.process->signal(SIGCONT);
+}
+
 std::vector<std::string> EtcdCluster::member_args(int i) const
 {
     const auto& m = members_[static_cast<std::size_t>(i)];

@@ -34,6 +34,9 @@ public:
     void kill(int i);   // SIGKILL member i and reap it
     void start(int i);  // restarts member i on its data dir and ports; waits until it is healthy
     void stop_all();
+    // SIGSTOP / SIGCONT member i: to the others it is gone, its sockets stay open.
+    void pause(int i);
+    void resume(int i);
     void start_all();  // and waits as the constructor does
     bool running(int i) const;
     std::int64_t revision();  // the cluster's revision now, read from a running member
