@@ -1273,6 +1273,11 @@ int main(int argc, char** argv)
     }
     // Before the configuration, and with it any key or Secret, is read.
     if (!flags.allow_core_dumps) disable_core_dumps();
+    // The name index and route lists are rebuilt whole on every store change: with glibc's
+    // sliding mmap threshold their large arrays soon come from the heap and leave it
+    // fragmented. A fixed threshold keeps them mapped, and each one freed goes back to the
+    // kernel (a node of a cluster takes thousands of changes during a large apply).
+    mallopt(M_MMAP_THRESHOLD, 256 * 1024);
     auto loaded = conf::load_config(flags.config);
     if (flags.etcd_endpoints) conf::set_etcd_endpoints(loaded, *flags.etcd_endpoints, "--etcd-endpoints");
     if (flags.node_name) {
