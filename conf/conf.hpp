@@ -139,6 +139,9 @@ struct MeshExternalService {
     std::optional<Tls> tls;
 };
 
+// The Secrets a MES's TLS refers to by name (caCert, clientCert, clientKey).
+std::vector<std::string> referenced_secrets(const MeshExternalService& mes);
+
 // ---- HostnameGenerator ------------------------------------------------------------------
 
 // The subset of Go's text/template that Kuma's generators use: literal text, the fields

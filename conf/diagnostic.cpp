@@ -14,6 +14,15 @@ std::string_view kind_name(Kind kind)
     return "?";
 }
 
+std::vector<std::string> referenced_secrets(const MeshExternalService& mes)
+{
+    std::vector<std::string> out;
+    if (!mes.tls) return out;
+    for (const auto* src : {&mes.tls->ca_cert, &mes.tls->client_cert, &mes.tls->client_key})
+        if (*src && (*src)->type == DataSource::Type::secret) out.push_back((*src)->value);
+    return out;
+}
+
 std::optional<Kind> kind_from_string(std::string_view text)
 {
     std::string lower(text);

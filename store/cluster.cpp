@@ -52,15 +52,6 @@ std::string owner_text(std::string_view mesh, std::string_view name) { return st
 
 std::string name_of(const ResourceKey& k) { return std::string(conf::kind_name(k.kind)) + " " + k.mesh + "/" + k.name; }
 
-// Secrets a MES refers to.
-std::vector<std::string> referenced_secrets(const conf::MeshExternalService& mes)
-{
-    std::vector<std::string> out;
-    if (!mes.tls) return out;
-    for (const auto* src : {&mes.tls->ca_cert, &mes.tls->client_cert, &mes.tls->client_key})
-        if (*src && (*src)->type == conf::DataSource::Type::secret) out.push_back((*src)->value);
-    return out;
-}
 
 Error to_error(const etcd::Error& e) { return Error{"etcd: " + e.message}; }
 
@@ -696,7 +687,7 @@ Result<WriteReport> Writer::remove(conf::Kind kind, std::string_view mesh, std::
             if (!key) continue;
             auto e = decode_value(kv.value, *key, kv.create_revision);
             if (!e || !e->resource.mes()) continue;
-            auto refs = referenced_secrets(*e->resource.mes());
+            auto refs = conf::referenced_secrets(*e->resource.mes());
             if (std::ranges::find(refs, name) != refs.end())
                 users += (users.empty() ? "" : ", ") + std::string(mesh) + "/" + e->resource.name;
         }

@@ -149,15 +149,6 @@ Entry to_entry(conf::Resource res, const Record& rec)
     return e;
 }
 
-// Secrets a MES refers to.
-std::vector<std::string> secret_refs(const conf::MeshExternalService& mes)
-{
-    std::vector<std::string> out;
-    if (!mes.tls) return out;
-    for (const auto* src : {&mes.tls->ca_cert, &mes.tls->client_cert, &mes.tls->client_key})
-        if (*src && (*src)->type == conf::DataSource::Type::secret) out.push_back((*src)->value);
-    return out;
-}
 
 // Decodes every record under `prefix` and hands it to `fn`; stops at the first damaged one.
 template <class Fn>
@@ -581,7 +572,7 @@ Res<void> WriteTxn::erase(conf::Kind kind, std::string_view mesh, std::string_vi
                                   if (!r) return true;
                                   auto res = read_resource(*r);
                                   if (!res || !res->mes()) return true;
-                                  auto refs = secret_refs(*res->mes());
+                                  auto refs = conf::referenced_secrets(*res->mes());
                                   if (std::ranges::find(refs, name) != refs.end()) users.push_back(res->name);
                                   (void)k;
                                   return true;

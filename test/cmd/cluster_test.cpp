@@ -69,13 +69,7 @@ std::map<std::string, std::string> vips_on(const Fleet& fleet, int n)
 {
     auto r = fleet.ctl(n, {"get", "vips", "-o", "json"});
     REQUIRE(r.exit_code == 0);
-    std::map<std::string, std::string> out;
-    std::regex item(R"re("ip": "([^"]+)",\s*"state": "inUse",\s*"mesh": "([^"]+)",\s*"name": "([^"]+)")re");
-    for (std::sregex_iterator it(r.out.begin(), r.out.end(), item), end; it != end; ++it) {
-        auto [pos, inserted] = out.emplace((*it)[3].str(), (*it)[1].str());
-        CHECK(inserted);
-    }
-    return out;
+    return vips_in_use(r.out);
 }
 
 // Many MES in one YAML file: names PREFIX-FROM .. PREFIX-(TO-1).
@@ -326,17 +320,6 @@ TEST_CASE("cluster: a node killed while it reads a whole copy has all of it or n
     CHECK(fleet.wait_for_answer(1, "bulk-4999.mesh") != "");
 }
 
-namespace {
-
-std::string file_text(const std::string& path)
-{
-    std::ifstream in(path);
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
-
-}  // namespace
 
 TEST_CASE("cluster: etcd over TLS with client certificates")
 {
@@ -449,14 +432,7 @@ TEST_CASE("cluster: import of a store of 10000 MES keeps every VIP")
     Fleet fleet(etcd, 1);
     check_fleet_agrees(fleet, 1, 9999);
     auto mirrored = fleet.ctl(0, {"get", "vips", "-o", "json"}).out;
-    std::regex in_use(R"re("ip": "([^"]+)",\s*"state": "inUse",\s*"mesh": "([^"]+)",\s*"name": "([^"]+)")re");
-    auto pairs = [&](const std::string& text) {
-        std::set<std::string> out;
-        for (std::sregex_iterator it(text.begin(), text.end(), in_use), end; it != end; ++it)
-            out.insert((*it)[3].str() + "=" + (*it)[1].str());
-        return out;
-    };
-    CHECK(pairs(mirrored) == pairs(vips_json));
+    CHECK(vips_in_use(mirrored) == vips_in_use(vips_json));
     store::etcd::Options o;
     o.endpoints = etcd.endpoints();
     auto client = store::etcd::Client::connect(o);

@@ -63,13 +63,7 @@ std::map<std::string, std::string> vips_by_name(const Workspace& ws)
 {
     auto r = ws.ctl({"get", "vips", "-o", "json"});
     REQUIRE(r.exit_code == 0);
-    std::map<std::string, std::string> out;
-    std::regex item(R"re("ip": "([^"]+)",\s*"state": "inUse",\s*"mesh": "([^"]+)",\s*"name": "([^"]+)")re");
-    for (std::sregex_iterator it(r.out.begin(), r.out.end(), item), end; it != end; ++it) {
-        auto [pos, inserted] = out.emplace((*it)[3].str(), (*it)[1].str());
-        CHECK(inserted);
-    }
-    return out;
+    return test_support::vips_in_use(r.out);
 }
 
 }  // namespace

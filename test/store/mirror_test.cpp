@@ -1,6 +1,7 @@
 // Store::mirror through the public interface: the store written as a copy of what etcd holds,
 // on a real LMDB environment in a temporary dir.
 #include "store/store.hpp"
+#include "test/support/temp_store.hpp"
 
 #include "test/support/resources.hpp"
 
@@ -15,44 +16,14 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct MirrorStore {
-    std::filesystem::path dir;
-    std::unique_ptr<store::Store> db;
-    store::WriteOptions options;
-
-    explicit MirrorStore(std::size_t map_bytes = std::size_t{256} << 20)
-    {
-        char tmpl[] = "/tmp/mesd-mirror-XXXXXX";
-        dir = mkdtemp(tmpl);
-        dir /= "data";
-        reopen(map_bytes);
-        options.now = store::Clock::time_point(std::chrono::seconds(1'800'000'000));
-        options.pools.ipv4 = "127.242.0.0/16";
-    }
-    ~MirrorStore()
-    {
-        db.reset();
-        std::filesystem::remove_all(dir.parent_path());
-    }
-    void reopen(std::size_t map_bytes = std::size_t{256} << 20)
-    {
-        db.reset();
-        auto opened = store::Store::open(store::Options{dir.string(), map_bytes});
-        REQUIRE(opened.has_value());
-        db = std::move(*opened);
-    }
+struct MirrorStore : test_support::StoreFixture {
+    using StoreFixture::StoreFixture;
     store::WriteReport mirror(const store::MirrorBatch& batch)
     {
         auto r = db->mirror(batch, options);
         INFO((r ? std::string() : r.error().message));
         REQUIRE(r.has_value());
         return *r;
-    }
-    store::Snapshot snap()
-    {
-        auto s = db->snapshot();
-        REQUIRE(s.has_value());
-        return std::move(*s);
     }
     std::optional<store::Entry> find(const std::string& name, conf::Kind kind = conf::Kind::mesh_external_service)
     {

@@ -1,5 +1,6 @@
 // The store through its public interface, on a real LMDB environment in a temporary dir.
 #include "store/store.hpp"
+#include "test/support/temp_store.hpp"
 
 #include "test/support/certs.hpp"
 #include "test/support/resources.hpp"
@@ -18,44 +19,14 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct TempStore {
-    std::filesystem::path dir;
-    std::unique_ptr<store::Store> db;
-    store::WriteOptions options;
-
-    explicit TempStore(std::size_t map_bytes = std::size_t{256} << 20)
-    {
-        char tmpl[] = "/tmp/mesd-store-XXXXXX";
-        dir = mkdtemp(tmpl);
-        dir /= "data";
-        reopen(map_bytes);
-        options.now = store::Clock::time_point(std::chrono::seconds(1'800'000'000));
-        options.pools.ipv4 = "127.242.0.0/16";
-    }
-    ~TempStore()
-    {
-        db.reset();
-        std::filesystem::remove_all(dir.parent_path());
-    }
-    void reopen(std::size_t map_bytes = std::size_t{256} << 20)
-    {
-        db.reset();
-        auto opened = store::Store::open(store::Options{dir.string(), map_bytes});
-        REQUIRE(opened.has_value());
-        db = std::move(*opened);
-    }
+struct TempStore : test_support::StoreFixture {
+    using StoreFixture::StoreFixture;
     store::WriteReport apply(const std::vector<conf::Resource>& resources)
     {
         auto r = db->apply(resources, options);
         INFO((r ? std::string() : r.error().message));
         REQUIRE(r.has_value());
         return *r;
-    }
-    store::Snapshot snap()
-    {
-        auto s = db->snapshot();
-        REQUIRE(s.has_value());
-        return std::move(*s);
     }
     store::Entry get(const std::string& name, const std::string& mesh = "default")
     {

@@ -17,13 +17,6 @@ namespace test_support {
 
 namespace {
 
-std::string slurp(const std::string& path)
-{
-    std::ifstream in(path);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-}
 
 }  // namespace
 
@@ -49,7 +42,7 @@ Mesd::Mesd(const std::filesystem::path& dir, MesdOptions options) : dir_(dir)
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     std::regex dns_re(R"re(sys=dns msg=listening addr=\S+:(\d+))re"), admin_re(R"re(sys=admin msg=listening addr=\S+:(\d+))re");
     while (std::chrono::steady_clock::now() < deadline) {
-        std::string text = slurp(log_path_);
+        std::string text = file_text(log_path_);
         if (text.find("msg=ready") != std::string::npos) {
             std::smatch m;
             if (std::regex_search(text, m, dns_re)) dns_port_ = std::stoi(m[1]);
@@ -59,7 +52,7 @@ Mesd::Mesd(const std::filesystem::path& dir, MesdOptions options) : dir_(dir)
         if (text.find("level=error") != std::string::npos) throw std::runtime_error("mesd failed to start:\n" + text);
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    throw std::runtime_error("mesd did not become ready:\n" + slurp(log_path_));
+    throw std::runtime_error("mesd did not become ready:\n" + file_text(log_path_));
 }
 
 Mesd::~Mesd()
@@ -67,7 +60,7 @@ Mesd::~Mesd()
     if (child_) stop();
 }
 
-std::string Mesd::log() const { return slurp(log_path_); }
+std::string Mesd::log() const { return file_text(log_path_); }
 
 int Mesd::pid() const { return child_ ? child_->pid() : -1; }
 

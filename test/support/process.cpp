@@ -1,5 +1,7 @@
 #include "test/support/process.hpp"
 
+#include <catch2/catch.hpp>
+
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -8,6 +10,7 @@
 
 #include <cstdlib>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <stdexcept>
 
@@ -112,6 +115,25 @@ RunResult run(const std::vector<std::string>& argv, const std::string& input,
     unlink(err_path.c_str());
     rmdir(dir.c_str());
     return result;
+}
+
+std::string file_text(const std::string& path)
+{
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+}
+
+std::map<std::string, std::string> vips_in_use(const std::string& json)
+{
+    std::map<std::string, std::string> out;
+    std::regex item(R"re("ip": "([^"]+)",\s*"state": "inUse",\s*"mesh": "([^"]+)",\s*"name": "([^"]+)")re");
+    for (std::sregex_iterator it(json.begin(), json.end(), item), end; it != end; ++it) {
+        auto [pos, inserted] = out.emplace((*it)[3].str(), (*it)[1].str());
+        CHECK(inserted);
+    }
+    return out;
 }
 
 }  // namespace test_support

@@ -1,10 +1,18 @@
 // Running the real binaries from tests.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
 namespace test_support {
+
+// A file's whole content; empty when it cannot be read.
+std::string file_text(const std::string& path);
+
+// name -> VIP of every VIP in use, from what `mesctl get vips -o json` printed; a name seen
+// twice makes the test fail.
+std::map<std::string, std::string> vips_in_use(const std::string& json);
 
 struct RunResult {
     int exit_code = -1;  // -1 when killed by a signal
