@@ -577,23 +577,21 @@ Result<WriteReport> Writer::apply(std::span<const conf::Resource> resources, boo
     Impl impl(client_, layout_, pools_, limits_, options_);
     std::vector<Item> items;
     items.reserve(resources.size());
-    std::set<std::string> named;
+    // One item per name, in the order names first appear; a later resource of the same name
+    // replaces the earlier one, as it would within one transaction.
+    std::map<std::string, std::size_t> named;  // etcd key -> index in items
     for (const auto& r : resources) {
-        Item item;
-        item.key = ResourceKey{r.kind, r.mesh, r.name};
-        item.etcd_key = layout_.resource(r.kind, r.mesh, r.name);
-        if (!named.insert(item.etcd_key).second) continue;  // the last one of a name counts, as in one transaction
-        item.input = &r;
-        item.bytes = resource_bytes(r);
-        items.push_back(std::move(item));
+        auto key = layout_.resource(r.kind, r.mesh, r.name);
+        auto [it, fresh] = named.emplace(key, items.size());
+        if (fresh) {
+            Item item;
+            item.key = ResourceKey{r.kind, r.mesh, r.name};
+            item.etcd_key = std::move(key);
+            items.push_back(std::move(item));
+        }
+        items[it->second].input = &r;
     }
-    // Later duplicates replace earlier ones: keep each name's last resource.
-    std::map<std::string, const conf::Resource*> last;
-    for (const auto& r : resources) last[layout_.resource(r.kind, r.mesh, r.name)] = &r;
-    for (auto& item : items) {
-        item.input = last[item.etcd_key];
-        item.bytes = resource_bytes(*item.input);
-    }
+    for (auto& item : items) item.bytes = resource_bytes(*item.input);
 
     std::vector<Item> removals;
     // A large input is matched against one read of the whole prefix (pages of 1,000), a small
