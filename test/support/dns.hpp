@@ -179,7 +179,8 @@ inline std::vector<int> read_replies(int fd, int count)
 
 // dnsmasq serving a small test zone on loopback, as the upstream resolver.
 struct Dnsmasq {
-    int port = free_udp_port();
+    // Free for TCP too: dnsmasq listens on both, and fails to start when either is taken.
+    int port = free_dual_port();
     std::unique_ptr<Child> child;
     // `wrapper` runs it elsewhere (inside a network namespace), on `fixed_port`; big.fwd.test
     // has `txt_strings` strings of 60 bytes in its TXT record.
@@ -187,6 +188,18 @@ struct Dnsmasq {
                      int txt_strings = 12)
     {
         if (fixed_port) port = fixed_port;
+        // A port another process takes between the pick and dnsmasq's bind: pick again.
+        for (int attempt = 0; attempt < 3; ++attempt) {
+            if (start(dir, wrapper, txt_strings)) return;
+            if (fixed_port) return;
+            child.reset();
+            port = free_dual_port();
+        }
+    }
+
+private:
+    bool start(const std::filesystem::path& dir, const std::vector<std::string>& wrapper, int txt_strings)
+    {
         std::string txt = "big.fwd.test";
         for (int i = 0; i < txt_strings; ++i) txt += "," + std::string(60, static_cast<char>('a' + i));
         std::vector<std::string> argv = wrapper;
@@ -200,15 +213,16 @@ struct Dnsmasq {
         // Ready when it answers.
         for (int i = 0; i < 100; ++i) {
             if (wrapper.empty()) {
-                if (!udp_exchange(port, raw_query("ready.fwd.test"), std::chrono::milliseconds(50)).empty()) return;
+                if (!udp_exchange(port, raw_query("ready.fwd.test"), std::chrono::milliseconds(50)).empty()) return true;
             } else {
                 auto probe = wrapper;
                 probe.insert(probe.end(), {dig, "@127.0.0.1", "-p", std::to_string(port), "ready.fwd.test", "+short",
                                            "+time=1", "+tries=1"});
-                if (output_of(probe).find("127.0.0.77") != std::string::npos) return;
+                if (output_of(probe).find("127.0.0.77") != std::string::npos) return true;
             }
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
         }
+        return false;
     }
 };
 
