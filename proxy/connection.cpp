@@ -1,0 +1,663 @@
+#include "proxy/detail/connection.hpp"
+
+#include "proxy/detail/impl.hpp"
+
+#include <uv.h>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace proxy {
+
+Connection::~Connection()
+{
+    if (ssl) SSL_free(ssl);
+}
+
+void Connection::start(std::shared_ptr<Service> svc, std::uint16_t port)
+{
+    service = std::move(svc);
+    dialled_port = port;
+    ++service->active;
+    ++service->total;
+    uv_timer_init(impl->loop, &timer);
+    timer.data = this;
+    timer_open = true;
+    if (!service->tls_error.empty()) {  // never carried in the clear instead
+        ++service->failed;
+        close(true);
+        return;
+    }
+    try_next();
+}
+
+void Connection::try_next()
+{
+    if (closing) return;
+    Target* t = attempts < impl->options.connect_attempts ? pick() : nullptr;
+    if (!t) {
+        ++service->failed;
+        close(true);
+        return;
+    }
+    ++attempts;
+    std::shared_ptr<Target> target;
+    for (auto& s : service->targets)
+        if (s.get() == t) target = s;
+    if (t->endpoint.kind != conf::AddressKind::hostname && !used_up(*t)) tried.push_back(target);
+    std::uint16_t port = t->endpoint.port.value_or(dialled_port);
+    switch (t->endpoint.kind) {
+    case conf::AddressKind::ipv4:
+    case conf::AddressKind::ipv6: {
+        auto a = vip::Address::parse(t->endpoint.address);
+        if (!a) {
+            fail(target);
+            return;
+        }
+        connect_tcp(std::move(target), to_sockaddr(*a, port));
+        return;
+    }
+    case conf::AddressKind::unix_socket:
+        connect_unix(std::move(target));
+        return;
+    case conf::AddressKind::hostname: {
+        std::weak_ptr<bool> token = alive;
+        impl->resolver->resolve(t->endpoint.address, [this, token, target, port](const detail::Resolver::Entry& e) {
+            if (token.expired() || closing) return;
+            if (e.addresses.empty()) {
+                if (!used_up(*target)) tried.push_back(target);
+                fail(target);
+                return;
+            }
+            connect_tcp(target, to_sockaddr(*choose_address(target, e.addresses), port));
+        });
+        return;
+    }
+    }
+}
+
+void Connection::fail(const std::shared_ptr<Target>& t)
+{
+    record_failure(*t);
+    try_next();
+}
+
+void Connection::arm_connect_timeout()
+{
+    uv_timer_start(
+        &timer,
+        [](uv_timer_t* h) {
+            auto* self = static_cast<Connection*>(h->data);
+            if (!self->attempt) return;
+            Attempt* a = self->attempt;
+            self->attempt = nullptr;
+            a->abandoned = true;
+            auto target = a->target;
+            close_attempt(a);
+            self->fail(target);
+        },
+        static_cast<std::uint64_t>(impl->options.connect_timeout.count()), 0);
+}
+
+void Connection::close_attempt(Attempt* a)
+{
+    a->side.open = false;
+    a->side.handle()->data = a;  // reading may have pointed it at the side
+    uv_close(a->side.handle(), [](uv_handle_t* h) { delete static_cast<Attempt*>(h->data); });
+}
+
+void Connection::connect_tcp(std::shared_ptr<Target> target, sockaddr_storage addr)
+{
+    auto* a = new Attempt;
+    a->conn = this;
+    a->target = std::move(target);
+    a->side.conn = this;
+    if (int rc = uv_tcp_init_ex(impl->loop, &a->side.h.tcp, addr.ss_family); rc != 0) {
+        // No socket (out of file descriptors): mesd's trouble, not the endpoint's. The
+        // handle was never added to the loop, so it is freed here, not closed.
+        delete a;
+        ++service->failed;
+        ++impl->local_failures;
+        close(true);
+        return;
+    }
+    a->side.h.tcp.data = a;
+    a->side.open = true;
+    a->req.data = a;
+    attempt = a;
+    if (impl->options.upstream_mark) {
+        // Lets redirect rules tell mesd's own connections apart (needs CAP_NET_ADMIN).
+        uv_os_fd_t fd = -1;
+        unsigned mark = impl->options.upstream_mark;
+        if (uv_fileno(as_handle(&a->side.h.tcp), &fd) != 0 ||
+            ::setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0)
+            ++impl->mark_failures;
+    }
+    int rc = uv_tcp_connect(&a->req, &a->side.h.tcp, reinterpret_cast<const sockaddr*>(&addr), on_connect);
+    if (rc != 0) {
+        attempt = nullptr;
+        auto t = a->target;
+        close_attempt(a);
+        fail(t);
+        return;
+    }
+    // Reading is asked for now, while libuv registers the socket for the connect: once
+    // connected it changes the registration once, where asking afterwards costs a failed
+    // add and a change. libuv completes the connect before it reads anything.
+    start_reading(a->side);
+    arm_connect_timeout();
+}
+
+void Connection::connect_unix(std::shared_ptr<Target> target)
+{
+    auto* a = new Attempt;
+    a->conn = this;
+    std::string path(target->endpoint.unix_path());
+    a->target = std::move(target);
+    a->side.conn = this;
+    a->side.is_pipe = true;
+    uv_pipe_init(impl->loop, &a->side.h.pipe, 0);
+    a->side.h.pipe.data = a;
+    a->side.open = true;
+    a->req.data = a;
+    attempt = a;
+    uv_pipe_connect(&a->req, &a->side.h.pipe, path.c_str(), on_connect);
+    arm_connect_timeout();
+}
+
+void Connection::on_connect(uv_connect_t* req, int status)
+{
+    auto* a = static_cast<Attempt*>(req->data);
+    if (a->abandoned) return;  // timed out or closed; the close callback frees it
+    Connection* self = a->conn;
+    self->attempt = nullptr;
+    uv_timer_stop(&self->timer);
+    if (status != 0) {
+        auto t = a->target;
+        close_attempt(a);
+        self->fail(t);
+        return;
+    }
+    self->upstream = &a->side;
+    self->attempt = a;  // owns the upstream side from now on
+    if (!a->side.is_pipe) set_nodelay(&a->side.h.tcp);
+    if (!self->service->tls_error.empty()) {
+        // The MES's TLS settings became unusable while this connect was under way (a
+        // Secret deleted): refused, never carried in the clear instead.
+        ++self->service->failed;
+        self->close(true);
+        return;
+    }
+    if (self->service->tls) {
+        // The handshake runs under the same connect timeout; the client waits unread.
+        self->tls = self->service->tls;
+        self->tls_target = a->target;
+        const auto& ep = a->target->endpoint;
+        bool is_ip = ep.kind == conf::AddressKind::ipv4 || ep.kind == conf::AddressKind::ipv6;
+        self->ssl = self->tls->start(ep.address, is_ip, a->target->label);
+        if (!self->ssl) {
+            self->close(true);
+            return;
+        }
+        self->handshaking = true;
+        self->arm_connect_timeout_for_handshake();
+        self->start_reading(a->side);
+        self->drive_handshake();
+        return;
+    }
+    record_success(*a->target);
+    self->start_http(*a->target);
+    self->pump();
+}
+
+void Connection::arm_connect_timeout_for_handshake()
+{
+    uv_timer_start(
+        &timer,
+        [](uv_timer_t* h) {
+            auto* self = static_cast<Connection*>(h->data);
+            if (self->handshaking) self->tls_failed("TLS handshake timed out");
+        },
+        static_cast<std::uint64_t>(impl->options.connect_timeout.count()), 0);
+}
+
+// ---- the pump
+
+void Connection::pump()
+{
+    last_activity = uv_now(impl->loop);
+    arm_idle();
+    start_reading(client);
+    start_reading(*upstream);
+}
+
+void Connection::arm_idle()
+{
+    auto idle = static_cast<std::uint64_t>(impl->options.idle_timeout.count());
+    std::uint64_t since = uv_now(impl->loop) - last_activity;
+    uv_timer_start(
+        &timer,
+        [](uv_timer_t* h) {
+            auto* self = static_cast<Connection*>(h->data);
+            auto limit = static_cast<std::uint64_t>(self->impl->options.idle_timeout.count());
+            if (uv_now(self->impl->loop) - self->last_activity >= limit) self->close(false);
+            else self->arm_idle();
+        },
+        since >= idle ? 0 : idle - since, 0);
+}
+
+void Connection::start_reading(Side& s)
+{
+    if (s.reading || s.eof || !s.open) return;
+    s.reading = true;
+    s.paused = false;
+    s.handle()->data = &s;
+    uv_read_start(s.stream(), on_alloc, on_read);
+}
+
+void Connection::stop_reading(Side& s)
+{
+    if (!s.reading) return;
+    s.reading = false;
+    uv_read_stop(s.stream());
+}
+
+void Connection::on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf)
+{
+    auto* s = static_cast<Side*>(h->data);
+    *buf = uv_buf_init(s->conn->impl->pool.take(), static_cast<unsigned>(block_size));
+}
+
+void Connection::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf)
+{
+    auto* s = static_cast<Side*>(stream->data);
+    Connection* self = s->conn;
+    if (nread > 0) {
+        self->forward(*s, buf->base, static_cast<std::size_t>(nread));
+        return;
+    }
+    self->impl->pool.give(buf->base);
+    if (nread == 0) return;
+    if (self->handshaking && s == self->upstream) {
+        self->tls_failed(nread == UV_EOF ? "the server closed the connection during the handshake"
+                                         : std::string("connection lost during the handshake: ") + uv_strerror(static_cast<int>(nread)));
+        return;
+    }
+    if (nread == UV_EOF) {
+        self->half_close(*s);
+        return;
+    }
+    // A reset (or another error) on one side resets the other.
+    self->close(nread == UV_ECONNRESET, s);
+}
+
+void Connection::forward(Side& from, char* block, std::size_t size)
+{
+    bool to_client = &from != &client;
+    last_activity = uv_now(impl->loop);
+    if (http && !to_client) {
+        service->bytes_up += size;
+        std::string out;
+        bool ok = http->feed(block, size, out);
+        impl->pool.give(block);
+        if (!ok) {
+            refuse_request();
+            return;
+        }
+        deliver_up(out);
+        return;
+    }
+    if (ssl) {
+        if (to_client) {
+            BIO_write(SSL_get_rbio(ssl), block, static_cast<int>(size));
+            impl->pool.give(block);
+            if (handshaking) drive_handshake();
+            else read_tls();
+        } else {
+            service->bytes_up += size;
+            int n = SSL_write(ssl, block, static_cast<int>(size));  // into a memory BIO: all or an error
+            impl->pool.give(block);
+            if (n <= 0) {
+                close(true);
+                return;
+            }
+            flush_tls();
+        }
+        return;
+    }
+    (to_client ? service->bytes_down : service->bytes_up) += size;
+    send_block(other(from), from, block, size);
+}
+
+// Writes `block` (ours until written) to `to`; stops reading `from` while `to` has more
+// than the high watermark queued. False when the connection was closed.
+bool Connection::send_block(Side& to, Side& from, char* block, std::size_t size)
+{
+    bool to_client = &to == &client;
+    std::size_t written = 0;
+    if (uv_stream_get_write_queue_size(to.stream()) == 0) {
+        uv_buf_t b = uv_buf_init(block, static_cast<unsigned>(size));
+        int n = uv_try_write(to.stream(), &b, 1);
+        if (n > 0) written = static_cast<std::size_t>(n);
+        else if (n != UV_EAGAIN && n != UV_ENOSYS) {
+            impl->pool.give(block);
+            close(n == UV_ECONNRESET || n == UV_EPIPE, &to);
+            return false;
+        }
+    }
+    if (written == size) {
+        impl->pool.give(block);
+        return true;
+    }
+    auto* w = new WriteReq;
+    w->block = block;
+    w->conn = this;
+    w->to_client = to_client;
+    w->req.data = w;
+    uv_buf_t rest = uv_buf_init(block + written, static_cast<unsigned>(size - written));
+    int rc = uv_write(&w->req, to.stream(), &rest, 1, on_write);
+    if (rc != 0) {
+        impl->pool.give(block);
+        delete w;
+        close(false);
+        return false;
+    }
+    if (uv_stream_get_write_queue_size(to.stream()) > impl->options.high_watermark) {
+        stop_reading(from);
+        from.paused = true;
+    }
+    return true;
+}
+
+// Plaintext bound for the endpoint, in the clear or through TLS.
+void Connection::deliver_up(const std::string& out)
+{
+    if (ssl) {
+        if (!out.empty() && SSL_write(ssl, out.data(), static_cast<int>(out.size())) <= 0) {
+            close(true);
+            return;
+        }
+        flush_tls();
+        return;
+    }
+    for (std::size_t at = 0; at < out.size();) {
+        std::size_t n = std::min(block_size, out.size() - at);
+        char* block = impl->pool.take();
+        std::memcpy(block, out.data() + at, n);
+        if (!send_block(*upstream, client, block, n)) return;
+        at += n;
+    }
+}
+
+// Not HTTP: a 400 to the client, then the connection ends.
+void Connection::refuse_request()
+{
+    stop_reading(client);
+    stop_reading(*upstream);
+    const auto& reply = detail::HostRewriter::bad_request();
+    char* block = impl->pool.take();
+    std::memcpy(block, reply.data(), reply.size());
+    if (!send_block(client, *upstream, block, reply.size())) return;
+    auto* req = new uv_shutdown_t;
+    req->data = this;
+    int rc = uv_shutdown(req, client.stream(), [](uv_shutdown_t* r, int) {
+        auto* c = static_cast<Connection*>(r->data);
+        delete r;
+        if (!c->closing) c->close(false);
+    });
+    if (rc != 0) {
+        delete req;
+        close(false);
+    }
+}
+
+// protocol: http to a DNS-named endpoint: requests get its hostname as Host.
+void Connection::start_http(const Target& target)
+{
+    if (service->route.protocol == conf::Protocol::http && target.endpoint.kind == conf::AddressKind::hostname)
+        http = std::make_unique<detail::HostRewriter>(target.endpoint.address);
+}
+
+// ---- TLS to the endpoint
+
+// Sends what OpenSSL has written (handshake records, application data, alerts).
+bool Connection::flush_tls()
+{
+    BIO* out = SSL_get_wbio(ssl);
+    while (BIO_ctrl_pending(out) > 0) {
+        char* block = impl->pool.take();
+        int n = BIO_read(out, block, static_cast<int>(block_size));
+        if (n <= 0) {
+            impl->pool.give(block);
+            break;
+        }
+        if (!send_block(*upstream, client, block, static_cast<std::size_t>(n))) return false;
+    }
+    return true;
+}
+
+void Connection::drive_handshake()
+{
+    int r = SSL_do_handshake(ssl);
+    if (!flush_tls()) return;
+    if (r != 1) {
+        int err = SSL_get_error(ssl, r);
+        if (err == SSL_ERROR_WANT_READ) return;
+        tls_failed(detail::TlsContext::failure_reason(ssl, err));
+        return;
+    }
+    const auto& ep = tls_target->endpoint;
+    bool is_ip = ep.kind == conf::AddressKind::ipv4 || ep.kind == conf::AddressKind::ipv6;
+    if (auto why = tls->check_names(ssl, ep.address, is_ip); !why.empty()) {
+        tls_failed(why);
+        return;
+    }
+    handshaking = false;
+    uv_timer_stop(&timer);
+    start_http(*tls_target);
+    ++service->tls_handshakes;
+    if (SSL_session_reused(ssl)) ++service->tls_resumed;
+    record_success(*tls_target);
+    pump();
+    read_tls();  // records that came with the end of the handshake
+}
+
+// Plaintext from the endpoint, to the client.
+void Connection::read_tls()
+{
+    while (!closing) {
+        char* block = impl->pool.take();
+        int n = SSL_read(ssl, block, static_cast<int>(block_size));
+        if (n > 0) {
+            service->bytes_down += static_cast<std::size_t>(n);
+            if (!send_block(client, *upstream, block, static_cast<std::size_t>(n))) return;
+            continue;
+        }
+        impl->pool.give(block);
+        int err = SSL_get_error(ssl, n);
+        if (err == SSL_ERROR_WANT_READ) break;
+        if (err == SSL_ERROR_ZERO_RETURN) {  // close_notify: the endpoint is done sending
+            if (!flush_tls()) return;
+            half_close(*upstream);
+            return;
+        }
+        // A renegotiation refused, a bad record: the connection cannot go on.
+        impl->report_tls_failure(*service, detail::TlsContext::failure_reason(ssl, err));
+        close(true);
+        return;
+    }
+    flush_tls();
+}
+
+void Connection::tls_failed(const std::string& reason)
+{
+    impl->report_tls_failure(*service, reason);
+    // The attempt failed: its socket goes, the next endpoint is tried.
+    auto target = tls_target;
+    SSL_free(ssl);
+    ssl = nullptr;
+    tls_target.reset();
+    handshaking = false;
+    Attempt* a = attempt;
+    stop_reading(*upstream);
+    upstream = nullptr;
+    attempt = nullptr;
+    a->side.handle()->data = a;
+    close_attempt(a);
+    uv_timer_stop(&timer);
+    fail(target);
+}
+
+void Connection::on_write(uv_write_t* req, int status)
+{
+    auto* w = static_cast<WriteReq*>(req->data);
+    Connection* self = w->conn;
+    self->impl->pool.give(w->block);
+    bool to_client = w->to_client;
+    delete w;
+    if (status == UV_ECANCELED || self->closing) return;
+    if (status != 0) {
+        self->close(status == UV_ECONNRESET || status == UV_EPIPE, to_client ? &self->client : self->upstream);
+        return;
+    }
+    Side& to = to_client ? self->client : *self->upstream;
+    Side& from = self->other(to);
+    if (from.paused && uv_stream_get_write_queue_size(to.stream()) <= self->impl->options.low_watermark)
+        self->start_reading(from);
+}
+
+// `s` sent FIN: pass it on once what it sent before is written, keep the other way open.
+void Connection::half_close(Side& s)
+{
+    s.eof = true;
+    stop_reading(s);
+    Side& to = other(s);
+    // The other side has ended too and nothing waits to be written to it: closing will
+    // send it our FIN, so no shutdown(2) is needed (the commonest path: a response, then
+    // both sides leave).
+    if (to.eof && uv_stream_get_write_queue_size(to.stream()) == 0) {
+        maybe_done();
+        return;
+    }
+    if (!to.shutting) {
+        if (ssl && &to == upstream) {  // close_notify first, then FIN
+            SSL_shutdown(ssl);
+            if (!flush_tls()) return;
+        }
+        to.shutting = true;
+        if (uv_stream_get_write_queue_size(to.stream()) == 0 && shutdown_now(to)) {
+            maybe_done();
+            return;
+        }
+        auto* req = new uv_shutdown_t;
+        req->data = &to;
+        int rc = uv_shutdown(req, to.stream(), [](uv_shutdown_t* r, int status) {
+            auto* side = static_cast<Side*>(r->data);
+            delete r;
+            if (status == UV_ECANCELED) return;
+            Connection* c = side->conn;
+            side->shut = true;
+            if (c->closing) return;
+            if (status != 0) c->close(false);
+            else c->maybe_done();
+        });
+        if (rc != 0) {
+            delete req;
+            close(false);
+            return;
+        }
+    }
+    maybe_done();
+}
+
+// Nothing waits to be written to `s`: its FIN goes now, with shutdown(2) itself.
+// uv_shutdown would send it a loop turn later and then re-register the socket with the
+// events it already has. False when it could not be done here (uv_shutdown then tries,
+// and reports the error).
+bool Connection::shutdown_now(Side& s)
+{
+    uv_os_fd_t fd = -1;
+    if (uv_fileno(s.handle(), &fd) != 0 || ::shutdown(fd, SHUT_WR) != 0) return false;
+    s.shut = true;
+    return true;
+}
+
+// Both sides sent FIN, and what we owe each (queued bytes, a FIN in progress) is out.
+void Connection::maybe_done()
+{
+    auto settled = [](Side& x) {
+        return !(x.shutting && !x.shut) && uv_stream_get_write_queue_size(x.stream()) == 0;
+    };
+    if (client.eof && upstream && upstream->eof && settled(client) && settled(*upstream)) close(false);
+}
+
+// Closes both sides (resetting them when `reset`), then frees itself.
+void Connection::close(bool reset, Side* reset_by)
+{
+    if (closing) return;
+    closing = true;
+    // A clean end keeps the TLS session resumable: freed without a shutdown recorded,
+    // OpenSSL marks it not resumable (and with TLS 1.3 that is the ticket just kept).
+    if (ssl && !reset && !handshaking) SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    alive.reset();
+    if (service) {
+        --service->active;
+    }
+    --impl->active;
+    impl->connections.erase(this);
+    ++impl->closing_connections;
+    uv_timer_stop(&timer);
+    if (attempt && !upstream) {  // a connect in progress
+        attempt->abandoned = true;
+        close_attempt(attempt);
+        attempt = nullptr;
+    }
+    auto close_side = [&](Side& s, bool rst) {
+        if (!s.open) return;
+        s.open = false;
+        ++pending_closes;
+        s.handle()->data = this;
+        auto cb = [](uv_handle_t* h) {
+            auto* c = static_cast<Connection*>(h->data);
+            c->closed_one();
+        };
+        if (rst && !s.is_pipe) {
+            // SO_LINGER 0 makes the close an RST. Set here rather than through
+            // uv_tcp_close_reset, which refuses while a shutdown is pending.
+            uv_os_fd_t fd = -1;
+            linger l{1, 0};
+            if (uv_fileno(s.handle(), &fd) == 0) ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+        }
+        uv_close(s.handle(), cb);
+    };
+    close_side(client, reset && reset_by != &client);
+    if (upstream) {
+        // The upstream side lives in the attempt, freed with the connection.
+        close_side(*upstream, reset && reset_by != upstream);
+    }
+    if (timer_open) {
+        timer_open = false;
+        ++pending_closes;
+        uv_close(as_handle(&timer), [](uv_handle_t* h) { static_cast<Connection*>(h->data)->closed_one(); });
+    }
+    if (pending_closes == 0) finish();
+}
+
+void Connection::closed_one()
+{
+    if (--pending_closes == 0) finish();
+}
+
+void Connection::finish()
+{
+    Proxy::Impl* i = impl;
+    if (upstream) delete attempt;
+    delete this;
+    --i->closing_connections;
+    i->maybe_stopped();
+}
+
+}  // namespace proxy

@@ -1,0 +1,174 @@
+// A proxied connection: the client's socket, the connect attempts to the route's targets,
+// the byte pump between the two sides, TLS origination and the HTTP Host rewrite. Each
+// connection frees itself in its last close callback. The pump and the connects are in
+// connection.cpp, the choice of targets in balancer.cpp.
+#pragma once
+
+#include "proxy/proxy.hpp"
+
+#include "proxy/detail/balancer.hpp"
+#include "proxy/detail/http.hpp"
+#include "proxy/detail/sockets.hpp"
+#include "proxy/detail/tls.hpp"
+
+#include <uv.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace proxy {
+
+constexpr std::size_t block_size = std::size_t{64} << 10;
+constexpr std::size_t pooled_blocks = 16;  // free blocks kept for reuse (1 MiB)
+
+// ---- Buffers -------------------------------------------------------------------------------
+
+class BlockPool {
+public:
+    ~BlockPool()
+    {
+        for (char* b : free_) delete[] b;
+    }
+    char* take()
+    {
+        if (free_.empty()) return new char[block_size];
+        char* b = free_.back();
+        free_.pop_back();
+        return b;
+    }
+    void give(char* b)
+    {
+        if (!b) return;
+        if (free_.size() < pooled_blocks) free_.push_back(b);
+        else delete[] b;
+    }
+
+private:
+    std::vector<char*> free_;
+};
+
+// ---- Connections ---------------------------------------------------------------------------
+
+struct Connection;
+
+// One side of a proxied connection: the client's TCP socket, or the endpoint's TCP or unix
+// socket.
+struct Side {
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
+    bool is_pipe = false;
+    bool open = false;          // initialised and not yet closed
+    bool reading = false;
+    bool paused = false;        // reading stopped for backpressure
+    bool eof = false;           // the peer shut its sending side down
+    bool shut = false;          // our shutdown of this side's sending direction is done
+    bool shutting = false;
+    Connection* conn = nullptr;
+
+    uv_stream_t* stream() { return is_pipe ? as_stream(&h.pipe) : as_stream(&h.tcp); }
+    uv_handle_t* handle() { return is_pipe ? as_handle(&h.pipe) : as_handle(&h.tcp); }
+};
+
+// A connect attempt to one target; its handle becomes the connection's upstream side on
+// success, or is closed.
+struct Attempt {
+    Side side;
+    uv_connect_t req{};
+    Connection* conn = nullptr;
+    std::shared_ptr<Target> target;
+    bool abandoned = false;  // timed out or the connection went away
+};
+
+struct WriteReq {
+    uv_write_t req{};
+    char* block = nullptr;
+    Connection* conn = nullptr;
+    bool to_client = false;
+};
+
+struct Connection {
+    Proxy::Impl* impl;
+    std::shared_ptr<Service> service;
+    std::uint16_t dialled_port = 0;
+    Side client;
+    Side* upstream = nullptr;  // points into `attempt` once connected
+    Attempt* attempt = nullptr;
+    uv_timer_t timer{};
+    bool timer_open = false;
+    std::uint32_t attempts = 0;
+    std::vector<std::shared_ptr<Target>> tried;  // targets this connection has used up
+    // DNS-named targets: the addresses tried, so that each attempt takes another one.
+    std::vector<std::pair<std::shared_ptr<Target>, vip::Address>> tried_addresses;
+    bool retrying = false;  // every target was tried once: further attempts go round again
+    std::uint64_t last_activity = 0;
+    bool closing = false;
+    int pending_closes = 0;
+    std::shared_ptr<bool> alive = std::make_shared<bool>(true);
+    // TLS origination: the session over the upstream side, while and after its handshake.
+    std::shared_ptr<detail::TlsContext> tls;
+    std::shared_ptr<Target> tls_target;
+    SSL* ssl = nullptr;
+    bool handshaking = false;
+    std::unique_ptr<detail::HostRewriter> http;  // protocol: http to a DNS-named endpoint
+
+    explicit Connection(Proxy::Impl* i) : impl(i) {}
+    ~Connection();
+
+    Side& other(Side& s) { return &s == &client ? *upstream : client; }
+
+    void start(std::shared_ptr<Service> svc, std::uint16_t port);
+
+    // ---- balancing (balancer.cpp)
+    bool used_up(const Target& t) const;
+    Target* pick();
+    std::optional<vip::Address> choose_address(const std::shared_ptr<Target>& t, const std::vector<vip::Address>& addrs);
+    void record_failure(Target& t);
+    static void record_success(Target& t);
+
+    // ---- connect attempts
+    void try_next();
+    void fail(const std::shared_ptr<Target>& t);
+    void arm_connect_timeout();
+    static void close_attempt(Attempt* a);
+    void connect_tcp(std::shared_ptr<Target> target, sockaddr_storage addr);
+    void connect_unix(std::shared_ptr<Target> target);
+    static void on_connect(uv_connect_t* req, int status);
+    void arm_connect_timeout_for_handshake();
+
+    // ---- the pump
+    void pump();
+    void arm_idle();
+    void start_reading(Side& s);
+    void stop_reading(Side& s);
+    static void on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf);
+    static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
+    void forward(Side& from, char* block, std::size_t size);
+    bool send_block(Side& to, Side& from, char* block, std::size_t size);
+    void deliver_up(const std::string& out);
+    void refuse_request();
+    void start_http(const Target& target);
+
+    // ---- TLS to the endpoint
+    bool flush_tls();
+    void drive_handshake();
+    void read_tls();
+    void tls_failed(const std::string& reason);
+
+    // ---- writes done, half-close and close
+    static void on_write(uv_write_t* req, int status);
+    void half_close(Side& s);
+    bool shutdown_now(Side& s);
+    void maybe_done();
+    void close(bool reset, Side* reset_by = nullptr);
+    void closed_one();
+    void finish();
+};
+
+}  // namespace proxy
