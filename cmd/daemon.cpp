@@ -1,0 +1,257 @@
+// The daemon's life: start (run), the store's polling (refresh), readiness, the admin
+// endpoint's dispatch and the shutdown on SIGTERM or SIGINT.
+#include "cmd/daemon.hpp"
+
+#include <csignal>
+
+namespace cmd {
+
+bool Daemon::refresh()
+{
+    auto started = std::chrono::steady_clock::now();
+    // A `mesctl get` killed mid-read keeps its reader slot while mesd holds the store open;
+    // enough of them and no one can read it, and their old snapshots pin pages that the
+    // store then grows past. A failing read frees them too; this keeps them from piling up.
+    if (started - readers_checked_ >= stale_readers_check_interval) {
+        readers_checked_ = started;
+        if (auto cleared = store_->clear_stale_readers(); cleared > 0) {
+            stale_readers_cleared_ += cleared;
+            log::warn("store", "cleared the reader slots of dead processes", {{"slots", std::to_string(cleared)}});
+        }
+    }
+    auto moved = source_.refresh();
+    if (!moved && moved.error().map_resized && source_.index()) {
+        // Another process grew the map while a read or write of ours (the conf dir's, off the
+        // loop) was open: the index stays, and the next poll takes the new size. Nothing is
+        // wrong with the store.
+        log::debug("store", "store map grown elsewhere; read again at the next poll");
+        return true;
+    }
+    if (!moved) {
+        ++store_errors_;
+        // Polled every store_poll_ms: logged once per reason. The index last built stays in
+        // use (its answers were right when the store was last readable), but mesd is not
+        // ready until the store reads again.
+        if (moved.error().message != store_error_)
+            log::error("store", "cannot read the store",
+                       {{"error", moved.error().message},
+                        {"data_dir", config_.data_dir},
+                        {"serving", source_.index() ? "the last good index" : "nothing"}});
+        store_error_ = moved.error().message;
+        return false;
+    }
+    if (!store_error_.empty()) log::info("store", "the store can be read again", {{"data_dir", config_.data_dir}});
+    store_error_.clear();
+    if (*moved)
+        log::debug("store", "store changed",
+                   {{"generation", std::to_string(source_.generation())},
+                    {"names", std::to_string(source_.index()->names())},
+                    {"index_bytes", std::to_string(source_.index()->bytes())},
+                    {"took_ms", std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                   std::chrono::steady_clock::now() - started).count())}});
+    if (*moved) update_routes();
+    return true;
+}
+
+void Daemon::became_ready()
+{
+    if (ready_) return;
+    ready_ = true;
+    log::info("daemon", "ready", {{"generation", std::to_string(source_.generation())}, {"data_dir", config_.data_dir}});
+}
+
+proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upstreams)
+{
+    const auto& c = config_.proxy;
+    proxy::Options o;
+    o.mode = c.mode == "redirect" ? proxy::Options::Mode::redirect : proxy::Options::Mode::bind;
+    o.redirect_listen = c.redirect_listen;
+    using std::chrono::duration_cast;
+    using ms = std::chrono::milliseconds;
+    o.connect_timeout = duration_cast<ms>(c.connect_timeout);
+    o.idle_timeout = duration_cast<ms>(c.idle_timeout);
+    o.max_connections = c.max_connections;
+    o.max_connections_per_service = c.max_connections_per_service;
+    o.connect_attempts = c.connect_attempts;
+    o.upstream_mark = c.upstream_mark;
+    o.eject_after = c.eject_after;
+    o.eject_base = duration_cast<ms>(c.eject_base);
+    o.eject_max = duration_cast<ms>(c.eject_max);
+    o.resolvers = !c.resolvers.empty() ? c.resolvers : dns_upstreams;
+    o.resolve_timeout = duration_cast<ms>(c.resolve_timeout);
+    o.dns_min_ttl = duration_cast<ms>(c.dns_min_ttl);
+    o.dns_max_ttl = duration_cast<ms>(c.dns_max_ttl);
+    o.on_tls_failure = [](const std::string& mesh, const std::string& name, const std::string& reason) {
+        log::warn("proxy", "TLS handshake failed", {{"mesh", mesh}, {"name", name}, {"reason", reason}});
+    };
+    o.on_tls_unusable = [](const std::string& mesh, const std::string& name, const std::string& reason) {
+        log::warn("proxy", "TLS settings unusable; refusing connections", {{"mesh", mesh}, {"name", name}, {"reason", reason}});
+    };
+    o.find_route = [this](const vip::Address& address, std::uint16_t port) { return after_lookup(find_route(address, port)); };
+    o.find_named_route = [this](const std::string& mesh, const std::string& name) {
+        return after_lookup(find_route(mesh, name, std::nullopt));
+    };
+    return o;
+}
+
+cmd::HttpReply Daemon::admin(const std::string& path)
+{
+    if (path == "/metrics") return {200, "text/plain; version=0.0.4; charset=utf-8", metrics_text()};
+    if (path == "/ready") {
+        // Answers from an index the store can no longer refresh are stale: let traffic go
+        // to a replica that can read its store.
+        if (!store_error_.empty() && !stopping_)
+            return cmd::HttpReply{503, "text/plain", "not ready: cannot read the store: " + store_error_ + "\n"};
+        if (mirror_ && ready_ && !stopping_) {
+            // A node with a complete copy serves it while etcd is away, and says so.
+            auto text = cluster_ready_text();
+            return cmd::HttpReply{text.starts_with("ready") ? 200 : 503, "text/plain", text + "\n"};
+        }
+        return ready_ && !stopping_ ? cmd::HttpReply{200, "text/plain", "ready\n"}
+                                    : cmd::HttpReply{503, "text/plain", "not ready\n"};
+    }
+    if (path == "/config") return {200, "application/json", config_json()};
+    return {404, "text/plain", "not found: try /metrics, /ready or /config\n"};
+}
+
+void Daemon::shutdown(const char* why)
+{
+    if (stopping_) return;
+    stopping_ = true;
+    log::info("daemon", "stopping", {{"signal", why}});
+    uv_timer_stop(&store_timer_);
+    uv_timer_stop(&conf_timer_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&store_timer_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&conf_timer_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
+    if (mirror_) {
+        std::lock_guard lock(mirror_changed_mutex_);
+        mirror_changed_open_ = false;
+        uv_close(reinterpret_cast<uv_handle_t*>(&mirror_changed_), nullptr);
+    }
+    server_->stop([this] {
+        log::info("dns", "listeners closed, in-flight queries finished");
+        proxy_->stop([this] {
+            log::info("proxy", "listeners and connections closed");
+            admin_->stop([] {});
+        });
+    });
+}
+
+int Daemon::run()
+{
+    if (!store_->read_only().empty()) {
+        // Served as it is: VIPs stay as the last write left them, whatever the pools say now.
+        log::warn("store", "opened read-only: serving it as it is, no writes",
+                  {{"data_dir", config_.data_dir}, {"reason", store_->read_only()}});
+    } else if (config_.cluster.enabled) {
+        // VIPs come from etcd as they are: nothing of the pools is applied here.
+    } else {
+        auto synced = store_->sync_pools(write_options());
+        if (!synced) {
+            log::error("store", "cannot record the VIP pools", {{"error", synced.error().message}, {"data_dir", config_.data_dir}});
+            return exit_failed;
+        }
+        for (const auto& n : synced->notes) log::warn("store", n);
+    }
+    if (conf_dir_) {
+        conf_seen_ = conf_applied_ = fingerprint(*conf_dir_);
+        if (auto result = read_conf_dir(*conf_dir_, conf_options_)) apply_conf_dir(std::move(*result));
+        else conf_applied_.clear();  // it kept changing: read again at the first look
+    }
+    if (!refresh()) return exit_failed;
+    if (config_.cluster.enabled && !cluster_store_usable()) return exit_failed;
+
+    dns::ServerOptions options;
+    options.listen = config_.dns.listen;
+    options.tcp_idle_timeout = config_.dns.tcp_idle_timeout;
+    options.tcp_max_clients = config_.dns.tcp_max_clients;
+    options.tcp_io_timeout = config_.dns.tcp_io_timeout;
+    options.tcp_max_clients_per_ip = config_.dns.tcp_max_clients_per_ip;
+    options.forward_enabled = config_.dns.forward.enabled;
+    options.upstreams = config_.dns.forward.upstreams;
+    options.forward_timeout = config_.dns.forward.timeout;
+    options.allow = config_.dns.forward.allow;
+    options.max_in_flight = config_.dns.forward.max_in_flight;
+    const auto& rate_limit = config_.dns.rate_limit;
+    options.rate_limit = {rate_limit.responses_per_second, rate_limit.burst, rate_limit.slip,
+                          rate_limit.ipv4_prefix_length, rate_limit.ipv6_prefix_length, rate_limit.table_size,
+                          rate_limit.exempt};
+    options.forward_max_wait = config_.dns.forward.max_wait;
+    options.resolv_conf = "/etc/resolv.conf";  // when dns.forward.upstreams is empty
+    options.on_warn = [](std::string_view message, std::string_view key, const std::string& value) {
+        log::warn("dns", message, {{key, value}});
+    };
+    server_ = std::make_unique<dns::Server>(&loop_, responder_, source_, options);
+    if (auto started = server_->start(); !started) {
+        log::error("dns", "cannot listen", {{"error", started.error()}});
+        server_->stop([] {});
+        uv_run(&loop_, UV_RUN_DEFAULT);
+        return exit_failed;
+    }
+    std::string upstreams;
+    for (const auto& u : server_->upstreams()) upstreams += (upstreams.empty() ? "" : ",") + u.address;
+    for (const auto& b : server_->bound())
+        log::info("dns", "listening", {{"addr", b}, {"forward", options.forward_enabled ? upstreams : "off"}});
+    if (rate_limit.responses_per_second > 0)
+        log::info("dns", "rate limiting UDP answers",
+                  {{"per_second", std::to_string(rate_limit.responses_per_second)},
+                   {"burst", std::to_string(rate_limit.burst ? rate_limit.burst : rate_limit.responses_per_second)},
+                   {"slip", std::to_string(rate_limit.slip)},
+                   {"prefixes", "/" + std::to_string(rate_limit.ipv4_prefix_length) + " /" +
+                                    std::to_string(rate_limit.ipv6_prefix_length)},
+                   {"exempt", std::to_string(rate_limit.exempt.size()) + " networks"}});
+
+    admin_ = std::make_unique<cmd::Admin>(&loop_, [this](const std::string& path) { return admin(path); });
+    auto admin_addr = admin_->start(config_.admin.listen);
+    if (!admin_addr) {
+        log::error("admin", "cannot listen", {{"error", admin_addr.error()}});
+        server_->stop([this] { admin_->stop([] {}); });
+        uv_run(&loop_, UV_RUN_DEFAULT);
+        return exit_failed;
+    }
+    log::info("admin", "listening", {{"addr", *admin_addr}});
+
+    // The proxy last: in bind mode it may open many listeners, and the admin endpoint must
+    // have its descriptor whatever happens to them.
+    auto resolvers = !config_.dns.forward.upstreams.empty() ? config_.dns.forward.upstreams
+                                                            : dns::system_upstreams(config_.dns.listen);
+    proxy_ = std::make_unique<proxy::Proxy>(&loop_, proxy_options(resolvers));
+    if (auto started = proxy_->start(); !started) {
+        log::error("proxy", "cannot listen", {{"error", started.error()}});
+        server_->stop([this] { proxy_->stop([this] { admin_->stop([] {}); }); });
+        uv_run(&loop_, UV_RUN_DEFAULT);
+        return exit_failed;
+    }
+    if (config_.proxy.mode == "redirect") log::info("proxy", "listening", {{"addr", proxy_->bound()}, {"mode", "redirect"}});
+    // Once every listener is up: a failed start above leaves no mirror thread or wake-up
+    // handle behind to keep the loop from ending.
+    if (config_.cluster.enabled) start_mirror();
+    update_routes();
+
+
+    uv_timer_init(&loop_, &store_timer_);
+    store_timer_.data = this;
+    uv_timer_start(&store_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->refresh(); }, store_poll_ms,
+                   store_poll_ms);
+    uv_timer_init(&loop_, &conf_timer_);
+    conf_timer_.data = this;
+    if (conf_dir_)
+        uv_timer_start(&conf_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->look_at_conf_dir(); },
+                       conf_dir_poll_ms, conf_dir_poll_ms);
+    uv_signal_init(&loop_, &sigterm_);
+    uv_signal_init(&loop_, &sigint_);
+    sigterm_.data = sigint_.data = this;
+    uv_signal_start(&sigterm_, [](uv_signal_t* s, int) { static_cast<Daemon*>(s->data)->shutdown("SIGTERM"); }, SIGTERM);
+    uv_signal_start(&sigint_, [](uv_signal_t* s, int) { static_cast<Daemon*>(s->data)->shutdown("SIGINT"); }, SIGINT);
+
+    // DNS answers from now on; "ready" once the proxy has its first routes too (they are
+    // listed on a worker thread).
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    if (mirror_) mirror_->stop();
+    log::info("daemon", "stopped");
+    return exit_ok;
+}
+
+}  // namespace cmd

@@ -1,0 +1,71 @@
+// /config: what the daemon serves, as JSON.
+#include "cmd/daemon.hpp"
+#include "cmd/output.hpp"
+
+namespace cmd {
+
+std::string Daemon::config_json()
+{
+    cmd::Value root = cmd::Value::object();
+    root.set("generation", static_cast<std::int64_t>(source_.generation()));
+    if (mirror_) {
+        auto st = mirror_->state();
+        cmd::Value& cluster = root.set("cluster", cmd::Value::object());
+        cluster.set("node", config_.cluster.node_name);
+        cluster.set("connected", st.connected);
+        cluster.set("endpoint", st.endpoint);
+        cluster.set("revision", st.revision);
+        cluster.set("resyncs", static_cast<std::int64_t>(st.resyncs));
+        if (!st.last_error.empty()) cluster.set("lastError", st.last_error);
+    }
+    cmd::Value& zones = root.set("zones", cmd::Value::array());
+    for (const auto& z : config_.dns.zones) zones.push(z);
+    cmd::Value& names = root.set("names", cmd::Value::array());
+    if (const auto* snap = source_.snapshot()) {
+        for (const auto& mesh : config_.meshes) {
+            auto list = snap->list(conf::Kind::mesh_external_service, std::string_view(mesh));
+            if (!list) continue;
+            for (const auto& e : *list) {
+                for (const auto& a : e.status.hostnames.addresses) {
+                    cmd::Value& n = names.push(cmd::Value::object());
+                    n.set("hostname", a.hostname);
+                    if (e.status.ipv4) n.set("ipv4", e.status.ipv4->to_string());
+                    if (e.status.ipv6) n.set("ipv6", e.status.ipv6->to_string());
+                    n.set("mesh", e.resource.mesh);
+                    n.set("name", e.resource.name);
+                }
+            }
+        }
+    }
+    if (proxy_) {
+        auto st = proxy_->status();
+        cmd::Value& services = root.set("services", cmd::Value::array());
+        for (const auto& s : st.services) {
+            cmd::Value& v = services.push(cmd::Value::object());
+            v.set("mesh", s.mesh);
+            v.set("name", s.name);
+            cmd::Value& listeners = v.set("listeners", cmd::Value::array());
+            for (const auto& l : s.listeners) listeners.push(l);
+            if (!s.listen_error.empty()) v.set("listenError", s.listen_error);
+            if (!s.tls_error.empty()) v.set("tlsError", s.tls_error);
+            v.set("active", static_cast<std::int64_t>(s.active));
+            v.set("total", static_cast<std::int64_t>(s.total));
+            cmd::Value& endpoints = v.set("endpoints", cmd::Value::array());
+            for (const auto& t : s.targets) {
+                cmd::Value& e = endpoints.push(cmd::Value::object());
+                e.set("address", t.address);
+                e.set("priority", static_cast<std::int64_t>(t.priority));
+                e.set("health", t.state);
+                e.set("connectFailures", static_cast<std::int64_t>(t.connect_failures));
+                e.set("ejections", static_cast<std::int64_t>(t.ejections));
+                if (!t.resolved.empty()) {
+                    cmd::Value& r = e.set("resolved", cmd::Value::array());
+                    for (const auto& a : t.resolved) r.push(a);
+                }
+            }
+        }
+    }
+    return root.json();
+}
+
+}  // namespace cmd
