@@ -543,16 +543,7 @@ TEST_CASE("a DNS-named endpoint follows its record, resolved through a real DNS 
     Backend eleven("127.0.0.11", port, "SYSTEM:'echo eleven'");
     Backend twelve("127.0.0.12", port, "SYSTEM:'echo twelve'");
     auto hosts = work.write("hosts", "127.0.0.11 backend.ext.test\n");
-    int dns_port = 0;
-    {
-        int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
-        auto a = address("127.0.0.1", 0);
-        ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
-        socklen_t len = sizeof a;
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-        dns_port = ntohs(a.sin_port);
-        ::close(fd);
-    }
+    int dns_port = free_dual_port();  // dnsmasq binds TCP on it too
     Child dnsmasq({"/usr/sbin/dnsmasq", "-k", "--user=root", "--listen-address=127.0.0.1", "--bind-interfaces",
                    "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=", "--local-ttl=1",
                    "--addn-hosts=" + hosts, "--port=" + std::to_string(dns_port)},
