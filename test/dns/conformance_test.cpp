@@ -894,7 +894,7 @@ namespace {
 // with mesd's SOA fields, names and addresses, read from mesd itself.
 struct Knot {
     Dir& dir;
-    int port = free_udp_port();
+    int port = free_dual_port();  // knotd listens on TCP too
     std::unique_ptr<Child> child;
 
     Knot(Dir& d, const std::map<std::string, std::string>& zones) : dir(d)

@@ -112,7 +112,7 @@ TEST_CASE("forward: a query that comes back through another forwarder is answere
 {
     // mesd -> dnsmasq 2.90 -> mesd: mesd must see its own query come back.
     Dir dir;
-    int dnsmasq_port = free_udp_port();
+    int dnsmasq_port = free_dual_port();  // dnsmasq listens on TCP too
     Fixture f(forwarding({dnsmasq_port}, "1s"));
     Child dnsmasq({"/usr/sbin/dnsmasq", "-k", "--user=root", "--listen-address=127.0.0.1", "--bind-interfaces",
                    "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=", "--log-facility=-",

@@ -440,7 +440,7 @@ TEST_CASE("mirror: a full map fails whole without grow_map and grows with it")
     s.require_sound();
 }
 
-TEST_CASE("mirror: 100,000 MES with hostnames in one batch")
+TEST_CASE("mirror: 100000 MES with hostnames in one batch")
 {
     MirrorStore s;
     constexpr std::uint32_t count = 100'000;
@@ -456,7 +456,9 @@ TEST_CASE("mirror: 100,000 MES with hostnames in one batch")
     auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     std::printf("mirror: %u MES with hostnames in one batch: %.2f s\n", count, seconds);
     CHECK(report.changes.size() == count + 1);
-    CHECK(seconds < 10.0);
+    // About 0.8 s in the release build and 19 s under the sanitizers: the bound only catches
+    // a write gone quadratic (hours), the figure is printed for reading.
+    CHECK(seconds < 120.0);
     auto snap = s.snap();
     auto counts = snap.counts();
     REQUIRE(counts.has_value());
