@@ -14,16 +14,23 @@ bool Daemon::cluster_store_usable()
         return false;
     }
     auto recorded = snap->mirror_state();
-    auto counts = snap->list(std::nullopt, std::nullopt);
-    if (!recorded || !counts) {
-        log::error("cluster", "cannot read the store", {{"data_dir", config_.data_dir}});
+    if (!recorded) {
+        log::error("cluster", "cannot read the store", {{"error", recorded.error().message}});
         return false;
     }
+    if (recorded->revision > 0) return true;  // a copy of etcd already
     // The store's own resources would be replaced by etcd's: refuse, rather than lose them.
-    if (recorded->revision == 0 && !counts->empty()) {
+    // Counted from the database's statistics, not by reading every record.
+    snap = std::unexpected(store::Error{});
+    auto usage = store_->usage();
+    if (!usage) {
+        log::error("cluster", "cannot read the store", {{"error", usage.error().message}});
+        return false;
+    }
+    if (usage->resources > 0) {
         log::error("cluster", "the store holds resources written in single-node mode; copy them into etcd with "
                               "`mesctl cluster import` first, or start with an empty data dir",
-                   {{"data_dir", config_.data_dir}, {"resources", std::to_string(counts->size())}});
+                   {{"data_dir", config_.data_dir}, {"resources", std::to_string(usage->resources)}});
         return false;
     }
     return true;

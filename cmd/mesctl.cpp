@@ -219,9 +219,8 @@ struct ClusterContext {
     std::unique_ptr<store::etcd::Client> client;
 };
 
-std::expected<ClusterContext, int> open_cluster(const Globals& g)
+std::expected<ClusterContext, int> open_cluster(conf::ConfigResult loaded)
 {
-    auto loaded = load_configuration(g);
     if (!loaded.ok()) {
         for (const auto& d : loaded.errors) std::cerr << d.format() << '\n';
         return std::unexpected(exit_failed);
@@ -243,11 +242,6 @@ std::expected<ClusterContext, int> open_cluster(const Globals& g)
     return ctx;
 }
 
-bool cluster_mode(const Globals& g)
-{
-    auto loaded = load_configuration(g);
-    return loaded.config.cluster.enabled;
-}
 
 void print_changes(const store::WriteReport& report)
 {
@@ -260,9 +254,9 @@ void print_changes(const store::WriteReport& report)
     print_notes(report);
 }
 
-int cluster_apply(const Globals& g, const Args& a, const std::vector<std::string>& paths)
+int cluster_apply(conf::ConfigResult loaded, const Args& a, const std::vector<std::string>& paths)
 {
-    auto ctx = open_cluster(g);
+    auto ctx = open_cluster(std::move(loaded));
     if (!ctx) {
         std::cerr << "mesctl: nothing was applied\n";
         return ctx.error();
@@ -306,7 +300,8 @@ int cmd_apply(const Globals& g, const Args& a)
     if (paths.empty()) return usage_error("apply: no -f PATH given");
     for (auto& p : paths)
         if (p == "-") p = "/dev/stdin";
-    if (cluster_mode(g)) return cluster_apply(g, a, paths);
+    if (auto loaded = load_configuration(g); loaded.config.cluster.enabled)
+        return cluster_apply(std::move(loaded), a, paths);
     auto ctx = open_context(g);
     if (!ctx) return ctx.error();
 
@@ -408,7 +403,7 @@ std::string age_text(std::int64_t ms)
 
 int get_nodes(const Globals& g, const Args& a)
 {
-    auto ctx = open_cluster(g);
+    auto ctx = open_cluster(load_configuration(g));
     if (!ctx) return ctx.error();
     store::cluster::Writer writer(*ctx->client, ctx->config);
     auto nodes = writer.nodes();
@@ -444,7 +439,7 @@ int cmd_cluster(const Globals& g, const Args& a)
 {
     if (a.positional.empty() || a.positional[0] != "import") return usage_error("cluster: the command is `cluster import`");
     if (a.positional.size() != 1) return usage_error("cluster import: no arguments but --from DIR");
-    auto ctx = open_cluster(g);
+    auto ctx = open_cluster(load_configuration(g));
     if (!ctx) return ctx.error();
     std::string dir = a.from.empty() ? ctx->config.data_dir : a.from;
     auto opened = store::Store::open(store::Options{dir});
@@ -521,8 +516,8 @@ int cmd_delete(const Globals& g, const Args& a)
     if (a.positional.size() != 2) return usage_error("delete: give KIND and NAME");
     auto kind = resource_kind(a.positional[0]);
     if (!kind) return usage_error("delete: unknown KIND \"" + a.positional[0] + "\"");
-    if (cluster_mode(g)) {
-        auto cl = open_cluster(g);
+    if (auto loaded = load_configuration(g); loaded.config.cluster.enabled) {
+        auto cl = open_cluster(std::move(loaded));
         if (!cl) return cl.error();
         store::cluster::Writer writer(*cl->client, cl->config);
         auto report = writer.remove(*kind, a.mesh.empty() ? "default" : a.mesh, a.positional[1], a.force);
