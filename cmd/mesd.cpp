@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <csignal>
 #include <filesystem>
 #include <iostream>
@@ -30,7 +31,7 @@ constexpr int exit_usage = 2;
 constexpr std::string_view usage_text =
     "usage: mesd [--config FILE] [--data-dir DIR] [--dns-listen ADDR:PORT]... [--admin-listen ADDR:PORT]\n"
     "            [--conf-dir DIR [--conf-dir-follow-links]] [--log-level debug|info|warn|error]\n"
-    "            [--allow-core-dumps] [--etcd-endpoints URL,...] [--node-name NAME]\n"
+    "            [--allow-core-dumps] [--etcd-endpoints URL,...] [--node-name NAME] [--workers N]\n"
     "\n"
     "Answers DNS for MeshExternalService hostnames and forwards other names upstream.\n"
     "The configuration file is --config FILE, else $MESD_CONFIG, else the built-in defaults;\n"
@@ -40,6 +41,8 @@ constexpr std::string_view usage_text =
     "--etcd-endpoints (or a `cluster` section) runs mesd as a node of a cluster: it mirrors\n"
     "the resources held in etcd into its store and keeps serving from that copy when etcd\n"
     "is away; --node-name names it there (default: the host name).\n"
+    "--workers N serves DNS and the proxy on N threads (default: one per CPU mesd may run on;\n"
+    "1: a single loop).\n"
     "Core dumps are off (the process holds TLS keys and Secrets); --allow-core-dumps turns\n"
     "them back on for debugging.\n";
 
@@ -52,6 +55,7 @@ struct Flags {
     std::optional<std::string> log_level;
     std::optional<std::string> etcd_endpoints;
     std::optional<std::string> node_name;
+    std::optional<std::string> workers;
     bool allow_core_dumps = false;
     bool conf_dir_follow_links = false;
 };
@@ -76,6 +80,7 @@ std::optional<std::string> parse_flags(int argc, char** argv, Flags& f)
         else if (name == "--log-level") v = f.log_level = take();
         else if (name == "--etcd-endpoints") v = f.etcd_endpoints = take();
         else if (name == "--node-name") v = f.node_name = take();
+        else if (name == "--workers") v = f.workers = take();
         else if (arg == "--conf-dir-follow-links") {
             f.conf_dir_follow_links = true;
             continue;
@@ -189,6 +194,17 @@ int main(int argc, char** argv)
     }
     conf::Config config = std::move(loaded.config);
     if (flags.data_dir) config.data_dir = *flags.data_dir;
+    if (flags.workers) {
+        const auto& text = *flags.workers;
+        std::uint32_t n = 0;
+        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+        if (ec != std::errc{} || end != text.data() + text.size() || n > conf::max_workers) {
+            std::cerr << "mesd: --workers " << conf::escape_controls(text) << ": must be a number from 0 to "
+                      << conf::max_workers << " (0: one per CPU)\n";
+            return exit_usage;
+        }
+        config.workers = n;
+    }
     if (!flags.dns_listen.empty()) {
         config.dns.listen.clear();
         for (const auto& text : flags.dns_listen) {

@@ -307,10 +307,20 @@ std::optional<HostPort> parse_host_port(std::string_view text);
 std::optional<Duration> parse_duration(std::string_view text);
 std::string format_duration(Duration d);
 
+// The most `workers` a configuration may ask for.
+constexpr std::uint32_t max_workers = 256;
+
 // The file both programs read (`--config FILE`, else $MESD_CONFIG, else these defaults).
 struct Config {
     std::string data_dir = "/var/lib/mesd";
     std::vector<std::string> meshes = {"default"};
+    // Threads serving DNS and the proxy, each with its own loop; 0: one per CPU mesd may run
+    // on (sched_getaffinity), as Knot's udp-workers and HAProxy's nbthread default to. 1 keeps
+    // everything on the one loop.
+    std::uint32_t workers = 0;
+    // "auto": worker i pinned to the i-th CPU mesd may run on (as HAProxy's cpu-map does
+    // when asked); "none": left to the scheduler, as Knot and NSD leave theirs.
+    std::string worker_affinity = "none";
     struct Dns {
         std::vector<HostPort> listen = {HostPort{"127.0.0.1", 15053}};
         std::vector<std::string> zones = {"mesh."};

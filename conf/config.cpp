@@ -228,6 +228,11 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
     read.string(top, "dataDir", c.data_dir);
     read.strings(top, "meshes", c.meshes, [](const std::string& s) { return is_rfc1123_subdomain(s); },
                  "a mesh name");
+    read.integer(top, "workers", c.workers, 0, max_workers);
+    {
+        static constexpr std::string_view affinities[] = {"auto", "none"};
+        read.choice(top, "workerAffinity", c.worker_affinity, affinities);
+    }
     {
         Fields dns(r, top.take("dns"), "dns");
         // The root cannot be a zone of mesd's: every name would be answered here, none forwarded.
