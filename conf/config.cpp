@@ -457,6 +457,19 @@ ConfigResult load_config(const std::optional<std::string>& path)
             result.errors.push_back(std::move(d));
         }
     }
+    if (const char* workers = std::getenv("MESD_WORKERS"); workers && *workers) {
+        std::string_view text = workers;
+        std::uint32_t n = 0;
+        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+        if (ec == std::errc{} && end == text.data() + text.size() && n <= max_workers) {
+            result.config.workers = n;
+        } else {
+            Diagnostic d;
+            d.mark = Mark{"MESD_WORKERS", 0, 0};
+            d.message = "must be a number from 0 to " + std::to_string(max_workers) + " (0: one per CPU), got " + excerpt(text);
+            result.errors.push_back(std::move(d));
+        }
+    }
     if (const char* user = std::getenv("MESD_ETCD_USERNAME"); user && *user) result.config.cluster.etcd.username = user;
     if (const char* pass = std::getenv("MESD_ETCD_PASSWORD"); pass && *pass) result.config.cluster.etcd.password = pass;
     return result;

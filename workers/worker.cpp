@@ -45,21 +45,18 @@ void Worker::start()
 
 void Worker::post(std::function<void()> fn)
 {
-    {
-        std::lock_guard lock(mutex_);
-        if (finishing_) return;
-        queue_.push_back(std::move(fn));
-    }
+    std::lock_guard lock(mutex_);
+    if (finishing_) return;
+    queue_.push_back(std::move(fn));
+    // Sent under the lock: the handle cannot be closed between the check and the send.
     uv_async_send(&wake_);
 }
 
 void Worker::finish()
 {
-    {
-        std::lock_guard lock(mutex_);
-        if (finishing_) return;
-        finishing_ = true;
-    }
+    std::lock_guard lock(mutex_);
+    if (finishing_) return;
+    finishing_ = true;
     // The wake-up handle is closed on the loop's thread, after the work queued before this.
     uv_async_send(&wake_);
 }
