@@ -2,6 +2,7 @@
 // endpoint's dispatch and the shutdown on SIGTERM or SIGINT.
 #include "cmd/daemon.hpp"
 
+#include <algorithm>
 #include <csignal>
 
 namespace cmd {
@@ -130,13 +131,32 @@ void Daemon::shutdown(const char* why)
         mirror_changed_open_ = false;
         uv_close(reinterpret_cast<uv_handle_t*>(&mirror_changed_), nullptr);
     }
-    server_->stop([this] {
-        log::info("dns", "listeners closed, in-flight queries finished");
-        proxy_->stop([this] {
+    // DNS first (its in-flight forwards finish), then the proxy, then the admin endpoint,
+    // then the workers' loops: each stage closes what it holds on every worker before the
+    // next begins.
+    stop_dns([this] {
+        if (!dns_.empty()) log::info("dns", "listeners closed, in-flight queries finished");
+        auto then_admin = [this] {
+            if (admin_) admin_->stop([this] { end_workers(); });
+            else end_workers();
+        };
+        if (!proxy_) return then_admin();
+        proxy_->stop([this, then_admin] {
             log::info("proxy", "listeners and connections closed");
-            admin_->stop([] {});
+            then_admin();
         });
     });
+}
+
+// A start that failed half way: what was opened is closed as at a shutdown (the workers'
+// threads run for that), and mesd exits.
+int Daemon::abandon_start()
+{
+    shutdown("start failed");
+    start_workers();
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    join_workers();
+    return exit_failed;
 }
 
 int Daemon::run()
@@ -163,6 +183,17 @@ int Daemon::run()
     if (!refresh()) return exit_failed;
     if (config_.cluster.enabled && !cluster_store_usable()) return exit_failed;
 
+    // Set up now, started once everything listens: a start that fails closes them as a
+    // shutdown does.
+    uv_timer_init(&loop_, &store_timer_);
+    uv_timer_init(&loop_, &conf_timer_);
+    uv_signal_init(&loop_, &sigterm_);
+    uv_signal_init(&loop_, &sigint_);
+    if (auto n = worker_count(); n > 1) make_workers(n);
+    log::info("daemon", "workers",
+              {{"count", std::to_string(std::max<std::size_t>(1, workers_.size()))},
+               {"affinity", workers_.empty() ? "none" : config_.worker_affinity}});
+
     dns::ServerOptions options;
     options.listen = config_.dns.listen;
     options.tcp_idle_timeout = config_.dns.tcp_idle_timeout;
@@ -183,16 +214,14 @@ int Daemon::run()
     options.on_warn = [](std::string_view message, std::string_view key, const std::string& value) {
         log::warn("dns", message, {{key, value}});
     };
-    server_ = std::make_unique<dns::Server>(&loop_, responder_, source_, options);
-    if (auto started = server_->start(); !started) {
+    if (auto started = start_dns(options); !started) {
         log::error("dns", "cannot listen", {{"error", started.error()}});
-        server_->stop([] {});
-        uv_run(&loop_, UV_RUN_DEFAULT);
-        return exit_failed;
+        return abandon_start();
     }
+    const auto& first = *dns_.front().server;
     std::string upstreams;
-    for (const auto& u : server_->upstreams()) upstreams += (upstreams.empty() ? "" : ",") + u.address;
-    for (const auto& b : server_->bound())
+    for (const auto& u : first.upstreams()) upstreams += (upstreams.empty() ? "" : ",") + u.address;
+    for (const auto& b : first.bound())
         log::info("dns", "listening", {{"addr", b}, {"forward", options.forward_enabled ? upstreams : "off"}});
     if (rate_limit.responses_per_second > 0)
         log::info("dns", "rate limiting UDP answers",
@@ -207,9 +236,7 @@ int Daemon::run()
     auto admin_addr = admin_->start(config_.admin.listen);
     if (!admin_addr) {
         log::error("admin", "cannot listen", {{"error", admin_addr.error()}});
-        server_->stop([this] { admin_->stop([] {}); });
-        uv_run(&loop_, UV_RUN_DEFAULT);
-        return exit_failed;
+        return abandon_start();
     }
     log::info("admin", "listening", {{"addr", *admin_addr}});
 
@@ -220,28 +247,24 @@ int Daemon::run()
     proxy_ = std::make_unique<proxy::Proxy>(&loop_, proxy_options(resolvers));
     if (auto started = proxy_->start(); !started) {
         log::error("proxy", "cannot listen", {{"error", started.error()}});
-        server_->stop([this] { proxy_->stop([this] { admin_->stop([] {}); }); });
-        uv_run(&loop_, UV_RUN_DEFAULT);
-        return exit_failed;
+        return abandon_start();
     }
     if (config_.proxy.mode == "redirect") log::info("proxy", "listening", {{"addr", proxy_->bound()}, {"mode", "redirect"}});
+    // Every listener is bound: the workers may run now (until here only this thread touched
+    // their loops).
+    start_workers();
     // Once every listener is up: a failed start above leaves no mirror thread or wake-up
     // handle behind to keep the loop from ending.
     if (config_.cluster.enabled) start_mirror();
     update_routes();
 
-
-    uv_timer_init(&loop_, &store_timer_);
     store_timer_.data = this;
     uv_timer_start(&store_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->refresh(); }, store_poll_ms,
                    store_poll_ms);
-    uv_timer_init(&loop_, &conf_timer_);
     conf_timer_.data = this;
     if (conf_dir_)
         uv_timer_start(&conf_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->look_at_conf_dir(); },
                        conf_dir_poll_ms, conf_dir_poll_ms);
-    uv_signal_init(&loop_, &sigterm_);
-    uv_signal_init(&loop_, &sigint_);
     sigterm_.data = sigint_.data = this;
     uv_signal_start(&sigterm_, [](uv_signal_t* s, int) { static_cast<Daemon*>(s->data)->shutdown("SIGTERM"); }, SIGTERM);
     uv_signal_start(&sigint_, [](uv_signal_t* s, int) { static_cast<Daemon*>(s->data)->shutdown("SIGINT"); }, SIGINT);
@@ -249,6 +272,7 @@ int Daemon::run()
     // DNS answers from now on; "ready" once the proxy has its first routes too (they are
     // listed on a worker thread).
     uv_run(&loop_, UV_RUN_DEFAULT);
+    join_workers();
     if (mirror_) mirror_->stop();
     log::info("daemon", "stopped");
     return exit_ok;

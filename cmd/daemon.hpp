@@ -15,8 +15,13 @@
 //     they need, taken when the mirror is made) and signal mirror_changed_, under
 //     mirror_changed_mutex_ and only while mirror_changed_open_.
 // So the store is shared by every thread, and config_ by the loop and the routes' worker
-// (it is not changed after the constructor); everything else (source_, responder_, server_, proxy_, admin_, the counters,
+// (it is not changed after the constructor); everything else (source_, proxy_, admin_, the counters,
 // the conf dir's and the routes' state) belongs to the loop's thread.
+//   - with `workers` above 1, the workers' threads (daemon_workers.cpp): each runs a DNS
+//     server (dns_[i]) on its own loop with its own view of the name index, and the proxy's
+//     connections; the responder is read only; the proxy's route lookups in redirect mode
+//     (find_route) run on them too, each through a snapshot of its own, and count failures
+//     under lookup_mutex_.
 //
 // The parts are defined in: daemon.cpp (run, refresh, shutdown, readiness, admin dispatch,
 // the proxy's options), daemon_routes.cpp (the proxy's routes and their lookups),
@@ -31,11 +36,16 @@
 #include "proxy/proxy.hpp"
 #include "store/cluster.hpp"
 #include "store/store.hpp"
+#include "workers/mailbox.hpp"
+#include "workers/worker.hpp"
 
 #include <uv.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <expected>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -114,6 +124,7 @@ private:
     bool apply_conf_dir(conf::LoadResult result, std::optional<store::Result<store::WriteReport>> written = {},
                         std::chrono::milliseconds write_took = {});
     void shutdown(const char* why);
+    int abandon_start();
     cmd::HttpReply admin(const std::string& path);
     std::string metrics_text();
     std::string config_json();
@@ -125,10 +136,16 @@ private:
     dns::StoreSource source_;
     dns::Responder responder_;
     uv_loop_t loop_{};
-    std::unique_ptr<dns::Server> server_;
+    // The DNS servers: one on loop_ with one worker, else one per worker (daemon_workers.cpp).
+    struct DnsWorker {
+        std::unique_ptr<dns::CatalogSource> view;  // its view of source_'s index; none on loop_
+        std::unique_ptr<dns::Server> server;
+    };
+    std::vector<DnsWorker> dns_;
     std::unique_ptr<proxy::Proxy> proxy_;
     std::map<std::string, std::string> listen_errors_;  // logged once per change
     std::string last_lookup_error_;  // redirect mode: the failure logged, until a lookup succeeds
+    std::mutex lookup_mutex_;        // over last_lookup_error_: workers look routes up
     bool routes_building_ = false;  // a worker thread is listing the MES
     bool routes_stale_ = false;     // the store moved meanwhile: list them again
     std::unique_ptr<cmd::Admin> admin_;
@@ -145,7 +162,7 @@ private:
     std::uint64_t conf_dir_torn_reads_ = 0;
     std::uint64_t conf_dir_errors_ = 0;
     std::uint64_t conf_dir_applies_ = 0;
-    std::uint64_t store_errors_ = 0;
+    std::atomic<std::uint64_t> store_errors_{0};  // counted by the workers' route lookups too
     std::string store_error_;  // why the last read of the store failed; empty once one succeeds
     std::chrono::steady_clock::time_point readers_checked_{};
     // Cluster mode: the wake-up the mirror's threads send when the store changed, and the
@@ -158,6 +175,22 @@ private:
     bool cluster_store_usable();
     void start_mirror();
     std::uint64_t stale_readers_cleared_ = 0;
+
+    // Workers (daemon_workers.cpp): none with `workers: 1`. Declared after everything that
+    // puts handles on their loops (dns_, proxy_), so that their threads have ended and their
+    // loops are closed before those go.
+    std::size_t worker_count() const;
+    void make_workers(std::size_t n);
+    std::expected<void, std::string> start_dns(dns::ServerOptions options);
+    void stop_dns(std::function<void()> done);
+    void start_workers();
+    void end_workers();
+    void join_workers();
+    dns::Metrics dns_metrics() const;
+    std::size_t dns_in_flight() const;
+    std::vector<dns::UpstreamStatus> dns_upstreams() const;
+    std::unique_ptr<workers::Mailbox> control_mailbox_;  // the workers' "done"s, run on loop_
+    std::vector<std::unique_ptr<workers::Worker>> workers_;
 };
 
 }  // namespace cmd

@@ -109,7 +109,8 @@ std::string proxy_metrics(const proxy::Status& st)
 
 std::string Daemon::metrics_text()
 {
-    const auto& m = server_->metrics();
+    // Every worker's counts, summed: one series per metric whatever the number of workers.
+    const auto m = dns_metrics();
     std::string out;
     auto counter = [&](const char* name, const char* help, std::uint64_t v) {
         out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name + " " +
@@ -169,7 +170,7 @@ std::string Daemon::metrics_text()
         counter("mesd_admin_accept_errors_total", "Admin accepts that failed for want of descriptors; accepting paused.",
                 admin_stats.accept_errors);
     }
-    gauge("mesd_dns_forward_in_flight", "Upstream queries outstanding.", server_->in_flight());
+    gauge("mesd_dns_forward_in_flight", "Upstream queries outstanding.", dns_in_flight());
     counter("mesd_dns_forward_loops_total", "Queries mesd forwarded that came back to it, answered SERVFAIL.",
             m.forward_loops);
     counter("mesd_dns_forward_joined_total",
@@ -181,7 +182,7 @@ std::string Daemon::metrics_text()
             m.forward_backed_off);
     {
         // One series per upstream now in use, best first.
-        auto upstreams = server_->upstreams();
+        auto upstreams = dns_upstreams();
         auto family = [&](const char* name, const char* type, const char* help, auto value) {
             out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
             for (const auto& u : upstreams) {
@@ -218,6 +219,15 @@ std::string Daemon::metrics_text()
     std::snprintf(sum, sizeof sum, "%.9f", m.latency_sum);
     out += "mesd_dns_latency_seconds_sum " + std::string(sum) + "\nmesd_dns_latency_seconds_count " +
            std::to_string(m.latency_count) + "\n";
+    gauge("mesd_workers", "Threads serving DNS and the proxy (1: the one loop).", std::max<std::size_t>(1, workers_.size()));
+    // How the kernel spreads queries over the workers' sockets: one series per worker.
+    out += "# HELP mesd_dns_worker_queries_total DNS queries received, by worker.\n"
+           "# TYPE mesd_dns_worker_queries_total counter\n";
+    for (std::size_t i = 0; i < dns_.size(); ++i) {
+        std::uint64_t queries = 0;
+        dns_[i].server->metrics().queries_by_opcode.each([&](std::string_view, std::uint64_t n) { queries += n; });
+        out += "mesd_dns_worker_queries_total{worker=\"" + std::to_string(i) + "\"} " + std::to_string(queries) + "\n";
+    }
     gauge("mesd_store_generation", "The store generation being served.", source_.generation());
     auto usage = store_->usage();
     gauge("mesd_vips_in_use", "VIPs allocated to MeshExternalServices.", usage ? usage->vips : 0);

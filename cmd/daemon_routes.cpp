@@ -119,6 +119,13 @@ std::string Daemon::build_routes(std::vector<proxy::Route>& routes) const
 proxy::Options::Lookup Daemon::find_route(const std::string& mesh, const std::string& name,
                                           std::optional<std::uint16_t> port)
 {
+    if (!workers_.empty()) {
+        // On a worker's thread: source_'s snapshot is the control loop's; read through one of
+        // this lookup's own.
+        auto own = store_->snapshot();
+        if (!own) return lookup_failed(own.error().message);
+        return served_route(*own, mesh, name, port);
+    }
     const auto* snapshot = source_.snapshot();
     if (!snapshot) return lookup_failed("no store snapshot");
     return served_route(*snapshot, mesh, name, port);
@@ -126,7 +133,17 @@ proxy::Options::Lookup Daemon::find_route(const std::string& mesh, const std::st
 
 proxy::Options::Lookup Daemon::find_route(const vip::Address& address, std::uint16_t port)
 {
-    const auto* snapshot = source_.snapshot();
+    std::optional<store::Snapshot> own;
+    const store::Snapshot* snapshot = nullptr;
+    if (!workers_.empty()) {
+        // On a worker's thread, as above.
+        auto opened = store_->snapshot();
+        if (!opened) return lookup_failed(opened.error().message);
+        own.emplace(std::move(*opened));
+        snapshot = &*own;
+    } else {
+        snapshot = source_.snapshot();
+    }
     if (!snapshot) return lookup_failed("no store snapshot");
     auto owner = snapshot->owner_of(address);
     if (!owner) return lookup_failed(owner.error().message);
@@ -151,6 +168,7 @@ proxy::Options::Lookup Daemon::served_route(const store::Snapshot& snapshot, con
 proxy::Options::Lookup Daemon::lookup_failed(const std::string& why)
 {
     ++store_errors_;
+    std::lock_guard lock(lookup_mutex_);
     if (why != last_lookup_error_) log::error("proxy", "cannot read a route", {{"error", why}});
     last_lookup_error_ = why;
     return {std::nullopt, true};
@@ -160,6 +178,7 @@ proxy::Options::Lookup Daemon::lookup_failed(const std::string& why)
 // logged again.
 proxy::Options::Lookup Daemon::after_lookup(proxy::Options::Lookup lookup)
 {
+    std::lock_guard lock(lookup_mutex_);
     if (!lookup.failed) last_lookup_error_.clear();
     return lookup;
 }

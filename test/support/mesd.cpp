@@ -38,6 +38,7 @@ Mesd::Mesd(const std::filesystem::path& dir, MesdOptions options) : dir_(dir)
         argv.push_back("--conf-dir");
         argv.push_back(options.conf_dir);
     }
+    argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
     child_ = std::make_unique<Child>(argv, (dir_ / "mesd.out").string(), log_path_);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     std::regex dns_re(R"re(sys=dns msg=listening addr=\S+:(\d+))re"), admin_re(R"re(sys=admin msg=listening addr=\S+:(\d+))re");

@@ -18,6 +18,7 @@ struct MesdOptions {
     std::string conf_dir;               // --conf-dir when not empty
     std::vector<std::string> wrapper;   // e.g. {"ip", "netns", "exec", "ns"} to run inside a namespace
     std::string dns_listen = "127.0.0.1:0";
+    std::vector<std::string> extra_args;  // more flags (`--workers 4`; a flag wins over MESD_WORKERS)
 };
 
 class Mesd {
