@@ -216,7 +216,7 @@ std::string Daemon::metrics_text()
     cumulative += m.latency_buckets.back();
     out += "mesd_dns_latency_seconds_bucket{le=\"+Inf\"} " + std::to_string(cumulative) + "\n";
     char sum[64];
-    std::snprintf(sum, sizeof sum, "%.9f", m.latency_sum);
+    std::snprintf(sum, sizeof sum, "%.9f", m.latency_sum.seconds());
     out += "mesd_dns_latency_seconds_sum " + std::string(sum) + "\nmesd_dns_latency_seconds_count " +
            std::to_string(m.latency_count) + "\n";
     gauge("mesd_workers", "Threads serving DNS and the proxy (1: the one loop).", std::max<std::size_t>(1, workers_.size()));

@@ -26,14 +26,17 @@
 #include "vip/vip.hpp"
 
 #include "conf/conf.hpp"
+#include "workers/worker.hpp"
 
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <expected>
 #include <optional>
 #include <span>
@@ -60,6 +63,11 @@ struct Addresses {
 class Source {
 public:
     virtual ~Source() = default;
+    // Queries are about to be answered (a UDP batch, a TCP read): a source that follows data
+    // published from another thread moves to its newest version here and nowhere else, so
+    // that what it hands out (the views of txt_rdata() and vip_hostnames()) stays valid
+    // while one query is answered.
+    virtual void begin_batch() {}
     // `name` is lowercase, without the trailing dot.
     virtual std::optional<Owner> find_name(std::string_view name) = 0;
     // The addresses of a generated hostname: what an A/AAAA answer needs, without the
@@ -198,23 +206,52 @@ private:
     Settings settings_;
 };
 
-// The daemon's Source: a store snapshot, renewed by `refresh()`, and a NameIndex built from
-// it whenever the store's generation moves. Names, VIPs and their hostnames come from the
-// index; describe() reads the snapshot.
-class StoreSource final : public Source {
+// ---- Where answers come from, with one loop or with workers ------------------------------
+//
+// Shared by every thread, never changed once made:
+//   Catalog        a NameIndex and the VIP pools at one store generation (no store snapshot)
+// Shared, thread-safe:
+//   SharedCatalog  the newest Catalog, published by the control loop, read by the workers
+// One per loop, used on that loop's thread only:
+//   StoreSource    the control loop's: refreshes from the store, builds each new Catalog and
+//                  publishes it; with one loop it is also what the server answers from
+//   CatalogSource  a worker's: answers from the newest published Catalog, with its own TXT
+//                  cache and its own short store reads
+
+// A NameIndex and the pools it was built with, at one store generation. Immutable: any
+// number of threads read it at once; it is freed when the last holder lets it go.
+struct Catalog {
+    NameIndex index;
+    std::optional<vip::Pool> pool4;
+    std::optional<vip::Pool> pool6;
+    std::uint64_t generation = 0;
+};
+
+// The newest Catalog, handed from the thread that builds it to the threads that answer. A
+// reader compares version() with the one it holds, one atomic load and no lock, and takes
+// the lock only when it moved: once per publication, not per query.
+class SharedCatalog {
 public:
-    // Serves the generated hostnames of `meshes`, the first listed winning a name that
-    // several of them generate.
-    StoreSource(const store::Store& store, std::vector<std::string> meshes);
+    // Any thread (the control loop's): makes `catalog` the current one.
+    void publish(std::shared_ptr<const Catalog> catalog);
+    // Any thread: how many times a catalog was published (0: never).
+    std::uint64_t version() const { return version_.load(std::memory_order_acquire); }
+    // Any thread: the current catalog (null before the first) and its version, read together.
+    std::pair<std::shared_ptr<const Catalog>, std::uint64_t> current() const;
 
-    // Takes a fresh snapshot; true when the store's generation moved since the last one.
-    store::Result<bool> refresh();
-    // Lets go of the snapshot (a write in this process may need to grow the map).
-    void release() { snapshot_.reset(); }
-    std::uint64_t generation() const { return generation_; }
-    const store::Snapshot* snapshot() const { return snapshot_ ? &*snapshot_ : nullptr; }
-    const NameIndex* index() const { return index_ ? &*index_ : nullptr; }
+private:
+    std::atomic<std::uint64_t> version_{0};
+    mutable std::mutex mutex_;
+    std::shared_ptr<const Catalog> catalog_;  // under mutex_
+};
 
+namespace detail {
+
+// Answers from one Catalog: what StoreSource and CatalogSource share. The TXT RDATA of each
+// MES is built on its first TXT question (one store read) and kept until the catalog changes:
+// the cost of a TXT answer is paid once per MES, not per query. Not thread-safe: one per loop.
+class CatalogAnswers : public Source {
+public:
     std::optional<Owner> find_name(std::string_view name) override;
     std::optional<Addresses> find_addresses(std::string_view name) override;
     void prefetch(std::span<const std::string_view> names) override;
@@ -225,20 +262,21 @@ public:
     std::vector<vip::Pool> pools() override;
     std::size_t reverse_apex_labels(const vip::Address& address) override;
     bool has_names_below(std::string_view name) override;
-    // Built on the first TXT question for each MES (one store read), then kept until the
-    // index is next rebuilt: the cost of a TXT answer is paid once per MES, not per query.
     Txt txt_rdata(std::string_view name) override;
     Hostnames vip_hostnames(const vip::Address& address, std::span<std::string_view> out) override;
-    std::uint32_t serial() override { return static_cast<std::uint32_t>(generation_); }
+    std::uint32_t serial() override { return catalog_ ? static_cast<std::uint32_t>(catalog_->generation) : 0; }
+
+protected:
+    // The snapshot to read a MES from, opened into `scratch` or one the source keeps; null
+    // when there is none. `same_generation`: only one at the catalog's generation will do
+    // (what the TXT cache keeps must agree with the index it is kept for).
+    virtual const store::Snapshot* reader(std::optional<store::Snapshot>& scratch, bool same_generation) = 0;
+    // Answers from `catalog` from now on; the TXT cache starts empty.
+    void use(std::shared_ptr<const Catalog> catalog);
+    const Catalog* catalog() const { return catalog_.get(); }
 
 private:
-    const store::Store& store_;
-    std::vector<std::string> meshes_;
-    std::optional<store::Snapshot> snapshot_;
-    std::optional<NameIndex> index_;
-    std::uint64_t generation_ = 0;
-    std::optional<vip::Pool> pool4_;
-    std::optional<vip::Pool> pool6_;
+    std::shared_ptr<const Catalog> catalog_;
     // TXT RDATA by owner position: 1 + its offset in txt_bytes_ (a 16-bit size, then the
     // bytes), 0 while not built, too_large when it cannot be one record.
     static constexpr std::uint32_t too_large = 0xffffffff;
@@ -246,9 +284,74 @@ private:
     std::vector<std::uint8_t> txt_bytes_;
 };
 
+}  // namespace detail
+
+// The control loop's Source: a store snapshot, renewed by `refresh()`, and a Catalog built
+// from it whenever the store's generation moves, published to shared() for the workers'
+// CatalogSources. Names, VIPs and their hostnames come from the catalog's index; describe()
+// reads the snapshot. Used on the control loop's thread only.
+class StoreSource final : public detail::CatalogAnswers {
+public:
+    // Serves the generated hostnames of `meshes`, the first listed winning a name that
+    // several of them generate.
+    StoreSource(const store::Store& store, std::vector<std::string> meshes);
+
+    // Takes a fresh snapshot; true when the store's generation moved since the last one (a
+    // new Catalog was built and published to shared()).
+    store::Result<bool> refresh();
+    // Lets go of the snapshot (a write in this process may need to grow the map).
+    void release() { snapshot_.reset(); }
+    std::uint64_t generation() const { return generation_; }
+    const store::Snapshot* snapshot() const { return snapshot_ ? &*snapshot_ : nullptr; }
+    const NameIndex* index() const { return catalog() ? &catalog()->index : nullptr; }
+    // Where each refresh that moved publishes its catalog: what the workers' CatalogSources
+    // are made with. Lives as long as this.
+    SharedCatalog& shared() { return shared_; }
+
+    std::uint32_t serial() override { return static_cast<std::uint32_t>(generation_); }
+
+protected:
+    const store::Snapshot* reader(std::optional<store::Snapshot>& scratch, bool same_generation) override;
+
+private:
+    const store::Store& store_;
+    std::vector<std::string> meshes_;
+    std::optional<store::Snapshot> snapshot_;
+    std::uint64_t generation_ = 0;
+    SharedCatalog shared_;
+};
+
+// A worker's Source: answers from the newest Catalog of a SharedCatalog, taken up at each
+// begin_batch() (the A/AAAA/PTR/NXDOMAIN/NODATA path reads only the catalog and takes no
+// lock), with a TXT cache of its own rebuilt for each catalog. What the catalog does not
+// hold (TXT RDATA not yet cached, describe()) is read through a store snapshot opened for the
+// read and closed right after; when none can be had, those answers are left to the general
+// path, as StoreSource's are without a snapshot. Used on its worker's thread only; `store`
+// and `shared` outlive it.
+class CatalogSource final : public detail::CatalogAnswers {
+public:
+    CatalogSource(const store::Store& store, SharedCatalog& shared);
+
+    // Takes up the newest published catalog, if it moved. The daemon may post this to an
+    // idle worker after a publication, so that the old catalog is freed without waiting
+    // for the worker's next query.
+    void begin_batch() override;
+    // The catalog's version taken up (SharedCatalog::version()); 0 before the first.
+    std::uint64_t version() const { return version_; }
+
+protected:
+    const store::Snapshot* reader(std::optional<store::Snapshot>& scratch, bool same_generation) override;
+
+private:
+    const store::Store& store_;
+    SharedCatalog& shared_;
+    std::uint64_t version_ = 0;
+};
+
 // Counters keyed by a 16-bit code (query type, rcode, opcode): one counter for each code in
 // a fixed list of known ones and one shared by every other code, so that however many codes
 // clients send, the counters and the metrics page keep this size. `counts[code]` counts.
+// Each counter is a workers::Counter: one thread (the server's loop) writes, any reads.
 class CodeCounts {
 public:
     struct Known {
@@ -256,22 +359,26 @@ public:
         const char* name;  // the metric label
     };
     // `known` sorted by code; it must outlive this.
-    explicit CodeCounts(std::span<const Known> known) : known_(known), counts_(known.size() + 1, 0) {}
-    std::uint64_t& operator[](std::uint16_t code);
-    std::uint64_t other() const { return counts_.back(); }
+    explicit CodeCounts(std::span<const Known> known) : known_(known), counts_(known.size() + 1, workers::Counter{0}) {}
+    workers::Counter& operator[](std::uint16_t code);
+    std::uint64_t other() const { return counts_.back().load(); }
     // The label a code is counted under: its name, or "other".
     std::string_view label(std::uint16_t code) const;
+    // Adds `o`'s counts, which must be kept over the same list of codes (a total of the
+    // workers' counts, made by the thread that reads them).
+    CodeCounts& operator+=(const CodeCounts& o);
     // Each label with its count, the known codes in order and then "other"; counts of zero left out.
     template <class Fn>
     void each(Fn&& fn) const
     {
         for (std::size_t i = 0; i < counts_.size(); ++i)
-            if (counts_[i]) fn(std::string_view(i < known_.size() ? known_[i].name : "other"), counts_[i]);
+            if (std::uint64_t n = counts_[i].load())
+                fn(std::string_view(i < known_.size() ? known_[i].name : "other"), n);
     }
 
 private:
     std::span<const Known> known_;
-    std::vector<std::uint64_t> counts_;
+    std::vector<workers::Counter> counts_;
 };
 
 // The codes labelled by name in the metrics (dns/server.cpp lists them): the query types
@@ -279,41 +386,67 @@ private:
 // 7873 and 8490, and the opcodes IANA assigns.
 extern const std::span<const CodeCounts::Known> known_qtypes, known_rcodes, known_opcodes;
 
-// Counters the admin endpoint publishes. Only the loop thread writes them.
+// A sum of seconds that one thread adds to and any thread reads: whole nanoseconds in a
+// workers::Counter (a double written on one thread cannot be read on another without a data
+// race; 2^64 ns is 584 years of summed latency).
+class SecondsSum {
+public:
+    void add(double seconds, std::uint64_t times = 1)
+    {
+        if (seconds > 0) nanos_ += static_cast<std::uint64_t>(std::llround(seconds * 1e9)) * times;
+    }
+    double seconds() const { return static_cast<double>(nanos_.load()) / 1e9; }
+    std::uint64_t nanoseconds() const { return nanos_.load(); }
+    SecondsSum& operator+=(const SecondsSum& o)
+    {
+        nanos_ += o.nanos_.load();
+        return *this;
+    }
+
+private:
+    workers::Counter nanos_;
+};
+
+// Counters the admin endpoint publishes. Only the server's loop thread writes them; any
+// thread may read them (each a workers::Counter), and the daemon adds its workers' into one
+// total with +=.
 struct Metrics {
+    using Counter = workers::Counter;
     CodeCounts queries_by_qtype{known_qtypes};
     CodeCounts replies_by_rcode{known_rcodes};
     CodeCounts queries_by_opcode{known_opcodes};  // every query with a header, QR clear
-    std::uint64_t answered = 0;            // replied from mesd's own data (or its errors)
-    std::uint64_t answered_fast = 0;       // of those, written by the fast path
-    std::uint64_t forwarded = 0;           // sent upstream
-    std::uint64_t dropped = 0;             // not a query, or not even a header
-    std::uint64_t truncated = 0;           // replies sent with TC
-    std::uint64_t rate_limited_dropped = 0;  // UDP answers not sent: over dns.rateLimit
-    std::uint64_t rate_limited_slipped = 0;  // UDP answers sent as TC instead: over dns.rateLimit
-    std::uint64_t upstream_timeouts = 0;   // an upstream did not answer in time
-    std::uint64_t upstream_failures = 0;   // every upstream failed: SERVFAIL
-    std::uint64_t upstream_mismatched = 0; // answers ignored: wrong ID, source or question
-    std::uint64_t upstream_tcp_retries = 0;
-    std::uint64_t forward_overload = 0;    // refused because maxInFlight were outstanding
-    std::uint64_t forward_loops = 0;       // queries mesd forwarded that came back to it: SERVFAIL
-    std::uint64_t forward_joined = 0;      // waited for the answer to the same question already asked
-    std::uint64_t upstream_probes = 0;     // queries sent to a backed-off upstream to see if it is back
-    std::uint64_t forward_backed_off = 0;  // SERVFAIL at once: every upstream backed off
-    std::uint64_t tcp_connections = 0;
-    std::uint64_t tcp_refused = 0;         // over tcpMaxClients, nothing to evict
-    std::uint64_t tcp_io_timeouts = 0;     // a message or reply not through within tcpIoTimeout
-    std::uint64_t tcp_refused_per_ip = 0;  // over tcpMaxClientsPerIp
-    std::uint64_t tcp_evicted = 0;         // closed to make room for a newcomer
-    std::uint64_t tcp_accept_errors = 0;   // accept failed for want of descriptors (EMFILE, ENFILE)
+    Counter answered;              // replied from mesd's own data (or its errors)
+    Counter answered_fast;         // of those, written by the fast path
+    Counter forwarded;             // sent upstream
+    Counter dropped;               // not a query, or not even a header
+    Counter truncated;             // replies sent with TC
+    Counter rate_limited_dropped;  // UDP answers not sent: over dns.rateLimit
+    Counter rate_limited_slipped;  // UDP answers sent as TC instead: over dns.rateLimit
+    Counter upstream_timeouts;     // an upstream did not answer in time
+    Counter upstream_failures;     // every upstream failed: SERVFAIL
+    Counter upstream_mismatched;   // answers ignored: wrong ID, source or question
+    Counter upstream_tcp_retries;
+    Counter forward_overload;      // refused because maxInFlight were outstanding
+    Counter forward_loops;         // queries mesd forwarded that came back to it: SERVFAIL
+    Counter forward_joined;        // waited for the answer to the same question already asked
+    Counter upstream_probes;       // queries sent to a backed-off upstream to see if it is back
+    Counter forward_backed_off;    // SERVFAIL at once: every upstream backed off
+    Counter tcp_connections;
+    Counter tcp_refused;           // over tcpMaxClients, nothing to evict
+    Counter tcp_io_timeouts;       // a message or reply not through within tcpIoTimeout
+    Counter tcp_refused_per_ip;    // over tcpMaxClientsPerIp
+    Counter tcp_evicted;           // closed to make room for a newcomer
+    Counter tcp_accept_errors;     // accept failed for want of descriptors (EMFILE, ENFILE)
     // Latency from receipt to reply, in these upper bounds (seconds), plus the rest.
     static constexpr std::array<double, 12> bounds = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
                                                       0.01,   0.025,   0.05,   0.1,   0.5,    2.0};
-    std::array<std::uint64_t, bounds.size() + 1> latency_buckets{};
-    double latency_sum = 0;
-    std::uint64_t latency_count = 0;
+    std::array<Counter, bounds.size() + 1> latency_buckets{};
+    SecondsSum latency_sum;  // .seconds()
+    Counter latency_count;
     // `replies` that took `seconds` each.
     void observe(double seconds, std::uint64_t replies = 1);
+    // Adds every counter of `o` (a worker's metrics, read on the thread making the total).
+    Metrics& operator+=(const Metrics& o);
 };
 
 // Response rate limiting of UDP answers per source prefix (dns/rate_limit.hpp).
@@ -327,8 +460,20 @@ struct RateLimitSettings {
     std::vector<std::string> exempt = {"127.0.0.0/8", "::1/128"};  // CIDRs never limited
 };
 
+class SharedLimits;
+class RateLimiter;
+
 struct ServerOptions {
     std::vector<conf::HostPort> listen;
+    // SO_REUSEPORT on every listening socket, UDP and TCP: several servers (one per worker)
+    // bind the same addresses and the kernel spreads datagrams and connections over them by
+    // the 4-tuple's hash. The first server may listen on port 0; the others are then given
+    // its bound() addresses (same address and family, so the same socket options follow).
+    bool reuse_port = false;
+    // What holds across every server that shares it: the rate limiter's buckets and the TCP
+    // client counts (tcpMaxClients, tcpMaxClientsPerIp), whose limits are those it was made
+    // with (this struct's rate_limit and tcp_max_clients* are then not read). Null: the
+    // server makes its own from these options (one loop: each limit is the server's).
     std::chrono::milliseconds tcp_idle_timeout{10000};
     std::uint32_t tcp_max_clients = 1024;
     // A message's rest once its first byte is in, and a reply's time unsent.
@@ -351,6 +496,46 @@ struct ServerOptions {
     std::vector<std::string> allow;  // CIDRs
     std::uint32_t max_in_flight = 4096;
     RateLimitSettings rate_limit;
+    std::shared_ptr<SharedLimits> shared;
+};
+
+// The limits that must hold across the servers of every worker, and so live outside any of
+// them: one rate limiter (its buckets updated by compare-and-swap, dns/rate_limit.hpp), the
+// count of TCP clients open (atomic) and the counts per client address (under a mutex: taken
+// on accept and close only). Thread-safe; made once (the control thread) and handed to each
+// server through ServerOptions::shared before the servers start.
+class SharedLimits {
+public:
+    // The limits of `options`: rate_limit (none when responses_per_second is 0),
+    // tcp_max_clients and tcp_max_clients_per_ip (0: no cap).
+    explicit SharedLimits(const ServerOptions& options);
+    ~SharedLimits();
+    SharedLimits(const SharedLimits&) = delete;
+    SharedLimits& operator=(const SharedLimits&) = delete;
+
+    // Null when no rate is set. RateLimiter::check() is safe on any thread.
+    RateLimiter* limiter() const { return limiter_.get(); }
+
+    // One more TCP client, if fewer than tcp_max_clients are open across the servers; a
+    // caller that gets false may close one of its own and take over its place instead.
+    bool take_tcp_client() noexcept;
+    void release_tcp_client() noexcept;
+    std::uint32_t tcp_clients() const noexcept { return tcp_clients_.load(std::memory_order_relaxed); }
+    std::uint32_t tcp_max_clients() const { return tcp_max_clients_; }
+
+    // One more connection from `address` (its 4 or 16 bytes), if it has fewer than
+    // tcp_max_clients_per_ip; always true when there is no cap (nothing is counted then).
+    bool take_address(std::string_view address);
+    void release_address(std::string_view address);
+    std::uint32_t tcp_max_clients_per_ip() const { return tcp_max_clients_per_ip_; }
+
+private:
+    std::unique_ptr<RateLimiter> limiter_;
+    std::uint32_t tcp_max_clients_;
+    std::uint32_t tcp_max_clients_per_ip_;
+    std::atomic<std::uint32_t> tcp_clients_{0};
+    std::mutex per_address_mutex_;
+    std::map<std::string, std::uint32_t, std::less<>> per_address_;  // under per_address_mutex_
 };
 
 // What the forwarder knows about one upstream (RFC 6298's smoothed RTT and its variation,
@@ -368,6 +553,13 @@ struct UpstreamStatus {
 
 // UDP and TCP listeners on a libuv loop, answering through a Responder and forwarding the
 // rest. Lives on the loop's thread; stop() must run before the loop is closed.
+//
+// Threads. The constructor and start() run before the loop does (on the thread that made
+// the loop, the control thread for a worker's: workers::Worker lets handles be set up before
+// its thread starts); stop() runs on the loop's thread (posted there for a worker); bound()
+// after start() on any thread; metrics(), in_flight() and upstreams() on any thread, while
+// the loop runs. `responder` and `source` outlive the server; a Responder is immutable and
+// may serve several servers, a Source serves one loop. on_warn is called on the loop's thread.
 class Server {
 public:
     Server(void* uv_loop, const Responder& responder, Source& source, ServerOptions options);
@@ -381,9 +573,11 @@ public:
     void stop(std::function<void()> done);
     // The addresses actually bound ("127.0.0.1:53"), useful when a port was 0.
     std::vector<std::string> bound() const;
+    // Any thread: the counters (each read at some moment while the loop runs).
     const Metrics& metrics() const;
+    // Any thread: forwards outstanding.
     std::size_t in_flight() const;
-    // The upstreams forwarded to now, best first.
+    // Any thread: the upstreams forwarded to now, best first.
     std::vector<UpstreamStatus> upstreams() const;
 
     struct Impl;

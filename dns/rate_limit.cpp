@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -61,7 +62,7 @@ bool ipv4_mapped(const std::uint8_t* p)
 
 }  // namespace
 
-void RateLimiter::FreeTable::operator()(Bucket* p) const noexcept { std::free(p); }
+void RateLimiter::FreeTable::operator()(void* p) const noexcept { std::free(p); }
 
 RateLimiter::RateLimiter(const RateLimitSettings& settings)
     : rate_(settings.responses_per_second),
@@ -74,8 +75,10 @@ RateLimiter::RateLimiter(const RateLimitSettings& settings)
     // calloc: a large table comes zeroed from mmap and its pages are touched only as sources
     // appear, so an idle or lightly used server pays little of it; a flood touches at most
     // all of it (table_bytes()).
-    table_.reset(static_cast<Bucket*>(std::calloc(table_size_, sizeof(Bucket))));
-    if (!table_) throw std::bad_alloc();
+    // calloc's blocks are aligned for any scalar, as std::atomic_ref wants.
+    table_.reset(static_cast<std::uint64_t*>(std::calloc(table_size_, sizeof(std::uint64_t))));
+    limited_.reset(static_cast<std::uint32_t*>(std::calloc(table_size_, sizeof(std::uint32_t))));
+    if (!table_ || !limited_) throw std::bad_alloc();
     for (const auto& cidr : settings.exempt) {
         auto pool = vip::Pool::parse(cidr);
         if (!pool) continue;
@@ -129,27 +132,48 @@ RateLimiter::Verdict RateLimiter::check(std::span<const std::uint8_t> address, s
     std::uint64_t hash = mix(mix(low ^ key_[0], high ^ key_[1]), key_[0] ^ 0x9e3779b97f4a7c15ull);
     // The hash scaled onto the table (a multiply, not a division: any table size is cheap).
     auto slot = static_cast<std::size_t>((static_cast<u128>(hash) * table_size_) >> 64);
-    return account(table_[slot], now_ms);
+    return account(slot, now_ms);
 }
 
-RateLimiter::Verdict RateLimiter::account(Bucket& bucket, std::uint64_t now_ms) noexcept
+RateLimiter::Verdict RateLimiter::account(std::size_t slot, std::uint64_t now_ms) noexcept
 {
+    static_assert(std::atomic_ref<std::uint64_t>::is_always_lock_free && std::atomic_ref<std::uint32_t>::is_always_lock_free);
+    // Workers read the clock each at its own moment: a check may come with a time a little
+    // before the one a bucket last saw. Such a time neither refills nor moves the bucket's
+    // time back (moving it back and forth would refill the same milliseconds again at each
+    // turn, and the workers together would pass far more than the rate). A time further back
+    // than this is a clock that restarted or a bucket unseen for over 24 days (the low 32
+    // bits wrapped): it becomes the bucket's time, as a first sight would.
+    constexpr std::int32_t skew_ms = 60'000;
+    std::atomic_ref<std::uint64_t> word(table_[slot]);
     auto now = static_cast<std::uint32_t>(now_ms);
-    // The difference of the low 32 bits is the time since the bucket was last seen while that
-    // is under 24 days; a time that went backwards, as read, refills nothing. A bucket left
-    // alone longer may be read so too: its source waits at most one burst's refill time.
-    auto elapsed = static_cast<std::int32_t>(now - bucket.stamp_ms);
-    if (elapsed > 0) {
-        std::uint64_t refill = static_cast<std::uint64_t>(elapsed) * rate_;
-        bucket.debt = refill >= bucket.debt ? 0 : static_cast<std::uint32_t>(bucket.debt - refill);
+    std::uint64_t seen = word.load(std::memory_order_relaxed);
+    while (true) {
+        auto stamp = static_cast<std::uint32_t>(seen >> 32);
+        auto debt = static_cast<std::uint32_t>(seen);
+        // The difference of the low 32 bits is the time since the bucket was last seen while
+        // that is under 24 days.
+        auto elapsed = static_cast<std::int32_t>(now - stamp);
+        if (elapsed > 0) {
+            std::uint64_t refill = static_cast<std::uint64_t>(elapsed) * rate_;
+            debt = refill >= debt ? 0 : static_cast<std::uint32_t>(debt - refill);
+        }
+        bool restamp = elapsed <= -skew_ms;
+        if (elapsed > 0 || restamp) stamp = now;
+        bool pass = debt + milli <= capacity_;
+        // A refused answer writes nothing (a flood's checks stay reads): the refill it saw is
+        // had in full by a later check, as the bucket was too near empty for any of it to be
+        // cut at zero debt. Only a time taken as new must be kept.
+        if (!pass && !restamp) break;
+        std::uint64_t next = (std::uint64_t{stamp} << 32) | (pass ? debt + milli : debt);
+        // Another thread spent from the bucket since it was read: again, from what it wrote.
+        if (word.compare_exchange_weak(seen, next, std::memory_order_relaxed, std::memory_order_relaxed)) {
+            if (pass) return Verdict::pass;
+            break;
+        }
     }
-    bucket.stamp_ms = now;
-    if (bucket.debt + milli <= capacity_) {
-        bucket.debt += static_cast<std::uint32_t>(milli);
-        return Verdict::pass;
-    }
-    ++bucket.limited;
-    return slip_ != 0 && bucket.limited % slip_ == 0 ? Verdict::slip : Verdict::drop;
+    std::uint32_t limited = std::atomic_ref<std::uint32_t>(limited_[slot]).fetch_add(1, std::memory_order_relaxed) + 1;
+    return slip_ != 0 && limited % slip_ == 0 ? Verdict::slip : Verdict::drop;
 }
 
 }  // namespace dns

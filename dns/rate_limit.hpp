@@ -11,6 +11,11 @@
 // is allocated per source whatever their number. check() allocates nothing, takes no lock
 // and reads no clock: the caller passes the time, once per batch in the server and as it
 // pleases in tests.
+//
+// Threads: one limiter serves every worker's server (dns::SharedLimits), so that a prefix
+// gets its rate once in all, not once per worker. check() may run on several threads at
+// once: a bucket's time and debt are one 64-bit word updated by compare-and-swap (a spent
+// response is never lost nor counted twice), and its slip count a relaxed atomic.
 #pragma once
 
 #include "dns/dns.hpp"
@@ -50,19 +55,17 @@ public:
     bool exempt(std::span<const std::uint8_t> address) const noexcept;
     std::size_t table_size() const { return table_size_; }
     // What the table takes, fixed at construction.
-    std::size_t table_bytes() const { return table_size_ * sizeof(Bucket); }
+    std::size_t table_bytes() const { return table_size_ * (sizeof(std::uint64_t) + sizeof(std::uint32_t)); }
 
 private:
     // Tokens are counted in thousandths of a response: a rate of R responses per second
-    // refills R thousandths per millisecond, exactly. `debt` is what the bucket has spent
-    // and not yet got back, so a bucket of zeroes (never used) is a full one.
-    struct Bucket {
-        std::uint32_t stamp_ms;  // the low 32 bits of the last time seen
-        std::uint32_t debt;      // thousandths of a response; at most burst * 1000
-        std::uint32_t limited;   // answers refused so far, for the slip count
-    };
+    // refills R thousandths per millisecond, exactly. A bucket is one word, the low 32 bits
+    // of the last time seen (ms) above its debt: what it has spent and not yet got back, in
+    // thousandths of a response, at most burst * 1000. A bucket of zeroes (never used) is a
+    // full one. Each bucket's count of refused answers, for the slip, lies in a table
+    // beside it, touched only when an answer is refused.
     struct FreeTable {
-        void operator()(Bucket* p) const noexcept;
+        void operator()(void* p) const noexcept;
     };
     struct Network {
         bool v6 = false;
@@ -70,7 +73,7 @@ private:
         unsigned __int128 mask = 0;
     };
 
-    Verdict account(Bucket& bucket, std::uint64_t now_ms) noexcept;
+    Verdict account(std::size_t slot, std::uint64_t now_ms) noexcept;
 
     std::uint64_t rate_;        // thousandths of a response per millisecond
     std::uint64_t capacity_;    // thousandths of a response
@@ -78,7 +81,8 @@ private:
     std::uint32_t ipv4_mask_;
     unsigned __int128 ipv6_mask_;
     std::size_t table_size_;
-    std::unique_ptr<Bucket[], FreeTable> table_;
+    std::unique_ptr<std::uint64_t[], FreeTable> table_;    // read and written through std::atomic_ref
+    std::unique_ptr<std::uint32_t[], FreeTable> limited_;  // likewise
     std::vector<Network> exempt_;
     std::uint64_t key_[2];
 };

@@ -27,6 +27,7 @@
 #include <limits>
 #include <list>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <tuple>
 #include <unordered_map>
@@ -71,7 +72,7 @@ const std::span<const CodeCounts::Known> known_qtypes = qtype_table;
 const std::span<const CodeCounts::Known> known_rcodes = rcode_table;
 const std::span<const CodeCounts::Known> known_opcodes = opcode_table;
 
-std::uint64_t& CodeCounts::operator[](std::uint16_t code)
+workers::Counter& CodeCounts::operator[](std::uint16_t code)
 {
     auto it = std::ranges::lower_bound(known_, code, {}, &Known::code);
     if (it != known_.end() && it->code == code) return counts_[static_cast<std::size_t>(it - known_.begin())];
@@ -84,13 +85,99 @@ std::string_view CodeCounts::label(std::uint16_t code) const
     return it != known_.end() && it->code == code ? std::string_view(it->name) : std::string_view("other");
 }
 
+CodeCounts& CodeCounts::operator+=(const CodeCounts& o)
+{
+    // Both kept over the same list (one of known_qtypes, known_rcodes, known_opcodes).
+    for (std::size_t i = 0; i < counts_.size() && i < o.counts_.size(); ++i) counts_[i] += o.counts_[i].load();
+    return *this;
+}
+
 void Metrics::observe(double seconds, std::uint64_t replies)
 {
     std::size_t i = 0;
     while (i < bounds.size() && seconds > bounds[i]) ++i;
     latency_buckets[i] += replies;
-    latency_sum += seconds * static_cast<double>(replies);
+    latency_sum.add(seconds, replies);
     latency_count += replies;
+}
+
+Metrics& Metrics::operator+=(const Metrics& o)
+{
+    queries_by_qtype += o.queries_by_qtype;
+    replies_by_rcode += o.replies_by_rcode;
+    queries_by_opcode += o.queries_by_opcode;
+    for (auto [mine, theirs] : {
+             std::pair{&answered, &o.answered},
+             {&answered_fast, &o.answered_fast},
+             {&forwarded, &o.forwarded},
+             {&dropped, &o.dropped},
+             {&truncated, &o.truncated},
+             {&rate_limited_dropped, &o.rate_limited_dropped},
+             {&rate_limited_slipped, &o.rate_limited_slipped},
+             {&upstream_timeouts, &o.upstream_timeouts},
+             {&upstream_failures, &o.upstream_failures},
+             {&upstream_mismatched, &o.upstream_mismatched},
+             {&upstream_tcp_retries, &o.upstream_tcp_retries},
+             {&forward_overload, &o.forward_overload},
+             {&forward_loops, &o.forward_loops},
+             {&forward_joined, &o.forward_joined},
+             {&upstream_probes, &o.upstream_probes},
+             {&forward_backed_off, &o.forward_backed_off},
+             {&tcp_connections, &o.tcp_connections},
+             {&tcp_refused, &o.tcp_refused},
+             {&tcp_io_timeouts, &o.tcp_io_timeouts},
+             {&tcp_refused_per_ip, &o.tcp_refused_per_ip},
+             {&tcp_evicted, &o.tcp_evicted},
+             {&tcp_accept_errors, &o.tcp_accept_errors},
+         })
+        *mine += theirs->load();
+    for (std::size_t i = 0; i < latency_buckets.size(); ++i) latency_buckets[i] += o.latency_buckets[i].load();
+    latency_sum += o.latency_sum;
+    latency_count += o.latency_count.load();
+    return *this;
+}
+
+SharedLimits::SharedLimits(const ServerOptions& options)
+    : tcp_max_clients_(options.tcp_max_clients), tcp_max_clients_per_ip_(options.tcp_max_clients_per_ip)
+{
+    if (options.rate_limit.responses_per_second > 0) limiter_ = std::make_unique<RateLimiter>(options.rate_limit);
+}
+
+SharedLimits::~SharedLimits() = default;
+
+bool SharedLimits::take_tcp_client() noexcept
+{
+    // A compare-and-swap, not an add then a check: the count never passes the limit, even
+    // for a moment, so no other worker refuses a client because of one about to be refused.
+    std::uint32_t open = tcp_clients_.load(std::memory_order_relaxed);
+    do {
+        if (open >= tcp_max_clients_) return false;
+    } while (!tcp_clients_.compare_exchange_weak(open, open + 1, std::memory_order_relaxed));
+    return true;
+}
+
+void SharedLimits::release_tcp_client() noexcept { tcp_clients_.fetch_sub(1, std::memory_order_relaxed); }
+
+bool SharedLimits::take_address(std::string_view address)
+{
+    if (tcp_max_clients_per_ip_ == 0) return true;
+    std::lock_guard lock(per_address_mutex_);
+    auto it = per_address_.find(address);
+    if (it == per_address_.end()) {
+        per_address_.emplace(std::string(address), 1);
+        return true;
+    }
+    if (it->second >= tcp_max_clients_per_ip_) return false;
+    ++it->second;
+    return true;
+}
+
+void SharedLimits::release_address(std::string_view address)
+{
+    if (tcp_max_clients_per_ip_ == 0) return;
+    std::lock_guard lock(per_address_mutex_);
+    auto it = per_address_.find(address);
+    if (it != per_address_.end() && --it->second == 0) per_address_.erase(it);
 }
 
 namespace {
@@ -421,10 +508,13 @@ struct Forward;
 struct Probe;
 
 // One upstream and what answering has shown of it. Shared by the forwards that chose it: the
-// list can change (resolv.conf rewritten) while they are in flight.
+// list can change (resolv.conf rewritten) while they are in flight. Written on the server's
+// loop thread only, always under `status` (the server's), which Server::upstreams() takes to
+// read it from another thread; the loop thread reads it without.
 struct Upstream {
     sockaddr_storage address{};
     std::string name;
+    std::mutex* status = nullptr;
     // RFC 6298 section 2, in seconds: srtt and rttvar from the first sample, then smoothed
     // with gains 1/8 and 1/4, as Unbound and dnsdist rank their servers.
     double srtt = 0;
@@ -441,6 +531,7 @@ struct Upstream {
 
     void answered(std::optional<Clock::duration> rtt)
     {
+        std::lock_guard lock(*status);
         ++answers;
         failures = 0;
         backoff_until = {};
@@ -462,6 +553,7 @@ struct Upstream {
     // 2 s, doubling up to 64 s.
     void timed_out(Clock::time_point now)
     {
+        std::lock_guard lock(*status);
         ++timeouts;
         if (suspect() && (probing || now < backoff_until)) return;
         ++failures;
@@ -519,8 +611,14 @@ struct Server::Impl {
     Metrics metrics;
     proxy::AcceptGuard accept_guard;
     std::vector<vip::Pool> allow;
-    std::vector<std::shared_ptr<Upstream>> upstreams;
-    std::optional<RateLimiter> limiter;  // UDP only, when dns.rateLimit sets a rate
+    std::vector<std::shared_ptr<Upstream>> upstreams;  // replaced under upstream_status
+    // Taken by the loop thread to write what the upstreams have shown (and to replace the
+    // list), and by upstreams() on another thread to read it: never on the answering path.
+    mutable std::mutex upstream_status;
+    // The rate limiter and the TCP client counts: this server's own, or shared with the
+    // servers of the other workers.
+    std::shared_ptr<SharedLimits> limits;
+    RateLimiter* limiter = nullptr;  // UDP only, when dns.rateLimit sets a rate
     LoopToken loop_token{};
     // One receive buffer for every forward and probe: libuv hands a datagram or a TCP read
     // to its callback before the next read, and what is kept is copied out at its size.
@@ -544,10 +642,10 @@ struct Server::Impl {
     std::list<TcpConnection*> tcp_idle;
     std::list<TcpConnection*> tcp_reading;
     std::list<TcpConnection*> tcp_busy;
-    std::size_t tcp_open = 0;
-    // Open connections per client address (its bytes), kept when tcpMaxClientsPerIp is set.
-    std::unordered_map<std::string, std::uint32_t> tcp_per_address;
+    std::size_t tcp_open = 0;  // this server's (limits->tcp_clients() counts every server's)
     std::list<Forward*> forwards;
+    // forwards.size(), for in_flight() on another thread.
+    std::atomic<std::size_t> forwards_open{0};
     // The forward asking upstream for each question now in flight, by join_key(): a query
     // asking the same waits for its answer instead of asking again.
     std::unordered_map<std::string, Forward*> asking;
@@ -559,6 +657,8 @@ struct Server::Impl {
         : loop(l), responder(r), source(s), options(std::move(o))
     {
         arc4random_buf(loop_token.data(), loop_token.size());
+        limits = options.shared ? options.shared : std::make_shared<SharedLimits>(options);
+        limiter = limits->limiter();
     }
 
     Impl(const Impl&) = delete;
@@ -619,6 +719,7 @@ struct TcpConnection {
     uv_shutdown_t shutdown_req{};
     bool may_forward = false;
     std::string address;  // the client's address bytes, for tcpMaxClientsPerIp
+    bool place_handed_over = false;  // evicted: its place among tcpMaxClients goes to the newcomer
     // Which of the server's lists holds this (none: not counted among the open ones).
     Place place = Place::none;
     std::list<TcpConnection*>::iterator self;
@@ -834,6 +935,7 @@ struct TcpConnection {
         // Every complete message is handled now, or once the backlog clears: one left for the
         // next read would wait for a read that a client expecting its answers never causes.
         std::size_t pos = 0;
+        server.source.begin_batch();
         while (!closing && in.size() - pos >= 2 && !backlogged()) {
             std::size_t len = (static_cast<std::size_t>(in[pos]) << 8) | in[pos + 1];
             if (len == 0) {
@@ -983,6 +1085,7 @@ struct Forward {
         if (done) return;
         done = true;
         server.forwards.erase(self);
+        server.forwards_open.store(server.forwards.size(), std::memory_order_relaxed);
         if (!key.empty()) {
             if (auto it = server.asking.find(key); it != server.asking.end() && it->second == this) server.asking.erase(it);
             key.clear();
@@ -1306,10 +1409,10 @@ void TcpConnection::close()
         list_of(place).erase(self);
         place = Place::none;
         --server.tcp_open;
-        if (server.options.tcp_max_clients_per_ip > 0) {
-            auto it = server.tcp_per_address.find(address);
-            if (it != server.tcp_per_address.end() && --it->second == 0) server.tcp_per_address.erase(it);
-        }
+        // An evicted connection's place passes to the newcomer that evicted it, never back to
+        // the pool, where another worker's newcomer could take it first.
+        if (!place_handed_over) server.limits->release_tcp_client();
+        server.limits->release_address(address);
     }
     // Forwards still waiting for this client answer nobody.
     for (auto* f : forwards) f->tcp_client = nullptr;
@@ -1367,6 +1470,7 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
     auto* f = new Forward(*this);
     forwards.push_front(f);
     f->self = forwards.begin();
+    forwards_open.store(forwards.size(), std::memory_order_relaxed);
     f->original.assign(query.begin(), query.end());
     f->query = f->original;
     f->client_edns = !opt_record(query).empty();
@@ -1423,6 +1527,7 @@ bool UdpListener::read_batch()
     constexpr std::array<std::uint16_t, 4> fast_qtypes = {1, 28, 16, 12};  // A, AAAA, TXT, PTR
     std::array<std::array<std::uint32_t, 2>, fast_qtypes.size()> fast_counts{};  // [qtype][is NXDOMAIN]
     Server::Impl& s = *server;
+    s.source.begin_batch();
     // Rate limiting comes first: a dropped answer costs no lookup (nor a prefetch), which is
     // what most of a flood gets.
     std::array<RateLimiter::Verdict, mmsg_width> verdicts;
@@ -1669,38 +1774,40 @@ void Server::Impl::on_tcp_connection(uv_stream_t* listener)
     const auto* peer_sa = reinterpret_cast<const sockaddr*>(&peer);
     c->may_forward = may_forward(peer_sa);
     // One address may hold only so many connections (RFC 7766 section 6.2.2; accepted, then
-    // closed at once, as Unbound's tcp-connection-limit and dnsdist's per-client limit do).
-    if (options.tcp_max_clients_per_ip > 0) {
+    // closed at once, as Unbound's tcp-connection-limit and dnsdist's per-client limit do),
+    // counted across every worker's server.
+    if (limits->tcp_max_clients_per_ip() > 0) {
         if (peer_sa->sa_family == AF_INET)
             c->address.assign(reinterpret_cast<const char*>(&reinterpret_cast<const sockaddr_in*>(peer_sa)->sin_addr), 4);
         else if (peer_sa->sa_family == AF_INET6)
             c->address.assign(reinterpret_cast<const char*>(&reinterpret_cast<const sockaddr_in6*>(peer_sa)->sin6_addr), 16);
-        auto counted = tcp_per_address.find(c->address);
-        if (counted != tcp_per_address.end() && counted->second >= options.tcp_max_clients_per_ip) {
+        if (!limits->take_address(c->address)) {
             ++metrics.tcp_refused_per_ip;
             c->close();
             return;
         }
     }
-    // At tcpMaxClients the newcomer takes the place of the connection that least deserves
-    // one: the longest idle, else the one whose message has been arriving the longest (RFC
-    // 7766 section 6.2.3: under heavy load or attack a server may use zero idle timeouts),
-    // so that slow clients cannot lock new ones out. Only when every connection is owed
-    // answers is the newcomer refused.
-    if (tcp_open >= options.tcp_max_clients) {
+    // At tcpMaxClients (across every worker's server) the newcomer takes the place of the
+    // connection that least deserves one: the longest idle, else the one whose message has
+    // been arriving the longest (RFC 7766 section 6.2.3: under heavy load or attack a server
+    // may use zero idle timeouts), so that slow clients cannot lock new ones out. A server
+    // evicts only its own connections (another worker's belong to another thread): when it
+    // has none to give up, or every one is owed answers, the newcomer is refused.
+    if (!limits->take_tcp_client()) {
         TcpConnection* victim = !tcp_idle.empty()      ? tcp_idle.front()
                               : !tcp_reading.empty() ? tcp_reading.front()
                                                      : nullptr;
         if (!victim) {
             ++metrics.tcp_refused;
+            limits->release_address(c->address);
             c->close();
             return;
         }
         ++metrics.tcp_evicted;
+        victim->place_handed_over = true;
         victim->close();
     }
     ++tcp_open;
-    if (options.tcp_max_clients_per_ip > 0) ++tcp_per_address[c->address];
     ++metrics.tcp_connections;
     uv_tcp_nodelay(&c->tcp, 1);
     c->last_active = uv_now(loop);
@@ -1733,15 +1840,51 @@ Server::~Server() = default;
 
 namespace {
 
-// A UDP and a TCP socket bound to one port the kernel chose, tried a few times.
-std::expected<std::pair<int, int>, std::string> bind_pair(const sockaddr* sa)
+// A socket for a listener. With `reuse_port`: SO_REUSEPORT, set before bind as the kernel
+// wants it on every socket of a port's group, and the options libuv's own bind would set
+// (SO_REUSEADDR for TCP) or leave to the system (IPV6_V6ONLY, cleared here for UDP as libuv
+// clears it for TCP), so that the sockets of every worker's server agree and each may join
+// the others' port whatever the host's defaults. -errno on failure.
+int listener_socket(int family, int type, bool reuse_port)
 {
-    socklen_t len = sa->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+    int fd = ::socket(family, type | SOCK_CLOEXEC, 0);
+    if (fd < 0 || !reuse_port) return fd < 0 ? -errno : fd;
+    int on = 1, off = 0;
+    if (::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0 ||
+        (type == SOCK_STREAM && ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0) ||
+        (family == AF_INET6 && ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off) < 0)) {
+        int err = errno;
+        ::close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+socklen_t length_of(const sockaddr* sa) { return sa->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in); }
+
+// A listener socket bound to `sa` (a port given, with reuse_port: libuv's bind cannot set
+// SO_REUSEPORT on Linux, so the socket is made here and handed to libuv).
+std::expected<int, std::string> bound_socket(const sockaddr* sa, int type, bool reuse_port)
+{
+    int fd = listener_socket(sa->sa_family, type, reuse_port);
+    if (fd < 0) return std::unexpected(std::string("socket: ") + std::strerror(-fd));
+    if (::bind(fd, sa, length_of(sa)) < 0) {
+        int err = errno;
+        ::close(fd);
+        return std::unexpected(std::strerror(err));
+    }
+    return fd;
+}
+
+// A UDP and a TCP socket bound to one port the kernel chose, tried a few times.
+std::expected<std::pair<int, int>, std::string> bind_pair(const sockaddr* sa, bool reuse_port)
+{
+    socklen_t len = length_of(sa);
     for (int attempt = 0; attempt < 32; ++attempt) {
-        int tcp = ::socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        int udp = ::socket(sa->sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        int tcp = listener_socket(sa->sa_family, SOCK_STREAM, reuse_port);
+        int udp = listener_socket(sa->sa_family, SOCK_DGRAM, reuse_port);
         if (tcp < 0 || udp < 0) {
-            int err = errno;
+            int err = tcp < 0 ? -tcp : -udp;
             if (tcp >= 0) ::close(tcp);
             if (udp >= 0) ::close(udp);
             return std::unexpected(std::string("socket: ") + std::strerror(err));
@@ -1749,9 +1892,18 @@ std::expected<std::pair<int, int>, std::string> bind_pair(const sockaddr* sa)
         sockaddr_storage chosen{};
         std::memcpy(&chosen, sa, len);
         socklen_t chosen_len = len;
-        if (::bind(tcp, sa, len) == 0 && ::getsockname(tcp, reinterpret_cast<sockaddr*>(&chosen), &chosen_len) == 0 &&
-            ::bind(udp, reinterpret_cast<sockaddr*>(&chosen), len) == 0)
-            return std::pair{udp, tcp};
+        bool ok = ::bind(tcp, sa, len) == 0 && ::getsockname(tcp, reinterpret_cast<sockaddr*>(&chosen), &chosen_len) == 0;
+        if (ok && reuse_port) {
+            // The kernel's choice for TCP is a port no TCP socket uses, but a UDP bind with
+            // SO_REUSEPORT would share the port with any UDP group of this user already on
+            // it: it must be free for a socket that shares nothing.
+            int probe = listener_socket(sa->sa_family, SOCK_DGRAM, false);
+            int off = 0;
+            if (probe >= 0 && sa->sa_family == AF_INET6) ::setsockopt(probe, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+            ok = probe >= 0 && ::bind(probe, reinterpret_cast<sockaddr*>(&chosen), len) == 0;
+            if (probe >= 0) ::close(probe);
+        }
+        if (ok && ::bind(udp, reinterpret_cast<sockaddr*>(&chosen), len) == 0) return std::pair{udp, tcp};
         ::close(tcp);
         ::close(udp);
     }
@@ -1765,7 +1917,6 @@ std::expected<void, std::string> Server::start()
     auto& s = *impl_;
     for (const auto& cidr : s.options.allow)
         if (auto p = vip::Pool::parse(cidr)) s.allow.push_back(*p);
-    if (s.options.rate_limit.responses_per_second > 0) s.limiter.emplace(s.options.rate_limit);
 
     for (const auto& hp : s.options.listen) {
         auto addr = to_sockaddr(hp);
@@ -1776,9 +1927,13 @@ std::expected<void, std::string> Server::start()
         // handed to libuv (a port the kernel picks for UDP may be taken for TCP).
         int udp_fd = -1, tcp_fd = -1;
         if (hp.port == 0) {
-            auto pair = bind_pair(sa);
+            auto pair = bind_pair(sa, s.options.reuse_port);
             if (!pair) return std::unexpected("dns.listen " + hp.to_string() + ": " + pair.error());
             std::tie(udp_fd, tcp_fd) = *pair;
+        } else if (s.options.reuse_port) {
+            auto bound_udp = bound_socket(sa, SOCK_DGRAM, true);
+            if (!bound_udp) return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + bound_udp.error());
+            udp_fd = *bound_udp;
         }
 
         auto* listener = new UdpListener;
@@ -1788,8 +1943,11 @@ std::expected<void, std::string> Server::start()
         udp->data = listener;
         s.udp_listeners.push_back(listener);
         ++s.open_listeners;
-        if (int rc = udp_fd >= 0 ? uv_udp_open(udp, udp_fd) : uv_udp_bind(udp, sa, 0); rc < 0)
+        if (int rc = udp_fd >= 0 ? uv_udp_open(udp, udp_fd) : uv_udp_bind(udp, sa, 0); rc < 0) {
+            if (udp_fd >= 0) ::close(udp_fd);
+            if (tcp_fd >= 0) ::close(tcp_fd);
             return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + from_uv(rc));
+        }
         uv_os_fd_t fd = -1;
         int dup_fd = uv_fileno(reinterpret_cast<uv_handle_t*>(udp), &fd) == 0 ? ::fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
         if (dup_fd < 0) return std::unexpected("dns.listen " + hp.to_string() + " (udp): " + std::strerror(errno));
@@ -1810,13 +1968,20 @@ std::expected<void, std::string> Server::start()
         uv_udp_getsockname(udp, reinterpret_cast<sockaddr*>(&actual), &len);
 
         // TCP on the same port as UDP (which may have been chosen by the kernel).
+        if (tcp_fd < 0 && s.options.reuse_port) {
+            auto bound_tcp = bound_socket(reinterpret_cast<sockaddr*>(&actual), SOCK_STREAM, true);
+            if (!bound_tcp) return std::unexpected("dns.listen " + hp.to_string() + " (tcp): " + bound_tcp.error());
+            tcp_fd = *bound_tcp;
+        }
         auto* tcp = new uv_tcp_t;
         uv_tcp_init(s.loop, tcp);
         tcp->data = &s;
         s.tcp_listeners.push_back(tcp);
         ++s.open_listeners;
-        if (int rc = tcp_fd >= 0 ? uv_tcp_open(tcp, tcp_fd) : uv_tcp_bind(tcp, reinterpret_cast<sockaddr*>(&actual), 0); rc < 0)
+        if (int rc = tcp_fd >= 0 ? uv_tcp_open(tcp, tcp_fd) : uv_tcp_bind(tcp, reinterpret_cast<sockaddr*>(&actual), 0); rc < 0) {
+            if (tcp_fd >= 0) ::close(tcp_fd);
             return std::unexpected("dns.listen " + hp.to_string() + " (tcp): " + from_uv(rc));
+        }
         if (int rc = uv_listen(reinterpret_cast<uv_stream_t*>(tcp), 1024, [](uv_stream_t* l, int status) {
                 auto* server = static_cast<Server::Impl*>(l->data);
                 if (status < 0) {
@@ -1936,12 +2101,16 @@ void Server::Impl::refresh_upstreams(bool at_start)
             continue;
         }
         auto u = std::make_shared<Upstream>();
+        u->status = &upstream_status;
         u->address = *address;
         u->name = name;
         chosen.push_back(std::move(u));
     }
     bool changed = chosen.size() != upstreams.size() || !std::equal(chosen.begin(), chosen.end(), upstreams.begin());
-    upstreams = std::move(chosen);
+    {
+        std::lock_guard lock(upstream_status);
+        upstreams = std::move(chosen);
+    }
     if ((at_start || changed) && upstreams.empty())
         warn("no upstreams: names outside mesd's own are answered REFUSED", "source",
              from_file ? (options.resolv_conf.empty() ? std::string("none") : options.resolv_conf)
@@ -2031,12 +2200,14 @@ std::vector<conf::HostPort> read_nameservers(const std::string& resolv_conf)
 
 std::vector<std::string> Server::bound() const { return impl_->bound; }
 const Metrics& Server::metrics() const { return impl_->metrics; }
-std::size_t Server::in_flight() const { return impl_->forwards.size(); }
+std::size_t Server::in_flight() const { return impl_->forwards_open.load(std::memory_order_relaxed); }
 
 std::vector<UpstreamStatus> Server::upstreams() const
 {
     std::vector<UpstreamStatus> out;
     auto now = Clock::now();
+    // Under the lock the loop thread writes under: this may run on another thread.
+    std::lock_guard lock(impl_->upstream_status);
     for (const auto& u : impl_->ranked(now, false)) {
         UpstreamStatus st;
         st.address = u->name;
