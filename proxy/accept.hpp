@@ -11,8 +11,11 @@
 // at once instead of serving it, so that descriptors freed by closing connections are not
 // taken straight back (HAProxy and nginx stop accepting for a moment on EMFILE for the same
 // reason). What it cannot end: the spare's slot taken by something else before the next
-// failure, with no descriptor freed since.
+// failure, with no descriptor freed since. One guard per loop: only its loop's thread uses
+// it, except errors() and shed(), which any thread may read.
 #pragma once
+
+#include "workers/worker.hpp"
 
 #include <uv.h>
 
@@ -41,10 +44,20 @@ public:
     bool on_error(uv_stream_t* listener, int status) noexcept
     {
         if (status != UV_EMFILE && status != UV_ENFILE) return false;
-        ++errors_;
-        paused_until_ = uv_now(listener->loop) + pause_ms;
         uv_os_fd_t fd = -1;
-        if (uv_fileno(reinterpret_cast<uv_handle_t*>(listener), &fd) != 0) return true;
+        if (uv_fileno(reinterpret_cast<uv_handle_t*>(listener), &fd) != 0) fd = -1;
+        return on_error(listener->loop, fd, status);
+    }
+
+    // The same for a listening socket `fd` whose accept(2) the caller runs itself (the
+    // proxy's bind-mode listeners when connections are handed to workers); `status` is the
+    // failure as a libuv error.
+    bool on_error(uv_loop_t* loop, int fd, int status) noexcept
+    {
+        if (status != UV_EMFILE && status != UV_ENFILE) return false;
+        ++errors_;
+        paused_until_ = uv_now(loop) + pause_ms;
+        if (fd < 0) return true;
         if (spare_ < 0) spare_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
         if (spare_ < 0) return true;  // nothing to shed with: libuv tries again at once
         ::close(spare_);
@@ -63,10 +76,11 @@ public:
 
     // From a connection callback with status 0, after uv_accept: false while paused, when the
     // caller closes the connection at once.
-    bool serving(uv_stream_t* listener) noexcept
+    bool serving(uv_stream_t* listener) noexcept { return serving(listener->loop); }
+    bool serving(uv_loop_t* loop) noexcept
     {
         if (paused_until_ == 0) return true;
-        if (uv_now(listener->loop) >= paused_until_) {
+        if (uv_now(loop) >= paused_until_) {
             if (spare_ < 0) spare_ = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
             paused_until_ = 0;
             return true;
@@ -81,8 +95,9 @@ public:
 private:
     int spare_ = -1;
     std::uint64_t paused_until_ = 0;
-    std::uint64_t errors_ = 0;
-    std::uint64_t shed_ = 0;
+    // Written by the listener's loop, read by the metrics page on another thread.
+    workers::Counter errors_;
+    workers::Counter shed_;
 };
 
 }  // namespace proxy

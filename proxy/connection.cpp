@@ -19,14 +19,14 @@ Connection::~Connection()
 
 void Connection::start(std::shared_ptr<Service> svc, std::uint16_t port)
 {
-    service = std::move(svc);
+    service = std::move(svc);  // its `active` was counted when the connection was admitted
     dialled_port = port;
-    ++service->active;
     ++service->total;
-    uv_timer_init(impl->loop, &timer);
+    uv_timer_init(shard->loop, &timer);
     timer.data = this;
     timer_open = true;
-    if (!service->tls_error.empty()) {  // never carried in the clear instead
+    auto routing = service->current();
+    if (!routing || !routing->tls_error.empty()) {  // never carried in the clear instead
         ++service->failed;
         close(true);
         return;
@@ -37,16 +37,14 @@ void Connection::start(std::shared_ptr<Service> svc, std::uint16_t port)
 void Connection::try_next()
 {
     if (closing) return;
-    Target* t = attempts < impl->options.connect_attempts ? pick() : nullptr;
-    if (!t) {
+    auto target = attempts < impl->options.connect_attempts ? pick() : nullptr;
+    if (!target) {
         ++service->failed;
         close(true);
         return;
     }
     ++attempts;
-    std::shared_ptr<Target> target;
-    for (auto& s : service->targets)
-        if (s.get() == t) target = s;
+    const Target* t = target.get();
     if (t->endpoint.kind != conf::AddressKind::hostname && !used_up(*t)) tried.push_back(target);
     std::uint16_t port = t->endpoint.port.value_or(dialled_port);
     switch (t->endpoint.kind) {
@@ -65,7 +63,7 @@ void Connection::try_next()
         return;
     case conf::AddressKind::hostname: {
         std::weak_ptr<bool> token = alive;
-        impl->resolver->resolve(t->endpoint.address, [this, token, target, port](const detail::Resolver::Entry& e) {
+        shard->resolver->resolve(t->endpoint.address, [this, token, target, port](const detail::Resolver::Entry& e) {
             if (token.expired() || closing) return;
             if (e.addresses.empty()) {
                 if (!used_up(*target)) tried.push_back(target);
@@ -79,7 +77,7 @@ void Connection::try_next()
     }
 }
 
-void Connection::fail(const std::shared_ptr<Target>& t)
+void Connection::fail(const std::shared_ptr<const Target>& t)
 {
     record_failure(*t);
     try_next();
@@ -109,18 +107,18 @@ void Connection::close_attempt(Attempt* a)
     uv_close(a->side.handle(), [](uv_handle_t* h) { delete static_cast<Attempt*>(h->data); });
 }
 
-void Connection::connect_tcp(std::shared_ptr<Target> target, sockaddr_storage addr)
+void Connection::connect_tcp(std::shared_ptr<const Target> target, sockaddr_storage addr)
 {
     auto* a = new Attempt;
     a->conn = this;
     a->target = std::move(target);
     a->side.conn = this;
-    if (int rc = uv_tcp_init_ex(impl->loop, &a->side.h.tcp, addr.ss_family); rc != 0) {
+    if (int rc = uv_tcp_init_ex(shard->loop, &a->side.h.tcp, addr.ss_family); rc != 0) {
         // No socket (out of file descriptors): mesd's trouble, not the endpoint's. The
         // handle was never added to the loop, so it is freed here, not closed.
         delete a;
         ++service->failed;
-        ++impl->local_failures;
+        ++shard->local_failures;
         close(true);
         return;
     }
@@ -134,7 +132,7 @@ void Connection::connect_tcp(std::shared_ptr<Target> target, sockaddr_storage ad
         unsigned mark = impl->options.upstream_mark;
         if (uv_fileno(as_handle(&a->side.h.tcp), &fd) != 0 ||
             ::setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof mark) != 0)
-            ++impl->mark_failures;
+            ++shard->mark_failures;
     }
     int rc = uv_tcp_connect(&a->req, &a->side.h.tcp, reinterpret_cast<const sockaddr*>(&addr), on_connect);
     if (rc != 0) {
@@ -151,7 +149,7 @@ void Connection::connect_tcp(std::shared_ptr<Target> target, sockaddr_storage ad
     arm_connect_timeout();
 }
 
-void Connection::connect_unix(std::shared_ptr<Target> target)
+void Connection::connect_unix(std::shared_ptr<const Target> target)
 {
     auto* a = new Attempt;
     a->conn = this;
@@ -159,7 +157,7 @@ void Connection::connect_unix(std::shared_ptr<Target> target)
     a->target = std::move(target);
     a->side.conn = this;
     a->side.is_pipe = true;
-    uv_pipe_init(impl->loop, &a->side.h.pipe, 0);
+    uv_pipe_init(shard->loop, &a->side.h.pipe, 0);
     a->side.h.pipe.data = a;
     a->side.open = true;
     a->req.data = a;
@@ -184,16 +182,17 @@ void Connection::on_connect(uv_connect_t* req, int status)
     self->upstream = &a->side;
     self->attempt = a;  // owns the upstream side from now on
     if (!a->side.is_pipe) set_nodelay(&a->side.h.tcp);
-    if (!self->service->tls_error.empty()) {
+    auto routing = self->service->current();
+    if (!routing->tls_error.empty()) {
         // The MES's TLS settings became unusable while this connect was under way (a
         // Secret deleted): refused, never carried in the clear instead.
         ++self->service->failed;
         self->close(true);
         return;
     }
-    if (self->service->tls) {
+    if (routing->tls) {
         // The handshake runs under the same connect timeout; the client waits unread.
-        self->tls = self->service->tls;
+        self->tls = routing->tls;
         self->tls_target = a->target;
         const auto& ep = a->target->endpoint;
         bool is_ip = ep.kind == conf::AddressKind::ipv4 || ep.kind == conf::AddressKind::ipv6;
@@ -208,7 +207,7 @@ void Connection::on_connect(uv_connect_t* req, int status)
         self->drive_handshake();
         return;
     }
-    record_success(*a->target);
+    self->record_success(*a->target);
     self->start_http(*a->target);
     self->pump();
 }
@@ -228,7 +227,7 @@ void Connection::arm_connect_timeout_for_handshake()
 
 void Connection::pump()
 {
-    last_activity = uv_now(impl->loop);
+    last_activity = uv_now(shard->loop);
     arm_idle();
     start_reading(client);
     start_reading(*upstream);
@@ -237,13 +236,13 @@ void Connection::pump()
 void Connection::arm_idle()
 {
     auto idle = static_cast<std::uint64_t>(impl->options.idle_timeout.count());
-    std::uint64_t since = uv_now(impl->loop) - last_activity;
+    std::uint64_t since = uv_now(shard->loop) - last_activity;
     uv_timer_start(
         &timer,
         [](uv_timer_t* h) {
             auto* self = static_cast<Connection*>(h->data);
             auto limit = static_cast<std::uint64_t>(self->impl->options.idle_timeout.count());
-            if (uv_now(self->impl->loop) - self->last_activity >= limit) self->close(false);
+            if (uv_now(self->shard->loop) - self->last_activity >= limit) self->close(false);
             else self->arm_idle();
         },
         since >= idle ? 0 : idle - since, 0);
@@ -268,7 +267,7 @@ void Connection::stop_reading(Side& s)
 void Connection::on_alloc(uv_handle_t* h, std::size_t, uv_buf_t* buf)
 {
     auto* s = static_cast<Side*>(h->data);
-    *buf = uv_buf_init(s->conn->impl->pool.take(), static_cast<unsigned>(block_size));
+    *buf = uv_buf_init(s->conn->shard->pool.take(), static_cast<unsigned>(block_size));
 }
 
 void Connection::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf)
@@ -279,7 +278,7 @@ void Connection::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf
         self->forward(*s, buf->base, static_cast<std::size_t>(nread));
         return;
     }
-    self->impl->pool.give(buf->base);
+    self->shard->pool.give(buf->base);
     if (nread == 0) return;
     if (self->handshaking && s == self->upstream) {
         self->tls_failed(nread == UV_EOF ? "the server closed the connection during the handshake"
@@ -297,12 +296,12 @@ void Connection::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf
 void Connection::forward(Side& from, char* block, std::size_t size)
 {
     bool to_client = &from != &client;
-    last_activity = uv_now(impl->loop);
+    last_activity = uv_now(shard->loop);
     if (http && !to_client) {
         service->bytes_up += size;
         std::string out;
         bool ok = http->feed(block, size, out);
-        impl->pool.give(block);
+        shard->pool.give(block);
         if (!ok) {
             refuse_request();
             return;
@@ -313,13 +312,13 @@ void Connection::forward(Side& from, char* block, std::size_t size)
     if (ssl) {
         if (to_client) {
             BIO_write(SSL_get_rbio(ssl), block, static_cast<int>(size));
-            impl->pool.give(block);
+            shard->pool.give(block);
             if (handshaking) drive_handshake();
             else read_tls();
         } else {
             service->bytes_up += size;
             int n = SSL_write(ssl, block, static_cast<int>(size));  // into a memory BIO: all or an error
-            impl->pool.give(block);
+            shard->pool.give(block);
             if (n <= 0) {
                 close(true);
                 return;
@@ -343,13 +342,13 @@ bool Connection::send_block(Side& to, Side& from, char* block, std::size_t size)
         int n = uv_try_write(to.stream(), &b, 1);
         if (n > 0) written = static_cast<std::size_t>(n);
         else if (n != UV_EAGAIN && n != UV_ENOSYS) {
-            impl->pool.give(block);
+            shard->pool.give(block);
             close(n == UV_ECONNRESET || n == UV_EPIPE, &to);
             return false;
         }
     }
     if (written == size) {
-        impl->pool.give(block);
+        shard->pool.give(block);
         return true;
     }
     auto* w = new WriteReq;
@@ -360,7 +359,7 @@ bool Connection::send_block(Side& to, Side& from, char* block, std::size_t size)
     uv_buf_t rest = uv_buf_init(block + written, static_cast<unsigned>(size - written));
     int rc = uv_write(&w->req, to.stream(), &rest, 1, on_write);
     if (rc != 0) {
-        impl->pool.give(block);
+        shard->pool.give(block);
         delete w;
         close(false);
         return false;
@@ -385,7 +384,7 @@ void Connection::deliver_up(const std::string& out)
     }
     for (std::size_t at = 0; at < out.size();) {
         std::size_t n = std::min(block_size, out.size() - at);
-        char* block = impl->pool.take();
+        char* block = shard->pool.take();
         std::memcpy(block, out.data() + at, n);
         if (!send_block(*upstream, client, block, n)) return;
         at += n;
@@ -398,7 +397,7 @@ void Connection::refuse_request()
     stop_reading(client);
     stop_reading(*upstream);
     const auto& reply = detail::HostRewriter::bad_request();
-    char* block = impl->pool.take();
+    char* block = shard->pool.take();
     std::memcpy(block, reply.data(), reply.size());
     if (!send_block(client, *upstream, block, reply.size())) return;
     auto* req = new uv_shutdown_t;
@@ -417,7 +416,7 @@ void Connection::refuse_request()
 // protocol: http to a DNS-named endpoint: requests get its hostname as Host.
 void Connection::start_http(const Target& target)
 {
-    if (service->route.protocol == conf::Protocol::http && target.endpoint.kind == conf::AddressKind::hostname)
+    if (target.endpoint.kind == conf::AddressKind::hostname && service->current()->route.protocol == conf::Protocol::http)
         http = std::make_unique<detail::HostRewriter>(target.endpoint.address);
 }
 
@@ -428,10 +427,10 @@ bool Connection::flush_tls()
 {
     BIO* out = SSL_get_wbio(ssl);
     while (BIO_ctrl_pending(out) > 0) {
-        char* block = impl->pool.take();
+        char* block = shard->pool.take();
         int n = BIO_read(out, block, static_cast<int>(block_size));
         if (n <= 0) {
-            impl->pool.give(block);
+            shard->pool.give(block);
             break;
         }
         if (!send_block(*upstream, client, block, static_cast<std::size_t>(n))) return false;
@@ -469,14 +468,14 @@ void Connection::drive_handshake()
 void Connection::read_tls()
 {
     while (!closing) {
-        char* block = impl->pool.take();
+        char* block = shard->pool.take();
         int n = SSL_read(ssl, block, static_cast<int>(block_size));
         if (n > 0) {
             service->bytes_down += static_cast<std::size_t>(n);
             if (!send_block(client, *upstream, block, static_cast<std::size_t>(n))) return;
             continue;
         }
-        impl->pool.give(block);
+        shard->pool.give(block);
         int err = SSL_get_error(ssl, n);
         if (err == SSL_ERROR_WANT_READ) break;
         if (err == SSL_ERROR_ZERO_RETURN) {  // close_notify: the endpoint is done sending
@@ -515,7 +514,7 @@ void Connection::on_write(uv_write_t* req, int status)
 {
     auto* w = static_cast<WriteReq*>(req->data);
     Connection* self = w->conn;
-    self->impl->pool.give(w->block);
+    self->shard->pool.give(w->block);
     bool to_client = w->to_client;
     delete w;
     if (status == UV_ECANCELED || self->closing) return;
@@ -607,8 +606,9 @@ void Connection::close(bool reset, Side* reset_by)
         --service->active;
     }
     --impl->active;
-    impl->connections.erase(this);
-    ++impl->closing_connections;
+    --shard->active;
+    shard->connections.erase(this);
+    ++shard->closing_connections;
     uv_timer_stop(&timer);
     if (attempt && !upstream) {  // a connect in progress
         attempt->abandoned = true;
@@ -653,11 +653,11 @@ void Connection::closed_one()
 
 void Connection::finish()
 {
-    Proxy::Impl* i = impl;
+    Shard* s = shard;
     if (upstream) delete attempt;
     delete this;
-    --i->closing_connections;
-    i->maybe_stopped();
+    --s->closing_connections;
+    s->maybe_stopped();
 }
 
 }  // namespace proxy

@@ -14,34 +14,148 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <mutex>
+#include <shared_mutex>
+#include <utility>
 
 namespace proxy {
 
+// ---- The shared state and the control loop -------------------------------------------------
+
+Proxy::Impl::Impl(uv_loop_t* l, Options o) : loop(l), options(std::move(o))
+{
+    rlimit nofile{};
+    max_listeners = ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY
+                        ? static_cast<std::size_t>(nofile.rlim_cur / 2)
+                        : std::size_t{1} << 20;
+    threaded = !options.workers.empty();
+    if (!threaded) {
+        shards.push_back(std::make_unique<Shard>(this, nullptr, loop, options));
+        return;
+    }
+    // The workers' threads have not started: their loops may be set up from here.
+    for (workers::Worker* w : options.workers) shards.push_back(std::make_unique<Shard>(this, w, w->loop(), options));
+    inbox_async = new uv_async_t;
+    uv_async_init(loop, inbox_async, [](uv_async_t* a) { static_cast<Proxy::Impl*>(a->data)->drain_inbox(); });
+    inbox_async->data = this;
+    uv_unref(as_handle(inbox_async));  // holds the control loop open only while stopping
+    inbox_open = true;
+}
+
+Proxy::Impl::~Impl()
+{
+    if (inbox_async) {  // never stopped: the handle goes, what it would have run does not
+        inbox_async->data = nullptr;
+        uv_close(as_handle(inbox_async), [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+    }
+}
+
+void Proxy::Impl::on_control(std::function<void()> fn)
+{
+    if (!threaded) {
+        fn();
+        return;
+    }
+    std::lock_guard lock(inbox_mutex);
+    if (!inbox_open) return;
+    inbox.push_back(std::move(fn));
+    uv_async_send(inbox_async);
+}
+
+void Proxy::Impl::drain_inbox() noexcept
+{
+    std::vector<std::function<void()>> work;
+    {
+        std::lock_guard lock(inbox_mutex);
+        work.swap(inbox);
+    }
+    for (auto& fn : work) fn();
+}
+
 void Proxy::Impl::adopt(Service& service, Route route)
 {
-    bool fresh = service.route.name.empty();
-    if (!fresh && service.route == route && service.targets.empty() == route.endpoints.empty()) return;
-    std::string before = service.tls_error;
-    service.set_route(std::move(route));
-    if (!service.tls_error.empty() && (fresh || service.tls_error != before) && options.on_tls_unusable)
-        options.on_tls_unusable(service.route.mesh, service.route.name, service.tls_error);
+    auto change = service.set_route(std::move(route));
+    if (!change.changed || change.tls_error.empty() || (!change.fresh && change.tls_error == change.tls_error_before)) return;
+    if (!options.on_tls_unusable) return;
+    auto routing = service.current();
+    on_control([this, mesh = routing->route.mesh, name = routing->route.name, why = change.tls_error] {
+        options.on_tls_unusable(mesh, name, why);
+    });
+}
+
+void Proxy::Impl::report_tls_failure(Service& service, const std::string& reason)
+{
+    std::shared_ptr<const Routing> routing;
+    {
+        std::lock_guard lock(service.mutex);
+        if (++service.tls_failures[reason] != 1) return;
+        routing = service.routing;
+    }
+    if (!options.on_tls_failure || !routing) return;
+    on_control([this, mesh = routing->route.mesh, name = routing->route.name, reason] { options.on_tls_failure(mesh, name, reason); });
 }
 
 void Proxy::Impl::watch_names()
 {
     std::set<std::string> names;
-    for (const auto& [key, service] : services)
-        for (const auto& e : service->route.endpoints)
-            if (e.kind == conf::AddressKind::hostname) names.insert(e.address);
-    resolver->watch(names);
+    {
+        std::shared_lock lock(services_mutex);
+        for (const auto& [key, service] : services)
+            if (auto routing = service->current())
+                for (const auto& e : routing->route.endpoints)
+                    if (e.kind == conf::AddressKind::hostname) names.insert(e.address);
+    }
+    for (auto& shard : shards) shard->run([s = shard.get(), names] { s->resolver->watch(names); });
 }
 
 void Proxy::Impl::maybe_stopped()
 {
-    if (!stopping || !connections.empty() || closing_connections != 0 || closing_listeners != 0 || !on_stopped) return;
+    if (!stopping || shards_running != 0 || closing_listeners != 0 || !on_stopped) return;
     auto done = std::move(on_stopped);
     on_stopped = nullptr;
-    done();
+    if (!threaded) {
+        done();
+        return;
+    }
+    // Every loop has closed what it had: the inbox goes too, then `done`.
+    {
+        std::lock_guard lock(inbox_mutex);
+        inbox_open = false;
+    }
+    after_inbox_closed = std::move(done);
+    uv_async_t* async = std::exchange(inbox_async, nullptr);
+    uv_close(as_handle(async), [](uv_handle_t* h) {
+        auto* self = static_cast<Proxy::Impl*>(h->data);
+        delete reinterpret_cast<uv_async_t*>(h);
+        auto d = std::move(self->after_inbox_closed);
+        self->after_inbox_closed = nullptr;
+        d();
+    });
+}
+
+// ---- A loop's share --------------------------------------------------------------------------
+
+void Shard::stop()
+{
+    stopping = true;
+    if (redirect) {
+        close_listener(redirect);
+        redirect = nullptr;
+    }
+    resolver->stop();
+    auto open = connections;
+    for (Connection* c : open) c->close(false);
+    maybe_stopped();
+}
+
+void Shard::maybe_stopped()
+{
+    if (!stopping || stopped || !connections.empty() || closing_connections != 0 || closing_listeners != 0) return;
+    stopped = true;
+    impl->on_control([i = impl] {
+        --i->shards_running;
+        i->maybe_stopped();
+    });
 }
 
 // ---- Proxy ---------------------------------------------------------------------------------
@@ -57,36 +171,24 @@ std::expected<void, std::string> Proxy::start()
 {
     auto& i = *impl_;
     if (i.options.mode != Options::Mode::redirect) return {};
-    auto* l = new Listener;
-    l->impl = &i;
-    uv_tcp_init(i.loop, &l->tcp);
-    l->tcp.data = l;
     const auto& hp = i.options.redirect_listen;
     auto parsed = vip::Address::parse(hp.host.empty() ? "0.0.0.0" : hp.host);
-    if (!parsed) {
-        delete l;
-        return std::unexpected("proxy.redirectListen: not an address: " + hp.host);
+    if (!parsed) return std::unexpected("proxy.redirectListen: not an address: " + hp.host);
+    // One listener per loop; with port 0 the first gets one and the others take the same.
+    std::uint16_t port = hp.port;
+    for (auto& shard : i.shards) {
+        auto opened = i.open_redirect_listener(*shard, *parsed, port);
+        if (!opened) {
+            for (auto& s : i.shards)
+                if (s->redirect) {
+                    uv_close(s->redirect->handle(), [](uv_handle_t* h) { delete static_cast<Listener*>(h->data); });
+                    s->redirect = nullptr;
+                }
+            return std::unexpected("cannot listen on " + hp.to_string() + ": " + opened.error());
+        }
+        port = *opened;
     }
-    auto addr = to_sockaddr(*parsed, hp.port);
-    int rc = uv_tcp_bind(&l->tcp, reinterpret_cast<const sockaddr*>(&addr), 0);
-    if (rc == 0) set_nodelay(&l->tcp);
-    if (rc == 0)
-        rc = uv_listen(as_stream(&l->tcp), 4096, [](uv_stream_t* s, int status) {
-            auto* listener = static_cast<Listener*>(s->data);
-            if (status == 0) listener->impl->accept(listener);
-            else listener->impl->accept_guard.on_error(s, status);
-        });
-    if (rc != 0) {
-        uv_close(as_handle(&l->tcp), [](uv_handle_t* h) { delete static_cast<Listener*>(h->data); });
-        return std::unexpected("cannot listen on " + hp.to_string() + ": " + uv_strerror(rc));
-    }
-    sockaddr_storage bound{};
-    int len = sizeof bound;
-    uv_tcp_getsockname(&l->tcp, reinterpret_cast<sockaddr*>(&bound), &len);
-    std::uint16_t port = bound.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
-                                                     : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
     i.redirect_bound = host_port(*parsed, port);
-    i.redirect = l;
     return {};
 }
 
@@ -106,41 +208,47 @@ void Proxy::update(std::vector<Route> routes)
     }
     std::ranges::sort(next, {}, &std::pair<std::string, Route>::first);
 
-    auto drop = [&](std::map<std::string, std::shared_ptr<Service>>::iterator it) {
-        // Gone: stop accepting; open connections keep their Service alive.
-        for (Listener* l : it->second->listeners) {
-            i.listeners.erase(l->address);
-            i.close_listener(l);
-        }
-        it->second->listeners.clear();
-        return i.services.erase(it);
-    };
-
-    auto it = i.services.begin();
-    for (auto& [key, route] : next) {
-        while (it != i.services.end() && it->first < key) it = drop(it);
-        if (it == i.services.end() || it->first != key) it = i.services.emplace_hint(it, key, std::make_shared<Service>());
-        Service& service = *it->second;
-        ++it;
-        i.adopt(service, std::move(route));
-        const Route& current = service.route;
-        // Listeners this route no longer wants close now; new ones open below,
-        // once every route has let go of its old addresses (one may take over another's).
-        std::vector<std::string> wanted;
-        if (current.port)
-            for (const auto& a : {current.ipv4, current.ipv6})
-                if (a) wanted.push_back(host_port(*a, *current.port));
-        for (auto l = service.listeners.begin(); l != service.listeners.end();) {
-            if (std::ranges::find(wanted, (*l)->address) != wanted.end()) {
-                ++l;
-                continue;
+    {
+        // Only this thread changes bind mode's services; the lock is for status() readers'
+        // sake on the same footing as redirect mode.
+        std::unique_lock lock(i.services_mutex);
+        auto drop = [&](std::map<std::string, std::shared_ptr<Service>>::iterator it) {
+            // Gone: stop accepting; open connections keep their Service alive.
+            for (Listener* l : it->second->listeners) {
+                i.listeners.erase(l->address);
+                i.close_listener(l);
             }
-            i.listeners.erase((*l)->address);
-            i.close_listener(*l);
-            l = service.listeners.erase(l);
+            it->second->listeners.clear();
+            return i.services.erase(it);
+        };
+
+        auto it = i.services.begin();
+        for (auto& [key, route] : next) {
+            while (it != i.services.end() && it->first < key) it = drop(it);
+            if (it == i.services.end() || it->first != key) it = i.services.emplace_hint(it, key, std::make_shared<Service>());
+            Service& service = *it->second;
+            ++it;
+            i.adopt(service, std::move(route));
+            auto routing = service.current();
+            const Route& current = routing->route;
+            // Listeners this route no longer wants close now; new ones open below,
+            // once every route has let go of its old addresses (one may take over another's).
+            std::vector<std::string> wanted;
+            if (current.port)
+                for (const auto& a : {current.ipv4, current.ipv6})
+                    if (a) wanted.push_back(host_port(*a, *current.port));
+            for (auto l = service.listeners.begin(); l != service.listeners.end();) {
+                if (std::ranges::find(wanted, (*l)->address) != wanted.end()) {
+                    ++l;
+                    continue;
+                }
+                i.listeners.erase((*l)->address);
+                i.close_listener(*l);
+                l = service.listeners.erase(l);
+            }
         }
+        while (it != i.services.end()) it = drop(it);
     }
-    while (it != i.services.end()) it = drop(it);
 
     bool failed = false;
     for (auto& [key, service] : i.services) failed |= !i.ensure_listeners(key, *service);
@@ -152,24 +260,33 @@ void Proxy::reload()
 {
     auto& i = *impl_;
     if (i.stopping || i.options.mode != Options::Mode::redirect) return;
-    i.by_vip_port.clear();
-    i.by_vip.clear();
-    for (auto it = i.services.begin(); it != i.services.end();) {
-        Service& service = *it->second;
-        auto found = i.options.find_named_route ? i.options.find_named_route(service.route.mesh, service.route.name)
+    // The lookups run without the lock: workers go on finding the services they know.
+    std::vector<std::pair<std::string, std::shared_ptr<Service>>> known;
+    {
+        std::shared_lock lock(i.services_mutex);
+        known.assign(i.services.begin(), i.services.end());
+    }
+    std::vector<std::pair<std::string, std::shared_ptr<Service>>> gone;
+    for (auto& [key, service] : known) {
+        auto routing = service->current();
+        if (!routing) continue;  // being looked up by a worker right now
+        auto found = i.options.find_named_route ? i.options.find_named_route(routing->route.mesh, routing->route.name)
                                                 : Options::Lookup{};
-        if (found.failed) {  // unreadable for now: keep what it was, health and counters too
-            i.index_destinations(it->first, service.route);
-            ++it;
-            continue;
-        }
+        if (found.failed) continue;  // unreadable for now: keep what it was, health and counters too
         if (!found.route) {
-            it = i.services.erase(it);  // open connections keep their Service alive
+            gone.emplace_back(key, service);
             continue;
         }
-        i.adopt(service, std::move(*found.route));
-        i.index_destinations(it->first, service.route);
-        ++it;
+        i.adopt(*service, std::move(*found.route));
+    }
+    {
+        std::unique_lock lock(i.services_mutex);
+        for (auto& [key, service] : gone)  // open connections keep their Service alive
+            if (auto it = i.services.find(key); it != i.services.end() && it->second == service) i.services.erase(it);
+        i.by_vip_port.clear();
+        i.by_vip.clear();
+        for (const auto& [key, service] : i.services)
+            if (auto routing = service->current()) i.index_destinations(key, routing->route);
     }
     i.watch_names();
 }
@@ -181,27 +298,28 @@ void Proxy::stop(std::function<void()> done)
     i.on_stopped = std::move(done);
     for (auto& [key, l] : i.listeners) i.close_listener(l);
     i.listeners.clear();
-    for (auto& [key, s] : i.services) s->listeners.clear();
-    if (i.redirect) {
-        i.close_listener(i.redirect);
-        i.redirect = nullptr;
+    {
+        std::unique_lock lock(i.services_mutex);
+        for (auto& [key, s] : i.services) s->listeners.clear();
     }
-    i.resolver->stop();
     if (i.retry_timer) {
         uv_timer_stop(i.retry_timer);
         uv_close(as_handle(i.retry_timer), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
         i.retry_timer = nullptr;
     }
-    auto open = i.connections;
-    for (Connection* c : open) c->close(false);
+    if (i.inbox_async) uv_ref(as_handle(i.inbox_async));  // the workers' reports must arrive
+    i.shards_running = i.shards.size();
+    for (auto& shard : i.shards) shard->run([s = shard.get()] { s->stop(); });
     i.maybe_stopped();
 }
 
 std::vector<Proxy::Problem> Proxy::problems() const
 {
     std::vector<Problem> out;
+    std::shared_lock lock(impl_->services_mutex);
     for (const auto& [key, s] : impl_->services)
-        if (!s->listen_error.empty()) out.push_back({s->route.mesh, s->route.name, s->listen_error});
+        if (!s->listen_error.empty())
+            if (auto routing = s->current()) out.push_back({routing->route.mesh, routing->route.name, s->listen_error});
     return out;
 }
 
@@ -210,17 +328,34 @@ Status Proxy::status() const
     const auto& i = *impl_;
     Status st;
     st.active = i.active;
-    st.total = i.total;
     st.refused = i.refused;
-    st.unrouted = i.unrouted;
-    st.local_failures = i.local_failures;
-    st.mark_failures = i.mark_failures;
     st.accept_errors = i.accept_guard.errors();
-    std::uint64_t now = uv_now(i.loop);
+    for (const auto& shard : i.shards) {
+        st.total += shard->total;
+        st.refused += shard->refused;
+        st.unrouted += shard->unrouted;
+        st.local_failures += shard->local_failures;
+        st.mark_failures += shard->mark_failures;
+        st.accept_errors += shard->accept_guard.errors();
+        if (shard->worker) st.workers.push_back({shard->active, shard->total});
+    }
+    std::uint64_t now = now_ms();
+    std::shared_lock lock(i.services_mutex);
     for (const auto& [key, s] : i.services) {
+        std::shared_ptr<const Routing> routing;
+        std::map<std::string, std::uint64_t> tls_failures;
+        std::vector<Health> health;
+        {
+            std::lock_guard service_lock(s->mutex);
+            routing = s->routing;
+            tls_failures = s->tls_failures;
+            if (routing)
+                for (const auto& t : routing->targets) health.push_back(*t->health);
+        }
+        if (!routing) continue;  // being looked up by a worker right now
         ServiceStatus ss;
-        ss.mesh = s->route.mesh;
-        ss.name = s->route.name;
+        ss.mesh = routing->route.mesh;
+        ss.name = routing->route.name;
         for (Listener* l : s->listeners) ss.listeners.push_back(l->address);
         ss.listen_error = s->listen_error;
         ss.active = s->active;
@@ -229,25 +364,29 @@ Status Proxy::status() const
         ss.failed = s->failed;
         ss.bytes_up = s->bytes_up;
         ss.bytes_down = s->bytes_down;
-        ss.tls_error = s->tls_error;
-        ss.tls_failures = s->tls_failures;
+        ss.tls_error = routing->tls_error;
+        ss.tls_failures = std::move(tls_failures);
         ss.tls_handshakes = s->tls_handshakes;
         ss.tls_resumed = s->tls_resumed;
-        for (const auto& t : s->targets) {
+        for (std::size_t k = 0; k < routing->targets.size(); ++k) {
+            const Target& t = *routing->targets[k];
+            const Health& h = health[k];
             TargetStatus ts;
-            ts.address = t->label;
-            ts.priority = t->endpoint.priority;
-            ts.consecutive_failures = t->consecutive_failures;
-            ts.connect_failures = t->connect_failures;
-            ts.ejections = t->ejections;
-            if (t->ejected_until > now) ts.state = "ejected";
-            else if (t->consecutive_failures > 0) ts.state = "failing";
+            ts.address = t.label;
+            ts.priority = t.endpoint.priority;
+            ts.consecutive_failures = h.consecutive_failures;
+            ts.connect_failures = h.connect_failures;
+            ts.ejections = h.ejections;
+            if (h.ejected_until > now) ts.state = "ejected";
+            else if (h.consecutive_failures > 0) ts.state = "failing";
             else ts.state = "healthy";
-            if (t->is_name()) {
-                const auto* e = i.resolver->find(t->endpoint.address);
-                if (e)
-                    for (const auto& a : e->addresses) ts.resolved.push_back(a.to_string());
-                if (!e || e->addresses.empty()) ts.state = "unresolved";
+            if (t.is_name()) {
+                // Each loop resolves for itself: the addresses any of them uses.
+                for (const auto& shard : i.shards)
+                    for (const auto& a : shard->resolver->addresses(t.endpoint.address))
+                        if (std::string text = a.to_string(); std::ranges::find(ts.resolved, text) == ts.resolved.end())
+                            ts.resolved.push_back(std::move(text));
+                if (ts.resolved.empty()) ts.state = "unresolved";
             }
             ss.targets.push_back(std::move(ts));
         }

@@ -19,7 +19,39 @@
 // failed or timed-out connect tries the next target, up to a number of attempts; when every
 // target is ejected, the lowest priority is tried anyway (as Envoy's panic mode does) so that
 // an outage ends as soon as an endpoint is back. When nothing can be reached the client is
-// reset. Everything runs on one libuv loop; a route's failures never touch another route.
+// reset. A route's failures never touch another route.
+//
+// Loops. With no workers (Options::workers empty) everything runs on the one loop given to
+// the constructor. With workers, that loop is the control loop and each worker's loop
+// carries connections:
+//   bind mode      the listeners stay on the control loop, one per VIP:port as with one
+//                  loop; the control loop accepts (accept4 on a polled socket) and posts the
+//                  descriptor to the worker with the fewest connections (open or on their
+//                  way; ties in turn), which opens it on its loop (uv_tcp_open). From there
+//                  the connection lives on that worker only. So descriptors stay one per
+//                  VIP:port plus two per connection, whatever the number of workers.
+//   redirect mode  every worker has a listener of its own on redirectListen with
+//                  SO_REUSEPORT and the kernel spreads connections over them; with port 0
+//                  the first binds and the others take the port it got.
+// Shared by every loop, with no copy per worker: the services (one per route) hold their
+// route, targets and TLS context in an immutable Routing swapped whole on a change (open
+// connections keep theirs); an endpoint's health (failures in a row, ejection, backoff) and
+// the round-robin cursors are under the service's mutex, taken to choose a target and to
+// record a connect's outcome, never per byte, with a clock common to all threads; the
+// connection limits and the services' counters are atomics. Redirect mode's lookup tables
+// are under a shared mutex (workers add the routes they meet). TLS contexts are shared, their
+// session caches under a mutex. Per worker: its connections, its buffer pool, its counters
+// (summed by status()), its resolver for DNS-named endpoints (each worker resolves the names
+// its connections need and keeps them fresh, so a name is asked once per worker: simpler
+// than one resolver answering every loop across threads, and no connection waits on the
+// control loop).
+//
+// Threads. The Proxy is made, and start() called, on the control loop's thread before the
+// workers' threads start (start() sets handles up on their loops). From then on every method
+// is called on the control loop's thread; stop()'s `done`, and on_tls_failure and
+// on_tls_unusable, run there too. find_route and find_named_route run on the workers'
+// threads (several at once): they must be thread-safe. stop() must be called, and `done`
+// awaited, before the workers finish; the Proxy is destroyed after that.
 #pragma once
 
 #include "conf/conf.hpp"
@@ -34,6 +66,10 @@
 #include <optional>
 #include <string>
 #include <vector>
+
+namespace workers {
+class Worker;
+}
 
 namespace proxy {
 
@@ -90,6 +126,9 @@ struct Options {
     };
     std::function<Lookup(const vip::Address& address, std::uint16_t port)> find_route;
     std::function<Lookup(const std::string& mesh, const std::string& name)> find_named_route;
+    // The workers whose loops carry the connections, not yet started (see Threads above);
+    // empty: everything on the one loop given to the constructor.
+    std::vector<workers::Worker*> workers;
 };
 
 struct TargetStatus {
@@ -120,6 +159,11 @@ struct ServiceStatus {
     std::vector<TargetStatus> targets;
 };
 
+struct WorkerStatus {
+    std::uint64_t active = 0;  // connections open on this worker's loop
+    std::uint64_t total = 0;   // connections it has taken up
+};
+
 struct Status {
     std::uint64_t active = 0;
     std::uint64_t total = 0;
@@ -129,6 +173,7 @@ struct Status {
     std::uint64_t mark_failures = 0;   // proxy.upstreamMark could not be set (no CAP_NET_ADMIN)
     std::uint64_t accept_errors = 0;   // accept failed for want of descriptors (EMFILE, ENFILE)
     std::vector<ServiceStatus> services;  // by key; redirect mode: those that have had connections
+    std::vector<WorkerStatus> workers;    // as in Options::workers; empty with one loop
 };
 
 class Proxy {
@@ -138,7 +183,8 @@ public:
     Proxy(const Proxy&) = delete;
     Proxy& operator=(const Proxy&) = delete;
 
-    // Redirect mode: binds the one listener. Bind mode: nothing to do until routes come.
+    // Redirect mode: binds the listener (one per worker). Bind mode: nothing to do until
+    // routes come.
     std::expected<void, std::string> start();
     // Bind mode: the routes in force from now on. New ones listen, removed ones stop
     // accepting (their open connections go on), changed ones apply to new connections.
@@ -148,7 +194,8 @@ public:
     // have used are looked up again: changed ones apply to new connections, removed ones are
     // forgotten (their open connections go on). Others are looked up when first needed.
     void reload();
-    // Closes listeners; open connections are closed too, then `done` runs.
+    // Closes listeners; open connections are closed too, then `done` runs (on the control
+    // loop, once every worker has closed its listeners and connections).
     void stop(std::function<void()> done);
 
     Status status() const;

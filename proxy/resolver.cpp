@@ -294,6 +294,20 @@ const Resolver::Entry* Resolver::find(const std::string& name) const
     return it == entries_.end() ? nullptr : &it->second;
 }
 
+std::vector<vip::Address> Resolver::addresses(const std::string& name) const
+{
+    std::lock_guard lock(published_mutex_);
+    auto it = published_.find(name);
+    return it == published_.end() ? std::vector<vip::Address>{} : it->second;
+}
+
+void Resolver::publish(const std::string& name, const std::vector<vip::Address>* addresses)
+{
+    std::lock_guard lock(published_mutex_);
+    if (addresses) published_[name] = *addresses;
+    else published_.erase(name);
+}
+
 void Resolver::resolve(const std::string& name, Callback done)
 {
     if (stopped_) return;
@@ -313,9 +327,10 @@ void Resolver::watch(const std::set<std::string>& names)
 {
     if (stopped_) return;
     for (auto it = entries_.begin(); it != entries_.end();) {
-        if (!names.contains(it->first) && !in_flight_.contains(it->first) && !waiting_.contains(it->first))
+        if (!names.contains(it->first) && !in_flight_.contains(it->first) && !waiting_.contains(it->first)) {
+            publish(it->first, nullptr);
             it = entries_.erase(it);
-        else
+        } else
             ++it;
     }
     // Names are first asked when a connection needs them (a store of many MES does not turn
@@ -358,6 +373,7 @@ void Resolver::finish(const std::string& name, std::vector<vip::Address> address
         entry.expires = now + std::min(wait, static_cast<std::uint64_t>(max_ttl_.count()));
         ++entry.failures;
     }
+    publish(name, &entry.addresses);
     std::uint64_t expires = entry.expires;
     auto waiters = std::move(waiting_[name]);
     waiting_.erase(name);

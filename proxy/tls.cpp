@@ -147,6 +147,7 @@ int TlsContext::on_new_session(SSL* ssl, SSL_SESSION* session)
     auto* self = static_cast<TlsContext*>(SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl)));
     auto* key = static_cast<std::string*>(SSL_get_ex_data(ssl, session_key_index()));
     if (!self || !key) return 0;
+    std::lock_guard lock(self->sessions_mutex_);
     auto& slot = self->sessions_[*key];
     if (slot) SSL_SESSION_free(slot);
     slot = session;
@@ -161,7 +162,10 @@ SSL* TlsContext::start(const std::string& endpoint, bool endpoint_is_ip, const s
     std::string sni = !tls_.server_name.empty() ? tls_.server_name : (endpoint_is_ip ? std::string() : endpoint);
     if (!sni.empty()) SSL_set_tlsext_host_name(ssl, sni.c_str());
     SSL_set_ex_data(ssl, session_key_index(), new std::string(session_key));
-    if (auto it = sessions_.find(session_key); it != sessions_.end()) SSL_set_session(ssl, it->second);
+    {
+        std::lock_guard lock(sessions_mutex_);
+        if (auto it = sessions_.find(session_key); it != sessions_.end()) SSL_set_session(ssl, it->second);
+    }
     SSL_set_bio(ssl, BIO_new(BIO_s_mem()), BIO_new(BIO_s_mem()));
     SSL_set_connect_state(ssl);
     return ssl;

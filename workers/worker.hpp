@@ -94,6 +94,16 @@ public:
         *this += 1;
         return v;
     }
+    // A gauge (connections open on one worker) goes down too, by the same single writer.
+    Counter& operator-=(std::uint64_t n)
+    {
+        value_.store(value_.load(std::memory_order_relaxed) - n, std::memory_order_relaxed);
+        return *this;
+    }
+    Counter& operator--()
+    {
+        return *this -= 1;
+    }
     std::uint64_t load() const { return value_.load(std::memory_order_relaxed); }
     operator std::uint64_t() const { return load(); }
 

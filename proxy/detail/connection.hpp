@@ -55,6 +55,7 @@ private:
 // ---- Connections ---------------------------------------------------------------------------
 
 struct Connection;
+struct Shard;
 
 // One side of a proxied connection: the client's TCP socket, or the endpoint's TCP or unix
 // socket.
@@ -82,7 +83,7 @@ struct Attempt {
     Side side;
     uv_connect_t req{};
     Connection* conn = nullptr;
-    std::shared_ptr<Target> target;
+    std::shared_ptr<const Target> target;
     bool abandoned = false;  // timed out or the connection went away
 };
 
@@ -93,8 +94,11 @@ struct WriteReq {
     bool to_client = false;
 };
 
+// A connection lives on one loop (its shard's) from accept to close; it reaches shared
+// state (its Service, the global count) only through what guards that.
 struct Connection {
     Proxy::Impl* impl;
+    Shard* shard;
     std::shared_ptr<Service> service;
     std::uint16_t dialled_port = 0;
     Side client;
@@ -103,9 +107,9 @@ struct Connection {
     uv_timer_t timer{};
     bool timer_open = false;
     std::uint32_t attempts = 0;
-    std::vector<std::shared_ptr<Target>> tried;  // targets this connection has used up
+    std::vector<std::shared_ptr<const Target>> tried;  // targets this connection has used up
     // DNS-named targets: the addresses tried, so that each attempt takes another one.
-    std::vector<std::pair<std::shared_ptr<Target>, vip::Address>> tried_addresses;
+    std::vector<std::pair<std::shared_ptr<const Target>, vip::Address>> tried_addresses;
     bool retrying = false;  // every target was tried once: further attempts go round again
     std::uint64_t last_activity = 0;
     bool closing = false;
@@ -113,32 +117,32 @@ struct Connection {
     std::shared_ptr<bool> alive = std::make_shared<bool>(true);
     // TLS origination: the session over the upstream side, while and after its handshake.
     std::shared_ptr<detail::TlsContext> tls;
-    std::shared_ptr<Target> tls_target;
+    std::shared_ptr<const Target> tls_target;
     SSL* ssl = nullptr;
     bool handshaking = false;
     std::unique_ptr<detail::HostRewriter> http;  // protocol: http to a DNS-named endpoint
 
-    explicit Connection(Proxy::Impl* i) : impl(i) {}
+    Connection(Proxy::Impl* i, Shard* s) : impl(i), shard(s) {}
     ~Connection();
 
     Side& other(Side& s) { return &s == &client ? *upstream : client; }
 
     void start(std::shared_ptr<Service> svc, std::uint16_t port);
 
-    // ---- balancing (balancer.cpp)
+    // ---- balancing (balancer.cpp): each takes the service's mutex
     bool used_up(const Target& t) const;
-    Target* pick();
-    std::optional<vip::Address> choose_address(const std::shared_ptr<Target>& t, const std::vector<vip::Address>& addrs);
-    void record_failure(Target& t);
-    static void record_success(Target& t);
+    std::shared_ptr<const Target> pick();
+    std::optional<vip::Address> choose_address(const std::shared_ptr<const Target>& t, const std::vector<vip::Address>& addrs);
+    void record_failure(const Target& t);
+    void record_success(const Target& t);
 
     // ---- connect attempts
     void try_next();
-    void fail(const std::shared_ptr<Target>& t);
+    void fail(const std::shared_ptr<const Target>& t);
     void arm_connect_timeout();
     static void close_attempt(Attempt* a);
-    void connect_tcp(std::shared_ptr<Target> target, sockaddr_storage addr);
-    void connect_unix(std::shared_ptr<Target> target);
+    void connect_tcp(std::shared_ptr<const Target> target, sockaddr_storage addr);
+    void connect_unix(std::shared_ptr<const Target> target);
     static void on_connect(uv_connect_t* req, int status);
     void arm_connect_timeout_for_handshake();
 

@@ -1,6 +1,12 @@
-// The Proxy object's state, which its connections and listeners reach through their `impl`:
-// the services by route, the listeners, the open connections, the resolver, the buffer pool
-// and the counters.
+// The Proxy object's state, in two places:
+//   Shard       one loop's share, touched by that loop's thread only (save its counters,
+//               read by status(), and `assigned`): the connections on the loop, their
+//               buffer pool, the resolver for DNS-named endpoints, redirect mode's listener.
+//               One per worker; with no workers, one on the control loop.
+//   Proxy::Impl what the control loop owns (bind mode's listeners, the retry timer, the
+//               stop sequence) and what every loop shares: the services by route (each
+//               guarding itself, see balancer.hpp), redirect mode's lookup tables, the
+//               global connection count.
 #pragma once
 
 #include "proxy/proxy.hpp"
@@ -10,76 +16,141 @@
 #include "proxy/detail/connection.hpp"
 #include "proxy/detail/listeners.hpp"
 #include "proxy/detail/resolver.hpp"
+#include "workers/worker.hpp"
 
 #include <uv.h>
 
 #include <sys/resource.h>
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
+#include <shared_mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace proxy {
 
-struct Proxy::Impl {
+struct Shard {
+    Proxy::Impl* impl;
+    workers::Worker* worker;  // null: the control loop itself (no workers)
     uv_loop_t* loop;
+    std::set<Connection*> connections;
+    std::unique_ptr<detail::Resolver> resolver;
+    BlockPool pool;
+    Listener* redirect = nullptr;  // redirect mode
+    AcceptGuard accept_guard;      // for the listeners libuv accepts on here
+    std::size_t closing_connections = 0;
+    std::size_t closing_listeners = 0;
+    bool stopping = false;
+    bool stopped = false;  // reported to the control loop
+
+    // Single writer: this loop's thread.
+    workers::Counter active, total, refused, unrouted;
+    workers::Counter local_failures;  // connects not even started: no socket to be had
+    workers::Counter mark_failures;   // SO_MARK refused (no CAP_NET_ADMIN)
+    // Bind mode with workers: descriptors the control loop has handed over and this loop has
+    // not taken up yet (so that a burst of accepts is spread before any is taken up).
+    std::atomic<std::uint64_t> assigned{0};
+
+    Shard(Proxy::Impl* i, workers::Worker* w, uv_loop_t* l, const Options& options)
+        : impl(i), worker(w), loop(l),
+          resolver(std::make_unique<detail::Resolver>(loop, options.resolvers, options.resolve_timeout, options.dns_min_ttl,
+                                                      options.dns_max_ttl))
+    {
+    }
+
+    // Runs `fn` on this loop's thread: now on the control loop, else posted to the worker.
+    void run(std::function<void()> fn)
+    {
+        if (worker) worker->post(std::move(fn));
+        else fn();
+    }
+    // A connection libuv has waiting on `l`.
+    void accept(Listener* l);
+    // Bind mode with workers: a connection the control loop accepted, as descriptor `fd`.
+    void take(int fd, std::shared_ptr<Service> service, std::uint16_t port);
+    // Counts a new client connection and starts it, or refuses it (no route, over a limit).
+    void admit(Connection* conn, std::shared_ptr<Service> service, std::uint16_t port);
+    void close_listener(Listener* l);
+    // Closes redirect mode's listener and every connection; reports once all are closed.
+    void stop();
+    void maybe_stopped();
+};
+
+struct Proxy::Impl {
+    uv_loop_t* loop;  // the control loop
     Options options;
+    std::vector<std::unique_ptr<Shard>> shards;
+    bool threaded = false;  // connections live on workers' loops
+
+    // Redirect mode's workers add services as connections first need them: the map and the
+    // lookup tables are under `services_mutex` (shared for lookups). Bind mode changes them
+    // on the control loop only.
+    mutable std::shared_mutex services_mutex;
     std::map<std::string, std::shared_ptr<Service>> services;
-    std::map<std::string, Listener*> listeners;  // bind mode, by address
-    Listener* redirect = nullptr;
-    std::string redirect_bound;
     // Redirect mode: the services looked up so far, by VIP and port, and by VIP for routes
     // without a port.
     std::map<std::pair<vip::Address, std::uint16_t>, std::string> by_vip_port;
     std::map<vip::Address, std::string> by_vip;
-    std::set<Connection*> connections;
-    std::unique_ptr<detail::Resolver> resolver;
-    BlockPool pool;
-    std::uint64_t active = 0, total = 0, refused = 0, unrouted = 0;
-    std::uint64_t local_failures = 0;  // connects not even started: no socket to be had
-    std::uint64_t mark_failures = 0;   // SO_MARK refused (no CAP_NET_ADMIN)
-    AcceptGuard accept_guard;
-    std::size_t closing_connections = 0;
+    SharedCounter active;  // connections open on every loop: maxConnections
+
+    // The control loop's thread only.
+    std::map<std::string, Listener*> listeners;  // bind mode, by address
+    std::string redirect_bound;
+    AcceptGuard accept_guard;         // polled listeners
+    workers::Counter refused;         // closed unserved by the control loop (accepting paused)
+    std::size_t next_shard = 0;       // where the search for the least busy worker starts
     uv_timer_t* retry_timer = nullptr;  // bind mode: listeners that failed are tried again
     bool stopping = false;
     std::function<void()> on_stopped;
     std::size_t closing_listeners = 0;
-
+    std::size_t shards_running = 0;  // while stopping: shards that have not reported closed
     std::size_t max_listeners = 0;
 
-    Impl(uv_loop_t* l, Options o) : loop(l), options(std::move(o))
-    {
-        rlimit nofile{};
-        max_listeners = ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY
-                            ? static_cast<std::size_t>(nofile.rlim_cur / 2)
-                            : std::size_t{1} << 20;
-        resolver = std::make_unique<detail::Resolver>(loop, options.resolvers, options.resolve_timeout,
-                                                      options.dns_min_ttl, options.dns_max_ttl);
-    }
+    // Work for the control loop from the workers (a shard closed, a TLS callback), run by
+    // `inbox_async` there. Threaded only.
+    uv_async_t* inbox_async = nullptr;
+    std::mutex inbox_mutex;
+    std::vector<std::function<void()>> inbox;  // under inbox_mutex
+    bool inbox_open = false;                   // under inbox_mutex
+    std::function<void()> after_inbox_closed;
 
-    void accept(Listener* l);
+    Impl(uv_loop_t* l, Options o);
+    ~Impl();
+
+    // Runs `fn` on the control loop's thread: now with one loop, else posted there.
+    void on_control(std::function<void()> fn);
+    void drain_inbox() noexcept;
+
     // Redirect mode: the service for a connection to `address`:`port`, looked up on a miss.
+    // Any loop's thread.
     std::shared_ptr<Service> redirected(const vip::Address& address, std::uint16_t port);
     // Puts `route` in force for `service`; reports TLS settings that became unusable.
     void adopt(Service& service, Route route);
-    void index_destinations(const std::string& key, const Route& route);
+    void index_destinations(const std::string& key, const Route& route);  // under services_mutex
+    // Tells every loop's resolver which names the routes use.
     void watch_names();
-    void close_listener(Listener* l);
-    void report_tls_failure(Service& service, const std::string& reason)
-    {
-        if (++service.tls_failures[reason] == 1 && options.on_tls_failure)
-            options.on_tls_failure(service.route.mesh, service.route.name, reason);
-    }
+    void report_tls_failure(Service& service, const std::string& reason);
     // Bind mode: opens the listeners `service` lacks; false when one could not be opened.
     bool ensure_listeners(const std::string& key, Service& service);
     // While some listener could not be opened, try again every few seconds (the pool's
     // local route may be added later, a port may be freed).
     void arm_retry(bool needed);
     std::string open_listener(const std::string& key, const vip::Address& a, std::uint16_t port);
+    // Redirect mode: a listener on `shard`'s loop; SO_REUSEPORT when every loop has one.
+    std::expected<std::uint16_t, std::string> open_redirect_listener(Shard& shard, const vip::Address& a, std::uint16_t port);
+    void close_listener(Listener* l);
+    // Bind mode with workers: the connections waiting on a polled listener.
+    void accept_polled(Listener* l) noexcept;
+    // The worker that takes the next connection: the fewest connections (open and on their
+    // way), the first of those after the last one chosen.
+    Shard& least_busy();
     void maybe_stopped();
 };
 

@@ -3,7 +3,8 @@
 // question), a timeout per nameserver then the next, and the records' smallest TTL —
 // bounded by min/max — deciding when a watched name is asked again. A name that stops
 // resolving keeps its last addresses (as Envoy's STRICT_DNS does) and is retried after the
-// minimum TTL. getaddrinfo would give no TTL and needs a thread per lookup.
+// minimum TTL. getaddrinfo would give no TTL and needs a thread per lookup. One per loop:
+// only that loop's thread calls it, except addresses().
 #pragma once
 
 #include "conf/conf.hpp"
@@ -15,6 +16,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
@@ -46,6 +48,9 @@ public:
     // whenever its TTL runs out; names no route uses are forgotten.
     void watch(const std::set<std::string>& names);
     const Entry* find(const std::string& name) const;
+    // The addresses in use for `name` (none while it has not resolved): unlike the rest,
+    // callable from any thread (the status page's).
+    std::vector<vip::Address> addresses(const std::string& name) const;
     // Cancels lookups and closes handles; callbacks waiting are dropped.
     void stop();
 
@@ -55,6 +60,8 @@ private:
     void start_lookup(const std::string& name);
     void finish(const std::string& name, std::vector<vip::Address> addresses, std::uint32_t ttl, std::string error);
     void arm_refresh();
+
+    void publish(const std::string& name, const std::vector<vip::Address>* addresses);
 
     uv_loop_t* loop_;
     std::vector<conf::HostPort> servers_;
@@ -68,6 +75,9 @@ private:
     uv_timer_t* refresh_timer_ = nullptr;
     std::uint64_t armed_for_ = 0;      // when the refresh timer fires; 0 when it is not armed
     bool stopped_ = false;
+    // A copy of each entry's addresses for other threads, kept as entries change.
+    mutable std::mutex published_mutex_;
+    std::map<std::string, std::vector<vip::Address>> published_;  // under published_mutex_
 
     friend struct Lookup;
 };

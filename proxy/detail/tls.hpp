@@ -16,6 +16,7 @@
 #include <expected>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 namespace proxy::detail {
@@ -52,7 +53,12 @@ private:
 
     SSL_CTX* ctx_ = nullptr;
     conf::Tls tls_;
-    std::map<std::string, SSL_SESSION*> sessions_;  // by endpoint, for resumption
+    // By endpoint, for resumption. The context is shared by every loop's connections
+    // (OpenSSL's SSL_CTX may be); the map is under the mutex, which also covers handing a
+    // session to a new connection (SSL_set_session takes its reference then, before
+    // another loop may replace and free the one held here).
+    std::mutex sessions_mutex_;
+    std::map<std::string, SSL_SESSION*> sessions_;
 };
 
 }  // namespace proxy::detail
