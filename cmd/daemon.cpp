@@ -50,7 +50,13 @@ bool Daemon::refresh()
                     {"index_bytes", std::to_string(source_.index()->bytes())},
                     {"took_ms", std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
                                                    std::chrono::steady_clock::now() - started).count())}});
-    if (*moved) update_routes();
+    if (*moved) {
+        // Idle workers take the new index up now rather than at their next query, so that
+        // the old one is freed at once.
+        for (std::size_t i = 0; i < dns_.size() && i < workers_.size(); ++i)
+            workers_[i]->post([this, i] { dns_[i].view->begin_batch(); });
+        update_routes();
+    }
     return true;
 }
 
@@ -88,6 +94,7 @@ proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upst
     o.on_tls_unusable = [](const std::string& mesh, const std::string& name, const std::string& reason) {
         log::warn("proxy", "TLS settings unusable; refusing connections", {{"mesh", mesh}, {"name", name}, {"reason", reason}});
     };
+    for (auto& w : workers_) o.workers.push_back(w.get());
     o.find_route = [this](const vip::Address& address, std::uint16_t port) { return after_lookup(find_route(address, port)); };
     o.find_named_route = [this](const std::string& mesh, const std::string& name) {
         return after_lookup(find_route(mesh, name, std::nullopt));
