@@ -206,17 +206,25 @@ private:
     Settings settings_;
 };
 
-// ---- Where answers come from, with one loop or with workers ------------------------------
+// ---- One loop or N workers: what is per worker and what is shared ---------------------------
+//
+// With `workers: 1` the control loop runs one Server over its StoreSource. With N workers each
+// worker's loop runs a Server of its own over a CatalogSource of its own, all bound to the
+// same addresses (ServerOptions::reuse_port), and the control loop keeps the StoreSource.
 //
 // Shared by every thread, never changed once made:
 //   Catalog        a NameIndex and the VIP pools at one store generation (no store snapshot)
+//   Responder      the answering rules (settings only)
 // Shared, thread-safe:
 //   SharedCatalog  the newest Catalog, published by the control loop, read by the workers
+//   SharedLimits   the rate limiter's buckets and the TCP client counts of every server
 // One per loop, used on that loop's thread only:
 //   StoreSource    the control loop's: refreshes from the store, builds each new Catalog and
 //                  publishes it; with one loop it is also what the server answers from
 //   CatalogSource  a worker's: answers from the newest published Catalog, with its own TXT
 //                  cache and its own short store reads
+//   Server         a worker's listeners, TCP clients and forwards; its Metrics are written
+//                  there and read from any thread (summed with Metrics::operator+=)
 
 // A NameIndex and the pools it was built with, at one store generation. Immutable: any
 // number of threads read it at once; it is freed when the last holder lets it go.

@@ -172,7 +172,11 @@ RateLimiter::Verdict RateLimiter::account(std::size_t slot, std::uint64_t now_ms
             break;
         }
     }
-    std::uint32_t limited = std::atomic_ref<std::uint32_t>(limited_[slot]).fetch_add(1, std::memory_order_relaxed) + 1;
+    // A load and a store, not a locked add: a flood's every check comes here, and two
+    // workers counting at the same moment lose one count, which only moves the next slip.
+    std::atomic_ref<std::uint32_t> count(limited_[slot]);
+    std::uint32_t limited = count.load(std::memory_order_relaxed) + 1;
+    count.store(limited, std::memory_order_relaxed);
     return slip_ != 0 && limited % slip_ == 0 ? Verdict::slip : Verdict::drop;
 }
 

@@ -15,7 +15,8 @@
 // Threads: one limiter serves every worker's server (dns::SharedLimits), so that a prefix
 // gets its rate once in all, not once per worker. check() may run on several threads at
 // once: a bucket's time and debt are one 64-bit word updated by compare-and-swap (a spent
-// response is never lost nor counted twice), and its slip count a relaxed atomic.
+// response is never lost nor counted twice), and its slip count a relaxed atomic (an answer
+// refused on two threads at once may count once: the slip then comes one answer later).
 #pragma once
 
 #include "dns/dns.hpp"

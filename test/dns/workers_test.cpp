@@ -97,25 +97,40 @@ Reply parse(const std::uint8_t* data, std::size_t size)
     return r;
 }
 
-sockaddr_in loopback(int port)
-{
-    sockaddr_in to{};
-    to.sin_family = AF_INET;
-    to.sin_port = htons(static_cast<std::uint16_t>(port));
-    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    return to;
-}
+// 127.0.0.1 or ::1, at `port`.
+struct Loopback {
+    sockaddr_storage address{};
+    socklen_t size = 0;
+    Loopback(bool v6, int port)
+    {
+        if (v6) {
+            auto* in6 = reinterpret_cast<sockaddr_in6*>(&address);
+            in6->sin6_family = AF_INET6;
+            in6->sin6_port = htons(static_cast<std::uint16_t>(port));
+            in6->sin6_addr = in6addr_loopback;
+            size = sizeof *in6;
+        } else {
+            auto* in = reinterpret_cast<sockaddr_in*>(&address);
+            in->sin_family = AF_INET;
+            in->sin_port = htons(static_cast<std::uint16_t>(port));
+            in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            size = sizeof *in;
+        }
+    }
+    const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&address); }
+};
 
 // A UDP client socket on 127.0.0.1 with a port of its own: the kernel hashes each source
 // port to one of the servers' sockets.
 struct UdpClient {
     int fd = -1;
-    UdpClient()
+    bool v6 = false;
+    explicit UdpClient(bool ipv6 = false) : v6(ipv6)
     {
-        fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        fd = ::socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
         REQUIRE(fd >= 0);
-        auto any = loopback(0);
-        REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&any), sizeof any) == 0);
+        Loopback any(v6, 0);
+        REQUIRE(::bind(fd, any.get(), any.size) == 0);
     }
     ~UdpClient()
     {
@@ -127,8 +142,8 @@ struct UdpClient {
     // No Catch macro here: a client may be used from a thread of the test's own.
     bool send(int port, const std::vector<std::uint8_t>& q) const
     {
-        auto to = loopback(port);
-        return ::sendto(fd, q.data(), q.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof to) == static_cast<ssize_t>(q.size());
+        Loopback to(v6, port);
+        return ::sendto(fd, q.data(), q.size(), 0, to.get(), to.size) == static_cast<ssize_t>(q.size());
     }
     // The next reply, or none within `wait`.
     std::optional<Reply> receive(std::chrono::milliseconds wait = 2s) const
@@ -152,12 +167,12 @@ struct UdpClient {
 // One TCP connection to the servers' port.
 struct TcpClient {
     int fd = -1;
-    explicit TcpClient(int port)
+    explicit TcpClient(int port, bool v6 = false)
     {
-        fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        fd = ::socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         REQUIRE(fd >= 0);
-        auto to = loopback(port);
-        REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0);
+        Loopback to(v6, port);
+        REQUIRE(::connect(fd, to.get(), to.size) == 0);
     }
     ~TcpClient()
     {
@@ -211,7 +226,8 @@ struct Farm {
     std::vector<std::unique_ptr<workers::Worker>> workers;
     std::vector<std::unique_ptr<dns::CatalogSource>> sources;
     std::vector<std::unique_ptr<dns::Server>> servers;
-    int port = 0;
+    int port = 0;   // on 127.0.0.1
+    int port6 = 0;  // on ::1
     bool running = false;
 
     explicit Farm(dns::ServerOptions options = {}, std::vector<conf::Resource> resources = {})
@@ -224,8 +240,8 @@ struct Farm {
         REQUIRE(first.has_value());
 
         options.reuse_port = true;
-        options.forward_enabled = false;
-        options.listen = {conf::HostPort{"127.0.0.1", 0}};
+        options.forward_enabled = !options.upstreams.empty();
+        options.listen = {conf::HostPort{"127.0.0.1", 0}, conf::HostPort{"::1", 0}};
         limits = std::make_shared<dns::SharedLimits>(options);
         options.shared = limits;
         for (std::size_t i = 0; i < worker_count; ++i) {
@@ -237,12 +253,16 @@ struct Farm {
             INFO((started ? std::string() : started.error()));
             REQUIRE(started.has_value());
             if (i == 0) {
-                // The first server chose the port; the others join it.
-                REQUIRE(servers[0]->bound().size() == 1);
-                auto bound = conf::parse_host_port(servers[0]->bound()[0]);
-                REQUIRE(bound);
-                port = bound->port;
-                options.listen = {*bound};
+                // The first server chose the ports; the others are given its bound addresses.
+                REQUIRE(servers[0]->bound().size() == 2);
+                options.listen.clear();
+                for (const auto& b : servers[0]->bound()) {
+                    auto bound = conf::parse_host_port(b);
+                    REQUIRE(bound);
+                    options.listen.push_back(*bound);
+                }
+                port = options.listen[0].port;
+                port6 = options.listen[1].port;
             }
             CHECK(servers[i]->bound() == servers[0]->bound());
         }
@@ -314,7 +334,7 @@ struct Exchange {
 };
 
 template <class Ask, class Check>
-Exchange exchange(const Farm& farm, const std::vector<std::unique_ptr<UdpClient>>& clients, int rounds, Ask ask, Check check)
+Exchange exchange(const std::vector<std::unique_ptr<UdpClient>>& clients, int port, int rounds, Ask ask, Check check)
 {
     Exchange e;
     std::uint16_t id = 1;
@@ -322,7 +342,7 @@ Exchange exchange(const Farm& farm, const std::vector<std::unique_ptr<UdpClient>
         std::vector<std::uint16_t> ids;
         for (const auto& c : clients) {
             ids.push_back(id);
-            if (!c->send(farm.port, ask(id))) ++e.wrong;
+            if (!c->send(port, ask(id))) ++e.wrong;
             ++id;
             ++e.sent;
         }
@@ -336,10 +356,16 @@ Exchange exchange(const Farm& farm, const std::vector<std::unique_ptr<UdpClient>
     return e;
 }
 
-std::vector<std::unique_ptr<UdpClient>> udp_clients(std::size_t n)
+template <class Ask, class Check>
+Exchange exchange(const Farm& farm, const std::vector<std::unique_ptr<UdpClient>>& clients, int rounds, Ask ask, Check check)
+{
+    return exchange(clients, clients.empty() || !clients[0]->v6 ? farm.port : farm.port6, rounds, ask, check);
+}
+
+std::vector<std::unique_ptr<UdpClient>> udp_clients(std::size_t n, bool v6 = false)
 {
     std::vector<std::unique_ptr<UdpClient>> out;
-    for (std::size_t i = 0; i < n; ++i) out.push_back(std::make_unique<UdpClient>());
+    for (std::size_t i = 0; i < n; ++i) out.push_back(std::make_unique<UdpClient>(v6));
     return out;
 }
 
@@ -392,6 +418,44 @@ TEST_CASE("workers: queries from many source ports are answered by several serve
     std::uint64_t buckets = 0;
     for (const auto& n : total.latency_buckets) buckets += n;
     CHECK(buckets == static_cast<std::uint64_t>(e.sent));
+    CHECK(farm.stop());
+}
+
+TEST_CASE("workers: servers given the first one's bound addresses share its ports over IPv4 and IPv6 for UDP and TCP", "[workers]")
+{
+    Farm farm;
+    auto a = farm.address_of("mes-a.mesh");
+    for (bool v6 : {false, true}) {
+        INFO((v6 ? "IPv6" : "IPv4"));
+        auto before = farm.answered_each();
+        auto clients = udp_clients(32, v6);
+        auto e = exchange(farm, clients, 2, [](std::uint16_t id) { return query("mes-a.mesh", type_a, id); },
+                          [&](const Reply& r) { return r.rcode == 0 && r.a() == a; });
+        CHECK(e.replied == e.sent);
+        CHECK(e.wrong == 0);
+        auto after = farm.answered_each();
+        std::size_t served = 0;
+        for (std::size_t i = 0; i < worker_count; ++i) served += after[i] > before[i];
+        CHECK(served > 1);
+        // TCP connections too, spread over the servers' listeners by the kernel.
+        auto accepted = [&] {
+            std::vector<std::uint64_t> out;
+            for (const auto& s : farm.servers) out.push_back(s->metrics().tcp_connections);
+            return out;
+        };
+        auto tcp_before = accepted();
+        for (std::uint16_t i = 0; i < 16; ++i) {
+            TcpClient c(v6 ? farm.port6 : farm.port, v6);
+            REQUIRE(c.send(query("mes-a.mesh", type_a, i)));
+            auto reply = c.receive();
+            REQUIRE(reply);
+            CHECK(reply->a() == a);
+        }
+        auto tcp_after = accepted();
+        std::size_t accepting = 0;
+        for (std::size_t i = 0; i < worker_count; ++i) accepting += tcp_after[i] > tcp_before[i];
+        CHECK(accepting > 1);
+    }
     CHECK(farm.stop());
 }
 
@@ -591,6 +655,76 @@ TEST_CASE("workers: tcpMaxClientsPerIp counts an address's connections across ev
     TcpClient again(farm.port);
     REQUIRE(again.send(query("mes-a.mesh", type_a, 99)));
     CHECK(again.receive());
+    CHECK(farm.stop());
+}
+
+TEST_CASE("workers: upstreams and in_flight and metrics are read from another thread while every worker forwards", "[workers]")
+{
+    // An upstream on this side that answers every query with itself as the reply (QR set).
+    UdpClient upstream;
+    sockaddr_in6 self{};
+    socklen_t self_size = sizeof self;
+    REQUIRE(::getsockname(upstream.fd, reinterpret_cast<sockaddr*>(&self), &self_size) == 0);
+    int upstream_port = ntohs(reinterpret_cast<sockaddr_in*>(&self)->sin_port);
+    std::atomic<bool> done{false};
+    std::atomic<int> echoed{0};
+    std::thread echo([&] {
+        std::array<std::uint8_t, 4096> buf;
+        while (!done) {
+            pollfd p{upstream.fd, POLLIN, 0};
+            if (::poll(&p, 1, 10) <= 0) continue;
+            sockaddr_storage from{};
+            socklen_t from_size = sizeof from;
+            auto n = ::recvfrom(upstream.fd, buf.data(), buf.size(), 0, reinterpret_cast<sockaddr*>(&from), &from_size);
+            if (n < 12) continue;
+            buf[2] |= 0x80;
+            ::sendto(upstream.fd, buf.data(), static_cast<std::size_t>(n), 0, reinterpret_cast<sockaddr*>(&from), from_size);
+            ++echoed;
+        }
+    });
+    dns::ServerOptions options;
+    options.upstreams = {conf::HostPort{"127.0.0.1", static_cast<std::uint16_t>(upstream_port)}};
+    options.allow = {"127.0.0.0/8"};
+    Farm farm(options);
+    // The control thread's reads, all the while.
+    std::atomic<bool> reading{true};
+    std::uint64_t reads = 0;
+    std::thread reader([&] {
+        while (reading) {
+            for (const auto& s : farm.servers) {
+                reads += s->in_flight();
+                for (const auto& u : s->upstreams()) reads += u.answers;
+                reads += s->metrics().forwarded;
+            }
+            std::this_thread::yield();
+        }
+    });
+    auto clients = udp_clients(32);
+    auto e = exchange(farm, clients, 4,
+                      [](std::uint16_t id) { return query("host-" + std::to_string(id) + ".example.org", type_a, id); },
+                      [](const Reply& r) { return r.rcode == 0; });
+    reading = false;
+    reader.join();
+    done = true;
+    echo.join();
+    CHECK(e.replied == e.sent);
+    CHECK(e.wrong == 0);
+    CHECK(echoed == e.sent);
+    auto total = farm.total();
+    CHECK(total.forwarded == static_cast<std::uint64_t>(e.sent));
+    std::uint64_t answers = 0, forwarding = 0;
+    for (std::size_t i = 0; i < worker_count; ++i) {
+        auto upstreams = farm.servers[i]->upstreams();
+        REQUIRE(upstreams.size() == 1);
+        CHECK(upstreams[0].address == "127.0.0.1:" + std::to_string(upstream_port));
+        answers += upstreams[0].answers;
+        forwarding += farm.servers[i]->metrics().forwarded > 0;
+    }
+    CHECK(answers == static_cast<std::uint64_t>(e.sent));
+    CHECK(forwarding > 1);
+    CHECK(eventually([&] {
+        return std::ranges::all_of(farm.servers, [](const auto& s) { return s->in_flight() == 0; });
+    }));
     CHECK(farm.stop());
 }
 
