@@ -352,13 +352,18 @@ TEST_CASE("bind mode with 4 workers: connections spread over every worker and th
     }
     held.clear();
 
-    // 80 more, one after another.
-    for (int i = 0; i < 80; ++i) {
-        std::string line = "line " + std::to_string(i) + "\n";
-        REQUIRE(exchange(vip, port, line) == "A\n");
-        up += line.size();
-        down += 2 + line.size();
-    }
+    // 80 more, from 4 clients at once.
+    std::atomic<int> good{0};
+    std::vector<std::thread> clients;
+    for (int c = 0; c < 4; ++c)
+        clients.emplace_back([&, c] {
+            for (int i = 0; i < 20; ++i)
+                if (exchange(vip, port, "client " + std::to_string(c) + " line " + std::to_string(i % 10) + "\n") == "A\n") ++good;
+        });
+    for (auto& t : clients) t.join();
+    REQUIRE(good == 80);
+    up += 80 * 16;  // "client C line I\n"
+    down += 80 * (2 + 16);
     REQUIRE(eventually([&] { return loops.status().active == 0; }));
     st = loops.status();
     CHECK(st.total == 120);
