@@ -161,10 +161,10 @@ void Proxy::Impl::accept_polled(Listener* l) noexcept
         if (fd < 0) {
             int err = errno;
             if (err == EINTR || err == ECONNABORTED) continue;
-            accept_guard.on_error(loop, l->fd, uv_translate_sys_error(err));  // EAGAIN: nothing left
+            accept_guard->on_error(loop, l->fd, uv_translate_sys_error(err));  // EAGAIN: nothing left
             return;
         }
-        if (!accept_guard.serving(loop)) {
+        if (!accept_guard->serving(loop)) {
             ::close(fd);
             ++refused;
             continue;

@@ -35,6 +35,7 @@ Proxy::Impl::Impl(uv_loop_t* l, Options o) : loop(l), options(std::move(o))
     }
     // The workers' threads have not started: their loops may be set up from here.
     for (workers::Worker* w : options.workers) shards.push_back(std::make_unique<Shard>(this, w, w->loop(), options));
+    accept_guard = std::make_unique<AcceptGuard>();
     inbox_async = new uv_async_t;
     uv_async_init(loop, inbox_async, [](uv_async_t* a) { static_cast<Proxy::Impl*>(a->data)->drain_inbox(); });
     inbox_async->data = this;
@@ -97,6 +98,7 @@ void Proxy::Impl::report_tls_failure(Service& service, const std::string& reason
 
 void Proxy::Impl::watch_names()
 {
+    std::lock_guard order(watch_mutex);
     std::set<std::string> names;
     {
         std::shared_lock lock(services_mutex);
@@ -209,9 +211,8 @@ void Proxy::update(std::vector<Route> routes)
     std::ranges::sort(next, {}, &std::pair<std::string, Route>::first);
 
     {
-        // Only this thread changes bind mode's services; the lock is for status() readers'
-        // sake on the same footing as redirect mode.
-        std::unique_lock lock(i.services_mutex);
+        // Bind mode: only this thread reads or changes the services map (workers get the
+        // services they need with each connection), so no lock is taken.
         auto drop = [&](std::map<std::string, std::shared_ptr<Service>>::iterator it) {
             // Gone: stop accepting; open connections keep their Service alive.
             for (Listener* l : it->second->listeners) {
@@ -329,7 +330,7 @@ Status Proxy::status() const
     Status st;
     st.active = i.active;
     st.refused = i.refused;
-    st.accept_errors = i.accept_guard.errors();
+    st.accept_errors = i.accept_guard ? i.accept_guard->errors() : 0;
     for (const auto& shard : i.shards) {
         st.total += shard->total;
         st.refused += shard->refused;

@@ -4,8 +4,8 @@
 //
 // Glossary
 //   route      a MES as the proxy sees it: VIP(s), match port, endpoints
-//   listener   bind mode: one socket per VIP:port; redirect mode: one socket for all, the
-//              VIP:port read back with SO_ORIGINAL_DST
+//   listener   bind mode: one socket per VIP:port; redirect mode: one socket for all (one
+//              per worker), the VIP:port read back with SO_ORIGINAL_DST
 //   service    the proxy's state for one route: targets, TLS context, counters. Bind mode
 //              holds one for every route (each has listeners anyway); redirect mode looks a
 //              route up when a connection first needs it and keeps only those, so that a
@@ -34,11 +34,12 @@
 //                  SO_REUSEPORT and the kernel spreads connections over them; with port 0
 //                  the first binds and the others take the port it got.
 // Shared by every loop, with no copy per worker: the services (one per route) hold their
-// route, targets and TLS context in an immutable Routing swapped whole on a change (open
-// connections keep theirs); an endpoint's health (failures in a row, ejection, backoff) and
-// the round-robin cursors are under the service's mutex, taken to choose a target and to
-// record a connect's outcome, never per byte, with a clock common to all threads; the
-// connection limits and the services' counters are atomics. Redirect mode's lookup tables
+// route, targets and TLS context in an immutable Routing swapped whole on a change (a
+// connection's next choice of target sees the new one; a TLS session keeps its context);
+// an endpoint's health (failures in a row, ejection, backoff) and the round-robin cursors
+// are under the service's mutex, taken to choose a target and to record a connect's
+// outcome, never per byte, with a clock common to all threads; the connection limits and
+// the services' counters are atomics. Redirect mode's lookup tables
 // are under a shared mutex (workers add the routes they meet). TLS contexts are shared, their
 // session caches under a mutex. Per worker: its connections, its buffer pool, its counters
 // (summed by status()), its resolver for DNS-named endpoints (each worker resolves the names
@@ -49,9 +50,10 @@
 // Threads. The Proxy is made, and start() called, on the control loop's thread before the
 // workers' threads start (start() sets handles up on their loops). From then on every method
 // is called on the control loop's thread; stop()'s `done`, and on_tls_failure and
-// on_tls_unusable, run there too. find_route and find_named_route run on the workers'
-// threads (several at once): they must be thread-safe. stop() must be called, and `done`
-// awaited, before the workers finish; the Proxy is destroyed after that.
+// on_tls_unusable, run there too. find_route runs on the workers' threads (several at once)
+// while find_named_route may run on the control loop's (reload()): both must be thread-safe.
+// stop() must be called, and `done` awaited, before the workers finish; the Proxy is
+// destroyed after that.
 #pragma once
 
 #include "conf/conf.hpp"

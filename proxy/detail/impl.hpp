@@ -103,7 +103,7 @@ struct Proxy::Impl {
     // The control loop's thread only.
     std::map<std::string, Listener*> listeners;  // bind mode, by address
     std::string redirect_bound;
-    AcceptGuard accept_guard;         // polled listeners
+    std::unique_ptr<AcceptGuard> accept_guard;  // polled listeners (threaded): its spare descriptor only then
     workers::Counter refused;         // closed unserved by the control loop (accepting paused)
     std::size_t next_shard = 0;       // where the search for the least busy worker starts
     uv_timer_t* retry_timer = nullptr;  // bind mode: listeners that failed are tried again
@@ -134,8 +134,10 @@ struct Proxy::Impl {
     // Puts `route` in force for `service`; reports TLS settings that became unusable.
     void adopt(Service& service, Route route);
     void index_destinations(const std::string& key, const Route& route);  // under services_mutex
-    // Tells every loop's resolver which names the routes use.
+    // Tells every loop's resolver which names the routes use. Any loop's thread: the set is
+    // made and posted under `watch_mutex`, so that each resolver gets the last one made last.
     void watch_names();
+    std::mutex watch_mutex;
     void report_tls_failure(Service& service, const std::string& reason);
     // Bind mode: opens the listeners `service` lacks; false when one could not be opened.
     bool ensure_listeners(const std::string& key, Service& service);

@@ -3,8 +3,11 @@
 // loopback, clients with blocking sockets. Bind mode on 127.0.0.0/8 VIPs; redirect mode in
 // a network namespace whose nat table sends the VIP pool to the proxy's listeners.
 #include "proxy/proxy.hpp"
+#include "test/support/certs.hpp"
 #include "test/support/net.hpp"
 #include "test/support/netns.hpp"
+#include "test/support/process.hpp"
+#include "test/support/tempdir.hpp"
 #include "workers/worker.hpp"
 
 #include <catch2/catch.hpp>
@@ -349,13 +352,18 @@ TEST_CASE("bind mode with 4 workers: connections spread over every worker and th
     }
     held.clear();
 
-    // 80 more, one after another.
-    for (int i = 0; i < 80; ++i) {
-        std::string line = "line " + std::to_string(i) + "\n";
-        REQUIRE(exchange(vip, port, line) == "A\n");
-        up += line.size();
-        down += 2 + line.size();
-    }
+    // 80 more, from 4 clients at once.
+    std::atomic<int> good{0};
+    std::vector<std::thread> clients;
+    for (int c = 0; c < 4; ++c)
+        clients.emplace_back([&, c] {
+            for (int i = 0; i < 20; ++i)
+                if (exchange(vip, port, "client " + std::to_string(c) + " line " + std::to_string(i % 10) + "\n") == "A\n") ++good;
+        });
+    for (auto& t : clients) t.join();
+    REQUIRE(good == 80);
+    up += 80 * 16;  // "client C line I\n"
+    down += 80 * (2 + 16);
     REQUIRE(eventually([&] { return loops.status().active == 0; }));
     st = loops.status();
     CHECK(st.total == 120);
@@ -379,20 +387,26 @@ TEST_CASE("redirect mode with 4 workers: each worker listens on the same port an
     REQUIRE(netns.in({"/usr/sbin/ip", "route", "add", "242.0.0.0/8", "dev", "lo", "src", "127.0.0.1"}).exit_code == 0);
     InNetns inside(netns.name);
     EchoBackend backend("R\n");
+    EchoBackend moved("N\n");
 
     // The routes the daemon's store would give, looked up from the workers' threads.
     std::mutex routes_mutex;
     std::map<std::string, proxy::Route> routes{{"242.0.0.1", route("red", "242.0.0.1", 7000, {backend.port()})}};
-    std::atomic<int> lookups{0};
     proxy::Options options;
     options.mode = proxy::Options::Mode::redirect;
     options.redirect_listen = {"127.0.0.1", 0};
     options.find_route = [&](const vip::Address& address, std::uint16_t port) {
-        ++lookups;
         std::lock_guard lock(routes_mutex);
         auto it = routes.find(address.to_string());
         proxy::Options::Lookup out;
         if (it != routes.end() && it->second.port == port) out.route = it->second;
+        return out;
+    };
+    options.find_named_route = [&](const std::string& mesh, const std::string& name) {
+        std::lock_guard lock(routes_mutex);
+        proxy::Options::Lookup out;
+        for (const auto& [vip, r] : routes)
+            if (r.mesh == mesh && r.name == name) out.route = r;
         return out;
     };
     Loops loops(options);
@@ -429,6 +443,25 @@ TEST_CASE("redirect mode with 4 workers: each worker listens on the same port an
     CHECK(s->bytes_up == 40 * 5);
     CHECK(s->bytes_down == 40 * 7);
     CHECK(backend.accepted() == 40);
+
+    // The store moved the MES to another endpoint: reload() while connections open on
+    // every worker; those opened after it reach the new one.
+    {
+        std::lock_guard lock(routes_mutex);
+        routes["242.0.0.1"] = route("red", "242.0.0.1", 7000, {moved.port()});
+    }
+    std::atomic<bool> stop{false};
+    std::atomic<int> failures{0};
+    std::thread flow([&] {
+        auto deadline = std::chrono::steady_clock::now() + 10s;
+        while (!stop && std::chrono::steady_clock::now() < deadline)
+            if (exchange("242.0.0.1", 7000, "f\n").empty()) ++failures;
+    });
+    loops.call([&] { loops.proxy->reload(); });
+    for (int i = 0; i < 20; ++i) CHECK(exchange("242.0.0.1", 7000, "after\n") == "N\n");
+    stop = true;
+    flow.join();
+    CHECK(failures == 0);
     loops.stop();
 }
 
@@ -591,4 +624,104 @@ TEST_CASE("stop with connections open on every worker runs done once on the cont
     // Every client sees its connection end, and the VIP no longer listens.
     for (auto& c : held) CHECK(read_some(c->fd, 1, 5s).empty());
     CHECK(!accepting(vip, port));
+}
+
+TEST_CASE("TLS to a DNS-named endpoint on 4 workers: sessions resumed across workers, each worker resolves the name")
+{
+    TempDir dir;
+    auto ca = make_ca("mesd test CA");
+    auto other_ca = make_ca("another CA");
+    auto leaf = make_leaf(ca, "tls.ext.test", {"DNS:tls.ext.test"});
+    int tls_port = free_tcp_port();
+    // openssl s_server -rev: each line comes back reversed.
+    Child server({"/usr/bin/openssl", "s_server", "-accept", "127.0.0.1:" + std::to_string(tls_port), "-cert",
+                  dir.write("leaf.crt", leaf.cert_pem), "-key", dir.write("leaf.key", leaf.key_pem), "-rev", "-quiet"},
+                 (dir.path / "server.out").string(), (dir.path / "server.err").string());
+    REQUIRE(eventually([&] { return accepting("127.0.0.1", tls_port); }));
+    int dns_port = free_dual_port();  // dnsmasq binds TCP on it too
+    Child dnsmasq({"/usr/sbin/dnsmasq", "-k", "--user=root", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
+                   "--no-hosts", "--conf-file=/dev/null", "--pid-file=", "--addn-hosts=" + dir.write("hosts", "127.0.0.1 tls.ext.test\n"),
+                   "--port=" + std::to_string(dns_port)},
+                  (dir.path / "dnsmasq.out").string(), (dir.path / "dnsmasq.err").string());
+
+    auto tls_route = [&](const std::string& name, const std::string& vip, int port, const KeyPair& trusted) {
+        auto r = route(name, vip, port, {});
+        conf::Endpoint e;
+        e.address = "tls.ext.test";
+        e.kind = conf::AddressKind::hostname;
+        e.port = static_cast<std::uint16_t>(tls_port);
+        r.endpoints.push_back(e);
+        r.tls = conf::Tls{};
+        r.tls->enabled = true;
+        r.tls_ca_pem = trusted.cert_pem;
+        return r;
+    };
+    const std::string vip = "127.243.6.1", vip2 = "127.243.6.2";
+    int port = free_tcp_port();
+    proxy::Options options;
+    options.resolvers = {{"127.0.0.1", static_cast<std::uint16_t>(dns_port)}};
+    std::mutex reported_mutex;
+    std::vector<std::string> reported;  // on_tls_failure, as "name: reason"
+    std::atomic<bool> reported_elsewhere{false};
+    workers::Worker* control = nullptr;
+    options.on_tls_failure = [&](const std::string&, const std::string& name, const std::string& reason) {
+        if (!control || !control->on_thread()) reported_elsewhere = true;
+        std::lock_guard lock(reported_mutex);
+        reported.push_back(name + ": " + reason);
+    };
+    Loops loops(options);
+    control = &loops.control;  // on_tls_failure is not called before a connection
+    loops.call([&] {
+        loops.proxy->update({tls_route("secure", vip, port, ca), tls_route("mistrust", vip2, port, other_ca)});
+    });
+
+    // dnsmasq answers before any worker asks it (a worker that asked too early would keep
+    // the failure for dnsMinTtl).
+    REQUIRE(eventually([&] {
+        return run({"/usr/bin/dig", "@127.0.0.1", "-p", std::to_string(dns_port), "tls.ext.test", "+short", "+tries=1", "+time=1"})
+                   .out == "127.0.0.1\n";
+    }, 10s));
+    {
+        int fd = connect_to(vip, port);
+        REQUIRE(fd >= 0);
+        REQUIRE(echo(fd, "first\n") == "tsrif\n");
+        ::close(fd);
+        REQUIRE(eventually([&] { return loops.status().active == 0; }));
+    }
+    auto before = *service_of(loops.status(), "secure");
+    for (int i = 0; i < 12; ++i) {
+        int fd = connect_to(vip, port);
+        REQUIRE(fd >= 0);
+        CHECK(echo(fd, "hello\n") == "olleh\n");
+        ::close(fd);
+        // The ticket for the next connection comes after the handshake: this one must end first.
+        REQUIRE(eventually([&] { return loops.status().active == 0; }));
+    }
+    auto st = loops.status();
+    CHECK(busy_workers(per_worker(st, false)) == worker_count);
+    const auto* s = service_of(st, "secure");
+    REQUIRE(s);
+    CHECK(s->tls_handshakes - before.tls_handshakes == 12);
+    // One cache for every worker: each of these resumes the session the one before left,
+    // whichever worker that was.
+    CHECK(s->tls_resumed - before.tls_resumed == 12);
+    REQUIRE(s->targets.size() == 1);
+    CHECK(s->targets[0].state == "healthy");
+    CHECK(s->targets[0].resolved == std::vector<std::string>{"127.0.0.1"});
+
+    // A handshake that fails on a worker is reported on the control loop.
+    int fd = connect_to(vip2, port);
+    REQUIRE(fd >= 0);
+    CHECK(echo(fd, "hello\n").empty());
+    ::close(fd);
+    REQUIRE(eventually([&] {
+        std::lock_guard lock(reported_mutex);
+        return !reported.empty();
+    }));
+    CHECK(!reported_elsewhere);
+    {
+        std::lock_guard lock(reported_mutex);
+        CHECK(reported.front().starts_with("mistrust: certificate verify failed"));
+    }
+    loops.stop();
 }
