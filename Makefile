@@ -2,6 +2,7 @@
 # builds and runs every test; `make run` starts mesd on conf/examples/.
 BUILD_DIR      ?= build
 SANITIZE_DIR   ?= build-sanitize
+TSAN_DIR       ?= build-tsan
 BUILD_TYPE     ?= RelWithDebInfo
 JOBS           ?= $(shell nproc)
 CMAKE_FLAGS    ?=
@@ -15,7 +16,7 @@ FUZZ_PACKAGES  := clang libclang-rt-14-dev libfuzzer-14-dev
 BENCH_PACKAGES := dnsperf knot nsd wrk iperf3 haproxy nginx-light
 PACKAGES       := $(BUILD_PACKAGES) $(TEST_PACKAGES) $(FUZZ_PACKAGES)
 
-.PHONY: all build deps bench-deps test test-sanitize sanitize fuzz-dns run clean bench bench-store bench-dns bench-dns-types bench-proxy bench-tls bench-soak
+.PHONY: all build deps bench-deps test test-sanitize sanitize tsan test-tsan fuzz-dns run clean bench bench-store bench-dns bench-dns-types bench-proxy bench-tls bench-soak
 
 all: build
 
@@ -50,6 +51,37 @@ sanitize: deps $(SANITIZE_DIR)/CMakeCache.txt
 test-sanitize: sanitize
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --test-dir $(SANITIZE_DIR) --output-on-failure -j $(JOBS)
+
+# The DNS server, the proxy and the workers under ThreadSanitizer, with the real mesd started
+# on TSAN_WORKERS threads (the test support reads MESD_TEST_WORKERS). Only the executables
+# these suites need are built. TSan writes each report to $(TSAN_DIR)/tsan-reports/ rather
+# than to stderr: a report from mesd would otherwise land in the log of a test's temporary
+# dir, and a race in a mesd that a test stops without reading its exit status would pass
+# unseen. Any report fails the target and is printed. halt_on_error stops a process at its
+# first report. TSAN_SUPP lists races inside uninstrumented libraries only, each with why.
+TSAN_TESTS   ?= ^(dns|proxy|workers):
+TSAN_WORKERS ?= 4
+TSAN_SUPP    := $(CURDIR)/.ci/tsan.supp
+TSAN_REPORTS  = $(abspath $(TSAN_DIR))/tsan-reports
+
+$(TSAN_DIR)/CMakeCache.txt:
+	cmake -S . -B $(TSAN_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMESD_TSAN=ON $(CMAKE_FLAGS)
+
+tsan: deps $(TSAN_DIR)/CMakeCache.txt
+	cmake --build $(TSAN_DIR) -j $(JOBS) --target mesd mesctl test_dns test_proxy test_workers
+
+test-tsan: tsan
+	@rm -rf $(TSAN_REPORTS) && mkdir -p $(TSAN_REPORTS)
+	@rc=0; \
+	MESD_TEST_WORKERS=$(TSAN_WORKERS) \
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 log_path=$(TSAN_REPORTS)/report$(if $(wildcard $(TSAN_SUPP)), suppressions=$(TSAN_SUPP))" \
+	  ctest --test-dir $(TSAN_DIR) --output-on-failure -j $(JOBS) -R '$(TSAN_TESTS)' || rc=$$?; \
+	reports=$$(ls $(TSAN_REPORTS)); \
+	if [ -n "$$reports" ]; then \
+	  for r in $$reports; do echo "=== ThreadSanitizer: $$r"; cat "$(TSAN_REPORTS)/$$r"; done; \
+	  echo "test-tsan: $$(echo $$reports | wc -w) process(es) reported, reports in $(TSAN_REPORTS)"; rc=1; \
+	fi; \
+	exit $$rc
 
 # The DNS query handler under libFuzzer for FUZZ_SECONDS, starting from the seed corpus.
 # New inputs go to a scratch corpus; a crash leaves its input in $(FUZZ_DIR) and fails.
@@ -120,4 +152,4 @@ bench-soak: build bench-deps
 	bench/proxy_soak.sh $(BUILD_DIR)
 
 clean:
-	rm -rf $(BUILD_DIR) $(SANITIZE_DIR) $(FUZZ_DIR)
+	rm -rf $(BUILD_DIR) $(SANITIZE_DIR) $(TSAN_DIR) $(FUZZ_DIR)
