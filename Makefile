@@ -151,6 +151,15 @@ bench-proxy: build bench-deps
 bench-tls: build bench-deps
 	bench/tls_bench.sh $(BUILD_DIR)
 
+# bench/16core/ ready to copy to a 16-core machine: mesd, its peers and the load generators
+# bundled with their libraries, and the data (see bench/16core/README.md).
+.PHONY: bench-16core
+bench-16core: build bench-deps
+	cd bench/16core && ./bundle.sh $(abspath $(BUILD_DIR))/cmd/mesd $(abspath $(BUILD_DIR))/cmd/mesctl \
+	  $$(for p in knotd nsd dnsperf haproxy nginx wrk; do command -v $$p; done) && \
+	  gcc -O2 -o bundle/bin/reflector reflector.c && strip bundle/bin/* bundle/lib/*.so* && \
+	  ./prep-data.sh $(abspath $(BUILD_DIR))/cmd/mesctl
+
 # A million short connections through mesd: descriptors and memory must come back.
 bench-soak: build bench-deps
 	bench/proxy_soak.sh $(BUILD_DIR)
