@@ -74,12 +74,18 @@ $(TSAN_DIR)/CMakeCache.txt:
 tsan: deps $(TSAN_DIR)/CMakeCache.txt
 	cmake --build $(TSAN_DIR) -j $(JOBS) --target mesd mesctl test_dns test_proxy test_workers test_cmd
 
+# ctest runs in a session of its own: a test process that ThreadSanitizer halts leaves the
+# mesd it started running (holding its ports and VIPs), and what is left in the session when
+# ctest is done is stopped and named.
 test-tsan: tsan
 	@rm -rf $(TSAN_REPORTS) && mkdir -p $(TSAN_REPORTS)
 	@rc=0; \
-	MESD_TEST_WORKERS=$(TSAN_WORKERS) \
+	MESD_TEST_WORKERS=$(TSAN_WORKERS) TESTS='$(TSAN_TESTS)' SKIP='$(TSAN_SKIP)' \
 	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 log_path=$(TSAN_REPORTS)/report suppressions=$(TSAN_SUPP)" \
-	  ctest --test-dir $(TSAN_DIR) --output-on-failure -j $(JOBS) -R '$(TSAN_TESTS)' -E '$(TSAN_SKIP)' || rc=$$?; \
+	setsid --wait sh -c 'ctest --test-dir $(TSAN_DIR) --output-on-failure -j $(JOBS) -R "$$TESTS" -E "$$SKIP"; rc=$$?; \
+	  left=$$(ps -o pid=,ppid=,comm=,args= -g $$$$ | awk -v me=$$$$ '"'"'$$1 != me && $$2 != me && $$3 != "ps" && $$3 != "awk"'"'"'); \
+	  if [ -n "$$left" ]; then echo "test-tsan: stopping what the tests left running:"; echo "$$left"; trap "" TERM; kill -TERM 0; fi; \
+	  exit $$rc' || rc=$$?; \
 	reports=$$(ls $(TSAN_REPORTS)); \
 	if [ -n "$$reports" ]; then \
 	  for r in $$reports; do echo "=== ThreadSanitizer: $$r"; cat "$(TSAN_REPORTS)/$$r"; done; \

@@ -167,7 +167,7 @@ measure() {  # measure PORT PID FILE
             cpu = ticks / hz
             split(times, t, " ")
             printf "%.0f %.3f %.3f %.3f %.0f %.2f %.2f\n", qps, n ? 1000 * sum / n : 0, 1000 * p99,
-                   done ? 100000 * cpu / done : 0, cpu ? done / cpu : 0, cpu / l, (t[2] + t[3]) / l
+                   done ? 100000 * cpu / done : 0, cpu ? done / cpu : 0, cpu / l, t[1] ? (t[2] + t[3]) / t[1] : 0
         }' "$work/run.out"
 }
 

@@ -405,7 +405,7 @@ for test in 1k-ka 1k-close; do
                 printf "%-9s %3d %-8s %10.0f %10s %6s %15s %6s %9.3f %7d %12s %s\n", test, n, t, r,
                     proxy ? sprintf("%.0f", r / n) : "-", proxy ? sprintf("%.2f", cpu / l) : "-", proxy ? sprintf("%.0f", per) : "-",
                     proxy && r1 ? sprintf("%.2f", r / (n * r1)) : "-", p99, err,
-                    t == "haproxy" && rh ? sprintf("%.2fx", rm / rh) : "-", proxy && d && r >= 0.9 * d ? "load-bound" : "" }'
+                    t == "haproxy" && rh ? sprintf("%.2fx", rm / rh) : "-", (proxy && d && r >= 0.9 * d) ? "load-bound" : "" }'
         done
     done
 done
