@@ -55,15 +55,17 @@ test-sanitize: sanitize
 # The DNS server, the proxy and the workers under ThreadSanitizer, and the daemon's tests of
 # descriptor limits and the conf dir (the control loop applying while workers serve), with
 # the real mesd on TSAN_WORKERS threads (the test support reads MESD_TEST_WORKERS). Only the
-# executables these need are built. Tests that bound wall-clock time under load (TSAN_SKIP)
-# are left out: ThreadSanitizer runs code 5 to 15 times slower, and they would fail for
-# that. Each report goes to $(TSAN_DIR)/tsan-reports/ rather than stderr, where a report from
+# executables these need are built. ThreadSanitizer runs code 5 to 15 times slower: tests
+# that bound wall-clock time under load (TSAN_SKIP) are left out, as they would fail for
+# that, and those that need time within a window (TSAN_ALONE) run after the others, one at a
+# time. Each report goes to $(TSAN_DIR)/tsan-reports/ rather than stderr, where a report from
 # mesd would land in the log in a test's temporary dir, or pass unseen when the test stops
 # mesd without reading its exit status; any report fails the target and is printed.
 # halt_on_error stops a process at its first report. .ci/tsan.supp lists races inside
 # uninstrumented libraries only, each with why.
 TSAN_TESTS   ?= ^(dns|proxy|workers):|^cmd:(limits: |.*conf dir)
 TSAN_SKIP    ?= ^cmd:(a conf dir file of 80000 keys|DNS is answered within 100 ms)
+TSAN_ALONE   ?= ^cmd:a [.][.]data flip racing conf dir reloads
 TSAN_WORKERS ?= 4
 TSAN_SUPP    := $(CURDIR)/.ci/tsan.supp
 TSAN_REPORTS  = $(abspath $(TSAN_DIR))/tsan-reports
@@ -80,9 +82,10 @@ tsan: deps $(TSAN_DIR)/CMakeCache.txt
 test-tsan: tsan
 	@rm -rf $(TSAN_REPORTS) && mkdir -p $(TSAN_REPORTS)
 	@rc=0; \
-	MESD_TEST_WORKERS=$(TSAN_WORKERS) TESTS='$(TSAN_TESTS)' SKIP='$(TSAN_SKIP)' \
+	MESD_TEST_WORKERS=$(TSAN_WORKERS) TESTS='$(TSAN_TESTS)' SKIP='$(TSAN_SKIP)' ALONE='$(TSAN_ALONE)' \
 	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 log_path=$(TSAN_REPORTS)/report suppressions=$(TSAN_SUPP)" \
-	setsid --wait sh -c 'ctest --test-dir $(TSAN_DIR) --output-on-failure -j $(JOBS) -R "$$TESTS" -E "$$SKIP"; rc=$$?; \
+	setsid --wait sh -c 'ctest --test-dir $(TSAN_DIR) --output-on-failure -j $(JOBS) -R "$$TESTS" -E "$$SKIP|$$ALONE"; rc=$$?; \
+	  ctest --test-dir $(TSAN_DIR) --output-on-failure -R "$$ALONE" || rc=1; \
 	  left=$$(ps -o pid=,ppid=,comm=,args= -g $$$$ | awk -v me=$$$$ '"'"'$$1 != me && $$2 != me && $$3 != "ps" && $$3 != "awk"'"'"'); \
 	  if [ -n "$$left" ]; then echo "test-tsan: stopping what the tests left running:"; echo "$$left"; trap "" TERM; kill -TERM 0; fi; \
 	  exit $$rc' || rc=$$?; \
