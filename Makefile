@@ -2,6 +2,7 @@
 # builds and runs every test; `make run` starts mesd on conf/examples/.
 BUILD_DIR      ?= build
 SANITIZE_DIR   ?= build-sanitize
+TSAN_DIR       ?= build-tsan
 BUILD_TYPE     ?= RelWithDebInfo
 JOBS           ?= $(shell nproc)
 CMAKE_FLAGS    ?=
@@ -15,7 +16,7 @@ FUZZ_PACKAGES  := clang libclang-rt-14-dev libfuzzer-14-dev
 BENCH_PACKAGES := dnsperf knot nsd wrk iperf3 haproxy nginx-light
 PACKAGES       := $(BUILD_PACKAGES) $(TEST_PACKAGES) $(FUZZ_PACKAGES)
 
-.PHONY: all build deps bench-deps test test-sanitize sanitize fuzz-dns run clean bench bench-store bench-dns bench-dns-types bench-proxy bench-tls bench-soak
+.PHONY: all build deps bench-deps test test-sanitize sanitize tsan test-tsan fuzz-dns run clean bench bench-store bench-dns bench-dns-types bench-proxy bench-tls bench-soak
 
 all: build
 
@@ -50,6 +51,50 @@ sanitize: deps $(SANITIZE_DIR)/CMakeCache.txt
 test-sanitize: sanitize
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	  ctest --test-dir $(SANITIZE_DIR) --output-on-failure -j $(JOBS)
+
+# The DNS server, the proxy and the workers under ThreadSanitizer, and the daemon's tests of
+# descriptor limits and the conf dir (the control loop applying while workers serve), with
+# the real mesd on TSAN_WORKERS threads (the test support reads MESD_TEST_WORKERS). Only the
+# executables these need are built. ThreadSanitizer runs code 5 to 15 times slower: tests
+# that bound wall-clock time under load (TSAN_SKIP) are left out, as they would fail for
+# that, and those that need time within a window (TSAN_ALONE) run after the others, one at a
+# time. Each report goes to $(TSAN_DIR)/tsan-reports/ rather than stderr, where a report from
+# mesd would land in the log in a test's temporary dir, or pass unseen when the test stops
+# mesd without reading its exit status; any report fails the target and is printed.
+# halt_on_error stops a process at its first report. .ci/tsan.supp lists races inside
+# uninstrumented libraries only, each with why.
+TSAN_TESTS   ?= ^(dns|proxy|workers):|^cmd:(limits: |.*conf dir)
+TSAN_SKIP    ?= ^cmd:(a conf dir file of 80000 keys|DNS is answered within 100 ms)
+TSAN_ALONE   ?= ^cmd:a [.][.]data flip racing conf dir reloads
+TSAN_WORKERS ?= 4
+TSAN_SUPP    := $(CURDIR)/.ci/tsan.supp
+TSAN_REPORTS  = $(abspath $(TSAN_DIR))/tsan-reports
+
+$(TSAN_DIR)/CMakeCache.txt:
+	cmake -S . -B $(TSAN_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMESD_TSAN=ON $(CMAKE_FLAGS)
+
+tsan: deps $(TSAN_DIR)/CMakeCache.txt
+	cmake --build $(TSAN_DIR) -j $(JOBS) --target mesd mesctl test_dns test_proxy test_workers test_cmd
+
+# ctest runs in a session of its own: a test process that ThreadSanitizer halts leaves the
+# mesd it started running (holding its ports and VIPs), and what is left in the session when
+# ctest is done is stopped and named.
+test-tsan: tsan
+	@rm -rf $(TSAN_REPORTS) && mkdir -p $(TSAN_REPORTS)
+	@rc=0; \
+	MESD_TEST_WORKERS=$(TSAN_WORKERS) TESTS='$(TSAN_TESTS)' SKIP='$(TSAN_SKIP)' ALONE='$(TSAN_ALONE)' \
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 log_path=$(TSAN_REPORTS)/report suppressions=$(TSAN_SUPP)" \
+	setsid --wait sh -c 'ctest --test-dir $(TSAN_DIR) --output-on-failure -j $(JOBS) -R "$$TESTS" -E "$$SKIP|$$ALONE"; rc=$$?; \
+	  ctest --test-dir $(TSAN_DIR) --output-on-failure -R "$$ALONE" || rc=1; \
+	  left=$$(ps -o pid=,ppid=,comm=,args= -g $$$$ | awk -v me=$$$$ '"'"'$$1 != me && $$2 != me && $$3 != "ps" && $$3 != "awk"'"'"'); \
+	  if [ -n "$$left" ]; then echo "test-tsan: stopping what the tests left running:"; echo "$$left"; trap "" TERM; kill -TERM 0; fi; \
+	  exit $$rc' || rc=$$?; \
+	reports=$$(ls $(TSAN_REPORTS)); \
+	if [ -n "$$reports" ]; then \
+	  for r in $$reports; do echo "=== ThreadSanitizer: $$r"; cat "$(TSAN_REPORTS)/$$r"; done; \
+	  echo "test-tsan: $$(echo $$reports | wc -w) process(es) reported, reports in $(TSAN_REPORTS)"; rc=1; \
+	fi; \
+	exit $$rc
 
 # The DNS query handler under libFuzzer for FUZZ_SECONDS, starting from the seed corpus.
 # New inputs go to a scratch corpus; a crash leaves its input in $(FUZZ_DIR) and fails.
@@ -115,9 +160,18 @@ bench-proxy: build bench-deps
 bench-tls: build bench-deps
 	bench/tls_bench.sh $(BUILD_DIR)
 
+# bench/16core/ ready to copy to a 16-core machine: mesd, its peers and the load generators
+# bundled with their libraries, and the data (see bench/16core/README.md).
+.PHONY: bench-16core
+bench-16core: build bench-deps
+	cd bench/16core && ./bundle.sh $(abspath $(BUILD_DIR))/cmd/mesd $(abspath $(BUILD_DIR))/cmd/mesctl \
+	  $$(for p in knotd nsd dnsperf haproxy nginx wrk; do command -v $$p; done) && \
+	  gcc -O2 -o bundle/bin/reflector reflector.c && strip bundle/bin/* bundle/lib/*.so* && \
+	  ./prep-data.sh $(abspath $(BUILD_DIR))/cmd/mesctl
+
 # A million short connections through mesd: descriptors and memory must come back.
 bench-soak: build bench-deps
 	bench/proxy_soak.sh $(BUILD_DIR)
 
 clean:
-	rm -rf $(BUILD_DIR) $(SANITIZE_DIR) $(FUZZ_DIR)
+	rm -rf $(BUILD_DIR) $(SANITIZE_DIR) $(TSAN_DIR) $(FUZZ_DIR)

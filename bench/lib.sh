@@ -2,8 +2,8 @@
 # What the benchmark scripts (dns_bench.sh, proxy_bench.sh, tls_bench.sh) share, sourced by
 # each: stopping the processes a script started and undoing its sysctl, free ports, a process
 # tree's CPU, memory and descriptors, waiting for a server, starting nginx, HAProxy and mesd
-# (and mesd again when it dies), one wrk run, and the medians, ratios and verdicts of the
-# reports. The functions read the script's own settings where they need them: work (its temp
+# (and mesd again when it dies), one wrk run, the CPUs of a worker sweep, and the medians,
+# ratios and verdicts of the reports. The functions read the script's own settings where they need them: work (its temp
 # dir), pids (what it started), mesd and mesctl (the binaries), duration, nofile, results,
 # port_dns (mesd's DNS port) and bench_name (how its messages start).
 
@@ -141,8 +141,8 @@ wait_http() {  # wait_http URL NAME LOG PID [curl args]
     echo "$bench_name: $name does not answer $u"; cat "$log" 2>/dev/null || true; exit 1
 }
 
-# nginx, one worker, its config in $work/nginx.conf with the server blocks read from stdin;
-# sets pid_nginx.
+# nginx, nginx_workers workers (default one), its config in $work/nginx.conf with the server
+# blocks read from stdin, run through nginx_prefix if set; sets pid_nginx.
 start_nginx() {  # start_nginx < SERVER_BLOCKS
     local servers temp_paths m user_line=""
     servers=$(cat)
@@ -156,7 +156,7 @@ start_nginx() {  # start_nginx < SERVER_BLOCKS
     [ "$(id -u)" -eq 0 ] && user_line="user root;"  # the work dir is 0700: workers must read it
     cat > "$work/nginx.conf" <<EOF
 $user_line
-worker_processes 1;
+worker_processes ${nginx_workers:-1};
 worker_rlimit_nofile $nofile;
 daemon off;
 pid $work/nginx.pid;
@@ -174,11 +174,11 @@ http {
 $servers
 }
 EOF
-    nginx -p "$work" -e "$work/nginx.err" -c "$work/nginx.conf" > "$work/nginx.out" 2>&1 &
+    ${nginx_prefix[@]+"${nginx_prefix[@]}"} nginx -p "$work" -e "$work/nginx.err" -c "$work/nginx.conf" > "$work/nginx.out" 2>&1 &
     pid_nginx=$!; pids+=("$pid_nginx")
 }
 
-# HAProxy's config in $work/haproxy.cfg: one thread, mode tcp; each argument is one more
+# HAProxy's config in $work/haproxy.cfg: ha_threads threads (default one), mode tcp; each argument is one more
 # line of its global section, and its frontends and backends are read from stdin. HAProxy
 # refuses to start when maxconn needs more descriptors than it may open (two per
 # connection): below 40k open files it gets what fits, and ha_note says so for the heading.
@@ -192,7 +192,7 @@ write_haproxy_config() {  # write_haproxy_config [GLOBAL_LINE...] < FRONTENDS_AN
         ha_note=", HAProxy maxconn $ha_maxconn (not 20000: open files limit $nofile)"
     fi
     {
-        printf 'global\n    nbthread 1\n    maxconn %s\n' "$ha_maxconn"
+        printf 'global\n    nbthread %s\n    maxconn %s\n' "${ha_threads:-1}" "$ha_maxconn"
         for line in "$@"; do printf '    %s\n' "$line"; done
         cat <<EOF
 defaults
@@ -205,16 +205,20 @@ $sections
 EOF
     } > "$work/haproxy.cfg"
 }
-start_haproxy() {  # HAProxy on $work/haproxy.cfg; sets pid_haproxy
-    haproxy -db -f "$work/haproxy.cfg" > "$work/haproxy.out" 2>&1 &
+start_haproxy() {  # HAProxy on $work/haproxy.cfg, through haproxy_prefix if set; sets pid_haproxy
+    ${haproxy_prefix[@]+"${haproxy_prefix[@]}"} haproxy -db -f "$work/haproxy.cfg" > "$work/haproxy.out" 2>&1 &
     pid_haproxy=$!; pids+=("$pid_haproxy")
 }
 
 # mesd's config in DIR/mesd.yaml: its store in DIR, DNS on 127.0.0.1:PORT and VIPs from POOL;
 # the admin endpoint binds a free port (find_admin finds it) and only warnings are logged.
+# One worker, as the peers it is compared with get one (Knot's udp-workers, HAProxy's
+# nbthread); mesd's default would be one per CPU it may run on. A worker sweep passes
+# --workers N, which overrides this.
 write_mesd_config() {  # write_mesd_config DIR PORT POOL
     cat > "$1/mesd.yaml" <<EOF
 dataDir: $1/store
+workers: 1
 vip:
   ipv4: $3
 dns:
@@ -227,9 +231,11 @@ log:
   level: warn
 EOF
 }
-# A script may set mesd_prefix to a command mesd is run through (taskset -c 0, say).
+# A script may set mesd_prefix to a command mesd is run through (taskset -c 0, say) and
+# mesd_args to more flags (--workers 4).
 start_mesd() {  # start_mesd DIR: mesd on DIR/mesd.yaml, its output in DIR; sets pid_mesd
-    ${mesd_prefix[@]+"${mesd_prefix[@]}"} "$mesd" --config "$1/mesd.yaml" > "$1/mesd.out" 2> "$1/mesd.log" &
+    ${mesd_prefix[@]+"${mesd_prefix[@]}"} "$mesd" --config "$1/mesd.yaml" ${mesd_args[@]+"${mesd_args[@]}"} \
+        > "$1/mesd.out" 2> "$1/mesd.log" &
     pid_mesd=$!; pids+=("$pid_mesd")
 }
 # A mesd that died during WHEN is reaped, reported (exit status, signal, its log kept in
@@ -277,14 +283,84 @@ report_mesd_health() {
     fi
 }
 
+# ---- a worker sweep: N CPUs for the server, others for the load generator --------------------
+# The CPUs this script may run on, in order (sched_getaffinity: what taskset and mesd see).
+allowed_cpus() {
+    python3 -c 'import os; print(" ".join(map(str, sorted(os.sched_getaffinity(0)))))' 2> /dev/null ||
+        seq -s ' ' 0 $(($(nproc) - 1))
+}
+# "0-3,8" -> "0 1 2 3 8"
+expand_cpus() {
+    awk -F, '{ for (i = 1; i <= NF; i++) { if (split($i, r, "-") == 2) for (c = r[1] + 0; c <= r[2] + 0; c++) printf "%d ", c; else printf "%d ", $i } }' <<< "$1"
+}
+# sweep_plan "N..." sets sweep_ns (the N this machine can run: N CPUs for the server and at
+# least N others for the load generator) and sweep_note (the N it cannot, and why). On a
+# one-CPU machine N = 1 runs with server and generator sharing the CPU.
+sweep_plan() {  # sweep_plan "1 2 4 8"
+    local n cpus skipped=""
+    read -r -a cpus <<< "$(allowed_cpus)"
+    sweep_ns=""
+    for n in $1; do
+        if [ $((2 * n)) -le "${#cpus[@]}" ] || { [ "$n" = 1 ] && [ "${#cpus[@]}" = 1 ]; }; then sweep_ns="$sweep_ns $n"
+        else skipped="$skipped $n"; fi
+    done
+    sweep_ns=${sweep_ns# }
+    sweep_note=""
+    [ -n "$skipped" ] && sweep_note="N =${skipped// /,} left out: ${#cpus[@]} CPUs here, and N workers need N CPUs for the server and at least N more for the load generator"
+    sweep_note=${sweep_note/N =,/N = }
+}
+# sweep_cpus N sets srv_cpus (the first N allowed CPUs) and gen_cpus (the others), both as
+# taskset lists ("0,1"), and srv_pin and gen_pin to the taskset commands (empty with PIN=0 or
+# on a one-CPU machine, where nothing is pinned).
+sweep_cpus() {  # sweep_cpus N
+    local cpus
+    read -r -a cpus <<< "$(allowed_cpus)"
+    srv_cpus=$(IFS=,; echo "${cpus[*]:0:$1}")
+    gen_cpus=$(IFS=,; echo "${cpus[*]:$1}")
+    srv_pin=(); gen_pin=()
+    if [ "${PIN:-1}" = 1 ] && [ -n "$gen_cpus" ]; then
+        srv_pin=(taskset -c "$srv_cpus"); gen_pin=(taskset -c "$gen_cpus")
+    else
+        [ -n "$gen_cpus" ] || gen_cpus=$srv_cpus
+    fi
+}
+# Some servers pin their own threads whatever taskset allowed them: Knot pins UDP worker i to
+# CPU i mod (CPUs online), outside the N CPUs given to it unless those happen to be the first
+# N. confine PID CPUS puts a process tree that left CPUS back into them: a thread pinned to
+# one CPU c goes to the (c mod N)-th of CPUS, so the workers stay one per CPU as the server
+# meant, any other thread to all of CPUS. Prints the names of the processes it moved.
+confine() {  # confine PID CPU,CPU,...
+    local p t c allowed outside want list n
+    read -r -a list <<< "$(expand_cpus "$2")"
+    n=${#list[@]}
+    for p in $(tree "$1"); do
+        outside=""
+        for t in /proc/"$p"/task/*; do
+            allowed=$(awk '$1 == "Cpus_allowed_list:" { print $2 }' "$t/status" 2> /dev/null) || continue
+            for c in $(expand_cpus "$allowed"); do
+                case " ${list[*]} " in *" $c "*) ;; *) outside=1 ;; esac
+            done
+        done
+        [ -n "$outside" ] || continue
+        for t in /proc/"$p"/task/*; do
+            allowed=$(awk '$1 == "Cpus_allowed_list:" { print $2 }' "$t/status" 2> /dev/null) || continue
+            if [[ $allowed =~ ^[0-9]+$ ]]; then want=${list[$((allowed % n))]}; else want=$2; fi
+            taskset -pc "$want" "${t##*/}" > /dev/null 2>&1 || true
+        done
+        printf '%s ' "$(cat "/proc/$p/comm" 2> /dev/null)"
+    done
+}
+
 # ---- runs and reports ----------------------------------------------------------------------
-# One wrk run against URL through the proxy PID (empty: direct):
+# One wrk run against URL through the proxy PID (empty: direct), wrk_threads threads and
+# wrk_conns connections (default 1 and 50), run through wrk_prefix if set:
 # "req_per_s p99_ms proxy_cpu_s req_per_proxy_cpu_s errors".
 measure_wrk() {  # measure_wrk URL PID [wrk args]
     local u=$1 p=$2 before=0 after=0
     shift 2
     [ -n "$p" ] && before=$(cpu_ticks "$p")
-    wrk -t1 -c50 -d"${duration}s" --latency "$@" "$u" > "$work/run.out" 2>&1 || true
+    ${wrk_prefix[@]+"${wrk_prefix[@]}"} timeout -k 5 $((duration + 30)) wrk -t"${wrk_threads:-1}" -c"${wrk_conns:-50}" -d"${duration}s" --latency "$@" "$u" \
+        > "$work/run.out" 2>&1 || true
     [ -n "$p" ] && after=$(cpu_ticks "$p")
     awk -v ticks=$((after - before)) -v hz="$tick" '
         function ms(v,   n, u) {

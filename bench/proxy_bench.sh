@@ -4,13 +4,22 @@
 # the loopback VIP pool. Rounds are interleaved (direct, mesd, haproxy, direct, ...) because
 # these machines are shared and noisy; the figures printed are medians over the rounds.
 #
-#   bench/proxy_bench.sh [BUILD_DIR]  ROUNDS=4 DURATION=10 BULK_SECONDS=10
+#   bench/proxy_bench.sh [BUILD_DIR]  ROUNDS=4 DURATION=10 BULK_SECONDS=10 WORKERS="1 2 4 8" PIN=1
 #
 # For each target and test (1 KiB keep-alive, 1 KiB with a new connection per request, 1 MiB
 # keep-alive; wrk -t1 -c50): requests per second, p99 latency, proxy CPU seconds and requests
 # per proxy CPU second; bulk TCP throughput with iperf3 (Gbit/s); then mesd's and HAProxy's
 # RSS at idle and per idle connection (IDLE_CONNS=10000 held open through each). Ratios are
 # mesd/HAProxy.
+#
+# Then a worker sweep, 1 KiB keep-alive and with a connection per request: mesd --workers N
+# (workerAffinity auto) against HAProxy nbthread N, each pinned to the first N CPUs this
+# script may use; wrk and nginx share the others (wrk -t and nginx workers half of them each,
+# 50 connections per worker). N is left out where fewer than N CPUs would be left for them
+# (on two CPUs only N = 1 runs: proxies on CPU 0, wrk and nginx on CPU 1). Per N: req/s, per
+# proxy CPU, the proxy's CPUs busy, scaling efficiency (req/s at N over N times req/s at 1),
+# p99 and mesd's req/s over HAProxy's; direct (wrk to nginx on the same CPUs) is the ceiling
+# the load side allows, and a proxy near it is marked "load-bound".
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -24,8 +33,9 @@ idle_conns=${IDLE_CONNS:-10000}
 mesd=$build/cmd/mesd
 mesctl=$build/cmd/mesctl
 
-require_tools wrk iperf3 haproxy nginx curl python3
+require_tools wrk iperf3 haproxy nginx curl python3 taskset
 wait_for_build
+sweep_plan "${WORKERS:-1 2 4 8}"
 
 # Idle connections and connections per request need descriptors: a proxy holds two per
 # connection. Where the hard limit is lower than 65536 the idle count is capped to fit.
@@ -82,7 +92,7 @@ case "$vip_web $vip_bulk" in
 esac
 
 # Like the idle count, HAProxy's maxconn is capped to what the open files limit holds.
-write_haproxy_config <<EOF
+ha_sections=$(cat <<EOF
 frontend web
     bind 127.0.0.1:$port_ha_web
     default_backend web
@@ -94,6 +104,8 @@ frontend bulk
 backend bulk
     server iperf3 127.0.0.1:$port_iperf
 EOF
+)
+write_haproxy_config <<< "$ha_sections"
 
 wait_listening "$port_nginx" nginx "$work/nginx.err" "$pid_nginx"
 wait_listening "$port_iperf" iperf3 "$work/iperf3.out" "$pid_iperf"
@@ -304,4 +316,102 @@ echo "targets: mesd RSS idle $idle_mb MB <= 10 MB ($(verdict "$idle_mb" "<=" 10)
 # ---- mesd's health over the runs -------------------------------------------------------------
 echo
 [ -n "$metrics" ] && { echo "mesd counters:"; sed 's/^/  /' <<< "$metrics"; }
+# report_mesd_health exits 1 here if mesd died in the runs above, before the sweep.
 report_mesd_health
+
+# ---- worker sweep --------------------------------------------------------------------------
+# mesd again on the same store and VIPs, worker i pinned to the i-th CPU it may use.
+mkdir -p "$work/sweep"
+{ cat "$work/mesd.yaml"; echo "workerAffinity: auto"; } > "$work/sweep/mesd.yaml"
+stop "$pid_haproxy" || true
+stop "$pid_nginx" || true
+sweep=$work/sweep/results
+: > "$sweep"
+sweep_crashes=()
+echo
+echo "worker sweep: 1 KiB keep-alive and a connection per request, $rounds interleaved rounds of ${duration}s at N = ${sweep_ns// /, }"
+[ -n "$sweep_note" ] && echo "  $sweep_note"
+for n in $sweep_ns; do
+    sweep_cpus "$n"
+    # wrk on the first half of the load CPUs, nginx on the rest (both on the one, if one).
+    read -r -a load <<< "$(expand_cpus "$gen_cpus")"
+    half=$(((${#load[@]} + 1) / 2))
+    wrk_list=$(IFS=,; echo "${load[*]:0:$half}")
+    ngx_list=$(IFS=,; echo "${load[*]:$half}")
+    [ -n "$ngx_list" ] || ngx_list=$wrk_list
+    wrk_threads=$half
+    nginx_workers=$((${#load[@]} - half)); [ "$nginx_workers" -ge 1 ] || nginx_workers=1
+    wrk_conns=$((50 * n)); [ "$wrk_conns" -ge "$wrk_threads" ] || wrk_conns=$wrk_threads
+    wrk_prefix=(); nginx_prefix=()
+    if [ ${#gen_pin[@]} -gt 0 ]; then wrk_prefix=(taskset -c "$wrk_list"); nginx_prefix=(taskset -c "$ngx_list"); fi
+    start_nginx <<EOF
+    server {
+        listen 127.0.0.1:$port_nginx;
+        root $work/www;
+    }
+EOF
+    ha_threads=$n; haproxy_prefix=(${srv_pin[@]+"${srv_pin[@]}"})
+    write_haproxy_config <<< "$ha_sections"
+    start_haproxy
+    mesd_prefix=(${srv_pin[@]+"${srv_pin[@]}"}); mesd_args=(--workers "$n")
+    start_mesd "$work/sweep"
+    wait_http "${url[direct]}/1k" nginx "$work/nginx.err" "$pid_nginx"
+    wait_http "${url[mesd]}/1k" mesd "$work/sweep/mesd.log" "$pid_mesd"
+    wait_http "${url[haproxy]}/1k" haproxy "$work/haproxy.out" "$pid_haproxy"
+    pid[mesd]=$pid_mesd; pid[haproxy]=$pid_haproxy
+    moved=""
+    if [ ${#srv_pin[@]} -gt 0 ]; then for t in mesd haproxy; do moved="$moved$(confine "${pid[$t]}" "$srv_cpus")"; done; fi
+    echo "  N=$n: proxies on CPUs $srv_cpus, wrk -t$wrk_threads -c$wrk_conns on $wrk_list, nginx $nginx_workers worker(s) on $ngx_list${moved:+ (moved back onto $srv_cpus: $moved)}"
+    for round in $(seq 1 "$rounds"); do
+        for test in 1k-ka 1k-close; do
+            extra=(); [ "$test" = 1k-close ] && extra=(-H 'Connection: close')
+            for t in $targets; do
+                figures=$(measure_wrk "${url[$t]}/1k" "${pid[$t]}" ${extra[@]+"${extra[@]}"})
+                if [ "$t" = mesd ] && ! running "$pid_mesd"; then
+                    # Left out of the medians; mesd is started again for the next run.
+                    wait "$pid_mesd" 2> /dev/null || true
+                    stopped[$pid_mesd]=1
+                    sweep_crashes+=("N=$n $test round $round")
+                    { echo "--- mesd died at N=$n, $test, round $round"; cat "$work/sweep/mesd.log"; } >> "$work/sweep/mesd-all.log"
+                    start_mesd "$work/sweep"; pid[mesd]=$pid_mesd
+                    wait_http "${url[mesd]}/1k" mesd "$work/sweep/mesd.log" "$pid_mesd"
+                    continue
+                fi
+                echo "$n $test $t $figures" >> "$sweep"
+            done
+        done
+        echo "  N=$n: round $round of $rounds done"
+    done
+    stop "$pid_mesd" || true; stop "$pid_haproxy" || true; stop "$pid_nginx" || true
+done
+
+smed() {  # smed N TEST TARGET COLUMN: the median over the rounds
+    awk -v n="$1" -v s="$2" -v t="$3" -v c="$4" '$1 == n && $2 == s && $3 == t { print $c }' "$sweep" | median
+}
+echo
+echo "req/s/core = req/s / N; busy = proxy CPUs busy; eff = req/s / (N x req/s at N=1); mesd/HAProxy = mesd's req/s / HAProxy's;"
+echo "load-bound: within 10% of direct, the most wrk and nginx carried on their CPUs"
+printf '\n%-9s %3s %-8s %10s %10s %6s %15s %6s %9s %7s %12s %s\n' test N target req/s req/s/core busy req/proxy_cpu_s eff p99_ms errors mesd/HAProxy note
+for test in 1k-ka 1k-close; do
+    for n in $sweep_ns; do
+        for t in $targets; do
+            r1=0
+            [[ " $sweep_ns " == *" 1 "* ]] && r1=$(smed 1 "$test" "$t" 4)
+            errors=$(awk -v n="$n" -v s="$test" -v t="$t" '$1 == n && $2 == s && $3 == t { e += $8 } END { print e + 0 }' "$sweep")
+            awk -v test="$test" -v n="$n" -v t="$t" -v r="$(smed "$n" "$test" "$t" 4)" -v r1="$r1" -v d="$(smed "$n" "$test" direct 4)" \
+                -v p99="$(smed "$n" "$test" "$t" 5)" -v cpu="$(smed "$n" "$test" "$t" 6)" -v per="$(smed "$n" "$test" "$t" 7)" \
+                -v l="$duration" -v err="$errors" -v rm="$(smed "$n" "$test" mesd 4)" -v rh="$(smed "$n" "$test" haproxy 4)" 'BEGIN {
+                proxy = t != "direct"
+                printf "%-9s %3d %-8s %10.0f %10s %6s %15s %6s %9.3f %7d %12s %s\n", test, n, t, r,
+                    proxy ? sprintf("%.0f", r / n) : "-", proxy ? sprintf("%.2f", cpu / l) : "-", proxy ? sprintf("%.0f", per) : "-",
+                    proxy && r1 ? sprintf("%.2f", r / (n * r1)) : "-", p99, err,
+                    t == "haproxy" && rh ? sprintf("%.2fx", rm / rh) : "-", (proxy && d && r >= 0.9 * d) ? "load-bound" : "" }'
+        done
+    done
+done
+if [ "${#sweep_crashes[@]}" -gt 0 ]; then
+    echo "mesd DIED ${#sweep_crashes[@]} time(s) in the sweep; those runs are left out of the medians:"
+    printf '  %s\n' "${sweep_crashes[@]}"
+    head -n 30 "$work/sweep/mesd-all.log" | sed 's/^/  /'
+    exit 1
+fi
