@@ -38,8 +38,12 @@ $(BUILD_DIR)/CMakeCache.txt:
 build: deps $(BUILD_DIR)/CMakeCache.txt
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
+# Every test with mesd on one loop, then the tests that start mesd again with four workers
+# (MESD_WORKERS, which every mesd they start reads): the whole suite holds either way.
+WORKER_TESTS ?= ^(dns|proxy|cmd):
 test: build
-	ctest --test-dir $(BUILD_DIR) --output-on-failure -j $(JOBS)
+	MESD_WORKERS=1 ctest --test-dir $(BUILD_DIR) --output-on-failure -j $(JOBS)
+	MESD_WORKERS=4 ctest --test-dir $(BUILD_DIR) --output-on-failure -j $(JOBS) -R '$(WORKER_TESTS)'
 
 $(SANITIZE_DIR)/CMakeCache.txt:
 	cmake -S . -B $(SANITIZE_DIR) -DCMAKE_BUILD_TYPE=Debug -DMESD_SANITIZE=ON $(CMAKE_FLAGS)
@@ -54,7 +58,7 @@ test-sanitize: sanitize
 
 # The DNS server, the proxy and the workers under ThreadSanitizer, and the daemon's tests of
 # descriptor limits and the conf dir (the control loop applying while workers serve), with
-# the real mesd on TSAN_WORKERS threads (the test support reads MESD_TEST_WORKERS). Only the
+# the real mesd on TSAN_WORKERS threads (mesd reads MESD_WORKERS). Only the
 # executables these need are built. ThreadSanitizer runs code 5 to 15 times slower: tests
 # that bound wall-clock time under load (TSAN_SKIP) are left out, as they would fail for
 # that, and those that need time within a window (TSAN_ALONE) run after the others, one at a
@@ -82,7 +86,7 @@ tsan: deps $(TSAN_DIR)/CMakeCache.txt
 test-tsan: tsan
 	@rm -rf $(TSAN_REPORTS) && mkdir -p $(TSAN_REPORTS)
 	@rc=0; \
-	MESD_TEST_WORKERS=$(TSAN_WORKERS) TESTS='$(TSAN_TESTS)' SKIP='$(TSAN_SKIP)' ALONE='$(TSAN_ALONE)' \
+	MESD_WORKERS=$(TSAN_WORKERS) TESTS='$(TSAN_TESTS)' SKIP='$(TSAN_SKIP)' ALONE='$(TSAN_ALONE)' \
 	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 log_path=$(TSAN_REPORTS)/report suppressions=$(TSAN_SUPP)" \
 	setsid --wait sh -c 'ctest --test-dir $(TSAN_DIR) --output-on-failure -j $(JOBS) -R "$$TESTS" -E "$$SKIP|$$ALONE"; rc=$$?; \
 	  ctest --test-dir $(TSAN_DIR) --output-on-failure -R "$$ALONE" || rc=1; \
