@@ -110,7 +110,12 @@ std::optional<std::string> parse_flags(int argc, char** argv, Flags& f)
 void share_descriptors(conf::Config& config, rlim_t limit)
 {
     constexpr std::uint64_t fixed = 64;  // store, loop, signals, thread pool, upstream sockets, logs
-    const std::uint64_t listeners = 2 * config.dns.listen.size() + 2;  // UDP and TCP each; admin; redirect
+    // Each worker beyond the first: its loop's epoll and wake-up descriptors, a spare kept for
+    // accept failures, upstream sockets, and its own sockets on every DNS address (UDP twice:
+    // the socket and the descriptor its readiness is polled on; TCP) and the redirect port.
+    const std::uint64_t workers = config.workers > 1 ? config.workers : 0;
+    const std::uint64_t per_worker = 8 + 3 * config.dns.listen.size() + 1;
+    const std::uint64_t listeners = 2 * config.dns.listen.size() + 2 + workers * per_worker;  // UDP and TCP each; admin; redirect
     const std::uint64_t admin = cmd::Admin::max_connections;
     const std::uint64_t total = limit == RLIM_INFINITY ? std::uint64_t{1} << 32 : static_cast<std::uint64_t>(limit);
     const std::uint64_t reserved = fixed + listeners + admin;
@@ -234,6 +239,8 @@ int main(int argc, char** argv)
     if (flags.allow_core_dumps) log::warn("daemon", "core dumps allowed: they may hold TLS keys and Secrets");
     // What the raise above got, shared out: every TCP client and proxied connection holds
     // descriptors from it, and the admin endpoint must keep one free under any flood.
+    // How many workers, decided before the descriptors are shared out: each holds some.
+    if (config.workers == 0) config.workers = static_cast<std::uint32_t>(std::max<std::size_t>(1, workers::allowed_cpus().size()));
     if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
         log::info("daemon", "open files limit",
                   {{"soft", std::to_string(nofile.rlim_cur)}, {"hard", std::to_string(nofile.rlim_max)}});
