@@ -61,6 +61,17 @@ std::string proxy_metrics(const proxy::Status& st)
         family(t.name, t.type, t.help);
         out += std::string(t.name) + " " + std::to_string(st.*t.field) + "\n";
     }
+    if (!st.workers.empty()) {
+        // How connections were spread over the workers (none with one loop).
+        family("mesd_proxy_worker_connections_active", "gauge", "Proxied connections open now, by worker.");
+        for (std::size_t i = 0; i < st.workers.size(); ++i)
+            out += "mesd_proxy_worker_connections_active{worker=\"" + std::to_string(i) + "\"} " +
+                   std::to_string(st.workers[i].active) + "\n";
+        family("mesd_proxy_worker_connections_total", "counter", "Client connections taken up, by worker.");
+        for (std::size_t i = 0; i < st.workers.size(); ++i)
+            out += "mesd_proxy_worker_connections_total{worker=\"" + std::to_string(i) + "\"} " +
+                   std::to_string(st.workers[i].total) + "\n";
+    }
 
     struct Row {
         const char* name;

@@ -224,6 +224,16 @@ TEST_CASE("workers: proxied connections go on through route changes and SIGTERM 
     // Totals across workers: every connection made above, counted once.
     auto metrics = f.mesd->admin_get("/metrics");
     CHECK(metric(metrics, "mesd_proxy_connections_total") >= made + 2);
+    double by_worker = 0;
+    int busy = 0;
+    for (int w = 0; w < 4; ++w) {
+        double n = metric(metrics, "mesd_proxy_worker_connections_total{worker=\"" + std::to_string(w) + "\"}");
+        by_worker += n;
+        busy += n > 0 ? 1 : 0;
+    }
+    CHECK(by_worker == metric(metrics, "mesd_proxy_connections_total"));
+    CHECK(busy >= 2);  // the fewest-connections choice spreads them
+    CHECK(metric(metrics, "mesd_proxy_connections_active") >= 1);  // the one held open
 
     // SIGTERM with a connection still open on some worker: every worker stops, mesd exits 0.
     CHECK(f.mesd->stop() == 0);
