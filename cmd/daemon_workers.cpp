@@ -17,7 +17,7 @@ namespace cmd {
 std::size_t Daemon::worker_count() const
 {
     if (config_.workers > 0) return config_.workers;
-    return std::max<std::size_t>(1, workers::allowed_cpus().size());
+    return std::clamp<std::size_t>(workers::allowed_cpus().size(), 1, conf::max_workers);
 }
 
 void Daemon::make_workers(std::size_t n)

@@ -240,7 +240,9 @@ int main(int argc, char** argv)
     // What the raise above got, shared out: every TCP client and proxied connection holds
     // descriptors from it, and the admin endpoint must keep one free under any flood.
     // How many workers, decided before the descriptors are shared out: each holds some.
-    if (config.workers == 0) config.workers = static_cast<std::uint32_t>(std::max<std::size_t>(1, workers::allowed_cpus().size()));
+    if (config.workers == 0)
+        config.workers = static_cast<std::uint32_t>(
+            std::clamp<std::size_t>(workers::allowed_cpus().size(), 1, conf::max_workers));
     if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
         log::info("daemon", "open files limit",
                   {{"soft", std::to_string(nofile.rlim_cur)}, {"hard", std::to_string(nofile.rlim_max)}});

@@ -307,8 +307,10 @@ std::optional<HostPort> parse_host_port(std::string_view text);
 std::optional<Duration> parse_duration(std::string_view text);
 std::string format_duration(Duration d);
 
-// The most `workers` a configuration may ask for.
-constexpr std::uint32_t max_workers = 256;
+// The most `workers` a configuration may ask for, and the default's ceiling on larger
+// machines: HAProxy's thread limit. Each worker may hold a store reader slot at a time (of
+// LMDB's 126, shared with mesctl and the control loop).
+constexpr std::uint32_t max_workers = 64;
 
 // The file both programs read (`--config FILE`, else $MESD_CONFIG, else these defaults).
 struct Config {

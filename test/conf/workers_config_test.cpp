@@ -25,7 +25,7 @@ TEST_CASE("workers and workerAffinity are read")
 
 TEST_CASE("workers out of range or of the wrong shape point at the key")
 {
-    auto many = conf::load_config_text("meshes: [default]\nworkers: 257\n", "mesd.yaml");
+    auto many = conf::load_config_text("meshes: [default]\nworkers: 65\n", "mesd.yaml");
     REQUIRE(many.errors.size() == 1);
     CHECK(many.errors[0].format().starts_with("mesd.yaml:2:10: workers: "));
     auto negative = conf::load_config_text("workers: -1\n", "mesd.yaml");
