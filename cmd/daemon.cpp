@@ -251,6 +251,10 @@ int Daemon::run()
     // have its descriptor whatever happens to them.
     auto resolvers = !config_.dns.forward.upstreams.empty() ? config_.dns.forward.upstreams
                                                             : dns::system_upstreams(config_.dns.listen);
+    if (auto taken = redirect_port_taken(); !taken.empty()) {
+        log::error("proxy", "cannot listen", {{"error", taken}});
+        return abandon_start();
+    }
     proxy_ = std::make_unique<proxy::Proxy>(&loop_, proxy_options(resolvers));
     if (auto started = proxy_->start(); !started) {
         log::error("proxy", "cannot listen", {{"error", started.error()}});

@@ -183,6 +183,7 @@ private:
     void make_workers(std::size_t n);
     std::expected<void, std::string> start_dns(dns::ServerOptions options);
     void stop_dns(std::function<void()> done);
+    std::string redirect_port_taken() const;
     void start_workers();
     void end_workers();
     void join_workers();

@@ -10,9 +10,62 @@
 // routes, endpoint health and limits (inside proxy::Proxy).
 #include "cmd/daemon.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 
 namespace cmd {
+
+namespace {
+
+// Why `hp` cannot be had by this process alone ("" when it can): a bind with no SO_REUSEPORT,
+// of a UDP socket when `udp` and of a TCP one. The workers' sockets share their ports with
+// SO_REUSEPORT, which would also let them join a port another process of this user holds the
+// same way (a second mesd, an old one still running) and share its traffic without a word; a
+// bind that shares nothing fails then, as a one-loop mesd's does. Port 0 asks for a free port.
+std::string held_elsewhere(const conf::HostPort& hp, bool udp)
+{
+    if (hp.port == 0) return {};
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+    std::string host = hp.host.empty() ? "0.0.0.0" : hp.host;
+    if (host.find(':') != std::string::npos) {
+        auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons(hp.port);
+        if (::inet_pton(AF_INET6, host.c_str(), &in6->sin6_addr) != 1) return {};
+        len = sizeof *in6;
+    } else {
+        auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+        in->sin_family = AF_INET;
+        in->sin_port = htons(hp.port);
+        if (::inet_pton(AF_INET, host.c_str(), &in->sin_addr) != 1) return {};
+        len = sizeof *in;
+    }
+    for (int type : {SOCK_DGRAM, SOCK_STREAM}) {
+        if (type == SOCK_DGRAM && !udp) continue;
+        int fd = ::socket(ss.ss_family, type | SOCK_CLOEXEC, 0);
+        if (fd < 0) return {};  // the workers' own bind will say why
+        int on = 1, off = 0;
+        // As the workers' sockets are set: connections of an earlier run in TIME_WAIT do not
+        // hold the port, and an IPv6 wildcard covers IPv4 too.
+        if (type == SOCK_STREAM) ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+        if (ss.ss_family == AF_INET6) ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &off, sizeof off);
+        int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&ss), len);
+        int err = errno;
+        ::close(fd);
+        if (rc != 0 && err == EADDRINUSE)
+            return hp.to_string() + (type == SOCK_DGRAM ? " (udp)" : " (tcp)") + ": " + std::strerror(err);
+    }
+    return {};
+}
+
+}  // namespace
 
 std::size_t Daemon::worker_count() const
 {
@@ -40,6 +93,8 @@ std::expected<void, std::string> Daemon::start_dns(dns::ServerOptions options)
         dns_.push_back({nullptr, std::make_unique<dns::Server>(&loop_, responder_, source_, options)});
         return dns_.back().server->start();
     }
+    for (const auto& hp : options.listen)
+        if (auto why = held_elsewhere(hp, true); !why.empty()) return std::unexpected("dns.listen " + why);
     options.reuse_port = true;
     options.shared = std::make_shared<dns::SharedLimits>(options);
     for (auto& w : workers_) {
@@ -56,6 +111,13 @@ std::expected<void, std::string> Daemon::start_dns(dns::ServerOptions options)
         }
     }
     return {};
+}
+
+std::string Daemon::redirect_port_taken() const
+{
+    if (workers_.empty() || config_.proxy.mode != "redirect") return {};
+    auto why = held_elsewhere(config_.proxy.redirect_listen, false);
+    return why.empty() ? why : "proxy.redirectListen " + why;
 }
 
 void Daemon::stop_dns(std::function<void()> done)

@@ -295,3 +295,36 @@ TEST_CASE("workers: --workers and MESD_WORKERS refuse what is not a count")
     CHECK(run({"/usr/bin/env", "MESD_WORKERS=-3", MESD_PATH}).exit_code == 2);
     CHECK_THAT(run({"/usr/bin/env", "MESD_WORKERS=-3", MESD_PATH}).err, Catch::Contains("MESD_WORKERS"));
 }
+
+TEST_CASE("workers: a second mesd on the same ports is refused instead of sharing the first one's traffic")
+{
+    int dns_port = free_dual_port();
+    int redirect_port = free_tcp_port();
+    TempDir dir;
+    MesdOptions options;
+    options.dns_listen = "127.0.0.1:" + std::to_string(dns_port);
+    options.dns_section = "  forward:\n    enabled: false\n";
+    options.extra_args = {"--workers", "2"};
+    options.extra_config = "proxy:\n  mode: redirect\n  redirectListen: 127.0.0.1:" + std::to_string(redirect_port) + "\n";
+    Mesd first(dir.path / "first", options);
+
+    // The same ports from another store: with SO_REUSEPORT alone the kernel would let it in
+    // and hand it a share of the queries and connections.
+    auto config = [&](int dns) {
+        return dir.write("second-" + std::to_string(dns) + ".yaml",
+                         "dataDir: " + (dir.path / "second-data").string() +
+                             "\nvip:\n  ipv4: 127.242.0.0/16\nadmin:\n  listen: 127.0.0.1:0\n"
+                             "dns:\n  listen: [\"127.0.0.1:" + std::to_string(dns) + "\"]\n  forward:\n    enabled: false\n" +
+                             options.extra_config);
+    };
+    auto both = run({"/usr/bin/timeout", "10", MESD_PATH, "--config", config(dns_port), "--workers", "2"});
+    CHECK(both.exit_code == 1);
+    CHECK_THAT(both.err, Catch::Contains("dns.listen 127.0.0.1:" + std::to_string(dns_port) + " (udp): Address already in use"));
+    int other_dns = free_dual_port();
+    auto redirect = run({"/usr/bin/timeout", "10", MESD_PATH, "--config", config(other_dns), "--workers", "2"});
+    CHECK(redirect.exit_code == 1);
+    CHECK_THAT(redirect.err,
+               Catch::Contains("proxy.redirectListen 127.0.0.1:" + std::to_string(redirect_port) + " (tcp): Address already in use"));
+    // The first one still answers alone.
+    CHECK(first.admin_get("/ready").find("200 OK") != std::string::npos);
+}
