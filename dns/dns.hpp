@@ -218,9 +218,11 @@ private:
 // Shared, thread-safe:
 //   SharedCatalog  the newest Catalog, published by the control loop, read by the workers
 //   SharedLimits   the rate limiter's buckets and the TCP client counts of every server, and
-//                  the forwarder's state: one record per upstream (RTT, failures, back-off,
-//                  probe), the upstream list, maxInFlight's count, the loop token and the
-//                  questions being asked upstream (dns/server.cpp, SharedLimits::Forwarding)
+//                  (SharedLimits::Common, dns/server.cpp) the forwarder's state: one record
+//                  per upstream (RTT, failures, back-off, probe), the upstream list,
+//                  maxInFlight's count, the loop token and the questions being asked
+//                  upstream; and each server's inbox, for what one hands another (a
+//                  forwarded answer, an idle TCP client's place)
 // One per loop, used on that loop's thread only:
 //   StoreSource    the control loop's: refreshes from the store, builds each new Catalog and
 //                  publishes it; with one loop it is also what the server answers from
@@ -545,16 +547,18 @@ public:
     void release_address(std::string_view address);
     std::uint32_t tcp_max_clients_per_ip() const { return tcp_max_clients_per_ip_; }
 
-    // The forwarder's shared state (defined in dns/server.cpp; only servers use it). Its
-    // upstream records and join table are under a mutex taken when a query is forwarded, an
-    // upstream answers or times out, and the list is read or replaced: never on the path
-    // that answers from mesd's own data.
-    struct Forwarding;
-    Forwarding& forwarding() const { return *forwarding_; }
+    // What the servers hold in common besides these limits (defined in dns/server.cpp; only
+    // servers use it): the forwarder's state, and each server's inbox, through which one
+    // server hands another a forwarded answer or asks it to close its oldest idle TCP
+    // client for a newcomer. Under mutexes taken when a query is forwarded, an upstream
+    // answers or times out, the upstream list is read or replaced, or a TCP client arrives
+    // at tcpMaxClients: never on the path that answers from mesd's own data.
+    struct Common;
+    Common& common() const { return *common_; }
 
 private:
     std::unique_ptr<RateLimiter> limiter_;
-    std::unique_ptr<Forwarding> forwarding_;
+    std::unique_ptr<Common> common_;
     std::uint32_t tcp_max_clients_;
     std::uint32_t tcp_max_clients_per_ip_;
     std::atomic<std::uint32_t> tcp_clients_{0};

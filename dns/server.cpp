@@ -503,7 +503,7 @@ struct Probe;
 // list can change (resolv.conf rewritten) while they are in flight; and by every server that
 // shares a SharedLimits, so that what one server's forwards learn (a timeout, an answer, an
 // RTT) every server ranks by. `address` and `name` never change once listed; the rest is read
-// and written under `status` (the shared Forwarding's mutex), from any server's loop thread
+// and written under `status` (SharedLimits::Common::mutex), from any server's loop thread
 // and from Server::upstreams() on any thread.
 struct Upstream {
     sockaddr_storage address{};
@@ -579,29 +579,47 @@ void best_first(std::vector<std::shared_ptr<Upstream>>& order)
     });
 }
 
-// Where one server's forwards are answered from another server's thread: a forward that
-// joined a question another server is asking upstream gets the answer (or, empty, the news
-// that it failed) through the asking server posting it here. A uv_async_t on the waiting
-// server's loop and a queue under a mutex; held by that server and by the join table's
-// entries naming it, so that a post after the server closed it is dropped, never sent to a
-// closed handle.
+// What one server hands another, from the other's thread: a forward that joined a question
+// another server is asking upstream gets the answer (or the news that it failed); a TCP
+// newcomer at tcpMaxClients gets the place of another server's oldest idle client. A
+// uv_async_t on the receiving server's loop and a queue under a mutex; held by that server
+// and by the shared state naming it, so that a post after the server closed it fails (and
+// the sender takes it back), never reaching a closed handle.
 struct Inbox {
-    struct Delivery {
-        std::uint64_t id;                // Forward::id on the waiting server
-        std::vector<std::uint8_t> reply;  // as the upstream sent it; empty: failed
+    struct Message {
+        enum class Kind {
+            answer,   // `reply` (as the upstream sent it; empty: failed) for forward `id`
+            evict,    // close your oldest idle client for newcomer `id` of `from`
+            granted,  // a client was closed for newcomer `id`: its place is the newcomer's
+            denied,   // nothing to close for newcomer `id`
+        };
+        Kind kind;
+        std::uint64_t id = 0;
+        std::vector<std::uint8_t> reply;
+        std::shared_ptr<Inbox> from;
     };
-    uv_async_t async{};
-    std::mutex mutex;
-    bool open = false;              // under mutex
-    std::vector<Delivery> queue;    // under mutex
+    // A TCP client's rank for eviction: the lowest goes first. Idle ones by when they went
+    // idle, then those in mid-message by when the message began (as each server's own lists
+    // order them), in steady-clock nanoseconds; no_victim when the server has neither.
+    static constexpr std::uint64_t reading_rank = std::uint64_t{1} << 62;
+    static constexpr std::uint64_t no_victim = std::numeric_limits<std::uint64_t>::max();
 
-    // Any thread.
-    void post(std::uint64_t id, std::vector<std::uint8_t> reply)
+    uv_async_t async{};
+    // The rank of this server's first victim, published by its thread after every change
+    // of its TCP lists, read by another server's at tcpMaxClients.
+    std::atomic<std::uint64_t> evictable{no_victim};
+    std::mutex mutex;
+    bool open = false;             // under mutex
+    std::vector<Message> queue;    // under mutex
+
+    // Any thread; false when the inbox is closed (nothing was sent).
+    bool post(Message m)
     {
         std::lock_guard lock(mutex);
-        if (!open) return;
-        queue.push_back({id, std::move(reply)});
+        if (!open) return false;
+        queue.push_back(std::move(m));
         uv_async_send(&async);
+        return true;
     }
 };
 
@@ -615,8 +633,8 @@ struct RemoteJoiner {
 
 // The forwarder's state shared by every server of one SharedLimits (one server's own with one
 // loop): what makes N workers forward as one process would.
-struct SharedLimits::Forwarding {
-    explicit Forwarding(std::uint32_t max) : max_in_flight(max)
+struct SharedLimits::Common {
+    explicit Common(std::uint32_t max) : max_in_flight(max)
     {
         arc4random_buf(loop_token.data(), loop_token.size());
     }
@@ -659,10 +677,14 @@ struct SharedLimits::Forwarding {
         std::vector<RemoteJoiner> remote;
     };
     std::unordered_map<std::string, Asking> asking;
+
+    // Each server's inbox, registered when it starts (and kept: a closed one takes no post).
+    std::mutex peers_mutex;
+    std::vector<std::shared_ptr<Inbox>> peers;  // under peers_mutex
 };
 
 SharedLimits::SharedLimits(const ServerOptions& options)
-    : forwarding_(std::make_unique<Forwarding>(options.max_in_flight)),
+    : common_(std::make_unique<Common>(options.max_in_flight)),
       tcp_max_clients_(options.tcp_max_clients),
       tcp_max_clients_per_ip_(options.tcp_max_clients_per_ip)
 {
@@ -726,7 +748,7 @@ struct Server::Impl {
     // workers.
     std::shared_ptr<SharedLimits> limits;
     RateLimiter* limiter = nullptr;  // UDP only, when dns.rateLimit sets a rate
-    SharedLimits::Forwarding* forwarding = nullptr;
+    SharedLimits::Common* common = nullptr;
     // With shared limits: where forwards of this server that joined a question another
     // server is asking get its answer (closed, with the UDP listeners, when stopped).
     std::shared_ptr<Inbox> inbox;
@@ -734,6 +756,10 @@ struct Server::Impl {
     // Those forwards, by Forward::id.
     std::unordered_map<std::uint64_t, Forward*> waiting_remote;
     std::uint64_t last_forward_id = 0;
+    // TCP newcomers at tcpMaxClients waiting for another server to close its oldest client
+    // for them (not read, not yet counted among the open ones), by TcpConnection::newcomer_id.
+    std::unordered_map<std::uint64_t, TcpConnection*> newcomers;
+    std::uint64_t last_newcomer_id = 0;
     // One receive buffer for every forward and probe: libuv hands a datagram or a TCP read
     // to its callback before the next read, and what is kept is copied out at its size.
     std::vector<std::uint8_t> receive_buffer = std::vector<std::uint8_t>(max_udp);
@@ -768,7 +794,7 @@ struct Server::Impl {
     {
         limits = options.shared ? options.shared : std::make_shared<SharedLimits>(options);
         limiter = limits->limiter();
-        forwarding = &limits->forwarding();
+        common = &limits->common();
     }
 
     Impl(const Impl&) = delete;
@@ -776,7 +802,7 @@ struct Server::Impl {
 
     bool may_forward(const sockaddr* client) const
     {
-        if (!options.forward_enabled || forwarding->upstream_count.load(std::memory_order_relaxed) == 0) return false;
+        if (!options.forward_enabled || common->upstream_count.load(std::memory_order_relaxed) == 0) return false;
         auto a = address_of(client);
         return a && std::ranges::any_of(allow, [&](const vip::Pool& p) { return p.contains(*a); });
     }
@@ -801,12 +827,27 @@ struct Server::Impl {
     // starts a probe of each backed-off one whose time has come and that no server probes.
     std::vector<std::shared_ptr<Upstream>> ranked(Clock::time_point now, bool& all_suspect);
     void start_due_probes(Clock::time_point now);
-    // Under forwarding->mutex: the backed-off upstreams whose probe is due, marked probing.
+    // Under common->mutex: the backed-off upstreams whose probe is due, marked probing.
     std::vector<std::shared_ptr<Upstream>> claim_probes(Clock::time_point now);
     void start_probes(const std::vector<std::shared_ptr<Upstream>>& due);
-    // Answers posted by other servers to forwards of this one that joined their questions.
+    // What other servers posted: answers to forwards of this one that joined their
+    // questions, requests to close a client for their newcomers and the replies to this
+    // one's requests.
     void on_inbox();
     void close_inbox();
+
+    // The rank (Inbox::evictable) of the client this server would close for a newcomer.
+    std::uint64_t evictable_rank() const;
+    void publish_evictable()
+    {
+        if (inbox) inbox->evictable.store(evictable_rank(), std::memory_order_relaxed);
+    }
+    // Closes this server's first victim, its place handed over; false when it has none.
+    bool evict_own();
+    // A newcomer with a place among tcpMaxClients: counted, read from now on.
+    void admit(TcpConnection* c);
+    // A newcomer without one: closed.
+    void refuse(TcpConnection* c);
     // The upstreams from the config or resolv.conf, less mesd's own addresses.
     void refresh_upstreams(bool at_start);
     bool is_own(const sockaddr* address, const std::vector<sockaddr_storage>& interfaces) const;
@@ -839,6 +880,12 @@ struct TcpConnection {
     // Which of the server's lists holds this (none: not counted among the open ones).
     Place place = Place::none;
     std::list<TcpConnection*>::iterator self;
+    // With servers sharing limits: when this took its place at the back of its list (steady
+    // clock, ns), what the other servers compare their own first victims' with.
+    std::uint64_t ranked_at = 0;
+    // A newcomer waiting for another server to give up a client's place: its key in
+    // Server::Impl::newcomers (0: none).
+    std::uint64_t newcomer_id = 0;
     // Loop times (uv_now, ms): when the message now in `in` began, when each reply not yet
     // written was queued, when the connection last did anything; the deadline the timer
     // is set for (0: none).
@@ -893,14 +940,22 @@ struct TcpConnection {
         Place now = !in.empty() ? Place::reading
                   : !forwards.empty() || !unsent.empty() ? Place::busy
                                                          : Place::idle;
+        bool moved = true;
         if (place == Place::none) {
             auto& to = list_of(now);
             to.push_back(this);
             self = std::prev(to.end());
         } else if (now != place || now == Place::idle || new_message) {
             list_of(now).splice(list_of(now).end(), list_of(place), self);
+        } else {
+            moved = false;
         }
         place = now;
+        if (moved && server.inbox) {
+            ranked_at = static_cast<std::uint64_t>(
+                std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count());
+            server.publish_evictable();
+        }
         arm();
     }
 
@@ -1221,11 +1276,11 @@ struct Forward {
         done = true;
         server.forwards.erase(self);
         server.forwards_open.store(server.forwards.size(), std::memory_order_relaxed);
-        server.forwarding->release_slot();
+        server.common->release_slot();
         std::vector<RemoteJoiner> remote;
         if (!key.empty() || !remote_key.empty()) {
-            std::lock_guard lock(server.forwarding->mutex);
-            auto& asking = server.forwarding->asking;
+            std::lock_guard lock(server.common->mutex);
+            auto& asking = server.common->asking;
             if (auto it = asking.find(key); !key.empty() && it != asking.end() && it->second.leader == this) {
                 remote = std::move(it->second.remote);
                 asking.erase(it);
@@ -1243,7 +1298,8 @@ struct Forward {
         auto waiting = std::move(joined);
         joined.clear();
         for (auto* j : waiting) j->take_answer(failed ? std::vector<std::uint8_t>{} : reply);
-        for (auto& r : remote) r.inbox->post(r.id, failed ? std::vector<std::uint8_t>{} : reply);
+        for (auto& r : remote)
+            r.inbox->post({Inbox::Message::Kind::answer, r.id, failed ? std::vector<std::uint8_t>{} : reply, nullptr});
         uv_timer_stop(&timer);
         close_sockets();
         uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);
@@ -1455,7 +1511,7 @@ struct Probe {
         // probe that leads back to mesd comes back as SERVFAIL, not as another probe.
         query = {0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1};
         set_id(query, static_cast<std::uint16_t>(arc4random() & 0xffff));
-        mark_query(query, server.forwarding->loop_token);
+        mark_query(query, server.common->loop_token);
         const sockaddr* to = reinterpret_cast<const sockaddr*>(&upstream->address);
         sockaddr_storage any{};
         if (to->sa_family == AF_INET6) uv_ip6_addr("::", 0, reinterpret_cast<sockaddr_in6*>(&any));
@@ -1518,8 +1574,8 @@ std::vector<std::shared_ptr<Upstream>> Server::Impl::ranked(Clock::time_point no
 {
     std::vector<std::shared_ptr<Upstream>> order, due;
     {
-        std::lock_guard lock(forwarding->mutex);
-        order = forwarding->upstreams;
+        std::lock_guard lock(common->mutex);
+        order = common->upstreams;
         best_first(order);
         all_suspect = !order.empty() && std::ranges::all_of(order, [](const auto& u) { return u->suspect(); });
         due = claim_probes(now);
@@ -1532,7 +1588,7 @@ void Server::Impl::start_due_probes(Clock::time_point now)
 {
     std::vector<std::shared_ptr<Upstream>> due;
     {
-        std::lock_guard lock(forwarding->mutex);
+        std::lock_guard lock(common->mutex);
         due = claim_probes(now);
     }
     start_probes(due);
@@ -1544,7 +1600,7 @@ std::vector<std::shared_ptr<Upstream>> Server::Impl::claim_probes(Clock::time_po
     // at once, one of them probes.
     std::vector<std::shared_ptr<Upstream>> due;
     if (stopping) return due;
-    for (const auto& u : forwarding->upstreams)
+    for (const auto& u : common->upstreams)
         if (u->suspect() && !u->probing && now >= u->backoff_until) {
             u->probing = true;
             due.push_back(u);
@@ -1575,6 +1631,7 @@ void TcpConnection::close()
         // the pool, where another worker's newcomer could take it first.
         if (!place_handed_over) server.limits->release_tcp_client();
         server.limits->release_address(address);
+        server.publish_evictable();
     }
     // Forwards still waiting for this client answer nobody.
     for (auto* f : forwards) f->tcp_client = nullptr;
@@ -1592,7 +1649,7 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
         if (tcp) tcp->send(std::move(reply));
         else if (!reply.empty()) static_cast<UdpListener*>(udp->data)->send_one(client, std::move(reply));
     };
-    if (marked_by(query, forwarding->loop_token)) {
+    if (marked_by(query, common->loop_token)) {
         // A query mesd forwarded has come back: answering it is what ends the loop (SERVFAIL
         // goes back along the chain to the client), forwarding it again would repeat it until
         // every slot were taken.
@@ -1600,8 +1657,8 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
         auto now = Clock::now();
         bool report = false;
         {
-            std::lock_guard lock(forwarding->mutex);
-            auto& last = forwarding->last_loop_report;
+            std::lock_guard lock(common->mutex);
+            auto& last = common->last_loop_report;
             if (!last || now - *last > std::chrono::seconds(10)) {
                 last = now;
                 report = true;
@@ -1613,7 +1670,7 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
         refuse();
         return;
     }
-    if (stopping || !forwarding->take_slot()) {
+    if (stopping || !common->take_slot()) {
         ++metrics.forward_overload;
         refuse();
         return;
@@ -1624,7 +1681,7 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
         // Every upstream has just timed out and is being probed, or has failed its probe too:
         // waiting on them would only make the client's resolver wait (glibc asks twice, for
         // each search domain, for A and AAAA: 16 waits). SERVFAIL now moves it on at once.
-        forwarding->release_slot();
+        common->release_slot();
         ++metrics.forward_backed_off;
         refuse();
         return;
@@ -1637,7 +1694,7 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
     f->original.assign(query.begin(), query.end());
     f->query = f->original;
     f->client_edns = !opt_record(query).empty();
-    mark_query(f->query, forwarding->loop_token);
+    mark_query(f->query, common->loop_token);
     f->client_id = get_id(query);
     f->client_udp_size = r.client_udp_size;
     f->received = received;
@@ -1661,10 +1718,10 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
     Forward* leader = nullptr;
     bool remote = false;
     if (!key.empty()) {
-        std::lock_guard lock(forwarding->mutex);
-        auto& asking = forwarding->asking;
+        std::lock_guard lock(common->mutex);
+        auto& asking = common->asking;
         if (auto it = asking.find(key); it == asking.end()) {
-            asking.emplace(key, SharedLimits::Forwarding::Asking{this, f, {}});
+            asking.emplace(key, SharedLimits::Common::Asking{this, f, {}});
             f->key = key;
         } else if (it->second.server == this) {
             leader = it->second.leader;
@@ -1979,29 +2036,74 @@ void Server::Impl::on_tcp_connection(uv_stream_t* listener)
     // At tcpMaxClients (across every worker's server) the newcomer takes the place of the
     // connection that least deserves one: the longest idle, else the one whose message has
     // been arriving the longest (RFC 7766 section 6.2.3: under heavy load or attack a server
-    // may use zero idle timeouts), so that slow clients cannot lock new ones out. A server
-    // evicts only its own connections (another worker's belong to another thread): when it
-    // has none to give up, or every one is owed answers, the newcomer is refused.
+    // may use zero idle timeouts), so that slow clients cannot lock new ones out. That is
+    // the first of every server's, as one process would choose: when another server's comes
+    // first (each publishes the rank of its own), that server is asked to close it (only its
+    // thread may) and the newcomer waits, unread, for its place or for a refusal.
     if (!limits->take_tcp_client()) {
-        TcpConnection* victim = !tcp_idle.empty()      ? tcp_idle.front()
-                              : !tcp_reading.empty() ? tcp_reading.front()
-                                                     : nullptr;
-        if (!victim) {
-            ++metrics.tcp_refused;
-            limits->release_address(c->address);
-            c->close();
+        std::shared_ptr<Inbox> holder;
+        std::uint64_t best = Inbox::no_victim;
+        if (inbox) {
+            std::lock_guard lock(common->peers_mutex);
+            for (const auto& p : common->peers)
+                if (p != inbox)
+                    if (auto rank = p->evictable.load(std::memory_order_relaxed); rank < best) {
+                        best = rank;
+                        holder = p;
+                    }
+        }
+        if (holder && best < evictable_rank()) {
+            c->newcomer_id = ++last_newcomer_id;
+            newcomers.emplace(c->newcomer_id, c);
+            if (holder->post({Inbox::Message::Kind::evict, c->newcomer_id, {}, inbox})) return;
+            newcomers.erase(c->newcomer_id);
+            c->newcomer_id = 0;
+        }
+        if (!evict_own()) {
+            refuse(c);
             return;
         }
-        ++metrics.tcp_evicted;
-        victim->place_handed_over = true;
-        victim->close();
     }
+    admit(c);
+}
+
+std::uint64_t Server::Impl::evictable_rank() const
+{
+    if (!tcp_idle.empty()) return tcp_idle.front()->ranked_at;
+    if (!tcp_reading.empty()) return Inbox::reading_rank | tcp_reading.front()->ranked_at;
+    return Inbox::no_victim;
+}
+
+bool Server::Impl::evict_own()
+{
+    // Busy ones (forwards outstanding, replies unsent) are never evicted: their answers are owed.
+    TcpConnection* victim = !tcp_idle.empty()      ? tcp_idle.front()
+                          : !tcp_reading.empty() ? tcp_reading.front()
+                                                 : nullptr;
+    if (!victim) return false;
+    ++metrics.tcp_evicted;
+    // Its place passes to the newcomer, never back to the pool, where another worker's
+    // newcomer could take it first.
+    victim->place_handed_over = true;
+    victim->close();
+    return true;
+}
+
+void Server::Impl::admit(TcpConnection* c)
+{
     ++tcp_open;
     ++metrics.tcp_connections;
     uv_tcp_nodelay(&c->tcp, 1);
     c->last_active = uv_now(loop);
     c->settle();
     c->start_reading();
+}
+
+void Server::Impl::refuse(TcpConnection* c)
+{
+    ++metrics.tcp_refused;
+    limits->release_address(c->address);
+    c->close();
 }
 
 void Server::Impl::maybe_stopped()
@@ -2024,24 +2126,61 @@ void Server::Impl::maybe_stopped()
 
 void Server::Impl::on_inbox()
 {
-    std::vector<Inbox::Delivery> deliveries;
+    std::vector<Inbox::Message> messages;
     {
         std::lock_guard lock(inbox->mutex);
-        deliveries.swap(inbox->queue);
+        messages.swap(inbox->queue);
     }
-    for (auto& d : deliveries)
-        if (auto it = waiting_remote.find(d.id); it != waiting_remote.end())  // else: gave up waiting
-            it->second->take_answer(std::move(d.reply));
+    using Kind = Inbox::Message::Kind;
+    for (auto& m : messages) {
+        switch (m.kind) {
+        case Kind::answer:
+            if (auto it = waiting_remote.find(m.id); it != waiting_remote.end())  // else: gave up waiting
+                it->second->take_answer(std::move(m.reply));
+            break;
+        case Kind::evict:
+            // The place goes to the asking server's newcomer; should that server have closed
+            // its inbox meanwhile, back to the pool.
+            if (!stopping && evict_own()) {
+                if (!m.from->post({Kind::granted, m.id, {}, nullptr})) limits->release_tcp_client();
+            } else {
+                m.from->post({Kind::denied, m.id, {}, nullptr});
+            }
+            break;
+        case Kind::granted:
+        case Kind::denied: {
+            auto it = newcomers.find(m.id);
+            if (it == newcomers.end()) {  // closed while it waited (the server stopping)
+                if (m.kind == Kind::granted) limits->release_tcp_client();
+                break;
+            }
+            auto* c = it->second;
+            newcomers.erase(it);
+            c->newcomer_id = 0;
+            // Denied: the other server's clients went busy or away meanwhile; a place may have
+            // come free since, else this server's own first victim gives up its place.
+            if (m.kind == Kind::granted || limits->take_tcp_client() || evict_own()) admit(c);
+            else refuse(c);
+            break;
+        }
+        }
+    }
 }
 
 void Server::Impl::close_inbox()
 {
     if (!inbox_open) return;
     inbox_open = false;
+    std::vector<Inbox::Message> left;
     {
         std::lock_guard lock(inbox->mutex);
         inbox->open = false;
-        inbox->queue.clear();
+        left.swap(inbox->queue);
+    }
+    // Nothing here waits any more; what other servers wait for is answered.
+    for (auto& m : left) {
+        if (m.kind == Inbox::Message::Kind::evict) m.from->post({Inbox::Message::Kind::denied, m.id, {}, nullptr});
+        else if (m.kind == Inbox::Message::Kind::granted) limits->release_tcp_client();
     }
     uv_close(reinterpret_cast<uv_handle_t*>(&inbox->async), [](uv_handle_t* h) {
         auto* impl = static_cast<Server::Impl*>(h->data);
@@ -2136,6 +2275,19 @@ std::expected<void, std::string> Server::start()
     auto& s = *impl_;
     for (const auto& cidr : s.options.allow)
         if (auto p = vip::Pool::parse(cidr)) s.allow.push_back(*p);
+    if (s.options.shared) {
+        // On the loop's thread or, for a worker's loop, before its thread starts.
+        s.inbox = std::make_shared<Inbox>();
+        if (int rc = uv_async_init(s.loop, &s.inbox->async, [](uv_async_t* a) { static_cast<Server::Impl*>(a->data)->on_inbox(); });
+            rc < 0)
+            return std::unexpected("dns: " + from_uv(rc));
+        s.inbox->async.data = &s;
+        s.inbox->open = true;
+        s.inbox_open = true;
+        ++s.open_listeners;
+        std::lock_guard lock(s.common->peers_mutex);
+        s.common->peers.push_back(s.inbox);
+    }
 
     for (const auto& hp : s.options.listen) {
         auto addr = to_sockaddr(hp);
@@ -2214,20 +2366,10 @@ std::expected<void, std::string> Server::start()
         s.bound.push_back(describe(reinterpret_cast<sockaddr*>(&actual)));
         s.bound_addresses.push_back(actual);
     }
-    if (s.options.shared && s.options.forward_enabled) {
-        s.inbox = std::make_shared<Inbox>();
-        if (int rc = uv_async_init(s.loop, &s.inbox->async, [](uv_async_t* a) { static_cast<Server::Impl*>(a->data)->on_inbox(); });
-            rc < 0)
-            return std::unexpected("dns: " + from_uv(rc));
-        s.inbox->async.data = &s;
-        s.inbox->open = true;
-        s.inbox_open = true;
-        ++s.open_listeners;
-    }
     // The first server of those sharing `limits` to start reads the upstream list and checks
     // it again (with its own listening addresses: every server binds the same); the others
     // forward to the list it keeps.
-    if (s.options.forward_enabled && !s.forwarding->list_taken.exchange(true)) {
+    if (s.options.forward_enabled && !s.common->list_taken.exchange(true)) {
         s.refresh_upstreams(true);
         // A timer, not a file watch: resolv.conf is often replaced by a rename (which a watch
         // on the file misses) and interface addresses change with no file at all; reading a
@@ -2316,8 +2458,8 @@ void Server::Impl::refresh_upstreams(bool at_start)
     auto interfaces = interface_addresses();
     std::vector<std::shared_ptr<Upstream>> known;
     {
-        std::lock_guard lock(forwarding->mutex);
-        known = forwarding->upstreams;
+        std::lock_guard lock(common->mutex);
+        known = common->upstreams;
     }
     std::vector<std::shared_ptr<Upstream>> chosen;
     for (const auto& hp : wanted) {
@@ -2338,7 +2480,7 @@ void Server::Impl::refresh_upstreams(bool at_start)
             continue;
         }
         auto u = std::make_shared<Upstream>();
-        u->status = &forwarding->mutex;
+        u->status = &common->mutex;
         u->address = *address;
         u->name = name;
         chosen.push_back(std::move(u));
@@ -2347,9 +2489,9 @@ void Server::Impl::refresh_upstreams(bool at_start)
     bool none = chosen.empty();
     {
         // Only this server writes the list, so `known` is still what it holds.
-        std::lock_guard lock(forwarding->mutex);
-        forwarding->upstream_count.store(chosen.size(), std::memory_order_relaxed);
-        forwarding->upstreams = std::move(chosen);
+        std::lock_guard lock(common->mutex);
+        common->upstream_count.store(chosen.size(), std::memory_order_relaxed);
+        common->upstreams = std::move(chosen);
     }
     if ((at_start || changed) && none)
         warn("no upstreams: names outside mesd's own are answered REFUSED", "source",
@@ -2385,6 +2527,12 @@ void Server::stop(std::function<void()> done)
             impl->maybe_stopped();
         });
     }
+    // Newcomers waiting for another server to give up a client's place: refused (a place
+    // granted after this goes back to the pool).
+    std::vector<TcpConnection*> waiting;
+    for (const auto& [id, c] : s.newcomers) waiting.push_back(c);
+    s.newcomers.clear();
+    for (auto* c : waiting) s.refuse(c);
     // A probe only informs later forwards: there are none.
     std::vector<Probe*> probes(s.probes.begin(), s.probes.end());
     for (auto* p : probes) p->close();
@@ -2446,9 +2594,9 @@ std::vector<UpstreamStatus> Server::upstreams() const
 {
     std::vector<UpstreamStatus> out;
     // Under the lock every server writes the records under: this may run on any thread.
-    auto& forwarding = *impl_->forwarding;
-    std::lock_guard lock(forwarding.mutex);
-    auto order = forwarding.upstreams;
+    auto& common = *impl_->common;
+    std::lock_guard lock(common.mutex);
+    auto order = common.upstreams;
     best_first(order);
     for (const auto& u : order) {
         UpstreamStatus st;
