@@ -631,8 +631,9 @@ struct RemoteJoiner {
 
 }  // namespace
 
-// The forwarder's state shared by every server of one SharedLimits (one server's own with one
-// loop): what makes N workers forward as one process would.
+// What the servers of one SharedLimits hold in common (one server's own with one loop): the
+// forwarder's state, which makes N workers forward as one process would, and each server's
+// inbox, through which they hand each other answers and TCP clients' places.
 struct SharedLimits::Common {
     explicit Common(std::uint32_t max) : max_in_flight(max)
     {
@@ -749,11 +750,11 @@ struct Server::Impl {
     std::shared_ptr<SharedLimits> limits;
     RateLimiter* limiter = nullptr;  // UDP only, when dns.rateLimit sets a rate
     SharedLimits::Common* common = nullptr;
-    // With shared limits: where forwards of this server that joined a question another
-    // server is asking get its answer (closed, with the UDP listeners, when stopped).
+    // With shared limits: what other servers hand this one (answers to the questions they
+    // ask, TCP clients' places); closed, with the UDP listeners, once stopped.
     std::shared_ptr<Inbox> inbox;
     bool inbox_open = false;
-    // Those forwards, by Forward::id.
+    // Forwards of this server that joined a question another server is asking, by Forward::id.
     std::unordered_map<std::uint64_t, Forward*> waiting_remote;
     std::uint64_t last_forward_id = 0;
     // TCP newcomers at tcpMaxClients waiting for another server to close its oldest client
