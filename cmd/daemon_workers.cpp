@@ -6,7 +6,8 @@
 // SO_REUSEPORT to every dns.listen address, and its view of the name index (a CatalogSource,
 // with its own TXT cache). Shared by all of them: the name index itself (published by
 // source_ on the control loop, taken by each view when its version moves), the responder
-// (read only), the rate-limit buckets and TCP client counts (dns_limits_), and the proxy's
+// (read only), the rate-limit buckets, TCP client counts and forwarder state (upstream
+// records, maxInFlight, loop token, questions asked: one dns::SharedLimits), and the proxy's
 // routes, endpoint health and limits (inside proxy::Proxy).
 #include "cmd/daemon.hpp"
 
@@ -169,39 +170,12 @@ std::size_t Daemon::dns_in_flight() const
     return n;
 }
 
-// Each worker forwards on its own and keeps its own view of each upstream: the counts are
-// summed, the round-trip times averaged over the workers that measured one, an upstream is
-// backed off when every worker has backed it off, and its failures in a row are the most any
-// worker has seen. In the first worker's order (best first).
+// The workers' servers share one record per upstream (dns::SharedLimits): each reports the
+// same list, best first, so the first one's is the whole.
 std::vector<dns::UpstreamStatus> Daemon::dns_upstreams() const
 {
     if (dns_.empty()) return {};
-    auto merged = dns_.front().server->upstreams();
-    std::vector<std::size_t> measured(merged.size(), 0);
-    for (std::size_t i = 0; i < merged.size(); ++i) measured[i] = merged[i].measured ? 1 : 0;
-    for (std::size_t w = 1; w < dns_.size(); ++w) {
-        for (const auto& u : dns_[w].server->upstreams()) {
-            auto it = std::ranges::find(merged, u.address, &dns::UpstreamStatus::address);
-            if (it == merged.end()) continue;
-            auto i = static_cast<std::size_t>(it - merged.begin());
-            it->answers += u.answers;
-            it->timeouts += u.timeouts;
-            it->failures = std::max(it->failures, u.failures);
-            it->backed_off = it->backed_off && u.backed_off;
-            if (u.measured) {
-                it->srtt_seconds += u.srtt_seconds;
-                it->rttvar_seconds += u.rttvar_seconds;
-                it->measured = true;
-                ++measured[i];
-            }
-        }
-    }
-    for (std::size_t i = 0; i < merged.size(); ++i)
-        if (measured[i] > 1) {
-            merged[i].srtt_seconds /= static_cast<double>(measured[i]);
-            merged[i].rttvar_seconds /= static_cast<double>(measured[i]);
-        }
-    return merged;
+    return dns_.front().server->upstreams();
 }
 
 }  // namespace cmd

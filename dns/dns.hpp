@@ -217,7 +217,12 @@ private:
 //   Responder      the answering rules (settings only)
 // Shared, thread-safe:
 //   SharedCatalog  the newest Catalog, published by the control loop, read by the workers
-//   SharedLimits   the rate limiter's buckets and the TCP client counts of every server
+//   SharedLimits   the rate limiter's buckets and the TCP client counts of every server, and
+//                  (SharedLimits::Common, dns/server.cpp) the forwarder's state: one record
+//                  per upstream (RTT, failures, back-off, probe), the upstream list,
+//                  maxInFlight's count, the loop token and the questions being asked
+//                  upstream; and each server's inbox, for what one hands another (a
+//                  forwarded answer, an idle TCP client's place)
 // One per loop, used on that loop's thread only:
 //   StoreSource    the control loop's: refreshes from the store, builds each new Catalog and
 //                  publishes it; with one loop it is also what the server answers from
@@ -478,9 +483,10 @@ struct ServerOptions {
     // the 4-tuple's hash. The first server may listen on port 0; the others are then given
     // its bound() addresses (same address and family, so the same socket options follow).
     bool reuse_port = false;
-    // What holds across every server that shares it: the rate limiter's buckets and the TCP
-    // client counts (tcpMaxClients, tcpMaxClientsPerIp), whose limits are those it was made
-    // with (this struct's rate_limit and tcp_max_clients* are then not read). Null: the
+    // What holds across every server that shares it: the rate limiter's buckets, the TCP
+    // client counts (tcpMaxClients, tcpMaxClientsPerIp) and the forwarder (maxInFlight, the
+    // upstreams and what they have shown), whose limits are those it was made with (this
+    // struct's rate_limit, tcp_max_clients* and max_in_flight are then not read). Null: the
     // server makes its own from these options (one loop: each limit is the server's).
     std::chrono::milliseconds tcp_idle_timeout{10000};
     std::uint32_t tcp_max_clients = 1024;
@@ -510,12 +516,16 @@ struct ServerOptions {
 // The limits that must hold across the servers of every worker, and so live outside any of
 // them: one rate limiter (its buckets updated by compare-and-swap, dns/rate_limit.hpp), the
 // count of TCP clients open (atomic) and the counts per client address (under a mutex: taken
-// on accept and close only). Thread-safe; made once (the control thread) and handed to each
-// server through ServerOptions::shared before the servers start.
+// on accept and close only), and the forwarder's state, so that N servers forward as one:
+// a timeout seen by one backs the upstream off for all, one probe at a time, maxInFlight
+// counted across all, the upstream list read (and its warnings given) once, a query any of
+// them forwarded known as a loop by all, and a question asked upstream once whichever server
+// it reaches. Thread-safe; made once (the control thread) and handed to each server through
+// ServerOptions::shared before the servers start.
 class SharedLimits {
 public:
     // The limits of `options`: rate_limit (none when responses_per_second is 0),
-    // tcp_max_clients and tcp_max_clients_per_ip (0: no cap).
+    // tcp_max_clients and tcp_max_clients_per_ip (0: no cap), max_in_flight.
     explicit SharedLimits(const ServerOptions& options);
     ~SharedLimits();
     SharedLimits(const SharedLimits&) = delete;
@@ -537,8 +547,18 @@ public:
     void release_address(std::string_view address);
     std::uint32_t tcp_max_clients_per_ip() const { return tcp_max_clients_per_ip_; }
 
+    // What the servers hold in common besides these limits (defined in dns/server.cpp; only
+    // servers use it): the forwarder's state, and each server's inbox, through which one
+    // server hands another a forwarded answer or asks it to close its oldest idle TCP
+    // client for a newcomer. Under mutexes taken when a query is forwarded, an upstream
+    // answers or times out, the upstream list is read or replaced, or a TCP client arrives
+    // at tcpMaxClients: never on the path that answers from mesd's own data.
+    struct Common;
+    Common& common() const { return *common_; }
+
 private:
     std::unique_ptr<RateLimiter> limiter_;
+    std::unique_ptr<Common> common_;
     std::uint32_t tcp_max_clients_;
     std::uint32_t tcp_max_clients_per_ip_;
     std::atomic<std::uint32_t> tcp_clients_{0};
@@ -567,7 +587,9 @@ struct UpstreamStatus {
 // its thread starts); stop() runs on the loop's thread (posted there for a worker); bound()
 // after start() on any thread; metrics(), in_flight() and upstreams() on any thread, while
 // the loop runs. `responder` and `source` outlive the server; a Responder is immutable and
-// may serve several servers, a Source serves one loop. on_warn is called on the loop's thread.
+// may serve several servers, a Source serves one loop. on_warn is called on the loop's thread
+// (for the upstream list's warnings, that of the first server sharing `shared` to start: it
+// alone reads the list and checks it again).
 class Server {
 public:
     Server(void* uv_loop, const Responder& responder, Source& source, ServerOptions options);
@@ -583,9 +605,11 @@ public:
     std::vector<std::string> bound() const;
     // Any thread: the counters (each read at some moment while the loop runs).
     const Metrics& metrics() const;
-    // Any thread: forwards outstanding.
+    // Any thread: this server's forwards outstanding (the servers sharing a SharedLimits sum
+    // to the count maxInFlight is held to).
     std::size_t in_flight() const;
-    // Any thread: the upstreams forwarded to now, best first.
+    // Any thread: the upstreams forwarded to now, best first. Servers sharing a SharedLimits
+    // share these records: each reports the same list, not a part of it.
     std::vector<UpstreamStatus> upstreams() const;
 
     struct Impl;

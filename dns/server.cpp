@@ -137,14 +137,6 @@ Metrics& Metrics::operator+=(const Metrics& o)
     return *this;
 }
 
-SharedLimits::SharedLimits(const ServerOptions& options)
-    : tcp_max_clients_(options.tcp_max_clients), tcp_max_clients_per_ip_(options.tcp_max_clients_per_ip)
-{
-    if (options.rate_limit.responses_per_second > 0) limiter_ = std::make_unique<RateLimiter>(options.rate_limit);
-}
-
-SharedLimits::~SharedLimits() = default;
-
 bool SharedLimits::take_tcp_client() noexcept
 {
     // A compare-and-swap, not an add then a check: the count never passes the limit, even
@@ -508,9 +500,11 @@ struct Forward;
 struct Probe;
 
 // One upstream and what answering has shown of it. Shared by the forwards that chose it: the
-// list can change (resolv.conf rewritten) while they are in flight. Written on the server's
-// loop thread only, always under `status` (the server's), which Server::upstreams() takes to
-// read it from another thread; the loop thread reads it without.
+// list can change (resolv.conf rewritten) while they are in flight; and by every server that
+// shares a SharedLimits, so that what one server's forwards learn (a timeout, an answer, an
+// RTT) every server ranks by. `address` and `name` never change once listed; the rest is read
+// and written under `status` (SharedLimits::Common::mutex), from any server's loop thread
+// and from Server::upstreams() on any thread.
 struct Upstream {
     sockaddr_storage address{};
     std::string name;
@@ -522,16 +516,18 @@ struct Upstream {
     bool measured = false;
     std::uint32_t failures = 0;      // timeouts in a row
     Clock::time_point backoff_until{};
-    bool probing = false;
+    bool probing = false;            // a probe is out, from one server: no other starts one
     std::uint64_t answers = 0;
     std::uint64_t timeouts = 0;
 
-    // Failing upstreams come after every healthy one, soonest to be probed first.
+    // Failing upstreams come after every healthy one, soonest to be probed first. Under `status`.
     bool suspect() const { return failures > 0; }
 
-    void answered(std::optional<Clock::duration> rtt)
+    // `probe`: the answer is to this upstream's probe, which ends with it.
+    void answered(std::optional<Clock::duration> rtt, bool probe = false)
     {
         std::lock_guard lock(*status);
+        if (probe) probing = false;
         ++answers;
         failures = 0;
         backoff_until = {};
@@ -548,18 +544,155 @@ struct Upstream {
     }
 
     // A timeout while already backed off or probed says nothing new (the forwards that chose
-    // it before it failed time out one after another). The first may be one lost datagram:
-    // a probe goes out at once. A probe's timeout confirms it: the next probe waits 1 s, then
-    // 2 s, doubling up to 64 s.
-    void timed_out(Clock::time_point now)
+    // it before it failed time out one after another, on any server). The first may be one
+    // lost datagram: a probe goes out at once. A probe's timeout (`probe`, which ends it)
+    // confirms it: the next probe waits 1 s, then 2 s, doubling up to 64 s.
+    void timed_out(Clock::time_point now, bool probe = false)
     {
         std::lock_guard lock(*status);
+        if (probe) probing = false;
         ++timeouts;
         if (suspect() && (probing || now < backoff_until)) return;
         ++failures;
         backoff_until = failures == 1 ? now : now + std::chrono::seconds(1) * (1u << std::min<std::uint32_t>(failures - 2, 6));
     }
+
+    // A probe ended with no verdict (its server stopping): another server may probe now.
+    void probe_abandoned()
+    {
+        std::lock_guard lock(*status);
+        probing = false;
+    }
 };
+
+namespace {
+
+// Best first: healthy upstreams by smoothed RTT (unmeasured ones first, srtt 0: each gets
+// its first sample from real traffic), then the backed-off ones, soonest to be probed first.
+// Under the records' mutex.
+void best_first(std::vector<std::shared_ptr<Upstream>>& order)
+{
+    std::ranges::stable_sort(order, [](const std::shared_ptr<Upstream>& a, const std::shared_ptr<Upstream>& b) {
+        if (a->suspect() != b->suspect()) return b->suspect();
+        if (a->suspect()) return a->backoff_until < b->backoff_until;
+        return a->srtt < b->srtt;
+    });
+}
+
+// What one server hands another, from the other's thread: a forward that joined a question
+// another server is asking upstream gets the answer (or the news that it failed); a TCP
+// newcomer at tcpMaxClients gets the place of another server's oldest idle client. A
+// uv_async_t on the receiving server's loop and a queue under a mutex; held by that server
+// and by the shared state naming it, so that a post after the server closed it fails (and
+// the sender takes it back), never reaching a closed handle.
+struct Inbox {
+    struct Message {
+        enum class Kind {
+            answer,   // `reply` (as the upstream sent it; empty: failed) for forward `id`
+            evict,    // close your oldest idle client for newcomer `id` of `from`
+            granted,  // a client was closed for newcomer `id`: its place is the newcomer's
+            denied,   // nothing to close for newcomer `id`
+        };
+        Kind kind;
+        std::uint64_t id = 0;
+        std::vector<std::uint8_t> reply;
+        std::shared_ptr<Inbox> from;
+    };
+    // A TCP client's rank for eviction: the lowest goes first. Idle ones by when they went
+    // idle, then those in mid-message by when the message began (as each server's own lists
+    // order them), in steady-clock nanoseconds; no_victim when the server has neither.
+    static constexpr std::uint64_t reading_rank = std::uint64_t{1} << 62;
+    static constexpr std::uint64_t no_victim = std::numeric_limits<std::uint64_t>::max();
+
+    uv_async_t async{};
+    // The rank of this server's first victim, published by its thread after every change
+    // of its TCP lists, read by another server's at tcpMaxClients.
+    std::atomic<std::uint64_t> evictable{no_victim};
+    std::mutex mutex;
+    bool open = false;             // under mutex
+    std::vector<Message> queue;    // under mutex
+
+    // Any thread; false when the inbox is closed (nothing was sent).
+    bool post(Message m)
+    {
+        std::lock_guard lock(mutex);
+        if (!open) return false;
+        queue.push_back(std::move(m));
+        uv_async_send(&async);
+        return true;
+    }
+};
+
+// A forward on another server waiting for a question asked here.
+struct RemoteJoiner {
+    std::shared_ptr<Inbox> inbox;
+    std::uint64_t id = 0;
+};
+
+}  // namespace
+
+// What the servers of one SharedLimits hold in common (one server's own with one loop): the
+// forwarder's state, which makes N workers forward as one process would, and each server's
+// inbox, through which they hand each other answers and TCP clients' places.
+struct SharedLimits::Common {
+    explicit Common(std::uint32_t max) : max_in_flight(max)
+    {
+        arc4random_buf(loop_token.data(), loop_token.size());
+    }
+
+    // maxInFlight, held across the servers: each Forward (joined ones too) takes a slot.
+    bool take_slot() noexcept
+    {
+        std::size_t open = in_flight.load(std::memory_order_relaxed);
+        do {
+            if (open >= max_in_flight) return false;
+        } while (!in_flight.compare_exchange_weak(open, open + 1, std::memory_order_relaxed));
+        return true;
+    }
+    void release_slot() noexcept { in_flight.fetch_sub(1, std::memory_order_relaxed); }
+
+    const std::uint32_t max_in_flight;
+    // One token for every server: a query any of them forwarded that comes back to any of
+    // them is known as a loop (the kernel may hand it to another worker's socket).
+    LoopToken loop_token{};
+    std::atomic<std::size_t> in_flight{0};
+    // upstreams.size(), read without the lock for every query that might be forwarded.
+    std::atomic<std::size_t> upstream_count{0};
+    // Taken by the first server to start: it alone reads the upstream list (config or
+    // resolv.conf), checks it again every recheckInterval and says what it leaves out, so an
+    // operator hears each warning once, not once per worker.
+    std::atomic<bool> list_taken{false};
+
+    std::mutex mutex;
+    // Under mutex: the list (replaced by the server that keeps it) and every record's
+    // learnt state (Upstream::status is this mutex).
+    std::vector<std::shared_ptr<Upstream>> upstreams;
+    // Under mutex: when a forwarding loop was last reported (at most one warning in 10 s).
+    std::optional<Clock::time_point> last_loop_report;
+    // Under mutex: the forward asking upstream for each question now in flight, by
+    // join_key(), with the forwards of other servers waiting for its answer (those of its own
+    // server wait in Forward::joined).
+    struct Asking {
+        Server::Impl* server = nullptr;
+        Forward* leader = nullptr;
+        std::vector<RemoteJoiner> remote;
+    };
+    std::unordered_map<std::string, Asking> asking;
+
+    // Each server's inbox, registered when it starts (and kept: a closed one takes no post).
+    std::mutex peers_mutex;
+    std::vector<std::shared_ptr<Inbox>> peers;  // under peers_mutex
+};
+
+SharedLimits::SharedLimits(const ServerOptions& options)
+    : common_(std::make_unique<Common>(options.max_in_flight)),
+      tcp_max_clients_(options.tcp_max_clients),
+      tcp_max_clients_per_ip_(options.tcp_max_clients_per_ip)
+{
+    if (options.rate_limit.responses_per_second > 0) limiter_ = std::make_unique<RateLimiter>(options.rate_limit);
+}
+
+SharedLimits::~SharedLimits() = default;
 
 // A UDP listener. libuv reports the socket readable (a uv_poll_t on a second descriptor of
 // it); the datagrams are then read here, up to `mmsg_width` per recvmmsg, answered in order,
@@ -611,15 +744,23 @@ struct Server::Impl {
     Metrics metrics;
     proxy::AcceptGuard accept_guard;
     std::vector<vip::Pool> allow;
-    std::vector<std::shared_ptr<Upstream>> upstreams;  // replaced under upstream_status
-    // Taken by the loop thread to write what the upstreams have shown (and to replace the
-    // list), and by upstreams() on another thread to read it: never on the answering path.
-    mutable std::mutex upstream_status;
-    // The rate limiter and the TCP client counts: this server's own, or shared with the
-    // servers of the other workers.
+    // The rate limiter, the TCP client counts and the forwarder's upstreams, maxInFlight,
+    // loop token and join table: this server's own, or shared with the servers of the other
+    // workers.
     std::shared_ptr<SharedLimits> limits;
     RateLimiter* limiter = nullptr;  // UDP only, when dns.rateLimit sets a rate
-    LoopToken loop_token{};
+    SharedLimits::Common* common = nullptr;
+    // With shared limits: what other servers hand this one (answers to the questions they
+    // ask, TCP clients' places); closed, with the UDP listeners, once stopped.
+    std::shared_ptr<Inbox> inbox;
+    bool inbox_open = false;
+    // Forwards of this server that joined a question another server is asking, by Forward::id.
+    std::unordered_map<std::uint64_t, Forward*> waiting_remote;
+    std::uint64_t last_forward_id = 0;
+    // TCP newcomers at tcpMaxClients waiting for another server to close its oldest client
+    // for them (not read, not yet counted among the open ones), by TcpConnection::newcomer_id.
+    std::unordered_map<std::uint64_t, TcpConnection*> newcomers;
+    std::uint64_t last_newcomer_id = 0;
     // One receive buffer for every forward and probe: libuv hands a datagram or a TCP read
     // to its callback before the next read, and what is kept is copied out at its size.
     std::vector<std::uint8_t> receive_buffer = std::vector<std::uint8_t>(max_udp);
@@ -629,7 +770,6 @@ struct Server::Impl {
     bool recheck_open = false;
     std::list<Probe*> probes;
     std::size_t live_probes = 0;
-    std::optional<Clock::time_point> last_loop_report;
 
     std::list<UdpListener*> udp_listeners;
     std::list<uv_tcp_t*> tcp_listeners;
@@ -646,9 +786,6 @@ struct Server::Impl {
     std::list<Forward*> forwards;
     // forwards.size(), for in_flight() on another thread.
     std::atomic<std::size_t> forwards_open{0};
-    // The forward asking upstream for each question now in flight, by join_key(): a query
-    // asking the same waits for its answer instead of asking again.
-    std::unordered_map<std::string, Forward*> asking;
     int open_listeners = 0;
     bool stopping = false;
     std::function<void()> on_stopped;
@@ -656,9 +793,9 @@ struct Server::Impl {
     Impl(uv_loop_t* l, const Responder& r, Source& s, ServerOptions o)
         : loop(l), responder(r), source(s), options(std::move(o))
     {
-        arc4random_buf(loop_token.data(), loop_token.size());
         limits = options.shared ? options.shared : std::make_shared<SharedLimits>(options);
         limiter = limits->limiter();
+        common = &limits->common();
     }
 
     Impl(const Impl&) = delete;
@@ -666,7 +803,7 @@ struct Server::Impl {
 
     bool may_forward(const sockaddr* client) const
     {
-        if (!options.forward_enabled || upstreams.empty()) return false;
+        if (!options.forward_enabled || common->upstream_count.load(std::memory_order_relaxed) == 0) return false;
         auto a = address_of(client);
         return a && std::ranges::any_of(allow, [&](const vip::Pool& p) { return p.contains(*a); });
     }
@@ -687,10 +824,31 @@ struct Server::Impl {
     {
         if (options.on_warn) options.on_warn(message, key, value);
     }
-    // The upstreams to try for one query, best first; starts a probe of each backed-off one
-    // whose time has come.
-    std::vector<std::shared_ptr<Upstream>> ranked(Clock::time_point now, bool start_probes = true);
+    // The upstreams to try for one query, best first, and whether every one is backed off;
+    // starts a probe of each backed-off one whose time has come and that no server probes.
+    std::vector<std::shared_ptr<Upstream>> ranked(Clock::time_point now, bool& all_suspect);
     void start_due_probes(Clock::time_point now);
+    // Under common->mutex: the backed-off upstreams whose probe is due, marked probing.
+    std::vector<std::shared_ptr<Upstream>> claim_probes(Clock::time_point now);
+    void start_probes(const std::vector<std::shared_ptr<Upstream>>& due);
+    // What other servers posted: answers to forwards of this one that joined their
+    // questions, requests to close a client for their newcomers and the replies to this
+    // one's requests.
+    void on_inbox();
+    void close_inbox();
+
+    // The rank (Inbox::evictable) of the client this server would close for a newcomer.
+    std::uint64_t evictable_rank() const;
+    void publish_evictable()
+    {
+        if (inbox) inbox->evictable.store(evictable_rank(), std::memory_order_relaxed);
+    }
+    // Closes this server's first victim, its place handed over; false when it has none.
+    bool evict_own();
+    // A newcomer with a place among tcpMaxClients: counted, read from now on.
+    void admit(TcpConnection* c);
+    // A newcomer without one: closed.
+    void refuse(TcpConnection* c);
     // The upstreams from the config or resolv.conf, less mesd's own addresses.
     void refresh_upstreams(bool at_start);
     bool is_own(const sockaddr* address, const std::vector<sockaddr_storage>& interfaces) const;
@@ -723,6 +881,12 @@ struct TcpConnection {
     // Which of the server's lists holds this (none: not counted among the open ones).
     Place place = Place::none;
     std::list<TcpConnection*>::iterator self;
+    // With servers sharing limits: when this took its place at the back of its list (steady
+    // clock, ns), what the other servers compare their own first victims' with.
+    std::uint64_t ranked_at = 0;
+    // A newcomer waiting for another server to give up a client's place: its key in
+    // Server::Impl::newcomers (0: none).
+    std::uint64_t newcomer_id = 0;
     // Loop times (uv_now, ms): when the message now in `in` began, when each reply not yet
     // written was queued, when the connection last did anything; the deadline the timer
     // is set for (0: none).
@@ -777,14 +941,22 @@ struct TcpConnection {
         Place now = !in.empty() ? Place::reading
                   : !forwards.empty() || !unsent.empty() ? Place::busy
                                                          : Place::idle;
+        bool moved = true;
         if (place == Place::none) {
             auto& to = list_of(now);
             to.push_back(this);
             self = std::prev(to.end());
         } else if (now != place || now == Place::idle || new_message) {
             list_of(now).splice(list_of(now).end(), list_of(place), self);
+        } else {
+            moved = false;
         }
         place = now;
+        if (moved && server.inbox) {
+            ranked_at = static_cast<std::uint64_t>(
+                std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count());
+            server.publish_evictable();
+        }
         arm();
     }
 
@@ -1017,10 +1189,15 @@ struct Forward {
     int open_handles = 0;
     bool done = false;
     std::vector<std::uint8_t> tcp_in;
-    // A forward asking upstream is in `server.asking` under `key`, and answers its
-    // `joined` too: forwards of the same question that arrived meanwhile and ask nobody.
+    // A forward asking upstream is in the shared join table under `key`, and answers its
+    // `joined` too: forwards of the same question that arrived meanwhile at this server and
+    // ask nobody (those that arrived at another server are told through its inbox).
     std::string key;
     std::vector<Forward*> joined;
+    // Unique on this server: how another server's leader names this forward in its inbox.
+    std::uint64_t id = 0;
+    // A forward waiting for another server's leader: the question's key in the join table.
+    std::string remote_key;
 
     explicit Forward(Server::Impl& s) : server(s)
     {
@@ -1080,32 +1257,50 @@ struct Forward {
         }, static_cast<std::uint64_t>(wait.count()), 0);
     }
 
+    // The answer to the question another forward asked, as this one's own (its ID and its
+    // question's case, RFC 5452 section 9.1, set in it), or, when empty, its own SERVFAIL.
+    void take_answer(std::vector<std::uint8_t> reply)
+    {
+        if (reply.empty()) {
+            fail();
+            return;
+        }
+        std::size_t end = question_end(reply);
+        if (end != 0 && end == question_end(original))
+            std::copy(original.begin() + 12, original.begin() + static_cast<std::ptrdiff_t>(end - 4), reply.begin() + 12);
+        finish(std::move(reply));
+    }
+
     void finish(std::vector<std::uint8_t> reply, bool failed = false)
     {
         if (done) return;
         done = true;
         server.forwards.erase(self);
         server.forwards_open.store(server.forwards.size(), std::memory_order_relaxed);
-        if (!key.empty()) {
-            if (auto it = server.asking.find(key); it != server.asking.end() && it->second == this) server.asking.erase(it);
-            key.clear();
+        server.common->release_slot();
+        std::vector<RemoteJoiner> remote;
+        if (!key.empty() || !remote_key.empty()) {
+            std::lock_guard lock(server.common->mutex);
+            auto& asking = server.common->asking;
+            if (auto it = asking.find(key); !key.empty() && it != asking.end() && it->second.leader == this) {
+                remote = std::move(it->second.remote);
+                asking.erase(it);
+            }
+            // Given up waiting (or answered): the leader must not post to this one any more.
+            if (auto it = asking.find(remote_key); !remote_key.empty() && it != asking.end())
+                std::erase_if(it->second.remote,
+                              [&](const RemoteJoiner& r) { return r.inbox == server.inbox && r.id == id; });
         }
-        // Those that joined get the answer as their own (their ID and their question's case,
-        // RFC 5452 section 9.1, set in theirs), or their own SERVFAIL.
+        if (!remote_key.empty()) {
+            server.waiting_remote.erase(id);
+            remote_key.clear();
+        }
+        key.clear();
         auto waiting = std::move(joined);
         joined.clear();
-        for (auto* j : waiting) {
-            if (failed || reply.empty()) {
-                j->fail();
-                continue;
-            }
-            auto theirs = reply;
-            std::size_t end = question_end(theirs);
-            if (end != 0 && end == question_end(j->original))
-                std::copy(j->original.begin() + 12, j->original.begin() + static_cast<std::ptrdiff_t>(end - 4),
-                          theirs.begin() + 12);
-            j->finish(std::move(theirs));
-        }
+        for (auto* j : waiting) j->take_answer(failed ? std::vector<std::uint8_t>{} : reply);
+        for (auto& r : remote)
+            r.inbox->post({Inbox::Message::Kind::answer, r.id, failed ? std::vector<std::uint8_t>{} : reply, nullptr});
         uv_timer_stop(&timer);
         close_sockets();
         uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_close);
@@ -1308,8 +1503,7 @@ struct Probe {
         udp.data = timer.data = this;
         uv_udp_init(server.loop, &udp);
         uv_timer_init(server.loop, &timer);
-        ++server.live_probes;
-        upstream->probing = true;
+        ++server.live_probes;  // `upstream` was marked probing when this was claimed
     }
 
     void start()
@@ -1318,7 +1512,7 @@ struct Probe {
         // probe that leads back to mesd comes back as SERVFAIL, not as another probe.
         query = {0, 0, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1};
         set_id(query, static_cast<std::uint16_t>(arc4random() & 0xffff));
-        mark_query(query, server.loop_token);
+        mark_query(query, server.common->loop_token);
         const sockaddr* to = reinterpret_cast<const sockaddr*>(&upstream->address);
         sockaddr_storage any{};
         if (to->sa_family == AF_INET6) uv_ip6_addr("::", 0, reinterpret_cast<sockaddr_in6*>(&any));
@@ -1340,27 +1534,29 @@ struct Probe {
                                       answer.size() < 12 || !(answer[2] & 0x80) || get_id(answer) != get_id(p->query) ||
                                       !same_question(p->query, answer))
                                       return;
-                                  p->close();
-                                  p->upstream->answered(Clock::now() - p->sent);
+                                  p->close(true);
+                                  p->upstream->answered(Clock::now() - p->sent, true);
                               }) < 0 ||
             uv_udp_try_send(&udp, &buf, 1, to) < 0) {
-            close();
-            upstream->timed_out(Clock::now());
+            close(true);
+            upstream->timed_out(Clock::now(), true);
             return;
         }
         uv_timer_start(&timer, [](uv_timer_t* t) {
             auto* p = static_cast<Probe*>(t->data);
-            p->close();
-            p->upstream->timed_out(Clock::now());
+            p->close(true);
+            p->upstream->timed_out(Clock::now(), true);
         }, static_cast<std::uint64_t>(server.options.forward_timeout.count()), 0);
     }
 
-    // Ends the probe; `upstream` stays valid until the close callbacks run.
-    void close()
+    // Ends the probe; `upstream` stays valid until the close callbacks run. `verdict`: the
+    // caller reports the answer or timeout next, which ends the upstream's probing with it;
+    // otherwise it ends here, and another server may probe.
+    void close(bool verdict = false)
     {
         if (done) return;
         done = true;
-        upstream->probing = false;
+        if (!verdict) upstream->probe_abandoned();
         server.probes.erase(self);
         auto on_close = [](uv_handle_t* h) {
             auto* p = static_cast<Probe*>(h->data);
@@ -1375,30 +1571,53 @@ struct Probe {
     }
 };
 
-std::vector<std::shared_ptr<Upstream>> Server::Impl::ranked(Clock::time_point now, bool start_probes)
+std::vector<std::shared_ptr<Upstream>> Server::Impl::ranked(Clock::time_point now, bool& all_suspect)
 {
-    auto order = upstreams;
-    std::ranges::stable_sort(order, [](const std::shared_ptr<Upstream>& a, const std::shared_ptr<Upstream>& b) {
-        if (a->suspect() != b->suspect()) return b->suspect();
-        if (a->suspect()) return a->backoff_until < b->backoff_until;
-        // Unmeasured upstreams first (srtt 0): each gets its first sample from real traffic.
-        return a->srtt < b->srtt;
-    });
-    if (start_probes) start_due_probes(now);
+    std::vector<std::shared_ptr<Upstream>> order, due;
+    {
+        std::lock_guard lock(common->mutex);
+        order = common->upstreams;
+        best_first(order);
+        all_suspect = !order.empty() && std::ranges::all_of(order, [](const auto& u) { return u->suspect(); });
+        due = claim_probes(now);
+    }
+    start_probes(due);
     return order;
 }
 
 void Server::Impl::start_due_probes(Clock::time_point now)
 {
-    if (stopping) return;
-    for (const auto& u : upstreams)
+    std::vector<std::shared_ptr<Upstream>> due;
+    {
+        std::lock_guard lock(common->mutex);
+        due = claim_probes(now);
+    }
+    start_probes(due);
+}
+
+std::vector<std::shared_ptr<Upstream>> Server::Impl::claim_probes(Clock::time_point now)
+{
+    // Claimed under the lock every server takes: however many servers see the back-off end
+    // at once, one of them probes.
+    std::vector<std::shared_ptr<Upstream>> due;
+    if (stopping) return due;
+    for (const auto& u : common->upstreams)
         if (u->suspect() && !u->probing && now >= u->backoff_until) {
-            ++metrics.upstream_probes;
-            auto* p = new Probe(*this, u);
-            probes.push_front(p);
-            p->self = probes.begin();
-            p->start();
+            u->probing = true;
+            due.push_back(u);
         }
+    return due;
+}
+
+void Server::Impl::start_probes(const std::vector<std::shared_ptr<Upstream>>& due)
+{
+    for (const auto& u : due) {
+        ++metrics.upstream_probes;
+        auto* p = new Probe(*this, u);
+        probes.push_front(p);
+        p->self = probes.begin();
+        p->start();
+    }
 }
 
 void TcpConnection::close()
@@ -1413,6 +1632,7 @@ void TcpConnection::close()
         // the pool, where another worker's newcomer could take it first.
         if (!place_handed_over) server.limits->release_tcp_client();
         server.limits->release_address(address);
+        server.publish_evictable();
     }
     // Forwards still waiting for this client answer nobody.
     for (auto* f : forwards) f->tcp_client = nullptr;
@@ -1424,57 +1644,58 @@ void TcpConnection::close()
 void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Response& r, Clock::time_point received,
                                  uv_udp_t* udp, const sockaddr* client, TcpConnection* tcp)
 {
-    if (marked_by(query, loop_token)) {
+    auto refuse = [&] {
+        auto reply = responder.error_reply(query, 2 /* SERVFAIL */, tcp ? 65535 : r.client_udp_size);
+        ++metrics.replies_by_rcode[2];
+        if (tcp) tcp->send(std::move(reply));
+        else if (!reply.empty()) static_cast<UdpListener*>(udp->data)->send_one(client, std::move(reply));
+    };
+    if (marked_by(query, common->loop_token)) {
         // A query mesd forwarded has come back: answering it is what ends the loop (SERVFAIL
         // goes back along the chain to the client), forwarding it again would repeat it until
         // every slot were taken.
         ++metrics.forward_loops;
         auto now = Clock::now();
-        if (!last_loop_report || now - *last_loop_report > std::chrono::seconds(10)) {
-            last_loop_report = now;
+        bool report = false;
+        {
+            std::lock_guard lock(common->mutex);
+            auto& last = common->last_loop_report;
+            if (!last || now - *last > std::chrono::seconds(10)) {
+                last = now;
+                report = true;
+            }
+        }
+        if (report)
             warn("forwarding loop: a query mesd forwarded came back to it, answered SERVFAIL", "from",
                  tcp ? std::string("tcp") : describe(client));
-        }
-        auto reply = responder.error_reply(query, 2 /* SERVFAIL */, tcp ? 65535 : r.client_udp_size);
-        ++metrics.replies_by_rcode[2];
-        if (tcp) tcp->send(std::move(reply));
-        else if (!reply.empty()) static_cast<UdpListener*>(udp->data)->send_one(client, std::move(reply));
+        refuse();
         return;
     }
-    if (forwards.size() >= options.max_in_flight || stopping) {
+    if (stopping || !common->take_slot()) {
         ++metrics.forward_overload;
-        auto reply = responder.error_reply(query, 2 /* SERVFAIL */, tcp ? 65535 : r.client_udp_size);
-        ++metrics.replies_by_rcode[2];
-        if (tcp) tcp->send(std::move(reply));
-        else if (!reply.empty()) static_cast<UdpListener*>(udp->data)->send_one(client, std::move(reply));
+        refuse();
         return;
     }
-    auto order = ranked(Clock::now());
-    if (!order.empty() && std::ranges::all_of(order, [](const auto& u) { return u->suspect(); })) {
+    bool all_suspect = false;
+    auto order = ranked(Clock::now(), all_suspect);
+    if (all_suspect) {
         // Every upstream has just timed out and is being probed, or has failed its probe too:
         // waiting on them would only make the client's resolver wait (glibc asks twice, for
         // each search domain, for A and AAAA: 16 waits). SERVFAIL now moves it on at once.
+        common->release_slot();
         ++metrics.forward_backed_off;
-        auto reply = responder.error_reply(query, 2 /* SERVFAIL */, tcp ? 65535 : r.client_udp_size);
-        ++metrics.replies_by_rcode[2];
-        if (tcp) tcp->send(std::move(reply));
-        else if (!reply.empty()) static_cast<UdpListener*>(udp->data)->send_one(client, std::move(reply));
+        refuse();
         return;
     }
-    auto key = join_key(query);
-    Forward* leader = nullptr;
-    if (!key.empty())
-        if (auto it = asking.find(key); it != asking.end()) leader = it->second;
-    if (leader) ++metrics.forward_joined;
-    else ++metrics.forwarded;
     auto* f = new Forward(*this);
     forwards.push_front(f);
     f->self = forwards.begin();
     forwards_open.store(forwards.size(), std::memory_order_relaxed);
+    f->id = ++last_forward_id;
     f->original.assign(query.begin(), query.end());
     f->query = f->original;
     f->client_edns = !opt_record(query).empty();
-    mark_query(f->query, loop_token);
+    mark_query(f->query, common->loop_token);
     f->client_id = get_id(query);
     f->client_udp_size = r.client_udp_size;
     f->received = received;
@@ -1488,18 +1709,44 @@ void Server::Impl::start_forward(std::span<const std::uint8_t> query, const Resp
         f->udp_listener = udp;
         std::memcpy(&f->client, client, client->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
     }
-    // The same question already being asked: this one waits for that answer. Besides
-    // sparing the upstreams a burst of identical queries (as Unbound and dnsmasq merge
-    // them), this ends a loop through a forwarder that strips mesd's loop option: the query
-    // that comes back joins the forward it came from instead of being forwarded again, which
-    // would repeat until every maxInFlight slot were taken by one client query.
+    // The same question already being asked, by this server or another: this one waits for
+    // that answer. Besides sparing the upstreams a burst of identical queries (as Unbound and
+    // dnsmasq merge them), this ends a loop through a forwarder that strips mesd's loop
+    // option: the query that comes back, to whichever worker, joins the forward it came from
+    // instead of being forwarded again, which would repeat until every maxInFlight slot were
+    // taken by one client query.
+    auto key = join_key(query);
+    Forward* leader = nullptr;
+    bool remote = false;
+    if (!key.empty()) {
+        std::lock_guard lock(common->mutex);
+        auto& asking = common->asking;
+        if (auto it = asking.find(key); it == asking.end()) {
+            asking.emplace(key, SharedLimits::Common::Asking{this, f, {}});
+            f->key = key;
+        } else if (it->second.server == this) {
+            leader = it->second.leader;
+        } else if (inbox) {
+            it->second.remote.push_back({inbox, f->id});
+            remote = true;
+        }
+        // (Another server's question, and no inbox to hear its answer: asked upstream anew.)
+    }
+    if (leader || remote) ++metrics.forward_joined;
+    else ++metrics.forwarded;
     if (leader) {
         leader->joined.push_back(f);
         return;
     }
-    if (!key.empty()) {
-        f->key = key;
-        asking.emplace(std::move(key), f);
+    if (remote) {
+        f->remote_key = std::move(key);
+        waiting_remote.emplace(f->id, f);
+        // The other server answers within its own maxWait; should its loop be held up, this
+        // one still answers its client, with SERVFAIL, a forward timeout after its own.
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(f->deadline - Clock::now()) + options.forward_timeout;
+        uv_timer_start(&f->timer, [](uv_timer_t* t) { static_cast<Forward*>(t->data)->fail(); },
+                       static_cast<std::uint64_t>(std::max<std::int64_t>(left.count(), 1)), 0);
+        return;
     }
     f->try_udp();
 }
@@ -1790,23 +2037,61 @@ void Server::Impl::on_tcp_connection(uv_stream_t* listener)
     // At tcpMaxClients (across every worker's server) the newcomer takes the place of the
     // connection that least deserves one: the longest idle, else the one whose message has
     // been arriving the longest (RFC 7766 section 6.2.3: under heavy load or attack a server
-    // may use zero idle timeouts), so that slow clients cannot lock new ones out. A server
-    // evicts only its own connections (another worker's belong to another thread): when it
-    // has none to give up, or every one is owed answers, the newcomer is refused.
+    // may use zero idle timeouts), so that slow clients cannot lock new ones out. That is
+    // the first of every server's, as one process would choose: when another server's comes
+    // first (each publishes the rank of its own), that server is asked to close it (only its
+    // thread may) and the newcomer waits, unread, for its place or for a refusal.
     if (!limits->take_tcp_client()) {
-        TcpConnection* victim = !tcp_idle.empty()      ? tcp_idle.front()
-                              : !tcp_reading.empty() ? tcp_reading.front()
-                                                     : nullptr;
-        if (!victim) {
-            ++metrics.tcp_refused;
-            limits->release_address(c->address);
-            c->close();
+        std::shared_ptr<Inbox> holder;
+        std::uint64_t best = Inbox::no_victim;
+        if (inbox) {
+            std::lock_guard lock(common->peers_mutex);
+            for (const auto& p : common->peers)
+                if (p != inbox)
+                    if (auto rank = p->evictable.load(std::memory_order_relaxed); rank < best) {
+                        best = rank;
+                        holder = p;
+                    }
+        }
+        if (holder && best < evictable_rank()) {
+            c->newcomer_id = ++last_newcomer_id;
+            newcomers.emplace(c->newcomer_id, c);
+            if (holder->post({Inbox::Message::Kind::evict, c->newcomer_id, {}, inbox})) return;
+            newcomers.erase(c->newcomer_id);
+            c->newcomer_id = 0;
+        }
+        if (!evict_own()) {
+            refuse(c);
             return;
         }
-        ++metrics.tcp_evicted;
-        victim->place_handed_over = true;
-        victim->close();
     }
+    admit(c);
+}
+
+std::uint64_t Server::Impl::evictable_rank() const
+{
+    if (!tcp_idle.empty()) return tcp_idle.front()->ranked_at;
+    if (!tcp_reading.empty()) return Inbox::reading_rank | tcp_reading.front()->ranked_at;
+    return Inbox::no_victim;
+}
+
+bool Server::Impl::evict_own()
+{
+    // Busy ones (forwards outstanding, replies unsent) are never evicted: their answers are owed.
+    TcpConnection* victim = !tcp_idle.empty()      ? tcp_idle.front()
+                          : !tcp_reading.empty() ? tcp_reading.front()
+                                                 : nullptr;
+    if (!victim) return false;
+    ++metrics.tcp_evicted;
+    // Its place passes to the newcomer, never back to the pool, where another worker's
+    // newcomer could take it first.
+    victim->place_handed_over = true;
+    victim->close();
+    return true;
+}
+
+void Server::Impl::admit(TcpConnection* c)
+{
     ++tcp_open;
     ++metrics.tcp_connections;
     uv_tcp_nodelay(&c->tcp, 1);
@@ -1815,9 +2100,18 @@ void Server::Impl::on_tcp_connection(uv_stream_t* listener)
     c->start_reading();
 }
 
+void Server::Impl::refuse(TcpConnection* c)
+{
+    ++metrics.tcp_refused;
+    limits->release_address(c->address);
+    c->close();
+}
+
 void Server::Impl::maybe_stopped()
 {
     if (!stopping || !forwards.empty() || tcp_open > 0) return;
+    // No forward of this server waits for another's answer any more, and none will start.
+    close_inbox();
     if (!udp_listeners.empty()) {
         for (auto* u : udp_listeners) u->close();
         udp_listeners.clear();
@@ -1829,6 +2123,71 @@ void Server::Impl::maybe_stopped()
         on_stopped = nullptr;
         done();
     }
+}
+
+void Server::Impl::on_inbox()
+{
+    std::vector<Inbox::Message> messages;
+    {
+        std::lock_guard lock(inbox->mutex);
+        messages.swap(inbox->queue);
+    }
+    using Kind = Inbox::Message::Kind;
+    for (auto& m : messages) {
+        switch (m.kind) {
+        case Kind::answer:
+            if (auto it = waiting_remote.find(m.id); it != waiting_remote.end())  // else: gave up waiting
+                it->second->take_answer(std::move(m.reply));
+            break;
+        case Kind::evict:
+            // The place goes to the asking server's newcomer; should that server have closed
+            // its inbox meanwhile, back to the pool.
+            if (!stopping && evict_own()) {
+                if (!m.from->post({Kind::granted, m.id, {}, nullptr})) limits->release_tcp_client();
+            } else {
+                m.from->post({Kind::denied, m.id, {}, nullptr});
+            }
+            break;
+        case Kind::granted:
+        case Kind::denied: {
+            auto it = newcomers.find(m.id);
+            if (it == newcomers.end()) {  // closed while it waited (the server stopping)
+                if (m.kind == Kind::granted) limits->release_tcp_client();
+                break;
+            }
+            auto* c = it->second;
+            newcomers.erase(it);
+            c->newcomer_id = 0;
+            // Denied: the other server's clients went busy or away meanwhile; a place may have
+            // come free since, else this server's own first victim gives up its place.
+            if (m.kind == Kind::granted || limits->take_tcp_client() || evict_own()) admit(c);
+            else refuse(c);
+            break;
+        }
+        }
+    }
+}
+
+void Server::Impl::close_inbox()
+{
+    if (!inbox_open) return;
+    inbox_open = false;
+    std::vector<Inbox::Message> left;
+    {
+        std::lock_guard lock(inbox->mutex);
+        inbox->open = false;
+        left.swap(inbox->queue);
+    }
+    // Nothing here waits any more; what other servers wait for is answered.
+    for (auto& m : left) {
+        if (m.kind == Inbox::Message::Kind::evict) m.from->post({Inbox::Message::Kind::denied, m.id, {}, nullptr});
+        else if (m.kind == Inbox::Message::Kind::granted) limits->release_tcp_client();
+    }
+    uv_close(reinterpret_cast<uv_handle_t*>(&inbox->async), [](uv_handle_t* h) {
+        auto* impl = static_cast<Server::Impl*>(h->data);
+        --impl->open_listeners;
+        impl->maybe_stopped();
+    });
 }
 
 Server::Server(void* uv_loop, const Responder& responder, Source& source, ServerOptions options)
@@ -1917,6 +2276,19 @@ std::expected<void, std::string> Server::start()
     auto& s = *impl_;
     for (const auto& cidr : s.options.allow)
         if (auto p = vip::Pool::parse(cidr)) s.allow.push_back(*p);
+    if (s.options.shared) {
+        // On the loop's thread or, for a worker's loop, before its thread starts.
+        s.inbox = std::make_shared<Inbox>();
+        if (int rc = uv_async_init(s.loop, &s.inbox->async, [](uv_async_t* a) { static_cast<Server::Impl*>(a->data)->on_inbox(); });
+            rc < 0)
+            return std::unexpected("dns: " + from_uv(rc));
+        s.inbox->async.data = &s;
+        s.inbox->open = true;
+        s.inbox_open = true;
+        ++s.open_listeners;
+        std::lock_guard lock(s.common->peers_mutex);
+        s.common->peers.push_back(s.inbox);
+    }
 
     for (const auto& hp : s.options.listen) {
         auto addr = to_sockaddr(hp);
@@ -1995,7 +2367,10 @@ std::expected<void, std::string> Server::start()
         s.bound.push_back(describe(reinterpret_cast<sockaddr*>(&actual)));
         s.bound_addresses.push_back(actual);
     }
-    if (s.options.forward_enabled) {
+    // The first server of those sharing `limits` to start reads the upstream list and checks
+    // it again (with its own listening addresses: every server binds the same); the others
+    // forward to the list it keeps.
+    if (s.options.forward_enabled && !s.common->list_taken.exchange(true)) {
         s.refresh_upstreams(true);
         // A timer, not a file watch: resolv.conf is often replaced by a rename (which a watch
         // on the file misses) and interface addresses change with no file at all; reading a
@@ -2082,6 +2457,11 @@ void Server::Impl::refresh_upstreams(bool at_start)
     auto wanted = from_file ? (options.resolv_conf.empty() ? std::vector<conf::HostPort>{} : read_nameservers(options.resolv_conf))
                             : options.upstreams;
     auto interfaces = interface_addresses();
+    std::vector<std::shared_ptr<Upstream>> known;
+    {
+        std::lock_guard lock(common->mutex);
+        known = common->upstreams;
+    }
     std::vector<std::shared_ptr<Upstream>> chosen;
     for (const auto& hp : wanted) {
         auto address = to_sockaddr(hp);
@@ -2095,23 +2475,26 @@ void Server::Impl::refresh_upstreams(bool at_start)
         }
         if (std::ranges::any_of(chosen, [&](const auto& u) { return u->name == name; })) continue;
         // An upstream already known keeps what was learnt of it.
-        auto known = std::ranges::find_if(upstreams, [&](const auto& u) { return u->name == name; });
-        if (known != upstreams.end()) {
-            chosen.push_back(*known);
+        auto it = std::ranges::find_if(known, [&](const auto& u) { return u->name == name; });
+        if (it != known.end()) {
+            chosen.push_back(*it);
             continue;
         }
         auto u = std::make_shared<Upstream>();
-        u->status = &upstream_status;
+        u->status = &common->mutex;
         u->address = *address;
         u->name = name;
         chosen.push_back(std::move(u));
     }
-    bool changed = chosen.size() != upstreams.size() || !std::equal(chosen.begin(), chosen.end(), upstreams.begin());
+    bool changed = chosen.size() != known.size() || !std::equal(chosen.begin(), chosen.end(), known.begin());
+    bool none = chosen.empty();
     {
-        std::lock_guard lock(upstream_status);
-        upstreams = std::move(chosen);
+        // Only this server writes the list, so `known` is still what it holds.
+        std::lock_guard lock(common->mutex);
+        common->upstream_count.store(chosen.size(), std::memory_order_relaxed);
+        common->upstreams = std::move(chosen);
     }
-    if ((at_start || changed) && upstreams.empty())
+    if ((at_start || changed) && none)
         warn("no upstreams: names outside mesd's own are answered REFUSED", "source",
              from_file ? (options.resolv_conf.empty() ? std::string("none") : options.resolv_conf)
                        : std::string("dns.forward.upstreams"));
@@ -2145,6 +2528,12 @@ void Server::stop(std::function<void()> done)
             impl->maybe_stopped();
         });
     }
+    // Newcomers waiting for another server to give up a client's place: refused (a place
+    // granted after this goes back to the pool).
+    std::vector<TcpConnection*> waiting;
+    for (const auto& [id, c] : s.newcomers) waiting.push_back(c);
+    s.newcomers.clear();
+    for (auto* c : waiting) s.refuse(c);
     // A probe only informs later forwards: there are none.
     std::vector<Probe*> probes(s.probes.begin(), s.probes.end());
     for (auto* p : probes) p->close();
@@ -2205,10 +2594,12 @@ std::size_t Server::in_flight() const { return impl_->forwards_open.load(std::me
 std::vector<UpstreamStatus> Server::upstreams() const
 {
     std::vector<UpstreamStatus> out;
-    auto now = Clock::now();
-    // Under the lock the loop thread writes under: this may run on another thread.
-    std::lock_guard lock(impl_->upstream_status);
-    for (const auto& u : impl_->ranked(now, false)) {
+    // Under the lock every server writes the records under: this may run on any thread.
+    auto& common = *impl_->common;
+    std::lock_guard lock(common.mutex);
+    auto order = common.upstreams;
+    best_first(order);
+    for (const auto& u : order) {
         UpstreamStatus st;
         st.address = u->name;
         st.measured = u->measured;

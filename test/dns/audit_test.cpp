@@ -90,7 +90,8 @@ struct StrippingForwarder {
     std::atomic<int> asked{0};
     std::jthread thread;
 
-    explicit StrippingForwarder(const int& target)
+    // `target` is set by the test's thread once mesd runs, and read here.
+    explicit StrippingForwarder(const std::atomic<int>& target)
     {
         sockaddr_in addr{};
         addr.sin_family = AF_INET;
@@ -122,7 +123,7 @@ struct StrippingForwarder {
                     m[1] = static_cast<std::uint8_t>(id & 0xff);
                     sockaddr_in to{};
                     to.sin_family = AF_INET;
-                    to.sin_port = htons(static_cast<std::uint16_t>(target));
+                    to.sin_port = htons(static_cast<std::uint16_t>(target.load()));
                     to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
                     ++asked;
                     ::sendto(ask_fd, m.data(), m.size(), 0, reinterpret_cast<sockaddr*>(&to), sizeof to);
@@ -153,7 +154,7 @@ struct StrippingForwarder {
 
 TEST_CASE("audit: a loop through a forwarder that strips the loop option costs one more forward and not every slot")
 {
-    int mesd_port = 0;
+    std::atomic<int> mesd_port = 0;
     StrippingForwarder stripper(mesd_port);
     auto options = forwarding({stripper.port}, "500ms");
     options.dns_section += "    maxWait: 800ms\n";

@@ -452,7 +452,19 @@ TEST_CASE("limits: TCP clients beyond tcpMaxClients are closed, upstream queries
     MesdOptions o = forwarding({silent.port}, "2s");
     o.dns_section = "  tcpMaxClients: 2\n" + o.dns_section + "    maxInFlight: 1\n";
     Fixture f(o);
-    auto connect = [&]() { return tcp_connect(f.mesd->dns_port()); };
+    // Each connection accepted before the next is made: with several workers each has an
+    // accept queue of its own, and connections made at the same instant are accepted in no
+    // set order, so "oldest" would mean nothing.
+    int accepted = 0;
+    auto connect = [&]() {
+        int fd = tcp_connect(f.mesd->dns_port());
+        ++accepted;
+        CHECK(eventually([&] {
+            return f.mesd->admin_get("/metrics").find("mesd_dns_tcp_connections_total " + std::to_string(accepted) + "\n") !=
+                   std::string::npos;
+        }, std::chrono::seconds(2)));
+        return fd;
+    };
     int a = connect(), b = connect(), c = connect();
     pollfd p{a, POLLIN, 0};
     REQUIRE(::poll(&p, 1, 2000) == 1);
