@@ -15,8 +15,9 @@ using namespace std::chrono_literals;
 namespace {
 
 // AddressSanitizer keeps freed memory in quarantine (256 MB by default) and adds shadow
-// memory, so RSS says nothing about what mesd holds in a sanitizer build.
-#ifdef __SANITIZE_ADDRESS__
+// memory, ThreadSanitizer maps shadow for every page touched and keeps an allocator cache
+// per thread, so RSS says nothing about what mesd holds in a sanitizer build.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 constexpr bool rss_meaningful = false;
 #else
 constexpr bool rss_meaningful = true;
