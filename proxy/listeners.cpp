@@ -169,6 +169,17 @@ void Proxy::Impl::accept_polled(Listener* l) noexcept
             ++refused;
             continue;
         }
+        // Descriptors on their way to a worker count against maxConnections already: a flood
+        // accepted faster than the workers take it up must not run the process out of
+        // descriptors before any worker has compared it with the limit.
+        std::uint64_t on_their_way = 0;
+        for (const auto& s : shards) on_their_way += s->assigned.load();
+        if (active.load() + on_their_way >= options.max_connections) {
+            ::close(fd);
+            ++refused;
+            if (service) ++service->refused;
+            continue;
+        }
         Shard& shard = least_busy();
         ++shard.assigned;
         auto socket = std::make_shared<Descriptor>(fd);
