@@ -175,6 +175,10 @@ void Proxy::Impl::accept_polled(Listener* l) noexcept
         std::uint64_t on_their_way = 0;
         for (const auto& s : shards) on_their_way += s->assigned.load();
         if (active.load() + on_their_way >= options.max_connections) {
+            // Reset, as a connection over a limit is on a worker: the client sees at once that
+            // it was refused rather than an empty reply.
+            linger reset{1, 0};
+            ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
             ::close(fd);
             ++refused;
             if (service) ++service->refused;
