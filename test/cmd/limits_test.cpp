@@ -126,25 +126,6 @@ struct LimitsFixture {
     }
 };
 
-// Sends `text` through the proxy to an echo backend and reads it back.
-std::string echoed(const std::string& host, int port, const std::string& text)
-{
-    int fd = connect_to(host, port);
-    if (fd < 0) return "";
-    (void)!::send(fd, text.data(), text.size(), MSG_NOSIGNAL);
-    ::shutdown(fd, SHUT_WR);
-    std::string out;
-    char buf[4096];
-    while (true) {
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 5000) != 1) break;
-        auto n = ::recv(fd, buf, sizeof buf, 0);
-        if (n <= 0) break;
-        out.append(buf, static_cast<std::size_t>(n));
-    }
-    ::close(fd);
-    return out;
-}
 
 }  // namespace
 

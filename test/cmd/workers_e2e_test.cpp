@@ -90,25 +90,6 @@ struct WorkersFixture {
     }
 };
 
-// Sends `text` through the proxy and reads the echo back; "" on any failure.
-std::string echoed(const std::string& host, int port, const std::string& text)
-{
-    int fd = connect_to(host, port);
-    if (fd < 0) return "";
-    (void)!::send(fd, text.data(), text.size(), MSG_NOSIGNAL);
-    ::shutdown(fd, SHUT_WR);
-    std::string out;
-    char buf[4096];
-    while (true) {
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 3000) != 1) break;
-        auto n = ::recv(fd, buf, sizeof buf, 0);
-        if (n <= 0) break;
-        out.append(buf, static_cast<std::size_t>(n));
-    }
-    ::close(fd);
-    return out;
-}
 
 }  // namespace
 

@@ -1,6 +1,7 @@
 #include "test/support/net.hpp"
 
 #include <arpa/inet.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -58,6 +59,25 @@ int connect_to(const std::string& host, int port)
         return -1;
     }
     return fd;
+}
+
+std::string echoed(const std::string& host, int port, const std::string& text, std::chrono::milliseconds wait)
+{
+    int fd = connect_to(host, port);
+    if (fd < 0) return "";
+    (void)!::send(fd, text.data(), text.size(), MSG_NOSIGNAL);
+    ::shutdown(fd, SHUT_WR);
+    std::string out;
+    char buf[4096];
+    while (true) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(wait.count())) != 1) break;
+        auto n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        out.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    return out;
 }
 
 bool eventually(const std::function<bool()>& check, std::chrono::milliseconds within)

@@ -18,6 +18,10 @@ int free_udp_port();
 int free_dual_port();
 // A connected TCP socket to HOST:PORT (IPv4), or -1.
 int connect_to(const std::string& host, int port);
+// Connects to HOST:PORT, sends `text`, shuts the sending side and reads until EOF, an error
+// or `wait` without data: what an echo backend behind the proxy sent back ("" on failure).
+std::string echoed(const std::string& host, int port, const std::string& text,
+                   std::chrono::milliseconds wait = std::chrono::seconds(5));
 // True once `check` is; false when `within` passes first.
 bool eventually(const std::function<bool()>& check, std::chrono::milliseconds within = std::chrono::seconds(5));
 // True when something accepts TCP connections on HOST:PORT now.
