@@ -647,7 +647,9 @@ TEST_CASE("many short connections leave no handles or memory behind")
     INFO(n << " connections; RSS " << rss << " -> " << f.rss_kib() << " KiB");
     CHECK(n == 300);
     CHECK(eventually([&] { return f.metric("mesd_proxy_connections_active") == 0; }));
-    CHECK(f.open_fds() == fds);
+    // No more than before (a leak would add one per connection); with workers the first count
+    // may have caught a closed connection's descriptor on its way out of a worker's loop.
+    CHECK(eventually([&] { return f.open_fds() <= fds; }));
     CHECK(f.rss_kib() - rss < 2048);
 }
 
