@@ -7,6 +7,8 @@
 #include "dns/dns.hpp"
 #include "workers/worker.hpp"
 
+#include "test/dns/workers_farm.hpp"
+
 #include "test/support/net.hpp"
 #include "test/support/resources.hpp"
 #include "test/support/temp_store.hpp"
@@ -40,7 +42,8 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-constexpr std::size_t worker_count = 4;
+using workers_farm::Farm;
+using workers_farm::worker_count;
 
 std::vector<std::uint8_t> query(const std::string& name, std::uint16_t id)
 {
@@ -164,100 +167,14 @@ struct Warnings {
     }
 };
 
-// `worker_count` workers each running a Server over a CatalogSource of its own, sharing one
-// SharedLimits, set up on this thread before the workers' threads start, as the daemon does.
-struct Farm {
-    test_support::StoreFixture store;
-    std::unique_ptr<dns::StoreSource> control;
-    dns::Responder responder{dns::Settings{}};
-    std::shared_ptr<dns::SharedLimits> limits;
-    std::vector<std::unique_ptr<workers::Worker>> workers;
-    std::vector<std::unique_ptr<dns::CatalogSource>> sources;
-    std::vector<std::unique_ptr<dns::Server>> servers;
-    int port = 0;
-    bool running = false;
-
-    explicit Farm(dns::ServerOptions options)
-    {
-        std::vector<conf::Resource> resources = {test_support::make_generator("example", "{{ .Name }}.mesh"),
-                                                 test_support::make_mes("mes-a")};
-        auto applied = store.db->apply(resources, store.options);
-        REQUIRE(applied.has_value());
-        control = std::make_unique<dns::StoreSource>(*store.db, std::vector<std::string>{"default"});
-        REQUIRE(control->refresh().has_value());
-        options.reuse_port = true;
-        if (options.listen.empty()) options.listen = {conf::HostPort{"127.0.0.1", 0}};
-        options.allow = {"127.0.0.0/8"};
-        limits = std::make_shared<dns::SharedLimits>(options);
-        options.shared = limits;
-        for (std::size_t i = 0; i < worker_count; ++i) {
-            workers.push_back(std::make_unique<workers::Worker>(i, std::nullopt));
-            sources.push_back(std::make_unique<dns::CatalogSource>(*store.db, control->shared()));
-            servers.push_back(std::make_unique<dns::Server>(workers[i]->loop(), responder, *sources[i], options));
-            auto started = servers[i]->start();
-            INFO((started ? std::string() : started.error()));
-            REQUIRE(started.has_value());
-            if (i == 0) {
-                options.listen.clear();
-                for (const auto& b : servers[0]->bound()) {
-                    auto bound = conf::parse_host_port(b);
-                    REQUIRE(bound);
-                    options.listen.push_back(*bound);
-                }
-                port = options.listen[0].port;
-            }
-        }
-        for (auto& w : workers) w->start();
-        running = true;
-    }
-    ~Farm() { stop(); }
-    Farm(const Farm&) = delete;
-    Farm& operator=(const Farm&) = delete;
-
-    dns::Metrics total() const
-    {
-        dns::Metrics sum;
-        for (const auto& s : servers) sum += s->metrics();
-        return sum;
-    }
-    std::size_t in_flight() const
-    {
-        std::size_t n = 0;
-        for (const auto& s : servers) n += s->in_flight();
-        return n;
-    }
-    // How many servers counted something in `field` (the queries did spread over workers).
-    template <class Field>
-    std::size_t servers_with(Field field) const
-    {
-        return static_cast<std::size_t>(std::ranges::count_if(servers, [&](const auto& s) { return field(s->metrics()) > 0; }));
-    }
-    // Every server's view of the upstreams, as addresses, best first.
-    bool every_server_lists(const std::vector<std::string>& addresses) const
-    {
-        return std::ranges::all_of(servers, [&](const auto& s) {
-            std::vector<std::string> listed;
-            for (const auto& u : s->upstreams()) listed.push_back(u.address);
-            return listed == addresses;
-        });
-    }
-
-    // Every server stopped on its own loop's thread; true when each said it was done and
-    // each loop ended.
-    bool stop()
-    {
-        if (!running) return true;
-        running = false;
-        auto stopped = std::make_shared<std::array<std::atomic<bool>, worker_count>>();
-        for (std::size_t i = 0; i < workers.size(); ++i)
-            workers[i]->post([server = servers[i].get(), stopped, i] { server->stop([stopped, i] { (*stopped)[i] = true; }); });
-        bool all = test_support::eventually([&] { return std::ranges::all_of(*stopped, [](const auto& s) { return s.load(); }); });
-        for (auto& w : workers) w->finish();
-        if (all)
-            for (auto& w : workers) w->join();
-        return all;
-    }
-};
+// Forwarding from 127.0.0.1 alone, as the loop and own-address cases need.
+dns::ServerOptions forwarding_options()
+{
+    dns::ServerOptions options;
+    options.listen = {conf::HostPort{"127.0.0.1", 0}};
+    options.allow = {"127.0.0.0/8"};
+    return options;
+}
 
 std::vector<std::unique_ptr<Socket>> clients(std::size_t n)
 {
@@ -271,7 +188,7 @@ std::vector<std::unique_ptr<Socket>> clients(std::size_t n)
 TEST_CASE("workers forward: a silent upstream backed off by one worker is skipped by the others and probed once", "[workers]")
 {
     Upstream silent(nullptr), answering(echo);
-    dns::ServerOptions options;
+    auto options = forwarding_options();
     options.upstreams = {silent.host_port(), answering.host_port()};
     options.forward_timeout = 300ms;
     options.forward_max_wait = 1500ms;
@@ -327,7 +244,7 @@ TEST_CASE("workers forward: a silent upstream backed off by one worker is skippe
 TEST_CASE("workers forward: maxInFlight holds across every worker, not once per worker", "[workers]")
 {
     Upstream silent(nullptr);
-    dns::ServerOptions options;
+    auto options = forwarding_options();
     options.upstreams = {silent.host_port()};
     options.max_in_flight = 2;
     options.forward_timeout = 1000ms;
@@ -366,7 +283,7 @@ TEST_CASE("workers forward: resolv.conf is read and checked again by one server 
     };
     write("# no nameserver\n");
     Warnings warnings;
-    dns::ServerOptions options;
+    auto options = forwarding_options();
     options.resolv_conf = resolv_conf;
     options.recheck_interval = 50ms;
     options.on_warn = [&](std::string_view message, std::string_view key, const std::string& value) { warnings.add(message, key, value); };
@@ -390,7 +307,7 @@ TEST_CASE("workers forward: an upstream that is the servers' own address is left
     Upstream answering(echo);
     Warnings warnings;
     int own = test_support::free_dual_port();
-    dns::ServerOptions options;
+    auto options = forwarding_options();
     options.listen = {conf::HostPort{"127.0.0.1", static_cast<std::uint16_t>(own)}};
     options.upstreams = {conf::HostPort{"127.0.0.1", static_cast<std::uint16_t>(own)}, answering.host_port()};
     options.on_warn = [&](std::string_view message, std::string_view key, const std::string& value) { warnings.add(message, key, value); };
@@ -419,7 +336,7 @@ TEST_CASE("workers forward: clients of several workers asking the same question 
         std::this_thread::sleep_for(300ms);
         echo(socket, q, from);
     });
-    dns::ServerOptions options;
+    auto options = forwarding_options();
     options.upstreams = {slow.host_port()};
     options.forward_timeout = 1500ms;
     options.forward_max_wait = 1500ms;
@@ -451,7 +368,7 @@ TEST_CASE("workers forward: clients of several workers asking the same question 
 TEST_CASE("workers forward: stopping while forwards of several workers wait on one question answers them all", "[workers]")
 {
     Upstream silent(nullptr);
-    dns::ServerOptions options;
+    auto options = forwarding_options();
     options.upstreams = {silent.host_port()};
     options.forward_timeout = 300ms;
     options.forward_max_wait = 300ms;
@@ -486,7 +403,7 @@ TEST_CASE("workers forward: a query one worker forwarded that comes back to anot
         auto back = onward.receive(2s);
         if (back) ::sendto(socket.fd, back->data(), back->size(), 0, reinterpret_cast<const sockaddr*>(&from), sizeof from);
     });
-    dns::ServerOptions options;
+    auto options = forwarding_options();
     options.upstreams = {reflector.host_port()};
     options.forward_timeout = 1000ms;
     options.forward_max_wait = 1500ms;

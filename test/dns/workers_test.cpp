@@ -6,6 +6,8 @@
 #include "dns/rate_limit.hpp"
 #include "workers/worker.hpp"
 
+#include "test/dns/workers_farm.hpp"
+
 #include "test/support/resources.hpp"
 #include "test/support/temp_store.hpp"
 
@@ -36,7 +38,8 @@ using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 constexpr std::uint16_t type_a = 1, type_txt = 16;
-constexpr std::size_t worker_count = 4;
+using workers_farm::Farm;
+using workers_farm::worker_count;
 
 // Polls `check` every millisecond until it holds or `within` has passed.
 template <class Check>
@@ -216,114 +219,6 @@ struct TcpClient {
     }
 };
 
-// A store, the control StoreSource publishing its catalogs, and `worker_count` workers each
-// running a Server over a CatalogSource of its own.
-struct Farm {
-    test_support::StoreFixture store;
-    std::unique_ptr<dns::StoreSource> control;
-    dns::Responder responder{dns::Settings{}};
-    std::shared_ptr<dns::SharedLimits> limits;
-    std::vector<std::unique_ptr<workers::Worker>> workers;
-    std::vector<std::unique_ptr<dns::CatalogSource>> sources;
-    std::vector<std::unique_ptr<dns::Server>> servers;
-    int port = 0;   // on 127.0.0.1
-    int port6 = 0;  // on ::1
-    bool running = false;
-
-    explicit Farm(dns::ServerOptions options = {}, std::vector<conf::Resource> resources = {})
-    {
-        resources.insert(resources.begin(), test_support::make_generator("example", "{{ .Name }}.mesh"));
-        if (resources.size() == 1) resources.push_back(test_support::make_mes("mes-a"));
-        apply(resources);
-        control = std::make_unique<dns::StoreSource>(*store.db, std::vector<std::string>{"default"});
-        auto first = control->refresh();
-        REQUIRE(first.has_value());
-
-        options.reuse_port = true;
-        options.forward_enabled = !options.upstreams.empty();
-        options.listen = {conf::HostPort{"127.0.0.1", 0}, conf::HostPort{"::1", 0}};
-        limits = std::make_shared<dns::SharedLimits>(options);
-        options.shared = limits;
-        for (std::size_t i = 0; i < worker_count; ++i) {
-            workers.push_back(std::make_unique<workers::Worker>(i, std::nullopt));
-            sources.push_back(std::make_unique<dns::CatalogSource>(*store.db, control->shared()));
-            // Set up on this thread before the worker's thread runs, as the daemon binds.
-            servers.push_back(std::make_unique<dns::Server>(workers[i]->loop(), responder, *sources[i], options));
-            auto started = servers[i]->start();
-            INFO((started ? std::string() : started.error()));
-            REQUIRE(started.has_value());
-            if (i == 0) {
-                // The first server chose the ports; the others are given its bound addresses.
-                REQUIRE(servers[0]->bound().size() == 2);
-                options.listen.clear();
-                for (const auto& b : servers[0]->bound()) {
-                    auto bound = conf::parse_host_port(b);
-                    REQUIRE(bound);
-                    options.listen.push_back(*bound);
-                }
-                port = options.listen[0].port;
-                port6 = options.listen[1].port;
-            }
-            CHECK(servers[i]->bound() == servers[0]->bound());
-        }
-        for (auto& w : workers) w->start();
-        running = true;
-    }
-    ~Farm() { stop(); }
-    Farm(const Farm&) = delete;
-    Farm& operator=(const Farm&) = delete;
-
-    void apply(const std::vector<conf::Resource>& resources)
-    {
-        auto r = store.db->apply(resources, store.options);
-        INFO((r ? std::string() : r.error().message));
-        REQUIRE(r.has_value());
-    }
-    // What the control loop does on a store change: a new catalog for every worker.
-    void publish()
-    {
-        auto moved = control->refresh();
-        REQUIRE(moved.has_value());
-        REQUIRE(*moved);
-    }
-    std::string address_of(const std::string& name)
-    {
-        auto found = control->find_addresses(name);
-        REQUIRE(found);
-        REQUIRE(found->ipv4);
-        return found->ipv4->to_string();
-    }
-
-    // The workers' metrics summed, as the daemon's /metrics will sum them.
-    dns::Metrics total() const
-    {
-        dns::Metrics sum;
-        for (const auto& s : servers) sum += s->metrics();
-        return sum;
-    }
-    std::vector<std::uint64_t> answered_each() const
-    {
-        std::vector<std::uint64_t> out;
-        for (const auto& s : servers) out.push_back(s->metrics().answered);
-        return out;
-    }
-
-    // Every server stopped on its own loop's thread; true when each said it was done and
-    // each loop ended.
-    bool stop()
-    {
-        if (!running) return true;
-        running = false;
-        auto stopped = std::make_shared<std::array<std::atomic<bool>, worker_count>>();
-        for (std::size_t i = 0; i < workers.size(); ++i)
-            workers[i]->post([server = servers[i].get(), stopped, i] { server->stop([stopped, i] { (*stopped)[i] = true; }); });
-        bool all = eventually([&] { return std::ranges::all_of(*stopped, [](const auto& s) { return s.load(); }); });
-        for (auto& w : workers) w->finish();
-        if (all)
-            for (auto& w : workers) w->join();  // returns once the loop ran out of handles
-        return all;
-    }
-};
 
 // `rounds` rounds of one query from each client, each round's replies read before the next
 // (no Catch macro: it runs on a thread of the test's own too).
