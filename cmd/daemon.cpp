@@ -198,7 +198,7 @@ int Daemon::run()
     uv_signal_init(&loop_, &sigint_);
     if (auto n = worker_count(); n > 1) make_workers(n);
     log::info("daemon", "workers",
-              {{"count", std::to_string(std::max<std::size_t>(1, workers_.size()))},
+              {{"count", std::to_string(serving_workers())},
                {"affinity", workers_.empty() ? "none" : config_.worker_affinity}});
 
     dns::ServerOptions options;

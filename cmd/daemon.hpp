@@ -179,7 +179,8 @@ private:
     // Workers (daemon_workers.cpp): none with `workers: 1`. Declared after everything that
     // puts handles on their loops (dns_, proxy_), so that their threads have ended and their
     // loops are closed before those go.
-    std::size_t worker_count() const;
+    std::size_t worker_count() const;     // asked for
+    std::size_t serving_workers() const;  // running: 1 for the one loop
     void make_workers(std::size_t n);
     std::expected<void, std::string> start_dns(dns::ServerOptions options);
     void stop_dns(std::function<void()> done);

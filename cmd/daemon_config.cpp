@@ -8,7 +8,7 @@ std::string Daemon::config_json()
 {
     cmd::Value root = cmd::Value::object();
     root.set("generation", static_cast<std::int64_t>(source_.generation()));
-    root.set("workers", static_cast<std::int64_t>(std::max<std::size_t>(1, workers_.size())));
+    root.set("workers", static_cast<std::int64_t>(serving_workers()));
     if (mirror_) {
         auto st = mirror_->state();
         cmd::Value& cluster = root.set("cluster", cmd::Value::object());

@@ -230,7 +230,7 @@ std::string Daemon::metrics_text()
     std::snprintf(sum, sizeof sum, "%.9f", m.latency_sum.seconds());
     out += "mesd_dns_latency_seconds_sum " + std::string(sum) + "\nmesd_dns_latency_seconds_count " +
            std::to_string(m.latency_count) + "\n";
-    gauge("mesd_workers", "Threads serving DNS and the proxy (1: the one loop).", std::max<std::size_t>(1, workers_.size()));
+    gauge("mesd_workers", "Threads serving DNS and the proxy (1: the one loop).", serving_workers());
     // How the kernel spreads queries over the workers' sockets: one series per worker.
     out += "# HELP mesd_dns_worker_queries_total DNS queries received, by worker.\n"
            "# TYPE mesd_dns_worker_queries_total counter\n";

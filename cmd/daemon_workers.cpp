@@ -68,11 +68,10 @@ std::string held_elsewhere(const conf::HostPort& hp, bool udp)
 
 }  // namespace
 
-std::size_t Daemon::worker_count() const
-{
-    if (config_.workers > 0) return config_.workers;
-    return std::clamp<std::size_t>(workers::allowed_cpus().size(), 1, conf::max_workers);
-}
+// main() settles `workers: 0` (one per CPU) before the descriptors are shared out.
+std::size_t Daemon::worker_count() const { return std::max<std::uint32_t>(config_.workers, 1); }
+
+std::size_t Daemon::serving_workers() const { return std::max<std::size_t>(1, workers_.size()); }
 
 void Daemon::make_workers(std::size_t n)
 {
