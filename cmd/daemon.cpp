@@ -91,6 +91,11 @@ proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upst
     o.on_tls_failure = [](const std::string& mesh, const std::string& name, const std::string& reason) {
         log::warn("proxy", "TLS handshake failed", {{"mesh", mesh}, {"name", name}, {"reason", reason}});
     };
+    o.on_event = [](const proxy::Options::Event& e) {
+        std::vector<log::Field> fields;
+        for (const auto& [k, v] : e.fields) fields.emplace_back(k, v);
+        log::write(e.level == proxy::Options::Event::Level::warn ? log::Level::warn : log::Level::info, "proxy", e.message, fields);
+    };
     o.on_tls_unusable = [](const std::string& mesh, const std::string& name, const std::string& reason) {
         log::warn("proxy", "TLS settings unusable; refusing connections", {{"mesh", mesh}, {"name", name}, {"reason", reason}});
     };

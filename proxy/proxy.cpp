@@ -96,6 +96,12 @@ void Proxy::Impl::report_tls_failure(Service& service, const std::string& reason
     on_control([this, mesh = routing->route.mesh, name = routing->route.name, reason] { options.on_tls_failure(mesh, name, reason); });
 }
 
+void Proxy::Impl::event(Options::Event e)
+{
+    if (!options.on_event) return;
+    on_control([this, e = std::move(e)] { options.on_event(e); });
+}
+
 void Proxy::Impl::watch_names()
 {
     std::lock_guard order(watch_mutex);

@@ -67,6 +67,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace workers {
@@ -116,6 +117,15 @@ struct Options {
     std::size_t low_watermark = std::size_t{64} << 10;
     // Called the first time a MES sees a TLS handshake fail for a given reason.
     std::function<void(const std::string& mesh, const std::string& name, const std::string& reason)> on_tls_failure;
+    // What an operator wants in the log as it happens: an endpoint ejected or back, a name's
+    // addresses changed or failing to resolve, a TLS handshake starting to fail. Called on
+    // the control loop's thread (Impl::event posts it there from any loop).
+    struct Event {
+        enum class Level { info, warn } level = Level::info;
+        std::string message;
+        std::vector<std::pair<std::string, std::string>> fields;  // mesh, name, endpoint, reason...
+    };
+    std::function<void(const Event&)> on_event;
     // Called when a MES's TLS settings become unusable (a bad PEM, a missing Secret), or
     // unusable for another reason; its connections are refused.
     std::function<void(const std::string& mesh, const std::string& name, const std::string& reason)> on_tls_unusable;

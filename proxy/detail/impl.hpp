@@ -139,6 +139,8 @@ struct Proxy::Impl {
     void watch_names();
     std::mutex watch_mutex;
     void report_tls_failure(Service& service, const std::string& reason);
+    // Logs an operator's event (Options::on_event) on the control loop. Any loop's thread.
+    void event(Options::Event e);
     // Bind mode: opens the listeners `service` lacks; false when one could not be opened.
     bool ensure_listeners(const std::string& key, Service& service);
     // While some listener could not be opened, try again every few seconds (the pool's
