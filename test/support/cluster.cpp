@@ -64,10 +64,12 @@ void Fleet::start(int n)
     node = std::make_unique<Mesd>(dir_.path / ("node-" + std::to_string(n)), mesd_options(n));
 }
 
+// Two tries of 2 s: a node on a loaded machine may miss a single 1 s window, which says
+// nothing about whether it answers.
 std::string Fleet::dig(int n, const std::string& name) const
 {
     auto r = run({"/usr/bin/dig", "@127.0.0.1", "-p", std::to_string(nodes_.at(static_cast<std::size_t>(n))->dns_port()),
-                  "+tries=1", "+time=1", "+short", name, "A"});
+                  "+tries=2", "+time=2", "+short", name, "A"});
     auto out = r.out;
     while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
     return out;
