@@ -95,6 +95,26 @@ std::string last_failure(const json& j)
     return out;
 }
 
+// True once `reply` holds its head and as much body as its Content-Length says (a server
+// that keeps the connection open is not waited on); without one, the close ends the body.
+bool complete(const std::string& reply)
+{
+    auto head_end = reply.find("\r\n\r\n");
+    if (head_end == std::string::npos) return false;
+    std::string head = reply.substr(0, head_end);
+    for (auto& c : head)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    auto at = head.find("\r\ncontent-length:");
+    if (at == std::string::npos) return false;
+    auto p = head.find_first_not_of(' ', at + 17);
+    if (p == std::string::npos) return false;
+    std::size_t length = 0;
+    auto [end, ec] = std::from_chars(head.data() + p, head.data() + head.size(), length);
+    if (ec != std::errc{}) return false;
+    (void)end;
+    return reply.size() - (head_end + 4) >= length;
+}
+
 }  // namespace
 
 std::expected<std::string, std::string> http_get(const std::string& host_port, const std::string& path,
@@ -182,13 +202,13 @@ std::expected<std::string, std::string> http_get(const std::string& host_port, c
         if (n == 0) break;
         reply.append(buf, static_cast<std::size_t>(n));
         if (reply.size() > max_reply) return std::unexpected("reply larger than " + std::to_string(max_body) + " bytes");
+        if (complete(reply)) break;
     }
     auto head_end = reply.find("\r\n\r\n");
     if (!reply.starts_with("HTTP/1.") || head_end == std::string::npos) return std::unexpected("not an HTTP reply");
     auto space = reply.find(' ');
     std::string status = space == std::string::npos ? "" : reply.substr(space + 1, 3);
     if (status != "200") return std::unexpected("HTTP " + status);
-    // The admin endpoint sends Content-Length and closes: the body is what follows the head.
     return reply.substr(head_end + 4);
 }
 

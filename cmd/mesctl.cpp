@@ -608,7 +608,7 @@ void print_live(const std::expected<std::string, std::string>& config, const std
     }
     if (lines->empty()) {
         std::cout << "  live state: mesd at " << admin
-                  << " holds no proxy state for it (redirect mode: no connection has needed it yet)\n";
+                  << " holds no proxy state for it (in redirect mode a MES appears once a connection needs it)\n";
         return;
     }
     std::cout << "  live state: from mesd at " << admin << "\n";

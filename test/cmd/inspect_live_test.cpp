@@ -12,6 +12,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -115,20 +116,52 @@ TEST_CASE("http_get: refused, not HOST:PORT, and a server that says nothing")
     CHECK(cmd::http_get("[::1", "/config").error() == "not HOST:PORT");
 
     // A listener that accepts and never answers: the timeout ends it.
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    REQUIRE(::listen(fd, 4) == 0);
-    socklen_t len = sizeof addr;
-    ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    auto listener = [] {
+        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+        REQUIRE(::listen(fd, 4) == 0);
+        socklen_t len = sizeof addr;
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+        return std::pair{fd, "127.0.0.1:" + std::to_string(ntohs(addr.sin_port))};
+    };
+    auto [fd, at] = listener();
     auto start = std::chrono::steady_clock::now();
-    auto silent = cmd::http_get("127.0.0.1:" + std::to_string(ntohs(addr.sin_port)), "/config", 300ms);
+    auto silent = cmd::http_get(at, "/config", 300ms);
     CHECK(std::chrono::steady_clock::now() - start < 2s);
-    ::close(fd);
     REQUIRE_FALSE(silent);
     CHECK(silent.error() == "timed out reading the reply");
+    ::close(fd);
+
+    // A server that answers and keeps the connection open: Content-Length ends the body.
+    std::tie(fd, at) = listener();
+    auto serve = [fd = fd](std::string reply) {
+        return std::thread([fd, reply] {
+            int c = ::accept(fd, nullptr, nullptr);
+            if (c < 0) return;
+            char buf[1024];
+            (void)!::recv(c, buf, sizeof buf, 0);
+            (void)!::send(c, reply.data(), reply.size(), MSG_NOSIGNAL);
+            pollfd p{c, POLLIN, 0};
+            ::poll(&p, 1, 3000);  // open until the client closes
+            ::close(c);
+        });
+    };
+    auto server = serve("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 13\r\n\r\n{\"zones\": []}");
+    start = std::chrono::steady_clock::now();
+    auto body = cmd::http_get(at, "/config", 2s);
+    CHECK(std::chrono::steady_clock::now() - start < 1s);
+    server.join();
+    REQUIRE(body);
+    CHECK(*body == "{\"zones\": []}");
+    server = serve("HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+    auto missing = cmd::http_get(at, "/config", 2s);
+    server.join();
+    REQUIRE_FALSE(missing);
+    CHECK(missing.error() == "HTTP 404");
+    ::close(fd);
 }
 
 TEST_CASE("mesctl inspect --admin shows the running mesd's health of each endpoint")
