@@ -15,6 +15,8 @@
 
 #include <openssl/ssl.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -387,7 +389,27 @@ TEST_CASE("a name from the hosts file reaches its backend, follows the file, and
         Backend one("127.0.0.21", port, "one");
         Backend two("127.0.0.22", port, "two");
         auto hosts = dir.write("hosts", "# test hosts\n127.0.0.21 made.up.test alias.up.test\n");
-        int dead_dns = free_udp_port();  // nothing answers: only the hosts file can resolve
+        // A nameserver that never answers and keeps what it is asked: only the hosts file can
+        // resolve, and names the file lists must never be asked.
+        struct Fd {
+            int fd;
+            ~Fd() { ::close(fd); }
+        } socket_{::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)};
+        int silent = socket_.fd;
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::bind(silent, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+        socklen_t len = sizeof addr;
+        ::getsockname(silent, reinterpret_cast<sockaddr*>(&addr), &len);
+        int dead_dns = ntohs(addr.sin_port);
+        auto asked = [&] {
+            std::string all;
+            char buf[4096];
+            ssize_t n;
+            while ((n = ::recv(silent, buf, sizeof buf, MSG_DONTWAIT)) > 0) all.append(buf, static_cast<std::size_t>(n));
+            return all;
+        };
         dir.write("resources/all.yaml", generator + mes("hosted", 7101, "made.up.test", port) +
                                             mes("aliased", 7102, "alias.up.test", port) +
                                             mes("nowhere", 7103, "nowhere.up.test", port));
@@ -413,6 +435,11 @@ TEST_CASE("a name from the hosts file reaches its backend, follows the file, and
 
         // A name neither the file nor DNS knows: the client is reset, and the reason logged.
         for (int i = 0; i < 2 * workers; ++i) CHECK(trim(echoed(vip_of(mesd, "nowhere"), 7103, "", 3s)).empty());
+
+        auto queries = asked();
+        CHECK(queries.find(std::string("\x07nowhere\x02up\x04test")) != std::string::npos);
+        CHECK(queries.find(std::string("\x04made\x02up\x04test")) == std::string::npos);
+        CHECK(queries.find(std::string("\x05alias\x02up\x04test")) == std::string::npos);
 
         auto log = mesd.log();
         INFO(log);
