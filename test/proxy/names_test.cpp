@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -474,5 +475,61 @@ TEST_CASE("localhost resolves from /etc/hosts with no nameserver answering")
         for (int i = 0; i < 2 * workers; ++i) CHECK(trim(echoed(vip, 7111, "")) == "local");
         CHECK(count(mesd.log(), "msg=\"endpoint addresses changed\" name=localhost") == 1);
         CHECK(count(mesd.log(), "source=hosts") == 1);
+    }
+}
+
+TEST_CASE("a DNS name's change is logged once across workers, and the hosts file overrides DNS when it gains the name")
+{
+    int workers = GENERATE(1, 4);
+    DYNAMIC_SECTION("workers " << workers)
+    {
+        Dir dir;
+        int port = free_tcp_port();
+        Backend one("127.0.0.31", port, "one");
+        Backend two("127.0.0.32", port, "two");
+        Backend three("127.0.0.33", port, "three");
+        auto records = dir.write("records", "127.0.0.31 dns.up.test\n");
+        auto hosts = dir.write("hosts", "# nothing yet\n");
+        int dns_port = free_dual_port();
+        Child dnsmasq({"/usr/sbin/dnsmasq", "-k", "--user=root", "--listen-address=127.0.0.1", "--bind-interfaces",
+                       "--no-resolv", "--no-hosts", "--conf-file=/dev/null", "--pid-file=", "--local-ttl=1",
+                       "--addn-hosts=" + records, "--port=" + std::to_string(dns_port)},
+                      (dir.path / "dnsmasq.out").string(), (dir.path / "dnsmasq.err").string());
+        auto lookup = [&] {
+            return trim(output_of({dig, "@127.0.0.1", "-p", std::to_string(dns_port), "dns.up.test", "+short", "+tries=1",
+                                   "+time=1"}));
+        };
+        REQUIRE(eventually([&] { return lookup() == "127.0.0.31"; }));
+        dir.write("resources/all.yaml", generator + mes("named", 7121, "dns.up.test", port));
+        MesdOptions options;
+        options.conf_dir = (dir.path / "resources").string();
+        options.dns_section = "  forward:\n    enabled: false\n";
+        options.extra_config = "proxy:\n  connectTimeout: 2s\n  dnsMinTtl: 1s\n  resolveTimeout: 1s\n  hostsFile: " + hosts +
+                               "\n  resolvers: [\"127.0.0.1:" + std::to_string(dns_port) + "\"]\n";
+        options.extra_args = {"--workers", std::to_string(workers)};
+        Mesd mesd(dir.path / "mesd", options);
+        auto vip = vip_of(mesd, "named");
+        for (int i = 0; i < 2 * workers; ++i) CHECK(trim(echoed(vip, 7121, "")) == "one");
+
+        std::ofstream(records) << "127.0.0.32 dns.up.test\n";
+        dnsmasq.signal(SIGHUP);
+        REQUIRE(eventually([&] { return lookup() == "127.0.0.32"; }));
+        // Every worker's copy expires (TTL 1 s) and is asked again.
+        CHECK(eventually([&] { return trim(echoed(vip, 7121, "")) == "two"; }, 5s));
+        std::this_thread::sleep_for(2500ms);
+        for (int i = 0; i < 2 * workers; ++i) CHECK(trim(echoed(vip, 7121, "")) == "two");
+
+        std::filesystem::remove(hosts);
+        dir.write("hosts", "127.0.0.33 dns.up.test\n");
+        CHECK(eventually([&] { return trim(echoed(vip, 7121, "")) == "three"; }, 5s));
+        for (int i = 0; i < 2 * workers; ++i) CHECK(trim(echoed(vip, 7121, "")) == "three");
+
+        auto log = mesd.log();
+        INFO(log);
+        CHECK(count(log, "msg=\"endpoint addresses changed\" name=dns.up.test old=none new=127.0.0.31 source=dns") == 1);
+        CHECK(count(log, "msg=\"endpoint addresses changed\" name=dns.up.test old=127.0.0.31 new=127.0.0.32 source=dns") == 1);
+        CHECK(count(log, "msg=\"endpoint addresses changed\" name=dns.up.test old=127.0.0.32 new=127.0.0.33 source=hosts") == 1);
+        CHECK(count(log, "msg=\"endpoint addresses changed\"") == 3);
+        CHECK(count(log, "endpoint name does not resolve") == 0);
     }
 }
