@@ -88,6 +88,7 @@ proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upst
     o.resolve_timeout = duration_cast<ms>(c.resolve_timeout);
     o.dns_min_ttl = duration_cast<ms>(c.dns_min_ttl);
     o.dns_max_ttl = duration_cast<ms>(c.dns_max_ttl);
+    o.hosts_file = c.hosts_file;
     o.on_tls_failure = [](const std::string& mesh, const std::string& name, const std::string& reason) {
         log::warn("proxy", "TLS handshake failed", {{"mesh", mesh}, {"name", name}, {"reason", reason}});
     };

@@ -1,4 +1,5 @@
 // mesctl: validate, apply, get, delete, inspect and check mesd's resources.
+#include "cmd/live.hpp"
 #include "cmd/output.hpp"
 #include "cmd/view.hpp"
 #include "conf/conf.hpp"
@@ -31,7 +32,9 @@ constexpr std::string_view usage_text =
     "  get KIND [NAME] [--mesh M] [-o table|yaml|json]\n"
     "                                             KIND: mes, hostnamegenerators, secrets, vips\n"
     "  delete KIND NAME [--mesh M] [--force]      delete one resource (its VIPs go to quarantine)\n"
-    "  inspect NAME|HOSTNAME|VIP [--mesh M]       what DNS answers and where traffic goes\n"
+    "  inspect NAME|HOSTNAME|VIP [--mesh M] [--admin HOST:PORT]\n"
+    "                                             what DNS answers and where traffic goes; with\n"
+    "                                             --admin, the running mesd's health of each endpoint\n"
     "  check                                      verify the store's invariants\n"
     "  get nodes [-o table|yaml|json]             cluster mode: every mesd node, its revision and last contact\n"
     "  cluster import [--from DIR]                copy a single-node store (default: the store) into etcd,\n"
@@ -68,6 +71,7 @@ struct Args {
     bool force = false;
     bool follow_links = false;  // links in a directory may lead out of it
     std::string from;           // cluster import --from
+    std::string admin;          // inspect --admin HOST:PORT: the running mesd's admin endpoint
 };
 
 struct Globals {
@@ -102,6 +106,10 @@ std::optional<std::string> parse_args(const std::vector<std::string>& argv, Glob
             auto v = value("--from");
             if (!v) return "--from needs a DIR";
             a.from = *v;
+        } else if (is("--admin")) {
+            auto v = value("--admin");
+            if (!v || v->empty()) return "--admin needs HOST:PORT";
+            a.admin = *v;
         } else if (arg == "-f" || is("--filename")) {
             auto v = value("-f");
             if (!v) return "-f needs a PATH";
@@ -584,6 +592,29 @@ void print_inspection(const store::Entry& e, const conf::Config& config)
     }
 }
 
+// What the running mesd holds of the MES, after what the store says; one line saying why
+// not when it cannot be had (the store's view above stands on its own).
+void print_live(const std::expected<std::string, std::string>& config, const std::string& admin, const std::string& mesh,
+                const std::string& name)
+{
+    if (!config) {
+        std::cout << "  live state: not available (" << conf::escape_controls(config.error()) << ")\n";
+        return;
+    }
+    auto lines = cmd::live_lines(*config, mesh, name);
+    if (!lines) {
+        std::cout << "  live state: not available (admin at " << admin << ": " << conf::escape_controls(lines.error()) << ")\n";
+        return;
+    }
+    if (lines->empty()) {
+        std::cout << "  live state: mesd at " << admin
+                  << " holds no proxy state for it (in redirect mode a MES appears once a connection needs it)\n";
+        return;
+    }
+    std::cout << "  live state: from mesd at " << admin << "\n";
+    for (const auto& l : *lines) std::cout << conf::escape_controls(l) << "\n";
+}
+
 int cmd_inspect(const Globals& g, const Args& a)
 {
     if (a.positional.size() != 1) return usage_error("inspect: give one NAME, HOSTNAME or VIP");
@@ -612,6 +643,12 @@ int cmd_inspect(const Globals& g, const Args& a)
             if (a.mesh.empty() || o.mesh == a.mesh) owners.emplace_back(o.mesh, o.name);
         if (owners.empty()) owners.emplace_back(a.mesh.empty() ? "default" : a.mesh, what);
     }
+    // The running daemon's view, asked once for every MES printed.
+    std::expected<std::string, std::string> live = std::unexpected("no --admin");
+    if (!a.admin.empty()) {
+        live = cmd::http_get(a.admin, "/config");
+        if (!live) live = std::unexpected("admin at " + a.admin + ": " + live.error());
+    }
     int printed = 0;
     for (const auto& [mesh, name] : owners) {
         auto e = snap->get(conf::Kind::mesh_external_service, mesh, name);
@@ -619,6 +656,7 @@ int cmd_inspect(const Globals& g, const Args& a)
         if (!*e) continue;
         if (printed++) std::cout << "\n";
         print_inspection(**e, ctx->config);
+        print_live(live, a.admin, mesh, name);
     }
     if (printed == 0) return failure("no MeshExternalService, hostname or VIP \"" + what + "\"");
     return exit_ok;

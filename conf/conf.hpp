@@ -385,6 +385,7 @@ struct Config {
         Duration resolve_timeout = std::chrono::seconds(2);
         Duration dns_min_ttl = std::chrono::seconds(1);
         Duration dns_max_ttl = std::chrono::minutes(5);
+        std::string hosts_file = "/etc/hosts";  // read before DNS for DNS-named endpoints; "": none
     } proxy;
     struct Admin {
         HostPort listen = HostPort{"127.0.0.1", 9901};

@@ -309,6 +309,13 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
             read.duration(proxy, "resolveTimeout", c.proxy.resolve_timeout);
             read.duration(proxy, "dnsMinTtl", c.proxy.dns_min_ttl);
             read.duration(proxy, "dnsMaxTtl", c.proxy.dns_max_ttl);
+            {
+                auto node = proxy.take("hostsFile");
+                if (auto text = read_string(r, node, "proxy.hostsFile")) {
+                    if (text->empty() || text->starts_with('/')) c.proxy.hosts_file = *text;
+                    else r.error(node, "proxy.hostsFile", "must be an absolute path (or \"\" for none), got " + excerpt(*text));
+                }
+            }
             if (c.proxy.dns_min_ttl > c.proxy.dns_max_ttl)
                 r.error(root["proxy"], "proxy.dnsMinTtl", "must not be above proxy.dnsMaxTtl");
             if (c.proxy.eject_base > c.proxy.eject_max)

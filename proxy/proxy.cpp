@@ -24,6 +24,10 @@ namespace proxy {
 
 Proxy::Impl::Impl(uv_loop_t* l, Options o) : loop(l), options(std::move(o))
 {
+    resolver_shared = std::make_shared<detail::ResolverShared>(
+        options.hosts_file, [this](bool warn, std::string message, detail::NameEvents::Fields fields) {
+            event({warn ? Options::Event::Level::warn : Options::Event::Level::info, std::move(message), std::move(fields)});
+        });
     rlimit nofile{};
     max_listeners = ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY
                         ? static_cast<std::size_t>(nofile.rlim_cur / 2)

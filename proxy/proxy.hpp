@@ -111,6 +111,8 @@ struct Options {
     std::chrono::milliseconds resolve_timeout{2000};
     std::chrono::milliseconds dns_min_ttl{1000};
     std::chrono::milliseconds dns_max_ttl{300 * 1000};
+    // Read before DNS for those names (as getaddrinfo does); again when it changes. "": none.
+    std::string hosts_file = "/etc/hosts";
     // Per direction: stop reading a side while the other side has this much queued; resume
     // below the low mark.
     std::size_t high_watermark = std::size_t{256} << 10;

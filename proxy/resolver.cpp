@@ -2,7 +2,10 @@
 
 #include <ldns/ldns.h>
 
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -59,7 +62,160 @@ void close_and_delete(H* handle)
     uv_close(reinterpret_cast<uv_handle_t*>(handle), [](uv_handle_t* h) { delete reinterpret_cast<H*>(h); });
 }
 
+std::string lower(std::string_view s)
+{
+    std::string out(s);
+    for (auto& c : out)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    return out;
+}
+
+std::string address_list(const std::vector<vip::Address>& addresses)
+{
+    std::string out;
+    for (const auto& a : addresses) out += (out.empty() ? "" : ",") + a.to_string();
+    return out.empty() ? "none" : out;
+}
+
 }  // namespace
+
+// ---- The hosts file --------------------------------------------------------------------------
+
+HostsFile::HostsFile(std::string path, std::chrono::milliseconds recheck)
+    : path_(std::move(path)), recheck_(recheck), table_(std::make_shared<const Table>())
+{
+}
+
+HostsFile::Table HostsFile::parse(std::string_view text)
+{
+    Table table;
+    auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\f' || c == '\v'; };
+    while (!text.empty()) {
+        auto eol = text.find('\n');
+        std::string_view line = text.substr(0, eol);
+        text = eol == std::string_view::npos ? std::string_view() : text.substr(eol + 1);
+        if (auto hash = line.find('#'); hash != std::string_view::npos) line = line.substr(0, hash);
+        std::vector<std::string_view> words;
+        std::size_t i = 0;
+        while (i < line.size()) {
+            while (i < line.size() && is_space(line[i])) ++i;
+            std::size_t start = i;
+            while (i < line.size() && !is_space(line[i])) ++i;
+            if (i > start) words.push_back(line.substr(start, i - start));
+        }
+        if (words.size() < 2) continue;
+        auto address = vip::Address::parse(words[0]);
+        if (!address) continue;
+        for (std::size_t w = 1; w < words.size(); ++w) {
+            std::string name = lower(words[w]);
+            if (name.ends_with('.')) name.pop_back();
+            if (name.empty()) continue;
+            auto& list = table[name];
+            if (std::ranges::find(list, *address) == list.end()) list.push_back(*address);
+        }
+    }
+    // As a DNS answer gives them: A first, then AAAA, each in the file's order.
+    for (auto& [name, list] : table)
+        std::ranges::stable_sort(list, {}, [](const vip::Address& a) { return a.family != vip::Family::v4; });
+    return table;
+}
+
+std::optional<std::vector<vip::Address>> HostsFile::lookup(std::string_view name)
+{
+    if (path_.empty()) return std::nullopt;
+    std::string key = lower(name);
+    if (key.ends_with('.')) key.pop_back();
+    std::shared_ptr<const Table> table;
+    {
+        std::lock_guard lock(mutex_);
+        auto now = std::chrono::steady_clock::now();
+        if (!ever_checked_ || now - checked_ >= recheck_) {
+            ever_checked_ = true;
+            checked_ = now;
+            refresh();
+        }
+        table = table_;
+    }
+    auto it = table->find(key);
+    if (it == table->end() || it->second.empty()) return std::nullopt;
+    return it->second;
+}
+
+void HostsFile::refresh()
+{
+    Identity now;
+    struct stat st {};
+    if (::stat(path_.c_str(), &st) == 0) {
+        now.exists = true;
+        now.dev = static_cast<std::uint64_t>(st.st_dev);
+        now.ino = static_cast<std::uint64_t>(st.st_ino);
+        now.size = static_cast<std::uint64_t>(st.st_size);
+        now.mtime_sec = static_cast<std::int64_t>(st.st_mtim.tv_sec);
+        now.mtime_nsec = static_cast<std::int64_t>(st.st_mtim.tv_nsec);
+    }
+    if (now == identity_) return;
+    identity_ = now;
+    if (!now.exists) {
+        table_ = std::make_shared<const Table>();
+        return;
+    }
+    // A small blocking read on the calling loop, at most once a second and only when the
+    // file changed: what getaddrinfo would do on every lookup.
+    std::string text;
+    int fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        table_ = std::make_shared<const Table>();
+        return;
+    }
+    char buf[65536];
+    while (text.size() < max_size) {
+        ssize_t n = ::read(fd, buf, std::min(sizeof buf, max_size - text.size()));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        text.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    table_ = std::make_shared<const Table>(parse(text));
+}
+
+// ---- Events of names, once for every loop ----------------------------------------------------
+
+void NameEvents::outcome(const std::string& name, const std::vector<vip::Address>& addresses, const std::string& error,
+                         std::string_view source)
+{
+    std::string message;
+    Fields fields;
+    bool warn = false;
+    {
+        std::lock_guard lock(mutex_);
+        auto& last = names_[name];
+        if (!error.empty()) {
+            if (last.failing) return;
+            last.failing = true;
+            warn = true;
+            message = "endpoint name does not resolve";
+            fields = {{"name", name}, {"reason", error}};
+            if (!last.addresses.empty()) fields.emplace_back("keeping", address_list(last.addresses));
+        } else {
+            auto sorted = addresses;
+            std::ranges::sort(sorted);
+            bool was_failing = last.failing;
+            last.failing = false;
+            if (!last.known || sorted != last.addresses || source != last.source) {
+                message = "endpoint addresses changed";
+                fields = {{"name", name}, {"old", address_list(last.addresses)}, {"new", address_list(addresses)},
+                          {"source", std::string(source)}};
+            } else if (was_failing) {
+                message = "endpoint name resolves again";
+                fields = {{"name", name}, {"addresses", address_list(addresses)}, {"source", std::string(source)}};
+            }
+            last.known = true;
+            last.addresses = std::move(sorted);
+            last.source = std::string(source);
+        }
+    }
+    if (!message.empty() && sink_) sink_(warn, std::move(message), std::move(fields));
+}
 
 // One name being looked up: A and AAAA on one socket, one nameserver at a time.
 struct Resolver::Lookup {
@@ -259,8 +415,10 @@ struct Resolver::Lookup {
 };
 
 Resolver::Resolver(uv_loop_t* loop, std::vector<conf::HostPort> servers, std::chrono::milliseconds timeout,
-                   std::chrono::milliseconds min_ttl, std::chrono::milliseconds max_ttl)
-    : loop_(loop), servers_(std::move(servers)), timeout_(timeout), min_ttl_(min_ttl), max_ttl_(max_ttl)
+                   std::chrono::milliseconds min_ttl, std::chrono::milliseconds max_ttl,
+                   std::shared_ptr<ResolverShared> shared)
+    : shared_(std::move(shared)), loop_(loop), servers_(std::move(servers)), timeout_(timeout), min_ttl_(min_ttl),
+      max_ttl_(max_ttl)
 {
     refresh_timer_ = new uv_timer_t;
     uv_timer_init(loop_, refresh_timer_);
@@ -308,9 +466,45 @@ void Resolver::publish(const std::string& name, const std::vector<vip::Address>*
     else published_.erase(name);
 }
 
+bool Resolver::from_hosts(const std::string& name)
+{
+    if (!shared_) return false;
+    auto found = shared_->hosts.lookup(name);
+    if (!found) {
+        if (auto it = entries_.find(name); it != entries_.end() && it->second.from_hosts) {
+            it->second = Entry{};  // gone from the file: DNS from now on, as if never asked
+            publish(name, nullptr);
+        }
+        return false;
+    }
+    auto& entry = entries_[name];
+    if (!entry.from_hosts || entry.addresses != *found || !entry.error.empty()) {
+        entry.addresses = std::move(*found);
+        entry.error.clear();
+        entry.failures = 0;
+        entry.resolved_once = true;
+        entry.from_hosts = true;
+        publish(name, &entry.addresses);
+        report(name, entry);
+    }
+    entry.expires = uv_now(loop_) + hosts_recheck_ms;
+    return true;
+}
+
+void Resolver::report(const std::string& name, const Entry& entry)
+{
+    if (shared_) shared_->events.outcome(name, entry.addresses, entry.error, entry.from_hosts ? "hosts" : "dns");
+}
+
 void Resolver::resolve(const std::string& name, Callback done)
 {
     if (stopped_) return;
+    if (from_hosts(name)) {
+        const auto& entry = entries_[name];
+        if (watched_.contains(name) && (armed_for_ == 0 || entry.expires < armed_for_)) arm_refresh();
+        done(entry);
+        return;
+    }
     auto& entry = entries_[name];
     std::uint64_t now = uv_now(loop_);
     bool fresh = entry.expires > now;
@@ -342,6 +536,13 @@ void Resolver::watch(const std::set<std::string>& names)
 void Resolver::start_lookup(const std::string& name)
 {
     if (in_flight_.contains(name)) return;
+    if (from_hosts(name)) {
+        auto waiters = std::move(waiting_[name]);
+        waiting_.erase(name);
+        const auto& entry = entries_[name];
+        for (auto& cb : waiters) cb(entry);
+        return;
+    }
     if (in_flight_.size() >= max_in_flight) {
         if (std::ranges::find(queued_, name) == queued_.end()) queued_.push_back(name);
         return;
@@ -355,9 +556,11 @@ void Resolver::start_lookup(const std::string& name)
 
 void Resolver::finish(const std::string& name, std::vector<vip::Address> addresses, std::uint32_t ttl, std::string error)
 {
+    // The hosts file gained the name while DNS was asked: the file wins.
+    bool hosts = from_hosts(name);
     auto& entry = entries_[name];
     std::uint64_t now = uv_now(loop_);
-    if (error.empty()) {
+    if (!hosts && error.empty()) {
         entry.addresses = std::move(addresses);
         entry.error.clear();
         entry.failures = 0;
@@ -365,7 +568,7 @@ void Resolver::finish(const std::string& name, std::vector<vip::Address> address
         ms = std::clamp(ms, min_ttl_, max_ttl_);
         entry.expires = now + static_cast<std::uint64_t>(ms.count());
         entry.resolved_once = true;
-    } else {
+    } else if (!hosts) {
         // Asked again after the minimum TTL, doubling while it keeps failing (up to the
         // maximum), so a dead name does not cost two queries a second forever.
         entry.error = std::move(error);
@@ -373,7 +576,10 @@ void Resolver::finish(const std::string& name, std::vector<vip::Address> address
         entry.expires = now + std::min(wait, static_cast<std::uint64_t>(max_ttl_.count()));
         ++entry.failures;
     }
-    publish(name, &entry.addresses);
+    if (!hosts) {
+        publish(name, &entry.addresses);
+        report(name, entry);
+    }
     std::uint64_t expires = entry.expires;
     auto waiters = std::move(waiting_[name]);
     waiting_.erase(name);

@@ -71,6 +71,23 @@ std::string lower(std::string s)
 
 }  // namespace
 
+bool dns_san_matches(std::string_view name, std::string_view san)
+{
+    std::string n = lower(std::string(name)), p = lower(std::string(san));
+    if (n.ends_with('.')) n.pop_back();  // an absolute name is the same name
+    if (p.ends_with('.')) p.pop_back();
+    if (n.empty() || p.empty()) return false;
+    if (n == p) return true;
+    // RFC 6125 6.4.3: `*` only as the whole left-most label, standing for exactly one
+    // non-empty label; never for a name with fewer labels than the pattern.
+    if (!p.starts_with("*.") || p.size() < 3) return false;
+    std::string_view suffix = std::string_view(p).substr(1);  // ".example.com"
+    if (suffix.find('*') != std::string_view::npos) return false;
+    if (n.size() <= suffix.size() || !std::string_view(n).ends_with(suffix)) return false;
+    std::string_view first = std::string_view(n).substr(0, n.size() - suffix.size());
+    return first.find('.') == std::string_view::npos;
+}
+
 std::expected<std::shared_ptr<TlsContext>, std::string> TlsContext::make(const conf::Tls& tls, conf::Protocol protocol,
                                                                         const TlsMaterial& material)
 {
@@ -182,26 +199,38 @@ std::string TlsContext::check_names(SSL* ssl, const std::string& endpoint, bool 
               : X509_check_host(cert, expected.c_str(), expected.size(), 0, nullptr) == 1)
         return {};
 
-    std::vector<std::string> sans;
+    struct San {
+        int type;
+        std::string text;
+    };
+    std::vector<San> sans;
     auto* names = static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
     for (int i = 0; names && i < sk_GENERAL_NAME_num(names); ++i) {
         const GENERAL_NAME* n = sk_GENERAL_NAME_value(names, i);
         if (n->type == GEN_DNS || n->type == GEN_URI) {
             const ASN1_IA5STRING* s = n->type == GEN_DNS ? n->d.dNSName : n->d.uniformResourceIdentifier;
-            sans.emplace_back(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)), static_cast<std::size_t>(ASN1_STRING_length(s)));
+            sans.push_back({n->type, std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(s)),
+                                                 static_cast<std::size_t>(ASN1_STRING_length(s)))});
         } else if (n->type == GEN_IPADD) {
-            sans.push_back(ip_text(n->d.iPAddress));
+            sans.push_back({n->type, ip_text(n->d.iPAddress)});
         }
     }
     GENERAL_NAMES_free(names);
     for (const auto& want : tls_.subject_alt_names)
         for (const auto& have : sans) {
-            bool dns_like = have.find("://") == std::string::npos;  // DNS names compare case-insensitively
-            std::string a = dns_like ? lower(have) : have, b = dns_like ? lower(want.value) : want.value;
+            // An Exact entry against a DNS SAN follows DNS matching, wildcards included (as
+            // Envoy's SAN matcher does, which Kuma configures); Prefix compares the SAN's
+            // text, so `*.example.com` is only matched by a prefix of those very characters.
+            if (want.type == conf::SanMatch::exact && have.type == GEN_DNS) {
+                if (dns_san_matches(want.value, have.text)) return {};
+                continue;
+            }
+            bool dns_like = have.text.find("://") == std::string::npos;  // DNS names compare case-insensitively
+            std::string a = dns_like ? lower(have.text) : have.text, b = dns_like ? lower(want.value) : want.value;
             if (want.type == conf::SanMatch::exact ? a == b : a.starts_with(b)) return {};
         }
     std::string listed;
-    for (const auto& h : sans) listed += (listed.empty() ? "" : ", ") + h;
+    for (const auto& h : sans) listed += (listed.empty() ? "" : ", ") + h.text;
     return "certificate name mismatch: " + expected + " is not among [" + listed + "]" +
            (tls_.subject_alt_names.empty() ? "" : " and no subjectAltNames entry matches");
 }

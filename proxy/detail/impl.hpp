@@ -58,12 +58,7 @@ struct Shard {
     // not taken up yet (so that a burst of accepts is spread before any is taken up).
     std::atomic<std::uint64_t> assigned{0};
 
-    Shard(Proxy::Impl* i, workers::Worker* w, uv_loop_t* l, const Options& options)
-        : impl(i), worker(w), loop(l),
-          resolver(std::make_unique<detail::Resolver>(loop, options.resolvers, options.resolve_timeout, options.dns_min_ttl,
-                                                      options.dns_max_ttl))
-    {
-    }
+    Shard(Proxy::Impl* i, workers::Worker* w, uv_loop_t* l, const Options& options);  // after Proxy::Impl
 
     // Runs `fn` on this loop's thread: now on the control loop, else posted to the worker.
     void run(std::function<void()> fn)
@@ -99,6 +94,8 @@ struct Proxy::Impl {
     std::map<std::pair<vip::Address, std::uint16_t>, std::string> by_vip_port;
     std::map<vip::Address, std::string> by_vip;
     SharedCounter active;  // connections open on every loop: maxConnections
+    // The hosts file and the names' events, for every loop's resolver (set before the shards).
+    std::shared_ptr<detail::ResolverShared> resolver_shared;
 
     // The control loop's thread only.
     std::map<std::string, Listener*> listeners;  // bind mode, by address
@@ -157,5 +154,12 @@ struct Proxy::Impl {
     Shard& least_busy();
     void maybe_stopped();
 };
+
+inline Shard::Shard(Proxy::Impl* i, workers::Worker* w, uv_loop_t* l, const Options& options)
+    : impl(i), worker(w), loop(l),
+      resolver(std::make_unique<detail::Resolver>(loop, options.resolvers, options.resolve_timeout, options.dns_min_ttl,
+                                                  options.dns_max_ttl, i->resolver_shared))
+{
+}
 
 }  // namespace proxy

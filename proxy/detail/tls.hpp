@@ -6,7 +6,9 @@
 // Modes (DESIGN.md): Secured checks the chain and the names; SkipSAN the chain only; SkipCA
 // the names only, whatever signed the certificate; SkipAll neither. Names: the certificate
 // must match the SNI (else the endpoint's address) or one of `subjectAltNames` (Exact or
-// Prefix, against DNS, IP and URI SANs).
+// Prefix, against DNS, IP and URI SANs). An Exact entry matches a wildcard DNS SAN the way
+// Envoy's DNS SAN matcher does (`*.example.com` matches `api.example.com`, not
+// `example.com` nor `a.b.example.com`); Prefix compares the SAN's text as it is written.
 #pragma once
 
 #include "conf/conf.hpp"
@@ -18,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 
 namespace proxy::detail {
 
@@ -27,6 +30,11 @@ struct TlsMaterial {
     std::string key_pem;
     bool operator==(const TlsMaterial&) const = default;
 };
+
+// `name` (from the configuration) against one DNS SAN of a certificate: equal ignoring case
+// and a final dot, or `san` is `*.` + the rest of `name` after its first label (RFC 6125
+// 6.4.3: the wildcard is the whole left-most label and stands for exactly one label).
+bool dns_san_matches(std::string_view name, std::string_view san);
 
 class TlsContext {
 public:
