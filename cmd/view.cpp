@@ -158,8 +158,9 @@ std::string condition_summary(const store::MesStatus& status, const std::optiona
         for (const auto& c : g.conditions)
             if (c.status != "True") out += (out.empty() ? "" : ",") + c.reason + "(" + g.generator + ")";
     if (!status.vip_error.empty()) out += (out.empty() ? "" : ",") + std::string("NoVIP");
+    if (out.empty() && status.hostnames.generators.empty()) out = "NoGenerator";
     if (tls && tls->status != "True") out += (out.empty() ? "" : ",") + tls->reason + "(tls)";
-    if (out.empty()) out = status.hostnames.generators.empty() ? "NoGenerator" : "Generated";
+    if (out.empty()) out = "Generated";
     return out;
 }
 
