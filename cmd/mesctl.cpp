@@ -502,18 +502,18 @@ int cmd_get(const Globals& g, const Args& a)
 
     if (a.output == "table") {
         std::vector<std::vector<std::string>> rows;
-        for (const auto& e : entries) rows.push_back(cmd::table_row(e));
+        for (const auto& e : entries) rows.push_back(cmd::table_row(e, cmd::tls_condition(*snap, e)));
         std::cout << cmd::table(cmd::table_header(*kind), rows);
         return exit_ok;
     }
     cmd::Value out;
     if (a.positional.size() == 2) {
-        out = cmd::resource_value(entries.front());
+        out = cmd::resource_value(entries.front(), cmd::tls_condition(*snap, entries.front()));
     } else {
         out = cmd::Value::object();
         out.set("total", static_cast<std::int64_t>(entries.size()));
         cmd::Value& items = out.set("items", cmd::Value::array());
-        for (const auto& e : entries) items.push(cmd::resource_value(e));
+        for (const auto& e : entries) items.push(cmd::resource_value(e, cmd::tls_condition(*snap, e)));
     }
     std::cout << (a.output == "json" ? out.json() : out.yaml());
     return exit_ok;
@@ -549,7 +549,7 @@ int cmd_delete(const Globals& g, const Args& a)
     return exit_ok;
 }
 
-void print_inspection(const store::Entry& e, const conf::Config& config)
+void print_inspection(const store::Entry& e, const conf::Config& config, const std::optional<conf::Condition>& tls)
 {
     const auto& r = e.resource;
     const auto& m = *r.mes();
@@ -564,6 +564,9 @@ void print_inspection(const store::Entry& e, const conf::Config& config)
         for (const auto& c : g.conditions)
             std::cout << "  condition:   " << g.generator << ": " << c.type << "=" << c.status << " " << c.reason
                       << (c.message.empty() ? "" : ": " + c.message) << "\n";
+    if (tls)
+        std::cout << "  condition:   tls: " << tls->type << "=" << tls->status << " " << tls->reason
+                  << (tls->message.empty() ? "" : ": " + tls->message) << "\n";
     std::cout << "  DNS:        ";
     bool any = false;
     for (const auto& a : s.hostnames.addresses) {
@@ -588,7 +591,8 @@ void print_inspection(const store::Entry& e, const conf::Config& config)
         for (const auto& ep : m.endpoints)
             if (ep.priority == lowest) targets += (targets.empty() ? "" : ", ") + cmd::endpoint_text(ep);
         std::cout << (targets.empty() ? std::string("nowhere") : targets + " (round robin)")
-                  << (m.tls && m.tls->enabled ? " over TLS" : "") << "\n";
+                  << (m.tls && m.tls->enabled ? " over TLS" : "")
+                  << (tls && tls->status != "True" ? " (refused: TLS cannot be used, " + tls->reason + ")" : "") << "\n";
     }
 }
 
@@ -655,7 +659,7 @@ int cmd_inspect(const Globals& g, const Args& a)
         if (!e) return failure(e.error().message);
         if (!*e) continue;
         if (printed++) std::cout << "\n";
-        print_inspection(**e, ctx->config);
+        print_inspection(**e, ctx->config, cmd::tls_condition(*snap, **e));
         print_live(live, a.admin, mesh, name);
     }
     if (printed == 0) return failure("no MeshExternalService, hostname or VIP \"" + what + "\"");

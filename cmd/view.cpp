@@ -26,6 +26,19 @@ Value labels_value(const std::map<std::string, std::string>& labels)
 Value source_value(const conf::DataSource& s, bool is_key)
 {
     Value v = Value::object();
+    if (s.shape == conf::DataSource::Shape::kuma) {
+        // Kuma's current shape, as it was written.
+        if (s.type == conf::DataSource::Type::secret) {
+            v.set("type", "Secret");
+            Value& ref = v.set("secretRef", Value::object());
+            ref.set("kind", "Secret");
+            ref.set("name", s.value);
+        } else {
+            v.set("type", "InsecureInline");
+            v.set("insecureInline", Value::object()).set("value", is_key ? std::string("<redacted>") : s.value);
+        }
+        return v;
+    }
     switch (s.type) {
     case conf::DataSource::Type::inline_bytes:
         v.set("inline", is_key ? std::string("<redacted>") : conf::base64_encode(s.value));
@@ -78,7 +91,7 @@ Value mes_spec(const conf::MeshExternalService& m)
     return spec;
 }
 
-Value mes_status(const store::MesStatus& s)
+Value mes_status(const store::MesStatus& s, const std::optional<conf::Condition>& tls)
 {
     Value status = Value::object();
     Value& vip = status.set("vip", Value::object());
@@ -106,10 +119,29 @@ Value mes_status(const store::MesStatus& s)
             cond.set("message", c.message);
         }
     }
+    if (tls) {
+        Value& cond = status.set("conditions", Value::array()).push(Value::object());
+        cond.set("type", tls->type);
+        cond.set("status", tls->status);
+        cond.set("reason", tls->reason);
+        cond.set("message", tls->message);
+    }
     return status;
 }
 
 }  // namespace
+
+std::optional<conf::Condition> tls_condition(const store::Snapshot& snapshot, const store::Entry& entry)
+{
+    const auto* mes = entry.resource.mes();
+    if (!mes) return std::nullopt;
+    const std::string& mesh = entry.resource.mesh;
+    return conf::tls_condition(*mes, [&](std::string_view name) -> std::optional<std::string> {
+        auto found = snapshot.get(conf::Kind::secret, mesh, name);
+        if (!found || !*found || !(*found)->resource.secret()) return std::nullopt;
+        return (*found)->resource.secret()->data;
+    });
+}
 
 std::string vip_text(const store::MesStatus& status)
 {
@@ -119,14 +151,16 @@ std::string vip_text(const store::MesStatus& status)
     return out.empty() ? "<none>" : out;
 }
 
-std::string condition_summary(const store::MesStatus& status)
+std::string condition_summary(const store::MesStatus& status, const std::optional<conf::Condition>& tls)
 {
     std::string out;
     for (const auto& g : status.hostnames.generators)
         for (const auto& c : g.conditions)
             if (c.status != "True") out += (out.empty() ? "" : ",") + c.reason + "(" + g.generator + ")";
     if (!status.vip_error.empty()) out += (out.empty() ? "" : ",") + std::string("NoVIP");
-    if (out.empty()) out = status.hostnames.generators.empty() ? "NoGenerator" : "Generated";
+    if (out.empty() && status.hostnames.generators.empty()) out = "NoGenerator";
+    if (tls && tls->status != "True") out += (out.empty() ? "" : ",") + tls->reason + "(tls)";
+    if (out.empty()) out = "Generated";
     return out;
 }
 
@@ -164,7 +198,7 @@ std::string tls_summary(const conf::MeshExternalService& mes)
     return out;
 }
 
-Value resource_value(const store::Entry& entry)
+Value resource_value(const store::Entry& entry, const std::optional<conf::Condition>& tls)
 {
     const auto& r = entry.resource;
     Value v = Value::object();
@@ -176,7 +210,7 @@ Value resource_value(const store::Entry& entry)
     if (!r.labels.empty()) v.set("labels", labels_value(r.labels));
     if (const auto* m = r.mes()) {
         v.set("spec", mes_spec(*m));
-        v.set("status", mes_status(entry.status));
+        v.set("status", mes_status(entry.status, tls));
     } else if (const auto* g = r.generator()) {
         Value& spec = v.set("spec", Value::object());
         Value& selector = spec.set("selector", Value::object());
@@ -201,7 +235,7 @@ std::vector<std::string> table_header(conf::Kind kind)
     return {};
 }
 
-std::vector<std::string> table_row(const store::Entry& entry)
+std::vector<std::string> table_row(const store::Entry& entry, const std::optional<conf::Condition>& tls)
 {
     const auto& r = entry.resource;
     if (const auto* m = r.mes()) {
@@ -215,7 +249,7 @@ std::vector<std::string> table_row(const store::Entry& entry)
                 m->port ? std::to_string(*m->port) : "*",
                 std::string(conf::protocol_name(m->protocol)),
                 endpoints.empty() ? "-" : endpoints,
-                condition_summary(entry.status)};
+                condition_summary(entry.status, tls)};
     }
     if (const auto* g = r.generator()) {
         std::string selector;

@@ -98,6 +98,11 @@ struct DataSource {
     Type type = Type::inline_bytes;
     // inline_bytes: the decoded bytes; inline_string: the text; secret: the Secret's name.
     std::string value;
+    // How it was written, so that it is shown back the same way: the seed's `inline`,
+    // `inlineString`, `secret`, or Kuma's current `{type: InsecureInline, insecureInline:
+    // {value}}` (an inline_string) and `{type: Secret, secretRef: {kind: Secret, name}}`.
+    enum class Shape { seed, kuma };
+    Shape shape = Shape::seed;
     bool operator==(const DataSource&) const = default;
 };
 
@@ -495,5 +500,21 @@ std::vector<HostnameStatus> generate_hostnames(std::span<const Ordered> generato
 
 // The values a template sees for `mes`: name, display name, namespace, mesh, zone, labels.
 Template::Values template_values(const Resource& mes);
+
+// ---- TLS readiness ----------------------------------------------------------------------
+
+// Kuma accepts a MES whose Secret does not exist yet, or whose PEM does not parse (applying a
+// MES before its Secret is a common GitOps order); so does mesd, and says why its TLS cannot
+// be used in this condition, worked out from what is stored now (so it clears the moment the
+// Secret arrives). Type "TLSReady"; status "True" with reason "Ready", or "False" with
+// reason "SecretNotFound" | "InvalidCertificate" | "InvalidPrivateKey" | "KeyMismatch" (the
+// first problem) and a message naming every problem by field.
+//
+// A Secret's bytes by name in the MES's mesh; nullopt: no such Secret.
+using SecretBytes = std::function<std::optional<std::string>(std::string_view name)>;
+// nullopt when TLS is not enabled (no data source is read then).
+std::optional<Condition> tls_condition(const MeshExternalService& mes, const SecretBytes& secret,
+                                       std::chrono::system_clock::time_point now = std::chrono::system_clock::now());
+inline constexpr std::string_view tls_condition_type = "TLSReady";
 
 }  // namespace conf

@@ -631,7 +631,8 @@ void Loader::check_secret_refs()
                 if (!secret_doc.valid()) continue;  // its own errors are reported with it
                 // The Secret's bytes must suit the use: a certificate for caCert, a key for clientKey.
                 std::size_t before = doc.diagnostics.size();
-                detail::check_pem_role(r, ref.mark, ref.path, secret_doc.resource.secret()->data, ref.role, options_.now);
+                detail::check_pem_role(r, ref.mark, ref.path, secret_doc.resource.secret()->data, ref.role,
+                                       ref.tls_enabled, options_.now);
                 for (auto k = before; k < doc.diagnostics.size(); ++k)
                     doc.diagnostics[k].message = "secret " + excerpt(ref.name) + " used as " +
                                                  std::string(secret_role_word(ref.role)) + ": " +
@@ -639,7 +640,10 @@ void Loader::check_secret_refs()
                 continue;
             }
             if (options_.secret_exists && options_.secret_exists(doc.resource.mesh, ref.name)) continue;
-            r.error(ref.mark, ref.path, "secret " + excerpt(ref.name) + " not found in mesh " + excerpt(doc.resource.mesh));
+            // Not an error, as in Kuma: a MES is often applied before its Secret.
+            r.warning(ref.mark, ref.path,
+                      "secret " + excerpt(ref.name) + " not found in mesh " + excerpt(doc.resource.mesh) +
+                          std::string(detail::refused_until(ref.tls_enabled)));
         }
     }
 }

@@ -3,6 +3,7 @@
 #include "conf/detail/pem.hpp"
 
 #include <array>
+#include <limits>
 
 namespace conf::detail {
 
@@ -38,6 +39,7 @@ void decode_endpoint(Reporter& r, const YAML::Node& node, const std::string& pat
     }
     auto address_node = ep.take("address");
     auto address = read_string(r, address_node, ep.path("address"));
+    std::size_t errors_before = r.document().diagnostics.size();
     if (address) {
         out.address = *address;
         constexpr std::string_view unix_scheme = "unix://";
@@ -61,8 +63,14 @@ void decode_endpoint(Reporter& r, const YAML::Node& node, const std::string& pat
     } else if (!present(address_node)) {
         r.error(node, ep.path("address"), "address has to be a valid IP or hostname");
     }
+    // Kuma checks the port only of an address that is an IP or a host name.
+    bool address_ok = address && r.document().diagnostics.size() == errors_before;
     auto port_node = ep.take("port");
-    if (auto port = read_int(r, port_node, ep.path("port"), 1, 65535, port_message)) {
+    auto port = read_int(r, port_node, ep.path("port"), std::numeric_limits<std::int64_t>::min(),
+                         std::numeric_limits<std::int64_t>::max(), port_message);
+    if (port && (*port < 1 || *port > 65535)) {
+        if (address_ok) r.error(port_node, ep.path("port"), std::string(port_message));
+    } else if (port) {
         out.port = static_cast<std::uint16_t>(*port);
         if (out.kind == AddressKind::unix_socket && address)
             r.error(port_node, ep.path("port"), "must not be defined when endpoint is a unix path");
@@ -72,12 +80,101 @@ void decode_endpoint(Reporter& r, const YAML::Node& node, const std::string& pat
         out.priority = static_cast<std::uint8_t>(*prio);
 }
 
+// Kuma's SecureDataSource: `{type: Secret, secretRef: {kind: Secret, name}}` or
+// `{type: InsecureInline, insecureInline: {value}}`, checked with Kuma's rules and words
+// (api/common/v1alpha1/datasource and the MES validator, which refuses File and EnvVar: they
+// would read the control plane's own files and environment).
+std::optional<DataSource> decode_kuma_data_source(Reporter& r, Fields& src,
+                                                  SecretRef::Role role, bool tls_enabled,
+                                                  std::vector<SecretRef>& refs,
+                                                  std::chrono::system_clock::time_point now)
+{
+    auto type_node = src.take("type");
+    auto secret_ref = src.take("secretRef");
+    auto insecure_inline = src.take("insecureInline");
+    // Known to Kuma's type, read only for types refused below.
+    (void)src.take("file");
+    (void)src.take("envVar");
+    std::string type;
+    if (present(type_node)) {
+        auto t = read_string(r, type_node, src.path("type"));
+        if (!t) return std::nullopt;
+        type = std::move(*t);
+    }
+    const YAML::Node& at_type = present(type_node) ? type_node : src.node();
+    if (type == "File" || type == "EnvVar") {
+        r.error(at_type, src.path("type"), type + " must be one of: Secret, InsecureInline");
+        return std::nullopt;
+    }
+    DataSource out;
+    out.shape = DataSource::Shape::kuma;
+    if (type == "Secret") {
+        if (!present(secret_ref)) {
+            r.error(src.node(), src.path("secretRef"), "must be defined");
+            return std::nullopt;
+        }
+        Fields ref(r, secret_ref, src.path("secretRef"));
+        if (!ref.ok()) return std::nullopt;
+        auto kind_node = ref.take("kind");
+        auto name_node = ref.take("name");
+        std::string kind;
+        if (present(kind_node)) {
+            auto k = read_string(r, kind_node, ref.path("kind"));
+            if (!k) return std::nullopt;
+            kind = std::move(*k);
+        }
+        bool ok = true;
+        if (kind != "Secret") {
+            r.error(present(kind_node) ? kind_node : secret_ref, ref.path("kind"), kind + " must be one of: Secret");
+            ok = false;
+        }
+        std::optional<std::string> name;
+        if (present(name_node) && !(name = read_string(r, name_node, ref.path("name")))) return std::nullopt;
+        if (!name || name->empty()) {
+            r.error(present(name_node) ? name_node : secret_ref, ref.path("name"), "must be defined");
+            return std::nullopt;
+        }
+        if (!ok) return std::nullopt;
+        out.type = DataSource::Type::secret;
+        out.value = *name;
+        refs.push_back(SecretRef{*name, ref.path("name"), r.mark(name_node), role, tls_enabled});
+        return out;
+    }
+    if (type == "InsecureInline") {
+        if (!present(insecure_inline)) {
+            r.error(src.node(), src.path("insecureInline"), "must be defined");
+            return std::nullopt;
+        }
+        Fields inl(r, insecure_inline, src.path("insecureInline"));
+        if (!inl.ok()) return std::nullopt;
+        auto value_node = inl.take("value");
+        std::optional<std::string> value;
+        if (present(value_node) && !(value = read_string(r, value_node, inl.path("value")))) return std::nullopt;
+        if (!value || value->empty()) {
+            r.error(present(value_node) ? value_node : insecure_inline, inl.path("value"), "must be defined");
+            return std::nullopt;
+        }
+        out.type = DataSource::Type::inline_string;
+        out.value = std::move(*value);
+        check_pem_role(r, r.mark(value_node), inl.path("value"), out.value, role, tls_enabled, now);
+        return out;
+    }
+    // Kuma's message, word for word: an absent type reads as "" and leaves the line
+    // starting with a space.
+    r.error(at_type, src.path("type"), type + " must be one of: EnvVar, InsecureInline, File, Secret");
+    return std::nullopt;
+}
+
+// A data source in either shape: the seed's (one of `inline`, `inlineString`, `secret`) or
+// Kuma's current one (anything else, `{}` included, is read as Kuma's, with its messages).
 std::optional<DataSource> decode_data_source(Reporter& r, const YAML::Node& node, const std::string& path,
-                                             SecretRef::Role role, std::vector<SecretRef>& refs,
+                                             SecretRef::Role role, bool tls_enabled, std::vector<SecretRef>& refs,
                                              std::chrono::system_clock::time_point now)
 {
     Fields src(r, node, path);
     if (!src.ok()) return std::nullopt;
+    bool seed = !src.has("type") && (src.has("inline") || src.has("inlineString") || src.has("secret"));
+    if (!seed) return decode_kuma_data_source(r, src, role, tls_enabled, refs, now);
     auto inline_node = src.take("inline");
     auto string_node = src.take("inlineString");
     auto secret_node = src.take("secret");
@@ -98,13 +195,13 @@ std::optional<DataSource> decode_data_source(Reporter& r, const YAML::Node& node
         }
         out.type = DataSource::Type::inline_bytes;
         out.value = std::move(*bytes);
-        check_pem_role(r, r.mark(inline_node), src.path("inline"), out.value, role, now);
+        check_pem_role(r, r.mark(inline_node), src.path("inline"), out.value, role, tls_enabled, now);
     } else if (present(string_node)) {
         auto text = read_string(r, string_node, src.path("inlineString"));
         if (!text) return std::nullopt;
         out.type = DataSource::Type::inline_string;
         out.value = std::move(*text);
-        check_pem_role(r, r.mark(string_node), src.path("inlineString"), out.value, role, now);
+        check_pem_role(r, r.mark(string_node), src.path("inlineString"), out.value, role, tls_enabled, now);
     } else {
         auto name = read_string(r, secret_node, src.path("secret"));
         if (!name) return std::nullopt;
@@ -114,7 +211,7 @@ std::optional<DataSource> decode_data_source(Reporter& r, const YAML::Node& node
         }
         out.type = DataSource::Type::secret;
         out.value = *name;
-        refs.push_back(SecretRef{*name, src.path("secret"), r.mark(secret_node), role});
+        refs.push_back(SecretRef{*name, src.path("secret"), r.mark(secret_node), role, tls_enabled});
     }
     return out;
 }
@@ -183,29 +280,41 @@ void decode_tls(Reporter& r, const YAML::Node& node, const std::string& path, Tl
     using Role = SecretRef::Role;
     bool has_cert = v.has("clientCert");
     bool has_key = v.has("clientKey");
-    tls.ca_cert = decode_data_source(r, v.take("caCert"), v.path("caCert"), Role::ca_cert, refs, now);
-    tls.client_cert = decode_data_source(r, v.take("clientCert"), v.path("clientCert"), Role::client_cert, refs, now);
-    tls.client_key = decode_data_source(r, v.take("clientKey"), v.path("clientKey"), Role::client_key, refs, now);
+    bool enabled = tls.enabled;
+    tls.ca_cert = decode_data_source(r, v.take("caCert"), v.path("caCert"), Role::ca_cert, enabled, refs, now);
+    tls.client_cert =
+        decode_data_source(r, v.take("clientCert"), v.path("clientCert"), Role::client_cert, enabled, refs, now);
+    tls.client_key =
+        decode_data_source(r, v.take("clientKey"), v.path("clientKey"), Role::client_key, enabled, refs, now);
     if (has_cert && !has_key)
         r.error(v.node(), v.path("clientKey"), "must be defined when clientCert is defined");
     if (has_key && !has_cert)
         r.error(v.node(), v.path("clientCert"), "must be defined when clientKey is defined");
     using Type = DataSource::Type;
     if (tls.client_cert && tls.client_key && tls.client_cert->type != Type::secret &&
-        tls.client_key->type != Type::secret) {
+        tls.client_key->type != Type::secret && !check_certificates(tls.client_cert->value, now).error &&
+        !check_private_key(tls.client_key->value).error) {
+        // Not Kuma's to check either: a warning, and the MES's TLS condition says it.
         if (auto mismatch = check_key_pair(tls.client_cert->value, tls.client_key->value))
-            r.error(v.node(), v.path("clientKey"), *mismatch);
+            r.warning(r.mark(v.node()), v.path("clientKey"), *mismatch + std::string(refused_until(enabled)));
     }
 }
 
 }  // namespace
 
+std::string_view refused_until(bool tls_enabled)
+{
+    return tls_enabled ? "; TLS connections to this service are refused until this is fixed" : "";
+}
+
 void check_pem_role(Reporter& r, const Mark& at, const std::string& path, std::string_view bytes,
-                    SecretRef::Role role, std::chrono::system_clock::time_point now)
+                    SecretRef::Role role, bool tls_enabled, std::chrono::system_clock::time_point now)
 {
     PemCheck check = role == SecretRef::Role::client_key ? check_private_key(bytes)
                                                          : check_certificates(bytes, now);
-    if (check.error) r.error(at, path, *check.error);
+    // Kuma does not read the PEM when validating: bytes that do not parse are accepted, and
+    // the MES's TLS condition says why it cannot be used.
+    if (check.error) r.warning(at, path, *check.error + std::string(refused_until(tls_enabled)));
     for (auto& w : check.warnings) r.warning(at, path, std::move(w));
 }
 
@@ -227,6 +336,23 @@ void decode_mes(Reporter& r, const YAML::Node& spec, MeshExternalService& out,
                 out.endpoints.push_back(std::move(ep));
             }
         }
+    }
+
+    // Kuma hands a MES with an extension to a control plane plugin; mesd has none to hand it
+    // to, and carrying its traffic anywhere would be a guess. Kuma's own check of the field
+    // comes first so that its words are there too.
+    auto extension = f.take("extension");
+    if (present(extension)) {
+        Fields ext(r, extension, f.path("extension"));
+        if (ext.ok()) {
+            auto type_node = ext.take("type");
+            (void)ext.take("config");  // free-form, the extension's to read
+            auto type = read_string(r, type_node, ext.path("type"));
+            if (!present(type_node) || (type && type->empty()))
+                r.error(present(type_node) ? type_node : extension, ext.path("type"), "must not be empty");
+        }
+        r.error(extension, f.path("extension"),
+                "extensions are not supported: mesd carries the traffic to spec.endpoints itself");
     }
 
     auto tls = f.take("tls");

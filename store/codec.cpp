@@ -5,6 +5,7 @@ namespace store::detail {
 namespace {
 
 constexpr std::uint8_t record_version = 1;
+constexpr std::uint8_t kuma_shape_bit = 0x80;  // a data source written in Kuma's current shape
 
 template <class T>
 bool read_into(std::optional<T> v, T& out)
@@ -63,17 +64,24 @@ void encode_source(Writer& w, const std::optional<conf::DataSource>& s)
         w.u8(0);
         return;
     }
-    w.u8(static_cast<std::uint8_t>(1 + static_cast<int>(s->type)));
+    // The shape rides in the tag's high bit: records written before Kuma's shape existed read
+    // as the seed's, unchanged.
+    bool kuma = s->shape == conf::DataSource::Shape::kuma;
+    w.u8(static_cast<std::uint8_t>((1 + static_cast<int>(s->type)) | (kuma ? kuma_shape_bit : 0)));
     w.str(s->value);
 }
 
 bool decode_source(Reader& r, std::optional<conf::DataSource>& s)
 {
     auto tag = r.u8();
-    if (!tag || *tag > 3) return false;
-    if (*tag == 0) return true;
+    if (!tag) return false;
+    bool kuma = (*tag & kuma_shape_bit) != 0;
+    std::uint8_t type = *tag & static_cast<std::uint8_t>(~kuma_shape_bit);
+    if (type > 3 || (kuma && type == 0)) return false;
+    if (type == 0) return true;
     conf::DataSource d;
-    d.type = static_cast<conf::DataSource::Type>(*tag - 1);
+    d.type = static_cast<conf::DataSource::Type>(type - 1);
+    d.shape = kuma ? conf::DataSource::Shape::kuma : conf::DataSource::Shape::seed;
     if (!read_into(r.str(), d.value)) return false;
     s = std::move(d);
     return true;

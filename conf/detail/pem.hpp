@@ -1,5 +1,6 @@
 // PEM checks for certificates and keys given inline or through Secrets, so that a bad
-// certificate is a validation error naming the field rather than a runtime surprise.
+// certificate is a warning naming the field (and a TLSReady condition) rather than a runtime
+// surprise. Not an error: Kuma does not read the PEM when it validates a MES.
 #pragma once
 
 #include <chrono>

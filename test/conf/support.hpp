@@ -42,6 +42,15 @@ inline bool has_error(const conf::LoadResult& r, const std::string& path, const 
     return std::ranges::any_of(all, [&](const conf::Diagnostic* d) { return d->path == path && d->message == message; });
 }
 
+// True when some warning is at `path` with a message that starts with `message`.
+inline bool has_warning(const conf::LoadResult& r, const std::string& path, const std::string& message)
+{
+    for (const auto& doc : r.documents)
+        for (const auto& d : doc.diagnostics)
+            if (d.severity == conf::Severity::warning && d.path == path && d.message.starts_with(message)) return true;
+    return false;
+}
+
 inline const conf::MeshExternalService& only_mes(const conf::LoadResult& r)
 {
     REQUIRE(r.documents.size() == 1);
