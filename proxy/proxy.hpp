@@ -49,11 +49,11 @@
 //
 // Threads. The Proxy is made, and start() called, on the control loop's thread before the
 // workers' threads start (start() sets handles up on their loops). From then on every method
-// is called on the control loop's thread; stop()'s `done`, and on_tls_failure and
-// on_tls_unusable, run there too. find_route runs on the workers' threads (several at once)
-// while find_named_route may run on the control loop's (reload()): both must be thread-safe.
-// stop() must be called, and `done` awaited, before the workers finish; the Proxy is
-// destroyed after that.
+// is called on the control loop's thread; stop()'s `done`, and on_tls_failure, on_event and
+// on_tls_unusable, run there too. Active health checks run on the control loop. find_route
+// runs on the workers' threads (several at once) while find_named_route may run on the
+// control loop's (reload()): both must be thread-safe. stop() must be called, and `done`
+// awaited, before the workers finish; the Proxy is destroyed after that.
 #pragma once
 
 #include "conf/conf.hpp"
@@ -88,6 +88,9 @@ struct Route {
     std::optional<conf::Tls> tls;
     std::string tls_ca_pem, tls_cert_pem, tls_key_pem;
     std::string tls_error;  // a data source that could not be read: connections are refused
+    // The label mesd.io/health-check: true or false turns active checks on or off for this
+    // MES whatever Options::health_check.enabled says; nullopt: as that says.
+    std::optional<bool> health_check;
 
     std::string key() const { return mesh + "/" + name; }
     bool operator==(const Route&) const = default;
@@ -106,6 +109,15 @@ struct Options {
     std::uint32_t eject_after = 3;                  // consecutive connect failures
     std::chrono::milliseconds eject_base{5000};     // first ejection; doubles on each next one
     std::chrono::milliseconds eject_max{300 * 1000};
+    // Active health checks, per endpoint address, from the control loop: a TCP connect, and
+    // the TLS handshake (verified as connections verify it) where the MES originates TLS.
+    struct HealthCheck {
+        bool enabled = false;  // for every MES; Route::health_check overrides it per MES
+        std::chrono::milliseconds interval{10000};
+        std::chrono::milliseconds timeout{2000};
+        std::uint32_t healthy_threshold = 2;    // passes in a row that bring an address back
+        std::uint32_t unhealthy_threshold = 3;  // failures in a row that take it out
+    } health_check;
     // Nameservers for DNS-named endpoints.
     std::vector<conf::HostPort> resolvers;
     std::chrono::milliseconds resolve_timeout{2000};
@@ -143,14 +155,42 @@ struct Options {
     std::vector<workers::Worker*> workers;
 };
 
+// The health of one address of a DNS-named endpoint (or of an IP or unix endpoint).
+struct AddressStatus {
+    std::string address;  // "10.0.0.1:443"
+    // "healthy", "failing" (failed since its last success), "ejected", "unhealthy" (failed
+    // its active checks)
+    std::string state;
+    std::uint32_t consecutive_failures = 0;
+    std::uint64_t connect_failures = 0;
+    std::uint64_t handshake_failures = 0;
+    std::uint64_t ejections = 0;
+    std::string last_failure;  // RFC 3339 UTC; "" when it never failed
+    std::string last_failure_reason;
+    // Active checks: "" (not checked), "passing" or "failing"; counts; the last one's time
+    // (RFC 3339) and error.
+    std::string check;
+    std::uint64_t checks_passed = 0, checks_failed = 0;
+    std::string last_check, last_check_error;
+};
+
 struct TargetStatus {
     std::string address;  // as configured ("10.0.0.1:443", "example.com:443", "unix:///run/x.sock")
     std::uint8_t priority = 0;
-    std::string state;    // "healthy", "failing", "ejected", "unresolved"
+    // "healthy", "failing", "ejected", "unresolved"; DNS names: "ejected" when every address
+    // is ejected or unhealthy, "failing" when some is not healthy
+    std::string state;
     std::uint32_t consecutive_failures = 0;
-    std::uint64_t connect_failures = 0;
+    std::uint64_t connect_failures = 0;  // DNS names: of every address, those gone included
     std::uint64_t ejections = 0;
     std::vector<std::string> resolved;  // DNS names: the addresses in use
+    std::uint64_t handshake_failures = 0;
+    std::string last_failure;  // RFC 3339 UTC; DNS names: the latest of its addresses'
+    std::string last_failure_reason;
+    bool health_checked = false;  // active checks run for this endpoint's MES
+    std::string check;            // as AddressStatus::check; DNS names: "failing" when any address fails
+    std::uint64_t checks_passed = 0, checks_failed = 0;
+    std::vector<AddressStatus> addresses;  // DNS names: one per address it resolves to
 };
 
 struct ServiceStatus {
