@@ -129,7 +129,7 @@ std::string proxy_metrics(const proxy::Status& st)
     family("mesd_mes_tls_handshake_failures_total", "counter", "TLS handshakes to endpoints that failed, by reason.");
     for (const auto& s : st.services)
         for (const auto& [reason, n] : s.tls_failures) series("mesd_mes_tls_handshake_failures_total", s, n, "reason", reason);
-    family("mesd_mes_endpoint_healthy", "gauge", "1 when an endpoint is neither ejected nor unresolved.");
+    family("mesd_mes_endpoint_healthy", "gauge", "1 when an endpoint takes connections: neither ejected, unhealthy nor unresolved.");
     for (const auto& s : st.services)
         for (const auto& t : s.targets)
             series("mesd_mes_endpoint_healthy", s, t.state == "healthy" || t.state == "failing" ? 1 : 0, "endpoint", t.address);

@@ -416,7 +416,7 @@ Status Proxy::status() const
             ts.health_checked = checked;
             if (!t.is_name()) {
                 AddressStatus one = address_status(h.self, now);
-                ts.state = one.state == "unhealthy" ? "ejected" : one.state;
+                ts.state = one.state;
                 ts.consecutive_failures = one.consecutive_failures;
                 ts.connect_failures = one.connect_failures;
                 ts.handshake_failures = one.handshake_failures;

@@ -177,8 +177,9 @@ struct AddressStatus {
 struct TargetStatus {
     std::string address;  // as configured ("10.0.0.1:443", "example.com:443", "unix:///run/x.sock")
     std::uint8_t priority = 0;
-    // "healthy", "failing", "ejected", "unresolved"; DNS names: "ejected" when every address
-    // is ejected or unhealthy, "failing" when some is not healthy
+    // "healthy", "failing", "ejected", "unhealthy" (fails its active checks), "unresolved";
+    // DNS names: "ejected" when every address is ejected or unhealthy, "failing" when some
+    // is not healthy
     std::string state;
     std::uint32_t consecutive_failures = 0;
     std::uint64_t connect_failures = 0;  // DNS names: of every address, those gone included
