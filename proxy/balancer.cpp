@@ -122,11 +122,15 @@ void record_check(AddressHealth& h, const HealthPolicy& p, bool passed, const st
     }
 }
 
-std::optional<vip::Address> pick_address(Health& h, const std::vector<vip::Address>& addrs, std::uint64_t now,
+std::optional<vip::Address> pick_address(Health& h, const std::vector<vip::Address>& answer, std::uint64_t now,
                                          const std::function<bool(const vip::Address&)>& tried,
                                          const std::function<bool(const vip::Address&)>& hopeless)
 {
-    if (addrs.empty()) return std::nullopt;
+    if (answer.empty()) return std::nullopt;
+    // In one order whatever the answer's (each loop resolves for itself, and servers rotate
+    // records), so that the cursor every loop shares goes round the addresses evenly.
+    std::vector<vip::Address> addrs = answer;
+    std::ranges::sort(addrs);
     std::size_t& next = h.next_address;
     auto usable = [&](const vip::Address& a) {
         auto it = h.addresses.find(a);

@@ -146,6 +146,8 @@ std::string ep(const std::string& host, int port)
     return "{address: " + host + ", port: " + std::to_string(port) + "}";
 }
 
+std::string list(const std::string& one) { return "[" + one + "]"; }
+
 struct Fixture {
     Dir dir;
     std::unique_ptr<Mesd> mesd;
@@ -172,7 +174,7 @@ struct Fixture {
     std::string service(const std::string& name) const
     {
         auto text = config();
-        auto at = text.find("\"name\": \"" + name + "\"");
+        auto at = text.find("\"name\": \"" + name + "\"", text.find("\"services\":"));
         if (at == std::string::npos) return {};
         auto end = text.find("\"mesh\":", at);
         return text.substr(at, end == std::string::npos ? std::string::npos : end - at);
@@ -401,7 +403,7 @@ TEST_CASE("health: a black-holed address of a DNS name is ejected alone and late
         return output_of({dig, "@127.0.0.1", "-p", std::to_string(dns_port), "backend.health.test", "+short", "+tries=1", "+time=1"})
                    .find("127.0.77.23") != std::string::npos;
     }));
-    Fixture f(mes("blackholed", 7301, ep("backend.health.test", port)),
+    Fixture f(mes("blackholed", 7301, list(ep("backend.health.test", port))),
               "  connectTimeout: 1s\n  ejectAfter: 1\n  ejectBase: 60s\n  resolvers: [\"127.0.0.1:" + std::to_string(dns_port) + "\"]\n");
     auto vip = f.vip("blackholed");
     auto timed = [&](std::string& got) {
@@ -456,9 +458,9 @@ TEST_CASE("health: a TLS failure is logged at each turn to failing and back, cou
     TlsServer always_good(dir, "always-good", leaf, good_port);
     const std::string tls = "  tls:\n    enabled: true\n    verification:\n      caCert:\n        inlineString: |\n" + indent(ca.cert_pem, 10);
     const std::string checked = "labels:\n  mesd.io/health-check: \"true\"\n";
-    Fixture f(mes("flip", 7311, ep("127.0.0.1", flip_port)) + tls +
-                  mes("bad-checked", 7312, ep("127.0.0.1", bad_port), checked) + tls +
-                  mes("good-checked", 7313, ep("127.0.0.1", good_port), checked) + tls,
+    Fixture f(mes("flip", 7311, list(ep("127.0.0.1", flip_port))) + tls +
+                  mes("bad-checked", 7312, list(ep("127.0.0.1", bad_port)), checked) + tls +
+                  mes("good-checked", 7313, list(ep("127.0.0.1", good_port)), checked) + tls,
               "  connectTimeout: 2s\n  ejectAfter: 100\n  connectAttempts: 3\n"
               "  healthCheck: {enabled: false, interval: 300ms, timeout: 250ms, unhealthyThreshold: 2}\n");
     auto vip = f.vip("flip");
