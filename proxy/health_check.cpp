@@ -260,7 +260,14 @@ void HealthChecker::probe(std::shared_ptr<Service> service, std::shared_ptr<cons
         rc = a && port ? uv_tcp_init(impl_.loop, &p->h.tcp) : UV_EINVAL;
         if (rc != 0) {  // no socket, or nothing to dial: nothing is recorded
             p->open_handles = 1;
-            uv_close(as_handle(&p->timer), [](uv_handle_t* h) { delete static_cast<HealthProbe*>(h->data); });
+            ++impl_.closing_checks;
+            uv_close(as_handle(&p->timer), [](uv_handle_t* h) {
+                auto* probe = static_cast<HealthProbe*>(h->data);
+                auto& impl = *probe->impl;
+                delete probe;
+                --impl.closing_checks;
+                impl.maybe_stopped();
+            });
             return;
         }
         address = a;
