@@ -11,7 +11,9 @@
 //              route up when a connection first needs it and keeps only those, so that a
 //              store of 100,000 MES costs the proxy nothing until they carry traffic
 //   target     one endpoint of a route, with its health: consecutive failures and, after
-//              enough of them, an ejection that doubles each time (up to a bound)
+//              enough of them, an ejection that doubles each time (up to a bound). A DNS
+//              name's health is kept per address it resolves to (as Envoy's STRICT_DNS hosts
+//              are): an address ejected is passed over while the name's others are fine
 //   pump       the two sockets of a proxied connection; each side is read only while the
 //              other's write queue is below a watermark, so memory per connection is bounded
 //
@@ -19,7 +21,11 @@
 // failed or timed-out connect tries the next target, up to a number of attempts; when every
 // target is ejected, the lowest priority is tried anyway (as Envoy's panic mode does) so that
 // an outage ends as soon as an endpoint is back. When nothing can be reached the client is
-// reset. A route's failures never touch another route.
+// reset. A route's failures never touch another route. A TLS handshake that fails in a way
+// certain to repeat (a certificate that does not verify, a name that does not match) is not
+// tried again on the same endpoint by the same client. Active health checks
+// (Options::health_check, health_check.cpp) take an address that fails them out of the
+// choice as an ejection does, until it passes them again.
 //
 // Loops. With no workers (Options::workers empty) everything runs on the one loop given to
 // the constructor. With workers, that loop is the control loop and each worker's loop
