@@ -84,6 +84,11 @@ proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upst
     o.eject_after = c.eject_after;
     o.eject_base = duration_cast<ms>(c.eject_base);
     o.eject_max = duration_cast<ms>(c.eject_max);
+    o.health_check.enabled = c.health_check.enabled;
+    o.health_check.interval = duration_cast<ms>(c.health_check.interval);
+    o.health_check.timeout = duration_cast<ms>(c.health_check.timeout);
+    o.health_check.healthy_threshold = c.health_check.healthy_threshold;
+    o.health_check.unhealthy_threshold = c.health_check.unhealthy_threshold;
     o.resolvers = !c.resolvers.empty() ? c.resolvers : dns_upstreams;
     o.resolve_timeout = duration_cast<ms>(c.resolve_timeout);
     o.dns_min_ttl = duration_cast<ms>(c.dns_min_ttl);

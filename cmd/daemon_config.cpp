@@ -57,11 +57,47 @@ std::string Daemon::config_json()
                 e.set("address", t.address);
                 e.set("priority", static_cast<std::int64_t>(t.priority));
                 e.set("health", t.state);
+                e.set("consecutiveFailures", static_cast<std::int64_t>(t.consecutive_failures));
                 e.set("connectFailures", static_cast<std::int64_t>(t.connect_failures));
+                e.set("handshakeFailures", static_cast<std::int64_t>(t.handshake_failures));
                 e.set("ejections", static_cast<std::int64_t>(t.ejections));
+                if (!t.last_failure.empty()) {
+                    e.set("lastFailure", t.last_failure);
+                    e.set("lastFailureReason", t.last_failure_reason);
+                }
+                if (t.health_checked) {
+                    cmd::Value& c = e.set("check", cmd::Value::object());
+                    c.set("state", t.check.empty() ? std::string("pending") : t.check);
+                    c.set("passed", static_cast<std::int64_t>(t.checks_passed));
+                    c.set("failed", static_cast<std::int64_t>(t.checks_failed));
+                }
                 if (!t.resolved.empty()) {
                     cmd::Value& r = e.set("resolved", cmd::Value::array());
                     for (const auto& a : t.resolved) r.push(a);
+                }
+                if (!t.addresses.empty()) {
+                    cmd::Value& list = e.set("addresses", cmd::Value::array());
+                    for (const auto& a : t.addresses) {
+                        cmd::Value& x = list.push(cmd::Value::object());
+                        x.set("address", a.address);
+                        x.set("state", a.state);
+                        x.set("consecutiveFailures", static_cast<std::int64_t>(a.consecutive_failures));
+                        x.set("connectFailures", static_cast<std::int64_t>(a.connect_failures));
+                        x.set("handshakeFailures", static_cast<std::int64_t>(a.handshake_failures));
+                        x.set("ejections", static_cast<std::int64_t>(a.ejections));
+                        if (!a.last_failure.empty()) {
+                            x.set("lastFailure", a.last_failure);
+                            x.set("lastFailureReason", a.last_failure_reason);
+                        }
+                        if (t.health_checked) {
+                            cmd::Value& c = x.set("check", cmd::Value::object());
+                            c.set("state", a.check.empty() ? std::string("pending") : a.check);
+                            c.set("passed", static_cast<std::int64_t>(a.checks_passed));
+                            c.set("failed", static_cast<std::int64_t>(a.checks_failed));
+                            if (!a.last_check.empty()) c.set("last", a.last_check);
+                            if (!a.last_check_error.empty()) c.set("lastError", a.last_check_error);
+                        }
+                    }
                 }
             }
         }

@@ -36,6 +36,12 @@ std::string proxy_metrics(const proxy::Status& st)
         if (key) out += std::string(",") + key + "=\"" + label_value(label) + "\"";
         out += "} " + std::to_string(value) + "\n";
     };
+    // An endpoint's series with a result label.
+    auto series2 = [&](const char* name, const proxy::ServiceStatus& s, std::uint64_t value, const std::string& endpoint,
+                       const char* result) {
+        out += std::string(name) + "{mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) + "\",endpoint=\"" +
+               label_value(endpoint) + "\",result=\"" + result + "\"} " + std::to_string(value) + "\n";
+    };
 
     struct Total {
         const char* name;
@@ -96,6 +102,20 @@ std::string proxy_metrics(const proxy::Status& st)
     family("mesd_mes_endpoint_connect_failures_total", "counter", "Failed or timed-out connects, per endpoint.");
     for (const auto& s : st.services)
         for (const auto& t : s.targets) series("mesd_mes_endpoint_connect_failures_total", s, t.connect_failures, "endpoint", t.address);
+    family("mesd_mes_endpoint_handshake_failures_total", "counter", "Failed or timed-out TLS handshakes, per endpoint.");
+    for (const auto& s : st.services)
+        for (const auto& t : s.targets)
+            if (s.tls_handshakes || t.handshake_failures)
+                series("mesd_mes_endpoint_handshake_failures_total", s, t.handshake_failures, "endpoint", t.address);
+    // Per endpoint as configured, a DNS name's addresses summed: one series per endpoint
+    // and result however many addresses a name has had.
+    family("mesd_mes_endpoint_health_checks_total", "counter", "Active health checks per endpoint, by result (passed, failed).");
+    for (const auto& s : st.services)
+        for (const auto& t : s.targets)
+            if (t.health_checked) {
+                series2("mesd_mes_endpoint_health_checks_total", s, t.checks_passed, t.address, "passed");
+                series2("mesd_mes_endpoint_health_checks_total", s, t.checks_failed, t.address, "failed");
+            }
     family("mesd_mes_endpoint_ejections_total", "counter", "Times an endpoint was ejected after repeated failures.");
     for (const auto& s : st.services)
         for (const auto& t : s.targets) series("mesd_mes_endpoint_ejections_total", s, t.ejections, "endpoint", t.address);
@@ -109,7 +129,7 @@ std::string proxy_metrics(const proxy::Status& st)
     family("mesd_mes_tls_handshake_failures_total", "counter", "TLS handshakes to endpoints that failed, by reason.");
     for (const auto& s : st.services)
         for (const auto& [reason, n] : s.tls_failures) series("mesd_mes_tls_handshake_failures_total", s, n, "reason", reason);
-    family("mesd_mes_endpoint_healthy", "gauge", "1 when an endpoint is neither ejected nor unresolved.");
+    family("mesd_mes_endpoint_healthy", "gauge", "1 when an endpoint takes connections: neither ejected, unhealthy nor unresolved.");
     for (const auto& s : st.services)
         for (const auto& t : s.targets)
             series("mesd_mes_endpoint_healthy", s, t.state == "healthy" || t.state == "failing" ? 1 : 0, "endpoint", t.address);

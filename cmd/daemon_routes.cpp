@@ -75,6 +75,12 @@ proxy::Route route_of(const store::Snapshot& snap, const store::Entry& e)
     r.port = mes->port;
     r.protocol = mes->protocol;
     r.endpoints = mes->endpoints;
+    // mesd.io/health-check: "true" or "false" turns active checks on or off for this MES
+    // alone; another value leaves it to proxy.healthCheck.
+    if (auto it = e.resource.labels.find("mesd.io/health-check"); it != e.resource.labels.end()) {
+        if (it->second == "true") r.health_check = true;
+        else if (it->second == "false") r.health_check = false;
+    }
     if (mes->tls && mes->tls->enabled) {
         r.tls = mes->tls;
         // A Secret that is missing makes the MES refuse connections rather than carry them in

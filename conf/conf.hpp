@@ -391,6 +391,15 @@ struct Config {
         Duration dns_min_ttl = std::chrono::seconds(1);
         Duration dns_max_ttl = std::chrono::minutes(5);
         std::string hosts_file = "/etc/hosts";  // read before DNS for DNS-named endpoints; "": none
+        // Active health checks of every endpoint address (proxy.healthCheck); the label
+        // mesd.io/health-check turns them on or off for one MES.
+        struct HealthCheck {
+            bool enabled = false;  // `interval` given, or `enabled: true`
+            Duration interval = std::chrono::seconds(10);
+            Duration timeout = std::chrono::seconds(2);
+            std::uint32_t healthy_threshold = 2;
+            std::uint32_t unhealthy_threshold = 3;
+        } health_check;
     } proxy;
     struct Admin {
         HostPort listen = HostPort{"127.0.0.1", 9901};

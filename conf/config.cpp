@@ -320,6 +320,22 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
                 r.error(root["proxy"], "proxy.dnsMinTtl", "must not be above proxy.dnsMaxTtl");
             if (c.proxy.eject_base > c.proxy.eject_max)
                 r.error(root["proxy"], "proxy.ejectBase", "must not be above proxy.ejectMax");
+            Fields hc(r, proxy.take("healthCheck"), "proxy.healthCheck");
+            if (hc.ok() && present(hc.node())) {
+                auto& h = c.proxy.health_check;
+                // Checks run once `interval` is given (as Envoy's health_checks need one),
+                // or with `enabled: true` at the default interval; `enabled: false` keeps the
+                // settings for the MES labelled mesd.io/health-check: "true".
+                h.enabled = hc.has("interval");
+                read.boolean(hc, "enabled", h.enabled);
+                read.duration(hc, "interval", h.interval, false, std::chrono::hours(1));
+                read.duration(hc, "timeout", h.timeout, false, std::chrono::minutes(1));
+                read.integer(hc, "healthyThreshold", h.healthy_threshold, 1, 100);
+                read.integer(hc, "unhealthyThreshold", h.unhealthy_threshold, 1, 100);
+                if (h.timeout > h.interval)
+                    r.error(hc.node(), "proxy.healthCheck.timeout",
+                            "must not be above proxy.healthCheck.interval");
+            }
         }
     }
     {

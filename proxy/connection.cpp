@@ -52,7 +52,7 @@ void Connection::try_next()
     case conf::AddressKind::ipv6: {
         auto a = vip::Address::parse(t->endpoint.address);
         if (!a) {
-            fail(target);
+            fail(target, std::nullopt, FailureKind::connect, "not an address");
             return;
         }
         connect_tcp(std::move(target), to_sockaddr(*a, port));
@@ -67,19 +67,25 @@ void Connection::try_next()
             if (token.expired() || closing) return;
             if (e.addresses.empty()) {
                 if (!used_up(*target)) tried.push_back(target);
-                fail(target);
+                fail(target, std::nullopt, FailureKind::connect, "does not resolve" + (e.error.empty() ? "" : ": " + e.error));
                 return;
             }
-            connect_tcp(target, to_sockaddr(*choose_address(target, e.addresses), port));
+            auto chosen = choose_address(target, e.addresses);
+            if (!chosen) {  // each address failed in a way certain to repeat
+                try_next();
+                return;
+            }
+            connect_tcp(target, to_sockaddr(*chosen, port), chosen);
         });
         return;
     }
     }
 }
 
-void Connection::fail(const std::shared_ptr<const Target>& t)
+void Connection::fail(const std::shared_ptr<const Target>& t, const std::optional<vip::Address>& address, FailureKind kind,
+                      const std::string& reason)
 {
-    record_failure(*t);
+    record_failure(*t, address, kind, reason);
     try_next();
 }
 
@@ -94,8 +100,9 @@ void Connection::arm_connect_timeout()
             self->attempt = nullptr;
             a->abandoned = true;
             auto target = a->target;
+            auto address = a->address;
             close_attempt(a);
-            self->fail(target);
+            self->fail(target, address, FailureKind::connect, "connect timed out");
         },
         static_cast<std::uint64_t>(impl->options.connect_timeout.count()), 0);
 }
@@ -107,11 +114,12 @@ void Connection::close_attempt(Attempt* a)
     uv_close(a->side.handle(), [](uv_handle_t* h) { delete static_cast<Attempt*>(h->data); });
 }
 
-void Connection::connect_tcp(std::shared_ptr<const Target> target, sockaddr_storage addr)
+void Connection::connect_tcp(std::shared_ptr<const Target> target, sockaddr_storage addr, std::optional<vip::Address> address)
 {
     auto* a = new Attempt;
     a->conn = this;
     a->target = std::move(target);
+    a->address = address;
     a->side.conn = this;
     if (int rc = uv_tcp_init_ex(shard->loop, &a->side.h.tcp, addr.ss_family); rc != 0) {
         // No socket (out of file descriptors): mesd's trouble, not the endpoint's. The
@@ -139,7 +147,7 @@ void Connection::connect_tcp(std::shared_ptr<const Target> target, sockaddr_stor
         attempt = nullptr;
         auto t = a->target;
         close_attempt(a);
-        fail(t);
+        fail(t, address, FailureKind::connect, uv_strerror(rc));
         return;
     }
     // Reading is asked for now, while libuv registers the socket for the connect: once
@@ -175,8 +183,9 @@ void Connection::on_connect(uv_connect_t* req, int status)
     uv_timer_stop(&self->timer);
     if (status != 0) {
         auto t = a->target;
+        auto address = a->address;
         close_attempt(a);
-        self->fail(t);
+        self->fail(t, address, FailureKind::connect, uv_strerror(status));
         return;
     }
     self->upstream = &a->side;
@@ -207,7 +216,7 @@ void Connection::on_connect(uv_connect_t* req, int status)
         self->drive_handshake();
         return;
     }
-    self->record_success(*a->target);
+    self->record_success(*a->target, a->address);
     self->start_http(*a->target);
     self->pump();
 }
@@ -445,13 +454,14 @@ void Connection::drive_handshake()
     if (r != 1) {
         int err = SSL_get_error(ssl, r);
         if (err == SSL_ERROR_WANT_READ) return;
-        tls_failed(detail::TlsContext::failure_reason(ssl, err));
+        // A chain that does not verify fails every handshake with this endpoint alike.
+        tls_failed(detail::TlsContext::failure_reason(ssl, err), SSL_get_verify_result(ssl) != X509_V_OK);
         return;
     }
     const auto& ep = tls_target->endpoint;
     bool is_ip = ep.kind == conf::AddressKind::ipv4 || ep.kind == conf::AddressKind::ipv6;
     if (auto why = tls->check_names(ssl, ep.address, is_ip); !why.empty()) {
-        tls_failed(why);
+        tls_failed(why, true);
         return;
     }
     handshaking = false;
@@ -459,7 +469,7 @@ void Connection::drive_handshake()
     start_http(*tls_target);
     ++service->tls_handshakes;
     if (SSL_session_reused(ssl)) ++service->tls_resumed;
-    record_success(*tls_target);
+    record_success(*tls_target, attempt->address);
     pump();
     read_tls();  // records that came with the end of the handshake
 }
@@ -491,11 +501,17 @@ void Connection::read_tls()
     flush_tls();
 }
 
-void Connection::tls_failed(const std::string& reason)
+void Connection::tls_failed(const std::string& reason, bool certain)
 {
     impl->report_tls_failure(*service, reason);
-    // The attempt failed: its socket goes, the next endpoint is tried.
+    // The attempt failed: its socket goes, the next endpoint is tried. One whose failure is
+    // certain to repeat is not tried again by this client (others still are).
     auto target = tls_target;
+    auto address = attempt->address;
+    if (certain) {
+        if (target->is_name() && address) hopeless_addresses.emplace_back(target, *address);
+        else hopeless.push_back(target);
+    }
     SSL_free(ssl);
     ssl = nullptr;
     tls_target.reset();
@@ -507,7 +523,7 @@ void Connection::tls_failed(const std::string& reason)
     a->side.handle()->data = a;
     close_attempt(a);
     uv_timer_stop(&timer);
-    fail(target);
+    fail(target, address, FailureKind::handshake, reason);
 }
 
 void Connection::on_write(uv_write_t* req, int status)

@@ -122,7 +122,7 @@ void Proxy::Impl::watch_names()
 
 void Proxy::Impl::maybe_stopped()
 {
-    if (!stopping || shards_running != 0 || closing_listeners != 0 || !on_stopped) return;
+    if (!stopping || shards_running != 0 || closing_listeners != 0 || closing_checks != 0 || !on_stopped) return;
     auto done = std::move(on_stopped);
     on_stopped = nullptr;
     if (!threaded) {
@@ -182,7 +182,14 @@ Proxy::~Proxy() = default;
 std::expected<void, std::string> Proxy::start()
 {
     auto& i = *impl_;
-    if (i.options.mode != Options::Mode::redirect) return {};
+    auto start_checks = [&i] {
+        i.checker = std::make_unique<HealthChecker>(i);
+        i.checker->start();
+    };
+    if (i.options.mode != Options::Mode::redirect) {
+        start_checks();
+        return {};
+    }
     const auto& hp = i.options.redirect_listen;
     auto parsed = vip::Address::parse(hp.host.empty() ? "0.0.0.0" : hp.host);
     if (!parsed) return std::unexpected("proxy.redirectListen: not an address: " + hp.host);
@@ -201,6 +208,7 @@ std::expected<void, std::string> Proxy::start()
         port = *opened;
     }
     i.redirect_bound = host_port(*parsed, port);
+    start_checks();
     return {};
 }
 
@@ -318,6 +326,7 @@ void Proxy::stop(std::function<void()> done)
         uv_close(as_handle(i.retry_timer), [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
         i.retry_timer = nullptr;
     }
+    if (i.checker) i.checker->stop();
     if (i.inbox_async) uv_ref(as_handle(i.inbox_async));  // the workers' reports must arrive
     i.shards_running = i.shards.size();
     for (auto& shard : i.shards) shard->run([s = shard.get()] { s->stop(); });
@@ -333,6 +342,28 @@ std::vector<Proxy::Problem> Proxy::problems() const
             if (auto routing = s->current()) out.push_back({routing->route.mesh, routing->route.name, s->listen_error});
     return out;
 }
+
+namespace {
+
+AddressStatus address_status(const AddressHealth& h, std::uint64_t now)
+{
+    AddressStatus as;
+    as.state = h.ejected(now) ? "ejected" : h.check_down ? "unhealthy" : h.consecutive_failures > 0 ? "failing" : "healthy";
+    as.consecutive_failures = h.consecutive_failures;
+    as.connect_failures = h.connect_failures;
+    as.handshake_failures = h.handshake_failures;
+    as.ejections = h.ejections;
+    as.last_failure = rfc3339(h.last_failure);
+    as.last_failure_reason = h.last_failure_reason;
+    if (h.last_check) as.check = h.check_down || h.checks_failed_in_row > 0 ? "failing" : "passing";
+    as.checks_passed = h.checks_passed;
+    as.checks_failed = h.checks_failed;
+    as.last_check = rfc3339(h.last_check);
+    as.last_check_error = h.last_check_error;
+    return as;
+}
+
+}  // namespace
 
 Status Proxy::status() const
 {
@@ -379,26 +410,65 @@ Status Proxy::status() const
         ss.tls_failures = std::move(tls_failures);
         ss.tls_handshakes = s->tls_handshakes;
         ss.tls_resumed = s->tls_resumed;
+        bool checked = i.checker && i.checker->enabled_for(*routing);
         for (std::size_t k = 0; k < routing->targets.size(); ++k) {
             const Target& t = *routing->targets[k];
             const Health& h = health[k];
             TargetStatus ts;
             ts.address = t.label;
             ts.priority = t.endpoint.priority;
-            ts.consecutive_failures = h.consecutive_failures;
-            ts.connect_failures = h.connect_failures;
-            ts.ejections = h.ejections;
-            if (h.ejected_until > now) ts.state = "ejected";
-            else if (h.consecutive_failures > 0) ts.state = "failing";
-            else ts.state = "healthy";
-            if (t.is_name()) {
-                // Each loop resolves for itself: the addresses any of them uses.
-                for (const auto& shard : i.shards)
-                    for (const auto& a : shard->resolver->addresses(t.endpoint.address))
-                        if (std::string text = a.to_string(); std::ranges::find(ts.resolved, text) == ts.resolved.end())
-                            ts.resolved.push_back(std::move(text));
-                if (ts.resolved.empty()) ts.state = "unresolved";
+            ts.health_checked = checked;
+            if (!t.is_name()) {
+                AddressStatus one = address_status(h.self, now);
+                ts.state = one.state;
+                ts.consecutive_failures = one.consecutive_failures;
+                ts.connect_failures = one.connect_failures;
+                ts.handshake_failures = one.handshake_failures;
+                ts.ejections = one.ejections;
+                ts.last_failure = one.last_failure;
+                ts.last_failure_reason = one.last_failure_reason;
+                ts.check = one.check;
+                ts.checks_passed = one.checks_passed;
+                ts.checks_failed = one.checks_failed;
+                ss.targets.push_back(std::move(ts));
+                continue;
             }
+            // A DNS name sums up its addresses: ejected when none takes connections,
+            // failing when some does not, its counts those of every address it has had.
+            ts.connect_failures = h.gone_connect_failures;
+            ts.handshake_failures = h.gone_handshake_failures;
+            ts.ejections = h.gone_ejections;
+            ts.checks_passed = h.gone_checks_passed;
+            ts.checks_failed = h.gone_checks_failed;
+            std::int64_t last = 0;
+            std::size_t usable = 0, troubled = 0;
+            std::uint16_t port = t.endpoint.port.value_or(routing->route.port.value_or(0));
+            for (const auto& [a, ah] : h.addresses) {
+                AddressStatus as = address_status(ah, now);
+                as.address = host_port(a, port);
+                ts.consecutive_failures = std::max(ts.consecutive_failures, ah.consecutive_failures);
+                ts.connect_failures += ah.connect_failures;
+                ts.handshake_failures += ah.handshake_failures;
+                ts.ejections += ah.ejections;
+                ts.checks_passed += ah.checks_passed;
+                ts.checks_failed += ah.checks_failed;
+                if (ah.last_failure > last) {
+                    last = ah.last_failure;
+                    ts.last_failure = as.last_failure;
+                    ts.last_failure_reason = ah.last_failure_reason;
+                }
+                if (as.check == "failing" || (as.check == "passing" && ts.check.empty())) ts.check = as.check;
+                if (ah.usable(now)) ++usable;
+                if (as.state != "healthy") ++troubled;
+                ts.addresses.push_back(std::move(as));
+            }
+            ts.state = !h.addresses.empty() && usable == 0 ? "ejected" : troubled > 0 ? "failing" : "healthy";
+            // Each loop resolves for itself: the addresses any of them uses.
+            for (const auto& shard : i.shards)
+                for (const auto& a : shard->resolver->addresses(t.endpoint.address))
+                    if (std::string text = a.to_string(); std::ranges::find(ts.resolved, text) == ts.resolved.end())
+                        ts.resolved.push_back(std::move(text));
+            if (ts.resolved.empty()) ts.state = "unresolved";
             ss.targets.push_back(std::move(ts));
         }
         st.services.push_back(std::move(ss));

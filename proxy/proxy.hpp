@@ -11,7 +11,9 @@
 //              route up when a connection first needs it and keeps only those, so that a
 //              store of 100,000 MES costs the proxy nothing until they carry traffic
 //   target     one endpoint of a route, with its health: consecutive failures and, after
-//              enough of them, an ejection that doubles each time (up to a bound)
+//              enough of them, an ejection that doubles each time (up to a bound). A DNS
+//              name's health is kept per address it resolves to (as Envoy's STRICT_DNS hosts
+//              are): an address ejected is passed over while the name's others are fine
 //   pump       the two sockets of a proxied connection; each side is read only while the
 //              other's write queue is below a watermark, so memory per connection is bounded
 //
@@ -19,7 +21,11 @@
 // failed or timed-out connect tries the next target, up to a number of attempts; when every
 // target is ejected, the lowest priority is tried anyway (as Envoy's panic mode does) so that
 // an outage ends as soon as an endpoint is back. When nothing can be reached the client is
-// reset. A route's failures never touch another route.
+// reset. A route's failures never touch another route. A TLS handshake that fails in a way
+// certain to repeat (a certificate that does not verify, a name that does not match) is not
+// tried again on the same endpoint by the same client. Active health checks
+// (Options::health_check, health_check.cpp) take an address that fails them out of the
+// choice as an ejection does, until it passes them again.
 //
 // Loops. With no workers (Options::workers empty) everything runs on the one loop given to
 // the constructor. With workers, that loop is the control loop and each worker's loop
@@ -49,11 +55,11 @@
 //
 // Threads. The Proxy is made, and start() called, on the control loop's thread before the
 // workers' threads start (start() sets handles up on their loops). From then on every method
-// is called on the control loop's thread; stop()'s `done`, and on_tls_failure and
-// on_tls_unusable, run there too. find_route runs on the workers' threads (several at once)
-// while find_named_route may run on the control loop's (reload()): both must be thread-safe.
-// stop() must be called, and `done` awaited, before the workers finish; the Proxy is
-// destroyed after that.
+// is called on the control loop's thread; stop()'s `done`, and on_tls_failure, on_event and
+// on_tls_unusable, run there too. Active health checks run on the control loop. find_route
+// runs on the workers' threads (several at once) while find_named_route may run on the
+// control loop's (reload()): both must be thread-safe. stop() must be called, and `done`
+// awaited, before the workers finish; the Proxy is destroyed after that.
 #pragma once
 
 #include "conf/conf.hpp"
@@ -88,6 +94,9 @@ struct Route {
     std::optional<conf::Tls> tls;
     std::string tls_ca_pem, tls_cert_pem, tls_key_pem;
     std::string tls_error;  // a data source that could not be read: connections are refused
+    // The label mesd.io/health-check: true or false turns active checks on or off for this
+    // MES whatever Options::health_check.enabled says; nullopt: as that says.
+    std::optional<bool> health_check;
 
     std::string key() const { return mesh + "/" + name; }
     bool operator==(const Route&) const = default;
@@ -106,6 +115,15 @@ struct Options {
     std::uint32_t eject_after = 3;                  // consecutive connect failures
     std::chrono::milliseconds eject_base{5000};     // first ejection; doubles on each next one
     std::chrono::milliseconds eject_max{300 * 1000};
+    // Active health checks, per endpoint address, from the control loop: a TCP connect, and
+    // the TLS handshake (verified as connections verify it) where the MES originates TLS.
+    struct HealthCheck {
+        bool enabled = false;  // for every MES; Route::health_check overrides it per MES
+        std::chrono::milliseconds interval{10000};
+        std::chrono::milliseconds timeout{2000};
+        std::uint32_t healthy_threshold = 2;    // passes in a row that bring an address back
+        std::uint32_t unhealthy_threshold = 3;  // failures in a row that take it out
+    } health_check;
     // Nameservers for DNS-named endpoints.
     std::vector<conf::HostPort> resolvers;
     std::chrono::milliseconds resolve_timeout{2000};
@@ -145,14 +163,43 @@ struct Options {
     std::vector<workers::Worker*> workers;
 };
 
+// The health of one address of a DNS-named endpoint (or of an IP or unix endpoint).
+struct AddressStatus {
+    std::string address;  // "10.0.0.1:443"
+    // "healthy", "failing" (failed since its last success), "ejected", "unhealthy" (failed
+    // its active checks)
+    std::string state;
+    std::uint32_t consecutive_failures = 0;
+    std::uint64_t connect_failures = 0;
+    std::uint64_t handshake_failures = 0;
+    std::uint64_t ejections = 0;
+    std::string last_failure;  // RFC 3339 UTC; "" when it never failed
+    std::string last_failure_reason;
+    // Active checks: "" (not checked), "passing" or "failing"; counts; the last one's time
+    // (RFC 3339) and error.
+    std::string check;
+    std::uint64_t checks_passed = 0, checks_failed = 0;
+    std::string last_check, last_check_error;
+};
+
 struct TargetStatus {
     std::string address;  // as configured ("10.0.0.1:443", "example.com:443", "unix:///run/x.sock")
     std::uint8_t priority = 0;
-    std::string state;    // "healthy", "failing", "ejected", "unresolved"
+    // "healthy", "failing", "ejected", "unhealthy" (fails its active checks), "unresolved";
+    // DNS names: "ejected" when every address is ejected or unhealthy, "failing" when some
+    // is not healthy
+    std::string state;
     std::uint32_t consecutive_failures = 0;
-    std::uint64_t connect_failures = 0;
+    std::uint64_t connect_failures = 0;  // DNS names: of every address, those gone included
     std::uint64_t ejections = 0;
     std::vector<std::string> resolved;  // DNS names: the addresses in use
+    std::uint64_t handshake_failures = 0;
+    std::string last_failure;  // RFC 3339 UTC; DNS names: the latest of its addresses'
+    std::string last_failure_reason;
+    bool health_checked = false;  // active checks run for this endpoint's MES
+    std::string check;            // as AddressStatus::check; DNS names: "failing" when any address fails
+    std::uint64_t checks_passed = 0, checks_failed = 0;
+    std::vector<AddressStatus> addresses;  // DNS names: one per address it resolves to
 };
 
 struct ServiceStatus {

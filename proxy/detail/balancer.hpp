@@ -20,6 +20,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -57,16 +59,95 @@ private:
 
 // ---- Targets and services ------------------------------------------------------------------
 
-// An endpoint's health, shared by every loop: a target ejected after failures on one loop's
-// connections is ejected for all. Every field is under its Service's mutex.
-struct Health {
+// The health of one place connections go: an IP or unix endpoint, or one address of a DNS
+// name (as Envoy's STRICT_DNS makes a host of each address). Shared by every loop: an
+// address ejected after failures on one loop's connections is ejected for all. Every field
+// is under its Service's mutex.
+struct AddressHealth {
     std::uint32_t consecutive_failures = 0;
-    std::uint64_t connect_failures = 0;
+    std::uint64_t connect_failures = 0;    // TCP connects failed or timed out
+    std::uint64_t handshake_failures = 0;  // TLS handshakes failed or timed out
     std::uint64_t ejections = 0;
     std::uint32_t backoff_steps = 0;  // ejections since the last success
     std::uint64_t ejected_until = 0;  // now_ms()
-    std::size_t next_address = 0;     // DNS names: round robin over the addresses
+    bool failing = false;             // failed since its last success (the event was logged)
+    std::int64_t last_failure = 0;    // Unix milliseconds; 0: never
+    std::string last_failure_reason;
+    // Active health checks.
+    std::uint32_t checks_failed_in_row = 0;
+    std::uint32_t checks_passed_in_row = 0;
+    bool check_down = false;  // failed unhealthyThreshold checks in a row: takes no connection
+    std::uint64_t checks_passed = 0, checks_failed = 0;
+    std::int64_t last_check = 0;  // Unix milliseconds; 0: never checked
+    std::string last_check_error;  // "" after a check passed
+
+    bool ejected(std::uint64_t now) const { return ejected_until > now; }
+    // Takes new connections outside panic mode.
+    bool usable(std::uint64_t now) const { return !ejected(now) && !check_down; }
 };
+
+// An endpoint's health: its own for an IP or unix endpoint, one per address for a DNS name.
+struct Health {
+    AddressHealth self;  // IP and unix endpoints
+    // DNS names: the addresses the name resolves to now (those that leave drop their health,
+    // those that stay keep it), and the counts of those that left, so that the name's totals
+    // never go down.
+    std::map<vip::Address, AddressHealth> addresses;
+    std::uint64_t gone_connect_failures = 0, gone_handshake_failures = 0, gone_ejections = 0;
+    std::uint64_t gone_checks_passed = 0, gone_checks_failed = 0;
+    std::size_t next_address = 0;  // DNS names: round robin over the addresses
+
+    // The record of `address` (a DNS name's), or of the endpoint itself (nullopt, or an IP).
+    AddressHealth& at(const std::optional<vip::Address>& address)
+    {
+        return address ? addresses[*address] : self;
+    }
+    // A DNS name's addresses are now `now_resolved`: others leave, new ones start healthy.
+    void reconcile(const std::vector<vip::Address>& now_resolved);
+};
+
+// What to do with a failure, and how to report it.
+struct HealthPolicy {
+    std::uint32_t eject_after = 3;
+    std::uint64_t eject_base_ms = 5000;
+    std::uint64_t eject_max_ms = 300000;
+    std::uint32_t healthy_threshold = 2;    // active checks
+    std::uint32_t unhealthy_threshold = 3;
+};
+enum class FailureKind { connect, handshake };
+// Who an event is about: mesh, name, endpoint (as configured), address (DNS names).
+struct HealthSubject {
+    std::string mesh, name, endpoint;
+    std::optional<vip::Address> address;
+    std::uint16_t port = 0;
+    std::vector<std::pair<std::string, std::string>> fields() const;
+};
+// The bookkeeping, under the service's mutex; the events it appends are logged after the
+// mutex is let go. `now` is now_ms(), `wall` Unix milliseconds.
+void record_failure(AddressHealth& h, const HealthPolicy& p, FailureKind kind, const std::string& reason, std::uint64_t now,
+                    std::int64_t wall, const HealthSubject& who, std::vector<Options::Event>& events);
+// The same for `address` of a DNS name (nullopt: the endpoint itself); nothing when the
+// address has left the name's answer meanwhile.
+void record_failure_of(Health& h, const std::optional<vip::Address>& address, const HealthPolicy& p, FailureKind kind,
+                       const std::string& reason, std::uint64_t now, std::int64_t wall, const HealthSubject& who,
+                       std::vector<Options::Event>& events);
+void record_success(AddressHealth& h, const HealthSubject& who, std::vector<Options::Event>& events);
+void record_check(AddressHealth& h, const HealthPolicy& p, bool passed, const std::string& error, std::int64_t wall,
+                  const HealthSubject& who, std::vector<Options::Event>& events);
+// The address of a DNS name to try next among `addrs`: IPv4 first, round robin within the
+// family from `next`; usable ones (not ejected, not failing checks) not yet `tried` first,
+// then any not tried (panic among the addresses), then any not `hopeless`. nullopt when
+// every address is hopeless.
+std::optional<vip::Address> pick_address(Health& h, const std::vector<vip::Address>& addrs, std::uint64_t now,
+                                         const std::function<bool(const vip::Address&)>& tried,
+                                         const std::function<bool(const vip::Address&)>& hopeless);
+// Takes new connections outside panic mode: an IP or unix endpoint that is usable, a DNS
+// name with a usable address (or none known yet).
+bool target_usable(const Health& h, bool is_name, std::uint64_t now);
+// Unix milliseconds as RFC 3339 UTC ("2026-11-27T19:40:00.123Z"); "" for 0.
+std::string rfc3339(std::int64_t unix_ms);
+// Unix milliseconds now.
+std::int64_t wall_ms();
 
 // One endpoint of a Routing. Immutable; its Health is kept across route changes while the
 // endpoint's address stays, and tells targets apart (the same endpoint in two Routings has

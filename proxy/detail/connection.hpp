@@ -84,6 +84,7 @@ struct Attempt {
     uv_connect_t req{};
     Connection* conn = nullptr;
     std::shared_ptr<const Target> target;
+    std::optional<vip::Address> address;  // a DNS-named target: the address dialled
     bool abandoned = false;  // timed out or the connection went away
 };
 
@@ -110,6 +111,10 @@ struct Connection {
     std::vector<std::shared_ptr<const Target>> tried;  // targets this connection has used up
     // DNS-named targets: the addresses tried, so that each attempt takes another one.
     std::vector<std::pair<std::shared_ptr<const Target>, vip::Address>> tried_addresses;
+    // Targets and addresses whose failure is certain to repeat (a certificate that does not
+    // verify): not tried again by this connection.
+    std::vector<std::shared_ptr<const Target>> hopeless;
+    std::vector<std::pair<std::shared_ptr<const Target>, vip::Address>> hopeless_addresses;
     bool retrying = false;  // every target was tried once: further attempts go round again
     std::uint64_t last_activity = 0;
     bool closing = false;
@@ -131,17 +136,21 @@ struct Connection {
 
     // ---- balancing (balancer.cpp): each takes the service's mutex
     bool used_up(const Target& t) const;
+    bool is_hopeless(const Target& t) const;
     std::shared_ptr<const Target> pick();
     std::optional<vip::Address> choose_address(const std::shared_ptr<const Target>& t, const std::vector<vip::Address>& addrs);
-    void record_failure(const Target& t);
-    void record_success(const Target& t);
+    // `address`: the one dialled for a DNS-named target (ignored for others).
+    void record_failure(const Target& t, const std::optional<vip::Address>& address, FailureKind kind, const std::string& reason);
+    void record_success(const Target& t, const std::optional<vip::Address>& address);
+    HealthSubject subject(const Target& t, const std::optional<vip::Address>& address) const;  // under the mutex
 
     // ---- connect attempts
     void try_next();
-    void fail(const std::shared_ptr<const Target>& t);
+    void fail(const std::shared_ptr<const Target>& t, const std::optional<vip::Address>& address, FailureKind kind,
+              const std::string& reason);
     void arm_connect_timeout();
     static void close_attempt(Attempt* a);
-    void connect_tcp(std::shared_ptr<const Target> target, sockaddr_storage addr);
+    void connect_tcp(std::shared_ptr<const Target> target, sockaddr_storage addr, std::optional<vip::Address> address = std::nullopt);
     void connect_unix(std::shared_ptr<const Target> target);
     static void on_connect(uv_connect_t* req, int status);
     void arm_connect_timeout_for_handshake();
@@ -163,7 +172,8 @@ struct Connection {
     bool flush_tls();
     void drive_handshake();
     void read_tls();
-    void tls_failed(const std::string& reason);
+    // `certain`: the failure will repeat on this endpoint (its certificate does not verify).
+    void tls_failed(const std::string& reason, bool certain = false);
 
     // ---- writes done, half-close and close
     static void on_write(uv_write_t* req, int status);

@@ -14,6 +14,7 @@
 #include "proxy/accept.hpp"
 #include "proxy/detail/balancer.hpp"
 #include "proxy/detail/connection.hpp"
+#include "proxy/detail/health_check.hpp"
 #include "proxy/detail/listeners.hpp"
 #include "proxy/detail/resolver.hpp"
 #include "workers/worker.hpp"
@@ -107,6 +108,8 @@ struct Proxy::Impl {
     bool stopping = false;
     std::function<void()> on_stopped;
     std::size_t closing_listeners = 0;
+    std::unique_ptr<HealthChecker> checker;  // active health checks (created by start())
+    std::size_t closing_checks = 0;          // their handles still closing
     std::size_t shards_running = 0;  // while stopping: shards that have not reported closed
     std::size_t max_listeners = 0;
 
@@ -138,6 +141,9 @@ struct Proxy::Impl {
     void report_tls_failure(Service& service, const std::string& reason);
     // Logs an operator's event (Options::on_event) on the control loop. Any loop's thread.
     void event(Options::Event e);
+    // The same for what the health bookkeeping appended (taken), once the mutex is let go.
+    void emit(std::vector<Options::Event>& events);
+    HealthPolicy health_policy() const;
     // Bind mode: opens the listeners `service` lacks; false when one could not be opened.
     bool ensure_listeners(const std::string& key, Service& service);
     // While some listener could not be opened, try again every few seconds (the pool's
