@@ -153,6 +153,7 @@ void Shard::stop()
     resolver->stop();
     auto open = connections;
     for (Connection* c : open) c->close(false);
+    if (access_log) access_log->close();  // the lines of the connections just closed too
     maybe_stopped();
 }
 
@@ -178,6 +179,7 @@ Proxy::~Proxy() = default;
 std::expected<void, std::string> Proxy::start()
 {
     auto& i = *impl_;
+    if (auto opened = i.open_access_log(); !opened) return opened;
     if (i.options.mode != Options::Mode::redirect) return {};
     const auto& hp = i.options.redirect_listen;
     auto parsed = vip::Address::parse(hp.host.empty() ? "0.0.0.0" : hp.host);
@@ -305,6 +307,7 @@ void Proxy::stop(std::function<void()> done)
     i.on_stopped = std::move(done);
     for (auto& [key, l] : i.listeners) i.close_listener(l);
     i.listeners.clear();
+    if (i.control_log) i.control_log->close();
     {
         std::unique_lock lock(i.services_mutex);
         for (auto& [key, s] : i.services) s->listeners.clear();
@@ -337,6 +340,7 @@ Status Proxy::status() const
     st.active = i.active;
     st.refused = i.refused;
     st.accept_errors = i.accept_guard ? i.accept_guard->errors() : 0;
+    st.access_log_write_errors = i.access_log ? i.access_log->dropped_writes() : 0;
     for (const auto& shard : i.shards) {
         st.total += shard->total;
         st.refused += shard->refused;
@@ -375,6 +379,17 @@ Status Proxy::status() const
         ss.tls_failures = std::move(tls_failures);
         ss.tls_handshakes = s->tls_handshakes;
         ss.tls_resumed = s->tls_resumed;
+        for (const auto& e : s->endpoint_stats.all()) {
+            AddressStatus as;
+            as.endpoint = e->endpoint;
+            as.address = e->address;
+            as.active = e->active.load(std::memory_order_relaxed);
+            as.bytes_up = e->bytes_up.load(std::memory_order_relaxed);
+            as.bytes_down = e->bytes_down.load(std::memory_order_relaxed);
+            as.connect = {e->connect.cumulative(), static_cast<double>(e->connect.sum_us()) / 1e6};
+            as.tls_handshake = {e->tls_handshake.cumulative(), static_cast<double>(e->tls_handshake.sum_us()) / 1e6};
+            ss.addresses.push_back(std::move(as));
+        }
         for (std::size_t k = 0; k < routing->targets.size(); ++k) {
             const Target& t = *routing->targets[k];
             const Health& h = health[k];
