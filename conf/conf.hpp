@@ -385,6 +385,11 @@ struct Config {
         Duration resolve_timeout = std::chrono::seconds(2);
         Duration dns_min_ttl = std::chrono::seconds(1);
         Duration dns_max_ttl = std::chrono::minutes(5);
+        // One line per proxied connection when it ends; `path` empty: off.
+        struct AccessLog {
+            std::string path;              // "stdout", "stderr" or a file (appended to, reopened on SIGHUP)
+            std::string format = "logfmt";  // or "json"
+        } access_log;
     } proxy;
     struct Admin {
         HostPort listen = HostPort{"127.0.0.1", 9901};
