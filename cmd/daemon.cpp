@@ -277,6 +277,12 @@ int Daemon::run()
         return abandon_start();
     }
     proxy_ = std::make_unique<proxy::Proxy>(&loop_, proxy_options(resolvers));
+    if (auto opened = proxy_->open_access_log(); !opened) {
+        log::error("proxy", "cannot open the access log", {{"error", opened.error()}});
+        return abandon_start();
+    }
+    if (!config_.proxy.access_log.path.empty())
+        log::info("proxy", "access log", {{"path", config_.proxy.access_log.path}, {"format", config_.proxy.access_log.format}});
     if (auto started = proxy_->start(); !started) {
         log::error("proxy", "cannot listen", {{"error", started.error()}});
         return abandon_start();

@@ -380,6 +380,8 @@ std::vector<double> latency_bounds_seconds()
     return out;
 }
 
+std::expected<void, std::string> Proxy::open_access_log() { return impl_->open_access_log(); }
+
 std::expected<void, std::string> Proxy::reopen_access_log()
 {
     if (!impl_->access_log) return {};
@@ -389,9 +391,9 @@ std::expected<void, std::string> Proxy::reopen_access_log()
 // Opens the access log and gives each loop its buffer: before the workers' threads run.
 std::expected<void, std::string> Proxy::Impl::open_access_log()
 {
-    if (options.access_log.path.empty()) return {};
+    if (options.access_log.path.empty() || access_log) return {};
     auto file = detail::AccessLogFile::open(options.access_log.path);
-    if (!file) return std::unexpected("cannot open the access log " + file.error());
+    if (!file) return std::unexpected(file.error());
     access_log = std::move(*file);
     access_format = options.access_log.format == Options::AccessLog::Format::json ? detail::AccessFormat::json
                                                                                   : detail::AccessFormat::logfmt;

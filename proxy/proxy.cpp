@@ -179,7 +179,6 @@ Proxy::~Proxy() = default;
 std::expected<void, std::string> Proxy::start()
 {
     auto& i = *impl_;
-    if (auto opened = i.open_access_log(); !opened) return opened;
     if (i.options.mode != Options::Mode::redirect) return {};
     const auto& hp = i.options.redirect_listen;
     auto parsed = vip::Address::parse(hp.host.empty() ? "0.0.0.0" : hp.host);

@@ -223,9 +223,12 @@ public:
     Proxy(const Proxy&) = delete;
     Proxy& operator=(const Proxy&) = delete;
 
+    // Opens the access log (Options::access_log; nothing to do without one) and gives each
+    // loop its buffer: before start(), while only the control loop's thread runs. The error
+    // says why the file cannot be opened.
+    std::expected<void, std::string> open_access_log();
     // Redirect mode: binds the listener (one per worker). Bind mode: nothing to do until
     // routes come.
-    // Both modes: opens the access log (Options::access_log), the error when it cannot be.
     std::expected<void, std::string> start();
     // Opens the access log's file again (logrotate renamed it): lines from now on go to the
     // file the path names now. Nothing to do without one, or for stdout and stderr. The
