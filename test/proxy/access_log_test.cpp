@@ -363,3 +363,46 @@ TEST_CASE("access log lines: logfmt quotes and JSON escapes what could forge a l
     CHECK(obj->at("address").find('\x1b') == std::string::npos);
     CHECK_THAT(obj->at("address"), Catch::Contains("\\xff"));
 }
+
+TEST_CASE("access log: an endpoint that closes first and a connection left idle say so")
+{
+    Dir dir;
+    // Says hello and closes at once.
+    int port = free_tcp_port();
+    Child greeter({"/usr/bin/socat", "TCP-LISTEN:" + std::to_string(port) + ",bind=127.0.0.1,fork,reuseaddr", "SYSTEM:echo hello"});
+    REQUIRE(eventually([&] { return accepting("127.0.0.1", port); }));
+    EchoBackend echo;
+    dir.write("resources/all.yaml", generator + mes("greeter", 9630, "[" + ep(port) + "]") + mes("quiet", 9631, "[" + ep(echo.port) + "]"));
+    auto log_path = (dir.path / "access.log").string();
+    MesdOptions options;
+    options.conf_dir = (dir.path / "resources").string();
+    options.dns_section = "  forward:\n    enabled: false\n";
+    options.extra_config = "proxy:\n  idleTimeout: 300ms\n  accessLog: {path: " + log_path + ", format: json}\n";
+    Mesd mesd(dir.path / "mesd", options);
+    auto vip = [&](const std::string& name) {
+        auto out = output_of({dig, "@127.0.0.1", "-p", std::to_string(mesd.dns_port()), name + ".mesh", "+short"});
+        while (!out.empty() && out.back() == '\n') out.pop_back();
+        return out;
+    };
+
+    int fd = connect_to(vip("greeter"), 9630);
+    REQUIRE(fd >= 0);
+    std::string got;
+    char buf[64];
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) got.append(buf, static_cast<std::size_t>(n));  // until its FIN
+    CHECK(got == "hello\n");
+    ::close(fd);
+    int idle = connect_to(vip("quiet"), 9631);
+    REQUIRE(idle >= 0);
+    pollfd p{idle, POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 5000) == 1);  // closed by mesd after 300 ms of nothing
+    ::close(idle);
+
+    auto lines = lines_of(log_path, 2, true);
+    auto* greeted = find(lines, "greeter", "endpoint_closed");
+    REQUIRE(greeted);
+    CHECK(field(greeted, "bytes_down") == "6");
+    auto* quiet = find(lines, "quiet", "idle_timeout");
+    REQUIRE(quiet);
+    CHECK(std::stoi(field(quiet, "total_ms")) >= 300);
+}
