@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -79,15 +80,17 @@ public:
     // The series of `endpoint` at `address`, made on first use; "other" past the bounds.
     // `global` counts the address series of every table (the proxy's), and must outlive
     // this table.
-    std::shared_ptr<EndpointStats> get(const std::string& endpoint, const std::string& address,
-                                       std::atomic<std::size_t>& global);
+    std::shared_ptr<EndpointStats> get(std::string_view endpoint, std::string_view address, std::atomic<std::size_t>& global);
     // Every series, by endpoint then address.
     std::vector<std::shared_ptr<const EndpointStats>> all() const;
 
 private:
+    struct Endpoint {
+        std::map<std::string, std::shared_ptr<EndpointStats>, std::less<>> by_address;
+        std::size_t addresses = 0;  // series other than "other"
+    };
     mutable std::mutex mutex_;
-    std::map<std::pair<std::string, std::string>, std::shared_ptr<EndpointStats>> series_;
-    std::map<std::string, std::size_t> per_endpoint_;  // address series (not "other") per endpoint
+    std::map<std::string, Endpoint, std::less<>> endpoints_;  // looked up without a copy of the key
     std::atomic<std::size_t>* global_ = nullptr;
     std::size_t counted_ = 0;  // of `global_`, the series this table made
 };

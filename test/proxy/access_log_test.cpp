@@ -2,6 +2,7 @@
 // connection (plain, TLS, failed, refused) in logfmt and JSON, the file reopened on SIGHUP,
 // and the /metrics series per endpoint address.
 #include "proxy/detail/access_log.hpp"
+#include "proxy/detail/endpoint_stats.hpp"
 #include "test/support/access_log.hpp"
 #include "test/support/certs.hpp"
 #include "test/support/mesd.hpp"
@@ -405,4 +406,31 @@ TEST_CASE("access log: an endpoint that closes first and a connection left idle 
     auto* quiet = find(lines, "quiet", "idle_timeout");
     REQUIRE(quiet);
     CHECK(std::stoi(field(quiet, "total_ms")) >= 300);
+}
+
+TEST_CASE("endpoint figures are bounded: 16 addresses per endpoint and a global cap, the rest as other")
+{
+    using proxy::detail::EndpointStatsTable;
+    std::atomic<std::size_t> global{0};
+    {
+        EndpointStatsTable table;
+        for (int i = 0; i < 20; ++i) table.get("api.example:443", "10.0.0." + std::to_string(i) + ":443", global);
+        auto again = table.get("api.example:443", "10.0.0.3:443", global);
+        CHECK(again->address == "10.0.0.3:443");
+        auto folded = table.get("api.example:443", "10.0.0.19:443", global);
+        CHECK(folded->address == "other");
+        CHECK(table.get("api.example:443", "10.0.0.18:443", global) == folded);
+        CHECK(table.all().size() == 17);
+        CHECK(global == 16);
+        // Another endpoint has its own 16.
+        CHECK(table.get("10.1.0.1:80", "10.1.0.1:80", global)->address == "10.1.0.1:80");
+        CHECK(global == 17);
+    }
+    CHECK(global == 0);  // a MES gone gives its places back
+
+    global = proxy::detail::max_address_series - 1;
+    EndpointStatsTable table;
+    CHECK(table.get("a:1", "10.0.0.1:1", global)->address == "10.0.0.1:1");
+    CHECK(table.get("a:1", "10.0.0.2:1", global)->address == "other");  // the global cap
+    CHECK(global == proxy::detail::max_address_series);
 }
