@@ -347,18 +347,19 @@ alog_lines=$(wc -l < "$work/alog/access.log")
 alog_bytes=$(wc -c < "$work/alog/access.log")
 running "$pid_alog" || { echo "bench-proxy: mesd with the access log died"; tail -n 20 "$work/alog/mesd.log"; exit 1; }
 stop "$pid_alog" || true
+# Lines of $alog_results: "TEST off|on req_per_s p99_ms proxy_cpu_s req_per_proxy_cpu_s errors".
 amed() { awk -v s="$1" -v t="$2" -v c="$3" '$1 == s && $2 == t { print $c }' "$alog_results" | median; }
 echo
 echo "access log ($alog_format, to a file): mesd alone, off against on, $alog_rounds interleaved rounds of ${duration}s (wrk -t1 -c50)"
 printf '%-9s %-4s %10s %9s %12s %16s %7s\n' test log req/s p99_ms proxy_cpu_s req/proxy_cpu_s errors
 for test in 1k-close 1k-ka; do
     for t in off on; do
-        printf '%-9s %-4s %10.0f %9.3f %12.2f %16.0f %7s\n' "$test" "$t" "$(amed "$test" "$t" 2)" "$(amed "$test" "$t" 3)" \
-            "$(amed "$test" "$t" 4)" "$(amed "$test" "$t" 5)" \
-            "$(awk -v s="$test" -v t="$t" '$1 == s && $2 == t { e += $6 } END { print e + 0 }' "$alog_results")"
+        printf '%-9s %-4s %10.0f %9.3f %12.2f %16.0f %7s\n' "$test" "$t" "$(amed "$test" "$t" 3)" "$(amed "$test" "$t" 4)" \
+            "$(amed "$test" "$t" 5)" "$(amed "$test" "$t" 6)" \
+            "$(awk -v s="$test" -v t="$t" '$1 == s && $2 == t { e += $7 } END { print e + 0 }' "$alog_results")"
     done
-    printf '%-9s on/off: req/s %sx, req per proxy CPU s %sx, p99 %sx\n' "$test" "$(ratio "$(amed "$test" on 2)" "$(amed "$test" off 2)")" \
-        "$(ratio "$(amed "$test" on 5)" "$(amed "$test" off 5)")" "$(ratio "$(amed "$test" on 3)" "$(amed "$test" off 3)")"
+    printf '%-9s on/off: req/s %sx, req per proxy CPU s %sx, p99 %sx\n' "$test" "$(ratio "$(amed "$test" on 3)" "$(amed "$test" off 3)")" \
+        "$(ratio "$(amed "$test" on 6)" "$(amed "$test" off 6)")" "$(ratio "$(amed "$test" on 4)" "$(amed "$test" off 4)")"
 done
 awk -v n="$alog_lines" -v b="$alog_bytes" 'BEGIN { printf "access log: %d lines, %.0f bytes per line\n", n, n ? b / n : 0 }'
 
