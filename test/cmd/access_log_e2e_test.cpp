@@ -195,3 +195,42 @@ TEST_CASE("proxy.accessLog: errors at their line and column, and a file that can
     CHECK_THROWS_WITH(Mesd(dir.path / "mesd", options), Catch::Contains("msg=\"cannot open the access log\"") &&
                                                            Catch::Contains("No such file or directory"));
 }
+
+TEST_CASE("access log with workers: a connection refused before any worker takes it gets a line too")
+{
+    Dir dir;
+    EchoBackend echo;
+    dir.write("resources/all.yaml", generator + echo_mes(9703, echo.port));
+    auto path = (dir.path / "access.log").string();
+    MesdOptions options;
+    options.conf_dir = (dir.path / "resources").string();
+    options.dns_section = "  forward:\n    enabled: false\n";
+    options.extra_config = "proxy:\n  maxConnections: 2\n  accessLog: {path: " + path + "}\n";
+    options.extra_args = {"--workers", "2"};
+    Mesd mesd(dir.path / "mesd", options);
+    std::vector<int> held;
+    for (int i = 0; i < 2; ++i) {
+        int fd = connect_to("127.242.0.1", 9703);
+        REQUIRE(fd >= 0);
+        (void)!::send(fd, "x", 1, MSG_NOSIGNAL);
+        char c = 0;
+        pollfd p{fd, POLLIN, 0};
+        REQUIRE(::poll(&p, 1, 3000) == 1);
+        REQUIRE(::recv(fd, &c, 1, 0) == 1);
+        held.push_back(fd);
+    }
+    CHECK(echoed("127.242.0.1", 9703, "refused?\n", 3s).empty());
+    for (int fd : held) ::close(fd);
+    REQUIRE(eventually([&] { return whole_lines(file_text(path)).size() == 3; }));
+    int refused = 0;
+    for (const auto& line : whole_lines(file_text(path))) {
+        auto f = parse_logfmt(line);
+        REQUIRE(f);
+        if (f->at("reason") != "refused_limit") continue;
+        ++refused;
+        CHECK(f->at("name") == "echo");
+        CHECK(f->at("vip") == "127.242.0.1:9703");
+        CHECK_THAT(f->at("client"), Catch::StartsWith("127.0.0.1:"));
+    }
+    CHECK(refused == 1);
+}
