@@ -256,11 +256,11 @@ void AccessLogFile::write(const std::string& lines)
 AccessLogBuffer::AccessLogBuffer(uv_loop_t* loop, std::shared_ptr<AccessLogFile> file, AccessFormat format)
     : file_(std::move(file)), format_(format)
 {
-    check_ = new uv_check_t;
-    uv_check_init(loop, check_);
-    check_->data = this;
+    idle_ = new uv_idle_t;
+    uv_idle_init(loop, idle_);
+    idle_->data = this;
     // It runs only while lines wait, and never holds the loop open.
-    uv_unref(reinterpret_cast<uv_handle_t*>(check_));
+    uv_unref(reinterpret_cast<uv_handle_t*>(idle_));
 }
 
 AccessLogBuffer::~AccessLogBuffer() { close(); }
@@ -273,15 +273,15 @@ void AccessLogBuffer::add(const AccessRecord& r)
         flush();
         return;
     }
-    if (was_empty && check_)
-        uv_check_start(check_, [](uv_check_t* h) noexcept {
+    if (was_empty && idle_)
+        uv_idle_start(idle_, [](uv_idle_t* h) noexcept {
             if (auto* self = static_cast<AccessLogBuffer*>(h->data)) self->flush();
         });
 }
 
 void AccessLogBuffer::flush()
 {
-    if (check_) uv_check_stop(check_);
+    if (idle_) uv_idle_stop(idle_);
     if (lines_.empty()) return;
     file_->write(lines_);
     lines_.clear();
@@ -290,10 +290,10 @@ void AccessLogBuffer::flush()
 void AccessLogBuffer::close()
 {
     flush();
-    if (!check_) return;
-    check_->data = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(check_), [](uv_handle_t* h) { delete reinterpret_cast<uv_check_t*>(h); });
-    check_ = nullptr;
+    if (!idle_) return;
+    idle_->data = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(idle_), [](uv_handle_t* h) { delete reinterpret_cast<uv_idle_t*>(h); });
+    idle_ = nullptr;
 }
 
 }  // namespace proxy::detail

@@ -2,10 +2,11 @@
 // too), as logfmt or JSON, to stdout, stderr or a file reopened on demand (logrotate).
 //
 // Writing. Each loop formats its own lines into a buffer of its own (AccessLogBuffer) and
-// writes the buffer with one write(2) once per loop iteration (a uv_check handle, started
-// only while lines wait), when it passes flush_bytes, and when the loop stops. So a burst of
-// connections ending together costs one system call, a line is never held longer than the
-// loop iteration that made it, and no loop waits on another's lock to log. Lines of several
+// writes the buffer with one write(2) at the start of the next loop iteration (a uv_idle
+// handle, started only while lines wait: it also keeps that iteration's poll from blocking,
+// so a line made in a timer callback on a quiet loop goes out at once), when it passes
+// flush_bytes, and when the loop stops. So a burst of connections ending in one iteration
+// costs one system call, and no loop waits on another's lock to log. Lines of several
 // loops never interleave: a file is opened O_APPEND, and one write(2) to a regular file is
 // placed whole (Linux holds the file's position lock for the write); to a pipe or terminal
 // (stdout, stderr) the buffer goes in pieces of whole lines no larger than PIPE_BUF, which
@@ -120,7 +121,7 @@ private:
     std::shared_ptr<AccessLogFile> file_;
     AccessFormat format_;
     std::string lines_;
-    uv_check_t* check_ = nullptr;  // freed in its close callback
+    uv_idle_t* idle_ = nullptr;  // freed in its close callback
 };
 
 }  // namespace proxy::detail
