@@ -21,6 +21,12 @@
 // an outage ends as soon as an endpoint is back. When nothing can be reached the client is
 // reset. A route's failures never touch another route.
 //
+// What an operator sees of each connection: an access log line when it ends (Options::
+// access_log; detail/access_log.hpp: each loop buffers its own lines and writes them with one
+// write(2) per loop turn) and, per endpoint address reached, open connections, bytes and the
+// latency of connects and TLS handshakes (ServiceStatus::addresses; detail/endpoint_stats.hpp:
+// atomics, looked up once per connection, at most 16 addresses per endpoint and 4096 in all).
+//
 // Loops. With no workers (Options::workers empty) everything runs on the one loop given to
 // the constructor. With workers, that loop is the control loop and each worker's loop
 // carries connections:
