@@ -5,12 +5,17 @@
 # these machines are shared and noisy; the figures printed are medians over the rounds.
 #
 #   bench/proxy_bench.sh [BUILD_DIR]  ROUNDS=4 DURATION=10 BULK_SECONDS=10 WORKERS="1 2 4 8" PIN=1
+#                                     ACCESS_LOG_ROUNDS=ROUNDS ACCESS_LOG_FORMAT=logfmt
 #
 # For each target and test (1 KiB keep-alive, 1 KiB with a new connection per request, 1 MiB
 # keep-alive; wrk -t1 -c50): requests per second, p99 latency, proxy CPU seconds and requests
 # per proxy CPU second; bulk TCP throughput with iperf3 (Gbit/s); then mesd's and HAProxy's
 # RSS at idle and per idle connection (IDLE_CONNS=10000 held open through each). Ratios are
 # mesd/HAProxy.
+#
+# Then the access log's cost: mesd with proxy.accessLog to a file against mesd without, 1 KiB
+# with a connection per request and keep-alive; the on/off ratios of req/s, req per proxy CPU
+# second and p99, and the lines written.
 #
 # Then a worker sweep, 1 KiB keep-alive and with a connection per request: mesd --workers N
 # (workerAffinity auto) against HAProxy nbthread N, each pinned to the first N CPUs this
@@ -312,6 +317,51 @@ kib_mesd=$(read -r n _ _ _ _ r0 r1 <<< "${idle[mesd]}"; awk -v n="$n" -v a="$r0"
 idle_mb=$(awk -v k="$rss_idle_mesd" 'BEGIN { printf "%.1f", k / 1024 }')
 echo "targets: mesd RSS idle $idle_mb MB <= 10 MB ($(verdict "$idle_mb" "<=" 10))," \
      "$kib_mesd KiB per idle connection <= 16 KiB ($(verdict "$kib_mesd" "<=" 16)); idle connections: $idle_conns$idle_note"
+
+# ---- the access log's cost ------------------------------------------------------------------
+# A second mesd, the same MES on a store of its own (VIP pool 127.243.0.0/16, so both run at
+# once), with proxy.accessLog to a file; rounds interleaved with the first (access log off),
+# 1 KiB with a connection per request (a line per request: the worst case) and keep-alive.
+alog_rounds=${ACCESS_LOG_ROUNDS:-$rounds}
+alog_format=${ACCESS_LOG_FORMAT:-logfmt}
+mkdir -p "$work/alog"
+read -r port_dns_alog <<< "$(free_ports 1)"
+write_mesd_config "$work/alog" "$port_dns_alog" 127.243.0.0/16
+printf 'proxy:\n  accessLog: {path: %s, format: %s}\n' "$work/alog/access.log" "$alog_format" >> "$work/alog/mesd.yaml"
+vip_alog=$("$mesctl" --config "$work/alog/mesd.yaml" apply -f "$work/mes.yaml" | awk '/web/ { print $NF }')
+pid_plain=$pid_mesd
+start_mesd "$work/alog"
+pid_alog=$pid_mesd; pid_mesd=$pid_plain
+url_alog=http://$vip_alog:$port_web
+wait_http "$url_alog/1k" "mesd (access log)" "$work/alog/mesd.log" "$pid_alog"
+alog_results=$work/alog/results
+: > "$alog_results"
+for round in $(seq 1 "$alog_rounds"); do
+    for test in 1k-close 1k-ka; do
+        extra=(); [ "$test" = 1k-close ] && extra=(-H 'Connection: close')
+        echo "$test off $(measure_wrk "${url[mesd]}/1k" "$pid_plain" ${extra[@]+"${extra[@]}"})" >> "$alog_results"
+        echo "$test on $(measure_wrk "$url_alog/1k" "$pid_alog" ${extra[@]+"${extra[@]}"})" >> "$alog_results"
+    done
+done
+alog_lines=$(wc -l < "$work/alog/access.log")
+alog_bytes=$(wc -c < "$work/alog/access.log")
+running "$pid_alog" || { echo "bench-proxy: mesd with the access log died"; tail -n 20 "$work/alog/mesd.log"; exit 1; }
+stop "$pid_alog" || true
+# Lines of $alog_results: "TEST off|on req_per_s p99_ms proxy_cpu_s req_per_proxy_cpu_s errors".
+amed() { awk -v s="$1" -v t="$2" -v c="$3" '$1 == s && $2 == t { print $c }' "$alog_results" | median; }
+echo
+echo "access log ($alog_format, to a file): mesd alone, off against on, $alog_rounds interleaved rounds of ${duration}s (wrk -t1 -c50)"
+printf '%-9s %-4s %10s %9s %12s %16s %7s\n' test log req/s p99_ms proxy_cpu_s req/proxy_cpu_s errors
+for test in 1k-close 1k-ka; do
+    for t in off on; do
+        printf '%-9s %-4s %10.0f %9.3f %12.2f %16.0f %7s\n' "$test" "$t" "$(amed "$test" "$t" 3)" "$(amed "$test" "$t" 4)" \
+            "$(amed "$test" "$t" 5)" "$(amed "$test" "$t" 6)" \
+            "$(awk -v s="$test" -v t="$t" '$1 == s && $2 == t { e += $7 } END { print e + 0 }' "$alog_results")"
+    done
+    printf '%-9s on/off: req/s %sx, req per proxy CPU s %sx, p99 %sx\n' "$test" "$(ratio "$(amed "$test" on 3)" "$(amed "$test" off 3)")" \
+        "$(ratio "$(amed "$test" on 6)" "$(amed "$test" off 6)")" "$(ratio "$(amed "$test" on 4)" "$(amed "$test" off 4)")"
+done
+awk -v n="$alog_lines" -v b="$alog_bytes" 'BEGIN { printf "access log: %d lines, %.0f bytes per line\n", n, n ? b / n : 0 }'
 
 # ---- mesd's health over the runs -------------------------------------------------------------
 echo

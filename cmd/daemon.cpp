@@ -1,5 +1,5 @@
 // The daemon's life: start (run), the store's polling (refresh), readiness, the admin
-// endpoint's dispatch and the shutdown on SIGTERM or SIGINT.
+// endpoint's dispatch, SIGHUP, and the shutdown on SIGTERM or SIGINT.
 #include "cmd/daemon.hpp"
 
 #include <algorithm>
@@ -94,6 +94,9 @@ proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upst
     o.dns_min_ttl = duration_cast<ms>(c.dns_min_ttl);
     o.dns_max_ttl = duration_cast<ms>(c.dns_max_ttl);
     o.hosts_file = c.hosts_file;
+    o.access_log.path = c.access_log.path;
+    o.access_log.format = c.access_log.format == "json" ? proxy::Options::AccessLog::Format::json
+                                                        : proxy::Options::AccessLog::Format::logfmt;
     o.on_tls_failure = [](const std::string& mesh, const std::string& name, const std::string& reason) {
         log::warn("proxy", "TLS handshake failed", {{"mesh", mesh}, {"name", name}, {"reason", reason}});
     };
@@ -144,6 +147,7 @@ void Daemon::shutdown(const char* why)
     uv_close(reinterpret_cast<uv_handle_t*>(&conf_timer_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&sigterm_), nullptr);
     uv_close(reinterpret_cast<uv_handle_t*>(&sigint_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&sighup_), nullptr);
     if (mirror_) {
         std::lock_guard lock(mirror_changed_mutex_);
         mirror_changed_open_ = false;
@@ -164,6 +168,17 @@ void Daemon::shutdown(const char* why)
             then_admin();
         });
     });
+}
+
+// SIGHUP: what is reopened or read again. Today the access log (logrotate has renamed it);
+// each step logs its own failure and the others still run.
+void Daemon::hangup()
+{
+    if (stopping_) return;
+    log::info("daemon", "SIGHUP", {{"reopening", config_.proxy.access_log.path.empty() ? "nothing" : "the access log"}});
+    if (proxy_)
+        if (auto reopened = proxy_->reopen_access_log(); !reopened)
+            log::error("proxy", "cannot reopen the access log; lines go on to the old file", {{"error", reopened.error()}});
 }
 
 // A start that failed half way: what was opened is closed as at a shutdown (the workers'
@@ -207,6 +222,7 @@ int Daemon::run()
     uv_timer_init(&loop_, &conf_timer_);
     uv_signal_init(&loop_, &sigterm_);
     uv_signal_init(&loop_, &sigint_);
+    uv_signal_init(&loop_, &sighup_);
     if (auto n = worker_count(); n > 1) make_workers(n);
     log::info("daemon", "workers",
               {{"count", std::to_string(serving_workers())},
@@ -267,6 +283,12 @@ int Daemon::run()
         return abandon_start();
     }
     proxy_ = std::make_unique<proxy::Proxy>(&loop_, proxy_options(resolvers));
+    if (auto opened = proxy_->open_access_log(); !opened) {
+        log::error("proxy", "cannot open the access log", {{"error", opened.error()}});
+        return abandon_start();
+    }
+    if (!config_.proxy.access_log.path.empty())
+        log::info("proxy", "access log", {{"path", config_.proxy.access_log.path}, {"format", config_.proxy.access_log.format}});
     if (auto started = proxy_->start(); !started) {
         log::error("proxy", "cannot listen", {{"error", started.error()}});
         return abandon_start();
@@ -290,6 +312,8 @@ int Daemon::run()
     sigterm_.data = sigint_.data = this;
     uv_signal_start(&sigterm_, [](uv_signal_t* s, int) { static_cast<Daemon*>(s->data)->shutdown("SIGTERM"); }, SIGTERM);
     uv_signal_start(&sigint_, [](uv_signal_t* s, int) { static_cast<Daemon*>(s->data)->shutdown("SIGINT"); }, SIGINT);
+    sighup_.data = this;
+    uv_signal_start(&sighup_, [](uv_signal_t* s, int) { static_cast<Daemon*>(s->data)->hangup(); }, SIGHUP);
 
     // DNS answers from now on; "ready" once the proxy has its first routes too (they are
     // listed on a worker thread).

@@ -124,6 +124,8 @@ private:
     bool apply_conf_dir(conf::LoadResult result, std::optional<store::Result<store::WriteReport>> written = {},
                         std::chrono::milliseconds write_took = {});
     void shutdown(const char* why);
+    // SIGHUP, on the loop's thread: reopens the access log (more may be read again later).
+    void hangup();
     int abandon_start();
     cmd::HttpReply admin(const std::string& path);
     std::string metrics_text();
@@ -153,6 +155,7 @@ private:
     uv_timer_t conf_timer_{};
     uv_signal_t sigterm_{};
     uv_signal_t sigint_{};
+    uv_signal_t sighup_{};
     bool ready_ = false;
     bool stopping_ = false;
     std::string conf_seen_;     // the conf dir's fingerprint at the last look

@@ -62,6 +62,8 @@ std::string proxy_metrics(const proxy::Status& st)
          &proxy::Status::mark_failures},
         {"mesd_proxy_accept_errors_total", "counter", "Accepts that failed for want of descriptors; accepting paused.",
          &proxy::Status::accept_errors},
+        {"mesd_proxy_access_log_write_errors_total", "counter", "Writes of access log lines that failed; their lines are lost.",
+         &proxy::Status::access_log_write_errors},
     };
     for (const auto& t : totals) {
         family(t.name, t.type, t.help);
@@ -133,6 +135,53 @@ std::string proxy_metrics(const proxy::Status& st)
     for (const auto& s : st.services)
         for (const auto& t : s.targets)
             series("mesd_mes_endpoint_healthy", s, t.state == "healthy" || t.state == "failing" ? 1 : 0, "endpoint", t.address);
+
+    // Per address an endpoint was reached at (at most 16 per endpoint and 4096 in all, the
+    // rest as address="other"): only those that have had a connection.
+    auto labels = [&](const proxy::ServiceStatus& s, const proxy::AddressTraffic& a) {
+        return "mesh=\"" + label_value(s.mesh) + "\",name=\"" + label_value(s.name) + "\",endpoint=\"" + label_value(a.endpoint) +
+               "\",address=\"" + label_value(a.address) + "\"";
+    };
+    struct AddressRow {
+        const char* name;
+        const char* type;
+        const char* help;
+        std::uint64_t proxy::AddressTraffic::*field;
+    };
+    static constexpr AddressRow address_rows[] = {
+        {"mesd_mes_endpoint_connections_active", "gauge", "Open connections per endpoint address.", &proxy::AddressTraffic::active},
+        {"mesd_mes_endpoint_bytes_sent_total", "counter", "Bytes from clients to an endpoint address.", &proxy::AddressTraffic::bytes_up},
+        {"mesd_mes_endpoint_bytes_received_total", "counter", "Bytes from an endpoint address to clients.",
+         &proxy::AddressTraffic::bytes_down},
+    };
+    for (const auto& row : address_rows) {
+        family(row.name, row.type, row.help);
+        for (const auto& s : st.services)
+            for (const auto& a : s.traffic) out += std::string(row.name) + "{" + labels(s, a) + "} " + std::to_string(a.*row.field) + "\n";
+    }
+    const auto bounds = proxy::latency_bounds_seconds();
+    auto histogram = [&](const char* name, const char* help, proxy::AddressTraffic::Histogram proxy::AddressTraffic::*field) {
+        family(name, "histogram", help);
+        for (const auto& s : st.services)
+            for (const auto& a : s.traffic) {
+                const auto& h = a.*field;
+                std::string l = labels(s, a);
+                for (std::size_t k = 0; k < h.cumulative.size(); ++k) {
+                    char le[32];
+                    if (k < bounds.size()) std::snprintf(le, sizeof le, "%g", bounds[k]);
+                    else std::snprintf(le, sizeof le, "+Inf");
+                    out += std::string(name) + "_bucket{" + l + ",le=\"" + le + "\"} " + std::to_string(h.cumulative[k]) + "\n";
+                }
+                char sum[64];
+                std::snprintf(sum, sizeof sum, "%.6f", h.sum_seconds);
+                out += std::string(name) + "_sum{" + l + "} " + sum + "\n";
+                out += std::string(name) + "_count{" + l + "} " + std::to_string(h.cumulative.empty() ? 0 : h.cumulative.back()) + "\n";
+            }
+    };
+    histogram("mesd_mes_endpoint_connect_seconds", "Time to connect to an endpoint address (successful connects).",
+              &proxy::AddressTraffic::connect);
+    histogram("mesd_mes_endpoint_tls_handshake_seconds", "Time of completed TLS handshakes with an endpoint address.",
+              &proxy::AddressTraffic::tls_handshake);
     return out;
 }
 

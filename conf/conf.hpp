@@ -400,6 +400,11 @@ struct Config {
             std::uint32_t healthy_threshold = 2;
             std::uint32_t unhealthy_threshold = 3;
         } health_check;
+        // One line per proxied connection when it ends; `path` empty: off.
+        struct AccessLog {
+            std::string path;              // "stdout", "stderr" or a file (appended to, reopened on SIGHUP)
+            std::string format = "logfmt";  // or "json"
+        } access_log;
     } proxy;
     struct Admin {
         HostPort listen = HostPort{"127.0.0.1", 9901};

@@ -316,6 +316,17 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
                     else r.error(node, "proxy.hostsFile", "must be an absolute path (or \"\" for none), got " + excerpt(*text));
                 }
             }
+            Fields access(r, proxy.take("accessLog"), "proxy.accessLog");
+            if (access.ok() && present(access.node())) {
+                auto path_node = access.take("path");
+                if (!present(path_node)) r.error(access.node(), "proxy.accessLog.path", "must be given: stdout, stderr or a file");
+                else if (auto text = read_string(r, path_node, "proxy.accessLog.path")) {
+                    if (text->empty()) r.error(path_node, "proxy.accessLog.path", "must be stdout, stderr or a file, got \"\"");
+                    else c.proxy.access_log.path = *text;
+                }
+                static constexpr std::string_view formats[] = {"logfmt", "json"};
+                read.choice(access, "format", c.proxy.access_log.format, formats);
+            }
             if (c.proxy.dns_min_ttl > c.proxy.dns_max_ttl)
                 r.error(root["proxy"], "proxy.dnsMinTtl", "must not be above proxy.dnsMaxTtl");
             if (c.proxy.eject_base > c.proxy.eject_max)

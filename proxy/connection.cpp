@@ -28,6 +28,7 @@ void Connection::start(std::shared_ptr<Service> svc, std::uint16_t port)
     auto routing = service->current();
     if (!routing || !routing->tls_error.empty()) {  // never carried in the clear instead
         ++service->failed;
+        end_by(routing ? detail::end_reason::tls_failed : detail::end_reason::no_healthy_endpoint);
         close(true);
         return;
     }
@@ -40,10 +41,14 @@ void Connection::try_next()
     auto target = attempts < impl->options.connect_attempts ? pick() : nullptr;
     if (!target) {
         ++service->failed;
+        end_by(attempts == 0       ? detail::end_reason::no_healthy_endpoint
+               : last_failure_tls ? detail::end_reason::tls_failed
+                                  : detail::end_reason::connect_failed);
         close(true);
         return;
     }
     ++attempts;
+    last_failure_tls = false;
     const Target* t = target.get();
     if (t->endpoint.kind != conf::AddressKind::hostname && !used_up(*t)) tried.push_back(target);
     std::uint16_t port = t->endpoint.port.value_or(dialled_port);
@@ -121,12 +126,15 @@ void Connection::connect_tcp(std::shared_ptr<const Target> target, sockaddr_stor
     a->target = std::move(target);
     a->address = address;
     a->side.conn = this;
+    a->addr = addr;
+    a->started_ns = uv_hrtime();
     if (int rc = uv_tcp_init_ex(shard->loop, &a->side.h.tcp, addr.ss_family); rc != 0) {
         // No socket (out of file descriptors): mesd's trouble, not the endpoint's. The
         // handle was never added to the loop, so it is freed here, not closed.
         delete a;
         ++service->failed;
         ++shard->local_failures;
+        end_by(detail::end_reason::local_error);
         close(true);
         return;
     }
@@ -165,6 +173,7 @@ void Connection::connect_unix(std::shared_ptr<const Target> target)
     a->target = std::move(target);
     a->side.conn = this;
     a->side.is_pipe = true;
+    a->started_ns = uv_hrtime();
     uv_pipe_init(shard->loop, &a->side.h.pipe, 0);
     a->side.h.pipe.data = a;
     a->side.open = true;
@@ -190,12 +199,14 @@ void Connection::on_connect(uv_connect_t* req, int status)
     }
     self->upstream = &a->side;
     self->attempt = a;  // owns the upstream side from now on
+    self->connected(*a);
     if (!a->side.is_pipe) set_nodelay(&a->side.h.tcp);
     auto routing = self->service->current();
     if (!routing->tls_error.empty()) {
         // The MES's TLS settings became unusable while this connect was under way (a
         // Secret deleted): refused, never carried in the clear instead.
         ++self->service->failed;
+        self->end_by(detail::end_reason::tls_failed);
         self->close(true);
         return;
     }
@@ -207,10 +218,12 @@ void Connection::on_connect(uv_connect_t* req, int status)
         bool is_ip = ep.kind == conf::AddressKind::ipv4 || ep.kind == conf::AddressKind::ipv6;
         self->ssl = self->tls->start(ep.address, is_ip, a->target->label);
         if (!self->ssl) {
+            self->end_by(detail::end_reason::tls_failed);
             self->close(true);
             return;
         }
         self->handshaking = true;
+        self->handshake_started_ns = uv_hrtime();
         self->arm_connect_timeout_for_handshake();
         self->start_reading(a->side);
         self->drive_handshake();
@@ -251,8 +264,12 @@ void Connection::arm_idle()
         [](uv_timer_t* h) {
             auto* self = static_cast<Connection*>(h->data);
             auto limit = static_cast<std::uint64_t>(self->impl->options.idle_timeout.count());
-            if (uv_now(self->shard->loop) - self->last_activity >= limit) self->close(false);
-            else self->arm_idle();
+            if (uv_now(self->shard->loop) - self->last_activity >= limit) {
+                self->end_by(detail::end_reason::idle_timeout);
+                self->close(false);
+            } else {
+                self->arm_idle();
+            }
         },
         since >= idle ? 0 : idle - since, 0);
 }
@@ -307,7 +324,7 @@ void Connection::forward(Side& from, char* block, std::size_t size)
     bool to_client = &from != &client;
     last_activity = uv_now(shard->loop);
     if (http && !to_client) {
-        service->bytes_up += size;
+        count(false, size);
         std::string out;
         bool ok = http->feed(block, size, out);
         shard->pool.give(block);
@@ -325,10 +342,11 @@ void Connection::forward(Side& from, char* block, std::size_t size)
             if (handshaking) drive_handshake();
             else read_tls();
         } else {
-            service->bytes_up += size;
+            count(false, size);
             int n = SSL_write(ssl, block, static_cast<int>(size));  // into a memory BIO: all or an error
             shard->pool.give(block);
             if (n <= 0) {
+                end_by(detail::end_reason::tls_failed);
                 close(true);
                 return;
             }
@@ -336,7 +354,7 @@ void Connection::forward(Side& from, char* block, std::size_t size)
         }
         return;
     }
-    (to_client ? service->bytes_down : service->bytes_up) += size;
+    count(to_client, size);
     send_block(other(from), from, block, size);
 }
 
@@ -403,6 +421,7 @@ void Connection::deliver_up(const std::string& out)
 // Not HTTP: a 400 to the client, then the connection ends.
 void Connection::refuse_request()
 {
+    end_by(detail::end_reason::bad_request);
     stop_reading(client);
     stop_reading(*upstream);
     const auto& reply = detail::HostRewriter::bad_request();
@@ -466,6 +485,7 @@ void Connection::drive_handshake()
     }
     handshaking = false;
     uv_timer_stop(&timer);
+    handshaken();
     start_http(*tls_target);
     ++service->tls_handshakes;
     if (SSL_session_reused(ssl)) ++service->tls_resumed;
@@ -481,7 +501,7 @@ void Connection::read_tls()
         char* block = shard->pool.take();
         int n = SSL_read(ssl, block, static_cast<int>(block_size));
         if (n > 0) {
-            service->bytes_down += static_cast<std::size_t>(n);
+            count(true, static_cast<std::size_t>(n));
             if (!send_block(client, *upstream, block, static_cast<std::size_t>(n))) return;
             continue;
         }
@@ -495,6 +515,7 @@ void Connection::read_tls()
         }
         // A renegotiation refused, a bad record: the connection cannot go on.
         impl->report_tls_failure(*service, detail::TlsContext::failure_reason(ssl, err));
+        end_by(detail::end_reason::tls_failed);
         close(true);
         return;
     }
@@ -506,6 +527,11 @@ void Connection::tls_failed(const std::string& reason, bool certain)
     impl->report_tls_failure(*service, reason);
     // The attempt failed: its socket goes, the next endpoint is tried. One whose failure is
     // certain to repeat is not tried again by this client (others still are).
+    last_failure_tls = true;
+    if (stats) {
+        stats->active.fetch_sub(1, std::memory_order_relaxed);
+        stats.reset();
+    }
     auto target = tls_target;
     auto address = attempt->address;
     if (certain) {
@@ -547,6 +573,7 @@ void Connection::on_write(uv_write_t* req, int status)
 // `s` sent FIN: pass it on once what it sent before is written, keep the other way open.
 void Connection::half_close(Side& s)
 {
+    end_by(&s == &client ? detail::end_reason::client_closed : detail::end_reason::endpoint_closed);
     s.eof = true;
     stop_reading(s);
     Side& to = other(s);
@@ -621,6 +648,9 @@ void Connection::close(bool reset, Side* reset_by)
     if (service) {
         --service->active;
     }
+    if (shard->stopping) end_reason = detail::end_reason::stopping;
+    else if (reset_by) end_by(reset_by == &client ? detail::end_reason::client_closed : detail::end_reason::endpoint_closed);
+    ended();
     --impl->active;
     --shard->active;
     shard->connections.erase(this);

@@ -75,6 +75,7 @@ void Shard::accept(Listener* l)
         uv_fileno(as_handle(&conn->client.h.tcp), &fd);
         if (auto dst = original_destination(fd)) {
             port = dst->second;
+            if (impl->access_log) conn->dialled_vip = host_port(dst->first, dst->second);
             service = impl->redirected(dst->first, dst->second);
         }
     }
@@ -105,8 +106,10 @@ void Shard::admit(Connection* conn, std::shared_ptr<Service> service, std::uint1
     ++active;
     ++total;
     connections.insert(conn);
+    conn->opened(service.get());
     if (!service) {
         ++unrouted;
+        conn->end_by(detail::end_reason::no_route);
         conn->close(true);
         return;
     }
@@ -123,6 +126,7 @@ void Shard::admit(Connection* conn, std::shared_ptr<Service> service, std::uint1
     if (over) {
         ++refused;
         ++service->refused;
+        conn->end_by(detail::end_reason::refused_limit);
         conn->close(true);
         return;
     }
@@ -179,6 +183,7 @@ void Proxy::Impl::accept_polled(Listener* l) noexcept
             // it was refused rather than an empty reply.
             linger reset{1, 0};
             ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+            log_refused(fd, service.get());
             ::close(fd);
             ++refused;
             if (service) ++service->refused;

@@ -157,6 +157,7 @@ void Shard::stop()
     resolver->stop();
     auto open = connections;
     for (Connection* c : open) c->close(false);
+    if (access_log) access_log->close();  // the lines of the connections just closed too
     maybe_stopped();
 }
 
@@ -317,6 +318,7 @@ void Proxy::stop(std::function<void()> done)
     i.on_stopped = std::move(done);
     for (auto& [key, l] : i.listeners) i.close_listener(l);
     i.listeners.clear();
+    if (i.control_log) i.control_log->close();
     {
         std::unique_lock lock(i.services_mutex);
         for (auto& [key, s] : i.services) s->listeners.clear();
@@ -372,6 +374,7 @@ Status Proxy::status() const
     st.active = i.active;
     st.refused = i.refused;
     st.accept_errors = i.accept_guard ? i.accept_guard->errors() : 0;
+    st.access_log_write_errors = i.access_log ? i.access_log->dropped_writes() : 0;
     for (const auto& shard : i.shards) {
         st.total += shard->total;
         st.refused += shard->refused;
@@ -410,6 +413,17 @@ Status Proxy::status() const
         ss.tls_failures = std::move(tls_failures);
         ss.tls_handshakes = s->tls_handshakes;
         ss.tls_resumed = s->tls_resumed;
+        for (const auto& e : s->endpoint_stats.all()) {
+            AddressTraffic as;
+            as.endpoint = e->endpoint;
+            as.address = e->address;
+            as.active = e->active.load(std::memory_order_relaxed);
+            as.bytes_up = e->bytes_up.load(std::memory_order_relaxed);
+            as.bytes_down = e->bytes_down.load(std::memory_order_relaxed);
+            as.connect = {e->connect.cumulative(), static_cast<double>(e->connect.sum_us()) / 1e6};
+            as.tls_handshake = {e->tls_handshake.cumulative(), static_cast<double>(e->tls_handshake.sum_us()) / 1e6};
+            ss.traffic.push_back(std::move(as));
+        }
         bool checked = i.checker && i.checker->enabled_for(*routing);
         for (std::size_t k = 0; k < routing->targets.size(); ++k) {
             const Target& t = *routing->targets[k];

@@ -27,6 +27,12 @@
 // (Options::health_check, health_check.cpp) take an address that fails them out of the
 // choice as an ejection does, until it passes them again.
 //
+// What an operator sees of each connection: an access log line when it ends (Options::
+// access_log; detail/access_log.hpp: each loop buffers its own lines and writes them with one
+// write(2) per loop turn) and, per endpoint address reached, open connections, bytes and the
+// latency of connects and TLS handshakes (ServiceStatus::traffic; detail/endpoint_stats.hpp:
+// atomics, looked up once per connection, at most 16 addresses per endpoint and 4096 in all).
+//
 // Loops. With no workers (Options::workers empty) everything runs on the one loop given to
 // the constructor. With workers, that loop is the control loop and each worker's loop
 // carries connections:
@@ -135,6 +141,13 @@ struct Options {
     // below the low mark.
     std::size_t high_watermark = std::size_t{256} << 10;
     std::size_t low_watermark = std::size_t{64} << 10;
+    // One line per connection when it ends (see detail/access_log.hpp): path "stdout",
+    // "stderr" or a file; empty: no access log.
+    struct AccessLog {
+        std::string path;
+        enum class Format { logfmt, json } format = Format::logfmt;
+    };
+    AccessLog access_log;
     // Called the first time a MES sees a TLS handshake fail for a given reason.
     std::function<void(const std::string& mesh, const std::string& name, const std::string& reason)> on_tls_failure;
     // What an operator wants in the log as it happens: an endpoint ejected or back, a name's
@@ -202,6 +215,25 @@ struct TargetStatus {
     std::vector<AddressStatus> addresses;  // DNS names: one per address it resolves to
 };
 
+// Figures of one address an endpoint was reached at (see detail/endpoint_stats.hpp).
+struct AddressTraffic {
+    std::string endpoint;  // as configured (TargetStatus::address)
+    std::string address;   // as connected: "ip:port", a unix socket's path, or "other"
+    std::uint64_t active = 0;
+    std::uint64_t bytes_up = 0;
+    std::uint64_t bytes_down = 0;
+    // Cumulative counts per bound of latency_bounds_seconds(), then +Inf (the count), and the
+    // sum in seconds.
+    struct Histogram {
+        std::vector<std::uint64_t> cumulative;
+        double sum_seconds = 0;
+    };
+    Histogram connect;        // successful connects (TCP or unix)
+    Histogram tls_handshake;  // completed TLS handshakes
+};
+// The upper bounds of AddressTraffic's histograms, in seconds (1 ms to 10 s).
+std::vector<double> latency_bounds_seconds();
+
 struct ServiceStatus {
     std::string mesh;
     std::string name;
@@ -218,6 +250,7 @@ struct ServiceStatus {
     std::uint64_t tls_handshakes = 0;    // completed
     std::uint64_t tls_resumed = 0;       // of those, resumed sessions
     std::vector<TargetStatus> targets;
+    std::vector<AddressTraffic> traffic;  // by endpoint, then address
 };
 
 struct WorkerStatus {
@@ -233,6 +266,7 @@ struct Status {
     std::uint64_t local_failures = 0;  // no socket for a connect (out of file descriptors)
     std::uint64_t mark_failures = 0;   // proxy.upstreamMark could not be set (no CAP_NET_ADMIN)
     std::uint64_t accept_errors = 0;   // accept failed for want of descriptors (EMFILE, ENFILE)
+    std::uint64_t access_log_write_errors = 0;  // writes of access log lines that failed (lines lost)
     std::vector<ServiceStatus> services;  // by key; redirect mode: those that have had connections
     std::vector<WorkerStatus> workers;    // as in Options::workers; empty with one loop
 };
@@ -244,9 +278,17 @@ public:
     Proxy(const Proxy&) = delete;
     Proxy& operator=(const Proxy&) = delete;
 
+    // Opens the access log (Options::access_log; nothing to do without one) and gives each
+    // loop its buffer: before start(), while only the control loop's thread runs. The error
+    // says why the file cannot be opened.
+    std::expected<void, std::string> open_access_log();
     // Redirect mode: binds the listener (one per worker). Bind mode: nothing to do until
     // routes come.
     std::expected<void, std::string> start();
+    // Opens the access log's file again (logrotate renamed it): lines from now on go to the
+    // file the path names now. Nothing to do without one, or for stdout and stderr. The
+    // control loop's thread; on failure the old file stays in use.
+    std::expected<void, std::string> reopen_access_log();
     // Bind mode: the routes in force from now on. New ones listen, removed ones stop
     // accepting (their open connections go on), changed ones apply to new connections.
     // Targets keep their health across updates when their address stays.

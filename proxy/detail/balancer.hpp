@@ -13,6 +13,7 @@
 
 #include "proxy/proxy.hpp"
 
+#include "proxy/detail/endpoint_stats.hpp"
 #include "proxy/detail/tls.hpp"
 
 #include <uv.h>
@@ -188,6 +189,8 @@ struct Service {
 
     SharedCounter active, total, refused, failed, bytes_up, bytes_down;
     SharedCounter tls_handshakes, tls_resumed;
+    // Per endpoint address, under a mutex of its own (see endpoint_stats.hpp).
+    detail::EndpointStatsTable endpoint_stats;
 
     std::shared_ptr<const Routing> current() const
     {

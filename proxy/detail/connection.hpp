@@ -6,6 +6,7 @@
 
 #include "proxy/proxy.hpp"
 
+#include "proxy/detail/access_log.hpp"
 #include "proxy/detail/balancer.hpp"
 #include "proxy/detail/http.hpp"
 #include "proxy/detail/sockets.hpp"
@@ -86,6 +87,8 @@ struct Attempt {
     std::shared_ptr<const Target> target;
     std::optional<vip::Address> address;  // a DNS-named target: the address dialled
     bool abandoned = false;  // timed out or the connection went away
+    sockaddr_storage addr{};      // TCP: where it connects
+    std::uint64_t started_ns = 0;  // uv_hrtime()
 };
 
 struct WriteReq {
@@ -126,6 +129,15 @@ struct Connection {
     SSL* ssl = nullptr;
     bool handshaking = false;
     std::unique_ptr<detail::HostRewriter> http;  // protocol: http to a DNS-named endpoint
+    // What an operator sees of it (the access log, the endpoint figures): see opened(),
+    // connected(), handshaken() and ended().
+    std::unique_ptr<detail::AccessRecord> record;  // the access log is on
+    std::shared_ptr<detail::EndpointStats> stats;  // the endpoint address it reached
+    std::uint64_t started_ns = 0;                   // uv_hrtime() when admitted
+    std::uint64_t handshake_started_ns = 0;
+    const char* end_reason = nullptr;  // detail::end_reason; the first cause found wins
+    std::string dialled_vip;           // redirect mode: the original destination, for the log
+    bool last_failure_tls = false;     // the last attempt failed in its TLS handshake
 
     Connection(Proxy::Impl* i, Shard* s) : impl(i), shard(s) {}
     ~Connection();
@@ -133,6 +145,22 @@ struct Connection {
     Side& other(Side& s) { return &s == &client ? *upstream : client; }
 
     void start(std::shared_ptr<Service> svc, std::uint16_t port);
+
+    // ---- what an operator sees: the access log's record and the endpoint figures
+    void opened(const Service* svc);  // admitted (or refused: `svc` may be null)
+    void connected(const Attempt& a);
+    void handshaken();
+    void ended();                     // from close(): the line goes to the shard's buffer
+    void count(bool to_client, std::size_t n)
+    {
+        (to_client ? service->bytes_down : service->bytes_up) += n;
+        if (stats) (to_client ? stats->bytes_down : stats->bytes_up).fetch_add(n, std::memory_order_relaxed);
+        if (record) (to_client ? record->bytes_down : record->bytes_up) += n;
+    }
+    void end_by(const char* why)
+    {
+        if (!end_reason) end_reason = why;
+    }
 
     // ---- balancing (balancer.cpp): each takes the service's mutex
     bool used_up(const Target& t) const;

@@ -12,6 +12,7 @@
 #include "proxy/proxy.hpp"
 
 #include "proxy/accept.hpp"
+#include "proxy/detail/access_log.hpp"
 #include "proxy/detail/balancer.hpp"
 #include "proxy/detail/connection.hpp"
 #include "proxy/detail/health_check.hpp"
@@ -50,6 +51,7 @@ struct Shard {
     std::size_t closing_listeners = 0;
     bool stopping = false;
     bool stopped = false;  // reported to the control loop
+    std::unique_ptr<detail::AccessLogBuffer> access_log;  // the access log is on
 
     // Single writer: this loop's thread.
     workers::Counter active, total, refused, unrouted;
@@ -88,6 +90,9 @@ struct Proxy::Impl {
     // Redirect mode's workers add services as connections first need them: the map and the
     // lookup tables are under `services_mutex` (shared for lookups). Bind mode changes them
     // on the control loop only.
+    // Address series of every Service's EndpointStatsTable (declared before `services`,
+    // which count down into it as they go).
+    std::atomic<std::size_t> endpoint_series{0};
     mutable std::shared_mutex services_mutex;
     std::map<std::string, std::shared_ptr<Service>> services;
     // Redirect mode: the services looked up so far, by VIP and port, and by VIP for routes
@@ -98,8 +103,13 @@ struct Proxy::Impl {
     // The hosts file and the names' events, for every loop's resolver (set before the shards).
     std::shared_ptr<detail::ResolverShared> resolver_shared;
 
+    // The access log's file (null: off), shared by every loop's buffer.
+    std::shared_ptr<detail::AccessLogFile> access_log;
+    detail::AccessFormat access_format = detail::AccessFormat::logfmt;
+
     // The control loop's thread only.
     std::map<std::string, Listener*> listeners;  // bind mode, by address
+    std::unique_ptr<detail::AccessLogBuffer> control_log;  // threaded: connections refused here
     std::string redirect_bound;
     std::unique_ptr<AcceptGuard> accept_guard;  // polled listeners (threaded): its spare descriptor only then
     workers::Counter refused;         // closed unserved by the control loop (accepting paused)
@@ -159,6 +169,10 @@ struct Proxy::Impl {
     // way), the first of those after the last one chosen.
     Shard& least_busy();
     void maybe_stopped();
+    // The access log (access_log.cpp): opened by start(); a line for a connection refused on
+    // the control loop (descriptor `fd`, not yet closed).
+    std::expected<void, std::string> open_access_log();
+    void log_refused(int fd, const Service* service);
 };
 
 inline Shard::Shard(Proxy::Impl* i, workers::Worker* w, uv_loop_t* l, const Options& options)
