@@ -202,7 +202,7 @@ TEST_CASE("mesctl inspect --admin shows the running mesd's health of each endpoi
         CHECK_THAT(live.out, Catch::Contains("MeshExternalService default/api"));  // the store's view is still there
         CHECK_THAT(live.out, Catch::Contains("  live state: from mesd at " + admin + "\n"));
         CHECK_THAT(live.out, Catch::Contains("  connections: active 0, total 4\n"));
-        CHECK_THAT(live.out, Catch::Contains("  health:      127.0.0.1:" + std::to_string(port) + ": healthy (connect failures 0"));
+        CHECK_THAT(live.out, Catch::Contains("  health:      127.0.0.1:" + std::to_string(port) + ": healthy (failures in a row 0, connect failures 0"));
         CHECK_THAT(live.out, Catch::Contains("  health:      127.0.0.1:" + std::to_string(dead) + ": failing"));
         CHECK_THAT(live.out, Catch::Matches("[\\s\\S]*127\\.0\\.0\\.1:" + std::to_string(dead) +
                                             ": failing \\([^)]*connect failures [1-9][\\s\\S]*"));
