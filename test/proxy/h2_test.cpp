@@ -516,10 +516,10 @@ TEST_CASE("h2 end to end: gRPC over TLS and h2c reach DNS-named endpoints behind
         auto leaf = make_leaf(ca, "api.grpc.test", {"DNS:api.grpc.test"});
         auto cert = dir.write("leaf.crt", leaf.cert_pem);
         auto key = dir.write("leaf.key", leaf.key_pem);
-        auto hosts = dir.write("hosts", "127.0.0.1 api.grpc.test plain.grpc.test web.h2.test\n");
+        auto hosts = dir.write("hosts", "127.0.0.1 api.grpc.test plain.grpc.test web.h2.test echo.h2.test\n");
 
         // gRPC servers that answer their own name only: over TLS (ALPN h2), and h2c.
-        int grpcs_port = free_tcp_port(), grpc_port = free_tcp_port(), web_port = free_tcp_port();
+        int grpcs_port = free_tcp_port(), grpc_port = free_tcp_port(), web_port = free_tcp_port(), echo_port = free_tcp_port();
         Child grpcs({python, peer, "serve", "127.0.0.1:" + std::to_string(grpcs_port), "api.grpc.test", cert, key},
                     (dir.path / "grpcs.out").string(), (dir.path / "grpcs.err").string());
         Child grpc({python, peer, "serve", "127.0.0.1:" + std::to_string(grpc_port), "plain.grpc.test"},
@@ -530,7 +530,9 @@ TEST_CASE("h2 end to end: gRPC over TLS and h2c reach DNS-named endpoints behind
                                              "  server {\n" + listen + ";\n    server_name web.h2.test;\n"
                                              "    location / { return 200 \"vhost $host $http_host\\n\"; }\n  }\n"));
         Child nginx({"/usr/sbin/nginx", "-c", (dir.path / "nginx.conf").string(), "-e", (dir.path / "nginx.err").string()});
-        for (int port : {grpcs_port, grpc_port, web_port}) REQUIRE(eventually([&] { return accepting("127.0.0.1", port); }, 15s));
+        // An echo: the test sees exactly what mesd sent the endpoint.
+        Child echo({"/usr/bin/socat", "TCP-LISTEN:" + std::to_string(echo_port) + ",bind=127.0.0.1,fork,reuseaddr", "EXEC:/bin/cat"});
+        for (int port : {grpcs_port, grpc_port, web_port, echo_port}) REQUIRE(eventually([&] { return accepting("127.0.0.1", port); }, 15s));
 
         const std::string tls = "  tls:\n    enabled: true\n    verification:\n      caCert:\n        inlineString: |\n" +
                                 indent(ca.cert_pem, 10);
@@ -545,7 +547,7 @@ TEST_CASE("h2 end to end: gRPC over TLS and h2c reach DNS-named endpoints behind
                   "  template: \"{{ .Name }}.mesh\"\n" +
                       mes("grpcs", 9701, "grpc", "api.grpc.test", grpcs_port, tls) + mes("grpc", 9702, "grpc", "plain.grpc.test", grpc_port) +
                       mes("web", 9703, "http2", "web.h2.test", web_port) + mes("webip", 9704, "http2", "127.0.0.1", web_port) +
-                      mes("webtcp", 9705, "tcp", "web.h2.test", web_port));
+                      mes("webtcp", 9705, "tcp", "web.h2.test", web_port) + mes("echo", 9706, "http2", "echo.h2.test", echo_port));
         MesdOptions options;
         options.conf_dir = (dir.path / "resources").string();
         options.dns_section = "  forward:\n    enabled: false\n";
@@ -581,9 +583,24 @@ TEST_CASE("h2 end to end: gRPC over TLS and h2c reach DNS-named endpoints behind
         auto tcp = run({"/usr/bin/curl", "-sS", "--max-time", "5", "--http2-prior-knowledge", "http://" + vip_of(mesd, "webtcp") + ":9705/"});
         CHECK(tcp.out.starts_with("default 127.242."));
 
+        // What the endpoint gets: the client's frames, a big header block framed again.
+        Deflater client;
+        Headers big = request(vip_of(mesd, "echo") + ":9706");
+        for (int i = 0; i < 8; ++i) big.push_back({"x-blob-" + std::to_string(i), std::string(5000, static_cast<char>('a' + i))});
+        std::string settings = frame(SETTINGS, 0, 0, std::string("\x00\x04\x00\x01\x00\x00", 6));
+        std::string data = frame(DATA, END_STREAM, 1, std::string(5, '\0'));
+        std::string sent = preface + settings + headers_frames(1, client.encode(big), END_HEADERS, 700) + data;
+        auto got = frames_of(echoed(vip_of(mesd, "echo"), 9706, sent));
+        REQUIRE(got.size() >= 4);
+        CHECK(got.front().bytes == settings);
+        CHECK(got.back().bytes == data);
+        Inflater endpoint;
+        auto blocks = blocks_of(got, endpoint);
+        REQUIRE(blocks.size() == 1);
+        CHECK(blocks[0].headers == with_authority(big, "echo.h2.test"));
+
         // Not HTTP/2 to a rewritten MES: the connection ends, nothing reaches the endpoint.
-        auto h1 = run({"/usr/bin/curl", "-sS", "--max-time", "5", "--http1.1", web + "/"});
-        CHECK(h1.exit_code != 0);
-        CHECK(h1.out.empty());
+        CHECK(echoed(vip_of(mesd, "echo"), 9706, "GET / HTTP/1.1\r\nHost: echo\r\n\r\n").empty());
+        CHECK(echoed(vip_of(mesd, "echo"), 9706, preface + frame(PUSH_PROMISE, END_HEADERS, 1, std::string(4, '\0'))).empty());
     }
 }
