@@ -14,6 +14,11 @@
 //
 // A plain CONNECT's `:authority` names the tunnel's destination, not a virtual host: such a
 // request passes unchanged (extended CONNECT, with `:protocol`, is rewritten).
+//
+// The cost of keeping no table toward the endpoint: headers the client sends as references to
+// its table (a large token on every request) go out in full each time, so one read from the
+// client may grow many times over on its way out (it is written under the connection's usual
+// backpressure: the client is not read while the endpoint's queue is above the watermark).
 #pragma once
 
 #include <cstddef>
