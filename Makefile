@@ -8,9 +8,9 @@ JOBS           ?= $(shell nproc)
 CMAKE_FLAGS    ?=
 
 # Debian packages: to build, and what the tests drive as real clients and peers.
-BUILD_PACKAGES := build-essential cmake pkg-config libldns-dev libuv1-dev libyaml-cpp-dev libhttp-parser-dev \
+BUILD_PACKAGES := build-essential cmake pkg-config libldns-dev libuv1-dev libyaml-cpp-dev libhttp-parser-dev libnghttp2-dev \
                   libssl-dev liblmdb-dev catch2 nlohmann-json3-dev
-TEST_PACKAGES  := openssl dnsutils knot-dnsutils knot ldnsutils dnsmasq-base iproute2 iptables socat netcat-openbsd curl nginx-light python3-grpcio util-linux etcd-server etcd-client
+TEST_PACKAGES  := openssl dnsutils knot-dnsutils knot ldnsutils dnsmasq-base iproute2 iptables socat netcat-openbsd curl nginx-light python3-grpcio nghttp2-client util-linux etcd-server etcd-client
 # libFuzzer comes with clang; the DNS benchmark drives Knot and NSD with dnsperf.
 FUZZ_PACKAGES  := clang libclang-rt-14-dev libfuzzer-14-dev
 BENCH_PACKAGES := dnsperf knot nsd wrk iperf3 haproxy nginx-light

@@ -323,6 +323,19 @@ void Connection::forward(Side& from, char* block, std::size_t size)
 {
     bool to_client = &from != &client;
     last_activity = uv_now(shard->loop);
+    if (h2 && !to_client) {
+        count(false, size);
+        std::string out;
+        bool ok = h2->feed(block, size, out);
+        shard->pool.give(block);
+        if (!ok) {  // not HTTP/2: nothing sensible can be sent to the client mid-stream
+            end_by(detail::end_reason::bad_request);
+            close(true);
+            return;
+        }
+        deliver_up(out);
+        return;
+    }
     if (http && !to_client) {
         count(false, size);
         std::string out;
@@ -446,6 +459,16 @@ void Connection::start_http(const Target& target)
 {
     if (target.endpoint.kind == conf::AddressKind::hostname && service->current()->route.protocol == conf::Protocol::http)
         http = std::make_unique<detail::HostRewriter>(target.endpoint.address);
+    start_h2(target);
+}
+
+// protocol: http2 or grpc to a DNS-named endpoint: requests get its hostname as :authority,
+// the same string HTTP/1 requests get as Host.
+void Connection::start_h2(const Target& target)
+{
+    auto protocol = service->current()->route.protocol;
+    if (target.endpoint.kind == conf::AddressKind::hostname && (protocol == conf::Protocol::http2 || protocol == conf::Protocol::grpc))
+        h2 = std::make_unique<detail::AuthorityRewriter>(target.endpoint.address);
 }
 
 // ---- TLS to the endpoint

@@ -8,6 +8,7 @@
 
 #include "proxy/detail/access_log.hpp"
 #include "proxy/detail/balancer.hpp"
+#include "proxy/detail/h2.hpp"
 #include "proxy/detail/http.hpp"
 #include "proxy/detail/sockets.hpp"
 #include "proxy/detail/tls.hpp"
@@ -129,6 +130,7 @@ struct Connection {
     SSL* ssl = nullptr;
     bool handshaking = false;
     std::unique_ptr<detail::HostRewriter> http;  // protocol: http to a DNS-named endpoint
+    std::unique_ptr<detail::AuthorityRewriter> h2;  // protocol: http2 or grpc to a DNS-named endpoint
     // What an operator sees of it (the access log, the endpoint figures): see opened(),
     // connected(), handshaken() and ended().
     std::unique_ptr<detail::AccessRecord> record;  // the access log is on
@@ -195,6 +197,7 @@ struct Connection {
     void deliver_up(const std::string& out);
     void refuse_request();
     void start_http(const Target& target);
+    void start_h2(const Target& target);
 
     // ---- TLS to the endpoint
     bool flush_tls();
