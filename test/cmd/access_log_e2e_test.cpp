@@ -148,14 +148,14 @@ TEST_CASE("access log: connections open when mesd stops end with reason stopping
 {
     Dir dir;
     EchoBackend echo;
-    dir.write("resources/all.yaml", generator + echo_mes(9702, echo.port));
+    dir.write("resources/all.yaml", generator + echo_mes(9782, echo.port));
     auto path = (dir.path / "access.log").string();
     MesdOptions options;
     options.conf_dir = (dir.path / "resources").string();
     options.dns_section = "  forward:\n    enabled: false\n";
     options.extra_config = "proxy:\n  accessLog: {path: " + path + "}\n";
     Mesd mesd(dir.path / "mesd", options);
-    int fd = connect_to("127.242.0.1", 9702);
+    int fd = connect_to("127.242.0.1", 9782);
     REQUIRE(fd >= 0);
     (void)!::send(fd, "hi\n", 3, MSG_NOSIGNAL);
     char buf[8];
@@ -200,7 +200,7 @@ TEST_CASE("access log with workers: a connection refused before any worker takes
 {
     Dir dir;
     EchoBackend echo;
-    dir.write("resources/all.yaml", generator + echo_mes(9703, echo.port));
+    dir.write("resources/all.yaml", generator + echo_mes(9783, echo.port));
     auto path = (dir.path / "access.log").string();
     MesdOptions options;
     options.conf_dir = (dir.path / "resources").string();
@@ -210,7 +210,7 @@ TEST_CASE("access log with workers: a connection refused before any worker takes
     Mesd mesd(dir.path / "mesd", options);
     std::vector<int> held;
     for (int i = 0; i < 2; ++i) {
-        int fd = connect_to("127.242.0.1", 9703);
+        int fd = connect_to("127.242.0.1", 9783);
         REQUIRE(fd >= 0);
         (void)!::send(fd, "x", 1, MSG_NOSIGNAL);
         char c = 0;
@@ -219,7 +219,7 @@ TEST_CASE("access log with workers: a connection refused before any worker takes
         REQUIRE(::recv(fd, &c, 1, 0) == 1);
         held.push_back(fd);
     }
-    CHECK(echoed("127.242.0.1", 9703, "refused?\n", 3s).empty());
+    CHECK(echoed("127.242.0.1", 9783, "refused?\n", 3s).empty());
     for (int fd : held) ::close(fd);
     REQUIRE(eventually([&] { return whole_lines(file_text(path)).size() == 3; }));
     int refused = 0;
@@ -229,7 +229,7 @@ TEST_CASE("access log with workers: a connection refused before any worker takes
         if (f->at("reason") != "refused_limit") continue;
         ++refused;
         CHECK(f->at("name") == "echo");
-        CHECK(f->at("vip") == "127.242.0.1:9703");
+        CHECK(f->at("vip") == "127.242.0.1:9783");
         CHECK_THAT(f->at("client"), Catch::StartsWith("127.0.0.1:"));
     }
     CHECK(refused == 1);

@@ -89,14 +89,14 @@ TEST_CASE("mesctl get -o yaml shows each data source in the shape it was written
     };
     auto ca = make_ca("mesd test CA");
     auto client = make_leaf(ca, "client", {"DNS:client.test"}, -1, 365, true);
-    std::string kuma = tls_mes("kuma", 7000, 7443,
+    std::string kuma = tls_mes("kuma", 7400, 7443,
                                "      caCert:\n        type: InsecureInline\n        insecureInline:\n"
                                "          value: |\n" + indent(ca.cert_pem, 12) +
                                "      clientCert:\n        type: Secret\n        secretRef:\n          kind: Secret\n"
                                "          name: client-cert\n"
                                "      clientKey:\n        type: InsecureInline\n        insecureInline:\n"
                                "          value: |\n" + indent(client.key_pem, 12));
-    std::string seed = tls_mes("seed", 7000, 7443,
+    std::string seed = tls_mes("seed", 7400, 7443,
                                "      caCert:\n        inline: " + conf::base64_encode(ca.cert_pem) +
                                "\n      clientCert:\n        secret: client-cert\n"
                                "      clientKey:\n        inlineString: |\n" + indent(client.key_pem, 10));
@@ -133,7 +133,7 @@ TEST_CASE("mesctl get -o yaml shows each data source in the shape it was written
     // and is then shown.
     auto again = ctl({"apply", "-f", dir.path.string() + "/in.yaml"});
     CHECK_THAT(again.out, Catch::Contains("unchanged MeshExternalService default/kuma"));
-    auto reshaped = ctl({"apply", "-f", dir.write("re.yaml", tls_mes("kuma", 7000, 7443,
+    auto reshaped = ctl({"apply", "-f", dir.write("re.yaml", tls_mes("kuma", 7400, 7443,
                                                                      "      caCert:\n        inlineString: |\n" +
                                                                          indent(ca.cert_pem, 10)))});
     CHECK_THAT(reshaped.out, Catch::Contains("configured MeshExternalService default/kuma"));
@@ -169,7 +169,7 @@ TEST_CASE("a MES applied before its Secret is accepted and refuses connections u
     // `locked` names a Secret that does not exist yet; `garbled` has a CA that is no PEM.
     auto applied = ctl({"apply", "-f",
                         dir.write("mes.yaml", generator + tls_mes("locked", 7100, backend_port, kuma_ca_ref) +
-                                                  tls_mes("garbled", 7101, backend_port,
+                                                  tls_mes("garbled", 7401, backend_port,
                                                           "      caCert:\n        type: InsecureInline\n"
                                                           "        insecureInline:\n          value: not a certificate\n"))});
     INFO(applied.err);
@@ -202,7 +202,7 @@ TEST_CASE("a MES applied before its Secret is accepted and refuses connections u
                std::string::npos;
     }, 10s));
     CHECK(say(locked_vip, 7100, "hello\n").empty());
-    CHECK(say(garbled_vip, 7101, "hello\n").empty());
+    CHECK(say(garbled_vip, 7401, "hello\n").empty());
 
     // The Secret arrives: the condition clears and connections go through, with no restart.
     auto secret = ctl({"apply", "-f", dir.write("secret.yaml", secret_doc("backend-ca", ca.cert_pem))});
@@ -214,6 +214,6 @@ TEST_CASE("a MES applied before its Secret is accepted and refuses connections u
     CHECK_THAT(yaml, Catch::Contains("reason: Ready\n"));
     CHECK_THAT(ctl({"get", "mes"}).out, !Catch::Contains("SecretNotFound"));
     // The other stays refused: its own PEM is still no certificate.
-    CHECK(say(garbled_vip, 7101, "hello\n").empty());
+    CHECK(say(garbled_vip, 7401, "hello\n").empty());
     CHECK_THAT(ctl({"get", "mes", "garbled", "-o", "yaml"}).out, Catch::Contains("reason: InvalidCertificate\n"));
 }

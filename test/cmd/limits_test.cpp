@@ -188,7 +188,7 @@ TEST_CASE("limits: a proxy flood beyond the descriptor budget leaves /ready DNS 
 TEST_CASE("limits: proxy.maxConnections above the descriptor budget is lowered with a warning")
 {
     SilentBackend backend;
-    LimitsFixture f(mes("sink", 4343, backend.port), nofile_256, "  maxConnections: 50000\n");
+    LimitsFixture f(mes("sink", 4344, backend.port), nofile_256, "  maxConnections: 50000\n");
     auto budget = f.shared("proxy_connections");
     CHECK(budget > 0);
     CHECK(budget < 128);
@@ -207,7 +207,7 @@ TEST_CASE("limits: with the limit this test runs under the proxy gets what is le
     REQUIRE(nofile.rlim_max != RLIM_INFINITY);
     REQUIRE(nofile.rlim_max > 4096);
     SilentBackend backend;
-    LimitsFixture f(mes("sink", 4343, backend.port), {});
+    LimitsFixture f(mes("sink", 4345, backend.port), {});
     // With workers, each beyond one loop holds 12 more: 8, 3 per DNS address, 1 redirect.
     auto log = f.mesd->log();
     auto at = log.find("msg=workers count=");

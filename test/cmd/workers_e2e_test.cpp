@@ -166,13 +166,13 @@ TEST_CASE("workers: proxied connections go on through route changes and SIGTERM 
     Child backend({"/usr/bin/socat", "TCP-LISTEN:" + std::to_string(backend_port) + ",bind=127.0.0.1,fork,reuseaddr",
                    "EXEC:cat"});
     REQUIRE(eventually([&] { return accepting("127.0.0.1", backend_port); }));
-    WorkersFixture f(generator + mes("echo", 4242, backend_port));
+    WorkersFixture f(generator + mes("echo", 4252, backend_port));
     auto vip = ask(f.mesd->dns_port(), "echo.mesh");
     REQUIRE(vip.starts_with("127.242."));
-    REQUIRE(eventually([&] { return echoed(vip, 4242, "hello\n") == "hello\n"; }));
+    REQUIRE(eventually([&] { return echoed(vip, 4252, "hello\n") == "hello\n"; }));
 
     // A connection held open across the changes.
-    int held = connect_to(vip, 4242);
+    int held = connect_to(vip, 4252);
     REQUIRE(held >= 0);
     std::atomic<bool> stop{false};
     std::atomic<int> made{0}, failed{0};
@@ -180,10 +180,10 @@ TEST_CASE("workers: proxied connections go on through route changes and SIGTERM 
         auto until = std::chrono::steady_clock::now() + 8s;
         while (!stop && std::chrono::steady_clock::now() < until) {
             ++made;
-            if (echoed(vip, 4242, "ping\n") != "ping\n") ++failed;
+            if (echoed(vip, 4252, "ping\n") != "ping\n") ++failed;
         }
     });
-    std::string resources = generator + mes("echo", 4242, backend_port);
+    std::string resources = generator + mes("echo", 4252, backend_port);
     for (int round = 0; round < 3; ++round) {
         resources += mes("other-" + std::to_string(round), 80, backend_port);
         f.write_resources(resources);

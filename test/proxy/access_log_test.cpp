@@ -101,12 +101,12 @@ struct Setup {
     explicit Setup(std::string access_log, const std::string& proxy_more = "")
     {
         if (auto at = access_log.find("@DIR@"); at != std::string::npos) access_log.replace(at, 5, dir.path.string());
-        std::string resources = generator + mes("plain", 9600, "[" + ep(echo.port) + "]") +
-                                mes("secure", 9601, "[" + ep(tls.port) + "]",
+        std::string resources = generator + mes("plain", 9660, "[" + ep(echo.port) + "]") +
+                                mes("secure", 9661, "[" + ep(tls.port) + "]",
                                     "  tls:\n    enabled: true\n    verification:\n      serverName: api.test\n"
                                     "      caCert:\n        inlineString: |\n" +
                                         indent(ca.cert_pem, 10)) +
-                                mes("down", 9602, "[" + ep(down_port) + "]");
+                                mes("down", 9662, "[" + ep(down_port) + "]");
         dir.write("resources/all.yaml", resources);
         MesdOptions options;
         options.conf_dir = (dir.path / "resources").string();
@@ -157,7 +157,7 @@ void check_common(const std::vector<Fields>& lines, const Setup& s)
     CHECK(std::regex_match(field(plain, "time"), time_re));
     CHECK(std::regex_match(field(plain, "client"), client_re));
     CHECK(field(plain, "mesh") == "default");
-    CHECK(field(plain, "vip") == s.vip("plain") + ":9600");
+    CHECK(field(plain, "vip") == s.vip("plain") + ":9660");
     CHECK(field(plain, "endpoint") == "127.0.0.1:" + std::to_string(s.echo.port));
     CHECK(field(plain, "address") == "127.0.0.1:" + std::to_string(s.echo.port));
     CHECK(field(plain, "bytes_up") == "6");
@@ -169,7 +169,7 @@ void check_common(const std::vector<Fields>& lines, const Setup& s)
 
     auto* secure = find(lines, "secure", "client_closed");
     REQUIRE(secure);
-    CHECK(field(secure, "vip") == s.vip("secure") + ":9601");
+    CHECK(field(secure, "vip") == s.vip("secure") + ":9661");
     CHECK(field(secure, "address") == "127.0.0.1:" + std::to_string(s.tls.port));
     CHECK(field(secure, "tls_version") == "TLSv1.3");
     CHECK_THAT(field(secure, "tls_cipher"), Catch::StartsWith("TLS_"));
@@ -192,11 +192,11 @@ TEST_CASE("access log in logfmt: plain and TLS connections, a failed connect and
 {
     Setup s("{path: @DIR@/access.log, format: logfmt}", "  maxConnectionsPerService: 2\n");
     auto log_path = (s.dir.path / "access.log").string();
-    CHECK(echoed(s.vip("plain"), 9600, "hello\n") == "hello\n");
-    CHECK(say(s.vip("secure"), 9601, "hello tls\n") == "slt olleh\n");
-    CHECK(say(s.vip("down"), 9602, "anyone?\n").empty());
+    CHECK(echoed(s.vip("plain"), 9660, "hello\n") == "hello\n");
+    CHECK(say(s.vip("secure"), 9661, "hello tls\n") == "slt olleh\n");
+    CHECK(say(s.vip("down"), 9662, "anyone?\n").empty());
     // Two connections held open fill plain's limit: the third is refused.
-    int a = connect_to(s.vip("plain"), 9600), b = connect_to(s.vip("plain"), 9600);
+    int a = connect_to(s.vip("plain"), 9660), b = connect_to(s.vip("plain"), 9660);
     REQUIRE((a >= 0 && b >= 0));
     for (int fd : {a, b}) {
         (void)!::send(fd, "x", 1, MSG_NOSIGNAL);
@@ -205,7 +205,7 @@ TEST_CASE("access log in logfmt: plain and TLS connections, a failed connect and
         REQUIRE(::poll(&p, 1, 3000) == 1);
         REQUIRE(::recv(fd, &c, 1, 0) == 1);  // carried: counted against the limit
     }
-    CHECK(say(s.vip("plain"), 9600, "refused?\n").empty());
+    CHECK(say(s.vip("plain"), 9660, "refused?\n").empty());
     ::close(a);
     ::close(b);
 
@@ -214,7 +214,7 @@ TEST_CASE("access log in logfmt: plain and TLS connections, a failed connect and
     check_common(lines, s);
     auto* refused = find(lines, "plain", "refused_limit");
     REQUIRE(refused);
-    CHECK(field(refused, "vip") == s.vip("plain") + ":9600");
+    CHECK(field(refused, "vip") == s.vip("plain") + ":9660");
     CHECK_THAT(field(refused, "client"), Catch::StartsWith("127.0.0.1:"));
     CHECK(field(refused, "attempts") == "0");
     CHECK(field(refused, "endpoint") == "<absent>");
@@ -236,9 +236,9 @@ TEST_CASE("access log in logfmt: plain and TLS connections, a failed connect and
 TEST_CASE("access log in JSON on stdout: every line a valid object with the same fields")
 {
     Setup s("{path: stdout, format: json}");
-    CHECK(echoed(s.vip("plain"), 9600, "hello\n") == "hello\n");
-    CHECK(say(s.vip("secure"), 9601, "hello tls\n") == "slt olleh\n");
-    CHECK(say(s.vip("down"), 9602, "anyone?\n").empty());
+    CHECK(echoed(s.vip("plain"), 9660, "hello\n") == "hello\n");
+    CHECK(say(s.vip("secure"), 9661, "hello tls\n") == "slt olleh\n");
+    CHECK(say(s.vip("down"), 9662, "anyone?\n").empty());
     auto lines = lines_of((s.dir.path / "mesd" / "mesd.out").string(), 3, true);
     CHECK(lines.size() == 3);
     check_common(lines, s);

@@ -795,22 +795,22 @@ TEST_CASE("protocol http: curl's requests reach nginx with the endpoint's hostna
     }));
 
     std::string endpoint = "[{address: web.ext.test, port: " + std::to_string(web_port) + "}]";
-    Fixture f(mes("web", 8080, endpoint, "http") + mes("raw", 8081, endpoint, "tcp"),
+    Fixture f(mes("web", 8090, endpoint, "http") + mes("raw", 8091, endpoint, "tcp"),
               "  resolvers: [\"127.0.0.1:" + std::to_string(dns_port) + "\"]\n");
     auto web = f.vip("web"), raw = f.vip("raw");
 
     // Rewritten for protocol http, left alone for tcp.
-    CHECK(run({curl, "-sS", "--max-time", "5", "http://" + web + ":8080/host"}).out == "host=web.ext.test\n");
-    CHECK(run({curl, "-sS", "--max-time", "5", "http://" + raw + ":8081/host"}).out == "host=" + raw + ":8081\n");
+    CHECK(run({curl, "-sS", "--max-time", "5", "http://" + web + ":8090/host"}).out == "host=web.ext.test\n");
+    CHECK(run({curl, "-sS", "--max-time", "5", "http://" + raw + ":8091/host"}).out == "host=" + raw + ":8091\n");
 
     // Keep-alive: several requests on one connection, a body with Content-Length, a chunked
     // one, one with Expect: 100-continue, and a large download between them.
     auto upload = work.write("upload", std::string(2 << 20, 'u'));
-    auto r = run({curl, "-sS", "--max-time", "10", "http://" + web + ":8080/host", "--next", "-d", "@" + upload,
-                  "http://" + web + ":8080/upload", "--next", "-H", "Transfer-Encoding: chunked", "--data-binary", "@" + upload,
-                  "http://" + web + ":8080/upload", "--next", "-H", "Expect: 100-continue", "--data-binary", "@" + upload,
-                  "http://" + web + ":8080/upload", "--next", "-o", "/dev/null", "-w", "big=%{size_download}\\n",
-                  "http://" + web + ":8080/big", "--next", "http://" + web + ":8080/host"});
+    auto r = run({curl, "-sS", "--max-time", "10", "http://" + web + ":8090/host", "--next", "-d", "@" + upload,
+                  "http://" + web + ":8090/upload", "--next", "-H", "Transfer-Encoding: chunked", "--data-binary", "@" + upload,
+                  "http://" + web + ":8090/upload", "--next", "-H", "Expect: 100-continue", "--data-binary", "@" + upload,
+                  "http://" + web + ":8090/upload", "--next", "-o", "/dev/null", "-w", "big=%{size_download}\\n",
+                  "http://" + web + ":8090/big", "--next", "http://" + web + ":8090/host"});
     std::vector<std::string> lines;
     std::istringstream in(r.out);
     for (std::string line; std::getline(in, line);) lines.push_back(line);
@@ -824,6 +824,6 @@ TEST_CASE("protocol http: curl's requests reach nginx with the endpoint's hostna
     CHECK(f.metric(series("mesd_mes_connections_total", "web")) == 2);  // curl kept one connection for the six
 
     // Not HTTP: a 400, then the connection ends.
-    auto bad = exchange(web, 8080, "HELLO THERE\r\n\r\n");
+    auto bad = exchange(web, 8090, "HELLO THERE\r\n\r\n");
     CHECK(bad.data.starts_with("HTTP/1.1 400 Bad Request\r\n"));
 }

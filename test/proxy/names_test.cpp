@@ -244,7 +244,7 @@ TEST_CASE("a wildcard certificate through mesd: Exact subjectAltNames and server
             return "  tls:\n    enabled: true\n    verification:\n" + verification + ca_inline;
         };
         std::string resources = generator;
-        resources += mes("exact", 9501, "127.0.0.1", port,
+        resources += mes("exact", 9551, "127.0.0.1", port,
                          tls("      serverName: other.test\n      subjectAltNames: [{type: Exact, value: foo.wild.ext.test}]\n"));
         resources += mes("exact-bare", 9502, "127.0.0.1", port,
                          tls("      serverName: other.test\n      subjectAltNames: [{type: Exact, value: wild.ext.test}]\n"));
@@ -262,7 +262,7 @@ TEST_CASE("a wildcard certificate through mesd: Exact subjectAltNames and server
         Mesd mesd(dir.path / "mesd", options);
 
         for (int i = 0; i < workers; ++i) {  // every worker's connections are checked the same way
-            CHECK(say(vip_of(mesd, "exact"), 9501, "hello\n") == "olleh\n");
+            CHECK(say(vip_of(mesd, "exact"), 9551, "hello\n") == "olleh\n");
             CHECK(say(vip_of(mesd, "sni"), 9504, "hello\n") == "olleh\n");
         }
         CHECK(say(vip_of(mesd, "exact-bare"), 9502, "hello\n") == "");
