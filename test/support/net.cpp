@@ -7,13 +7,15 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <mutex>
+#include <set>
 #include <thread>
 
 namespace test_support {
 
 namespace {
 
-int free_port(int type)
+int free_port_once(int type)
 {
     int fd = ::socket(AF_INET, type, 0);
     sockaddr_in addr{};
@@ -24,6 +26,20 @@ int free_port(int type)
     ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
     ::close(fd);
     return ntohs(addr.sin_port);
+}
+
+// The kernel may give a port it just gave again once it is closed, and a test that asks
+// for two ports (two endpoints that must differ) would then get one twice: a port is never
+// handed out twice by one test process.
+int free_port(int type)
+{
+    static std::mutex mutex;
+    static std::set<int> given;
+    std::lock_guard lock(mutex);
+    int port = free_port_once(type);
+    for (int attempt = 0; attempt < 64 && given.contains(port); ++attempt) port = free_port_once(type);
+    given.insert(port);
+    return port;
 }
 
 }  // namespace
