@@ -62,7 +62,9 @@ public:
 
     bool waiting() const { return waiting_; }  // a switch waits for its answer
     std::size_t held() const { return held_.size(); }
-    bool switched() const { return raw_; }     // the client's stream passes untouched
+    // The endpoint switched protocols (or stopped answering in HTTP): from the client's next
+    // request on (at once when held), nothing is parsed either way.
+    bool switched() const { return switch_; }
 
 private:
     static int on_message_begin(http_parser* p);
