@@ -90,8 +90,8 @@ std::string proxy_metrics(const proxy::Status& st)
     static constexpr Row rows[] = {
         {"mesd_mes_connections_active", "gauge", "Open connections per MES.", &proxy::ServiceStatus::active},
         {"mesd_mes_connections_total", "counter", "Connections accepted per MES.", &proxy::ServiceStatus::total},
-        {"mesd_mes_connections_refused_total", "counter", "Connections reset over a limit, per MES.", &proxy::ServiceStatus::refused},
-        {"mesd_mes_connections_failed_total", "counter", "Connections reset because no endpoint could be reached, per MES.",
+        {"mesd_mes_connections_refused_total", "counter", "Connections refused over a limit (reset, or 503 for protocol http), per MES.", &proxy::ServiceStatus::refused},
+        {"mesd_mes_connections_failed_total", "counter", "Connections no endpoint could be reached for (reset, or 502/503 for protocol http), per MES.",
          &proxy::ServiceStatus::failed},
         {"mesd_mes_bytes_sent_total", "counter", "Bytes from clients to the endpoints, per MES.", &proxy::ServiceStatus::bytes_up},
         {"mesd_mes_bytes_received_total", "counter", "Bytes from the endpoints to clients, per MES.",

@@ -8,9 +8,20 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 namespace proxy {
+
+namespace {
+
+// After an HTTP answer of mesd's own (502, 503, 400), how long the client is still read
+// (and what it sends dropped) before the socket closes: Envoy's delayed_close_timeout.
+constexpr std::uint64_t answer_linger_ms = 1000;
+// What is read and dropped before and after that answer: past it the socket closes anyway.
+constexpr std::size_t answer_discard_limit = std::size_t{1} << 20;
+
+}  // namespace
 
 Connection::~Connection()
 {
@@ -29,7 +40,7 @@ void Connection::start(std::shared_ptr<Service> svc, std::uint16_t port)
     if (!routing || !routing->tls_error.empty()) {  // never carried in the clear instead
         ++service->failed;
         end_by(routing ? detail::end_reason::tls_failed : detail::end_reason::no_healthy_endpoint);
-        close(true);
+        give_up(routing ? detail::Unreachable::tls_unusable : detail::Unreachable::no_healthy);
         return;
     }
     try_next();
@@ -44,11 +55,15 @@ void Connection::try_next()
         end_by(attempts == 0       ? detail::end_reason::no_healthy_endpoint
                : last_failure_tls ? detail::end_reason::tls_failed
                                   : detail::end_reason::connect_failed);
-        close(true);
+        give_up(attempts == 0           ? detail::Unreachable::no_healthy
+                : last_failure_tls     ? detail::Unreachable::tls_handshake
+                : last_failure_timeout ? detail::Unreachable::connect_timeout
+                                       : detail::Unreachable::connect_failed);
         return;
     }
     ++attempts;
     last_failure_tls = false;
+    last_failure_timeout = false;
     const Target* t = target.get();
     if (t->endpoint.kind != conf::AddressKind::hostname && !used_up(*t)) tried.push_back(target);
     std::uint16_t port = t->endpoint.port.value_or(dialled_port);
@@ -107,6 +122,7 @@ void Connection::arm_connect_timeout()
             auto target = a->target;
             auto address = a->address;
             close_attempt(a);
+            self->last_failure_timeout = true;
             self->fail(target, address, FailureKind::connect, "connect timed out");
         },
         static_cast<std::uint64_t>(impl->options.connect_timeout.count()), 0);
@@ -135,7 +151,7 @@ void Connection::connect_tcp(std::shared_ptr<const Target> target, sockaddr_stor
         ++service->failed;
         ++shard->local_failures;
         end_by(detail::end_reason::local_error);
-        close(true);
+        give_up(detail::Unreachable::local);
         return;
     }
     a->side.h.tcp.data = a;
@@ -207,7 +223,7 @@ void Connection::on_connect(uv_connect_t* req, int status)
         // Secret deleted): refused, never carried in the clear instead.
         ++self->service->failed;
         self->end_by(detail::end_reason::tls_failed);
-        self->close(true);
+        self->give_up(detail::Unreachable::tls_unusable);
         return;
     }
     if (routing->tls) {
@@ -219,7 +235,7 @@ void Connection::on_connect(uv_connect_t* req, int status)
         self->ssl = self->tls->start(ep.address, is_ip, a->target->label);
         if (!self->ssl) {
             self->end_by(detail::end_reason::tls_failed);
-            self->close(true);
+            self->give_up(detail::Unreachable::tls_handshake);
             return;
         }
         self->handshaking = true;
@@ -300,6 +316,19 @@ void Connection::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf
 {
     auto* s = static_cast<Side*>(stream->data);
     Connection* self = s->conn;
+    if (self->answering) {  // see answer()
+        self->shard->pool.give(buf->base);
+        if (s != &self->client || nread == 0) return;
+        if (nread > 0) {
+            self->discarded += static_cast<std::size_t>(nread);
+            if (self->discarded > answer_discard_limit) self->close(false);
+            return;
+        }
+        self->stop_reading(self->client);
+        self->client.eof = true;
+        if (nread != UV_EOF || self->client.shut) self->close(false);
+        return;
+    }
     if (nread > 0) {
         self->forward(*s, buf->base, static_cast<std::size_t>(nread));
         return;
@@ -312,7 +341,17 @@ void Connection::on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf
         return;
     }
     if (nread == UV_EOF) {
+        if (self->http && self->http->waiting()) {
+            if (s == &self->client) {
+                // Done sending, but what it sent last is held: its FIN goes after that.
+                self->stop_reading(self->client);
+                self->eof_held = true;
+                return;
+            }
+            self->http->drop_held();  // the endpoint ends without answering: nothing will
+        }
         self->half_close(*s);
+        if (self->http && !self->closing) self->check_hold();
         return;
     }
     // A reset (or another error) on one side resets the other.
@@ -346,6 +385,14 @@ void Connection::forward(Side& from, char* block, std::size_t size)
             return;
         }
         deliver_up(out);
+        if (!closing) check_hold();
+        return;
+    }
+    if (http && !ssl) {  // a response: watched, passed on as it is
+        count(true, size);
+        bool answered = http->watch(block, size);
+        if (!send_block(client, from, block, size)) return;
+        if (answered) release_held();
         return;
     }
     if (ssl) {
@@ -436,21 +483,36 @@ void Connection::refuse_request()
 {
     end_by(detail::end_reason::bad_request);
     stop_reading(client);
-    stop_reading(*upstream);
-    const auto& reply = detail::HostRewriter::bad_request();
-    char* block = shard->pool.take();
-    std::memcpy(block, reply.data(), reply.size());
-    if (!send_block(client, *upstream, block, reply.size())) return;
-    auto* req = new uv_shutdown_t;
-    req->data = this;
-    int rc = uv_shutdown(req, client.stream(), [](uv_shutdown_t* r, int) {
-        auto* c = static_cast<Connection*>(r->data);
-        delete r;
-        if (!c->closing) c->close(false);
-    });
-    if (rc != 0) {
-        delete req;
-        close(false);
+    answer(detail::HostRewriter::bad_request());
+}
+
+// What the client sent after a request asking to switch protocols was held until the
+// endpoint's answer (http.hpp): it goes now, raw after a switch, else as requests.
+void Connection::release_held()
+{
+    std::string out;
+    if (!http->release(out)) {
+        refuse_request();
+        return;
+    }
+    deliver_up(out);
+    if (!closing) check_hold();
+}
+
+void Connection::check_hold()
+{
+    bool full = http->waiting() && http->held() >= detail::HostRewriter::hold_limit;
+    if (full && !held_back) {
+        // Not backpressure (on_write does not resume it): only the endpoint's answer does.
+        stop_reading(client);
+        held_back = true;
+    } else if (!full && held_back) {
+        held_back = false;
+        if (!client.paused && !eof_held) start_reading(client);
+    }
+    if (eof_held && !http->waiting()) {
+        eof_held = false;
+        half_close(client);
     }
 }
 
@@ -525,7 +587,12 @@ void Connection::read_tls()
         int n = SSL_read(ssl, block, static_cast<int>(block_size));
         if (n > 0) {
             count(true, static_cast<std::size_t>(n));
+            bool answered = http && http->watch(block, static_cast<std::size_t>(n));
             if (!send_block(client, *upstream, block, static_cast<std::size_t>(n))) return;
+            if (answered) {
+                release_held();
+                if (closing || answering) return;  // answering: what the held bytes were is refused
+            }
             continue;
         }
         shard->pool.give(block);
@@ -587,9 +654,11 @@ void Connection::on_write(uv_write_t* req, int status)
         self->close(status == UV_ECONNRESET || status == UV_EPIPE, to_client ? &self->client : self->upstream);
         return;
     }
+    if (self->answering) return;  // the answer's write: the client is read and dropped already
     Side& to = to_client ? self->client : *self->upstream;
     Side& from = self->other(to);
-    if (from.paused && uv_stream_get_write_queue_size(to.stream()) <= self->impl->options.low_watermark)
+    if (from.paused && !(&from == &self->client && self->held_back) &&
+        uv_stream_get_write_queue_size(to.stream()) <= self->impl->options.low_watermark)
         self->start_reading(from);
 }
 
@@ -657,6 +726,83 @@ void Connection::maybe_done()
         return !(x.shutting && !x.shut) && uv_stream_get_write_queue_size(x.stream()) == 0;
     };
     if (client.eof && upstream && upstream->eof && settled(client) && settled(*upstream)) close(false);
+}
+
+// ---- nothing reached
+
+void Connection::give_up(detail::Unreachable why, const Service* svc)
+{
+    if (!svc) svc = service.get();
+    auto routing = svc ? svc->current() : nullptr;
+    // tcp, http2 and grpc: a reset, the one signal every protocol understands (an HTTP/2
+    // client would need a GOAWAY or a stream reset, not an HTTP/1 status line).
+    if (!routing || routing->route.protocol != conf::Protocol::http || shard->stopping) {
+        close(true);
+        return;
+    }
+    answer(detail::failure_response(why));
+}
+
+// The client gets `reply` and then a FIN, never a reset: the kernel answers a close with
+// unread bytes in the receive buffer with a reset, which can reach the client before it has
+// read the reply and discard it. So what the client has sent so far (its request, usually)
+// is read first, without waiting for more (a client that sends nothing is answered all the
+// same), and after the reply reading goes on, dropping what comes, until the client closes
+// or answer_linger_ms has passed (RFC 9112 9.6).
+void Connection::answer(const std::string& reply)
+{
+    if (closing) return;
+    answering = true;
+    if (upstream) stop_reading(*upstream);  // it closes with the connection
+    if (!timer_open) {  // refused before start(): over a limit
+        uv_timer_init(shard->loop, &timer);
+        timer.data = this;
+        timer_open = true;
+    }
+    uv_timer_stop(&timer);
+    stop_reading(client);
+    uv_os_fd_t fd = -1;
+    if (uv_fileno(client.handle(), &fd) == 0) {
+        char* block = shard->pool.take();
+        while (discarded < answer_discard_limit) {
+            ssize_t n = ::recv(fd, block, block_size, MSG_DONTWAIT);
+            if (n > 0) {
+                discarded += static_cast<std::size_t>(n);
+                continue;
+            }
+            if (n == 0) client.eof = true;
+            else if (errno == EINTR) continue;
+            else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                shard->pool.give(block);
+                close(false);  // the client is gone
+                return;
+            }
+            break;
+        }
+        shard->pool.give(block);
+    }
+    char* block = shard->pool.take();
+    std::size_t size = std::min(reply.size(), block_size);
+    std::memcpy(block, reply.data(), size);
+    if (!send_block(client, client, block, size)) return;
+    client.shutting = true;
+    auto* req = new uv_shutdown_t;
+    req->data = this;
+    int rc = uv_shutdown(req, client.stream(), [](uv_shutdown_t* r, int status) {
+        auto* c = static_cast<Connection*>(r->data);
+        delete r;
+        if (status == UV_ECANCELED || c->closing) return;
+        c->client.shut = true;
+        if (status != 0 || c->client.eof) c->close(false);
+    });
+    if (rc != 0) {
+        delete req;
+        close(false);
+        return;
+    }
+    start_reading(client);
+    uv_timer_start(
+        &timer, [](uv_timer_t* h) { static_cast<Connection*>(h->data)->close(false); }, answer_linger_ms, 0);
 }
 
 // Closes both sides (resetting them when `reset`), then frees itself.

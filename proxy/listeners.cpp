@@ -116,18 +116,23 @@ void Shard::admit(Connection* conn, std::shared_ptr<Service> service, std::uint1
     // Both limits are counts every loop shares: the connection is counted first, then
     // compared, so that two loops admitting at once cannot both take the last place.
     bool over = impl->active > impl->options.max_connections;
+    bool over_service = false;
     if (!over) {
         std::uint64_t before = service->active.fetch_increment();
         if (impl->options.max_connections_per_service && before >= impl->options.max_connections_per_service) {
             --service->active;
-            over = true;
+            over_service = true;
         }
     }
-    if (over) {
+    if (over || over_service) {
         ++refused;
         ++service->refused;
         conn->end_by(detail::end_reason::refused_limit);
-        conn->close(true);
+        // Over its MES's limit, an HTTP client is told (503). Over maxConnections, which
+        // bounds mesd's descriptors, every client is reset at once: an answer would hold the
+        // descriptor a while longer.
+        if (over_service) conn->give_up(detail::Unreachable::overflow, service.get());
+        else conn->close(true);
         return;
     }
     conn->start(std::move(service), port);

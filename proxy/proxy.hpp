@@ -21,7 +21,8 @@
 // failed or timed-out connect tries the next target, up to a number of attempts; when every
 // target is ejected, the lowest priority is tried anyway (as Envoy's panic mode does) so that
 // an outage ends as soon as an endpoint is back. When nothing can be reached the client is
-// reset. A route's failures never touch another route. A TLS handshake that fails in a way
+// reset, or, for `protocol: http`, answered 502 or 503 (detail/http.hpp) and then closed. A
+// route's failures never touch another route. A TLS handshake that fails in a way
 // certain to repeat (a certificate that does not verify, a name that does not match) is not
 // tried again on the same endpoint by the same client. Active health checks
 // (Options::health_check, health_check.cpp) take an address that fails them out of the
@@ -242,7 +243,7 @@ struct ServiceStatus {
     std::uint64_t active = 0;
     std::uint64_t total = 0;
     std::uint64_t refused = 0;           // over a connection limit
-    std::uint64_t failed = 0;            // no target could be reached: the client was reset
+    std::uint64_t failed = 0;            // no target could be reached: the client was reset (http: a 502/503)
     std::uint64_t bytes_up = 0;          // client to endpoint
     std::uint64_t bytes_down = 0;        // endpoint to client
     std::string tls_error;               // the TLS settings cannot be used (a bad PEM, a missing Secret)

@@ -131,6 +131,12 @@ struct Connection {
     bool handshaking = false;
     std::unique_ptr<detail::HostRewriter> http;  // protocol: http to a DNS-named endpoint
     std::unique_ptr<detail::AuthorityRewriter> h2;  // protocol: http2 or grpc to a DNS-named endpoint
+    bool held_back = false;  // http: the client is not read while a switch waits with hold_limit held
+    bool eof_held = false;   // http: the client's FIN came while its last bytes are held
+    // protocol http, nothing reached (or not HTTP): the client is being answered, then closed
+    // (see answer()); what it sends meanwhile is read and dropped.
+    bool answering = false;
+    std::size_t discarded = 0;
     // What an operator sees of it (the access log, the endpoint figures): see opened(),
     // connected(), handshaken() and ended().
     std::unique_ptr<detail::AccessRecord> record;  // the access log is on
@@ -140,6 +146,7 @@ struct Connection {
     const char* end_reason = nullptr;  // detail::end_reason; the first cause found wins
     std::string dialled_vip;           // redirect mode: the original destination, for the log
     bool last_failure_tls = false;     // the last attempt failed in its TLS handshake
+    bool last_failure_timeout = false; // the last attempt timed out connecting
 
     Connection(Proxy::Impl* i, Shard* s) : impl(i), shard(s) {}
     ~Connection();
@@ -198,6 +205,14 @@ struct Connection {
     void refuse_request();
     void start_http(const Target& target);
     void start_h2(const Target& target);
+    void release_held();  // http: the switch the held bytes waited on was answered
+    void check_hold();    // reads the client, or not, as the hold asks
+
+    // ---- nothing reached
+    // The client is reset, or, for protocol http (`svc`'s route; the connection's service
+    // when null), told why with a 502 or 503 (answer()). The end reason is set before.
+    void give_up(detail::Unreachable why, const Service* svc = nullptr);
+    void answer(const std::string& reply);
 
     // ---- TLS to the endpoint
     bool flush_tls();
