@@ -86,7 +86,7 @@ TEST_CASE("access log with 4 workers: lines of many parallel connections are who
 {
     Dir dir;
     EchoBackend echo;
-    dir.write("resources/all.yaml", generator + echo_mes(9700, echo.port));
+    dir.write("resources/all.yaml", generator + echo_mes(9790, echo.port));
     auto path = (dir.path / "access.log").string();
     MesdOptions options;
     options.conf_dir = (dir.path / "resources").string();
@@ -96,7 +96,7 @@ TEST_CASE("access log with 4 workers: lines of many parallel connections are who
     Mesd mesd(dir.path / "mesd", options);
 
     std::atomic<int> done{0};
-    auto bytes = parallel_connections(9700, 8, 40, done);
+    auto bytes = parallel_connections(9790, 8, 40, done);
     CHECK(done == 320);
     REQUIRE(eventually([&] { return whole_lines(file_text(path)).size() >= static_cast<std::size_t>(done.load()); }));
     check_whole(whole_lines(file_text(path)), true, done, bytes);
@@ -107,7 +107,7 @@ TEST_CASE("access log with 4 workers: lines of many parallel connections are who
 {
     Dir dir;
     EchoBackend echo;
-    dir.write("resources/all.yaml", generator + echo_mes(9701, echo.port));
+    dir.write("resources/all.yaml", generator + echo_mes(9791, echo.port));
     auto fifo = (dir.path / "access.pipe").string();
     REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
     // The reader holds the pipe open throughout (opened before mesd, which then does not block
@@ -134,7 +134,7 @@ TEST_CASE("access log with 4 workers: lines of many parallel connections are who
     std::uint64_t bytes = 0;
     {
         Mesd mesd(dir.path / "mesd", options);
-        bytes = parallel_connections(9701, 8, 40, done);
+        bytes = parallel_connections(9791, 8, 40, done);
         CHECK(done == 320);
         CHECK(mesd.stop() == 0);  // every line written before it exits
     }

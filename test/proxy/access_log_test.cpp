@@ -98,15 +98,18 @@ struct Setup {
     std::unique_ptr<Mesd> mesd;
 
     // `access_log`: the value of proxy.accessLog, @DIR@ standing for the test's directory.
-    explicit Setup(std::string access_log, const std::string& proxy_more = "")
+    // Each test case listens on ports of its own (`base` to base + 2): ctest may run two at once.
+    int base;
+
+    Setup(std::string access_log, int base_port, const std::string& proxy_more = "") : base(base_port)
     {
         if (auto at = access_log.find("@DIR@"); at != std::string::npos) access_log.replace(at, 5, dir.path.string());
-        std::string resources = generator + mes("plain", 9660, "[" + ep(echo.port) + "]") +
-                                mes("secure", 9661, "[" + ep(tls.port) + "]",
+        std::string resources = generator + mes("plain", base, "[" + ep(echo.port) + "]") +
+                                mes("secure", base + 1, "[" + ep(tls.port) + "]",
                                     "  tls:\n    enabled: true\n    verification:\n      serverName: api.test\n"
                                     "      caCert:\n        inlineString: |\n" +
                                         indent(ca.cert_pem, 10)) +
-                                mes("down", 9662, "[" + ep(down_port) + "]");
+                                mes("down", base + 2, "[" + ep(down_port) + "]");
         dir.write("resources/all.yaml", resources);
         MesdOptions options;
         options.conf_dir = (dir.path / "resources").string();
@@ -157,7 +160,7 @@ void check_common(const std::vector<Fields>& lines, const Setup& s)
     CHECK(std::regex_match(field(plain, "time"), time_re));
     CHECK(std::regex_match(field(plain, "client"), client_re));
     CHECK(field(plain, "mesh") == "default");
-    CHECK(field(plain, "vip") == s.vip("plain") + ":9660");
+    CHECK(field(plain, "vip") == s.vip("plain") + ":" + std::to_string(s.base));
     CHECK(field(plain, "endpoint") == "127.0.0.1:" + std::to_string(s.echo.port));
     CHECK(field(plain, "address") == "127.0.0.1:" + std::to_string(s.echo.port));
     CHECK(field(plain, "bytes_up") == "6");
@@ -169,7 +172,7 @@ void check_common(const std::vector<Fields>& lines, const Setup& s)
 
     auto* secure = find(lines, "secure", "client_closed");
     REQUIRE(secure);
-    CHECK(field(secure, "vip") == s.vip("secure") + ":9661");
+    CHECK(field(secure, "vip") == s.vip("secure") + ":" + std::to_string(s.base + 1));
     CHECK(field(secure, "address") == "127.0.0.1:" + std::to_string(s.tls.port));
     CHECK(field(secure, "tls_version") == "TLSv1.3");
     CHECK_THAT(field(secure, "tls_cipher"), Catch::StartsWith("TLS_"));
@@ -190,13 +193,13 @@ void check_common(const std::vector<Fields>& lines, const Setup& s)
 
 TEST_CASE("access log in logfmt: plain and TLS connections, a failed connect and refused ones, each with why it ended")
 {
-    Setup s("{path: @DIR@/access.log, format: logfmt}", "  maxConnectionsPerService: 2\n");
+    Setup s("{path: @DIR@/access.log, format: logfmt}", 9660, "  maxConnectionsPerService: 2\n");
     auto log_path = (s.dir.path / "access.log").string();
-    CHECK(echoed(s.vip("plain"), 9660, "hello\n") == "hello\n");
-    CHECK(say(s.vip("secure"), 9661, "hello tls\n") == "slt olleh\n");
-    CHECK(say(s.vip("down"), 9662, "anyone?\n").empty());
+    CHECK(echoed(s.vip("plain"), s.base, "hello\n") == "hello\n");
+    CHECK(say(s.vip("secure"), s.base + 1, "hello tls\n") == "slt olleh\n");
+    CHECK(say(s.vip("down"), s.base + 2, "anyone?\n").empty());
     // Two connections held open fill plain's limit: the third is refused.
-    int a = connect_to(s.vip("plain"), 9660), b = connect_to(s.vip("plain"), 9660);
+    int a = connect_to(s.vip("plain"), s.base), b = connect_to(s.vip("plain"), s.base);
     REQUIRE((a >= 0 && b >= 0));
     for (int fd : {a, b}) {
         (void)!::send(fd, "x", 1, MSG_NOSIGNAL);
@@ -205,7 +208,7 @@ TEST_CASE("access log in logfmt: plain and TLS connections, a failed connect and
         REQUIRE(::poll(&p, 1, 3000) == 1);
         REQUIRE(::recv(fd, &c, 1, 0) == 1);  // carried: counted against the limit
     }
-    CHECK(say(s.vip("plain"), 9660, "refused?\n").empty());
+    CHECK(say(s.vip("plain"), s.base, "refused?\n").empty());
     ::close(a);
     ::close(b);
 
@@ -214,7 +217,7 @@ TEST_CASE("access log in logfmt: plain and TLS connections, a failed connect and
     check_common(lines, s);
     auto* refused = find(lines, "plain", "refused_limit");
     REQUIRE(refused);
-    CHECK(field(refused, "vip") == s.vip("plain") + ":9660");
+    CHECK(field(refused, "vip") == s.vip("plain") + ":" + std::to_string(s.base));
     CHECK_THAT(field(refused, "client"), Catch::StartsWith("127.0.0.1:"));
     CHECK(field(refused, "attempts") == "0");
     CHECK(field(refused, "endpoint") == "<absent>");
@@ -235,10 +238,10 @@ TEST_CASE("access log in logfmt: plain and TLS connections, a failed connect and
 
 TEST_CASE("access log in JSON on stdout: every line a valid object with the same fields")
 {
-    Setup s("{path: stdout, format: json}");
-    CHECK(echoed(s.vip("plain"), 9660, "hello\n") == "hello\n");
-    CHECK(say(s.vip("secure"), 9661, "hello tls\n") == "slt olleh\n");
-    CHECK(say(s.vip("down"), 9662, "anyone?\n").empty());
+    Setup s("{path: stdout, format: json}", 9670);
+    CHECK(echoed(s.vip("plain"), s.base, "hello\n") == "hello\n");
+    CHECK(say(s.vip("secure"), s.base + 1, "hello tls\n") == "slt olleh\n");
+    CHECK(say(s.vip("down"), s.base + 2, "anyone?\n").empty());
     auto lines = lines_of((s.dir.path / "mesd" / "mesd.out").string(), 3, true);
     CHECK(lines.size() == 3);
     check_common(lines, s);

@@ -241,8 +241,8 @@ Headers with_authority(Headers h, const std::string& authority)
 TEST_CASE("h2: :authority and host are rewritten; the preface and every other frame pass byte for byte")
 {
     Deflater client;
-    Headers get = {{":method", "GET"}, {":scheme", "https"}, {":path", "/"}, {":authority", "127.242.0.1:9600"},
-                   {"accept", "*/*"}, {"host", "127.242.0.1:9600"}, {"authorization", "secret", true}};
+    Headers get = {{":method", "GET"}, {":scheme", "https"}, {":path", "/"}, {":authority", "127.242.0.1:9620"},
+                   {"accept", "*/*"}, {"host", "127.242.0.1:9620"}, {"authorization", "secret", true}};
     std::vector<std::string> others = {
         frame(SETTINGS, 0, 0, std::string("\x00\x04\x00\x01\x00\x00\x00\x03\x00\x00\x00\x64", 12)),
         frame(WINDOW_UPDATE, 0, 0, std::string("\x00\x0f\x00\x01", 4)),
@@ -285,7 +285,7 @@ TEST_CASE("h2: the client's dynamic table is followed across blocks; the endpoin
     std::vector<Headers> sent;
     std::size_t first = 0;
     for (std::uint32_t i = 0; i < 6; ++i) {
-        auto h = request("127.242.0.2:9601", i % 2 ? "/mesd.test.Echo/Say" : "/mesd.test.Echo/Stream");
+        auto h = request("127.242.0.2:9621", i % 2 ? "/mesd.test.Echo/Say" : "/mesd.test.Echo/Stream");
         h.push_back({"x-call", std::to_string(i % 3)});
         if (i == 4) h.push_back({"grpc-timeout", "5S"});
         sent.push_back(h);
@@ -334,7 +334,7 @@ TEST_CASE("h2: a big header block is framed again in CONTINUATION frames of at m
 {
     Deflater client;
     std::mt19937 rng(7);
-    Headers big = request("127.242.0.3:9602");
+    Headers big = request("127.242.0.3:9622");
     for (int i = 0; i < 12; ++i) {  // random values: HPACK's Huffman code cannot shrink them much
         std::string v;
         for (int j = 0; j < 3000; ++j) v += static_cast<char>('!' + rng() % 90);
@@ -342,7 +342,7 @@ TEST_CASE("h2: a big header block is framed again in CONTINUATION frames of at m
     }
     std::string block = client.encode(big);
     REQUIRE(block.size() > 2 * 16384);
-    Headers small = request("127.242.0.3:9602");
+    Headers small = request("127.242.0.3:9622");
     std::string small_block = client.encode(small);  // refers to entries the big block added
     for (std::size_t client_piece : {std::size_t{0}, std::size_t{700}, std::size_t{16000}}) {
         std::string input = preface + headers_frames(1, block, END_HEADERS | END_STREAM, client_piece) +
@@ -545,9 +545,9 @@ TEST_CASE("h2 end to end: gRPC over TLS and h2c reach DNS-named endpoints behind
         dir.write("resources/all.yaml",
                   "type: HostnameGenerator\nname: all\nspec:\n  selector:\n    meshExternalService: {}\n"
                   "  template: \"{{ .Name }}.mesh\"\n" +
-                      mes("grpcs", 9701, "grpc", "api.grpc.test", grpcs_port, tls) + mes("grpc", 9702, "grpc", "plain.grpc.test", grpc_port) +
-                      mes("web", 9703, "http2", "web.h2.test", web_port) + mes("webip", 9704, "http2", "127.0.0.1", web_port) +
-                      mes("webtcp", 9705, "tcp", "web.h2.test", web_port) + mes("echo", 9706, "http2", "echo.h2.test", echo_port));
+                      mes("grpcs", 9741, "grpc", "api.grpc.test", grpcs_port, tls) + mes("grpc", 9742, "grpc", "plain.grpc.test", grpc_port) +
+                      mes("web", 9743, "http2", "web.h2.test", web_port) + mes("webip", 9744, "http2", "127.0.0.1", web_port) +
+                      mes("webtcp", 9745, "tcp", "web.h2.test", web_port) + mes("echo", 9746, "http2", "echo.h2.test", echo_port));
         MesdOptions options;
         options.conf_dir = (dir.path / "resources").string();
         options.dns_section = "  forward:\n    enabled: false\n";
@@ -560,15 +560,15 @@ TEST_CASE("h2 end to end: gRPC over TLS and h2c reach DNS-named endpoints behind
         // Unary, server streaming and unary again on one channel: later blocks refer to the
         // client's dynamic table.
         for (int i = 0; i < workers; ++i) {
-            auto secure = run({python, peer, "call", vip_of(mesd, "grpcs") + ":9701"});
+            auto secure = run({python, peer, "call", vip_of(mesd, "grpcs") + ":9741"});
             INFO(secure.err << log());
             CHECK(secure.out == answers("api.grpc.test"));
-            auto plain = run({python, peer, "call", vip_of(mesd, "grpc") + ":9702"});
+            auto plain = run({python, peer, "call", vip_of(mesd, "grpc") + ":9742"});
             INFO(plain.err);
             CHECK(plain.out == answers("plain.grpc.test"));
         }
 
-        std::string web = "http://" + vip_of(mesd, "web") + ":9703";
+        std::string web = "http://" + vip_of(mesd, "web") + ":9743";
         for (int i = 0; i < 2 * workers; ++i) {
             auto curl = run({"/usr/bin/curl", "-sS", "--max-time", "5", "--http2-prior-knowledge", web + "/"});
             CHECK(curl.out == "vhost web.h2.test web.h2.test\n");
@@ -578,19 +578,19 @@ TEST_CASE("h2 end to end: gRPC over TLS and h2c reach DNS-named endpoints behind
         CHECK(many.out == "vhost web.h2.test web.h2.test\nvhost web.h2.test web.h2.test\nvhost web.h2.test web.h2.test\n");
 
         // An endpoint given by IP address, and protocol tcp: the client's authority goes as it is.
-        auto ip = run({"/usr/bin/curl", "-sS", "--max-time", "5", "--http2-prior-knowledge", "http://" + vip_of(mesd, "webip") + ":9704/"});
+        auto ip = run({"/usr/bin/curl", "-sS", "--max-time", "5", "--http2-prior-knowledge", "http://" + vip_of(mesd, "webip") + ":9744/"});
         CHECK(ip.out.starts_with("default 127.242."));
-        auto tcp = run({"/usr/bin/curl", "-sS", "--max-time", "5", "--http2-prior-knowledge", "http://" + vip_of(mesd, "webtcp") + ":9705/"});
+        auto tcp = run({"/usr/bin/curl", "-sS", "--max-time", "5", "--http2-prior-knowledge", "http://" + vip_of(mesd, "webtcp") + ":9745/"});
         CHECK(tcp.out.starts_with("default 127.242."));
 
         // What the endpoint gets: the client's frames, a big header block framed again.
         Deflater client;
-        Headers big = request(vip_of(mesd, "echo") + ":9706");
+        Headers big = request(vip_of(mesd, "echo") + ":9746");
         for (int i = 0; i < 8; ++i) big.push_back({"x-blob-" + std::to_string(i), std::string(5000, static_cast<char>('a' + i))});
         std::string settings = frame(SETTINGS, 0, 0, std::string("\x00\x04\x00\x01\x00\x00", 6));
         std::string data = frame(DATA, END_STREAM, 1, std::string(5, '\0'));
         std::string sent = preface + settings + headers_frames(1, client.encode(big), END_HEADERS, 700) + data;
-        auto got = frames_of(echoed(vip_of(mesd, "echo"), 9706, sent));
+        auto got = frames_of(echoed(vip_of(mesd, "echo"), 9746, sent));
         REQUIRE(got.size() >= 4);
         CHECK(got.front().bytes == settings);
         CHECK(got.back().bytes == data);
@@ -600,7 +600,7 @@ TEST_CASE("h2 end to end: gRPC over TLS and h2c reach DNS-named endpoints behind
         CHECK(blocks[0].headers == with_authority(big, "echo.h2.test"));
 
         // Not HTTP/2 to a rewritten MES: the connection ends, nothing reaches the endpoint.
-        CHECK(echoed(vip_of(mesd, "echo"), 9706, "GET / HTTP/1.1\r\nHost: echo\r\n\r\n").empty());
-        CHECK(echoed(vip_of(mesd, "echo"), 9706, preface + frame(PUSH_PROMISE, END_HEADERS, 1, std::string(4, '\0'))).empty());
+        CHECK(echoed(vip_of(mesd, "echo"), 9746, "GET / HTTP/1.1\r\nHost: echo\r\n\r\n").empty());
+        CHECK(echoed(vip_of(mesd, "echo"), 9746, preface + frame(PUSH_PROMISE, END_HEADERS, 1, std::string(4, '\0'))).empty());
     }
 }

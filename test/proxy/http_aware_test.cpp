@@ -65,7 +65,7 @@ bool endpoint_says(proxy::detail::HostRewriter& r, const std::string& data, std:
 }
 
 const std::string h2c_request =
-    "GET /one HTTP/1.1\r\nHost: 127.242.0.1:8080\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    "GET /one HTTP/1.1\r\nHost: 127.242.0.1:8180\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
     "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
 const std::string h2c_rewritten =
     "GET /one HTTP/1.1\r\nHost: api.example.com\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
@@ -288,7 +288,7 @@ const std::string refused_body = "upstream connect error or disconnect/reset bef
 
 TEST_CASE("a declined h2c upgrade: what the client sent after it is held then rewritten as requests")
 {
-    const std::string next = "GET /two HTTP/1.1\r\nHost: 127.242.0.1:8080\r\n\r\n";
+    const std::string next = "GET /two HTTP/1.1\r\nHost: 127.242.0.1:8180\r\n\r\n";
     for (std::size_t piece : {std::size_t{4096}, std::size_t{1}, std::size_t{5}}) {
         INFO("fed " << piece << " bytes at a time");
         proxy::detail::HostRewriter r("api.example.com");
@@ -444,13 +444,13 @@ TEST_CASE("through mesd: after a declined h2c upgrade every request on the conne
 {
     Dir work;
     Backend backend(work);
-    Setup s(mes("web", 8080, "[" + ep("web.ext.test", backend.port) + "]"));
+    Setup s(mes("web", 8180, "[" + ep("web.ext.test", backend.port) + "]"));
     auto web = s.vip("web");
     REQUIRE_FALSE(web.empty());
 
     // curl offers h2c on an http:// URL (Upgrade: h2c); the backend answers in HTTP/1.1, and
     // curl sends the second request on the same connection.
-    auto r = run({curl, "-sS", "--max-time", "5", "--http2", "http://" + web + ":8080/one", "http://" + web + ":8080/two"});
+    auto r = run({curl, "-sS", "--max-time", "5", "--http2", "http://" + web + ":8180/one", "http://" + web + ":8180/two"});
     INFO(r.err);
     auto conn = conn_of(r.out);  // the backend's count of connections (its readiness probe was one)
     REQUIRE(conn > 0);
@@ -459,11 +459,11 @@ TEST_CASE("through mesd: after a declined h2c upgrade every request on the conne
 
     // A raw client pipelines a request right behind its h2c offer: held until the 200, then
     // rewritten; the next one too.
-    Client c(web, 8080);
+    Client c(web, 8180);
     auto same = " conn=" + std::to_string(conn + 1) + " ";
     c.send(h2c_request + "GET /pipelined HTTP/1.1\r\nHost: " + web + "\r\n\r\n");
     CHECK(c.read_contains("host=web.ext.test path=/pipelined" + same));
-    c.send("GET /later HTTP/1.1\r\nHost: " + web + ":8080\r\n\r\n");
+    c.send("GET /later HTTP/1.1\r\nHost: " + web + ":8180\r\n\r\n");
     CHECK(c.read_contains("host=web.ext.test path=/later" + same));
     CHECK(count(c.got, "host=web.ext.test path=/one" + same) == 1);
     CHECK(count(c.got, "HTTP/1.1 200 OK") == 3);
@@ -473,11 +473,11 @@ TEST_CASE("through mesd: a WebSocket answered 101 passes raw both ways from ther
 {
     Dir work;
     Backend backend(work);
-    Setup s(mes("web", 8080, "[" + ep("web.ext.test", backend.port) + "]"));
+    Setup s(mes("web", 8180, "[" + ep("web.ext.test", backend.port) + "]"));
     auto web = s.vip("web");
     REQUIRE_FALSE(web.empty());
 
-    Client c(web, 8080);
+    Client c(web, 8180);
     // Sent before the answer: a frame and something that looks like a request; after the
     // 101 both are the new protocol and reach the backend as they are.
     const std::string early = std::string("\x81\x85\x00\x00\x00\x00hello", 11) + "GET /x HTTP/1.1\r\nHost: keep.me\r\n\r\n";
@@ -499,14 +499,14 @@ TEST_CASE("through mesd: what follows a refused upgrade is held up to a bound, t
 {
     Dir work;
     Backend backend(work);
-    Setup s(mes("web", 8080, "[" + ep("web.ext.test", backend.port) + "]"));
+    Setup s(mes("web", 8180, "[" + ep("web.ext.test", backend.port) + "]"));
     auto web = s.vip("web");
     REQUIRE_FALSE(web.empty());
 
     // The backend takes half a second to decline; meanwhile the client sends a request with
     // a body several times the hold bound (mesd stops reading it), and ends its side.
     const std::string body(300 * 1024, 'b');
-    Client c(web, 8080);
+    Client c(web, 8180);
     std::string data = "GET /slow HTTP/1.1\r\nHost: " + web + "\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n" +
                        "POST /upload HTTP/1.1\r\nHost: " + web + "\r\nContent-Length: " + std::to_string(body.size()) +
                        "\r\n\r\n" + body;
@@ -528,13 +528,13 @@ TEST_CASE("through mesd: what follows a refused upgrade is held up to a bound, t
 TEST_CASE("through mesd: protocol http answers 502 when every endpoint refuses, even to a client that sends nothing")
 {
     int dead1 = free_tcp_port(), dead2 = free_tcp_port();
-    Setup s(mes("dead", 8090, "[" + ep("127.0.0.1", dead1) + ", " + ep("127.0.0.1", dead2) + "]") +
-            mes("deadname", 8091, "[" + ep("web.ext.test", dead1) + "]") +
-            mes("deadtcp", 8092, "[" + ep("127.0.0.1", dead1) + "]", "tcp"));
+    Setup s(mes("dead", 8190, "[" + ep("127.0.0.1", dead1) + ", " + ep("127.0.0.1", dead2) + "]") +
+            mes("deadname", 8191, "[" + ep("web.ext.test", dead1) + "]") +
+            mes("deadtcp", 8192, "[" + ep("127.0.0.1", dead1) + "]", "tcp"));
     auto dead = s.vip("dead");
     REQUIRE_FALSE(dead.empty());
 
-    auto r = run({curl, "-sS", "-i", "--max-time", "5", "http://" + dead + ":8090/x"});
+    auto r = run({curl, "-sS", "-i", "--max-time", "5", "http://" + dead + ":8190/x"});
     INFO(r.err);
     CHECK(r.exit_code == 0);
     CHECK(r.out.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
@@ -545,14 +545,14 @@ TEST_CASE("through mesd: protocol http answers 502 when every endpoint refuses, 
 
     // A DNS-named endpoint alike; a POST with a body gets the answer too.
     r = run({curl, "-sS", "--max-time", "5", "-d", std::string(100000, 'p'), "-w", " %{http_code}",
-             "http://" + s.vip("deadname") + ":8091/post"});
+             "http://" + s.vip("deadname") + ":8191/post"});
     CHECK(r.out == refused_body + " 502");
 
     // A client that sends nothing is answered all the same, and the socket then ends with a
     // FIN (no reset).
     {
         auto start = std::chrono::steady_clock::now();
-        Client c(dead, 8090);
+        Client c(dead, 8190);
         c.read_to_end(5s);
         CHECK(c.closed);
         CHECK(c.error == 0);
@@ -569,7 +569,7 @@ TEST_CASE("through mesd: protocol http answers 502 when every endpoint refuses, 
     for (const auto& line : lines) CHECK(line.ends_with(" reason=connect_failed"));
 
     // protocol tcp: still a reset, at once.
-    Client t(s.vip("deadtcp"), 8092);
+    Client t(s.vip("deadtcp"), 8192);
     t.read_to_end(5s);
     CHECK(t.got.empty());
     CHECK(t.error == ECONNRESET);
@@ -594,9 +594,9 @@ TEST_CASE("through mesd: a connect that times out is a 502 that says so")
         fillers.push_back(fd);
     }
     {
-        Setup s(mes("slow", 8093, "[" + ep("127.0.0.1", ntohs(addr.sin_port)) + "]"),
+        Setup s(mes("slow", 8193, "[" + ep("127.0.0.1", ntohs(addr.sin_port)) + "]"),
                 "  connectTimeout: 300ms\n  connectAttempts: 1\n");
-        auto r = run({curl, "-sS", "--max-time", "5", "-w", " %{http_code}", "http://" + s.vip("slow") + ":8093/"});
+        auto r = run({curl, "-sS", "--max-time", "5", "-w", " %{http_code}", "http://" + s.vip("slow") + ":8193/"});
         CHECK(r.out == "upstream connect error or disconnect/reset before headers. reset reason: connection timeout 502");
     }
     for (int fd : fillers) ::close(fd);
@@ -611,32 +611,32 @@ TEST_CASE("through mesd: over maxConnectionsPerService and with TLS unusable pro
     int plain = free_tcp_port();
     Child not_tls({socat, "TCP-LISTEN:" + std::to_string(plain) + ",bind=127.0.0.1,fork,reuseaddr", "SYSTEM:'echo not tls'"});
     REQUIRE(eventually([&] { return accepting("127.0.0.1", plain); }));
-    Setup s(mes("web", 8080, "[" + ep("web.ext.test", backend.port) + "]") +
-                mes("badtls", 8094, "[" + ep("127.0.0.1", backend.port) + "]", "http",
+    Setup s(mes("web", 8180, "[" + ep("web.ext.test", backend.port) + "]") +
+                mes("badtls", 8194, "[" + ep("127.0.0.1", backend.port) + "]", "http",
                     "  tls:\n    enabled: true\n    verification:\n      caCert: {inlineString: \"not a certificate\"}\n") +
-                mes("plain", 8095, "[" + ep("127.0.0.1", plain) + "]", "http",
+                mes("plain", 8195, "[" + ep("127.0.0.1", plain) + "]", "http",
                     "  tls:\n    enabled: true\n    verification:\n      mode: SkipAll\n"),
             "  maxConnectionsPerService: 1\n");
     auto web = s.vip("web");
     REQUIRE_FALSE(web.empty());
 
     // One connection holds the MES's only place.
-    Client held(web, 8080);
+    Client held(web, 8180);
     held.send("GET /first HTTP/1.1\r\nHost: a\r\n\r\n");
     REQUIRE(held.read_contains("path=/first"));
-    auto r = run({curl, "-sS", "-i", "--max-time", "5", "http://" + web + ":8080/second"});
+    auto r = run({curl, "-sS", "-i", "--max-time", "5", "http://" + web + ":8180/second"});
     CHECK(r.out.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
     CHECK(body_of(r.out) == "upstream connect error or disconnect/reset before headers. reset reason: overflow");
 
     // TLS settings that cannot be used: refused, never carried in the clear.
-    r = run({curl, "-sS", "-i", "--max-time", "5", "http://" + s.vip("badtls") + ":8094/"});
+    r = run({curl, "-sS", "-i", "--max-time", "5", "http://" + s.vip("badtls") + ":8194/"});
     CHECK(r.out.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
     CHECK(body_of(r.out) ==
           "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure "
           "reason: TLS settings unusable");
 
     // A TLS handshake that fails is the endpoint's fault: 502.
-    r = run({curl, "-sS", "-i", "--max-time", "5", "http://" + s.vip("plain") + ":8095/"});
+    r = run({curl, "-sS", "-i", "--max-time", "5", "http://" + s.vip("plain") + ":8195/"});
     CHECK(r.out.starts_with("HTTP/1.1 502 Bad Gateway\r\n"));
     CHECK(body_of(r.out) ==
           "upstream connect error or disconnect/reset before headers. reset reason: connection failure, transport failure "
