@@ -202,6 +202,7 @@ bool AuthorityRewriter::rewrite_block(std::string& out)
     std::size_t decoded = 0;
     const auto* in = reinterpret_cast<const std::uint8_t*>(block_.data());
     std::size_t left = block_.size();
+    encoded_total_ += block_.size();
     while (true) {
         nghttp2_nv nv{};
         int inflate_flags = 0;
@@ -212,6 +213,8 @@ bool AuthorityRewriter::rewrite_block(std::string& out)
         if (inflate_flags & NGHTTP2_HD_INFLATE_EMIT) {
             decoded += nv.namelen + nv.valuelen + 32;
             if (decoded > max_header_list) return false;
+            decoded_total_ += nv.namelen + nv.valuelen;
+            if (decoded_total_ > max_expansion * encoded_total_ + expansion_allowance) return false;
             fields.push_back({std::string(reinterpret_cast<const char*>(nv.name), nv.namelen),
                               std::string(reinterpret_cast<const char*>(nv.value), nv.valuelen),
                               static_cast<std::uint8_t>(nv.flags & NGHTTP2_NV_FLAG_NO_INDEX)});

@@ -49,6 +49,13 @@ public:
     static constexpr std::size_t max_header_list = std::size_t{64} << 10;   // decoded, RFC 9113 §6.5.2 sizes
     static constexpr std::size_t max_encoded_block = std::size_t{128} << 10;  // fragments of one block
     static constexpr std::size_t max_dynamic_table = std::size_t{64} << 10;  // the client's encoder may use
+    // What the header blocks decode to, over the connection, against what came in: with no
+    // table toward the endpoint, every reference the client makes to its table goes out in
+    // full, so a client that indexes one big header and refers to it with a byte per field
+    // would turn one 64 KiB read into hundreds of MB. Real clients stay far below this ratio
+    // (a repeated request of indexed headers is some tens of times its encoding).
+    static constexpr std::uint64_t max_expansion = 128;
+    static constexpr std::uint64_t expansion_allowance = std::uint64_t{1} << 20;
 
 private:
     struct InflaterFree {
@@ -74,6 +81,8 @@ private:
     State state_ = State::preface;
     bool failed_ = false;
     std::size_t preface_seen_ = 0;
+    std::uint64_t encoded_total_ = 0;  // header block bytes from the client
+    std::uint64_t decoded_total_ = 0;  // names and values they decoded to
     unsigned char header_[9]{};
     std::size_t header_have_ = 0;
     std::size_t remaining_ = 0;  // payload bytes of the current frame still to come

@@ -330,6 +330,31 @@ TEST_CASE("h2: the client's encoder may grow its table to 64 KiB and no further"
     CHECK_FALSE(run_with(AuthorityRewriter::max_dynamic_table + 1).ok);
 }
 
+TEST_CASE("h2: a client that makes a byte of input many kilobytes of output is refused")
+{
+    // One 1 KB header indexed once, then blocks that refer to it ten times: each some tens of
+    // bytes in, 10 KB out. Such a stream is cut off once it has decoded 1 MiB beyond 128
+    // times its input; the same requests with their header spelt out each time pass.
+    Deflater client(4096);
+    std::string bomb = preface;
+    Headers h = request("web:1");
+    for (int copy = 0; copy < 10; ++copy) h.push_back({"x-big", std::string(1000, 'b')});  // indexed once, referred to ten times
+    for (std::uint32_t i = 0; i < 1000; ++i) bomb += headers_frames(2 * i + 1, client.encode(h));
+    AuthorityRewriter r("api.example.com");
+    std::string out;
+    bool ok = true;
+    for (std::size_t at = 0; at < bomb.size() && ok; at += 65536) ok = r.feed(bomb.data() + at, std::min<std::size_t>(65536, bomb.size() - at), out);
+    CHECK_FALSE(ok);
+    INFO("input " << bomb.size() << " bytes, output " << out.size());
+    CHECK(out.size() < (std::size_t{3} << 20));  // 1000 blocks of 10 KB would be 10 MB
+
+    Deflater plain(0);  // no table: every block carries its header in full
+    std::string honest = preface;
+    for (std::uint32_t i = 0; i < 400; ++i) honest += headers_frames(2 * i + 1, plain.encode(h));
+    AuthorityRewriter r2("api.example.com");
+    CHECK(through(r2, honest, 65536).ok);
+}
+
 TEST_CASE("h2: a big header block is framed again in CONTINUATION frames of at most 16384 bytes")
 {
     Deflater client;
