@@ -15,10 +15,11 @@ namespace proxy {
 
 // ---- health bookkeeping
 
-void Health::reconcile(const std::vector<vip::Address>& now_resolved)
+void Health::reconcile(const std::vector<vip::Address>& now_resolved, std::uint64_t now, std::uint64_t keep_absent_ms)
 {
+    for (const auto& a : now_resolved) addresses[a].last_seen = now;
     for (auto it = addresses.begin(); it != addresses.end();) {
-        if (std::ranges::find(now_resolved, it->first) != now_resolved.end()) {
+        if (it->second.last_seen + keep_absent_ms >= now && (keep_absent_ms > 0 || std::ranges::find(now_resolved, it->first) != now_resolved.end())) {
             ++it;
             continue;
         }
@@ -29,7 +30,17 @@ void Health::reconcile(const std::vector<vip::Address>& now_resolved)
         gone_checks_failed += it->second.checks_failed;
         it = addresses.erase(it);
     }
-    for (const auto& a : now_resolved) addresses.try_emplace(a);
+}
+
+void Health::forget_checks()
+{
+    auto forget = [](AddressHealth& h) {
+        h.check_down = false;
+        h.checks_failed_in_row = 0;
+        h.checks_passed_in_row = 0;
+    };
+    forget(self);
+    for (auto& [address, h] : addresses) forget(h);
 }
 
 std::vector<std::pair<std::string, std::string>> HealthSubject::fields() const
@@ -241,7 +252,7 @@ std::shared_ptr<const Target> Connection::pick()
 }
 
 // The address of a DNS-named target to try next (see pick_address). The name's health
-// follows its addresses: those gone from the answer drop theirs.
+// follows its addresses: those gone from every answer for a while drop theirs.
 std::optional<vip::Address> Connection::choose_address(const std::shared_ptr<const Target>& t, const std::vector<vip::Address>& addrs)
 {
     auto tried_here = [&](const vip::Address& a) {
@@ -251,7 +262,7 @@ std::optional<vip::Address> Connection::choose_address(const std::shared_ptr<con
         return std::ranges::any_of(hopeless_addresses, [&](const auto& x) { return x.first->health == t->health && x.second == a; });
     };
     std::lock_guard lock(service->mutex);
-    t->health->reconcile(addrs);
+    t->health->reconcile(addrs, now_ms(), Health::absent_grace_ms);
     auto chosen = pick_address(*t->health, addrs, now_ms(), tried_here, hopeless_here);
     if (!chosen) {
         hopeless.push_back(t);

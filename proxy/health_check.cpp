@@ -203,7 +203,14 @@ void HealthChecker::round()
     }
     for (auto& s : services) {
         auto routing = s->current();
-        if (!routing || !enabled_for(*routing)) continue;
+        if (!routing) continue;
+        if (!enabled_for(*routing)) {
+            // Checks turned off for this MES (its label, its TLS settings): an endpoint they
+            // took out must not stay out with nothing left to bring it back.
+            std::lock_guard lock(s->mutex);
+            for (const auto& t : routing->targets) t->health->forget_checks();
+            continue;
+        }
         for (const auto& t : routing->targets) {
             if (t->is_name()) check_name(s, t);
             else probe(s, routing, t, std::nullopt);
@@ -225,7 +232,7 @@ void HealthChecker::check_name(std::shared_ptr<Service> service, std::shared_ptr
                 if (!routing) return;
                 {
                     std::lock_guard lock(service->mutex);
-                    target->health->reconcile(addrs);
+                    target->health->reconcile(addrs, now_ms(), Health::absent_grace_ms);
                 }
                 for (const auto& a : addrs) impl->checker->probe(service, routing, target, a);
             });

@@ -81,6 +81,7 @@ struct AddressHealth {
     std::uint64_t checks_passed = 0, checks_failed = 0;
     std::int64_t last_check = 0;  // Unix milliseconds; 0: never checked
     std::string last_check_error;  // "" after a check passed
+    std::uint64_t last_seen = 0;   // now_ms() of the last DNS answer that had it (DNS names)
 
     bool ejected(std::uint64_t now) const { return ejected_until > now; }
     // Takes new connections outside panic mode.
@@ -103,8 +104,16 @@ struct Health {
     {
         return address ? addresses[*address] : self;
     }
-    // A DNS name's addresses are now `now_resolved`: others leave, new ones start healthy.
-    void reconcile(const std::vector<vip::Address>& now_resolved);
+    // A DNS name's addresses are now `now_resolved` (at `now`): new ones start healthy, and
+    // those absent from every answer for `keep_absent_ms` leave. Each loop resolves for
+    // itself and a name may answer a different subset each time, so an address missing from
+    // one answer must keep its failures and ejection for a while, or another loop's answer
+    // would wipe them.
+    void reconcile(const std::vector<vip::Address>& now_resolved, std::uint64_t now = 0, std::uint64_t keep_absent_ms = 0);
+    // Active checks are off for this endpoint's route now: what they concluded no longer holds.
+    void forget_checks();
+    // How long an address no answer has had keeps its health.
+    static constexpr std::uint64_t absent_grace_ms = 300000;
 };
 
 // What to do with a failure, and how to report it.

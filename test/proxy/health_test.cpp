@@ -292,6 +292,44 @@ TEST_CASE("health: addresses that leave a name drop their health and those that 
     CHECK_FALSE(h.addresses.contains(a));
 }
 
+TEST_CASE("health: an address missing from one loop's answer keeps its ejection until no answer has had it for a while")
+{
+    proxy::Health h;
+    auto a = addr("127.0.0.31"), b = addr("127.0.0.32");
+    const std::uint64_t grace = proxy::Health::absent_grace_ms;
+    h.reconcile({a, b}, 1000, grace);
+    proxy::HealthPolicy p;
+    p.eject_after = 1;
+    std::vector<proxy::Options::Event> events;
+    proxy::HealthSubject who{"default", "web", "backend.test:80", a, 80};
+    proxy::record_failure_of(h, a, p, proxy::FailureKind::connect, "refused", 1000, 1, who, events);
+    REQUIRE(h.addresses.at(a).ejected(1001));
+    // Another loop, or a name answering a subset, says only b: a keeps its ejection.
+    h.reconcile({b}, 2000, grace);
+    REQUIRE(h.addresses.contains(a));
+    CHECK(h.addresses.at(a).ejected(2001));
+    // No answer has had a for longer than the grace: it goes.
+    h.reconcile({b}, 2000 + grace + 1, grace);
+    CHECK_FALSE(h.addresses.contains(a));
+    CHECK(h.addresses.contains(b));
+}
+
+TEST_CASE("health: what active checks concluded is forgotten when checks are turned off for the endpoint")
+{
+    proxy::Health h;
+    auto a = addr("127.0.0.41");
+    h.reconcile({a});
+    h.self.check_down = true;
+    h.self.checks_failed_in_row = 3;
+    h.addresses.at(a).check_down = true;
+    h.addresses.at(a).checks_failed_in_row = 5;
+    REQUIRE_FALSE(h.self.usable(0));
+    h.forget_checks();
+    CHECK(h.self.usable(0));
+    CHECK(h.addresses.at(a).usable(0));
+    CHECK(h.addresses.at(a).checks_failed_in_row == 0);
+}
+
 TEST_CASE("health: a failing endpoint is reported once until it succeeds, then again")
 {
     proxy::AddressHealth h;
