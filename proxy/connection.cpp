@@ -18,6 +18,10 @@ namespace {
 // After an HTTP answer of mesd's own (502, 503, 400), how long the client is still read
 // (and what it sends dropped) before the socket closes: Envoy's delayed_close_timeout.
 constexpr std::uint64_t answer_linger_ms = 1000;
+// The same for a client refused over maxConnectionsPerService: it holds a descriptor and a
+// place under the global maxConnections while it lingers, so a flood against one capped MES
+// must not fill the global limit for a second per connection and starve every other MES.
+constexpr std::uint64_t overflow_linger_ms = 100;
 // What is read and dropped before and after that answer: past it the socket closes anyway.
 constexpr std::size_t answer_discard_limit = std::size_t{1} << 20;
 
@@ -483,7 +487,7 @@ void Connection::refuse_request()
 {
     end_by(detail::end_reason::bad_request);
     stop_reading(client);
-    answer(detail::HostRewriter::bad_request());
+    answer(detail::HostRewriter::bad_request(), answer_linger_ms);
 }
 
 // What the client sent after a request asking to switch protocols was held until the
@@ -740,7 +744,7 @@ void Connection::give_up(detail::Unreachable why, const Service* svc)
         close(true);
         return;
     }
-    answer(detail::failure_response(why));
+    answer(detail::failure_response(why), why == detail::Unreachable::overflow ? overflow_linger_ms : answer_linger_ms);
 }
 
 // The client gets `reply` and then a FIN, never a reset: the kernel answers a close with
@@ -748,8 +752,8 @@ void Connection::give_up(detail::Unreachable why, const Service* svc)
 // read the reply and discard it. So what the client has sent so far (its request, usually)
 // is read first, without waiting for more (a client that sends nothing is answered all the
 // same), and after the reply reading goes on, dropping what comes, until the client closes
-// or answer_linger_ms has passed (RFC 9112 9.6).
-void Connection::answer(const std::string& reply)
+// or `linger_ms` has passed (RFC 9112 9.6).
+void Connection::answer(const std::string& reply, std::uint64_t linger_ms)
 {
     if (closing) return;
     answering = true;
@@ -802,7 +806,7 @@ void Connection::answer(const std::string& reply)
     }
     start_reading(client);
     uv_timer_start(
-        &timer, [](uv_timer_t* h) { static_cast<Connection*>(h->data)->close(false); }, answer_linger_ms, 0);
+        &timer, [](uv_timer_t* h) { static_cast<Connection*>(h->data)->close(false); }, linger_ms, 0);
 }
 
 // Closes both sides (resetting them when `reset`), then frees itself.

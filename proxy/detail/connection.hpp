@@ -212,7 +212,7 @@ struct Connection {
     // The client is reset, or, for protocol http (`svc`'s route; the connection's service
     // when null), told why with a 502 or 503 (answer()). The end reason is set before.
     void give_up(detail::Unreachable why, const Service* svc = nullptr);
-    void answer(const std::string& reply);
+    void answer(const std::string& reply, std::uint64_t linger_ms);
 
     // ---- TLS to the endpoint
     bool flush_tls();

@@ -55,27 +55,6 @@ std::string tls_mes(const std::string& name, int match_port, int port, const std
 const std::string kuma_ca_ref = "      caCert:\n        type: Secret\n        secretRef:\n          kind: Secret\n"
                                 "          name: backend-ca\n";
 
-// Sends a line through the VIP and returns what comes back before the connection ends or
-// goes quiet ("" when mesd closed it).
-std::string say(const std::string& vip, int port, const std::string& line)
-{
-    int fd = connect_to(vip, port);
-    if (fd < 0) return "<no connection>";
-    (void)!::send(fd, line.data(), line.size(), MSG_NOSIGNAL);
-    std::string got;
-    char buf[4096];
-    while (true) {
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 3000) != 1) break;
-        auto n = ::recv(fd, buf, sizeof buf, 0);
-        if (n <= 0) break;
-        got.append(buf, static_cast<std::size_t>(n));
-        if (got.find('\n') != std::string::npos) break;
-    }
-    ::close(fd);
-    return got;
-}
-
 }  // namespace
 
 TEST_CASE("mesctl get -o yaml shows each data source in the shape it was written in")

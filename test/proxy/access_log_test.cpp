@@ -59,27 +59,6 @@ struct TlsServer {
     }
 };
 
-// Sends a line and returns what comes back up to a newline, the end or 3 s of quiet; then
-// closes.
-std::string say(const std::string& vip, int port, const std::string& line)
-{
-    int fd = connect_to(vip, port);
-    if (fd < 0) return "<no connection>";
-    (void)!::send(fd, line.data(), line.size(), MSG_NOSIGNAL);
-    std::string got;
-    char buf[4096];
-    while (true) {
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 3000) != 1) break;
-        auto n = ::recv(fd, buf, sizeof buf, 0);
-        if (n <= 0) break;
-        got.append(buf, static_cast<std::size_t>(n));
-        if (got.find('\n') != std::string::npos) break;
-    }
-    ::close(fd);
-    return got;
-}
-
 std::string mes(const std::string& name, int match_port, const std::string& endpoints, const std::string& more = "")
 {
     return "---\ntype: MeshExternalService\nname: " + name + "\nspec:\n  match: {port: " + std::to_string(match_port) +

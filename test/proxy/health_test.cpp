@@ -60,26 +60,6 @@ std::string fetch(const std::string& host, int port, std::chrono::milliseconds w
     return trim(got);
 }
 
-// Sends a line and reads one back (TLS backends reverse it).
-std::string say(const std::string& host, int port, const std::string& line)
-{
-    int fd = connect_to(host, port);
-    if (fd < 0) return "<no connection>";
-    (void)!::send(fd, line.data(), line.size(), MSG_NOSIGNAL);
-    std::string got;
-    char buf[4096];
-    while (true) {
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 3000) != 1) break;
-        auto n = ::recv(fd, buf, sizeof buf, 0);
-        if (n <= 0) break;
-        got.append(buf, static_cast<std::size_t>(n));
-        if (got.find('\n') != std::string::npos) break;
-    }
-    ::close(fd);
-    return got;
-}
-
 // socat on HOST:PORT answering each connection with `word`.
 struct Backend {
     std::unique_ptr<Child> child;

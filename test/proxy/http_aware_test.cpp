@@ -627,6 +627,17 @@ TEST_CASE("through mesd: over maxConnectionsPerService and with TLS unusable pro
     auto r = run({curl, "-sS", "-i", "--max-time", "5", "http://" + web + ":8180/second"});
     CHECK(r.out.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
     CHECK(body_of(r.out) == "upstream connect error or disconnect/reset before headers. reset reason: overflow");
+    // A refused client that keeps its connection open is let go within 100 ms of its answer,
+    // not the second other answers linger: it holds a place under the global limit meanwhile.
+    {
+        Client over(web, 8180);
+        over.send("GET /third HTTP/1.1\r\nHost: a\r\n\r\n");
+        REQUIRE(over.read_contains("reset reason: overflow"));
+        auto answered = std::chrono::steady_clock::now();
+        over.read_to_end(3s);
+        CHECK(over.closed);
+        CHECK(std::chrono::steady_clock::now() - answered < 600ms);
+    }
 
     // TLS settings that cannot be used: refused, never carried in the clear.
     r = run({curl, "-sS", "-i", "--max-time", "5", "http://" + s.vip("badtls") + ":8194/"});

@@ -152,26 +152,6 @@ std::string vip_of(const Mesd& mesd, const std::string& name)
                            "+time=2"}));
 }
 
-// Sends a line through the VIP and returns the first line that comes back ("" when closed).
-std::string say(const std::string& vip, int port, const std::string& line)
-{
-    int fd = connect_to(vip, port);
-    if (fd < 0) return "<no connection>";
-    (void)!::send(fd, line.data(), line.size(), MSG_NOSIGNAL);
-    std::string got;
-    char buf[4096];
-    while (true) {
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 3000) != 1) break;
-        auto n = ::recv(fd, buf, sizeof buf, 0);
-        if (n <= 0) break;
-        got.append(buf, static_cast<std::size_t>(n));
-        if (got.find('\n') != std::string::npos) break;
-    }
-    ::close(fd);
-    return got;
-}
-
 }  // namespace
 
 // ---- Wildcard certificates ---------------------------------------------------------------------

@@ -34,27 +34,6 @@ namespace {
 const std::string openssl = "/usr/bin/openssl";
 const std::string dig = "/usr/bin/dig";
 
-// Sends a line through the VIP and returns what comes back before the connection ends or
-// goes quiet ("" when mesd closed it).
-std::string say(const std::string& vip, int port, const std::string& line)
-{
-    int fd = connect_to(vip, port);
-    if (fd < 0) return "<no connection>";
-    (void)!::send(fd, line.data(), line.size(), MSG_NOSIGNAL);
-    std::string got;
-    char buf[4096];
-    while (true) {
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 3000) != 1) break;
-        auto n = ::recv(fd, buf, sizeof buf, 0);
-        if (n <= 0) break;
-        got.append(buf, static_cast<std::size_t>(n));
-        if (got.find('\n') != std::string::npos) break;
-    }
-    ::close(fd);
-    return got;
-}
-
 std::string indent(const std::string& text, int spaces)
 {
     std::string pad(static_cast<std::size_t>(spaces), ' '), out;

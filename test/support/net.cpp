@@ -121,4 +121,23 @@ std::string nginx_config(const std::filesystem::path& dir, const std::string& se
            ";\n  uwsgi_temp_path " + d + ";\n  scgi_temp_path " + d + ";\n" + http_extra + "  server {\n" + server + "  }\n}\n";
 }
 
+std::string say(const std::string& host, int port, const std::string& line)
+{
+    int fd = connect_to(host, port);
+    if (fd < 0) return "<no connection>";
+    (void)!::send(fd, line.data(), line.size(), MSG_NOSIGNAL);
+    std::string got;
+    char buf[4096];
+    while (true) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 3000) != 1) break;
+        auto n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        got.append(buf, static_cast<std::size_t>(n));
+        if (got.find('\n') != std::string::npos) break;
+    }
+    ::close(fd);
+    return got;
+}
+
 }  // namespace test_support

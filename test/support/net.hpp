@@ -22,6 +22,10 @@ int connect_to(const std::string& host, int port);
 // or `wait` without data: what an echo backend behind the proxy sent back ("" on failure).
 std::string echoed(const std::string& host, int port, const std::string& text,
                    std::chrono::milliseconds wait = std::chrono::seconds(5));
+// Connects to HOST:PORT, sends `line` and reads until a newline, EOF, an error or 3 s
+// without data: the answer of a line-at-a-time backend behind the proxy ("<no connection>"
+// when the connect failed).
+std::string say(const std::string& host, int port, const std::string& line);
 // True once `check` is; false when `within` passes first.
 bool eventually(const std::function<bool()>& check, std::chrono::milliseconds within = std::chrono::seconds(5));
 // True when something accepts TCP connections on HOST:PORT now.
