@@ -44,20 +44,7 @@ std::string trim(std::string s)
 // Connects, shuts the sending side and reads what comes back until EOF (or `wait` of quiet).
 std::string fetch(const std::string& host, int port, std::chrono::milliseconds wait = 5s)
 {
-    int fd = connect_to(host, port);
-    if (fd < 0) return "<no connection>";
-    ::shutdown(fd, SHUT_WR);
-    std::string got;
-    char buf[4096];
-    while (true) {
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, static_cast<int>(wait.count())) != 1) break;
-        auto n = ::recv(fd, buf, sizeof buf, 0);
-        if (n <= 0) break;
-        got.append(buf, static_cast<std::size_t>(n));
-    }
-    ::close(fd);
-    return trim(got);
+    return trim(echoed(host, port, "", wait));
 }
 
 // socat on HOST:PORT answering each connection with `word`.
