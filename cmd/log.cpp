@@ -23,30 +23,6 @@ std::string_view name(Level l)
     return "?";
 }
 
-// Values carry names and messages from the input: control bytes (CR, ESC...) and bytes that
-// are not UTF-8 are written escaped, so that no value can forge a log line or drive the
-// terminal that shows it. Values with spaces, quotes, '=' or escapes are quoted (logfmt).
-void append_value(std::string& out, std::string_view raw)
-{
-    std::string v = conf::escape_controls(raw);
-    bool quote = v.empty() || v.size() != raw.size() || v.find_first_of(" \"=\\") != std::string::npos;
-    if (!quote) {
-        out += v;
-        return;
-    }
-    // The value's own quotes and backslashes first, then the control bytes: their escapes'
-    // backslashes are then the only single ones.
-    std::string quoted;
-    quoted.reserve(raw.size());
-    for (char c : raw) {
-        if (c == '"' || c == '\\') quoted += '\\';
-        quoted += c;
-    }
-    out += '"';
-    out += conf::escape_controls(quoted);
-    out += '"';
-}
-
 }  // namespace
 
 void set_level(Level level) { threshold = level; }
@@ -85,12 +61,12 @@ void write(Level level, std::string_view subsystem, std::string_view message, st
     line += " sys=";
     line += subsystem;
     line += " msg=";
-    append_value(line, message);
+    conf::append_logfmt_value(line, message);
     for (const auto& [k, v] : fields) {
         line += ' ';
         line += k;
         line += '=';
-        append_value(line, v);
+        conf::append_logfmt_value(line, v);
     }
     line += '\n';
     std::fwrite(line.data(), 1, line.size(), stderr);

@@ -45,6 +45,10 @@ std::size_t invalid_utf8_at(std::string_view text);
 // written as \xNN, \n, \r, \t: what reaches a terminal or a log line cannot move the cursor,
 // clear the screen or forge a line.
 std::string escape_controls(std::string_view text);
+// Appends `raw` as a logfmt value, as mesd's log lines and the access log write them: control
+// bytes and bytes that are not UTF-8 escaped (no value can forge a line or drive a terminal),
+// quoted when it holds a space, a quote, '=' or an escape.
+void append_logfmt_value(std::string& out, std::string_view raw);
 
 // `text` as a message echoes it: quoted, control bytes escaped, and when longer than
 // `max_bytes` cut to its first bytes (at a character boundary) followed by its length, so

@@ -129,6 +129,27 @@ void append_hex(std::string& out, unsigned char c)
 
 }  // namespace
 
+void append_logfmt_value(std::string& out, std::string_view raw)
+{
+    std::string v = escape_controls(raw);
+    bool quote = v.empty() || v.size() != raw.size() || v.find_first_of(" \"=\\") != std::string::npos;
+    if (!quote) {
+        out += v;
+        return;
+    }
+    // The value's own quotes and backslashes first, then the control bytes: their escapes'
+    // backslashes are then the only single ones.
+    std::string quoted;
+    quoted.reserve(raw.size());
+    for (char c : raw) {
+        if (c == '"' || c == '\\') quoted += '\\';
+        quoted += c;
+    }
+    out += '"';
+    out += escape_controls(quoted);
+    out += '"';
+}
+
 std::string escape_controls(std::string_view text)
 {
     std::string out;

@@ -33,28 +33,6 @@ std::string rfc3339_ms(std::int64_t ms)
     return stamp;
 }
 
-// As the daemon's own log lines quote values: control bytes and bytes that are not UTF-8
-// escaped (a unix path or a name cannot forge a line), quoted when they hold a space, a
-// quote, '=' or an escape.
-void logfmt_value(std::string& out, std::string_view raw)
-{
-    std::string v = conf::escape_controls(raw);
-    bool quote = v.empty() || v.size() != raw.size() || v.find_first_of(" \"=\\") != std::string::npos;
-    if (!quote) {
-        out += v;
-        return;
-    }
-    std::string quoted;
-    quoted.reserve(raw.size());
-    for (char c : raw) {
-        if (c == '"' || c == '\\') quoted += '\\';
-        quoted += c;
-    }
-    out += '"';
-    out += conf::escape_controls(quoted);
-    out += '"';
-}
-
 // A JSON string. Bytes that are not UTF-8 (a unix path may hold any) are first written as
 // \xNN text, so that the line stays valid JSON; control bytes become \u00NN.
 void json_string(std::string& out, std::string_view raw)
@@ -89,7 +67,7 @@ public:
         if (v.empty()) return;
         start(key);
         if (json_) json_string(out_, v);
-        else logfmt_value(out_, v);
+        else conf::append_logfmt_value(out_, v);
     }
     void number(const char* key, std::int64_t v)
     {
