@@ -5,6 +5,7 @@
 #include "test/support/certs.hpp"
 #include "test/support/mesd.hpp"
 #include "test/support/net.hpp"
+#include "test/support/text.hpp"
 #include "test/support/process.hpp"
 #include "test/support/tempdir.hpp"
 
@@ -25,14 +26,6 @@ namespace {
 
 const std::string openssl = "/usr/bin/openssl";
 const std::string dig = "/usr/bin/dig";
-
-std::string indent(const std::string& text, int spaces)
-{
-    std::string pad(static_cast<std::size_t>(spaces), ' '), out;
-    std::istringstream in(text);
-    for (std::string line; std::getline(in, line);) out += pad + line + "\n";
-    return out;
-}
 
 const std::string generator =
     "type: HostnameGenerator\nname: all\nspec:\n  selector:\n    meshExternalService: {}\n"

@@ -8,6 +8,7 @@
 #include "test/support/mesd.hpp"
 #include "test/support/metrics.hpp"
 #include "test/support/net.hpp"
+#include "test/support/text.hpp"
 #include "test/support/tempdir.hpp"
 
 #include <catch2/catch.hpp>
@@ -34,15 +35,6 @@ const std::string dig = "/usr/bin/dig";
 const std::string generator =
     "type: HostnameGenerator\nname: all\nspec:\n  selector:\n    meshExternalService: {}\n"
     "  template: \"{{ .Name }}.mesh\"\n";
-
-std::string indent(const std::string& text, int spaces)
-{
-    std::string pad(static_cast<std::size_t>(spaces), ' '), out;
-    std::istringstream in(text);
-    std::string line;
-    while (std::getline(in, line)) out += pad + line + "\n";
-    return out;
-}
 
 // openssl s_server with -rev: each line comes back reversed.
 struct TlsServer {

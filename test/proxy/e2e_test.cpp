@@ -4,6 +4,7 @@
 #include "test/support/certs.hpp"
 #include "test/support/mesd.hpp"
 #include "test/support/net.hpp"
+#include "test/support/text.hpp"
 #include "test/support/netns.hpp"
 #include "test/support/tempdir.hpp"
 
@@ -98,12 +99,6 @@ Reply exchange(const std::string& host, int port, const std::string& input, std:
     auto r = read_all(fd, wait);
     ::close(fd);
     return r;
-}
-
-std::string trim(std::string s)
-{
-    while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
-    return s;
 }
 
 // socat listening on HOST:PORT (or a unix path), running `action` for each connection.

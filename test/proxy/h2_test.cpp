@@ -8,6 +8,7 @@
 #include "test/support/certs.hpp"
 #include "test/support/mesd.hpp"
 #include "test/support/net.hpp"
+#include "test/support/text.hpp"
 #include "test/support/process.hpp"
 #include "test/support/tempdir.hpp"
 
@@ -493,21 +494,6 @@ namespace {
 
 const std::string python = "/usr/bin/python3";
 const std::string peer = std::string(MESD_SOURCE_DIR) + "/test/proxy/peers/grpc_authority.py";
-
-std::string trim(std::string s)
-{
-    while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
-    return s;
-}
-
-std::string indent(const std::string& text, int spaces)
-{
-    std::string pad(static_cast<std::size_t>(spaces), ' '), out;
-    std::istringstream in(text);
-    std::string line;
-    while (std::getline(in, line)) out += pad + line + "\n";
-    return out;
-}
 
 std::string vip_of(const Mesd& mesd, const std::string& name)
 {

@@ -6,6 +6,7 @@
 #include "test/support/certs.hpp"
 #include "test/support/mesd.hpp"
 #include "test/support/net.hpp"
+#include "test/support/text.hpp"
 #include "test/support/process.hpp"
 #include "test/support/tempdir.hpp"
 
@@ -35,12 +36,6 @@ const std::string iptables = "/usr/sbin/iptables";
 
 vip::Address addr(const std::string& text) { return *vip::Address::parse(text); }
 
-std::string trim(std::string s)
-{
-    while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
-    return s;
-}
-
 // Connects, shuts the sending side and reads what comes back until EOF (or `wait` of quiet).
 std::string fetch(const std::string& host, int port, std::chrono::milliseconds wait = 5s)
 {
@@ -57,15 +52,6 @@ struct Backend {
         REQUIRE(eventually([&] { return accepting(host, port); }));
     }
 };
-
-std::string indent(const std::string& text, int spaces)
-{
-    std::string pad(static_cast<std::size_t>(spaces), ' '), out;
-    std::istringstream in(text);
-    std::string line;
-    while (std::getline(in, line)) out += pad + line + "\n";
-    return out;
-}
 
 // openssl s_server with -rev on 127.0.0.1:`port`.
 struct TlsServer {

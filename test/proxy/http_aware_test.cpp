@@ -8,6 +8,7 @@
 
 #include "test/support/mesd.hpp"
 #include "test/support/net.hpp"
+#include "test/support/text.hpp"
 #include "test/support/process.hpp"
 #include "test/support/tempdir.hpp"
 
@@ -77,12 +78,6 @@ const std::string curl = "/usr/bin/curl";
 const std::string dig = "/usr/bin/dig";
 const std::string python = "/usr/bin/python3";
 const std::string socat = "/usr/bin/socat";
-
-std::string trim(std::string s)
-{
-    while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
-    return s;
-}
 
 // An HTTP/1.1 backend with keep-alive. Each request is answered with what it saw:
 // "host=H path=P conn=N len=L" (N counts connections). /ws answers 101, sends "<raw>" and

@@ -8,6 +8,7 @@
 #include "test/support/certs.hpp"
 #include "test/support/mesd.hpp"
 #include "test/support/net.hpp"
+#include "test/support/text.hpp"
 #include "test/support/process.hpp"
 #include "test/support/tempdir.hpp"
 
@@ -37,21 +38,6 @@ namespace {
 const std::string openssl = "/usr/bin/openssl";
 const std::string dig = "/usr/bin/dig";
 const std::string socat = "/usr/bin/socat";
-
-std::string trim(std::string s)
-{
-    while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ')) s.pop_back();
-    return s;
-}
-
-std::string indent(const std::string& text, int spaces)
-{
-    std::string pad(static_cast<std::size_t>(spaces), ' '), out;
-    std::istringstream in(text);
-    std::string line;
-    while (std::getline(in, line)) out += pad + line + "\n";
-    return out;
-}
 
 std::size_t count(const std::string& text, const std::string& what)
 {

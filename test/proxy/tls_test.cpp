@@ -5,6 +5,7 @@
 #include "test/support/certs.hpp"
 #include "test/support/mesd.hpp"
 #include "test/support/net.hpp"
+#include "test/support/text.hpp"
 #include "test/support/tempdir.hpp"
 
 #include <catch2/catch.hpp>
@@ -33,15 +34,6 @@ namespace {
 
 const std::string openssl = "/usr/bin/openssl";
 const std::string dig = "/usr/bin/dig";
-
-std::string indent(const std::string& text, int spaces)
-{
-    std::string pad(static_cast<std::size_t>(spaces), ' '), out;
-    std::istringstream in(text);
-    std::string line;
-    while (std::getline(in, line)) out += pad + line + "\n";
-    return out;
-}
 
 // openssl s_server with -rev: each line comes back reversed.
 struct TlsServer {
