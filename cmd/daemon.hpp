@@ -86,6 +86,7 @@ public:
     {
         uv_loop_init(&loop_);
         conf_options_.follow_outside_links = conf_dir_follow_links;
+        conf_options_.zone = config_.zone;
     }
     ~Daemon() { uv_loop_close(&loop_); }
 
@@ -106,6 +107,7 @@ private:
     {
         store::WriteOptions o;
         o.pools = store::Pools::from(config_);
+        o.zone = config_.zone;
         return o;
     }
     bool refresh();
