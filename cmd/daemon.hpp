@@ -103,6 +103,12 @@ private:
         s.edns_udp_size = config_.dns.edns_udp_size;
         return s;
     }
+    // Kuma's default HostnameGenerators (config defaultHostnameGenerators) that `resources`
+    // does not name, added to a write that prunes so that it keeps them.
+    static void keep_default_generators(bool on, std::vector<conf::Resource>& resources);
+    // Creates the default generators the store lacks, as Kuma's control plane does at start.
+    bool ensure_default_generators();
+
     store::WriteOptions write_options() const
     {
         store::WriteOptions o;

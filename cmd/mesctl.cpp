@@ -74,6 +74,20 @@ struct Args {
     std::string admin;          // inspect --admin HOST:PORT: the running mesd's admin endpoint
 };
 
+// "MESH/NAME", or "NAME" for what belongs to no mesh (a HostnameGenerator serving every mesh).
+std::string owned_name(const std::string& mesh, const std::string& name)
+{
+    return mesh.empty() ? name : mesh + "/" + name;
+}
+
+// The mesh a command means: --mesh, else none for a HostnameGenerator (Kuma's have none),
+// else "default".
+std::string mesh_of(conf::Kind kind, const Args& a)
+{
+    if (!a.mesh.empty()) return a.mesh;
+    return kind == conf::Kind::hostname_generator ? std::string() : std::string("default");
+}
+
 struct Globals {
     std::optional<std::string> config_path;
     std::optional<std::string> data_dir;
@@ -144,7 +158,7 @@ void print_diagnostics(const conf::LoadResult& result, bool quiet)
         for (const auto& d : doc.diagnostics) std::cerr << d.format() << '\n';
         if (doc.valid() && !quiet) {
             const auto& r = doc.resource;
-            std::cout << "ok " << conf::kind_name(r.kind) << ' ' << r.mesh << '/' << r.name << '\n';
+            std::cout << "ok " << conf::kind_name(r.kind) << ' ' << owned_name(r.mesh, r.name) << '\n';
         }
     }
     std::cout.flush();
@@ -163,20 +177,6 @@ std::optional<int> report_invalid(const conf::LoadResult& result)
 }
 
 conf::ConfigResult load_configuration(const Globals& g);
-
-// "MESH/NAME", or "NAME" for what belongs to no mesh (a HostnameGenerator serving every mesh).
-std::string owned_name(const std::string& mesh, const std::string& name)
-{
-    return mesh.empty() ? name : mesh + "/" + name;
-}
-
-// The mesh a command means: --mesh, else none for a HostnameGenerator (Kuma's have none),
-// else "default".
-std::string mesh_of(conf::Kind kind, const Args& a)
-{
-    if (!a.mesh.empty()) return a.mesh;
-    return kind == conf::Kind::hostname_generator ? std::string() : std::string("default");
-}
 
 int cmd_validate(const Globals& g, const Args& a)
 {
@@ -359,6 +359,20 @@ int cmd_apply(const Globals& g, const Args& a)
 
     std::vector<conf::Resource> resources;
     for (auto& doc : result.documents) resources.push_back(std::move(doc.resource));
+    // --prune keeps Kuma's default generators that mesd created (they are not the input's).
+    if (a.prune && ctx->config.default_hostname_generators) {
+        auto view = ctx->store->snapshot();  // closed before the write, as above
+        if (!view) return failure("apply: " + view.error().message + " (nothing was applied)");
+        for (const auto& def : conf::default_hostname_generators()) {
+            if (std::ranges::any_of(resources, [&](const conf::Resource& r) {
+                    return r.kind == def.kind && r.mesh == def.mesh && r.name == def.name;
+                }))
+                continue;
+            auto stored = view->get(def.kind, def.mesh, def.name);
+            if (!stored) return failure("apply: " + stored.error().message + " (nothing was applied)");
+            if (*stored) resources.push_back(std::move((*stored)->resource));
+        }
+    }
     auto wopts = ctx->write_options();
     wopts.prune = a.prune;
     auto report = ctx->store->apply(resources, wopts);

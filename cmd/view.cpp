@@ -250,7 +250,7 @@ Value resource_value(const store::Entry& entry, const std::optional<conf::Condit
     const auto& r = entry.resource;
     Value v = Value::object();
     v.set("type", std::string(conf::kind_name(r.kind)));
-    v.set("mesh", r.mesh);
+    if (!r.mesh.empty()) v.set("mesh", r.mesh);  // a HostnameGenerator may have none, as in Kuma
     v.set("name", r.name);
     v.set("creationTime", rfc3339(entry.created_at));
     v.set("modificationTime", rfc3339(entry.modified_at));
@@ -305,7 +305,8 @@ std::vector<std::string> table_row(const store::Entry& entry, const std::optiona
         else if (g->match_labels.empty()) selector = "all MES";
         else
             for (const auto& [k, v] : g->match_labels) selector += (selector.empty() ? "" : ",") + k + "=" + v;
-        return {r.mesh, r.name, selector, g->template_text};
+        // "*": of no mesh, it serves every mesh.
+        return {r.mesh.empty() ? std::string("*") : r.mesh, r.name, selector, g->template_text};
     }
     return {r.mesh, r.name, std::to_string(r.secret()->data.size())};
 }

@@ -573,6 +573,17 @@ std::vector<HostnameStatus> generate_hostnames(std::span<const Ordered> generato
 // .Mesh, .Zone (label kuma.io/zone, else `local_zone`), and the labels.
 Template::Values template_values(const Resource& mes, std::string_view local_zone = {});
 
+// Kuma's default HostnameGenerators for MES, as a zone has them (pkg/defaults,
+// EnsureHostnameGeneratorExists): `local-mesh-external-service`, labelled kuma.io/origin: zone,
+// naming the MES written to this zone `{{ .DisplayName }}.extsvc.mesh.local`; and
+// `synced-mesh-external-service`, which a global control plane creates and syncs to its
+// zones (labelled kuma.io/origin: global there), naming the MES synced from it the same way.
+// Both of no mesh. Created when missing (config defaultHostnameGenerators, on by default as
+// Kuma's defaults.skipHostnameGenerators is off), never overwritten.
+std::vector<Resource> default_hostname_generators();
+// The DNS zone their names fall in; mesd answers for it while they are on.
+inline constexpr std::string_view default_generators_zone = "extsvc.mesh.local.";
+
 // Kuma's message for a rendered hostname that is not one (`generated hostname "X" is not a
 // valid DNS name: ...`); empty when it is valid.
 std::string hostname_error(std::string_view hostname);

@@ -32,6 +32,27 @@ Template::Values template_values(const Resource& mes, std::string_view local_zon
     return v;
 }
 
+std::vector<Resource> default_hostname_generators()
+{
+    auto make = [](std::string name, std::string origin) {
+        Resource r;
+        r.kind = Kind::hostname_generator;
+        r.mesh.clear();
+        r.name = std::move(name);
+        r.labels = {{"kuma.io/origin", origin}};
+        HostnameGenerator g;
+        g.selects_mesh_external_services = true;
+        g.match_labels = {{"kuma.io/origin", origin}};
+        g.template_text = "{{ .DisplayName }}.extsvc.mesh.local";
+        r.spec = std::move(g);
+        return r;
+    };
+    std::vector<Resource> out;
+    out.push_back(make("local-mesh-external-service", "zone"));
+    out.push_back(make("synced-mesh-external-service", "global"));
+    return out;
+}
+
 std::string hostname_error(std::string_view hostname)
 {
     auto violations = dns1123_subdomain_violations(hostname);
