@@ -12,11 +12,13 @@ BUILD_PACKAGES := build-essential cmake pkg-config libldns-dev libuv1-dev libyam
                   libssl-dev liblmdb-dev catch2 nlohmann-json3-dev
 TEST_PACKAGES  := openssl dnsutils knot-dnsutils knot ldnsutils dnsmasq-base iproute2 iptables socat netcat-openbsd curl nginx-light python3-grpcio nghttp2-client util-linux etcd-server etcd-client
 # libFuzzer comes with clang; the DNS benchmark drives Knot and NSD with dnsperf.
-FUZZ_PACKAGES  := clang libclang-rt-14-dev libfuzzer-14-dev
+# (clang 16 for fuzz-conf: clang 14 cannot build libstdc++ 12's std::variant of types with
+# destructors once concepts are announced, as conf's resources are.)
+FUZZ_PACKAGES  := clang libclang-rt-14-dev libfuzzer-14-dev clang-16 libclang-rt-16-dev
 BENCH_PACKAGES := dnsperf knot nsd wrk iperf3 haproxy nginx-light
 PACKAGES       := $(BUILD_PACKAGES) $(TEST_PACKAGES) $(FUZZ_PACKAGES)
 
-.PHONY: all build deps bench-deps test test-sanitize sanitize tsan test-tsan fuzz-dns run clean bench bench-store bench-dns bench-dns-types bench-proxy bench-tls bench-soak
+.PHONY: all build deps bench-deps test test-sanitize sanitize tsan test-tsan fuzz-dns fuzz-conf run clean bench bench-store bench-dns bench-dns-types bench-proxy bench-tls bench-soak
 
 all: build
 
@@ -114,6 +116,21 @@ fuzz-dns: deps
 	  test/dns/fuzz_responder.cpp dns/responder.cpp vip/vip.cpp -lldns -o $(FUZZ_DIR)/fuzz_responder
 	$(FUZZ_DIR)/fuzz_responder -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	  -artifact_prefix=$(FUZZ_DIR)/ $(FUZZ_DIR)/corpus test/dns/fuzz-corpus
+
+# Reading resources under libFuzzer for FUZZ_SECONDS: any bytes as a YAML file, through
+# parsing, both document shapes, validation and hostname generation (test/conf/fuzz_conf.cpp
+# says what must hold). Seeded with conf/examples/ and every Kuma case (test/conf/kuma/, and
+# test/conf/fuzz-corpus/, the same cases as whole documents); new inputs go to a scratch
+# corpus, a crash leaves its input in $(FUZZ_DIR) and fails.
+FUZZ_CONF_SOURCES := $(wildcard conf/*.cpp)
+FUZZ_CONF_CXX     ?= clang++-16
+fuzz-conf: deps
+	@mkdir -p $(FUZZ_DIR)/conf-corpus
+	$(FUZZ_CONF_CXX) -std=c++2b -D__cpp_concepts=202002L -Wno-macro-redefined -g -O1 \
+	  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I. \
+	  test/conf/fuzz_conf.cpp $(FUZZ_CONF_SOURCES) -lyaml-cpp -lssl -lcrypto -o $(FUZZ_DIR)/fuzz_conf
+	$(FUZZ_DIR)/fuzz_conf -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -max_len=65536 \
+	  -artifact_prefix=$(FUZZ_DIR)/conf- $(FUZZ_DIR)/conf-corpus test/conf/fuzz-corpus conf/examples test/conf/kuma
 
 # Starts mesd in the foreground on conf/examples/ (applied into .data/store); Ctrl-C stops it.
 run: build

@@ -192,6 +192,47 @@ int Daemon::abandon_start()
     return exit_failed;
 }
 
+void Daemon::keep_default_generators(bool on, std::vector<conf::Resource>& resources)
+{
+    if (!on) return;
+    for (auto& g : conf::default_hostname_generators()) {
+        bool named = std::ranges::any_of(resources, [&](const conf::Resource& r) {
+            return r.kind == g.kind && r.mesh == g.mesh && r.name == g.name;
+        });
+        if (!named) resources.push_back(std::move(g));
+    }
+}
+
+bool Daemon::ensure_default_generators()
+{
+    if (!config_.default_hostname_generators) return true;
+    std::vector<conf::Resource> missing;
+    {
+        auto snap = store_->snapshot();
+        if (!snap) {
+            log::error("store", "cannot read the store", {{"error", snap.error().message}});
+            return false;
+        }
+        for (auto& g : conf::default_hostname_generators()) {
+            auto found = snap->get(g.kind, g.mesh, g.name);
+            if (!found) {
+                log::error("store", "cannot read the store", {{"error", found.error().message}});
+                return false;
+            }
+            if (!*found) missing.push_back(std::move(g));
+        }
+    }
+    if (missing.empty()) return true;
+    source_.release();  // a write may grow the map; no read may be open in this process then
+    auto written = store_->apply(missing, write_options());
+    if (!written) {
+        log::error("store", "cannot create the default hostname generators", {{"error", written.error().message}});
+        return false;
+    }
+    for (const auto& g : missing) log::info("store", "hostname generator created", {{"name", g.name}});
+    return true;
+}
+
 int Daemon::run()
 {
     if (!store_->read_only().empty()) {
@@ -207,6 +248,7 @@ int Daemon::run()
             return exit_failed;
         }
         for (const auto& n : synced->notes) log::warn("store", n);
+        if (!ensure_default_generators()) return exit_failed;
     }
     if (conf_dir_) {
         conf_seen_ = conf_applied_ = fingerprint(*conf_dir_);

@@ -86,6 +86,7 @@ public:
     {
         uv_loop_init(&loop_);
         conf_options_.follow_outside_links = conf_dir_follow_links;
+        conf_options_.zone = config_.zone;
     }
     ~Daemon() { uv_loop_close(&loop_); }
 
@@ -102,10 +103,17 @@ private:
         s.edns_udp_size = config_.dns.edns_udp_size;
         return s;
     }
+    // Kuma's default HostnameGenerators (config defaultHostnameGenerators) that `resources`
+    // does not name, added to a write that prunes so that it keeps them.
+    static void keep_default_generators(bool on, std::vector<conf::Resource>& resources);
+    // Creates the default generators the store lacks, as Kuma's control plane does at start.
+    bool ensure_default_generators();
+
     store::WriteOptions write_options() const
     {
         store::WriteOptions o;
         o.pools = store::Pools::from(config_);
+        o.zone = config_.zone;
         return o;
     }
     bool refresh();

@@ -74,6 +74,7 @@ void Daemon::look_at_conf_dir()
         std::string seen, applied;  // in: the last look's fingerprint, the last read's
         store::Store* store = nullptr;
         store::WriteOptions write;
+        bool default_generators = false;
         std::string fingerprint;    // out
         bool read = false;
         std::optional<conf::LoadResult> result;
@@ -89,6 +90,7 @@ void Daemon::look_at_conf_dir()
     look->applied = conf_applied_;
     look->store = store_.get();
     look->write = write_options();
+    look->default_generators = config_.default_hostname_generators;
     look->write.prune = true;
     look->write.grow_map = false;
     look->req.data = look;
@@ -105,6 +107,7 @@ void Daemon::look_at_conf_dir()
             std::vector<conf::Resource> resources;
             resources.reserve(l->result->documents.size());
             for (const auto& doc : l->result->documents) resources.push_back(doc.resource);
+            keep_default_generators(l->default_generators, resources);
             auto started = std::chrono::steady_clock::now();
             l->written = l->store->apply(resources, l->write);
             l->write_took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started);
@@ -157,6 +160,7 @@ bool Daemon::apply_conf_dir(conf::LoadResult result, std::optional<store::Result
     if (on_loop) {
         std::vector<conf::Resource> resources;
         for (auto& doc : result.documents) resources.push_back(std::move(doc.resource));
+        keep_default_generators(config_.default_hostname_generators, resources);
         auto options = write_options();
         options.prune = true;
         source_.release();  // a write may grow the map; no read may be open in this process then

@@ -74,6 +74,20 @@ struct Args {
     std::string admin;          // inspect --admin HOST:PORT: the running mesd's admin endpoint
 };
 
+// "MESH/NAME", or "NAME" for what belongs to no mesh (a HostnameGenerator serving every mesh).
+std::string owned_name(const std::string& mesh, const std::string& name)
+{
+    return mesh.empty() ? name : mesh + "/" + name;
+}
+
+// The mesh a command means: --mesh, else none for a HostnameGenerator (Kuma's have none),
+// else "default".
+std::string mesh_of(conf::Kind kind, const Args& a)
+{
+    if (!a.mesh.empty()) return a.mesh;
+    return kind == conf::Kind::hostname_generator ? std::string() : std::string("default");
+}
+
 struct Globals {
     std::optional<std::string> config_path;
     std::optional<std::string> data_dir;
@@ -144,7 +158,7 @@ void print_diagnostics(const conf::LoadResult& result, bool quiet)
         for (const auto& d : doc.diagnostics) std::cerr << d.format() << '\n';
         if (doc.valid() && !quiet) {
             const auto& r = doc.resource;
-            std::cout << "ok " << conf::kind_name(r.kind) << ' ' << r.mesh << '/' << r.name << '\n';
+            std::cout << "ok " << conf::kind_name(r.kind) << ' ' << owned_name(r.mesh, r.name) << '\n';
         }
     }
     std::cout.flush();
@@ -162,13 +176,17 @@ std::optional<int> report_invalid(const conf::LoadResult& result)
     return exit_failed;
 }
 
-int cmd_validate(const Args& a)
+conf::ConfigResult load_configuration(const Globals& g);
+
+int cmd_validate(const Globals& g, const Args& a)
 {
     if (a.positional.empty()) return usage_error("validate: no PATH given");
     std::vector<std::string> paths;
     for (const auto& p : a.positional) paths.push_back(p == "-" ? "/dev/stdin" : p);
     conf::LoadOptions options;
     options.follow_outside_links = a.follow_links;
+    // The zone a resource would be labelled with; validation needs no usable configuration.
+    if (auto loaded = load_configuration(g); loaded.ok()) options.zone = loaded.config.zone;
     auto result = conf::load_paths(paths, options);
     print_diagnostics(result, a.quiet);
     return report_invalid(result).value_or(exit_ok);
@@ -182,6 +200,7 @@ struct Context {
     {
         store::WriteOptions o;
         o.pools = store::Pools::from(config);
+        o.zone = config.zone;
         return o;
     }
 };
@@ -254,7 +273,7 @@ std::expected<ClusterContext, int> open_cluster(conf::ConfigResult loaded)
 void print_changes(const store::WriteReport& report)
 {
     for (const auto& c : report.changes) {
-        std::cout << store::outcome_name(c.outcome) << ' ' << conf::kind_name(c.kind) << ' ' << c.mesh << '/' << c.name;
+        std::cout << store::outcome_name(c.outcome) << ' ' << conf::kind_name(c.kind) << ' ' << owned_name(c.mesh, c.name);
         if (c.kind == conf::Kind::mesh_external_service) std::cout << ' ' << cmd::vip_text(c.status);
         std::cout << '\n';
     }
@@ -272,6 +291,7 @@ int cluster_apply(conf::ConfigResult loaded, const Args& a, const std::vector<st
     store::cluster::Writer writer(*ctx->client, ctx->config);
     conf::LoadOptions options;
     options.follow_outside_links = a.follow_links;
+    options.zone = ctx->config.zone;
     std::map<std::string, bool> secrets;  // asked of etcd once each
     std::string secret_error;
     if (!a.prune)
@@ -315,6 +335,7 @@ int cmd_apply(const Globals& g, const Args& a)
 
     conf::LoadOptions options;
     options.follow_outside_links = a.follow_links;
+    options.zone = ctx->config.zone;
     // With --prune only the input counts: a Secret missing from it is about to be deleted.
     std::optional<store::Snapshot> snap;
     if (!a.prune) {
@@ -338,12 +359,26 @@ int cmd_apply(const Globals& g, const Args& a)
 
     std::vector<conf::Resource> resources;
     for (auto& doc : result.documents) resources.push_back(std::move(doc.resource));
+    // --prune keeps Kuma's default generators that mesd created (they are not the input's).
+    if (a.prune && ctx->config.default_hostname_generators) {
+        auto view = ctx->store->snapshot();  // closed before the write, as above
+        if (!view) return failure("apply: " + view.error().message + " (nothing was applied)");
+        for (const auto& def : conf::default_hostname_generators()) {
+            if (std::ranges::any_of(resources, [&](const conf::Resource& r) {
+                    return r.kind == def.kind && r.mesh == def.mesh && r.name == def.name;
+                }))
+                continue;
+            auto stored = view->get(def.kind, def.mesh, def.name);
+            if (!stored) return failure("apply: " + stored.error().message + " (nothing was applied)");
+            if (*stored) resources.push_back(std::move((*stored)->resource));
+        }
+    }
     auto wopts = ctx->write_options();
     wopts.prune = a.prune;
     auto report = ctx->store->apply(resources, wopts);
     if (!report) return failure("apply: " + report.error().message + " (nothing was applied)");
     for (const auto& c : report->changes) {
-        std::cout << store::outcome_name(c.outcome) << ' ' << conf::kind_name(c.kind) << ' ' << c.mesh << '/' << c.name;
+        std::cout << store::outcome_name(c.outcome) << ' ' << conf::kind_name(c.kind) << ' ' << owned_name(c.mesh, c.name);
         if (c.kind == conf::Kind::mesh_external_service) std::cout << ' ' << cmd::vip_text(c.status);
         std::cout << '\n';
     }
@@ -489,10 +524,16 @@ int cmd_get(const Globals& g, const Args& a)
     std::vector<store::Entry> entries;
     if (a.positional.size() == 2) {
         const std::string& name = a.positional[1];
-        std::string mesh = a.mesh.empty() ? "default" : a.mesh;
+        std::string mesh = mesh_of(*kind, a);
         auto e = snap->get(*kind, mesh, name);
         if (!e) return failure(e.error().message);
-        if (!*e) return failure(std::string(conf::kind_name(*kind)) + " " + mesh + "/" + name + " not found");
+        // A generator stored with the mesh "default" (before generators were of no mesh).
+        if (!*e && mesh.empty()) {
+            e = snap->get(*kind, "default", name);
+            if (!e) return failure(e.error().message);
+            if (*e) mesh = "default";
+        }
+        if (!*e) return failure(std::string(conf::kind_name(*kind)) + " " + owned_name(mesh, name) + " not found");
         entries.push_back(std::move(**e));
     } else {
         auto list = snap->list(*kind, a.mesh.empty() ? std::nullopt : std::optional<std::string_view>(a.mesh));
@@ -528,7 +569,7 @@ int cmd_delete(const Globals& g, const Args& a)
         auto cl = open_cluster(std::move(loaded));
         if (!cl) return cl.error();
         store::cluster::Writer writer(*cl->client, cl->config);
-        auto report = writer.remove(*kind, a.mesh.empty() ? "default" : a.mesh, a.positional[1], a.force);
+        auto report = writer.remove(*kind, mesh_of(*kind, a), a.positional[1], a.force);
         if (!report) return failure("delete: " + report.error().message);
         print_changes(*report);
         return exit_ok;
@@ -537,11 +578,11 @@ int cmd_delete(const Globals& g, const Args& a)
     if (!ctx) return ctx.error();
     auto wopts = ctx->write_options();
     wopts.force = a.force;
-    std::string mesh = a.mesh.empty() ? "default" : a.mesh;
+    std::string mesh = mesh_of(*kind, a);
     auto report = ctx->store->remove(*kind, mesh, a.positional[1], wopts);
     if (!report) return failure("delete: " + report.error().message);
     for (const auto& c : report->changes) {
-        std::cout << store::outcome_name(c.outcome) << ' ' << conf::kind_name(c.kind) << ' ' << c.mesh << '/' << c.name;
+        std::cout << store::outcome_name(c.outcome) << ' ' << conf::kind_name(c.kind) << ' ' << owned_name(c.mesh, c.name);
         if (c.kind == conf::Kind::mesh_external_service) std::cout << ' ' << cmd::vip_text(c.status);
         std::cout << '\n';
     }
@@ -715,7 +756,7 @@ int main(int argc, char** argv)
     }
     if (auto err = parse_args(args, g, a)) return usage_error(*err);
     try {
-        if (command == "validate") return cmd_validate(a);
+        if (command == "validate") return cmd_validate(g, a);
         if (command == "apply") return cmd_apply(g, a);
         if (command == "get") return cmd_get(g, a);
         if (command == "delete") return cmd_delete(g, a);

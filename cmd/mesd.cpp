@@ -199,6 +199,15 @@ int main(int argc, char** argv)
     }
     conf::Config config = std::move(loaded.config);
     if (flags.data_dir) config.data_dir = *flags.data_dir;
+    // The names Kuma's default generators give are answered here, not forwarded, unless a
+    // zone of the configuration holds them already.
+    if (config.default_hostname_generators) {
+        std::string zone(conf::default_generators_zone);
+        bool covered = std::ranges::any_of(config.dns.zones, [&](const std::string& z) {
+            return zone == z || zone.ends_with("." + z);
+        });
+        if (!covered) config.dns.zones.push_back(zone);
+    }
     if (flags.workers) {
         const auto& text = *flags.workers;
         std::uint32_t n = 0;

@@ -1,5 +1,8 @@
 #include "cmd/view.hpp"
 
+#include <yaml-cpp/yaml.h>
+
+#include <charconv>
 #include <ctime>
 
 namespace cmd {
@@ -20,6 +23,49 @@ Value labels_value(const std::map<std::string, std::string>& labels)
 {
     Value v = Value::object();
     for (const auto& [k, val] : labels) v.set(k, val);
+    return v;
+}
+
+// A YAML node as a Value: plain scalars that read as booleans or integers keep that type,
+// so that an extension's config is shown as it was written.
+Value node_value(const YAML::Node& node)
+{
+    switch (node.Type()) {
+    case YAML::NodeType::Map: {
+        Value v = Value::object();
+        for (auto it = node.begin(); it != node.end(); ++it) v.set(it->first.Scalar(), node_value(it->second));
+        return v;
+    }
+    case YAML::NodeType::Sequence: {
+        Value v = Value::array();
+        for (const auto& item : node) v.push(node_value(item));
+        return v;
+    }
+    case YAML::NodeType::Scalar: {
+        const std::string& text = node.Scalar();
+        if (node.Tag() == "?") {
+            if (text == "true" || text == "false") return Value(text == "true");
+            std::int64_t n = 0;
+            auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+            if (ec == std::errc() && end == text.data() + text.size() && !text.empty()) return Value(n);
+        }
+        return Value(text);
+    }
+    default: return Value();
+    }
+}
+
+Value extension_value(const conf::Extension& ext)
+{
+    Value v = Value::object();
+    v.set("type", ext.type);
+    if (ext.config) {
+        try {
+            v.set("config", node_value(YAML::Load(*ext.config)));
+        } catch (const std::exception&) {
+            v.set("config", *ext.config);  // stored by this program, so not expected
+        }
+    }
     return v;
 }
 
@@ -88,6 +134,7 @@ Value mes_spec(const conf::MeshExternalService& m)
         if (t.client_cert) ver.set("clientCert", source_value(*t.client_cert, false));
         if (t.client_key) ver.set("clientKey", source_value(*t.client_key, true));
     }
+    if (m.extension) spec.set("extension", extension_value(*m.extension));
     return spec;
 }
 
@@ -203,7 +250,7 @@ Value resource_value(const store::Entry& entry, const std::optional<conf::Condit
     const auto& r = entry.resource;
     Value v = Value::object();
     v.set("type", std::string(conf::kind_name(r.kind)));
-    v.set("mesh", r.mesh);
+    if (!r.mesh.empty()) v.set("mesh", r.mesh);  // a HostnameGenerator may have none, as in Kuma
     v.set("name", r.name);
     v.set("creationTime", rfc3339(entry.created_at));
     v.set("modificationTime", rfc3339(entry.modified_at));
@@ -217,6 +264,7 @@ Value resource_value(const store::Entry& entry, const std::optional<conf::Condit
         if (g->selects_mesh_external_services)
             selector.set("meshExternalService", Value::object()).set("matchLabels", labels_value(g->match_labels));
         spec.set("template", g->template_text);
+        if (g->extension) spec.set("extension", extension_value(*g->extension));
     } else if (const auto* s = r.secret()) {
         // The value itself is never shown.
         v.set("dataBytes", static_cast<std::int64_t>(s->data.size()));
@@ -257,7 +305,8 @@ std::vector<std::string> table_row(const store::Entry& entry, const std::optiona
         else if (g->match_labels.empty()) selector = "all MES";
         else
             for (const auto& [k, v] : g->match_labels) selector += (selector.empty() ? "" : ",") + k + "=" + v;
-        return {r.mesh, r.name, selector, g->template_text};
+        // "*": of no mesh, it serves every mesh.
+        return {r.mesh.empty() ? std::string("*") : r.mesh, r.name, selector, g->template_text};
     }
     return {r.mesh, r.name, std::to_string(r.secret()->data.size())};
 }

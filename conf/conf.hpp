@@ -50,6 +50,9 @@ std::string escape_controls(std::string_view text);
 // quoted when it holds a space, a quote, '=' or an escape.
 void append_logfmt_value(std::string& out, std::string_view raw);
 
+// `text` quoted as Go's %q quotes it: `"` and `\` escaped, control bytes as \n, \t, \xNN.
+std::string go_quote(std::string_view text);
+
 // `text` as a message echoes it: quoted, control bytes escaped, and when longer than
 // `max_bytes` cut to its first bytes (at a character boundary) followed by its length, so
 // that a 10 MB value costs a line, not 10 MB, in every message about it.
@@ -141,11 +144,23 @@ struct Tls {
     bool operator==(const Tls&) const = default;
 };
 
+// Kuma's `spec.extension` of a MES or HostnameGenerator: in Kuma, the configuration of a
+// control plane plugin that takes the resource over. mesd runs no plugins: it checks the
+// extension as Kuma does, keeps it so that it is shown back as written, and otherwise
+// ignores it (a MES with one is still served from its own endpoints and TLS).
+struct Extension {
+    std::string type;
+    // The free-form `config`, as YAML in flow style (JSON-like); nullopt when absent.
+    std::optional<std::string> config;
+    bool operator==(const Extension&) const = default;
+};
+
 struct MeshExternalService {
     std::optional<std::uint16_t> port;  // match.port; absent: every port of the VIP
     Protocol protocol = Protocol::tcp;  // match.protocol
     std::vector<Endpoint> endpoints;
     std::optional<Tls> tls;
+    std::optional<Extension> extension;
 };
 
 // The Secrets a MES's TLS refers to by name (caCert, clientCert, clientKey).
@@ -170,14 +185,21 @@ public:
     // (`template: :1: unclosed action`), or names the unsupported construct.
     static std::expected<Template, std::string> parse(std::string_view text);
 
-    // Renders with `values`; fails only for a missing label (`label K not found`).
+    // Renders with `values`; fails as Go's Execute fails, in its words, for a missing label
+    // (`template: :1:3: executing "" at <label "k">: error calling label: label k not found`)
+    // and a field the values do not have (`... at <.Foo>: can't evaluate field Foo in type ...`).
     std::expected<std::string, std::string> render(const Values& values) const;
     const std::string& source() const { return source_; }
 
     struct Piece {
-        enum class Type { text, name, display_name, namespace_, mesh, zone, label };
+        enum class Type { text, name, display_name, namespace_, mesh, zone, label, unknown_field };
         Type type = Type::text;
-        std::string text;  // literal text, or the label key
+        std::string text;  // literal text, the label key, or the unknown field's name
+        // Where the action's command starts (Go's line and 0-based byte in the line) and the
+        // command as Go prints it (`label "k"`, `.Foo`), for render errors.
+        int line = 0;
+        int col = 0;
+        std::string context;
     };
     const std::vector<Piece>& pieces() const { return pieces_; }
 
@@ -192,6 +214,7 @@ struct HostnameGenerator {
     bool selects_mesh_external_services = false;
     std::map<std::string, std::string> match_labels;  // empty matches every MES
     std::string template_text;
+    std::optional<Extension> extension;
 };
 
 // ---- Secret -----------------------------------------------------------------------------
@@ -204,6 +227,7 @@ struct Secret {
 
 struct Resource {
     Kind kind = Kind::mesh_external_service;
+    // A HostnameGenerator's is empty unless written with one: it then serves every mesh.
     std::string mesh = "default";
     std::string name;
     std::map<std::string, std::string> labels;
@@ -229,6 +253,9 @@ struct LoadOptions {
     std::function<bool(std::string_view mesh, std::string_view name)> secret_exists;
     // "Now" for certificate expiry warnings.
     std::chrono::system_clock::time_point now = std::chrono::system_clock::now();
+    // The zone this program is (config `zone`): the value of the label kuma.io/zone it gives
+    // what is written to it, and of {{ .Zone }} for a MES without that label.
+    std::string zone = "default";
     // Whether a symbolic link inside a directory may lead out of it. Off: such a link is an
     // error, so a link to /etc/shadow is never read (links to `..data/`, the Kubernetes
     // ConfigMap scheme, stay inside). mesctl --follow-links, mesd --conf-dir-follow-links.
@@ -279,10 +306,19 @@ LoadResult load_text(std::string_view text, std::string_view file_name,
 
 // ---- Names ------------------------------------------------------------------------------
 
+// How much of a rendered hostname a message quotes: every name DNS could hold, in full.
+inline constexpr std::size_t hostname_excerpt_bytes = 300;
+
 // RFC 1035 label as Kubernetes checks it: [a-z]([-a-z0-9]*[a-z0-9])?, at most 63 characters.
 bool is_rfc1035_label(std::string_view s);
 // Lowercase RFC 1123 subdomain: dot-separated [a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 253.
 bool is_rfc1123_subdomain(std::string_view s);
+// What Kubernetes' IsDNS1123Subdomain (which Kuma's generators use) says against `s`, in its
+// words and order, plus "each label must be no more than 63 characters" (not Kubernetes'
+// check: DNS cannot carry such a name); empty when `s` is a valid hostname.
+std::vector<std::string> dns1123_subdomain_violations(std::string_view s);
+// The messages above joined with ", ", as Kuma joins them.
+std::string join_violations(const std::vector<std::string>& violations);
 // A DNS host name as Kuma's validator accepts it (letters of either case, digits, '-',
 // '_', labels of 1-63, at most 253 characters, an optional trailing dot).
 bool is_dns_name(std::string_view s);
@@ -325,6 +361,13 @@ constexpr std::uint32_t max_workers = 64;
 struct Config {
     std::string data_dir = "/var/lib/mesd";
     std::vector<std::string> meshes = {"default"};
+    // The zone mesd is, as a Kuma zone control plane is named (Kuma's multizone.zone.name,
+    // "default" as there): the label kuma.io/zone of what is written here, and {{ .Zone }}
+    // of a MES without one.
+    std::string zone = "default";
+    // Kuma's default HostnameGenerators for MES (on unless defaults.skipHostnameGenerators,
+    // as in Kuma): see store::default_generators.
+    bool default_hostname_generators = true;
     // Threads serving DNS and the proxy, each with its own loop; 0: one per CPU mesd may run
     // on (sched_getaffinity), as Knot's udp-workers and HAProxy's nbthread default to. 1 keeps
     // everything on the one loop.
@@ -505,19 +548,49 @@ struct Ordered {
 using ClaimedBy =
     std::function<std::optional<std::string>(const std::string& hostname, const Resource& generator)>;
 
+// Where a generator comes in a generation, as Kuma sorts them: those labelled
+// `kuma.io/origin: zone` first, then by creation, then by name. (Services are sorted by
+// creation and name alone.)
+struct GenerationOrder {
+    bool later_origin = false;  // not labelled kuma.io/origin: zone
+    std::uint64_t created = 0;
+    std::string name;
+    auto operator<=>(const GenerationOrder&) const = default;
+};
+GenerationOrder order_key(const Ordered& item);
+
 // Applies every generator to every MES of one mesh that it selects, in Kuma's order
-// (generators and services each by creation, then name; the first claimant of a hostname
-// keeps it). Returns one status per entry of `services`, in the same order.
+// (generators by order_key, services by creation then name; the first claimant of a
+// hostname keeps it). Returns one status per entry of `services`, in the same order.
+// `local_zone` stands for {{ .Zone }} when a MES has no kuma.io/zone label.
 // `claimed_by` lets a store generate for its new MES alone: names it answers for are taken
 // (Collision naming the holder) unless one of `services` claimed them first in this call.
 // The answer is only right when the holder claimed the name before `generator` would
 // have in a generation over every MES; the caller checks that.
 std::vector<HostnameStatus> generate_hostnames(std::span<const Ordered> generators,
                                                std::span<const Ordered> services,
-                                               const ClaimedBy& claimed_by = {});
+                                               const ClaimedBy& claimed_by = {},
+                                               std::string_view local_zone = {});
 
-// The values a template sees for `mes`: name, display name, namespace, mesh, zone, labels.
-Template::Values template_values(const Resource& mes);
+// The values a template sees for `mes`, as Kuma's EvaluateTemplate gives them: .Name, .DisplayName
+// (label kuma.io/display-name, else the name), .Namespace (label k8s.kuma.io/namespace),
+// .Mesh, .Zone (label kuma.io/zone, else `local_zone`), and the labels.
+Template::Values template_values(const Resource& mes, std::string_view local_zone = {});
+
+// Kuma's default HostnameGenerators for MES, as a zone has them (pkg/defaults,
+// EnsureHostnameGeneratorExists): `local-mesh-external-service`, labelled kuma.io/origin: zone,
+// naming the MES written to this zone `{{ .DisplayName }}.extsvc.mesh.local`; and
+// `synced-mesh-external-service`, which a global control plane creates and syncs to its
+// zones (labelled kuma.io/origin: global there), naming the MES synced from it the same way.
+// Both of no mesh. Created when missing (config defaultHostnameGenerators, on by default as
+// Kuma's defaults.skipHostnameGenerators is off), never overwritten.
+std::vector<Resource> default_hostname_generators();
+// The DNS zone their names fall in; mesd answers for it while they are on.
+inline constexpr std::string_view default_generators_zone = "extsvc.mesh.local.";
+
+// Kuma's message for a rendered hostname that is not one (`generated hostname "X" is not a
+// valid DNS name: ...`); empty when it is valid.
+std::string hostname_error(std::string_view hostname);
 
 // ---- TLS readiness ----------------------------------------------------------------------
 

@@ -230,6 +230,18 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
                  "a mesh name");
     read.integer(top, "workers", c.workers, 0, max_workers);
     {
+        // Kuma's zone name (multizone.zone.name), a DNS label as Kuma's zones are.
+        auto node = top.take("zone");
+        if (auto zone = read_string(r, node, "zone")) {
+            if (zone->size() > 63 || !is_rfc1123_subdomain(*zone) || zone->find('.') != std::string::npos)
+                r.error(node, "zone", "must be a lowercase DNS label (letters, digits and '-', at most 63), got " +
+                                          excerpt(*zone));
+            else
+                c.zone = *zone;
+        }
+    }
+    read.boolean(top, "defaultHostnameGenerators", c.default_hostname_generators);
+    {
         static constexpr std::string_view affinities[] = {"auto", "none"};
         read.choice(top, "workerAffinity", c.worker_affinity, affinities);
     }

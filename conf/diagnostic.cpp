@@ -188,6 +188,32 @@ std::string escape_controls(std::string_view text)
     return out;
 }
 
+std::string go_quote(std::string_view text)
+{
+    static constexpr char hex[] = "0123456789abcdef";
+    std::string out = "\"";
+    for (char ch : text) {
+        auto c = static_cast<unsigned char>(ch);
+        switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\n': out += "\\n"; break;
+        case '\t': out += "\\t"; break;
+        case '\r': out += "\\r"; break;
+        default:
+            if (c < 0x20 || c == 0x7f) {
+                out += "\\x";
+                out += hex[c >> 4];
+                out += hex[c & 15];
+            } else {
+                out += ch;
+            }
+        }
+    }
+    out += '"';
+    return out;
+}
+
 std::string excerpt(std::string_view text, std::size_t max_bytes)
 {
     if (text.size() <= max_bytes) return '"' + escape_controls(text) + '"';
@@ -216,8 +242,11 @@ std::string Diagnostic::format() const
     if (!kind.empty()) {
         out += kind;
         out += ' ';
-        out += mesh.empty() ? std::string("?") : shorten(mesh);
-        out += '/';
+        // A HostnameGenerator without a mesh belongs to none (it serves every mesh).
+        if (!(mesh.empty() && kind == kind_name(Kind::hostname_generator))) {
+            out += mesh.empty() ? std::string("?") : shorten(mesh);
+            out += '/';
+        }
         out += name.empty() ? std::string("?") : shorten(name);
         out += ": ";
     }

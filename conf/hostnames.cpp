@@ -6,8 +6,17 @@
 
 namespace conf {
 
-Template::Values template_values(const Resource& mes)
+GenerationOrder order_key(const Ordered& item)
 {
+    auto origin = item.resource->labels.find("kuma.io/origin");
+    bool zone = origin != item.resource->labels.end() && origin->second == "zone";
+    return GenerationOrder{!zone, item.created, item.resource->name};
+}
+
+Template::Values template_values(const Resource& mes, std::string_view local_zone)
+{
+    // As Kuma's EvaluateTemplate: a label that is present counts even when empty, except
+    // kuma.io/zone, which falls back to the zone this program serves.
     Template::Values v;
     v.name = mes.name;
     auto label = [&](const char* key) {
@@ -18,8 +27,39 @@ Template::Values template_values(const Resource& mes)
     v.namespace_ = label("k8s.kuma.io/namespace").value_or("");
     v.mesh = mes.mesh;
     v.zone = label("kuma.io/zone").value_or("");
+    if (v.zone.empty()) v.zone = std::string(local_zone);
     v.labels = mes.labels;
     return v;
+}
+
+std::vector<Resource> default_hostname_generators()
+{
+    auto make = [](std::string name, std::string origin) {
+        Resource r;
+        r.kind = Kind::hostname_generator;
+        r.mesh.clear();
+        r.name = std::move(name);
+        r.labels = {{"kuma.io/origin", origin}};
+        HostnameGenerator g;
+        g.selects_mesh_external_services = true;
+        g.match_labels = {{"kuma.io/origin", origin}};
+        g.template_text = "{{ .DisplayName }}.extsvc.mesh.local";
+        r.spec = std::move(g);
+        return r;
+    };
+    std::vector<Resource> out;
+    out.push_back(make("local-mesh-external-service", "zone"));
+    out.push_back(make("synced-mesh-external-service", "global"));
+    return out;
+}
+
+std::string hostname_error(std::string_view hostname)
+{
+    auto violations = dns1123_subdomain_violations(hostname);
+    if (violations.empty()) return {};
+    std::string quoted = hostname.size() <= hostname_excerpt_bytes ? go_quote(hostname)
+                                                                   : excerpt(hostname, hostname_excerpt_bytes);
+    return "generated hostname " + quoted + " is not a valid DNS name: " + join_violations(violations);
 }
 
 namespace {
@@ -33,20 +73,25 @@ bool selects(const HostnameGenerator& g, const Resource& mes)
     });
 }
 
-std::vector<std::size_t> creation_order(std::span<const Ordered> items)
+// Generators in order_key's order; services by creation and name alone (Kuma's
+// sortResources does not look at their origin).
+std::vector<std::size_t> creation_order(std::span<const Ordered> items, bool generators)
 {
     std::vector<std::size_t> order(items.size());
     std::iota(order.begin(), order.end(), 0);
-    std::ranges::sort(order, [&](std::size_t a, std::size_t b) {
-        return std::tie(items[a].created, items[a].resource->name) < std::tie(items[b].created, items[b].resource->name);
-    });
+    auto key = [&](std::size_t i) {
+        auto k = order_key(items[i]);
+        if (!generators) k.later_origin = false;
+        return k;
+    };
+    std::ranges::sort(order, [&](std::size_t a, std::size_t b) { return key(a) < key(b); });
     return order;
 }
 
 }  // namespace
 
 std::vector<HostnameStatus> generate_hostnames(std::span<const Ordered> generators, std::span<const Ordered> services,
-                                               const ClaimedBy& claimed_by)
+                                               const ClaimedBy& claimed_by, std::string_view local_zone)
 {
     // Per service: generator name -> (hostname, condition). A map keeps generator order.
     struct Entry {
@@ -66,8 +111,8 @@ std::vector<HostnameStatus> generate_hostnames(std::span<const Ordered> generato
         return std::nullopt;
     };
 
-    auto service_order = creation_order(services);
-    for (std::size_t gi : creation_order(generators)) {
+    auto service_order = creation_order(services, false);
+    for (std::size_t gi : creation_order(generators, true)) {
         const Resource& gen_res = *generators[gi].resource;
         const HostnameGenerator* gen = gen_res.generator();
         if (!gen) continue;
@@ -77,18 +122,18 @@ std::vector<HostnameStatus> generate_hostnames(std::span<const Ordered> generato
             if (!selects(*gen, mes)) continue;
             Entry entry;
             entry.condition.type = "Generated";
+            // Kuma's words: EvaluateTemplate's errors, each the reason of a TemplateError.
             std::expected<std::string, std::string> rendered =
-                tmpl ? tmpl->render(template_values(mes)) : std::unexpected("couldn't parse template: " + tmpl.error());
-            if (!rendered) {
+                tmpl ? tmpl->render(template_values(mes, local_zone))
+                     : std::unexpected("failed compiling gotemplate error=" + go_quote(tmpl.error()));
+            if (!rendered && tmpl)
+                rendered = std::unexpected("pre evaluation of template with parameters failed with error=" +
+                                           go_quote(rendered.error()));
+            std::string invalid = rendered ? hostname_error(*rendered) : std::string();
+            if (!rendered || !invalid.empty()) {
                 entry.condition.status = "False";
                 entry.condition.reason = "TemplateError";
-                entry.condition.message = "pre evaluation of template with parameters failed with error=\"" +
-                                          rendered.error() + "\"";
-            } else if (!is_rfc1123_subdomain(*rendered)) {
-                entry.condition.status = "False";
-                entry.condition.reason = "TemplateError";
-                entry.condition.message = "template renders to " + excerpt(*rendered) +
-                                          " which is not a valid DNS name: " + std::string(rfc1123_subdomain_message);
+                entry.condition.message = rendered ? invalid : rendered.error();
             } else if (auto holder = claimant(*rendered, si, gen_res)) {
                 entry.condition.status = "False";
                 entry.condition.reason = "Collision";

@@ -167,6 +167,8 @@ constexpr std::string_view kuma_api_version = "kuma.io/v1alpha1";
 constexpr std::string_view secret_type = "system.kuma.io/secret";
 constexpr std::string_view mesh_label = "kuma.io/mesh";
 constexpr std::string_view namespace_label = "k8s.kuma.io/namespace";
+constexpr std::string_view display_name_label = "kuma.io/display-name";
+constexpr std::string_view origin_label = "kuma.io/origin";
 
 struct DecodeContext {
     const LoadOptions& options;
@@ -461,12 +463,39 @@ void check_name(Reporter& r, const YAML::Node& name_node, const std::string& pat
         return;
     }
     res.name = *name;
-    if (res.kind == Kind::mesh_external_service) {
-        if (name->size() > 63) r.error(name_node, path, "must be no more than 63 characters");
-        else if (!is_rfc1035_label(*name)) r.error(name_node, path, std::string(rfc1035_label_message));
-    } else if (!is_rfc1123_subdomain(*name)) {
+    // A MES's name is checked on its display name, once the labels are known.
+    if (res.kind != Kind::mesh_external_service && !is_rfc1123_subdomain(*name))
         r.error(name_node, path, std::string(rfc1123_subdomain_message));
-    }
+}
+
+// Kuma checks a MES's display name (the label kuma.io/display-name when set, else the name)
+// against RFC 1035, so that a MES synced from a Kubernetes zone as `backend.my-ns` with the
+// display name `backend` is accepted.
+void check_display_name(Reporter& r, const YAML::Node& name_node, const std::string& path, const Resource& res)
+{
+    if (res.kind != Kind::mesh_external_service || res.name.empty()) return;
+    auto it = res.labels.find(std::string(display_name_label));
+    const std::string& shown = it != res.labels.end() && !it->second.empty() ? it->second : res.name;
+    if (shown.size() > 63) r.error(name_node, path, "must be no more than 63 characters");
+    else if (!is_rfc1035_label(shown)) r.error(name_node, path, std::string(rfc1035_label_message));
+}
+
+// The labels Kuma's control plane computes for a resource written to a zone (labels.Compute
+// with mode zone): kuma.io/display-name (the name), kuma.io/mesh for a MES, kuma.io/origin:
+// zone, kuma.io/zone and kuma.io/env when not given. A resource labelled with another origin
+// came from elsewhere (a global control plane), and its labels are kept as written, as
+// Kuma keeps those of what it syncs.
+void compute_labels(Resource& res, bool kubernetes, const LoadOptions& options)
+{
+    if (res.kind == Kind::secret) return;
+    auto& labels = res.labels;
+    if (auto origin = labels.find(std::string(origin_label)); origin != labels.end() && origin->second != "zone")
+        return;
+    labels[std::string(display_name_label)] = res.name;
+    if (res.kind == Kind::mesh_external_service) labels.try_emplace(std::string(mesh_label), res.mesh);
+    labels[std::string(origin_label)] = "zone";
+    labels.try_emplace("kuma.io/zone", options.zone);
+    labels.try_emplace("kuma.io/env", kubernetes ? "kubernetes" : "universal");
 }
 
 void decode_body(const DecodeContext& c, Reporter& r, Fields& top, Resource& res, const YAML::Node& root, bool kubernetes)
@@ -535,7 +564,10 @@ void decode_kubernetes(const DecodeContext& c, Reporter& r, Fields& top, Resourc
     res.labels = detail::read_string_map(r, meta.take("labels"), "metadata.labels");
     (void)detail::read_string_map(r, meta.take("annotations"), "metadata.annotations");
     if (auto it = res.labels.find(std::string(mesh_label)); it != res.labels.end()) res.mesh = it->second;
+    else if (res.kind == Kind::hostname_generator) res.mesh.clear();  // Kuma's: of no mesh
     if (ns && !ns->empty()) res.labels.try_emplace(std::string(namespace_label), *ns);
+    compute_labels(res, true, c.options);
+    check_display_name(r, present(name_node) ? name_node : meta_node, "metadata.name", res);
     decode_body(c, r, top, res, root, true);
 }
 
@@ -548,8 +580,13 @@ void decode_universal(const DecodeContext& c, Reporter& r, Fields& top, Resource
     auto name_node = top.take("name");
     check_name(r, present(name_node) ? name_node : root, "name", res);
     auto mesh_node = top.take("mesh");
+    // A HostnameGenerator has no mesh in Kuma: it serves the MES of every mesh. One written
+    // with a mesh (as mesd once required) keeps it and serves that mesh alone.
+    if (res.kind == Kind::hostname_generator && !present(mesh_node)) res.mesh.clear();
     if (auto mesh = read_string(r, mesh_node, "mesh")) res.mesh = *mesh;
     res.labels = detail::read_string_map(r, top.take("labels"), "labels");
+    compute_labels(res, false, c.options);
+    check_display_name(r, present(name_node) ? name_node : root, "name", res);
     // Kuma bookkeeping fields that `kumactl get -o yaml` prints; harmless to accept.
     (void)top.take("creationTime");
     (void)top.take("modificationTime");
@@ -587,7 +624,8 @@ Decoded decode_document(const LoadOptions& options, const YAML::Node& root, cons
                 doc.resource.kind = *kind;
                 if (kubernetes) decode_kubernetes(c, r, top, doc.resource, root);
                 else decode_universal(c, r, top, doc.resource, root);
-                if (!is_rfc1123_subdomain(doc.resource.mesh))
+                bool meshless = doc.resource.mesh.empty() && *kind == Kind::hostname_generator;
+                if (!meshless && !is_rfc1123_subdomain(doc.resource.mesh))
                     r.error(root, "mesh", std::string(rfc1123_subdomain_message));
             }
         }

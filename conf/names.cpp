@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
+
 namespace conf {
 
 const std::string_view rfc1035_label_message =
@@ -32,6 +34,36 @@ bool is_rfc1123_label(std::string_view s)
 }
 
 }  // namespace
+
+std::vector<std::string> dns1123_subdomain_violations(std::string_view s)
+{
+    // Kubernetes' IsDNS1123Subdomain: the length, then the pattern (which bounds no label).
+    std::vector<std::string> out;
+    if (s.size() > 253) out.emplace_back("must be no more than 253 characters");
+    bool matches = !s.empty();
+    bool long_label = false;
+    for (std::string_view rest = s; matches;) {
+        auto dot = rest.find('.');
+        auto label = rest.substr(0, dot);
+        matches = !label.empty() && is_lower_alnum(label.front()) && is_lower_alnum(label.back()) &&
+                  std::ranges::all_of(label, [](char c) { return is_lower_alnum(c) || c == '-'; });
+        long_label = long_label || label.size() > 63;
+        if (dot == std::string_view::npos) break;
+        rest.remove_prefix(dot + 1);
+    }
+    if (!matches) out.emplace_back(rfc1123_subdomain_message);
+    // Not Kubernetes' to check, but a DNS label holds at most 63 bytes (RFC 1035 section
+    // 2.3.4): such a name could never be answered.
+    else if (long_label) out.emplace_back("each label must be no more than 63 characters");
+    return out;
+}
+
+std::string join_violations(const std::vector<std::string>& violations)
+{
+    std::string out;
+    for (const auto& v : violations) out += (out.empty() ? "" : ", ") + v;
+    return out;
+}
 
 bool is_rfc1035_label(std::string_view s)
 {

@@ -300,6 +300,31 @@ void decode_tls(Reporter& r, const YAML::Node& node, const std::string& path, Tl
     }
 }
 
+// Kuma's Extension {type, config}: `type` must not be empty (the message Kuma's MES and
+// HostnameGenerator validators give), `config` is free-form and kept as flow YAML.
+std::optional<Extension> decode_extension(Reporter& r, const YAML::Node& node, const std::string& path)
+{
+    if (!present(node)) return std::nullopt;
+    Fields ext(r, node, path);
+    if (!ext.ok()) return std::nullopt;
+    Extension out;
+    auto type_node = ext.take("type");
+    if (present(type_node)) {
+        auto type = read_string(r, type_node, ext.path("type"));
+        if (!type) return std::nullopt;
+        out.type = std::move(*type);
+    }
+    if (out.type.empty()) r.error(present(type_node) ? type_node : node, ext.path("type"), "must not be empty");
+    if (auto config = ext.take("config"); present(config)) {
+        YAML::Emitter e;
+        e.SetMapFormat(YAML::Flow);
+        e.SetSeqFormat(YAML::Flow);
+        e << config;
+        out.config = e.c_str();
+    }
+    return out;
+}
+
 }  // namespace
 
 std::string_view refused_until(bool tls_enabled)
@@ -338,22 +363,10 @@ void decode_mes(Reporter& r, const YAML::Node& spec, MeshExternalService& out,
         }
     }
 
-    // Kuma hands a MES with an extension to a control plane plugin; mesd has none to hand it
-    // to, and carrying its traffic anywhere would be a guess. Kuma's own check of the field
-    // comes first so that its words are there too.
-    auto extension = f.take("extension");
-    if (present(extension)) {
-        Fields ext(r, extension, f.path("extension"));
-        if (ext.ok()) {
-            auto type_node = ext.take("type");
-            (void)ext.take("config");  // free-form, the extension's to read
-            auto type = read_string(r, type_node, ext.path("type"));
-            if (!present(type_node) || (type && type->empty()))
-                r.error(present(type_node) ? type_node : extension, ext.path("type"), "must not be empty");
-        }
-        r.error(extension, f.path("extension"),
-                "extensions are not supported: mesd carries the traffic to spec.endpoints itself");
-    }
+    // In Kuma an extension hands the MES to a control plane plugin. mesd carries the traffic
+    // itself, to spec.endpoints with spec.tls as given: the extension is checked as Kuma
+    // checks it and kept so that it round-trips through the store and `mesctl get`.
+    out.extension = decode_extension(r, f.take("extension"), f.path("extension"));
 
     auto tls = f.take("tls");
     if (present(tls)) {
@@ -389,6 +402,8 @@ void decode_hostname_generator(Reporter& r, const YAML::Node& spec, HostnameGene
                     "exact one selector (meshService, meshExternalService) must be defined");
     }
 
+    out.extension = decode_extension(r, f.take("extension"), f.path("extension"));
+
     auto template_node = f.take("template");
     auto text = read_string(r, template_node, f.path("template"));
     if (!text || text->empty()) {
@@ -401,16 +416,21 @@ void decode_hostname_generator(Reporter& r, const YAML::Node& spec, HostnameGene
         r.error(template_node, f.path("template"), "couldn't parse template: " + parsed.error());
         return;
     }
-    // Render once with stand-in values so that a template that can never give a valid name
-    // (upper case, a leading dot, "..") is refused now, not at generation time.
-    Template::Values stub{"name", "name", "namespace", "mesh", "zone", {}};
+    // Rendered once with Kuma's stand-in values (every label reads "label"), so that a
+    // template that can never give a valid name (upper case, a leading dot, "..") is refused
+    // now, in Kuma's words, rather than at generation time.
+    Template::Values stub{"name", "displayname", "namespace", "mesh", "zone", {}};
     for (const auto& piece : parsed->pieces())
         if (piece.type == Template::Piece::Type::label) stub.labels[piece.text] = "label";
     auto rendered = parsed->render(stub);
-    if (rendered && !is_rfc1123_subdomain(*rendered))
+    if (!rendered) {
+        r.error(template_node, f.path("template"), "couldn't render template with stub values: " + rendered.error());
+        return;
+    }
+    if (auto violations = dns1123_subdomain_violations(*rendered); !violations.empty())
         r.error(template_node, f.path("template"),
-                "template renders to " + excerpt(*rendered) + " which is not a valid DNS name: " +
-                    std::string(rfc1123_subdomain_message));
+                "template renders to " + excerpt(*rendered, hostname_excerpt_bytes) +
+                    " which is not a valid DNS name: " + join_violations(violations));
 }
 
 }  // namespace conf::detail

@@ -20,6 +20,14 @@ bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; 
 bool is_ident_start(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
 bool is_ident(char c) { return is_ident_start(c) || (c >= '0' && c <= '9'); }
 
+Template::Piece piece_of(Template::Piece::Type type, std::string text = {})
+{
+    Template::Piece p;
+    p.type = type;
+    p.text = std::move(text);
+    return p;
+}
+
 std::string go_error(int line, std::string_view message)
 {
     return "template: :" + std::to_string(line) + ": " + std::string(message);
@@ -78,7 +86,7 @@ std::expected<Template::Piece, std::string> parse_action(std::string_view body, 
     trim_left(body);
     if (body.starts_with("/*")) {
         if (!body.ends_with("*/")) return std::unexpected(go_error(line, "unclosed comment"));
-        return Template::Piece{Type::text, {}};
+        return piece_of(Type::text);
     }
     if (body.empty()) return std::unexpected(go_error(line, "missing value for command"));
 
@@ -95,15 +103,15 @@ std::expected<Template::Piece, std::string> parse_action(std::string_view body, 
                                        "\" (" + std::string(supported) + ")");
             return std::unexpected(go_error(line, "bad character " + describe_char(rest.front())));
         }
-        if (field == "Name") return Template::Piece{Type::name, {}};
-        if (field == "DisplayName") return Template::Piece{Type::display_name, {}};
-        if (field == "Namespace") return Template::Piece{Type::namespace_, {}};
-        if (field == "Mesh") return Template::Piece{Type::mesh, {}};
-        if (field == "Zone") return Template::Piece{Type::zone, {}};
+        if (field == "Name") return piece_of(Type::name);
+        if (field == "DisplayName") return piece_of(Type::display_name);
+        if (field == "Namespace") return piece_of(Type::namespace_);
+        if (field == "Mesh") return piece_of(Type::mesh);
+        if (field == "Zone") return piece_of(Type::zone);
         if (field.empty())
             return std::unexpected("unsupported template construct \".\" (" + std::string(supported) + ")");
-        return std::unexpected("can't evaluate field " + std::string(field) + " (" +
-                               std::string(supported) + ")");
+        // Go parses any field and fails when it executes: so does this, in its words.
+        return piece_of(Type::unknown_field, std::string(field));
     }
 
     if (is_ident_start(body.front())) {
@@ -124,13 +132,19 @@ std::expected<Template::Piece, std::string> parse_action(std::string_view body, 
         if (rest.front() != '"' && rest.front() != '`')
             return std::unexpected("unsupported template construct \"" + std::string(body) +
                                    "\": label takes one quoted string (" + std::string(supported) + ")");
+        std::string_view quoted = rest;
         auto key = read_string(rest, line);
         if (!key) return std::unexpected(key.error());
         trim_left(rest);
         if (!rest.empty())
             return std::unexpected("unsupported template construct \"" + std::string(body) +
                                    "\": label takes one quoted string (" + std::string(supported) + ")");
-        return Template::Piece{Type::label, std::move(*key)};
+        Template::Piece piece = piece_of(Type::label, std::move(*key));
+        // Go prints a string argument as it was quoted in the template.
+        std::string_view arg = quoted.substr(0, quoted.size() - rest.size());
+        while (!arg.empty() && is_space(arg.back())) arg.remove_suffix(1);
+        piece.context = "label " + std::string(arg);
+        return piece;
     }
 
     if (body.front() == '$' || body.front() == '(' || body.front() == '"' || body.front() == '`' ||
@@ -139,6 +153,18 @@ std::expected<Template::Piece, std::string> parse_action(std::string_view body, 
                                std::string(supported) + ")");
     return std::unexpected(go_error(line, "bad character " + describe_char(body.front())));
 }
+
+// Go's ExecError: `template: NAME:LINE:COL: executing "NAME" at <CONTEXT>: MESSAGE`, the
+// template's name being "" in Kuma.
+std::string exec_error(const Template::Piece& piece, const std::string& message)
+{
+    return "template: :" + std::to_string(piece.line) + ":" + std::to_string(piece.col) + ": executing \"\" at <" +
+           piece.context + ">: " + message;
+}
+
+// The type Kuma's validator renders templates with, as Go names it.
+constexpr std::string_view values_type =
+    "struct { Name string; DisplayName string; Namespace string; Mesh string; Zone string }";
 
 }  // namespace
 
@@ -162,7 +188,7 @@ std::expected<Template, std::string> Template::parse(std::string_view text)
         }
         if (trim_before)
             while (!lit.empty() && is_space(lit.back())) lit.pop_back();
-        if (!lit.empty()) t.pieces_.push_back(Piece{Piece::Type::text, std::move(lit)});
+        if (!lit.empty()) t.pieces_.push_back(piece_of(Piece::Type::text, std::move(lit)));
         line += static_cast<int>(std::ranges::count(literal, '\n'));
         if (open == std::string_view::npos) break;
 
@@ -193,6 +219,17 @@ std::expected<Template, std::string> Template::parse(std::string_view text)
         }
         auto piece = parse_action(body, line);
         if (!piece) return std::unexpected(piece.error());
+        {
+            // Go's position of the command: its first byte, as a line and a byte in the line.
+            auto first = body.find_first_not_of(" \t\r\n");
+            std::size_t offset = static_cast<std::size_t>(body.data() - text.data()) +
+                                 (first == std::string_view::npos ? 0 : first);
+            std::string_view before = text.substr(0, offset);
+            piece->line = 1 + static_cast<int>(std::ranges::count(before, '\n'));
+            auto nl = before.rfind('\n');
+            piece->col = static_cast<int>(nl == std::string_view::npos ? offset : offset - nl - 1);
+            if (piece->type == Piece::Type::unknown_field) piece->context = "." + piece->text;
+        }
         if (piece->type != Piece::Type::text) t.pieces_.push_back(std::move(*piece));
         line += static_cast<int>(std::ranges::count(body, '\n'));
         rest.remove_prefix(close + 2);
@@ -213,10 +250,14 @@ std::expected<std::string, std::string> Template::render(const Values& values) c
         case Piece::Type::zone: out += values.zone; break;
         case Piece::Type::label: {
             auto it = values.labels.find(piece.text);
-            if (it == values.labels.end()) return std::unexpected("label " + piece.text + " not found");
+            if (it == values.labels.end())
+                return std::unexpected(exec_error(piece, "error calling label: label " + piece.text + " not found"));
             out += it->second;
             break;
         }
+        case Piece::Type::unknown_field:
+            return std::unexpected(exec_error(piece, "can't evaluate field " + piece.text + " in type " +
+                                                         std::string(values_type)));
         }
     }
     return out;

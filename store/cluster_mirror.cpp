@@ -56,6 +56,7 @@ struct Mirror::Impl {
     Layout layout;
     etcd::Options options;
     Pools pools;
+    std::string zone;  // config `zone`, for {{ .Zone }}
     Hooks hooks;
     std::string node_name;
     Clock::time_point started = Clock::now();
@@ -71,7 +72,7 @@ struct Mirror::Impl {
     std::thread watcher, heart;
 
     Impl(Store& s, const conf::Config& config, Hooks h)
-        : store(s), layout(config.cluster.etcd.prefix), options(client_options(config)), pools(Pools::from(config)),
+        : store(s), layout(config.cluster.etcd.prefix), options(client_options(config)), pools(Pools::from(config)), zone(config.zone),
           hooks(std::move(h)), node_name(config.cluster.node_name.empty() ? host_name() : config.cluster.node_name)
     {
     }
@@ -142,6 +143,7 @@ struct Mirror::Impl {
         } trim{batch.puts.size() + batch.removals.size() >= 1000};
         WriteOptions o;
         o.pools = pools;
+        o.zone = zone;
         Result<WriteReport> r = std::unexpected(Error{"not written"});
         for (int attempt = 0; attempt < write_attempts && !stopped(); ++attempt) {
             r = store.mirror(batch, o);

@@ -236,6 +236,37 @@ std::optional<std::string> Reader::str()
     return s;
 }
 
+namespace {
+
+// Written after the spec only when there is one, so that a resource without an extension
+// keeps the bytes it had before extensions were kept (records already stored, etcd values).
+void encode_extension(Writer& w, const std::optional<conf::Extension>& ext)
+{
+    if (!ext) return;
+    w.str(ext->type);
+    w.u8(ext->config ? 1 : 0);
+    if (ext->config) w.str(*ext->config);
+}
+
+// What is left of the resource's bytes after its spec: nothing, or its extension.
+bool decode_extension(Reader& r, std::optional<conf::Extension>& ext)
+{
+    if (r.remaining() == 0) return true;
+    conf::Extension e;
+    if (!read_into(r.str(), e.type)) return false;
+    auto has_config = r.u8();
+    if (!has_config || *has_config > 1) return false;
+    if (*has_config) {
+        std::string config;
+        if (!read_into(r.str(), config)) return false;
+        e.config = std::move(config);
+    }
+    ext = std::move(e);
+    return true;
+}
+
+}  // namespace
+
 void encode_resource(Writer& w, const conf::Resource& r)
 {
     w.u8(static_cast<std::uint8_t>(r.kind));
@@ -243,12 +274,16 @@ void encode_resource(Writer& w, const conf::Resource& r)
     w.str(r.name);
     encode_string_map(w, r.labels);
     switch (r.kind) {
-    case conf::Kind::mesh_external_service: encode_mes(w, *r.mes()); break;
+    case conf::Kind::mesh_external_service:
+        encode_mes(w, *r.mes());
+        encode_extension(w, r.mes()->extension);
+        break;
     case conf::Kind::hostname_generator: {
         const auto& g = *r.generator();
         w.u8(g.selects_mesh_external_services ? 1 : 0);
         encode_string_map(w, g.match_labels);
         w.str(g.template_text);
+        encode_extension(w, g.extension);
         break;
     }
     case conf::Kind::secret: w.str(r.secret()->data); break;
@@ -264,14 +299,16 @@ std::optional<conf::Resource> decode_resource(Reader& r)
     switch (res.kind) {
     case conf::Kind::mesh_external_service: {
         conf::MeshExternalService m;
-        if (!decode_mes(r, m)) return std::nullopt;
+        if (!decode_mes(r, m) || !decode_extension(r, m.extension)) return std::nullopt;
         res.spec = std::move(m);
         break;
     }
     case conf::Kind::hostname_generator: {
         conf::HostnameGenerator g;
         auto sel = r.u8();
-        if (!sel || !decode_string_map(r, g.match_labels) || !read_into(r.str(), g.template_text)) return std::nullopt;
+        if (!sel || !decode_string_map(r, g.match_labels) || !read_into(r.str(), g.template_text) ||
+            !decode_extension(r, g.extension))
+            return std::nullopt;
         g.selects_mesh_external_services = *sel != 0;
         res.spec = std::move(g);
         break;

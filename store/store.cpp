@@ -273,6 +273,7 @@ private:
     Res<void> store_statuses(const std::string& mesh, std::vector<Loaded>& services,
                              std::vector<conf::HostnameStatus>& statuses);
     Res<void> recompute(const std::string& mesh);
+    Res<std::set<std::string>> meshes_with_mes();
     Res<void> generate_for_new(const std::string& mesh, const std::vector<std::string>& keys);
     Res<std::uint64_t> next_sequence();
     // The sequence as the write found it: every record stored before it is no younger.
@@ -840,16 +841,37 @@ Res<void> WriteTxn::store_statuses(const std::string& mesh, std::vector<Loaded>&
     return {};
 }
 
+// The generators that serve `mesh`: those of no mesh (Kuma's, serving every mesh) and those
+// written with this one.
+Res<void> load_generators(const Txn& txn, std::string_view mesh, std::vector<Loaded>& out)
+{
+    if (auto r = load_kind(txn, conf::Kind::hostname_generator, "", out); !r) return r;
+    if (mesh.empty()) return {};
+    return load_kind(txn, conf::Kind::hostname_generator, mesh, out);
+}
+
+Res<std::set<std::string>> WriteTxn::meshes_with_mes()
+{
+    std::set<std::string> out;
+    std::string prefix = kind_prefix(conf::Kind::mesh_external_service);
+    auto scan = txn_.scan(dbs_.resources, prefix, [&](std::string_view key, std::string_view) {
+        out.insert(std::string(split_owner(key.substr(prefix.size())).first));
+        return true;
+    });
+    if (!scan) return std::unexpected(scan.error());
+    return out;
+}
+
 Res<void> WriteTxn::recompute(const std::string& mesh)
 {
     std::vector<Loaded> generators, services;
-    if (auto r = load_kind(txn_, conf::Kind::hostname_generator, mesh, generators); !r) return r;
+    if (auto r = load_generators(txn_, mesh, generators); !r) return r;
     if (auto r = load_kind(txn_, conf::Kind::mesh_external_service, mesh, services); !r) return r;
 
     std::vector<conf::Ordered> gen_in, mes_in;
     for (const auto& g : generators) gen_in.push_back(conf::Ordered{&g.resource, g.record.created});
     for (const auto& s : services) mes_in.push_back(conf::Ordered{&s.resource, s.record.created});
-    auto statuses = conf::generate_hostnames(gen_in, mes_in);
+    auto statuses = conf::generate_hostnames(gen_in, mes_in, {}, options_.zone);
     return store_statuses(mesh, services, statuses);
 }
 
@@ -864,7 +886,7 @@ Res<void> WriteTxn::recompute(const std::string& mesh)
 Res<void> WriteTxn::generate_for_new(const std::string& mesh, const std::vector<std::string>& keys)
 {
     std::vector<Loaded> generators, services;
-    if (auto r = load_kind(txn_, conf::Kind::hostname_generator, mesh, generators); !r) return r;
+    if (auto r = load_generators(txn_, mesh, generators); !r) return r;
     if (generators.empty()) return {};  // nothing to generate, nothing held
     std::set<std::string> keys_seen;
     for (const auto& key : keys) {
@@ -877,12 +899,12 @@ Res<void> WriteTxn::generate_for_new(const std::string& mesh, const std::vector<
         services.push_back(Loaded{key, std::move(**rec), std::move(*res)});
     }
 
-    // Generator name -> its place in the generation order (creation, then name).
-    std::vector<std::pair<std::uint64_t, std::string>> order;
-    for (const auto& g : generators) order.emplace_back(g.record.created, g.resource.name);
+    // Generator name -> its place in the generation order (conf::order_key).
+    std::vector<conf::GenerationOrder> order;
+    for (const auto& g : generators) order.push_back(conf::order_key(conf::Ordered{&g.resource, g.record.created}));
     std::ranges::sort(order);
     std::map<std::string, std::size_t> rank;
-    for (std::size_t i = 0; i < order.size(); ++i) rank.emplace(order[i].second, i);
+    for (std::size_t i = 0; i < order.size(); ++i) rank.emplace(order[i].name, i);
 
     std::set<std::string> new_names;
     for (const auto& s : services) new_names.insert(s.resource.name);
@@ -917,7 +939,7 @@ Res<void> WriteTxn::generate_for_new(const std::string& mesh, const std::vector<
     std::vector<conf::Ordered> gen_in, mes_in;
     for (const auto& g : generators) gen_in.push_back(conf::Ordered{&g.resource, g.record.created});
     for (const auto& s : services) mes_in.push_back(conf::Ordered{&s.resource, s.record.created});
-    auto statuses = conf::generate_hostnames(gen_in, mes_in, claimed_by);
+    auto statuses = conf::generate_hostnames(gen_in, mes_in, claimed_by, options_.zone);
     if (failure) return std::unexpected(*failure);
     if (fall_back) return recompute(mesh);
     return store_statuses(mesh, services, statuses);
@@ -925,6 +947,12 @@ Res<void> WriteTxn::generate_for_new(const std::string& mesh, const std::vector<
 
 Res<void> WriteTxn::finish()
 {
+    // A generator of no mesh serves every mesh: each that has a MES is generated again.
+    if (dirty_meshes_.erase("")) {
+        auto meshes = meshes_with_mes();
+        if (!meshes) return std::unexpected(meshes.error());
+        dirty_meshes_.merge(*meshes);
+    }
     for (const auto& mesh : dirty_meshes_)
         if (auto r = recompute(mesh); !r) return r;
     for (const auto& [mesh, keys] : new_mes_) {

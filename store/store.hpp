@@ -107,6 +107,8 @@ struct WriteOptions {
     // For tests and benchmarks: every write that touches a mesh recomputes the hostnames of
     // all its MES, instead of generating only for new ones where that gives the same result.
     bool full_recompute = false;
+    // {{ .Zone }} of a MES without the label kuma.io/zone (config `zone`).
+    std::string zone = "default";
 };
 
 struct WriteReport {

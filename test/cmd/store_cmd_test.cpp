@@ -76,14 +76,14 @@ TEST_CASE("apply, get, inspect, delete and check through the real mesctl")
     INFO(applied.err);
     REQUIRE(applied.exit_code == 0);
     CHECK(applied.out ==
-          "created HostnameGenerator default/example\n"
+          "created HostnameGenerator example\n"
           "created MeshExternalService default/mes-a 127.242.0.1\n"
           "created MeshExternalService default/mes-b 127.242.0.2\n");
 
     auto again = ws.ctl({"apply", "-f", ws.dir.string() + "/in"});
     CHECK(again.exit_code == 0);
     CHECK(again.out ==
-          "unchanged HostnameGenerator default/example\n"
+          "unchanged HostnameGenerator example\n"
           "unchanged MeshExternalService default/mes-a 127.242.0.1\n"
           "unchanged MeshExternalService default/mes-b 127.242.0.2\n");
 
@@ -195,7 +195,7 @@ TEST_CASE("apply --prune deletes what the input no longer names")
     auto r = ws.ctl({"apply", "--prune", "-f", ws.write("b.yaml", generator_doc + mes_doc("b"))});
     CHECK(r.exit_code == 0);
     CHECK(r.out ==
-          "unchanged HostnameGenerator default/example\n"
+          "unchanged HostnameGenerator example\n"
           "unchanged MeshExternalService default/b 127.242.0.2\n"
           "deleted MeshExternalService default/a 127.242.0.1\n");
 }

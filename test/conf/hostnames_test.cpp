@@ -82,10 +82,11 @@ TEST_CASE("template errors become TemplateError conditions")
     CHECK(st[0].generators[0].generator == "lbl");
     CHECK(st[0].generators[0].conditions.at(0) ==
           conf::Condition{"Generated", "False", "TemplateError",
-                          "pre evaluation of template with parameters failed with error=\"label team not found\""});
+                          "pre evaluation of template with parameters failed with error=\"template: :1:3: executing "
+                          "\\\"\\\" at <label \\\"team\\\">: error calling label: label team not found\""});
     CHECK(st[0].generators[1].conditions.at(0).reason == "TemplateError");
     CHECK_THAT(st[0].generators[1].conditions.at(0).message,
-               Catch::StartsWith("template renders to \"a..mesh\" which is not a valid DNS name"));
+               Catch::StartsWith("generated hostname \"a..mesh\" is not a valid DNS name"));
 }
 
 TEST_CASE("a generator that selects nothing leaves no trace, and other selector kinds select nothing")
