@@ -105,7 +105,10 @@ std::optional<ResourceKey> Layout::parse_resource(std::string_view key) const
     if (slash2 == std::string_view::npos) return std::nullopt;
     auto kind = conf::kind_from_string(key.substr(slash1 + 1, slash2 - slash1 - 1));
     auto name = key.substr(slash2 + 1);
-    if (!kind || slash1 == 0 || name.empty() || name.find('/') != std::string_view::npos) return std::nullopt;
+    // Only a HostnameGenerator may have no mesh (it serves every mesh, as in Kuma).
+    bool no_mesh_ok = kind && *kind == conf::Kind::hostname_generator;
+    if (!kind || (slash1 == 0 && !no_mesh_ok) || name.empty() || name.find('/') != std::string_view::npos)
+        return std::nullopt;
     return ResourceKey{*kind, std::string(key.substr(0, slash1)), std::string(name)};
 }
 

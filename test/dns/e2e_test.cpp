@@ -69,8 +69,9 @@ TEST_CASE("PTR for IPv4 and IPv6 VIPs")
     o.vip_section = "  ipv4: 127.242.0.0/16\n  ipv6: fd00:fd02::/64\n";
     Fixture f(o);
     CHECK(f.short_answer("mes-http.mesh", "AAAA") == "fd00:fd02::1");
-    CHECK(f.dig_out({"-x", "127.242.0.1", "+short"}) == "mes-http.mesh.\n");
-    CHECK(f.dig_out({"-x", "fd00:fd02::2", "+short", "+tcp"}) == "mes-tls.mesh.\n");
+    // Every name of the MES, in name order: Kuma's default generator's and the example's.
+    CHECK(f.dig_out({"-x", "127.242.0.1", "+short"}) == "mes-http.extsvc.mesh.local.\nmes-http.mesh.\n");
+    CHECK(f.dig_out({"-x", "fd00:fd02::2", "+short", "+tcp"}) == "mes-tls.extsvc.mesh.local.\nmes-tls.mesh.\n");
     auto unused = f.dig_out({"-x", "127.242.9.9"});
     CHECK_THAT(unused, Catch::Contains("status: NXDOMAIN"));
     CHECK_THAT(unused, Catch::Contains("flags: qr aa"));

@@ -21,6 +21,12 @@ TEST_CASE("cluster layout: resource keys round trip and other keys are not resou
     CHECK_FALSE(layout.parse_resource("/mesd/vip/127.0.0.1"));
     CHECK_FALSE(layout.parse_resource("/mesd/nodes/a"));
     CHECK_FALSE(layout.parse_resource("/mesd/res/default/unknownkind/x"));
+    // A HostnameGenerator of no mesh (it serves every mesh); nothing else lacks one.
+    auto meshless = layout.parse_resource(layout.resource(conf::Kind::hostname_generator, "", "local-mesh-external-service"));
+    REQUIRE(meshless);
+    CHECK(meshless->mesh.empty());
+    CHECK(meshless->name == "local-mesh-external-service");
+    CHECK_FALSE(layout.parse_resource(layout.resource(conf::Kind::mesh_external_service, "", "web")));
     CHECK_FALSE(layout.parse_resource("/mesd/res/default/meshexternalservice/"));
     CHECK_FALSE(layout.parse_resource("/mesd/res/default/meshexternalservice/a/b"));
     CHECK_FALSE(layout.parse_resource("/other/res/default/meshexternalservice/web"));
