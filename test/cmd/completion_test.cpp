@@ -65,10 +65,11 @@ std::set<std::string> complete(const std::vector<std::string>& words, const std:
 
 std::string mesctl_dir() { return std::filesystem::path(MESCTL_PATH).parent_path().string(); }
 
-// Runs `script` in bash with mesctl on PATH.
+// Runs `script` in the shell `sh` with mesctl first on PATH (set in the script: an entry
+// added to the environment would come after the PATH already there).
 test_support::RunResult shell(const std::string& sh, const std::string& script)
 {
-    return run({sh, "-c", script}, {}, {"PATH=" + mesctl_dir() + ":/usr/bin:/bin"});
+    return run({sh, "-c", "export PATH=" + mesctl_dir() + ":$PATH; " + script});
 }
 
 }  // namespace
@@ -143,13 +144,13 @@ TEST_CASE("the bash completion script completes in bash", "[completion]")
     REQUIRE(script.exit_code == 0);
     auto file = s.dir.write("mesctl.bash", script.out);
     auto drive = [&](const std::string& words, int cword) {
-        auto r = shell("bash", "source " + file + "; COMP_WORDS=(" + words + "); COMP_CWORD=" + std::to_string(cword) +
+        auto r = shell("/bin/bash", "source " + file + "; COMP_WORDS=(" + words + "); COMP_CWORD=" + std::to_string(cword) +
                                    "; _mesctl; printf '%s\\n' \"${COMPREPLY[@]}\"");
         INFO(r.err);
         CHECK(r.exit_code == 0);
         return set_of(r.out);
     };
-    auto registered = shell("bash", "source " + file + "; complete -p mesctl");
+    auto registered = shell("/bin/bash", "source " + file + "; complete -p mesctl");
     CHECK(registered.out.find("complete -F _mesctl mesctl") != std::string::npos);
     CHECK(drive("mesctl ''", 1).count("inspect") == 1);
     CHECK(drive("mesctl --data-dir " + s.data_dir + " get mes ''", 5) == std::set<std::string>{"compl-alpha", "compl-beta"});
@@ -171,24 +172,24 @@ TEST_CASE("the zsh completion script loads and completes in zsh", "[completion]"
     REQUIRE(script.exit_code == 0);
     CHECK(script.out.starts_with("#compdef mesctl\n"));
     auto file = s.dir.write("_mesctl", script.out);
-    auto syntax = run({"zsh", "-n", file});
+    auto syntax = run({"/usr/bin/zsh", "-n", file});
     INFO(syntax.err);
     CHECK(syntax.exit_code == 0);
     CHECK(syntax.err.empty());
     const std::string init = "autoload -U compinit; compinit -u -D; source " + file + "; ";
-    auto registered = shell("zsh", init + "print -r -- $_comps[mesctl]");
+    auto registered = shell("/usr/bin/zsh", init + "print -r -- $_comps[mesctl]");
     INFO(registered.err);
     CHECK(registered.out == "_mesctl\n");
     // compadd works inside a completion widget only: a function of the same name stands in
     // for it and prints what the script offers.
-    auto offered = shell("zsh", init + "compadd() { print -rl -- \"$@\" }; words=(mesctl --data-dir " + s.data_dir +
-                                    " get mes compl-); CURRENT=5; _mesctl");
+    auto offered = shell("/usr/bin/zsh", init + "compadd() { print -rl -- \"$@\" }; words=(mesctl --data-dir " + s.data_dir +
+                                    " get mes compl-); CURRENT=6; _mesctl");
     INFO(offered.err);
     CHECK(offered.exit_code == 0);
     auto got = set_of(offered.out);
     got.erase("--");
     CHECK(got == std::set<std::string>{"compl-alpha", "compl-beta"});
-    auto commands = shell("zsh", init + "compadd() { print -rl -- \"$@\" }; words=(mesctl ch); CURRENT=2; _mesctl");
+    auto commands = shell("/usr/bin/zsh", init + "compadd() { print -rl -- \"$@\" }; words=(mesctl ch); CURRENT=2; _mesctl");
     auto cmds = set_of(commands.out);
     cmds.erase("--");
     CHECK(cmds == std::set<std::string>{"check"});

@@ -32,7 +32,7 @@ std::set<std::string> flags_in(const std::string& help)
 // across lines, the overstrike of bold and underline taken out.
 std::string rendered(const std::string& page)
 {
-    auto r = run({"mandoc", "-T", "ascii", "-O", "width=400", man_dir + page});
+    auto r = run({"/usr/bin/mandoc", "-T", "ascii", "-O", "width=400", man_dir + page});
     REQUIRE(r.exit_code == 0);
     std::string out;
     for (std::size_t i = 0; i < r.out.size(); ++i) {
@@ -156,7 +156,7 @@ TEST_CASE("every configuration key is in mesd.yaml(5)", "[man]")
 TEST_CASE("mandoc -T lint finds nothing in the manual pages", "[man]")
 {
     for (const char* page : {"mesd.8", "mesctl.1", "mesd.yaml.5"}) {
-        auto r = run({"mandoc", "-T", "lint", "-W", "warning", man_dir + page});
+        auto r = run({"/usr/bin/mandoc", "-T", "lint", "-W", "warning", man_dir + page});
         INFO(page << ": " << r.out << r.err);
         CHECK(r.exit_code == 0);
         CHECK(r.out.empty());
@@ -169,7 +169,7 @@ TEST_CASE("man renders the manual pages at 80 columns", "[man]")
     const std::vector<std::pair<std::string, std::string>> pages = {
         {"mesd.8", "MESD(8)"}, {"mesctl.1", "MESCTL(1)"}, {"mesd.yaml.5", "MESD.YAML(5)"}};
     for (const auto& [page, title] : pages) {
-        auto r = run({"man", "-l", man_dir + page}, {}, {"MANWIDTH=80", "MAN_KEEP_FORMATTING=", "PAGER=cat", "MANPAGER=cat"});
+        auto r = run({"/usr/bin/man", "-l", man_dir + page}, {}, {"MANWIDTH=80", "MAN_KEEP_FORMATTING=", "PAGER=cat", "MANPAGER=cat"});
         INFO(page << ": " << r.err);
         CHECK(r.exit_code == 0);
         CHECK(r.err.empty());
@@ -211,7 +211,7 @@ std::string project_version()
 // The version pkg-config knows the library by: what the build found.
 std::string pkg_version(const std::string& module)
 {
-    auto r = run({"pkg-config", "--modversion", module});
+    auto r = run({"/usr/bin/pkg-config", "--modversion", module});
     REQUIRE(r.exit_code == 0);
     return r.out.substr(0, r.out.find('\n'));
 }
@@ -225,9 +225,9 @@ void check_version_text(const std::string& text, const std::string& program)
     CHECK(m[1].str() == program);
     CHECK(m[2].str() == project_version());
     // Built from git: the commit is one git knows. (A tarball build prints none.)
-    if (run({"git", "-C", MESD_SOURCE_DIR, "rev-parse", "HEAD"}).exit_code == 0) {
+    if (run({"/usr/bin/git", "-C", MESD_SOURCE_DIR, "rev-parse", "HEAD"}).exit_code == 0) {
         REQUIRE(m[3].matched);
-        CHECK(run({"git", "-C", MESD_SOURCE_DIR, "cat-file", "-e", m[3].str() + "^{commit}"}).exit_code == 0);
+        CHECK(run({"/usr/bin/git", "-C", MESD_SOURCE_DIR, "cat-file", "-e", m[3].str() + "^{commit}"}).exit_code == 0);
     }
     CHECK(std::regex_search(text, std::regex("\ncompiler: (g\\+\\+|clang) [0-9]")));
     CHECK(text.find("\nldns: " + pkg_version("ldns") + "\n") != std::string::npos);
