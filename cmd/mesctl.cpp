@@ -778,6 +778,14 @@ int main(int argc, char** argv)
         command = args.front();
         args.erase(args.begin());
     }
+    // `mesctl COMMAND --help`: the one text that covers every command.
+    for (const auto& arg : args) {
+        if (arg == "--") break;
+        if (arg == "--help" || arg == "-h") {
+            std::cout << usage_text;
+            return exit_ok;
+        }
+    }
     if (auto err = parse_args(args, g, a)) return usage_error(*err);
     try {
         if (command == "validate") return cmd_validate(g, a);

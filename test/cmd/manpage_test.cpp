@@ -84,6 +84,13 @@ TEST_CASE("every flag and command of mesctl --help is in mesctl(1)", "[man]")
     for (const char* known : {"--config", "--data-dir", "--etcd-endpoints", "--quiet", "-q", "-f", "--filename",
                               "--prune", "--follow-links", "--mesh", "-o", "--output", "--force", "--admin", "--from"})
         CHECK(flags.count(known) == 1);
+    // Each command's help is the same text.
+    for (const char* command : {"validate", "apply", "get", "delete", "inspect", "check", "cluster"}) {
+        auto r = run({MESCTL_PATH, command, "--help"});
+        INFO(command);
+        CHECK(r.exit_code == 0);
+        CHECK(r.out == help.out);
+    }
     auto page = rendered("mesctl.1");
     for (const auto& f : flags) {
         INFO("flag " << f);
