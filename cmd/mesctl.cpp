@@ -1,6 +1,8 @@
 // mesctl: validate, apply, get, delete, inspect and check mesd's resources.
+#include "cmd/completion.hpp"
 #include "cmd/live.hpp"
 #include "cmd/output.hpp"
+#include "cmd/version.hpp"
 #include "cmd/view.hpp"
 #include "conf/conf.hpp"
 #include "store/cluster.hpp"
@@ -26,11 +28,11 @@ constexpr std::string_view usage_text =
     "usage: mesctl [--config FILE] [--data-dir DIR] [--etcd-endpoints URL,...] COMMAND [ARGS]\n"
     "\n"
     "commands:\n"
-    "  validate [--quiet] PATH...                 check YAML files or directories of resources\n"
-    "  apply -f PATH [-f PATH]... [--prune]       validate, then write everything in one transaction\n"
+    "  validate [--quiet|-q] PATH...              check YAML files or directories of resources\n"
+    "  apply -f|--filename PATH... [--prune]      validate, then write everything in one transaction\n"
     "      (validate, apply: --follow-links reads links in a directory that lead out of it)\n"
-    "  get KIND [NAME] [--mesh M] [-o table|yaml|json]\n"
-    "                                             KIND: mes, hostnamegenerators, secrets, vips\n"
+    "  get KIND [NAME] [--mesh M] [-o|--output table|yaml|json]\n"
+    "                                             KIND: mes, hostnamegenerators (hg), secrets, vips\n"
     "  delete KIND NAME [--mesh M] [--force]      delete one resource (its VIPs go to quarantine)\n"
     "  inspect NAME|HOSTNAME|VIP [--mesh M] [--admin HOST:PORT]\n"
     "                                             what DNS answers and where traffic goes; with\n"
@@ -39,7 +41,9 @@ constexpr std::string_view usage_text =
     "  get nodes [-o table|yaml|json]             cluster mode: every mesd node, its revision and last contact\n"
     "  cluster import [--from DIR]                copy a single-node store (default: the store) into etcd,\n"
     "                                             every VIP kept\n"
-    "  help                                       show this text\n"
+    "  completion bash|zsh                        print a shell completion script\n"
+    "  version                                    print the version and the libraries' (also --version)\n"
+    "  help                                       show this text (also --help, -h)\n"
     "\n"
     "The store is --data-dir, else $MESD_DATA_DIR, else dataDir of the configuration file\n"
     "(--config FILE, else $MESD_CONFIG), else /var/lib/mesd.\n"
@@ -739,6 +743,26 @@ int main(int argc, char** argv)
         std::cout << usage_text;
         return exit_ok;
     }
+    if (command == "version" || command == "--version") {
+        std::cout << cmd::version_text("mesctl");
+        return exit_ok;
+    }
+    // What the completion scripts call: the words after "mesctl" up to the cursor's.
+    if (command == "__complete") {
+        try {
+            for (const auto& c : cmd::complete(args)) std::cout << c << '\n';
+        } catch (const std::exception&) {
+            // Nothing to offer: a completion prints no errors into the command line.
+        }
+        return exit_ok;
+    }
+    if (command == "completion") {
+        if (args.size() != 1) return usage_error("completion: give the shell, bash or zsh");
+        auto script = cmd::completion_script(args[0]);
+        if (!script) return usage_error("completion: unknown shell \"" + args[0] + "\" (bash or zsh)");
+        std::cout << *script;
+        return exit_ok;
+    }
     Globals g;
     Args a;
     // Global options may come before the command too.
@@ -753,6 +777,14 @@ int main(int argc, char** argv)
         if (!ignored.positional.empty() || args.empty()) return usage_error("no command given");
         command = args.front();
         args.erase(args.begin());
+    }
+    // `mesctl COMMAND --help`: the one text that covers every command.
+    for (const auto& arg : args) {
+        if (arg == "--") break;
+        if (arg == "--help" || arg == "-h") {
+            std::cout << usage_text;
+            return exit_ok;
+        }
     }
     if (auto err = parse_args(args, g, a)) return usage_error(*err);
     try {

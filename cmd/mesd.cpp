@@ -3,6 +3,7 @@
 // endpoint. SIGTERM or SIGINT closes the listeners, lets in-flight work finish and exits 0.
 #include "cmd/daemon.hpp"
 #include "cmd/log.hpp"
+#include "cmd/version.hpp"
 #include "conf/conf.hpp"
 
 #include <malloc.h>
@@ -32,6 +33,7 @@ constexpr std::string_view usage_text =
     "usage: mesd [--config FILE] [--data-dir DIR] [--dns-listen ADDR:PORT]... [--admin-listen ADDR:PORT]\n"
     "            [--conf-dir DIR [--conf-dir-follow-links]] [--log-level debug|info|warn|error]\n"
     "            [--allow-core-dumps] [--etcd-endpoints URL,...] [--node-name NAME] [--workers N]\n"
+    "       mesd --version | --help\n"
     "\n"
     "Answers DNS for MeshExternalService hostnames and forwards other names upstream.\n"
     "The configuration file is --config FILE, else $MESD_CONFIG, else the built-in defaults;\n"
@@ -93,6 +95,9 @@ std::optional<std::string> parse_flags(int argc, char** argv, Flags& f)
             continue;
         } else if (name == "--help" || name == "-h") {
             std::cout << usage_text;
+            std::exit(exit_ok);
+        } else if (name == "--version") {
+            std::cout << cmd::version_text("mesd");
             std::exit(exit_ok);
         } else {
             return "unknown option " + arg;

@@ -497,6 +497,11 @@ ConfigResult load_config_file(const std::string& path);
 // $MESD_CONFIG when set, else the defaults; then $MESD_DATA_DIR over dataDir.
 ConfigResult load_config(const std::optional<std::string>& path);
 
+// Every key of the configuration file as a dotted path ("dns.forward.upstreams"), sections
+// included ("dns", "dns.forward"), sorted: taken from the reader itself, so the list is what
+// the file accepts and everything else is refused as an unknown field.
+const std::vector<std::string>& config_keys();
+
 // Turns cluster mode on with the comma-separated etcd endpoints of a flag or variable
 // (`source` names it in errors).
 void set_etcd_endpoints(ConfigResult& result, std::string_view list, std::string_view source);

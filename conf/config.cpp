@@ -444,6 +444,44 @@ ConfigResult load_config_text(std::string_view text, std::string_view file_name)
     return result;
 }
 
+// The reader asks for every key of each mapping it reads, present or not, but reads some
+// sections (cluster, proxy.accessLog) only when they are there: it is run on a document
+// holding every key found so far, each an empty mapping, until no new key turns up.
+const std::vector<std::string>& config_keys()
+{
+    static const std::vector<std::string> keys = [] {
+        std::vector<std::string> found;
+        for (int round = 0; round < 16; ++round) {
+            YAML::Node root(YAML::NodeType::Map);
+            for (const auto& path : found) {
+                YAML::Node at = root;
+                std::string_view rest = path;
+                while (!rest.empty()) {
+                    auto dot = rest.find('.');
+                    std::string part(rest.substr(0, dot));
+                    rest = dot == std::string_view::npos ? std::string_view{} : rest.substr(dot + 1);
+                    if (!at[part].IsMap()) at[part] = YAML::Node(YAML::NodeType::Map);
+                    at.reset(at[part]);
+                }
+            }
+            Document sink;
+            std::vector<std::string> asked;
+            Config ignored;
+            {
+                Reporter r(sink, "");
+                r.record_keys(&asked);
+                read_config(r, root, ignored);
+            }
+            std::ranges::sort(asked);
+            asked.erase(std::unique(asked.begin(), asked.end()), asked.end());
+            if (asked == found) break;
+            found = std::move(asked);
+        }
+        return found;
+    }();
+    return keys;
+}
+
 ConfigResult load_config_file(const std::string& path)
 {
     std::ifstream in(path, std::ios::binary);

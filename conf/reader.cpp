@@ -98,6 +98,7 @@ Fields::~Fields()
 
 YAML::Node Fields::take(std::string_view key)
 {
+    if (reporter_.recording_keys()) reporter_.key_asked(join(path_, key));
     auto found = index_.find(key);
     if (found == index_.end()) return YAML::Node(YAML::NodeType::Undefined);
     auto& e = entries_[found->second];

@@ -38,6 +38,14 @@ public:
     const std::string& file() const { return file_; }
     // Nodes created for absent keys carry no position; they are reported at this one.
     void set_fallback(const YAML::Node& node) { fallback_ = mark(node); }
+    // Every key a reader asks for, present or not, is added to `out` as a dotted path: the
+    // keys the reader knows, taken from the reader itself (conf::config_keys()).
+    void record_keys(std::vector<std::string>* out) { keys_ = out; }
+    bool recording_keys() const { return keys_ != nullptr; }
+    void key_asked(std::string path)
+    {
+        if (keys_) keys_->push_back(std::move(path));
+    }
 
 private:
     void add(Severity severity, const Mark& at, std::string path, std::string message);
@@ -46,6 +54,7 @@ private:
     std::string file_;
     int line_offset_ = 0;
     Mark fallback_;
+    std::vector<std::string>* keys_ = nullptr;
 };
 
 std::string join(std::string_view path, std::string_view key);
