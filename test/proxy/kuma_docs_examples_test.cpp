@@ -118,6 +118,10 @@ TEST_CASE("every example of Kuma's MeshExternalService pages applies and serves 
     // Only the SPIFFE ID: spiffe-service's Prefix entry is what must match.
     auto [spiffe_crt, spiffe_key] =
         pair("spiffe", make_leaf(ca, "service.example.com", {"URI:spiffe://example.com/ns/production/sa/web"}));
+    // The same but for another namespace: the serverName is left only in its CN, which is no
+    // SAN, so spiffe-service's verification must refuse it (as Envoy's SAN matchers do).
+    auto [staging_crt, staging_key] =
+        pair("staging", make_leaf(ca, "service.example.com", {"URI:spiffe://example.com/ns/staging/sa/web"}));
     auto db_client = make_leaf(client_ca, "database-client", {"DNS:database-client"}, -1, 365, true);
 
     Child dnsmasq(ns.wrap({"/usr/sbin/dnsmasq", "-k", "--user=root", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
@@ -125,7 +129,7 @@ TEST_CASE("every example of Kuma's MeshExternalService pages applies and serves 
                            "--address=/tcpbin.com/127.0.0.1", "--address=/grpcbin.test.k6.io/127.0.0.1",
                            "--address=/postgres.external.example.com/127.0.0.1", "--address=/api1.example.com/127.0.0.2",
                            "--address=/api2.example.com/127.0.0.3", "--address=/internal.corp.example.com/127.0.0.4",
-                           "--address=/service.example.com/127.0.0.5"}),
+                           "--address=/service.example.com/127.0.0.5", "--address=/cn-only.example.com/127.0.0.6"}),
                   (dir.path / "dnsmasq.out").string(), (dir.path / "dnsmasq.err").string());
 
     // local-service's socket is /var/run/service.sock (/run on this system): nginx and mesd
@@ -144,6 +148,7 @@ TEST_CASE("every example of Kuma's MeshExternalService pages applies and serves 
     std::string servers = server("127.0.0.1:443 ssl", httpbin_crt, httpbin_key) + server("127.0.0.2:443 ssl", api_crt, api_key) +
                           server("127.0.0.3:443 ssl", api_crt, api_key) + server("203.0.113.10:443 ssl", api_crt, api_key) +
                           server("127.0.0.4:443 ssl", corp_crt, corp_key) + server("127.0.0.5:443 ssl", spiffe_crt, spiffe_key) +
+                          server("127.0.0.6:443 ssl", staging_crt, staging_key) +
                           server("unix:/run/service.sock", "", "");
     dir.write("nginx.conf", nginx_config(dir.path,
                                          "    listen 127.0.0.1:80;\n"
@@ -166,7 +171,7 @@ TEST_CASE("every example of Kuma's MeshExternalService pages applies and serves 
     Child grpc(ns.wrap({python, peer, "serve", "127.0.0.1:9000"}), out("grpc.out"), out("grpc.err"));
     Child grpcs(ns.wrap({python, peer, "serve", "127.0.0.1:9001", grpcbin_crt, grpcbin_key}), out("grpcs.out"), out("grpcs.err"));
     for (std::string at : {"127.0.0.1 53", "127.0.0.1 80", "127.0.0.1 443", "127.0.0.2 443", "127.0.0.3 443", "203.0.113.10 443",
-                           "127.0.0.4 443", "127.0.0.5 443", "127.0.0.1 4242", "127.0.0.1 4243", "127.0.0.1 4244", "127.0.0.1 5432",
+                           "127.0.0.4 443", "127.0.0.5 443", "127.0.0.6 443", "127.0.0.1 4242", "127.0.0.1 4243", "127.0.0.1 4244", "127.0.0.1 5432",
                            "127.0.0.1 9000", "127.0.0.1 9001"}) {
         INFO(at);
         auto space = at.find(' ');
@@ -264,11 +269,27 @@ TEST_CASE("every example of Kuma's MeshExternalService pages applies and serves 
             auto r = run({MESCTL_PATH, "validate", examples + file});
             INFO(file << ": " << r.out << r.err);
             CHECK(r.exit_code == 0);
+            // Alone, the two that name Secrets are valid with a warning: as in Kuma, a MES may
+            // be applied before its Secret.
+            if (stem == "resource-database" || stem == "resource-private-api")
+                CHECK((r.out + r.err).find("not found in mesh \"default\"; TLS connections to this service are refused") !=
+                      std::string::npos);
             std::filesystem::copy_file(examples + file, resources / file);
         };
         copy("guide-hg-example");
         for (const auto& ex : all) copy(ex.stem);
         bool kube = form == "kubernetes";
+        // Not an example: spiffe-service's spec towards an endpoint with the staging certificate.
+        {
+            auto text = file_text(examples + "resource-spiffe-service." + form + ".yaml");
+            for (auto [from, to] : {std::pair<std::string, std::string>{"name: spiffe-service", "name: spiffe-cn-only"},
+                                    {"address: service.example.com", "address: cn-only.example.com"}}) {
+                auto at = text.find(from);
+                REQUIRE(at != std::string::npos);
+                text.replace(at, from.size(), to);
+            }
+            dir.write("resources-" + form + "/spiffe-cn-only.yaml", text);
+        }
         dir.write("resources-" + form + "/secrets.yaml",
                   secret_yaml(kube, "postgres-client-cert", db_client.cert_pem) +
                       secret_yaml(kube, "postgres-client-key", db_client.key_pem) +
@@ -298,6 +319,16 @@ TEST_CASE("every example of Kuma's MeshExternalService pages applies and serves 
             CHECK(vip.starts_with("127.244."));
             if (!vip.starts_with("127.244.")) continue;
             ex.check(ns, vip, dir);
+        }
+        {
+            auto vip = ns.in({"/usr/bin/dig", "@127.0.0.1", "-p", std::to_string(mesd.dns_port()), "spiffe-cn-only" + fallback, "+short"}).out;
+            while (!vip.empty() && vip.back() == '\n') vip.pop_back();
+            REQUIRE(vip.starts_with("127.244."));
+            auto got = get(ns, "spiffe-cn-only" + fallback, vip, 443);
+            INFO(got);
+            CHECK(got.find("addr=127.0.0.6") == std::string::npos);
+            CHECK(eventually([&] { return mesd.log().find("certificate name mismatch: service.example.com is not among "
+                                                          "[spiffe://example.com/ns/staging/sa/web]") != std::string::npos; }));
         }
         CHECK(mesd.stop() == 0);
     }
