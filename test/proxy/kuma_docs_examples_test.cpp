@@ -81,6 +81,14 @@ std::string get(const Namespace& ns, const std::string& host, const std::string&
     return ns.in({curl, "-sS", "--max-time", "5", "--resolve", host + ":" + p + ":" + vip, "http://" + host + ":" + p + "/"}).out;
 }
 
+// The VIP mesd answers for `name`, or what dig printed instead.
+std::string vip_of(const Namespace& ns, const Mesd& mesd, const std::string& name)
+{
+    auto vip = ns.in({"/usr/bin/dig", "@127.0.0.1", "-p", std::to_string(mesd.dns_port()), name, "+short"}).out;
+    while (!vip.empty() && vip.back() == '\n') vip.pop_back();
+    return vip;
+}
+
 std::string tcp_line(const Namespace& ns, const std::string& vip, int port)
 {
     return ns.in({nc, "-N", "-w", "5", vip, std::to_string(port)}, "echo this\n").out;
@@ -155,7 +163,7 @@ TEST_CASE("every example of Kuma's MeshExternalService pages applies and serves 
                                          "    location / { return 200 \"host=$http_host scheme=$scheme addr=$server_addr\\n\"; }\n",
                                          servers));
     auto out = [&](const std::string& name) { return (dir.path / name).string(); };
-    Child nginx(with_run({"/usr/sbin/nginx", "-c", out("nginx.conf"), "-e", out("nginx.err")}), out("nginx.out"), out("nginx.err2"));
+    Child nginx(with_run({"/usr/sbin/nginx", "-c", out("nginx.conf"), "-e", out("nginx.err")}), out("nginx.out"), out("nginx.stderr"));
     Child echo(ns.wrap({"/usr/bin/socat", "TCP-LISTEN:4242,bind=127.0.0.1,fork,reuseaddr", "EXEC:cat"}));
     Child echo_tls(ns.wrap({"/usr/bin/socat",
                             "OPENSSL-LISTEN:4243,bind=127.0.0.1,fork,reuseaddr,verify=0,cert=" + tcpbin_crt + ",key=" + tcpbin_key,
@@ -171,8 +179,8 @@ TEST_CASE("every example of Kuma's MeshExternalService pages applies and serves 
     Child grpc(ns.wrap({python, peer, "serve", "127.0.0.1:9000"}), out("grpc.out"), out("grpc.err"));
     Child grpcs(ns.wrap({python, peer, "serve", "127.0.0.1:9001", grpcbin_crt, grpcbin_key}), out("grpcs.out"), out("grpcs.err"));
     for (std::string at : {"127.0.0.1 53", "127.0.0.1 80", "127.0.0.1 443", "127.0.0.2 443", "127.0.0.3 443", "203.0.113.10 443",
-                           "127.0.0.4 443", "127.0.0.5 443", "127.0.0.6 443", "127.0.0.1 4242", "127.0.0.1 4243", "127.0.0.1 4244", "127.0.0.1 5432",
-                           "127.0.0.1 9000", "127.0.0.1 9001"}) {
+                           "127.0.0.4 443", "127.0.0.5 443", "127.0.0.6 443", "127.0.0.1 4242", "127.0.0.1 4243",
+                           "127.0.0.1 4244", "127.0.0.1 5432", "127.0.0.1 9000", "127.0.0.1 9001"}) {
         INFO(at);
         auto space = at.find(' ');
         REQUIRE(eventually([&] { return ns.in({nc, "-z", "-w", "1", at.substr(0, space), at.substr(space + 1)}).exit_code == 0; }, 10s));
@@ -279,7 +287,8 @@ TEST_CASE("every example of Kuma's MeshExternalService pages applies and serves 
         copy("guide-hg-example");
         for (const auto& ex : all) copy(ex.stem);
         bool kube = form == "kubernetes";
-        // Not an example: spiffe-service's spec towards an endpoint with the staging certificate.
+        // Not an example: spiffe-service's spec towards an endpoint holding the staging
+        // certificate, which must be refused.
         {
             auto text = file_text(examples + "resource-spiffe-service." + form + ".yaml");
             for (auto [from, to] : {std::pair<std::string, std::string>{"name: spiffe-service", "name: spiffe-cn-only"},
@@ -299,11 +308,12 @@ TEST_CASE("every example of Kuma's MeshExternalService pages applies and serves 
         auto applied = run({MESCTL_PATH, "--data-dir", out("store-" + form), "apply", "-f", resources.string()});
         INFO(applied.out << applied.err);
         REQUIRE(applied.exit_code == 0);
-        auto listed = run({MESCTL_PATH, "--data-dir", out("store-" + form), "get", "mes"}).out;
         for (const auto& ex : all) {
             auto name = ex.hostname.substr(0, ex.hostname.find('.'));
-            CHECK(listed.find(name) != std::string::npos);
+            CHECK(run({MESCTL_PATH, "--data-dir", out("store-" + form), "get", "mes", name, "--mesh", "default"}).exit_code == 0);
         }
+        for (std::string secret : {"postgres-client-cert", "postgres-client-key", "corporate-ca-cert"})
+            CHECK(run({MESCTL_PATH, "--data-dir", out("store-" + form), "get", "secrets", secret, "--mesh", "default"}).exit_code == 0);
 
         MesdOptions options;
         options.wrapper = with_run({"/usr/bin/env", "SSL_CERT_FILE=" + ca_file});
@@ -314,15 +324,13 @@ TEST_CASE("every example of Kuma's MeshExternalService pages applies and serves 
         for (const auto& ex : all) {
             INFO(ex.stem << " " << ex.hostname);
             INFO("mesd's log:\n" << mesd.log());
-            auto vip = ns.in({"/usr/bin/dig", "@127.0.0.1", "-p", std::to_string(mesd.dns_port()), ex.hostname, "+short"}).out;
-            while (!vip.empty() && vip.back() == '\n') vip.pop_back();
+            auto vip = vip_of(ns, mesd, ex.hostname);
             CHECK(vip.starts_with("127.244."));
             if (!vip.starts_with("127.244.")) continue;
             ex.check(ns, vip, dir);
         }
         {
-            auto vip = ns.in({"/usr/bin/dig", "@127.0.0.1", "-p", std::to_string(mesd.dns_port()), "spiffe-cn-only" + fallback, "+short"}).out;
-            while (!vip.empty() && vip.back() == '\n') vip.pop_back();
+            auto vip = vip_of(ns, mesd, "spiffe-cn-only" + fallback);
             REQUIRE(vip.starts_with("127.244."));
             auto got = get(ns, "spiffe-cn-only" + fallback, vip, 443);
             INFO(got);
