@@ -195,8 +195,11 @@ std::string TlsContext::check_names(SSL* ssl, const std::string& endpoint, bool 
     if (!cert) return "the server sent no certificate";
     std::string expected = !tls_.server_name.empty() ? tls_.server_name : endpoint;
     bool is_ip = tls_.server_name.empty() && endpoint_is_ip;
+    // Names are SANs only: OpenSSL would otherwise take the subject's CN when the
+    // certificate has no DNS SAN, which Envoy's SAN matchers (hence Kuma) never do, so a
+    // certificate naming the host only in its CN (beside a URI SAN, say) would pass here alone.
     if (is_ip ? X509_check_ip_asc(cert, expected.c_str(), 0) == 1
-              : X509_check_host(cert, expected.c_str(), expected.size(), 0, nullptr) == 1)
+              : X509_check_host(cert, expected.c_str(), expected.size(), X509_CHECK_FLAG_NEVER_CHECK_SUBJECT, nullptr) == 1)
         return {};
 
     struct San {
