@@ -624,7 +624,7 @@ Decoded decode_document(const LoadOptions& options, const YAML::Node& root, cons
                 doc.resource.kind = *kind;
                 if (kubernetes) decode_kubernetes(c, r, top, doc.resource, root);
                 else decode_universal(c, r, top, doc.resource, root);
-                bool meshless = doc.resource.mesh.empty() && *kind == Kind::hostname_generator;
+                bool meshless = doc.resource.mesh.empty() && doc.resource.kind == Kind::hostname_generator;
                 if (!meshless && !is_rfc1123_subdomain(doc.resource.mesh))
                     r.error(root, "mesh", std::string(rfc1123_subdomain_message));
             }
