@@ -107,12 +107,23 @@ TEST_CASE("cluster defaults: three nodes started at once on an empty etcd create
     EtcdCluster etcd(one_member());
     // Three one-node fleets started on three threads: their first beats race.
     std::vector<std::unique_ptr<Fleet>> fleets(3);
+    std::vector<std::string> failures(3);  // Catch's macros are for this thread only
     {
         std::vector<std::thread> starting;
-        for (auto& f : fleets) starting.emplace_back([&] { f = std::make_unique<Fleet>(etcd, 1, fleet_options()); });
+        for (std::size_t i = 0; i < fleets.size(); ++i)
+            starting.emplace_back([&, i] {
+                try {
+                    fleets[i] = std::make_unique<Fleet>(etcd, 1, fleet_options());
+                } catch (const std::exception& e) {
+                    failures[i] = e.what();
+                }
+            });
         for (auto& t : starting) t.join();
     }
-    for (auto& f : fleets) REQUIRE(f);
+    for (std::size_t i = 0; i < fleets.size(); ++i) {
+        INFO(failures[i]);
+        REQUIRE(fleets[i]);
+    }
     REQUIRE(wait_until(10s, [&] { return defaults_in(etcd); }, 100ms));
 
     // Exactly the two, each written once (version 1: no node overwrote another's), with
