@@ -12,7 +12,9 @@
 // MES ever share a VIP and a VIP never changes while its MES exists. A resource's age is its
 // key's create revision: one order for the whole cluster, so every node computes the same
 // hostname winners. Reads (`mesd`) watch the prefix and mirror it into the local store
-// (Mirror), which DNS and the proxy read exactly as in single-node mode.
+// (Mirror), which DNS and the proxy read exactly as in single-node mode. A node's one write
+// of resources: at each start it creates Kuma's default HostnameGenerators where etcd has
+// none of their names (create_absent), as Kuma's control plane does at its start.
 #pragma once
 
 #include "conf/conf.hpp"
