@@ -407,6 +407,7 @@ struct Mirror::Impl {
     {
         auto created = create_absent(client, layout, at_start);
         if (!created) {
+            if (stopped()) return;  // the stop interrupted it: nothing to say
             if (created.error().message != at_start_failure)
                 log(Level::warn, "cannot create the default resources in etcd; trying again at the next beat",
                     {{"error", created.error().message}});
