@@ -328,3 +328,46 @@ TEST_CASE("cluster defaults: a node started while etcd is away serves and create
     CHECK(fleet.wait_for_answer(0, "dflt-late.extsvc.mesh.local") == vip);
     CHECK(creations_logged(fleet.node(0).log()) == 2);
 }
+
+TEST_CASE("cluster defaults: a node whose creation etcd refuses serves and tries again at each beat")
+{
+    EtcdOptions secure;
+    secure.members = 1;
+    secure.tls = true;
+    secure.root_password = "dflt-root-pw";
+    EtcdCluster etcd(secure);
+    // A user who may read everything and keep its node record, but not write resources.
+    for (const std::vector<std::string>& args :
+         {std::vector<std::string>{"user", "add", "dflt-node", "--new-user-password=dflt-node-pw"},
+          {"role", "add", "dflt-node"},
+          {"role", "grant-permission", "dflt-node", "--prefix=true", "read", "/mesd/"},
+          {"role", "grant-permission", "dflt-node", "--prefix=true", "readwrite", "/mesd/nodes/"},
+          {"user", "grant-role", "dflt-node", "dflt-node"}}) {
+        auto r = etcd.etcdctl(args);
+        INFO(r.err);
+        REQUIRE(r.exit_code == 0);
+    }
+    auto options = fleet_options();
+    options.etcd_extra = "    tls: {caFile: " + etcd.ca_file() + "}\n    username: dflt-node\n    password: dflt-node-pw\n";
+    Fleet fleet(etcd, 1, options);
+    auto generator_keys = [&] {
+        return etcd.etcdctl({"get", "--prefix", "--keys-only", "/mesd/res//hostnamegenerator/"}).out;
+    };
+    const std::string refused = "cannot create the default resources in etcd; trying again at the next beat";
+    REQUIRE(wait_until(10s, [&] { return fleet.node(0).log().find(refused) != std::string::npos; }, 100ms));
+    CHECK(fleet.node(0).log().find("permission denied") != std::string::npos);
+    CHECK(fleet.node(0).admin_get("/ready").find("200 OK") != std::string::npos);
+    CHECK(generator_keys().find("mesh-external-service") == std::string::npos);
+    // Refused again at the next beat, and not said again.
+    std::this_thread::sleep_for(2500ms);
+    auto log = fleet.node(0).log();
+    CHECK(log.find(refused) == log.rfind(refused));
+
+    auto granted = etcd.etcdctl({"role", "grant-permission", "dflt-node", "--prefix=true", "readwrite", "/mesd/res/"});
+    INFO(granted.err);
+    REQUIRE(granted.exit_code == 0);
+    CHECK(wait_until(10s, [&] { return creations_logged(fleet.node(0).log()) == 2; }, 100ms));
+    auto keys = generator_keys();
+    CHECK(keys.find("/mesd/res//hostnamegenerator/local-mesh-external-service") != std::string::npos);
+    CHECK(keys.find("/mesd/res//hostnamegenerator/synced-mesh-external-service") != std::string::npos);
+}
