@@ -13,7 +13,9 @@
 //     member (conf_reading_ keeps a second one from starting);
 //   - the mirror's threads (cluster mode): they write the store (with a copy of the settings
 //     they need, taken when the mirror is made) and signal mirror_changed_, under
-//     mirror_changed_mutex_ and only while mirror_changed_open_.
+//     mirror_changed_mutex_ and only while mirror_changed_open_; the heart also creates
+//     Kuma's default generators in etcd where absent (from a copy handed over before
+//     start), never on the loop.
 // So the store is shared by every thread, and config_ by the loop and the routes' worker
 // (it is not changed after the constructor); everything else (source_, proxy_, admin_, the counters,
 // the conf dir's and the routes' state) belongs to the loop's thread.

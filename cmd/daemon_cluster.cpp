@@ -60,6 +60,9 @@ void Daemon::start_mirror()
     log::info("cluster", "node of a cluster",
               {{"node", config_.cluster.node_name}, {"etcd", endpoints}, {"prefix", config_.cluster.etcd.prefix},
                {"revision", std::to_string(mirror_->state().revision)}});
+    // Kuma's default generators, created in etcd by whichever node finds them absent first,
+    // at every node's start, as Kuma's control plane creates its defaults at each start.
+    if (config_.default_hostname_generators) mirror_->create_at_start(conf::default_hostname_generators());
     mirror_->start();
 }
 

@@ -317,7 +317,12 @@ int cluster_apply(conf::ConfigResult loaded, const Args& a, const std::vector<st
     }
     std::vector<conf::Resource> resources;
     for (auto& doc : result.documents) resources.push_back(std::move(doc.resource));
-    auto report = writer.apply(resources, a.prune);
+    // --prune keeps Kuma's default generators the nodes created, as in single-node mode
+    // (they are not the input's); one the input names is applied as written.
+    std::vector<store::ResourceKey> spare;
+    if (a.prune && ctx->config.default_hostname_generators)
+        for (const auto& def : conf::default_hostname_generators()) spare.push_back({def.kind, def.mesh, def.name});
+    auto report = writer.apply(resources, a.prune, spare);
     if (!report)
         return failure("apply: " + report.error().message +
                        " (what was written before this stays; the same apply again finishes the rest)");

@@ -178,6 +178,54 @@ std::string describe(const etcd::Options& options, const etcd::Error& error)
     return "etcd at " + list + ": " + error.message;
 }
 
+// ---- Creating what is absent -------------------------------------------------------------
+
+Result<std::vector<ResourceKey>> create_absent(etcd::Client& client, const Layout& layout,
+                                               std::span<const conf::Resource> resources)
+{
+    struct Want {
+        ResourceKey key;
+        std::string etcd_key;
+        std::string value;
+    };
+    std::vector<Want> pending;
+    auto now = Clock::now();
+    for (const auto& r : resources) {
+        // A MES would need a VIP claimed with it: that is the Writer's work, not this.
+        if (r.kind == conf::Kind::mesh_external_service)
+            return std::unexpected(Error{"create_absent: " + name_of(ResourceKey{r.kind, r.mesh, r.name}) +
+                                         " needs a VIP; apply it instead"});
+        pending.push_back(Want{ResourceKey{r.kind, r.mesh, r.name}, layout.resource(r.kind, r.mesh, r.name),
+                               encode_value(MirrorEntry{r, 0, now, now, std::nullopt, std::nullopt})});
+    }
+    std::vector<ResourceKey> created;
+    // Each lost transaction finds at least one key present and drops it: this ends.
+    while (!pending.empty()) {
+        using C = etcd::Compare;
+        std::vector<C> compare;
+        std::vector<etcd::Operation> ops, reads;
+        for (const auto& w : pending) {
+            compare.push_back(C{w.etcd_key, C::Target::create, C::Op::equal, 0, {}});
+            ops.push_back(etcd::Operation{etcd::Operation::Type::put, w.etcd_key, w.value, {}, 0});
+            reads.push_back(etcd::Operation{etcd::Operation::Type::range, w.etcd_key, {}, {}, 0});
+        }
+        auto r = client.txn(compare, ops, reads);
+        if (!r) return std::unexpected(to_error(r.error()));
+        if (r->succeeded) {
+            for (auto& w : pending) created.push_back(std::move(w.key));
+            break;
+        }
+        if (r->ranges.size() != pending.size()) return std::unexpected(Error{"etcd: a failed write answered out of step"});
+        std::vector<Want> absent;
+        for (std::size_t k = 0; k < pending.size(); ++k)
+            if (r->ranges[k].kvs.empty()) absent.push_back(std::move(pending[k]));
+        if (absent.size() == pending.size())
+            return std::unexpected(Error{"etcd: a create found its keys present, then absent, at one revision"});
+        pending = std::move(absent);
+    }
+    return created;
+}
+
 // ---- Writing -----------------------------------------------------------------------------
 
 // One resource's write, planned from what was last read of it, and planned again when a
@@ -575,7 +623,7 @@ Writer::Writer(etcd::Client& client, const conf::Config& config, Limits limits)
 {
 }
 
-Result<WriteReport> Writer::apply(std::span<const conf::Resource> resources, bool prune)
+Result<WriteReport> Writer::apply(std::span<const conf::Resource> resources, bool prune, std::span<const ResourceKey> spare)
 {
     Impl impl(client_, layout_, pools_, limits_, options_);
     std::vector<Item> items;
@@ -617,6 +665,10 @@ Result<WriteReport> Writer::apply(std::span<const conf::Resource> resources, boo
                 if (named.contains(kv.key)) continue;
                 auto key = layout_.parse_resource(kv.key);
                 if (!key || key->kind != kind) continue;
+                if (std::ranges::any_of(spare, [&](const ResourceKey& k) {
+                        return k.kind == key->kind && k.mesh == key->mesh && k.name == key->name;
+                    }))
+                    continue;
                 Item item;
                 item.key = *key;
                 item.etcd_key = kv.key;

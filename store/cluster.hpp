@@ -12,7 +12,9 @@
 // MES ever share a VIP and a VIP never changes while its MES exists. A resource's age is its
 // key's create revision: one order for the whole cluster, so every node computes the same
 // hostname winners. Reads (`mesd`) watch the prefix and mirror it into the local store
-// (Mirror), which DNS and the proxy read exactly as in single-node mode.
+// (Mirror), which DNS and the proxy read exactly as in single-node mode. A node's one write
+// of resources: at each start it creates Kuma's default HostnameGenerators where etcd has
+// none of their names (create_absent), as Kuma's control plane does at its start.
 #pragma once
 
 #include "conf/conf.hpp"
@@ -62,6 +64,15 @@ etcd::Options client_options(const conf::Config& config);
 // "etcd at E1,E2: MESSAGE": what a user sees when etcd cannot be used.
 std::string describe(const etcd::Options& options, const etcd::Error& error);
 
+// Creates each of `resources` (valid, and claiming no VIP: not a MeshExternalService) where
+// etcd holds no resource of its name; one of a name already there (a user's own, or another
+// node's creation) is left as it is. Each key is created under a compare of its create
+// revision with 0, so of several nodes doing this at once exactly one creates it. One
+// transaction when all are absent or all present; its failure branch reads the keys, and
+// those found absent are tried again. Returns the keys this call created.
+Result<std::vector<ResourceKey>> create_absent(etcd::Client& client, const Layout& layout,
+                                               std::span<const conf::Resource> resources);
+
 struct Limits {
     std::size_t max_txn_ops = 128;                     // etcd's --max-txn-ops default
     std::size_t max_request_bytes = std::size_t{1} << 20;  // under etcd's 1.5 MiB --max-request-bytes
@@ -84,8 +95,10 @@ public:
     Writer(etcd::Client& client, const conf::Config& config, Limits limits = {});
 
     // Creates or changes `resources` (validated), claiming VIPs for new MES; with `prune`,
-    // deletes every resource in etcd that the input does not name.
-    Result<WriteReport> apply(std::span<const conf::Resource> resources, bool prune);
+    // deletes every resource in etcd that the input does not name, except those of `spare`
+    // (Kuma's default generators, which the nodes created and an input rarely names).
+    Result<WriteReport> apply(std::span<const conf::Resource> resources, bool prune,
+                              std::span<const ResourceKey> spare = {});
     // Deletes one resource and quarantines its VIPs; a Secret still used by a MES is refused
     // unless `force`.
     Result<WriteReport> remove(conf::Kind kind, std::string_view mesh, std::string_view name, bool force);
@@ -134,6 +147,12 @@ public:
     Mirror(const Mirror&) = delete;
     Mirror& operator=(const Mirror&) = delete;
 
+    // Resources this node creates in etcd, where etcd has none of their name, once per start:
+    // Kuma's default HostnameGenerators, as Kuma's control plane creates them at each start.
+    // Done by the heart after its first registration that etcd took, and tried again at
+    // each beat until it succeeds (etcd away: the node serves meanwhile, nothing waits for
+    // it). Call before start().
+    void create_at_start(std::vector<conf::Resource> resources);
     void start();
     void stop();
     State state() const;

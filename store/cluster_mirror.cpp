@@ -70,6 +70,10 @@ struct Mirror::Impl {
     etcd::Client* watch_client = nullptr;
     etcd::Client* heart_client = nullptr;
     std::thread watcher, heart;
+    // The heart's own once started (set before): what create_at_start() asked for, emptied
+    // once done, and the failure last logged.
+    std::vector<conf::Resource> at_start;
+    std::string at_start_failure;
 
     Impl(Store& s, const conf::Config& config, Hooks h)
         : store(s), layout(config.cluster.etcd.prefix), options(client_options(config)), pools(Pools::from(config)), zone(config.zone),
@@ -397,6 +401,29 @@ struct Mirror::Impl {
         return j.dump();
     }
 
+    // Creates what create_at_start() named where etcd lacks it; on failure says so (once
+    // per reason) and leaves it for the next beat.
+    void create_at_start_now(etcd::Client& client)
+    {
+        auto created = create_absent(client, layout, at_start);
+        if (!created) {
+            if (stopped()) return;  // the stop interrupted it: nothing to say
+            if (created.error().message != at_start_failure)
+                log(Level::warn, "cannot create the default resources in etcd; trying again at the next beat",
+                    {{"error", created.error().message}});
+            at_start_failure = created.error().message;
+            return;
+        }
+        for (const auto& k : *created)
+            log(Level::info, "default resource created in etcd",
+                {{"kind", std::string(conf::kind_name(k.kind))}, {"mesh", k.mesh}, {"name", k.name}});
+        if (created->size() < at_start.size())
+            log(Level::info, "default resources already in etcd; left as they are",
+                {{"count", std::to_string(at_start.size() - created->size())}});
+        at_start.clear();
+        at_start_failure.clear();
+    }
+
     void heart_loop()
     {
         std::int64_t lease = 0;
@@ -430,6 +457,10 @@ struct Mirror::Impl {
                     auto put = client->put(layout.node(node_name), node_record(), lease);
                     if (!put) error = put.error();
                 }
+                // After a registration etcd took: etcd is there and takes this node's writes.
+                // Here rather than on the watcher, whose resync and events a slow etcd would
+                // hold back; a beat is bounded by the request timeout either way.
+                if (!error && !at_start.empty()) create_at_start_now(*client);
             }
             if (error && !error->unavailable && error->message != refused) {
                 // etcd answered, and refused: the registration is what fails, not the watch.
@@ -479,6 +510,8 @@ Mirror::Mirror(Store& store, const conf::Config& config, Hooks hooks)
 }
 
 Mirror::~Mirror() { stop(); }
+
+void Mirror::create_at_start(std::vector<conf::Resource> resources) { impl_->at_start = std::move(resources); }
 
 void Mirror::start()
 {
