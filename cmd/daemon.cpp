@@ -92,6 +92,7 @@ void Daemon::start_watchdog()
     auto ms = std::max<std::uint64_t>(1, static_cast<std::uint64_t>(every->count()) / 1000);
     uv_timer_init(&loop_, &watchdog_timer_);
     watchdog_open_ = true;
+    uv_update_time(&loop_);  // the loop has not turned yet: its clock is that of uv_loop_init
     watchdog_timer_.data = this;
     uv_timer_start(&watchdog_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->notifier_.send("WATCHDOG=1"); },
                    ms, ms);
