@@ -142,6 +142,87 @@ run: build
 	@echo "  $(BUILD_DIR)/cmd/mesctl --config conf/mesd-run.yaml get mes"
 	$(BUILD_DIR)/cmd/mesd --config conf/mesd-run.yaml --conf-dir conf/examples
 
+# `make install` (PREFIX=/usr/local, DESTDIR honoured): mesd and mesctl, the man pages of man/,
+# mesctl's bash and zsh completion (written by the mesctl just built), the systemd unit (its
+# paths filled in from dist/mesd.service.in), the sysusers.d and tmpfiles.d snippets that
+# create user mesd and /var/lib/mesd, and an example /etc/mesd/mesd.yaml, written only when
+# there is none. mesd goes to sbin, as Knot, NSD, Unbound and HAProxy put their daemons: it
+# is started by the service manager or an administrator, not by users. Only mesd and mesctl
+# are built first (nothing when they are up to date); the tests and benchmarks are not needed.
+PREFIX       ?= /usr/local
+DESTDIR      ?=
+BINDIR       ?= $(PREFIX)/bin
+SBINDIR      ?= $(PREFIX)/sbin
+MANDIR       ?= $(PREFIX)/share/man
+DOCDIR       ?= $(PREFIX)/share/doc/mesd
+BASHCOMPDIR  ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR   ?= $(PREFIX)/share/zsh/site-functions
+UNITDIR      ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR  ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR  ?= $(PREFIX)/lib/tmpfiles.d
+SYSCONFDIR   ?= /etc
+MESCTL       ?= $(BUILD_DIR)/cmd/mesctl
+MAN_PAGES    := $(wildcard man/*.[158])
+
+.PHONY: install install-build uninstall
+install-build: $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target mesd mesctl
+
+# Each completion is written to a temporary name and moved into place only when mesctl
+# succeeded and wrote something: a failure stops the install with its reason and leaves
+# no empty or partial file behind.
+install: install-build
+	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(DOCDIR) \
+	  $(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(ZSHCOMPDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(SYSUSERSDIR) \
+	  $(DESTDIR)$(TMPFILESDIR) $(DESTDIR)$(SYSCONFDIR)/mesd
+	install -m 0755 $(BUILD_DIR)/cmd/mesd $(DESTDIR)$(SBINDIR)/mesd
+	install -m 0755 $(BUILD_DIR)/cmd/mesctl $(DESTDIR)$(BINDIR)/mesctl
+	@for page in $(MAN_PAGES); do \
+	  section=$${page##*.}; \
+	  echo "install -D -m 0644 $$page $(DESTDIR)$(MANDIR)/man$$section/$${page##*/}"; \
+	  install -D -m 0644 $$page $(DESTDIR)$(MANDIR)/man$$section/$${page##*/} || exit 1; \
+	done
+	@for shell in bash zsh; do \
+	  case $$shell in bash) to=$(DESTDIR)$(BASHCOMPDIR)/mesctl;; zsh) to=$(DESTDIR)$(ZSHCOMPDIR)/_mesctl;; esac; \
+	  echo "$(MESCTL) completion $$shell > $$to"; \
+	  if $(MESCTL) completion $$shell > $$to.tmp && [ -s $$to.tmp ]; then \
+	    chmod 0644 $$to.tmp && mv -f $$to.tmp $$to; \
+	  else \
+	    rm -f $$to.tmp; \
+	    echo "make install: '$(MESCTL) completion $$shell' failed or printed nothing: no $$shell completion; install stopped" >&2; \
+	    exit 1; \
+	  fi; \
+	done
+	sed -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' \
+	  dist/mesd.service.in > $(DESTDIR)$(UNITDIR)/mesd.service.tmp
+	chmod 0644 $(DESTDIR)$(UNITDIR)/mesd.service.tmp && mv -f $(DESTDIR)$(UNITDIR)/mesd.service.tmp $(DESTDIR)$(UNITDIR)/mesd.service
+	install -m 0644 dist/sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/mesd.conf
+	install -m 0644 dist/tmpfiles.conf $(DESTDIR)$(TMPFILESDIR)/mesd.conf
+	install -m 0644 dist/redirect-mode.conf $(DESTDIR)$(DOCDIR)/redirect-mode.conf
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/mesd/mesd.yaml ]; then \
+	  echo "$(DESTDIR)$(SYSCONFDIR)/mesd/mesd.yaml exists: kept as it is (the example is dist/mesd.yaml)"; \
+	else \
+	  echo "install -m 0644 dist/mesd.yaml $(DESTDIR)$(SYSCONFDIR)/mesd/mesd.yaml"; \
+	  install -m 0644 dist/mesd.yaml $(DESTDIR)$(SYSCONFDIR)/mesd/mesd.yaml; \
+	fi
+
+# Removes what `make install` wrote, except the configuration: as Debian's `apt remove` keeps
+# a package's conffiles, /etc/mesd/mesd.yaml stays (edited or not) and is named; the user
+# and /var/lib/mesd (the store) stay too.
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/mesd $(DESTDIR)$(BINDIR)/mesctl \
+	  $(DESTDIR)$(BASHCOMPDIR)/mesctl $(DESTDIR)$(ZSHCOMPDIR)/_mesctl \
+	  $(DESTDIR)$(UNITDIR)/mesd.service $(DESTDIR)$(SYSUSERSDIR)/mesd.conf $(DESTDIR)$(TMPFILESDIR)/mesd.conf \
+	  $(DESTDIR)$(DOCDIR)/redirect-mode.conf
+	@for page in $(MAN_PAGES); do \
+	  echo "rm -f $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page##*/}"; \
+	  rm -f $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page##*/}; \
+	done
+	@rmdir $(DESTDIR)$(DOCDIR) 2>/dev/null || true
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/mesd/mesd.yaml ]; then \
+	  echo "kept $(DESTDIR)$(SYSCONFDIR)/mesd/mesd.yaml (configuration); remove it by hand if no longer wanted"; \
+	fi
+
 # Benchmarks print figures and ratios; they are not tests.
 bench: bench-store bench-dns bench-proxy bench-tls bench-soak
 

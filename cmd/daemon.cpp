@@ -50,6 +50,7 @@ bool Daemon::refresh()
                     {"index_bytes", std::to_string(source_.index()->bytes())},
                     {"took_ms", std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
                                                    std::chrono::steady_clock::now() - started).count())}});
+    if (*moved && ready_ && notifier_.enabled()) notifier_.send("STATUS=" + status_text());
     if (*moved) {
         // Idle workers take the new index up now rather than at their next query, so that
         // the old one is freed at once.
@@ -65,6 +66,44 @@ void Daemon::became_ready()
     if (ready_) return;
     ready_ = true;
     log::info("daemon", "ready", {{"generation", std::to_string(source_.generation())}, {"data_dir", config_.data_dir}});
+    // The moment systemd starts the units ordered after mesd: DNS answers from the index and
+    // the proxy listens on (or looks up) the routes of the store as it was read.
+    if (notifier_.enabled()) notifier_.send("READY=1\nSTATUS=" + status_text());
+}
+
+std::string Daemon::status_text() const
+{
+    const auto* index = source_.index();
+    std::string text = "serving " + std::to_string(index ? index->owners() : 0) + " MES (" +
+                       std::to_string(index ? index->names() : 0) + " hostnames) on " +
+                       std::to_string(serving_workers()) + (serving_workers() == 1 ? " worker" : " workers");
+    if (!store_error_.empty()) text += "; cannot read the store: " + store_error_;
+    return text;
+}
+
+// WATCHDOG=1 from a timer on the control loop: a loop stuck in a callback stops pinging, and
+// systemd (WatchdogSec=) restarts mesd. The workers' loops are not watched: each serves on
+// while the control loop is stuck, and is stopped with it.
+void Daemon::start_watchdog()
+{
+    auto every = notifier_.watchdog();
+    if (!every) return;
+    notifier_.send("WATCHDOG=1");
+    auto ms = std::max<std::uint64_t>(1, static_cast<std::uint64_t>(every->count()) / 1000);
+    uv_timer_init(&loop_, &watchdog_timer_);
+    watchdog_open_ = true;
+    uv_update_time(&loop_);  // the loop has not turned yet: its clock is that of uv_loop_init
+    watchdog_timer_.data = this;
+    uv_timer_start(&watchdog_timer_, [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->notifier_.send("WATCHDOG=1"); },
+                   ms, ms);
+}
+
+void Daemon::stop_watchdog()
+{
+    if (!watchdog_open_) return;
+    watchdog_open_ = false;
+    uv_timer_stop(&watchdog_timer_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&watchdog_timer_), nullptr);
 }
 
 proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upstreams)
@@ -141,6 +180,7 @@ void Daemon::shutdown(const char* why)
     if (stopping_) return;
     stopping_ = true;
     log::info("daemon", "stopping", {{"signal", why}});
+    if (notifier_.enabled()) notifier_.send(std::string("STOPPING=1\nSTATUS=stopping (") + why + "): draining");
     uv_timer_stop(&store_timer_);
     uv_timer_stop(&conf_timer_);
     uv_close(reinterpret_cast<uv_handle_t*>(&store_timer_), nullptr);
@@ -155,12 +195,17 @@ void Daemon::shutdown(const char* why)
     }
     // DNS first (its in-flight forwards finish), then the proxy, then the admin endpoint,
     // then the workers' loops: each stage closes what it holds on every worker before the
-    // next begins.
+    // next begins. The watchdog pings on through the drain, which systemd's stop timeout
+    // bounds, and stops with the last stage (the loop ends once it has).
     stop_dns([this] {
         if (!dns_.empty()) log::info("dns", "listeners closed, in-flight queries finished");
         auto then_admin = [this] {
-            if (admin_) admin_->stop([this] { end_workers(); });
-            else end_workers();
+            auto last = [this] {
+                stop_watchdog();
+                end_workers();
+            };
+            if (admin_) admin_->stop(last);
+            else last();
         };
         if (!proxy_) return then_admin();
         proxy_->stop([this, then_admin] {
@@ -265,6 +310,9 @@ int Daemon::run()
     uv_signal_init(&loop_, &sigterm_);
     uv_signal_init(&loop_, &sigint_);
     uv_signal_init(&loop_, &sighup_);
+    // Pings from here on, the rest of the start included (the loop turns for the first time
+    // below, once everything listens).
+    start_watchdog();
     if (auto n = worker_count(); n > 1) make_workers(n);
     log::info("daemon", "workers",
               {{"count", std::to_string(serving_workers())},

@@ -33,6 +33,7 @@
 
 #include "cmd/admin.hpp"
 #include "cmd/log.hpp"
+#include "cmd/notify.hpp"
 #include "conf/conf.hpp"
 #include "dns/dns.hpp"
 #include "proxy/proxy.hpp"
@@ -134,6 +135,12 @@ private:
     bool apply_conf_dir(conf::LoadResult result, std::optional<store::Result<store::WriteReport>> written = {},
                         std::chrono::milliseconds write_took = {});
     void shutdown(const char* why);
+    // systemd's notification socket (cmd/notify.hpp), on the loop's thread: READY=1 with
+    // became_ready(), STATUS= as the store moves, STOPPING=1 with shutdown(), and WATCHDOG=1
+    // from watchdog_timer_ while the loop turns.
+    std::string status_text() const;
+    void start_watchdog();
+    void stop_watchdog();
     // SIGHUP, on the loop's thread: reopens the access log (more may be read again later).
     void hangup();
     int abandon_start();
@@ -166,6 +173,9 @@ private:
     uv_signal_t sigterm_{};
     uv_signal_t sigint_{};
     uv_signal_t sighup_{};
+    notify::Notifier notifier_ = notify::Notifier::from_environment();
+    uv_timer_t watchdog_timer_{};
+    bool watchdog_open_ = false;
     bool ready_ = false;
     bool stopping_ = false;
     std::string conf_seen_;     // the conf dir's fingerprint at the last look
