@@ -85,7 +85,10 @@ std::map<std::string, std::string> status_of(const std::string& path)
     std::string line;
     while (std::getline(in, line)) {
         auto colon = line.find(':');
-        if (colon != std::string::npos) out[line.substr(0, colon)] = trim(line.substr(colon + 1));
+        if (colon == std::string::npos) continue;
+        auto value = line.substr(colon + 1);
+        auto first = value.find_first_not_of(" \t"), last = value.find_last_not_of(" \t");
+        out[line.substr(0, colon)] = first == std::string::npos ? "" : value.substr(first, last - first + 1);
     }
     return out;
 }
