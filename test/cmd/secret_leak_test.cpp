@@ -131,11 +131,15 @@ TEST_CASE("secrets: a planted Secret and inline key appear in no output of mesd 
     ctl({"validate", bad_base64});
     ctl({"apply", "-f", bad_base64});
 
+    // The outputs are about the planted things: each names them, none shows them.
+    CHECK_THAT(outputs[0].second, Catch::Contains("leak-bad"));
+    CHECK_THAT(ctl({"get", "secrets", "-o", "yaml"}).out, Catch::Contains("leak-key"));
     CHECK(mesd.stop() == 0);
     outputs.emplace_back("mesd's log", mesd.log());
     outputs.emplace_back("mesd's stdout", file_text((dir.path / "mesd" / "mesd.out").string()));
     outputs.emplace_back("the access log", file_text(access_log));
     CHECK_THAT(mesd.log(), Catch::Contains("level=debug"));  // the log was at debug level
+    CHECK_THAT(mesd.log(), Catch::Contains("name=leak-bad reason="));  // the garbled key's refusal
     for (const auto& [what, text] : outputs) {
         INFO(what << ":\n" << text);
         if (what != "mesd's stdout") CHECK(!text.empty());
