@@ -4,6 +4,8 @@
 // under any umask, the errors and the warning of the other ways to start, and `sandbox: true`
 // through DNS, forwarding, proxied TCP and TLS to a DNS-named endpoint, a conf dir change,
 // SIGHUP and SIGTERM.
+#include "cmd/privilege.hpp"
+#include "conf/conf.hpp"
 #include "test/support/certs.hpp"
 #include "test/support/mesd.hpp"
 #include "test/support/net.hpp"
@@ -15,6 +17,7 @@
 #include <catch2/catch.hpp>
 
 #include <grp.h>
+#include <linux/capability.h>
 #include <pwd.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -156,6 +159,44 @@ void check_store_modes(const fs::path& data, uid_t owner)
 }
 
 }  // namespace
+
+TEST_CASE("privilege: the user and sandbox keys")
+{
+    auto ok = conf::load_config_text("user: mesd:nogroup\nsandbox: true\n", "mesd.yaml");
+    REQUIRE(ok.ok());
+    CHECK(ok.config.user == "mesd:nogroup");
+    CHECK(ok.config.sandbox);
+    auto defaults = conf::load_config_text("", "mesd.yaml");
+    CHECK(defaults.config.user.empty());
+    CHECK_FALSE(defaults.config.sandbox);
+    for (const char* bad : {"user: \"-rf\"", "user: \"1000\"", "user: \"a:\"", "user: \"a b\"", "user: \"mesd:x:y\""}) {
+        auto r = conf::load_config_text(bad, "mesd.yaml");
+        INFO(bad);
+        REQUIRE(r.errors.size() == 1);
+        CHECK_THAT(r.errors[0].format(), Catch::StartsWith("mesd.yaml:1:7: user: must be a user name, or USER:GROUP"));
+    }
+    auto not_bool = conf::load_config_text("sandbox: maybe\n", "mesd.yaml");
+    REQUIRE(not_bool.errors.size() == 1);
+    CHECK_THAT(not_bool.errors[0].format(), Catch::Contains("mesd.yaml:1:10: sandbox"));
+}
+
+TEST_CASE("privilege: the capabilities kept follow the configuration")
+{
+    using cmd::privilege::needed_capabilities;
+    conf::Config c;  // bind mode: VIP listeners open later, on any port
+    CHECK(needed_capabilities(c) == std::vector<int>{CAP_NET_BIND_SERVICE});
+    c.proxy.mode = "redirect";
+    CHECK(needed_capabilities(c).empty());
+    c.dns.listen = {conf::HostPort{"0.0.0.0", 53}};
+    CHECK(needed_capabilities(c) == std::vector<int>{CAP_NET_BIND_SERVICE});
+    c.dns.listen = {conf::HostPort{"127.0.0.1", 0}};
+    c.proxy.upstream_mark = 0x100;
+    CHECK(needed_capabilities(c) == std::vector<int>{CAP_NET_ADMIN});
+    c.proxy.redirect_listen.port = 1000;
+    CHECK(needed_capabilities(c) == std::vector<int>{CAP_NET_BIND_SERVICE, CAP_NET_ADMIN});
+    CHECK(cmd::privilege::capability_names(needed_capabilities(c)) == "CAP_NET_BIND_SERVICE,CAP_NET_ADMIN");
+    CHECK(cmd::privilege::capability_names({}) == "none");
+}
 
 TEST_CASE("privilege: started as root with user it serves port 53 in a namespace as that user with CAP_NET_BIND_SERVICE only")
 {
