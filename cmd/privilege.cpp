@@ -184,6 +184,9 @@ std::expected<Dropped, std::string> drop(const conf::Config& config)
             // Root holds CAP_SETPCAP now and not after the switch: the bounding set first.
             if (auto cut = cut_bounding(needed); !cut) return std::unexpected(cut.error());
             out.bounding_cut = true;
+            // The kernel makes a process that changed its uid undumpable: --allow-core-dumps
+            // must hold after the switch as before it.
+            const int dumpable = ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
             if (::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0) return std::unexpected("PR_SET_KEEPCAPS: " + errno_text(errno));
             // Groups before the gid, the gid before the uid: each needs the privileges the
             // next takes away. glibc makes each of them hold for every thread.
@@ -197,6 +200,7 @@ std::expected<Dropped, std::string> drop(const conf::Config& config)
             // The switch is for good: no way back to root may be left (a saved uid of 0).
             if (account->uid != 0 && ::setresuid(0, 0, 0) == 0)
                 return std::unexpected("could switch back to root after becoming " + account->name);
+            if (dumpable == 1) ::prctl(PR_SET_DUMPABLE, 1, 0, 0, 0);
             out.switched = true;
             out.user = account->name;
             if (auto set = set_exactly(needed); !set) return std::unexpected(set.error());

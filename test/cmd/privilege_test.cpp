@@ -219,6 +219,10 @@ TEST_CASE("privilege: started as root with user it serves port 53 in a namespace
     auto tcp = ns.in({dig, "@127.0.0.1", "-p", "53", "priv-web.mesh", "+short", "+tcp", "+tries=1", "+time=2"});
     CHECK(trim(tcp.out) == trim(answer.out));
     check_dropped(mesd.pid(), user, bind_service_only);
+    // Not dumpable (no --allow-core-dumps): /proc/PID stays root's, out of the user's reach.
+    struct stat proc {};
+    REQUIRE(::stat(("/proc/" + std::to_string(mesd.pid()) + "/status").c_str(), &proc) == 0);
+    CHECK(proc.st_uid == 0);
     // Bind mode opens the VIP's listener after the drop.
     auto config = [&] {
         return ns.in({"/usr/bin/curl", "-s", "http://127.0.0.1:" + std::to_string(mesd.admin_port()) + "/config"}).out;
@@ -262,9 +266,13 @@ TEST_CASE("privilege: redirect mode on high ports keeps no capability at all")
     open_to_all(dir);
     MesdOptions options;
     options.extra_config = "user: " + user.name + "\nproxy:\n  mode: redirect\n  redirectListen: 127.0.0.1:0\n";
-    options.extra_args = {"--workers", "2"};
+    options.extra_args = {"--workers", "2", "--allow-core-dumps"};
     Mesd mesd(dir.path / "mesd", options);
     check_dropped(mesd.pid(), user, "0000000000000000");
+    // Still dumpable after the switch, as asked: /proc/PID is the process's own, not root's.
+    struct stat st {};
+    REQUIRE(::stat(("/proc/" + std::to_string(mesd.pid()) + "/status").c_str(), &st) == 0);
+    CHECK(st.st_uid == user.uid);
     CHECK(mesd.stop() == 0);
 }
 
