@@ -341,7 +341,7 @@ int Daemon::run()
     // and sandbox from here on, before any thread of mesd's starts (capability sets are per
     // thread; see privilege.hpp). `user` and `sandbox` change only with a restart.
     if (auto confined = confine(config_); !confined) {
-        log::error("daemon", "cannot drop privileges", {{"error", confined.error()}});
+        log::error("daemon", "cannot drop privileges or enter the sandbox", {{"error", confined.error()}});
         return abandon_start();
     }
     // Every listener is bound: the workers may run now (until here only this thread touched
