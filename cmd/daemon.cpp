@@ -1,6 +1,7 @@
 // The daemon's life: start (run), the store's polling (refresh), readiness, the admin
 // endpoint's dispatch, SIGHUP, and the shutdown on SIGTERM or SIGINT.
 #include "cmd/daemon.hpp"
+#include "cmd/privilege.hpp"
 
 #include <algorithm>
 #include <csignal>
@@ -384,6 +385,13 @@ int Daemon::run()
         return abandon_start();
     }
     if (config_.proxy.mode == "redirect") log::info("proxy", "listening", {{"addr", proxy_->bound()}, {"mode", "redirect"}});
+    // Everything that needs privileges is bound and open: the configured user, capabilities
+    // and sandbox from here on, before any thread of mesd's starts (capability sets are per
+    // thread; see privilege.hpp). `user` and `sandbox` change only with a restart.
+    if (auto confined = confine(config_); !confined) {
+        log::error("daemon", "cannot drop privileges or enter the sandbox", {{"error", confined.error()}});
+        return abandon_start();
+    }
     // Every listener is bound: the workers may run now (until here only this thread touched
     // their loops).
     start_workers();

@@ -375,6 +375,12 @@ struct Config {
     // "auto": worker i pinned to the i-th CPU mesd may run on (as HAProxy's cpu-map does
     // when asked); "none": left to the scheduler, as Knot and NSD leave theirs.
     std::string worker_affinity = "none";
+    // Least privilege (cmd/privilege.hpp), read at start only. `user`: NAME or NAME:GROUP
+    // (Knot's server.user form); started as root, mesd binds its sockets, then runs as that
+    // user with only the capabilities its configuration needs. "": stays who it was started as.
+    std::string user;
+    // A seccomp allow-list and no_new_privs once start-up is done (cmd/sandbox.hpp).
+    bool sandbox = false;
     struct Dns {
         std::vector<HostPort> listen = {HostPort{"127.0.0.1", 15053}};
         std::vector<std::string> zones = {"mesh."};
@@ -481,6 +487,8 @@ struct Config {
 // An etcd endpoint as the configuration takes it: http://HOST:PORT, https://HOST:PORT or
 // HOST:PORT, HOST an IP literal ([v6]) or a DNS name.
 bool valid_etcd_endpoint(std::string_view text);
+// A `user` setting: NAME or NAME:GROUP, each as useradd(8) takes them.
+bool is_user_spec(std::string_view s);
 // A cluster node name: 1-253 letters, digits, '.', '-' or '_' (it names an etcd key).
 bool is_node_name(std::string_view s);
 

@@ -125,6 +125,23 @@ bool is_node_name(std::string_view s)
     });
 }
 
+// The names useradd(8) accepts, and not a number (which getpwnam would not find either):
+// [A-Za-z0-9._-], not starting with '-', at most 32 (the utmp field).
+bool is_user_spec(std::string_view s)
+{
+    auto name_ok = [](std::string_view n) {
+        return !n.empty() && n.size() <= 32 && n.front() != '-' &&
+               std::ranges::all_of(n, [](char ch) {
+                   return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                          ch == '.' || ch == '_' || ch == '-';
+               }) &&
+               !std::ranges::all_of(n, [](char ch) { return ch >= '0' && ch <= '9'; });
+    };
+    auto colon = s.find(':');
+    if (colon == std::string_view::npos) return name_ok(s);
+    return name_ok(s.substr(0, colon)) && name_ok(s.substr(colon + 1));
+}
+
 namespace {
 
 class ConfigReader {
@@ -241,6 +258,15 @@ void read_config(Reporter& r, const YAML::Node& root, Config& c)
         }
     }
     read.boolean(top, "defaultHostnameGenerators", c.default_hostname_generators);
+    {
+        auto node = top.take("user");
+        if (auto text = read_string(r, node, "user")) {
+            if (is_user_spec(*text)) c.user = *text;
+            else r.error(node, "user", "must be a user name, or USER:GROUP (letters, digits, '.', '_' and '-'), got " +
+                                           excerpt(*text));
+        }
+    }
+    read.boolean(top, "sandbox", c.sandbox);
     {
         static constexpr std::string_view affinities[] = {"auto", "none"};
         read.choice(top, "workerAffinity", c.worker_affinity, affinities);
