@@ -216,6 +216,23 @@ std::expected<Dropped, std::string> drop(const conf::Config& config)
     std::vector<int> kept;
     for (int cap : needed)
         if (holds(current.get(), static_cast<cap_value_t>(cap), CAP_PERMITTED)) kept.push_back(cap);
+    // Given exactly what is needed (the unit's AmbientCapabilities= for a configuration that
+    // needs it): nothing to change, and no capset, which the unit's ~@privileged refuses.
+    auto exactly = [&](cap_flag_t flag) {
+        for (cap_value_t cap = 0; cap < static_cast<cap_value_t>(cap_max_bits()); ++cap)
+            if (holds(current.get(), cap, flag) != has(kept, cap)) return false;
+        return true;
+    };
+    auto ambient_exactly = [&] {
+        if (!CAP_AMBIENT_SUPPORTED()) return true;
+        for (cap_value_t cap = 0; cap < static_cast<cap_value_t>(cap_max_bits()); ++cap)
+            if ((cap_get_ambient(cap) == 1) != has(kept, cap)) return false;
+        return true;
+    };
+    if (exactly(CAP_PERMITTED) && exactly(CAP_EFFECTIVE) && exactly(CAP_INHERITABLE) && ambient_exactly()) {
+        out.kept = kept;
+        return out;
+    }
     if (holds(current.get(), CAP_SETPCAP, CAP_PERMITTED)) {
         auto with_setpcap = kept;
         if (!has(with_setpcap, CAP_SETPCAP)) with_setpcap.push_back(CAP_SETPCAP);
