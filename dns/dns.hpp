@@ -174,6 +174,14 @@ struct FastReply {
 class Responder {
 public:
     explicit Responder(Settings settings);
+    // A copy takes the TTLs of the moment.
+    Responder(const Responder& o) : settings_(o.settings_), ttl_(o.ttl()), negative_ttl_(o.negative_ttl()) {}
+    Responder& operator=(const Responder& o)
+    {
+        settings_ = o.settings_;
+        set_ttls(o.ttl(), o.negative_ttl());
+        return *this;
+    }
 
     // The fast path when it can answer, else the general one.
     Response respond(std::span<const std::uint8_t> query, const Client& client, Source& source) const;

@@ -279,3 +279,22 @@ TEST_CASE("reload: with no configuration file SIGHUP reopens logs only and says 
     child.signal(SIGTERM);
     CHECK(child.wait() == 0);
 }
+
+TEST_CASE("reload: a rate limit set by SIGHUP limits answers from then on")
+{
+    Fixture f;
+    auto answered = [&](int n) {
+        int got = 0;
+        for (int i = 0; i < n; ++i)
+            if (!udp_exchange(f.mesd->dns_port(), raw_query("mes-http.mesh"), 100ms).empty()) ++got;
+        return got;
+    };
+    REQUIRE(answered(20) == 20);
+    edit(*f.mesd, "dns:\n", "dns:\n  rateLimit:\n    responsesPerSecond: 2\n    burst: 2\n    slip: 0\n"
+                            "    exempt: [\"192.0.2.0/24\"]\n");
+    hangup(*f.mesd);
+    CHECK_THAT(f.mesd->log(), Catch::Contains("dns.rateLimit.responsesPerSecond"));
+    // Each worker takes the new limiter on its own loop: soon after the reload is logged.
+    CHECK(eventually([&] { return answered(20) <= 6; }, 10s));
+    CHECK_THAT(f.mesd->admin_get("/metrics"), !Catch::Contains("mesd_dns_rate_limited_dropped_total 0\n"));
+}
