@@ -503,8 +503,9 @@ struct ServerOptions {
     bool reuse_port = false;
     // What holds across every server that shares it: the rate limiter's buckets, the TCP
     // client counts (tcpMaxClients, tcpMaxClientsPerIp) and the forwarder (maxInFlight, the
-    // upstreams and what they have shown), whose limits are those it was made with (this
-    // struct's rate_limit, tcp_max_clients* and max_in_flight are then not read). Null: the
+    // upstreams and what they have shown), whose limits are those it was made with or last
+    // given by SharedLimits::set_limits (this struct's rate_limit, tcp_max_clients* and
+    // max_in_flight are then not read by the server). Null: the
     // server makes its own from these options (one loop: each limit is the server's).
     std::chrono::milliseconds tcp_idle_timeout{10000};
     std::uint32_t tcp_max_clients = 1024;
