@@ -216,15 +216,19 @@ void Daemon::shutdown(const char* why)
     });
 }
 
-// SIGHUP: what is reopened or read again. Today the access log (logrotate has renamed it);
-// each step logs its own failure and the others still run.
+// SIGHUP: what is reopened or read again: the access log (logrotate has renamed it), then
+// the configuration file (daemon_reload.cpp); each step logs its own failure and the others
+// still run.
 void Daemon::hangup()
 {
     if (stopping_) return;
-    log::info("daemon", "SIGHUP", {{"reopening", config_.proxy.access_log.path.empty() ? "nothing" : "the access log"}});
+    log::info("daemon", "SIGHUP",
+              {{"reopening", config_.proxy.access_log.path.empty() ? "nothing" : "the access log"},
+               {"config", config_file_.empty() ? "none" : config_file_}});
     if (proxy_)
         if (auto reopened = proxy_->reopen_access_log(); !reopened)
             log::error("proxy", "cannot reopen the access log; lines go on to the old file", {{"error", reopened.error()}});
+    reload_config();
 }
 
 // A start that failed half way: what was opened is closed as at a shutdown (the workers'
@@ -279,6 +283,31 @@ bool Daemon::ensure_default_generators()
     return true;
 }
 
+dns::ServerOptions Daemon::dns_options() const
+{
+    dns::ServerOptions options;
+    options.listen = config_.dns.listen;
+    options.tcp_idle_timeout = config_.dns.tcp_idle_timeout;
+    options.tcp_max_clients = config_.dns.tcp_max_clients;
+    options.tcp_io_timeout = config_.dns.tcp_io_timeout;
+    options.tcp_max_clients_per_ip = config_.dns.tcp_max_clients_per_ip;
+    options.forward_enabled = config_.dns.forward.enabled;
+    options.upstreams = config_.dns.forward.upstreams;
+    options.forward_timeout = config_.dns.forward.timeout;
+    options.allow = config_.dns.forward.allow;
+    options.max_in_flight = config_.dns.forward.max_in_flight;
+    const auto& rate_limit = config_.dns.rate_limit;
+    options.rate_limit = {rate_limit.responses_per_second, rate_limit.burst, rate_limit.slip,
+                          rate_limit.ipv4_prefix_length, rate_limit.ipv6_prefix_length, rate_limit.table_size,
+                          rate_limit.exempt};
+    options.forward_max_wait = config_.dns.forward.max_wait;
+    options.resolv_conf = "/etc/resolv.conf";  // when dns.forward.upstreams is empty
+    options.on_warn = [](std::string_view message, std::string_view key, const std::string& value) {
+        log::warn("dns", message, {{key, value}});
+    };
+    return options;
+}
+
 int Daemon::run()
 {
     if (!store_->read_only().empty()) {
@@ -319,26 +348,7 @@ int Daemon::run()
               {{"count", std::to_string(serving_workers())},
                {"affinity", workers_.empty() ? "none" : config_.worker_affinity}});
 
-    dns::ServerOptions options;
-    options.listen = config_.dns.listen;
-    options.tcp_idle_timeout = config_.dns.tcp_idle_timeout;
-    options.tcp_max_clients = config_.dns.tcp_max_clients;
-    options.tcp_io_timeout = config_.dns.tcp_io_timeout;
-    options.tcp_max_clients_per_ip = config_.dns.tcp_max_clients_per_ip;
-    options.forward_enabled = config_.dns.forward.enabled;
-    options.upstreams = config_.dns.forward.upstreams;
-    options.forward_timeout = config_.dns.forward.timeout;
-    options.allow = config_.dns.forward.allow;
-    options.max_in_flight = config_.dns.forward.max_in_flight;
-    const auto& rate_limit = config_.dns.rate_limit;
-    options.rate_limit = {rate_limit.responses_per_second, rate_limit.burst, rate_limit.slip,
-                          rate_limit.ipv4_prefix_length, rate_limit.ipv6_prefix_length, rate_limit.table_size,
-                          rate_limit.exempt};
-    options.forward_max_wait = config_.dns.forward.max_wait;
-    options.resolv_conf = "/etc/resolv.conf";  // when dns.forward.upstreams is empty
-    options.on_warn = [](std::string_view message, std::string_view key, const std::string& value) {
-        log::warn("dns", message, {{key, value}});
-    };
+    dns::ServerOptions options = dns_options();
     if (auto started = start_dns(options); !started) {
         log::error("dns", "cannot listen", {{"error", started.error()}});
         return abandon_start();
@@ -348,6 +358,7 @@ int Daemon::run()
     for (const auto& u : first.upstreams()) upstreams += (upstreams.empty() ? "" : ",") + u.address;
     for (const auto& b : first.bound())
         log::info("dns", "listening", {{"addr", b}, {"forward", options.forward_enabled ? upstreams : "off"}});
+    const auto& rate_limit = config_.dns.rate_limit;
     if (rate_limit.responses_per_second > 0)
         log::info("dns", "rate limiting UDP answers",
                   {{"per_second", std::to_string(rate_limit.responses_per_second)},

@@ -16,8 +16,13 @@
 //     mirror_changed_mutex_ and only while mirror_changed_open_; the heart also creates
 //     Kuma's default generators in etcd where absent (from a copy handed over before
 //     start), never on the loop.
-// So the store is shared by every thread, and config_ by the loop and the routes' worker
-// (it is not changed after the constructor); everything else (source_, proxy_, admin_, the counters,
+// So the store is shared by every thread, and config_ by the loop and the routes' worker.
+// A reload (SIGHUP, daemon_reload.cpp) writes config_ on the loop's thread, and only the keys
+// that change live (conf::reload_keys()); the other threads read only keys that need a
+// restart (meshes, proxy.mode), which never change after the constructor. What the workers
+// use of the live keys they get by copy, on their own loops (dns::Server::reconfigure,
+// proxy::Proxy::set_timeouts), or through atomics (the responder's TTLs, the log level, the
+// access log's file and format); everything else (source_, proxy_, admin_, the counters,
 // the conf dir's and the routes' state) belongs to the loop's thread.
 //   - with `workers` above 1, the workers' threads (daemon_workers.cpp): each runs a DNS
 //     server (dns_[i]) on its own loop with its own view of the name index, and the proxy's
@@ -26,7 +31,7 @@
 //     under lookup_mutex_.
 //
 // The parts are defined in: daemon.cpp (run, refresh, shutdown, readiness, admin dispatch,
-// the proxy's options), daemon_routes.cpp (the proxy's routes and their lookups),
+// the proxy's options), daemon_reload.cpp (SIGHUP), daemon_routes.cpp (the proxy's routes and their lookups),
 // daemon_metrics.cpp (/metrics), daemon_config.cpp (/config), daemon_conf_dir.cpp (--conf-dir)
 // and daemon_cluster.cpp (cluster mode).
 #pragma once
@@ -95,6 +100,17 @@ public:
 
     int run();
 
+    // Reads the configuration file again for a reload, as main() read it at start (flags
+    // applied over it again); on the loop's thread.
+    using ConfigLoader = std::function<conf::ConfigResult()>;
+    // Before run(): SIGHUP reloads `file` through `load`. Without it (no configuration file)
+    // SIGHUP only reopens the access log.
+    void set_config_loader(std::string file, ConfigLoader load)
+    {
+        config_file_ = std::move(file);
+        load_config_ = std::move(load);
+    }
+
 private:
     dns::Settings dns_settings() const
     {
@@ -141,8 +157,12 @@ private:
     std::string status_text() const;
     void start_watchdog();
     void stop_watchdog();
-    // SIGHUP, on the loop's thread: reopens the access log (more may be read again later).
+    // SIGHUP, on the loop's thread: reopens the access log, then reloads the configuration
+    // file (reload_config).
     void hangup();
+    void reload_config();
+    // The DNS servers' options from config_ (as started; a reload applies them again).
+    dns::ServerOptions dns_options() const;
     int abandon_start();
     cmd::HttpReply admin(const std::string& path);
     std::string metrics_text();
@@ -198,6 +218,12 @@ private:
     bool cluster_store_usable();
     void start_mirror();
     std::uint64_t stale_readers_cleared_ = 0;
+    // SIGHUP's reloads (daemon_reload.cpp): the loop's thread.
+    std::string config_file_;
+    ConfigLoader load_config_;
+    std::uint64_t reloads_ok_ = 0;
+    std::uint64_t reloads_failed_ = 0;
+    std::shared_ptr<dns::SharedLimits> dns_shared_;  // with workers: the limits their servers share
 
     // Workers (daemon_workers.cpp): none with `workers: 1`. Declared after everything that
     // puts handles on their loops (dns_, proxy_), so that their threads have ended and their

@@ -19,6 +19,41 @@ std::string Daemon::config_json()
         cluster.set("resyncs", static_cast<std::int64_t>(st.resyncs));
         if (!st.last_error.empty()) cluster.set("lastError", st.last_error);
     }
+    {
+        // The values in force of what a reload can change (SIGHUP), and the reloads so far.
+        using conf::format_duration;
+        cmd::Value& c = root.set("configuration", cmd::Value::object());
+        if (!config_file_.empty()) c.set("file", config_file_);
+        c.set("reloads", static_cast<std::int64_t>(reloads_ok_));
+        c.set("failedReloads", static_cast<std::int64_t>(reloads_failed_));
+        c.set("logLevel", config_.log.level);
+        const auto& d = config_.dns;
+        cmd::Value& dns = c.set("dns", cmd::Value::object());
+        dns.set("ttl", format_duration(d.ttl));
+        dns.set("negativeTtl", format_duration(d.negative_ttl));
+        dns.set("tcpIdleTimeout", format_duration(d.tcp_idle_timeout));
+        dns.set("tcpIoTimeout", format_duration(d.tcp_io_timeout));
+        dns.set("tcpMaxClients", static_cast<std::int64_t>(d.tcp_max_clients));
+        dns.set("tcpMaxClientsPerIp", static_cast<std::int64_t>(d.tcp_max_clients_per_ip));
+        cmd::Value& fwd = dns.set("forward", cmd::Value::object());
+        cmd::Value& ups = fwd.set("upstreams", cmd::Value::array());
+        for (const auto& u : d.forward.upstreams) ups.push(u.to_string());
+        cmd::Value& allow = fwd.set("allow", cmd::Value::array());
+        for (const auto& a : d.forward.allow) allow.push(a);
+        fwd.set("timeout", format_duration(d.forward.timeout));
+        fwd.set("maxWait", format_duration(d.forward.max_wait));
+        fwd.set("maxInFlight", static_cast<std::int64_t>(d.forward.max_in_flight));
+        cmd::Value& rrl = dns.set("rateLimit", cmd::Value::object());
+        rrl.set("responsesPerSecond", static_cast<std::int64_t>(d.rate_limit.responses_per_second));
+        rrl.set("burst", static_cast<std::int64_t>(d.rate_limit.burst));
+        rrl.set("slip", static_cast<std::int64_t>(d.rate_limit.slip));
+        cmd::Value& px = c.set("proxy", cmd::Value::object());
+        px.set("connectTimeout", format_duration(config_.proxy.connect_timeout));
+        px.set("idleTimeout", format_duration(config_.proxy.idle_timeout));
+        cmd::Value& al = px.set("accessLog", cmd::Value::object());
+        al.set("path", config_.proxy.access_log.path);
+        al.set("format", config_.proxy.access_log.format);
+    }
     cmd::Value& zones = root.set("zones", cmd::Value::array());
     for (const auto& z : config_.dns.zones) zones.push(z);
     cmd::Value& names = root.set("names", cmd::Value::array());

@@ -321,6 +321,10 @@ std::string Daemon::metrics_text()
           store_error_.empty() ? 0 : 1);
     counter("mesd_conf_dir_applies_total", "Successful applies of --conf-dir.", conf_dir_applies_);
     counter("mesd_conf_dir_errors_total", "Applies of --conf-dir refused for invalid input or failed.", conf_dir_errors_);
+    out += "# HELP mesd_config_reloads_total Reloads of the configuration file on SIGHUP, by result (failed: the file "
+           "was refused and the running configuration kept).\n# TYPE mesd_config_reloads_total counter\n";
+    out += "mesd_config_reloads_total{result=\"ok\"} " + std::to_string(reloads_ok_) + "\n";
+    out += "mesd_config_reloads_total{result=\"failed\"} " + std::to_string(reloads_failed_) + "\n";
     counter("mesd_conf_dir_torn_reads_total", "Reads of --conf-dir left because it changed under every pass.",
             conf_dir_torn_reads_);
     if (mirror_) {

@@ -97,6 +97,7 @@ std::expected<void, std::string> Daemon::start_dns(dns::ServerOptions options)
         if (auto why = held_elsewhere(hp, true); !why.empty()) return std::unexpected("dns.listen " + why);
     options.reuse_port = true;
     options.shared = std::make_shared<dns::SharedLimits>(options);
+    dns_shared_ = options.shared;
     for (auto& w : workers_) {
         auto view = std::make_unique<dns::CatalogSource>(*store_, source_.shared());
         auto server = std::make_unique<dns::Server>(w->loop(), responder_, *view, options);

@@ -2,6 +2,7 @@
 
 #include "conf/conf.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -10,7 +11,8 @@ namespace cmd::log {
 
 namespace {
 
-Level threshold = Level::info;
+// Atomic: SIGHUP changes it on the control loop while the workers log.
+std::atomic<Level> threshold{Level::info};
 
 std::string_view name(Level l)
 {
@@ -25,8 +27,8 @@ std::string_view name(Level l)
 
 }  // namespace
 
-void set_level(Level level) { threshold = level; }
-bool enabled(Level level) { return level >= threshold; }
+void set_level(Level level) { threshold.store(level, std::memory_order_relaxed); }
+bool enabled(Level level) { return level >= threshold.load(std::memory_order_relaxed); }
 
 bool parse_level(std::string_view text, Level& out)
 {

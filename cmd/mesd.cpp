@@ -112,7 +112,7 @@ std::optional<std::string> parse_flags(int argc, char** argv, Flags& f)
 // sockets), then the admin endpoint's connections, then DNS over TCP, and the proxy what is
 // left at two descriptors a connection. A setting that does not fit is lowered with a warning
 // rather than left to fail with EMFILE at run time, where it would take /ready down with it.
-void share_descriptors(conf::Config& config, rlim_t limit)
+void share_descriptors(conf::Config& config, rlim_t limit, bool quiet = false)
 {
     constexpr std::uint64_t fixed = 64;  // store, loop, signals, thread pool, upstream sockets, logs
     // Each worker beyond the first: its loop's epoll and wake-up descriptors, a spare kept for
@@ -130,23 +130,85 @@ void share_descriptors(conf::Config& config, rlim_t limit)
     std::uint64_t dns_tcp = config.dns.tcp_max_clients;
     if (dns_tcp > available / 2) {
         dns_tcp = available / 2;
-        log::warn("daemon", "open files limit too low for dns.tcpMaxClients; lowered",
+        if (!quiet) log::warn("daemon", "open files limit too low for dns.tcpMaxClients; lowered",
                   {{"tcpMaxClients", std::to_string(config.dns.tcp_max_clients)}, {"now", std::to_string(dns_tcp)},
                    {"limit", std::to_string(total)}});
         config.dns.tcp_max_clients = static_cast<std::uint32_t>(dns_tcp);
     }
     const std::uint64_t proxy = std::max<std::uint64_t>(1, (available - dns_tcp) / 2);
     if (config.proxy.max_connections > proxy) {
-        if (config.proxy.max_connections_set)
+        if (config.proxy.max_connections_set && !quiet)
             log::warn("daemon", "open files limit too low for proxy.maxConnections; lowered",
                       {{"maxConnections", std::to_string(config.proxy.max_connections)}, {"now", std::to_string(proxy)},
                        {"limit", std::to_string(total)}});
         config.proxy.max_connections = static_cast<std::uint32_t>(proxy);
     }
-    log::info("daemon", "descriptors shared out",
+    if (!quiet) log::info("daemon", "descriptors shared out",
               {{"reserved", std::to_string(reserved)}, {"admin_connections", std::to_string(admin)},
                {"dns_tcp_clients", std::to_string(config.dns.tcp_max_clients)},
                {"proxy_connections", std::to_string(config.proxy.max_connections)}});
+}
+
+// The configuration file (--config, else $MESD_CONFIG, else the defaults) with what the
+// environment and the cluster flags add to it: at start and at each SIGHUP.
+conf::ConfigResult load(const Flags& flags)
+{
+    auto loaded = conf::load_config(flags.config);
+    if (flags.etcd_endpoints) conf::set_etcd_endpoints(loaded, *flags.etcd_endpoints, "--etcd-endpoints");
+    if (flags.node_name) loaded.config.cluster.node_name = *flags.node_name;  // checked by main()
+    if (loaded.config.cluster.enabled && loaded.config.cluster.node_name.empty()) {
+        char host[256] = {};
+        loaded.config.cluster.node_name = ::gethostname(host, sizeof host - 1) == 0 && host[0] ? host : "mesd";
+    }
+    return loaded;
+}
+
+// The flags over a loaded configuration, and what main() settles from it (the zone of
+// Kuma's default generators, `workers: 0`): at start and at each SIGHUP, so that a reload
+// compares like with like and a flag-set value stays as the flag said. The error names a
+// bad flag.
+std::optional<std::string> settle(conf::Config& config, const Flags& flags)
+{
+    if (flags.data_dir) config.data_dir = *flags.data_dir;
+    // The names Kuma's default generators give are answered here, not forwarded, unless a
+    // zone of the configuration holds them already.
+    if (config.default_hostname_generators) {
+        std::string zone(conf::default_generators_zone);
+        bool covered = std::ranges::any_of(config.dns.zones, [&](const std::string& z) {
+            return zone == z || zone.ends_with("." + z);
+        });
+        if (!covered) config.dns.zones.push_back(zone);
+    }
+    if (flags.workers) {
+        const auto& text = *flags.workers;
+        std::uint32_t n = 0;
+        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+        if (ec != std::errc{} || end != text.data() + text.size() || n > conf::max_workers)
+            return "--workers " + conf::escape_controls(text) + ": must be a number from 0 to " +
+                   std::to_string(conf::max_workers) + " (0: one per CPU)";
+        config.workers = n;
+    }
+    if (!flags.dns_listen.empty()) {
+        config.dns.listen.clear();
+        for (const auto& text : flags.dns_listen) {
+            auto hp = conf::parse_host_port(text);
+            if (!hp) return "--dns-listen " + text + ": must be ADDRESS:PORT with an IP address";
+            config.dns.listen.push_back(*hp);
+        }
+    }
+    if (flags.admin_listen) {
+        auto hp = conf::parse_host_port(*flags.admin_listen);
+        if (!hp) return "--admin-listen " + *flags.admin_listen + ": must be ADDRESS:PORT with an IP address";
+        config.admin.listen = *hp;
+    }
+    if (flags.log_level) config.log.level = *flags.log_level;
+    log::Level level{};
+    if (!log::parse_level(config.log.level, level)) return "--log-level " + config.log.level + ": must be debug, info, warn or error";
+    // How many workers, decided before the descriptors are shared out: each holds some.
+    if (config.workers == 0)
+        config.workers = static_cast<std::uint32_t>(
+            std::clamp<std::size_t>(workers::allowed_cpus().size(), 1, conf::max_workers));
+    return std::nullopt;
 }
 
 // Off unless asked for: a core file (or a debugger attached by another process of the same
@@ -184,79 +246,27 @@ int main(int argc, char** argv)
     // fragmented. A fixed threshold keeps them mapped, and each one freed goes back to the
     // kernel (a node of a cluster takes thousands of changes during a large apply).
     mallopt(M_MMAP_THRESHOLD, 256 * 1024);
-    auto loaded = conf::load_config(flags.config);
-    if (flags.etcd_endpoints) conf::set_etcd_endpoints(loaded, *flags.etcd_endpoints, "--etcd-endpoints");
-    if (flags.node_name) {
-        if (!conf::is_node_name(*flags.node_name)) {
-            std::cerr << "mesd: --node-name " << conf::escape_controls(*flags.node_name)
-                      << ": must be 1-253 letters, digits, '.', '-' or '_'\n";
-            return exit_usage;
-        }
-        loaded.config.cluster.node_name = *flags.node_name;
+    if (flags.node_name && !conf::is_node_name(*flags.node_name)) {
+        std::cerr << "mesd: --node-name " << conf::escape_controls(*flags.node_name)
+                  << ": must be 1-253 letters, digits, '.', '-' or '_'\n";
+        return exit_usage;
     }
-    if (loaded.config.cluster.enabled && loaded.config.cluster.node_name.empty()) {
-        char host[256] = {};
-        loaded.config.cluster.node_name = ::gethostname(host, sizeof host - 1) == 0 && host[0] ? host : "mesd";
-    }
+    auto loaded = load(flags);
     if (!loaded.ok()) {
         for (const auto& d : loaded.errors) std::cerr << d.format() << '\n';
         return exit_usage;
     }
     conf::Config config = std::move(loaded.config);
-    if (flags.data_dir) config.data_dir = *flags.data_dir;
-    // The names Kuma's default generators give are answered here, not forwarded, unless a
-    // zone of the configuration holds them already.
-    if (config.default_hostname_generators) {
-        std::string zone(conf::default_generators_zone);
-        bool covered = std::ranges::any_of(config.dns.zones, [&](const std::string& z) {
-            return zone == z || zone.ends_with("." + z);
-        });
-        if (!covered) config.dns.zones.push_back(zone);
-    }
-    if (flags.workers) {
-        const auto& text = *flags.workers;
-        std::uint32_t n = 0;
-        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
-        if (ec != std::errc{} || end != text.data() + text.size() || n > conf::max_workers) {
-            std::cerr << "mesd: --workers " << conf::escape_controls(text) << ": must be a number from 0 to "
-                      << conf::max_workers << " (0: one per CPU)\n";
-            return exit_usage;
-        }
-        config.workers = n;
-    }
-    if (!flags.dns_listen.empty()) {
-        config.dns.listen.clear();
-        for (const auto& text : flags.dns_listen) {
-            auto hp = conf::parse_host_port(text);
-            if (!hp) {
-                std::cerr << "mesd: --dns-listen " << text << ": must be ADDRESS:PORT with an IP address\n";
-                return exit_usage;
-            }
-            config.dns.listen.push_back(*hp);
-        }
-    }
-    if (flags.admin_listen) {
-        auto hp = conf::parse_host_port(*flags.admin_listen);
-        if (!hp) {
-            std::cerr << "mesd: --admin-listen " << *flags.admin_listen << ": must be ADDRESS:PORT with an IP address\n";
-            return exit_usage;
-        }
-        config.admin.listen = *hp;
-    }
-    if (flags.log_level) config.log.level = *flags.log_level;
-    log::Level level{};
-    if (!log::parse_level(config.log.level, level)) {
-        std::cerr << "mesd: --log-level " << config.log.level << ": must be debug, info, warn or error\n";
+    if (auto err = settle(config, flags)) {
+        std::cerr << "mesd: " << *err << "\n";
         return exit_usage;
     }
+    log::Level level{};
+    log::parse_level(config.log.level, level);  // settle() checked it
     log::set_level(level);
     if (flags.allow_core_dumps) log::warn("daemon", "core dumps allowed: they may hold TLS keys and Secrets");
     // What the raise above got, shared out: every TCP client and proxied connection holds
     // descriptors from it, and the admin endpoint must keep one free under any flood.
-    // How many workers, decided before the descriptors are shared out: each holds some.
-    if (config.workers == 0)
-        config.workers = static_cast<std::uint32_t>(
-            std::clamp<std::size_t>(workers::allowed_cpus().size(), 1, conf::max_workers));
     if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0) {
         log::info("daemon", "open files limit",
                   {{"soft", std::to_string(nofile.rlim_cur)}, {"hard", std::to_string(nofile.rlim_max)}});
@@ -280,6 +290,24 @@ int main(int argc, char** argv)
     }
     try {
         Daemon daemon(std::move(config), std::move(*opened), flags.conf_dir, flags.conf_dir_follow_links);
+        // SIGHUP reads the file again as above, the flags over it again.
+        std::optional<std::string> file = flags.config;
+        if (const char* env = std::getenv("MESD_CONFIG"); !file && env && *env) file = env;
+        if (file)
+            daemon.set_config_loader(*file, [flags] {
+                auto reloaded = load(flags);
+                if (!reloaded.ok()) return reloaded;
+                if (auto err = settle(reloaded.config, flags)) {
+                    conf::Diagnostic d;
+                    d.mark = conf::Mark{"flags", 0, 0};
+                    d.message = *err;
+                    reloaded.errors.push_back(std::move(d));
+                    return reloaded;
+                }
+                if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0)
+                    share_descriptors(reloaded.config, nofile.rlim_cur, true);
+                return reloaded;
+            });
         return daemon.run();
     } catch (const std::exception& e) {
         log::error("daemon", "fatal", {{"error", e.what()}});

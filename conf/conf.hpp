@@ -514,6 +514,23 @@ const std::vector<std::string>& config_keys();
 // (`source` names it in errors).
 void set_etcd_endpoints(ConfigResult& result, std::string_view list, std::string_view source);
 
+// What a reload of the configuration file changed: one entry per key whose value differs,
+// in the order of reload_keys(). `live`: the running daemon takes the new value (SIGHUP);
+// otherwise it keeps the old one until a restart. Secret values (cluster.etcd.password)
+// read "(hidden)" on both sides.
+struct ConfigChange {
+    std::string key;  // as written in the file: "dns.ttl", "proxy.accessLog.path"
+    std::string old_value, new_value;
+    bool live = false;
+};
+// Every key reload_changes() compares, with whether it changes live.
+struct ConfigKey {
+    std::string_view key;
+    bool live;
+};
+std::span<const ConfigKey> reload_keys();
+std::vector<ConfigChange> reload_changes(const Config& running, const Config& loaded);
+
 }  // namespace conf
 
 // ---- Hostname generation ----------------------------------------------------------------

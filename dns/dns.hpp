@@ -174,6 +174,14 @@ struct FastReply {
 class Responder {
 public:
     explicit Responder(Settings settings);
+    // A copy takes the TTLs of the moment.
+    Responder(const Responder& o) : settings_(o.settings_), ttl_(o.ttl()), negative_ttl_(o.negative_ttl()) {}
+    Responder& operator=(const Responder& o)
+    {
+        settings_ = o.settings_;
+        set_ttls(o.ttl(), o.negative_ttl());
+        return *this;
+    }
 
     // The fast path when it can answer, else the general one.
     Response respond(std::span<const std::uint8_t> query, const Client& client, Source& source) const;
@@ -191,7 +199,15 @@ public:
     std::vector<std::uint8_t> error_reply(std::span<const std::uint8_t> query, std::uint16_t rcode,
                                           std::uint16_t udp_size) const;
 
+    // settings() as made; the TTLs in force are ttl() and negative_ttl().
     const Settings& settings() const { return settings_; }
+
+    // Any thread (SIGHUP reloads them while the workers answer): the TTLs of answers written
+    // from now on. Each is read once per record written, so one answer may mix an old and a
+    // new TTL across its records while they change.
+    void set_ttls(std::uint32_t ttl, std::uint32_t negative_ttl);
+    std::uint32_t ttl() const { return ttl_.load(std::memory_order_relaxed); }
+    std::uint32_t negative_ttl() const { return negative_ttl_.load(std::memory_order_relaxed); }
 
 private:
     struct FastQuestion;
@@ -204,6 +220,8 @@ private:
     bool finish_fast(const FastQuestion& q, std::size_t size, std::uint16_t rcode, std::uint16_t qtype, FastReply& reply) const;
 
     Settings settings_;
+    std::atomic<std::uint32_t> ttl_;
+    std::atomic<std::uint32_t> negative_ttl_;
 };
 
 // ---- One loop or N workers: what is per worker and what is shared ---------------------------
@@ -214,7 +232,7 @@ private:
 //
 // Shared by every thread, never changed once made:
 //   Catalog        a NameIndex and the VIP pools at one store generation (no store snapshot)
-//   Responder      the answering rules (settings only)
+//   Responder      the answering rules (settings only; its TTLs are atomics, set_ttls())
 // Shared, thread-safe:
 //   SharedCatalog  the newest Catalog, published by the control loop, read by the workers
 //   SharedLimits   the rate limiter's buckets and the TCP client counts of every server, and
@@ -485,8 +503,9 @@ struct ServerOptions {
     bool reuse_port = false;
     // What holds across every server that shares it: the rate limiter's buckets, the TCP
     // client counts (tcpMaxClients, tcpMaxClientsPerIp) and the forwarder (maxInFlight, the
-    // upstreams and what they have shown), whose limits are those it was made with (this
-    // struct's rate_limit, tcp_max_clients* and max_in_flight are then not read). Null: the
+    // upstreams and what they have shown), whose limits are those it was made with or last
+    // given by SharedLimits::set_limits (this struct's rate_limit, tcp_max_clients* and
+    // max_in_flight are then not read by the server). Null: the
     // server makes its own from these options (one loop: each limit is the server's).
     std::chrono::milliseconds tcp_idle_timeout{10000};
     std::uint32_t tcp_max_clients = 1024;
@@ -531,21 +550,28 @@ public:
     SharedLimits(const SharedLimits&) = delete;
     SharedLimits& operator=(const SharedLimits&) = delete;
 
-    // Null when no rate is set. RateLimiter::check() is safe on any thread.
-    RateLimiter* limiter() const { return limiter_.get(); }
+    // Null when no rate is set. RateLimiter::check() is safe on any thread. Any thread: a
+    // server keeps the one it took until it is reconfigured.
+    std::shared_ptr<RateLimiter> limiter() const;
+
+    // Any thread (a reload): the limits of `options` from now on, as the constructor takes
+    // them. Clients and forwards over a lowered limit go on; newcomers wait for room. A
+    // changed rate limit starts a new table (its buckets empty), which each server takes up
+    // at its next reconfigure().
+    void set_limits(const ServerOptions& options);
 
     // One more TCP client, if fewer than tcp_max_clients are open across the servers; a
     // caller that gets false may close one of its own and take over its place instead.
     bool take_tcp_client() noexcept;
     void release_tcp_client() noexcept;
     std::uint32_t tcp_clients() const noexcept { return tcp_clients_.load(std::memory_order_relaxed); }
-    std::uint32_t tcp_max_clients() const { return tcp_max_clients_; }
+    std::uint32_t tcp_max_clients() const { return tcp_max_clients_.load(std::memory_order_relaxed); }
 
     // One more connection from `address` (its 4 or 16 bytes), if it has fewer than
     // tcp_max_clients_per_ip; always true when there is no cap (nothing is counted then).
     bool take_address(std::string_view address);
     void release_address(std::string_view address);
-    std::uint32_t tcp_max_clients_per_ip() const { return tcp_max_clients_per_ip_; }
+    std::uint32_t tcp_max_clients_per_ip() const { return tcp_max_clients_per_ip_.load(std::memory_order_relaxed); }
 
     // What the servers hold in common besides these limits (defined in dns/server.cpp; only
     // servers use it): the forwarder's state, and each server's inbox, through which one
@@ -557,10 +583,12 @@ public:
     Common& common() const { return *common_; }
 
 private:
-    std::unique_ptr<RateLimiter> limiter_;
+    mutable std::mutex limiter_mutex_;
+    std::shared_ptr<RateLimiter> limiter_;  // under limiter_mutex_
+    RateLimitSettings rate_limit_;          // under limiter_mutex_
     std::unique_ptr<Common> common_;
-    std::uint32_t tcp_max_clients_;
-    std::uint32_t tcp_max_clients_per_ip_;
+    std::atomic<std::uint32_t> tcp_max_clients_;
+    std::atomic<std::uint32_t> tcp_max_clients_per_ip_;
     std::atomic<std::uint32_t> tcp_clients_{0};
     std::mutex per_address_mutex_;
     std::map<std::string, std::uint32_t, std::less<>> per_address_;  // under per_address_mutex_
@@ -611,6 +639,16 @@ public:
     // Any thread: the upstreams forwarded to now, best first. Servers sharing a SharedLimits
     // share these records: each reports the same list, not a part of it.
     std::vector<UpstreamStatus> upstreams() const;
+
+    // The loop's thread (a reload): takes from `options` the upstreams (the server that
+    // keeps the shared list reads it again now; an upstream still listed keeps what was
+    // learnt of it), the allow list, forward_timeout, forward_max_wait, tcp_idle_timeout and
+    // tcp_io_timeout, and the rate limiter its SharedLimits holds now. With limits of its own
+    // (no ServerOptions::shared) it sets those too (SharedLimits::set_limits); shared ones
+    // are set once, by whoever shares them, before the servers are reconfigured. Forwards
+    // and TCP clients under way keep the deadlines they were given; the rest is read at
+    // each use.
+    void reconfigure(const ServerOptions& options);
 
     struct Impl;
 

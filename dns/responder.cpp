@@ -187,7 +187,8 @@ std::string rcode_name(std::uint16_t rcode)
     }
 }
 
-Responder::Responder(Settings settings) : settings_(std::move(settings))
+Responder::Responder(Settings settings)
+    : settings_(std::move(settings)), ttl_(settings_.ttl), negative_ttl_(settings_.negative_ttl)
 {
     for (auto& z : settings_.zones) {
         for (auto& c : z)
@@ -572,7 +573,7 @@ std::size_t Responder::write_fast_soa(std::uint8_t* at, std::uint16_t apex, std:
     out.u16(apex);
     out.u16(LDNS_RR_TYPE_SOA);
     out.u16(LDNS_RR_CLASS_IN);
-    out.u32(std::min(settings_.ttl, settings_.negative_ttl));
+    out.u32(std::min(ttl(), negative_ttl()));
     static constexpr std::uint8_t mname[] = {9, 'l', 'o', 'c', 'a', 'l', 'h', 'o', 's', 't', 0};
     static constexpr std::uint8_t rname[] = {10, 'h', 'o', 's', 't', 'm', 'a', 's', 't', 'e', 'r'};
     out.u16(static_cast<std::uint16_t>(sizeof mname + sizeof rname + 2 + 20));
@@ -583,7 +584,7 @@ std::size_t Responder::write_fast_soa(std::uint8_t* at, std::uint16_t apex, std:
     out.u32(3600);
     out.u32(600);
     out.u32(86400);
-    out.u32(settings_.negative_ttl);
+    out.u32(negative_ttl());
     return out.size();
 }
 
@@ -597,7 +598,7 @@ bool Responder::answer_fast_txt(const FastQuestion& q, std::span<const std::uint
     out.u16(0xc00c);
     out.u16(LDNS_RR_TYPE_TXT);
     out.u16(LDNS_RR_CLASS_IN);
-    out.u32(settings_.ttl);
+    out.u32(ttl());
     out.u16(static_cast<std::uint16_t>(rdata.size()));
     out.bytes(rdata.data(), rdata.size());
     return finish_fast(q, at + out.size(), rcode_noerror, LDNS_RR_TYPE_TXT, reply);
@@ -642,7 +643,7 @@ bool Responder::answer_fast_ptr(const FastQuestion& q, Source& source, FastReply
         out.u16(0xc00c);
         out.u16(LDNS_RR_TYPE_PTR);
         out.u16(LDNS_RR_CLASS_IN);
-        out.u32(settings_.ttl);
+        out.u32(ttl());
         std::size_t rdlength_at = at + out.size();
         out.u16(0);
         at += out.size();
@@ -745,7 +746,7 @@ bool Responder::answer_fast(std::span<const std::uint8_t> query, const Client& c
         out.u16(0xc00c);
         out.u16(qtype);
         out.u16(LDNS_RR_CLASS_IN);
-        out.u32(settings_.ttl);
+        out.u32(ttl());
         if (a.family == vip::Family::v4) {
             out.u16(4);
             out.u32(static_cast<std::uint32_t>(a.value));
@@ -906,7 +907,7 @@ Response Responder::answer_general(std::span<const std::uint8_t> query, const Cl
     auto add_soa = [&](ldns_pkt_section section, const std::string& apex) {
         ldns_rdf* apex_rdf = dname(apex + ".");
         ldns_rr* soa = new_rr(apex_rdf, LDNS_RR_TYPE_SOA,
-                              section == LDNS_SECTION_AUTHORITY ? std::min(settings_.ttl, settings_.negative_ttl) : settings_.ttl);
+                              section == LDNS_SECTION_AUTHORITY ? std::min(ttl(), negative_ttl()) : ttl());
         ldns_rdf_deep_free(apex_rdf);
         ldns_rr_push_rdf(soa, dname("localhost."));
         ldns_rr_push_rdf(soa, dname("hostmaster." + apex + "."));
@@ -914,12 +915,12 @@ Response Responder::answer_general(std::span<const std::uint8_t> query, const Cl
         ldns_rr_push_rdf(soa, ldns_native2rdf_int32(LDNS_RDF_TYPE_PERIOD, 3600));
         ldns_rr_push_rdf(soa, ldns_native2rdf_int32(LDNS_RDF_TYPE_PERIOD, 600));
         ldns_rr_push_rdf(soa, ldns_native2rdf_int32(LDNS_RDF_TYPE_PERIOD, 86400));
-        ldns_rr_push_rdf(soa, ldns_native2rdf_int32(LDNS_RDF_TYPE_PERIOD, settings_.negative_ttl));
+        ldns_rr_push_rdf(soa, ldns_native2rdf_int32(LDNS_RDF_TYPE_PERIOD, negative_ttl()));
         ldns_pkt_push_rr(r, section, soa);
     };
     auto add_address = [&](const vip::Address& a) {
         bool v4 = a.family == vip::Family::v4;
-        ldns_rr* rr = new_rr(qname, v4 ? LDNS_RR_TYPE_A : LDNS_RR_TYPE_AAAA, settings_.ttl);
+        ldns_rr* rr = new_rr(qname, v4 ? LDNS_RR_TYPE_A : LDNS_RR_TYPE_AAAA, ttl());
         auto bytes = a.bytes();
         ldns_rr_push_rdf(rr, ldns_rdf_new_frm_data(v4 ? LDNS_RDF_TYPE_A : LDNS_RDF_TYPE_AAAA, bytes.size(), bytes.data()));
         ldns_pkt_push_rr(r, LDNS_SECTION_ANSWER, rr);
@@ -946,7 +947,7 @@ Response Responder::answer_general(std::span<const std::uint8_t> query, const Cl
             else return nodata();
             return finish(rcode_noerror);
         case LDNS_RR_TYPE_TXT: {
-            ldns_rr* rr = new_rr(qname, LDNS_RR_TYPE_TXT, settings_.ttl);
+            ldns_rr* rr = new_rr(qname, LDNS_RR_TYPE_TXT, ttl());
             for (const auto& fact : source.describe(*owner)) {
                 // A character-string holds at most 255 bytes.
                 std::string s = fact.substr(0, 255);
@@ -969,7 +970,7 @@ Response Responder::answer_general(std::span<const std::uint8_t> query, const Cl
             return finish(rcode_noerror);
         }
         if (qtype == LDNS_RR_TYPE_NS) {
-            ldns_rr* rr = new_rr(qname, LDNS_RR_TYPE_NS, settings_.ttl);
+            ldns_rr* rr = new_rr(qname, LDNS_RR_TYPE_NS, ttl());
             ldns_rr_push_rdf(rr, dname("localhost."));
             ldns_pkt_push_rr(r, LDNS_SECTION_ANSWER, rr);
             return finish(rcode_noerror);
@@ -999,7 +1000,7 @@ Response Responder::answer_general(std::span<const std::uint8_t> query, const Cl
             }
             // ANY gets the whole PTR RRset: an RRset is never split (RFC 2181 5).
             for (const auto& host : source.hostnames_of(*owner)) {
-                ldns_rr* rr = new_rr(qname, LDNS_RR_TYPE_PTR, settings_.ttl);
+                ldns_rr* rr = new_rr(qname, LDNS_RR_TYPE_PTR, ttl());
                 ldns_rr_push_rdf(rr, dname(host + "."));
                 ldns_pkt_push_rr(r, LDNS_SECTION_ANSWER, rr);
             }
@@ -1021,6 +1022,12 @@ Response Responder::answer_general(std::span<const std::uint8_t> query, const Cl
         return out;
     }
     return finish(rcode_refused);
+}
+
+void Responder::set_ttls(std::uint32_t ttl, std::uint32_t negative_ttl)
+{
+    ttl_.store(ttl, std::memory_order_relaxed);
+    negative_ttl_.store(negative_ttl, std::memory_order_relaxed);
 }
 
 std::vector<std::uint8_t> Responder::error_reply(std::span<const std::uint8_t> query, std::uint16_t rcode,

@@ -143,7 +143,7 @@ bool SharedLimits::take_tcp_client() noexcept
     // for a moment, so no other worker refuses a client because of one about to be refused.
     std::uint32_t open = tcp_clients_.load(std::memory_order_relaxed);
     do {
-        if (open >= tcp_max_clients_) return false;
+        if (open >= tcp_max_clients_.load(std::memory_order_relaxed)) return false;
     } while (!tcp_clients_.compare_exchange_weak(open, open + 1, std::memory_order_relaxed));
     return true;
 }
@@ -152,21 +152,24 @@ void SharedLimits::release_tcp_client() noexcept { tcp_clients_.fetch_sub(1, std
 
 bool SharedLimits::take_address(std::string_view address)
 {
-    if (tcp_max_clients_per_ip_ == 0) return true;
+    auto cap = tcp_max_clients_per_ip_.load(std::memory_order_relaxed);
+    if (cap == 0) return true;
     std::lock_guard lock(per_address_mutex_);
     auto it = per_address_.find(address);
     if (it == per_address_.end()) {
         per_address_.emplace(std::string(address), 1);
         return true;
     }
-    if (it->second >= tcp_max_clients_per_ip_) return false;
+    if (it->second >= cap) return false;
     ++it->second;
     return true;
 }
 
 void SharedLimits::release_address(std::string_view address)
 {
-    if (tcp_max_clients_per_ip_ == 0) return;
+    // By what was counted, not by the cap: a reload may have changed it since (`address` is
+    // empty for a client that was not counted).
+    if (address.empty()) return;
     std::lock_guard lock(per_address_mutex_);
     auto it = per_address_.find(address);
     if (it != per_address_.end() && --it->second == 0) per_address_.erase(it);
@@ -645,13 +648,13 @@ struct SharedLimits::Common {
     {
         std::size_t open = in_flight.load(std::memory_order_relaxed);
         do {
-            if (open >= max_in_flight) return false;
+            if (open >= max_in_flight.load(std::memory_order_relaxed)) return false;
         } while (!in_flight.compare_exchange_weak(open, open + 1, std::memory_order_relaxed));
         return true;
     }
     void release_slot() noexcept { in_flight.fetch_sub(1, std::memory_order_relaxed); }
 
-    const std::uint32_t max_in_flight;
+    std::atomic<std::uint32_t> max_in_flight;  // SharedLimits::set_limits() changes it
     // One token for every server: a query any of them forwarded that comes back to any of
     // them is known as a loop (the kernel may hand it to another worker's socket).
     LoopToken loop_token{};
@@ -689,7 +692,37 @@ SharedLimits::SharedLimits(const ServerOptions& options)
       tcp_max_clients_(options.tcp_max_clients),
       tcp_max_clients_per_ip_(options.tcp_max_clients_per_ip)
 {
-    if (options.rate_limit.responses_per_second > 0) limiter_ = std::make_unique<RateLimiter>(options.rate_limit);
+    if (options.rate_limit.responses_per_second > 0) limiter_ = std::make_shared<RateLimiter>(options.rate_limit);
+    rate_limit_ = options.rate_limit;
+}
+
+namespace {
+
+bool same_rate_limit(const RateLimitSettings& a, const RateLimitSettings& b)
+{
+    return a.responses_per_second == b.responses_per_second && a.burst == b.burst && a.slip == b.slip &&
+           a.ipv4_prefix == b.ipv4_prefix && a.ipv6_prefix == b.ipv6_prefix && a.table_size == b.table_size &&
+           a.exempt == b.exempt;
+}
+
+}  // namespace
+
+void SharedLimits::set_limits(const ServerOptions& options)
+{
+    tcp_max_clients_.store(options.tcp_max_clients, std::memory_order_relaxed);
+    tcp_max_clients_per_ip_.store(options.tcp_max_clients_per_ip, std::memory_order_relaxed);
+    common_->max_in_flight.store(options.max_in_flight, std::memory_order_relaxed);
+    std::lock_guard lock(limiter_mutex_);
+    if (same_rate_limit(rate_limit_, options.rate_limit)) return;
+    // A new table: the old one's buckets were counted against other rates and prefixes.
+    rate_limit_ = options.rate_limit;
+    limiter_ = options.rate_limit.responses_per_second > 0 ? std::make_shared<RateLimiter>(options.rate_limit) : nullptr;
+}
+
+std::shared_ptr<RateLimiter> SharedLimits::limiter() const
+{
+    std::lock_guard lock(limiter_mutex_);
+    return limiter_;
 }
 
 SharedLimits::~SharedLimits() = default;
@@ -749,6 +782,7 @@ struct Server::Impl {
     // workers.
     std::shared_ptr<SharedLimits> limits;
     RateLimiter* limiter = nullptr;  // UDP only, when dns.rateLimit sets a rate
+    std::shared_ptr<RateLimiter> limiter_held;  // what `limiter` points to, until reconfigure()
     SharedLimits::Common* common = nullptr;
     // With shared limits: what other servers hand this one (answers to the questions they
     // ask, TCP clients' places); closed, with the UDP listeners, once stopped.
@@ -794,7 +828,8 @@ struct Server::Impl {
         : loop(l), responder(r), source(s), options(std::move(o))
     {
         limits = options.shared ? options.shared : std::make_shared<SharedLimits>(options);
-        limiter = limits->limiter();
+        limiter_held = limits->limiter();
+        limiter = limiter_held.get();
         common = &limits->common();
     }
 
@@ -2449,6 +2484,26 @@ bool Server::Impl::is_own(const sockaddr* address, const std::vector<sockaddr_st
             if (same_address(reinterpret_cast<const sockaddr*>(&i), address)) return true;
     }
     return false;
+}
+
+void Server::reconfigure(const ServerOptions& options)
+{
+    auto& s = *impl_;
+    if (s.stopping) return;
+    if (!s.options.shared) s.limits->set_limits(options);
+    s.limiter_held = s.limits->limiter();
+    s.limiter = s.limiter_held.get();
+    s.options.allow = options.allow;
+    s.allow.clear();
+    for (const auto& cidr : s.options.allow)
+        if (auto p = vip::Pool::parse(cidr)) s.allow.push_back(*p);
+    s.options.forward_timeout = options.forward_timeout;
+    s.options.forward_max_wait = options.forward_max_wait;
+    s.options.tcp_idle_timeout = options.tcp_idle_timeout;
+    s.options.tcp_io_timeout = options.tcp_io_timeout;
+    s.options.upstreams = options.upstreams;
+    // Only the server that keeps the shared list reads it (the others forward to that list).
+    if (s.recheck_open) s.refresh_upstreams(false);
 }
 
 void Server::Impl::refresh_upstreams(bool at_start)

@@ -180,12 +180,29 @@ AccessLogFile::~AccessLogFile() = default;
 
 std::expected<void, std::string> AccessLogFile::reopen()
 {
-    if (path_ == "stdout" || path_ == "stderr") return {};
-    auto fd = open_fd(path_);
+    auto path = this->path();
+    if (path == "stdout" || path == "stderr") return {};
+    auto fd = open_fd(path);
     if (!fd) return std::unexpected(fd.error());
     std::lock_guard lock(mutex_);
     fd_ = std::move(*fd);
     return {};
+}
+
+std::expected<void, std::string> AccessLogFile::retarget(const std::string& path)
+{
+    auto fd = open_fd(path);
+    if (!fd) return std::unexpected(fd.error());
+    std::lock_guard lock(mutex_);
+    fd_ = std::move(*fd);
+    path_ = path;
+    return {};
+}
+
+std::string AccessLogFile::path() const
+{
+    std::lock_guard lock(mutex_);
+    return path_;
 }
 
 std::shared_ptr<AccessLogFile::Fd> AccessLogFile::current() const
@@ -232,8 +249,9 @@ void AccessLogFile::write(const std::string& lines)
 // ---- A loop's buffer -----------------------------------------------------------------------
 
 AccessLogBuffer::AccessLogBuffer(uv_loop_t* loop, std::shared_ptr<AccessLogFile> file, AccessFormat format)
-    : file_(std::move(file)), format_(format)
+    : file_(std::move(file))
 {
+    file_->set_format(format);
     idle_ = new uv_idle_t;
     uv_idle_init(loop, idle_);
     idle_->data = this;
@@ -246,7 +264,7 @@ AccessLogBuffer::~AccessLogBuffer() { close(); }
 void AccessLogBuffer::add(const AccessRecord& r)
 {
     bool was_empty = lines_.empty();
-    format_access(lines_, r, format_);
+    format_access(lines_, r, file_->format());
     if (lines_.size() >= flush_bytes) {
         flush();
         return;
@@ -359,6 +377,16 @@ std::expected<void, std::string> Proxy::reopen_access_log()
 {
     if (!impl_->access_log) return {};
     return impl_->access_log->reopen();
+}
+
+std::expected<void, std::string> Proxy::move_access_log(const std::string& path, Options::AccessLog::Format format)
+{
+    if (!impl_->access_log) return std::unexpected("the access log is off");
+    auto f = format == Options::AccessLog::Format::json ? detail::AccessFormat::json : detail::AccessFormat::logfmt;
+    if (path != impl_->access_log->path())
+        if (auto moved = impl_->access_log->retarget(path); !moved) return moved;
+    impl_->access_log->set_format(f);
+    return {};
 }
 
 // Opens the access log and gives each loop its buffer: before the workers' threads run.

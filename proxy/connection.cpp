@@ -27,6 +27,11 @@ constexpr std::size_t answer_discard_limit = std::size_t{1} << 20;
 
 }  // namespace
 
+Connection::Connection(Proxy::Impl* i, Shard* s)
+    : impl(i), shard(s), connect_timeout(s->connect_timeout), idle_timeout(s->idle_timeout)
+{
+}
+
 Connection::~Connection()
 {
     if (ssl) SSL_free(ssl);
@@ -129,7 +134,7 @@ void Connection::arm_connect_timeout()
             self->last_failure_timeout = true;
             self->fail(target, address, FailureKind::connect, "connect timed out");
         },
-        static_cast<std::uint64_t>(impl->options.connect_timeout.count()), 0);
+        static_cast<std::uint64_t>(connect_timeout.count()), 0);
 }
 
 void Connection::close_attempt(Attempt* a)
@@ -262,7 +267,7 @@ void Connection::arm_connect_timeout_for_handshake()
             auto* self = static_cast<Connection*>(h->data);
             if (self->handshaking) self->tls_failed("TLS handshake timed out");
         },
-        static_cast<std::uint64_t>(impl->options.connect_timeout.count()), 0);
+        static_cast<std::uint64_t>(connect_timeout.count()), 0);
 }
 
 // ---- the pump
@@ -277,13 +282,13 @@ void Connection::pump()
 
 void Connection::arm_idle()
 {
-    auto idle = static_cast<std::uint64_t>(impl->options.idle_timeout.count());
+    auto idle = static_cast<std::uint64_t>(idle_timeout.count());
     std::uint64_t since = uv_now(shard->loop) - last_activity;
     uv_timer_start(
         &timer,
         [](uv_timer_t* h) {
             auto* self = static_cast<Connection*>(h->data);
-            auto limit = static_cast<std::uint64_t>(self->impl->options.idle_timeout.count());
+            auto limit = static_cast<std::uint64_t>(self->idle_timeout.count());
             if (uv_now(self->shard->loop) - self->last_activity >= limit) {
                 self->end_by(detail::end_reason::idle_timeout);
                 self->close(false);

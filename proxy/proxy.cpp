@@ -490,4 +490,15 @@ Status Proxy::status() const
     return st;
 }
 
+void Proxy::set_timeouts(std::chrono::milliseconds connect_timeout, std::chrono::milliseconds idle_timeout)
+{
+    for (auto& shard : impl_->shards) {
+        Shard* s = shard.get();
+        s->run([s, connect_timeout, idle_timeout] {
+            s->connect_timeout = connect_timeout;
+            s->idle_timeout = idle_timeout;
+        });
+    }
+}
+
 }  // namespace proxy

@@ -290,6 +290,14 @@ public:
     // file the path names now. Nothing to do without one, or for stdout and stderr. The
     // control loop's thread; on failure the old file stays in use.
     std::expected<void, std::string> reopen_access_log();
+    // A reload: the access log goes to `path` in `format` from now on (lines not yet
+    // written included). The control loop's thread; an error (the log is off: turning it on
+    // needs a restart; the file cannot be opened) leaves it as it was.
+    std::expected<void, std::string> move_access_log(const std::string& path, Options::AccessLog::Format format);
+    // A reload: the connect and idle timeouts of connections accepted from now on, taken up by
+    // each loop on its own thread; open connections keep those they started with. The
+    // control loop's thread.
+    void set_timeouts(std::chrono::milliseconds connect_timeout, std::chrono::milliseconds idle_timeout);
     // Bind mode: the routes in force from now on. New ones listen, removed ones stop
     // accepting (their open connections go on), changed ones apply to new connections.
     // Targets keep their health across updates when their address stays.

@@ -80,10 +80,16 @@ public:
     // Opens the path again (a file only; stdout and stderr stay): lines from now on go to
     // what the path names now. On failure the old descriptor stays in use.
     std::expected<void, std::string> reopen();
+    // Opens `path` instead (a reload moved the log): lines from now on go there, those
+    // buffered included. On failure the old path and descriptor stay in use.
+    std::expected<void, std::string> retarget(const std::string& path);
     // Writes whole lines; any thread.
     void write(const std::string& lines);
     std::uint64_t dropped_writes() const { return dropped_.load(std::memory_order_relaxed); }
-    const std::string& path() const { return path_; }
+    std::string path() const;
+    // How lines are written from now on (the buffers read it for each line); any thread.
+    AccessFormat format() const { return format_.load(std::memory_order_relaxed); }
+    void set_format(AccessFormat format) { format_.store(format, std::memory_order_relaxed); }
 
 private:
     struct Fd {
@@ -95,9 +101,10 @@ private:
     static std::expected<std::shared_ptr<Fd>, std::string> open_fd(const std::string& path);
     std::shared_ptr<Fd> current() const;
 
-    std::string path_;
     mutable std::mutex mutex_;
+    std::string path_;        // under mutex_
     std::shared_ptr<Fd> fd_;  // under mutex_
+    std::atomic<AccessFormat> format_{AccessFormat::logfmt};
     std::atomic<std::uint64_t> dropped_{0};
 };
 
@@ -106,7 +113,8 @@ class AccessLogBuffer {
 public:
     static constexpr std::size_t flush_bytes = std::size_t{64} << 10;
 
-    // Sets a handle up on `loop` (before that loop's thread runs, or on it).
+    // Sets a handle up on `loop` (before that loop's thread runs, or on it). Sets `file`'s
+    // format: lines are written in the file's format of the moment.
     AccessLogBuffer(uv_loop_t* loop, std::shared_ptr<AccessLogFile> file, AccessFormat format);
     ~AccessLogBuffer();
     AccessLogBuffer(const AccessLogBuffer&) = delete;
@@ -119,7 +127,6 @@ public:
 
 private:
     std::shared_ptr<AccessLogFile> file_;
-    AccessFormat format_;
     std::string lines_;
     uv_idle_t* idle_ = nullptr;  // freed in its close callback
 };

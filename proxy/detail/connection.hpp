@@ -104,6 +104,10 @@ struct WriteReq {
 struct Connection {
     Proxy::Impl* impl;
     Shard* shard;
+    // proxy.connectTimeout and proxy.idleTimeout when it was accepted (a reload changes them
+    // for later connections only).
+    std::chrono::milliseconds connect_timeout;
+    std::chrono::milliseconds idle_timeout;
     std::shared_ptr<Service> service;
     std::uint16_t dialled_port = 0;
     Side client;
@@ -148,7 +152,7 @@ struct Connection {
     bool last_failure_tls = false;     // the last attempt failed in its TLS handshake
     bool last_failure_timeout = false; // the last attempt timed out connecting
 
-    Connection(Proxy::Impl* i, Shard* s) : impl(i), shard(s) {}
+    Connection(Proxy::Impl* i, Shard* s);  // takes the shard's timeouts of the moment
     ~Connection();
 
     Side& other(Side& s) { return &s == &client ? *upstream : client; }

@@ -52,6 +52,9 @@ struct Shard {
     bool stopping = false;
     bool stopped = false;  // reported to the control loop
     std::unique_ptr<detail::AccessLogBuffer> access_log;  // the access log is on
+    // Given to each connection accepted here (Proxy::set_timeouts changes them on this loop).
+    std::chrono::milliseconds connect_timeout;
+    std::chrono::milliseconds idle_timeout;
 
     // Single writer: this loop's thread.
     workers::Counter active, total, refused, unrouted;
@@ -178,7 +181,8 @@ struct Proxy::Impl {
 inline Shard::Shard(Proxy::Impl* i, workers::Worker* w, uv_loop_t* l, const Options& options)
     : impl(i), worker(w), loop(l),
       resolver(std::make_unique<detail::Resolver>(loop, options.resolvers, options.resolve_timeout, options.dns_min_ttl,
-                                                  options.dns_max_ttl, i->resolver_shared))
+                                                  options.dns_max_ttl, i->resolver_shared)),
+      connect_timeout(options.connect_timeout), idle_timeout(options.idle_timeout)
 {
 }
 
