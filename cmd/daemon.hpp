@@ -25,12 +25,14 @@
 //
 // The parts are defined in: daemon.cpp (run, refresh, shutdown, readiness, admin dispatch,
 // the proxy's options), daemon_routes.cpp (the proxy's routes and their lookups),
-// daemon_metrics.cpp (/metrics), daemon_config.cpp (/config), daemon_conf_dir.cpp (--conf-dir)
+// daemon_metrics.cpp (/metrics), daemon_config.cpp (/config, /status.json and the status
+// page), daemon_conf_dir.cpp (--conf-dir)
 // and daemon_cluster.cpp (cluster mode).
 #pragma once
 
 #include "cmd/admin.hpp"
 #include "cmd/log.hpp"
+#include "cmd/status_page.hpp"
 #include "conf/conf.hpp"
 #include "dns/dns.hpp"
 #include "proxy/proxy.hpp"
@@ -135,7 +137,10 @@ private:
     // SIGHUP, on the loop's thread: reopens the access log (more may be read again later).
     void hangup();
     int abandon_start();
-    cmd::HttpReply admin(const std::string& path);
+    cmd::HttpReply admin(const cmd::HttpRequest& request);
+    cmd::HttpReply ready_reply();
+    // /status.json's document (status_page.hpp), with page `page` of the MES.
+    nlohmann::ordered_json status_json(const std::optional<std::string>& page);
     std::string metrics_text();
     std::string config_json();
 
