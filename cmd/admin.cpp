@@ -142,6 +142,7 @@ const http_parser_settings parser_settings = [] {
     s.on_header_field = [](http_parser* p, const char* at, std::size_t n) {
         auto* c = of(p);
         if (c->in_value) c->end_header();
+        if (c->field.empty()) c->header_bytes += 4;  // ": " and CRLF count too: many tiny headers are large
         c->field.append(at, n);
         if ((c->header_bytes += n) <= Admin::max_header_bytes) return 0;
         c->refused = 431;
@@ -345,7 +346,8 @@ void Connection::answer()
     http_parser_url_init(&u);
     if (parser.method != HTTP_GET && parser.method != HTTP_HEAD) {
         reply = HttpReply{405, "text/plain; charset=utf-8", "only GET and HEAD\n", {{"Allow", "GET, HEAD"}}};
-    } else if (http_parser_parse_url(url.data(), url.size(), 0, &u) != 0 || !(u.field_set & (1 << UF_PATH))) {
+    } else if (http_parser_parse_url(url.data(), url.size(), 0, &u) != 0 || !(u.field_set & (1 << UF_PATH)) ||
+               url[u.field_data[UF_PATH].off] != '/') {
         reply = HttpReply{400, "text/plain; charset=utf-8", "bad request: not a request target\n", {}};
     } else {
         request.method = head ? "HEAD" : "GET";

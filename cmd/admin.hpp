@@ -57,7 +57,7 @@ public:
     static constexpr std::size_t max_connections = 16;
     static constexpr std::size_t max_requests_per_connection = 100;
     static constexpr std::size_t max_url_bytes = 2048;
-    static constexpr std::size_t max_header_bytes = 8192;  // all names and values of one request
+    static constexpr std::size_t max_header_bytes = 8192;  // all header lines of one request
     static constexpr std::chrono::milliseconds request_timeout{10000};
     static constexpr std::chrono::milliseconds keep_alive_idle{5000};
 
