@@ -235,21 +235,22 @@ TEST_CASE("admin http: 405 with Allow 404 400 414 and 431")
 {
     Seen seen;
     Server server(echo(seen));
-    auto ask = [&](const std::string& request) {
+    // `closes`: the connection is expected to end, and is waited on longer.
+    auto ask = [&](const std::string& request, bool closes = true) {
         int fd = connect_to("127.0.0.1", server.port());
         REQUIRE(fd >= 0);
         send_all(fd, request);
         auto r = read_replies(fd, 1);
-        r.eof = closed_by_peer(fd, 2s);
+        r.eof = closed_by_peer(fd, closes ? 2s : 300ms);
         ::close(fd);
         return r;
     };
-    auto post = ask("POST /config HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc");
+    auto post = ask("POST /config HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc", false);
     CHECK_THAT(post.data, Catch::StartsWith("HTTP/1.1 405 Method Not Allowed\r\n"));
     CHECK_THAT(post.data, Catch::Contains("\r\nAllow: GET, HEAD\r\n"));
     CHECK_FALSE(post.eof);  // a refused method is still a well-formed request: the connection stays
-    CHECK_THAT(ask("DELETE / HTTP/1.1\r\nHost: a\r\n\r\n").data, Catch::StartsWith("HTTP/1.1 405 "));
-    CHECK_THAT(ask("GET /missing HTTP/1.1\r\nHost: a\r\n\r\n").data, Catch::StartsWith("HTTP/1.1 404 Not Found\r\n"));
+    CHECK_THAT(ask("DELETE / HTTP/1.1\r\nHost: a\r\n\r\n", false).data, Catch::StartsWith("HTTP/1.1 405 "));
+    CHECK_THAT(ask("GET /missing HTTP/1.1\r\nHost: a\r\n\r\n", false).data, Catch::StartsWith("HTTP/1.1 404 Not Found\r\n"));
 
     auto garbage = ask("HELLO\r\n\r\n");
     CHECK_THAT(garbage.data, Catch::StartsWith("HTTP/1.1 400 Bad Request\r\n"));
