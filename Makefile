@@ -11,7 +11,7 @@ CMAKE_FLAGS    ?=
 BUILD_PACKAGES := build-essential cmake pkg-config libldns-dev libuv1-dev libyaml-cpp-dev libhttp-parser-dev libnghttp2-dev \
                   libssl-dev liblmdb-dev catch2 nlohmann-json3-dev \
                   libcap-dev libseccomp-dev
-TEST_PACKAGES  := openssl dnsutils knot-dnsutils knot ldnsutils dnsmasq-base iproute2 iptables socat netcat-openbsd curl nginx-light python3-grpcio nghttp2-client util-linux etcd-server etcd-client mandoc man-db zsh
+TEST_PACKAGES  := openssl dnsutils knot-dnsutils knot ldnsutils dnsmasq-base iproute2 iptables socat netcat-openbsd curl nginx-light python3-grpcio nghttp2-client util-linux etcd-server etcd-client mandoc man-db zsh chromium
 # libFuzzer comes with clang; the DNS benchmark drives Knot and NSD with dnsperf.
 # (clang 16 for fuzz-conf: clang 14 cannot build libstdc++ 12's std::variant of types with
 # destructors once concepts are announced, as conf's resources are.)

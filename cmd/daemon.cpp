@@ -156,24 +156,37 @@ proxy::Options Daemon::proxy_options(const std::vector<conf::HostPort>& dns_upst
     return o;
 }
 
-cmd::HttpReply Daemon::admin(const std::string& path)
+cmd::HttpReply Daemon::ready_reply()
 {
-    if (path == "/metrics") return {200, "text/plain; version=0.0.4; charset=utf-8", metrics_text()};
-    if (path == "/ready") {
-        // Answers from an index the store can no longer refresh are stale: let traffic go
-        // to a replica that can read its store.
-        if (!store_error_.empty() && !stopping_)
-            return cmd::HttpReply{503, "text/plain", "not ready: cannot read the store: " + store_error_ + "\n"};
-        if (mirror_ && ready_ && !stopping_) {
-            // A node with a complete copy serves it while etcd is away, and says so.
-            auto text = cluster_ready_text();
-            return cmd::HttpReply{text.starts_with("ready") ? 200 : 503, "text/plain", text + "\n"};
-        }
-        return ready_ && !stopping_ ? cmd::HttpReply{200, "text/plain", "ready\n"}
-                                    : cmd::HttpReply{503, "text/plain", "not ready\n"};
+    // Answers from an index the store can no longer refresh are stale: let traffic go
+    // to a replica that can read its store.
+    if (!store_error_.empty() && !stopping_)
+        return cmd::HttpReply{503, "text/plain", "not ready: cannot read the store: " + store_error_ + "\n", {}};
+    if (mirror_ && ready_ && !stopping_) {
+        // A node with a complete copy serves it while etcd is away, and says so.
+        auto text = cluster_ready_text();
+        return cmd::HttpReply{text.starts_with("ready") ? 200 : 503, "text/plain", text + "\n", {}};
     }
-    if (path == "/config") return {200, "application/json", config_json()};
-    return {404, "text/plain", "not found: try /metrics, /ready or /config\n"};
+    return ready_ && !stopping_ ? cmd::HttpReply{200, "text/plain", "ready\n", {}}
+                                : cmd::HttpReply{503, "text/plain", "not ready\n", {}};
+}
+
+cmd::HttpReply Daemon::admin(const cmd::HttpRequest& request)
+{
+    const std::string& path = request.path;
+    if (path == "/metrics") return {200, "text/plain; version=0.0.4; charset=utf-8", metrics_text(), {}};
+    if (path == "/ready") return ready_reply();
+    if (path == "/config") return {200, "application/json", config_json(), {}};
+    if (path == "/status.json")
+        return {200, "application/json", status_json(request.param("page")).dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n",
+                {{"Cache-Control", "no-store"}}};
+    if (path == "/" || path == "/index.html")
+        return {200, "text/html; charset=utf-8", cmd::status_html(status_json(request.param("page"))),
+                {{"Content-Security-Policy", cmd::status_page_csp},
+                 {"X-Content-Type-Options", "nosniff"},
+                 {"Referrer-Policy", "no-referrer"},
+                 {"Cache-Control", "no-store"}}};
+    return {404, "text/plain", "not found: try /, /status.json, /metrics, /ready or /config\n", {}};
 }
 
 void Daemon::shutdown(const char* why)
@@ -368,7 +381,7 @@ int Daemon::run()
                                     std::to_string(rate_limit.ipv6_prefix_length)},
                    {"exempt", std::to_string(rate_limit.exempt.size()) + " networks"}});
 
-    admin_ = std::make_unique<cmd::Admin>(&loop_, [this](const std::string& path) { return admin(path); });
+    admin_ = std::make_unique<cmd::Admin>(&loop_, [this](const cmd::HttpRequest& request) { return admin(request); });
     auto admin_addr = admin_->start(config_.admin.listen);
     if (!admin_addr) {
         log::error("admin", "cannot listen", {{"error", admin_addr.error()}});

@@ -32,13 +32,15 @@
 //
 // The parts are defined in: daemon.cpp (run, refresh, shutdown, readiness, admin dispatch,
 // the proxy's options), daemon_reload.cpp (SIGHUP), daemon_routes.cpp (the proxy's routes and their lookups),
-// daemon_metrics.cpp (/metrics), daemon_config.cpp (/config), daemon_conf_dir.cpp (--conf-dir)
+// daemon_metrics.cpp (/metrics), daemon_config.cpp (/config, /status.json and the status
+// page), daemon_conf_dir.cpp (--conf-dir)
 // and daemon_cluster.cpp (cluster mode).
 #pragma once
 
 #include "cmd/admin.hpp"
 #include "cmd/log.hpp"
 #include "cmd/notify.hpp"
+#include "cmd/status_page.hpp"
 #include "conf/conf.hpp"
 #include "dns/dns.hpp"
 #include "proxy/proxy.hpp"
@@ -164,7 +166,10 @@ private:
     // The DNS servers' options from config_ (as started; a reload applies them again).
     dns::ServerOptions dns_options() const;
     int abandon_start();
-    cmd::HttpReply admin(const std::string& path);
+    cmd::HttpReply admin(const cmd::HttpRequest& request);
+    cmd::HttpReply ready_reply();
+    // /status.json's document (status_page.hpp), with page `page` of the MES.
+    nlohmann::ordered_json status_json(const std::optional<std::string>& page);
     std::string metrics_text();
     std::string config_json();
 

@@ -7,7 +7,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <charconv>
 #include <cstring>
 
@@ -280,6 +282,86 @@ std::expected<std::vector<std::string>, std::string> live_lines(std::string_view
         }
     }
     return lines;
+}
+
+std::expected<LiveMesPage, std::string> live_mes_page(std::string_view status_json)
+{
+    using ordered = nlohmann::ordered_json;
+    if (!nesting_within(status_json, max_depth)) return std::unexpected("JSON nested more than 64 levels deep");
+    ordered root = ordered::parse(status_json, nullptr, false);
+    if (root.is_discarded()) return std::unexpected("not valid JSON");
+    if (!root.is_object()) return std::unexpected("not a JSON object");
+    auto mes = root.find("mes");
+    if (mes == root.end() || !mes->is_object()) return std::unexpected("no \"mes\" in it");
+    auto items = mes->find("items");
+    if (items == mes->end() || !items->is_array()) return std::unexpected("\"mes.items\" is not a list");
+    LiveMesPage out;
+    auto count = [&](const char* key, std::size_t otherwise) {
+        auto it = mes->find(key);
+        return it != mes->end() && it->is_number_unsigned() ? it->get<std::size_t>() : otherwise;
+    };
+    out.total = count("total", items->size());
+    out.page = count("page", 1);
+    out.pages = count("pages", 1);
+    for (auto& item : *items)
+        if (item.is_object()) out.items.push_back(std::move(item));
+    return out;
+}
+
+std::vector<std::string> live_mes_header()
+{
+    return {"MESH", "NAME", "VIP", "HOSTNAMES", "PORT", "PROTOCOL", "ENDPOINTS", "CONNECTIONS", "CONDITIONS"};
+}
+
+std::vector<std::string> live_mes_row(const nlohmann::ordered_json& item)
+{
+    auto joined = [&](const char* key) {
+        std::string out;
+        if (auto it = item.find(key); it != item.end() && it->is_array())
+            for (const auto& v : *it)
+                if (v.is_string()) append(out, v.get<std::string>(), ",");
+        return out.empty() ? std::string("<none>") : out;
+    };
+    auto scalar = [&](const char* key, const char* otherwise) {
+        auto it = item.find(key);
+        if (it == item.end() || it->is_null() || it->is_object() || it->is_array()) return std::string(otherwise);
+        return it->is_string() ? it->get<std::string>() : it->dump();
+    };
+    std::string endpoints;
+    if (auto it = item.find("endpoints"); it != item.end() && it->is_array())
+        for (const auto& e : *it) {
+            if (!e.is_object()) continue;
+            std::string one = e.value("address", std::string("?")) + "=" + e.value("health", std::string("unknown"));
+            append(endpoints, one, ",");
+        }
+    bool live = item.value("live", false);
+    std::string connections = live ? scalar("active", "0") + "/" + scalar("total", "0") : std::string("-");
+    return {scalar("mesh", ""),     scalar("name", ""),       joined("vips"),
+            joined("hostnames"),    scalar("port", "any"),    scalar("protocol", ""),
+            endpoints.empty() ? std::string("<none>") : endpoints, connections, scalar("conditions", "")};
+}
+
+Value live_value(const nlohmann::ordered_json& item)
+{
+    switch (item.type()) {
+    case nlohmann::ordered_json::value_t::object: {
+        Value out = Value::object();
+        for (const auto& [k, v] : item.items()) out.set(k, live_value(v));
+        return out;
+    }
+    case nlohmann::ordered_json::value_t::array: {
+        Value out = Value::array();
+        for (const auto& v : item) out.push(live_value(v));
+        return out;
+    }
+    case nlohmann::ordered_json::value_t::string: return Value(item.get<std::string>());
+    case nlohmann::ordered_json::value_t::boolean: return Value(item.get<bool>());
+    case nlohmann::ordered_json::value_t::number_integer: return Value(item.get<std::int64_t>());
+    case nlohmann::ordered_json::value_t::number_unsigned:
+        return Value(static_cast<std::int64_t>(std::min<std::uint64_t>(item.get<std::uint64_t>(), INT64_MAX)));
+    case nlohmann::ordered_json::value_t::number_float: return Value(item.dump());
+    default: return Value();
+    }
 }
 
 }  // namespace cmd

@@ -5,6 +5,10 @@
 // as far as it goes.
 #pragma once
 
+#include "cmd/output.hpp"
+
+#include <nlohmann/json.hpp>
+
 #include <chrono>
 #include <cstddef>
 #include <expected>
@@ -28,5 +32,22 @@ std::expected<std::string, std::string> http_get(const std::string& host_port, c
 // hold that MES (redirect mode holds one only once it has carried a connection).
 std::expected<std::vector<std::string>, std::string> live_lines(std::string_view config_json, const std::string& mesh,
                                                                 const std::string& name);
+
+// One page of the MES in /status.json (status_page.hpp): the items as the daemon wrote them
+// and where the listing stands. The error says why the body is not such a page.
+struct LiveMesPage {
+    std::size_t total = 0;
+    std::size_t page = 1;
+    std::size_t pages = 1;
+    std::vector<nlohmann::ordered_json> items;
+};
+std::expected<LiveMesPage, std::string> live_mes_page(std::string_view status_json);
+
+// `mesctl get mes --admin`'s table: the store's columns, endpoints with their health, and
+// connections open and carried.
+std::vector<std::string> live_mes_header();
+std::vector<std::string> live_mes_row(const nlohmann::ordered_json& item);
+// An item as mesctl's output tree (-o json, -o yaml), keys in the daemon's order.
+Value live_value(const nlohmann::ordered_json& item);
 
 }  // namespace cmd

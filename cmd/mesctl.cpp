@@ -31,8 +31,9 @@ constexpr std::string_view usage_text =
     "  validate [--quiet|-q] PATH...              check YAML files or directories of resources\n"
     "  apply -f|--filename PATH... [--prune]      validate, then write everything in one transaction\n"
     "      (validate, apply: --follow-links reads links in a directory that lead out of it)\n"
-    "  get KIND [NAME] [--mesh M] [-o|--output table|yaml|json]\n"
-    "                                             KIND: mes, hostnamegenerators (hg), secrets, vips\n"
+    "  get KIND [NAME] [--mesh M] [-o|--output table|yaml|json] [--admin HOST:PORT]\n"
+    "                                             KIND: mes, hostnamegenerators (hg), secrets, vips; with\n"
+    "                                             --admin, the MES the running mesd serves, with health\n"
     "  delete KIND NAME [--mesh M] [--force]      delete one resource (its VIPs go to quarantine)\n"
     "  inspect NAME|HOSTNAME|VIP [--mesh M] [--admin HOST:PORT]\n"
     "                                             what DNS answers and where traffic goes; with\n"
@@ -47,6 +48,8 @@ constexpr std::string_view usage_text =
     "\n"
     "The store is --data-dir, else $MESD_DATA_DIR, else dataDir of the configuration file\n"
     "(--config FILE, else $MESD_CONFIG), else /var/lib/mesd.\n"
+    "With --admin, get and inspect read the running mesd's live state from its admin endpoint\n"
+    "and say so on stderr when it cannot be had and they show the store instead.\n"
     "In cluster mode (a `cluster` section, --etcd-endpoints or $MESD_ETCD_ENDPOINTS) apply and\n"
     "delete write to etcd; get, inspect and check read this node's copy in the store.\n"
     "exit status: 0 success, 1 invalid input or failed operation, 2 usage error or unreadable path\n";
@@ -75,7 +78,7 @@ struct Args {
     bool force = false;
     bool follow_links = false;  // links in a directory may lead out of it
     std::string from;           // cluster import --from
-    std::string admin;          // inspect --admin HOST:PORT: the running mesd's admin endpoint
+    std::string admin;          // get, inspect --admin HOST:PORT: the running mesd's admin endpoint
 };
 
 // "MESH/NAME", or "NAME" for what belongs to no mesh (a HostnameGenerator serving every mesh).
@@ -516,11 +519,81 @@ int cmd_cluster(const Globals& g, const Args& a)
     return exit_ok;
 }
 
+// The store's directory, for saying which store is shown.
+std::string store_dir(const Globals& g) { return load_configuration(g).config.data_dir; }
+
+void say_fallback(const Globals& g, const std::string& admin, const std::string& why)
+{
+    std::cerr << "mesctl: admin " << conf::escape_controls(admin) << " unreachable (" << conf::escape_controls(why)
+              << "); showing the store at " << conf::escape_controls(store_dir(g)) << '\n';
+}
+
+// `get mes --admin`: every MES the running mesd serves (the served meshes only), read page
+// by page from /status.json. The error says why they cannot be had.
+std::expected<std::vector<nlohmann::ordered_json>, std::string> live_mes(const std::string& admin)
+{
+    std::vector<nlohmann::ordered_json> items;
+    std::size_t pages = 1;
+    for (std::size_t page = 1; page <= pages; ++page) {
+        auto body = cmd::http_get(admin, "/status.json?page=" + std::to_string(page));
+        if (!body) return std::unexpected(body.error());
+        auto read = cmd::live_mes_page(*body);
+        if (!read) return std::unexpected("/status.json: " + read.error());
+        // The listing may shrink between pages: what the daemon says now counts.
+        pages = std::min<std::size_t>(read->pages, 100000);
+        if (read->page != page) break;
+        for (auto& item : read->items) items.push_back(std::move(item));
+    }
+    return items;
+}
+
+int get_live(const Args& a, std::vector<nlohmann::ordered_json> items)
+{
+    std::vector<nlohmann::ordered_json> chosen;
+    const std::string mesh = a.positional.size() == 2 ? mesh_of(conf::Kind::mesh_external_service, a) : a.mesh;
+    for (auto& item : items) {
+        if (!mesh.empty() && item.value("mesh", std::string()) != mesh) continue;
+        if (a.positional.size() == 2 && item.value("name", std::string()) != a.positional[1]) continue;
+        chosen.push_back(std::move(item));
+    }
+    if (a.positional.size() == 2 && chosen.empty())
+        return failure("MeshExternalService " + owned_name(mesh, a.positional[1]) + " not served by mesd at " + a.admin);
+    if (a.output == "table") {
+        std::vector<std::vector<std::string>> rows;
+        for (const auto& item : chosen) {
+            auto row = cmd::live_mes_row(item);
+            for (auto& cell : row) cell = conf::escape_controls(cell);
+            rows.push_back(std::move(row));
+        }
+        std::cout << cmd::table(cmd::live_mes_header(), rows);
+        return exit_ok;
+    }
+    cmd::Value out;
+    if (a.positional.size() == 2) {
+        out = cmd::live_value(chosen.front());
+    } else {
+        out = cmd::Value::object();
+        out.set("total", static_cast<std::int64_t>(chosen.size()));
+        cmd::Value& list = out.set("items", cmd::Value::array());
+        for (const auto& item : chosen) list.push(cmd::live_value(item));
+    }
+    std::cout << (a.output == "json" ? out.json() : out.yaml());
+    return exit_ok;
+}
+
 int cmd_get(const Globals& g, const Args& a)
 {
     if (a.positional.empty()) return usage_error("get: which KIND? (mes, hostnamegenerators, secrets, vips, nodes)");
     if (a.positional.size() > 2) return usage_error("get: too many arguments");
     if (a.positional[0] == "nodes" || a.positional[0] == "node") return get_nodes(g, a);
+    if (!a.admin.empty()) {
+        // The running daemon first: it may serve a store this user cannot read.
+        if (resource_kind(a.positional[0]) != conf::Kind::mesh_external_service)
+            return usage_error("get: --admin shows MES only (the running mesd reports no other kind)");
+        auto live = live_mes(a.admin);
+        if (live) return get_live(a, std::move(*live));
+        say_fallback(g, a.admin, live.error());
+    }
     auto ctx = open_context(g);
     if (!ctx) return ctx.error();
     auto snap = ctx->store->snapshot();
@@ -701,7 +774,10 @@ int cmd_inspect(const Globals& g, const Args& a)
     std::expected<std::string, std::string> live = std::unexpected("no --admin");
     if (!a.admin.empty()) {
         live = cmd::http_get(a.admin, "/config");
-        if (!live) live = std::unexpected("admin at " + a.admin + ": " + live.error());
+        if (!live) {
+            say_fallback(g, a.admin, live.error());
+            live = std::unexpected("admin at " + a.admin + ": " + live.error());
+        }
     }
     int printed = 0;
     for (const auto& [mesh, name] : owners) {

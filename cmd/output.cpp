@@ -1,5 +1,6 @@
 #include "cmd/output.hpp"
 
+#include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -29,65 +30,23 @@ bool Value::empty() const
 }
 
 struct Printer {
-    static void json_string(std::string& out, const std::string& s)
+    // The tree as nlohmann's, which writes it: insertion order kept.
+    static nlohmann::ordered_json to_json(const Value& v)
     {
-        out += '"';
-        for (unsigned char c : s) {
-            switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n"; break;
-            case '\r': out += "\\r"; break;
-            case '\t': out += "\\t"; break;
-            default:
-                if (c < 0x20) {
-                    char buf[8];
-                    std::snprintf(buf, sizeof buf, "\\u%04x", c);
-                    out += buf;
-                } else {
-                    out += static_cast<char>(c);
-                }
-            }
-        }
-        out += '"';
-    }
-
-    static void json(std::string& out, const Value& v, int indent, int depth)
-    {
-        auto newline = [&](int d) {
-            if (indent <= 0) return;
-            out += '\n';
-            out.append(static_cast<std::size_t>(indent * d), ' ');
-        };
-        std::visit(
-            [&](const auto& x) {
+        return std::visit(
+            [](const auto& x) -> nlohmann::ordered_json {
                 using T = std::decay_t<decltype(x)>;
-                if constexpr (std::is_same_v<T, std::monostate>) out += "null";
-                else if constexpr (std::is_same_v<T, bool>) out += x ? "true" : "false";
-                else if constexpr (std::is_same_v<T, std::int64_t>) out += std::to_string(x);
-                else if constexpr (std::is_same_v<T, std::string>) json_string(out, x);
+                if constexpr (std::is_same_v<T, std::monostate>) return nullptr;
                 else if constexpr (std::is_same_v<T, Value::Array>) {
-                    if (x.empty()) { out += "[]"; return; }
-                    out += '[';
-                    for (std::size_t i = 0; i < x.size(); ++i) {
-                        if (i) out += ',';
-                        newline(depth + 1);
-                        json(out, x[i], indent, depth + 1);
-                    }
-                    newline(depth);
-                    out += ']';
+                    auto out = nlohmann::ordered_json::array();
+                    for (const auto& item : x) out.push_back(to_json(item));
+                    return out;
+                } else if constexpr (std::is_same_v<T, Value::Object>) {
+                    auto out = nlohmann::ordered_json::object();
+                    for (const auto& [k, item] : x) out[k] = to_json(item);
+                    return out;
                 } else {
-                    if (x.empty()) { out += "{}"; return; }
-                    out += '{';
-                    for (std::size_t i = 0; i < x.size(); ++i) {
-                        if (i) out += ',';
-                        newline(depth + 1);
-                        json_string(out, x[i].first);
-                        out += indent > 0 ? ": " : ":";
-                        json(out, x[i].second, indent, depth + 1);
-                    }
-                    newline(depth);
-                    out += '}';
+                    return x;
                 }
             },
             v.v_);
@@ -131,9 +90,11 @@ struct Printer {
 
 std::string Value::json(int indent) const
 {
-    std::string out;
-    Printer::json(out, *this, indent, 0);
-    return out + "\n";
+    // Bytes that are not UTF-8 (a name in a store written by hand) come out as U+FFFD rather
+    // than failing the whole output.
+    return Printer::to_json(*this).dump(indent > 0 ? indent : -1, ' ', false,
+                                        nlohmann::ordered_json::error_handler_t::replace) +
+           "\n";
 }
 
 std::string Value::yaml() const

@@ -87,7 +87,7 @@ std::string Mesd::admin_get(const std::string& path) const
         ::close(fd);
         return "";
     }
-    std::string req = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    std::string req = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     (void)::write(fd, req.data(), req.size());
     std::string out;
     char buf[65536];
