@@ -71,7 +71,7 @@ test-sanitize: sanitize
 # mesd without reading its exit status; any report fails the target and is printed.
 # halt_on_error stops a process at its first report. .ci/tsan.supp lists races inside
 # uninstrumented libraries only, each with why.
-TSAN_TESTS   ?= ^(dns|proxy|workers):|^cmd:(limits: |.*conf dir)
+TSAN_TESTS   ?= ^(dns|proxy|workers):|^cmd:(limits: |.*conf dir|reload: |admin http: |notify: |status page: (served|a thousand))
 TSAN_SKIP    ?= ^cmd:(a conf dir file of 80000 keys|DNS is answered within 100 ms)
 TSAN_ALONE   ?= ^cmd:a [.][.]data flip racing conf dir reloads
 TSAN_WORKERS ?= 4
@@ -120,7 +120,7 @@ fuzz-dns: deps
 
 # Reading resources under libFuzzer for FUZZ_SECONDS: any bytes as a YAML file, through
 # parsing, both document shapes, validation and hostname generation (test/conf/fuzz_conf.cpp
-# says what must hold). Seeded with conf/examples/ and every Kuma case (test/conf/kuma/, and
+# says what must hold). Seeded with conf/examples/, conf/kuma-examples/ and every Kuma case (test/conf/kuma/, and
 # test/conf/fuzz-corpus/, the same cases as whole documents); new inputs go to a scratch
 # corpus, a crash leaves its input in $(FUZZ_DIR) and fails.
 FUZZ_CONF_SOURCES := $(wildcard conf/*.cpp)
@@ -131,7 +131,7 @@ fuzz-conf: deps
 	  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I. \
 	  test/conf/fuzz_conf.cpp $(FUZZ_CONF_SOURCES) -lyaml-cpp -lssl -lcrypto -o $(FUZZ_DIR)/fuzz_conf
 	$(FUZZ_DIR)/fuzz_conf -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -max_len=65536 \
-	  -artifact_prefix=$(FUZZ_DIR)/conf- $(FUZZ_DIR)/conf-corpus test/conf/fuzz-corpus conf/examples test/conf/kuma
+	  -artifact_prefix=$(FUZZ_DIR)/conf- $(FUZZ_DIR)/conf-corpus test/conf/fuzz-corpus conf/examples conf/kuma-examples test/conf/kuma
 
 # Starts mesd in the foreground on conf/examples/ (applied into .data/store); Ctrl-C stops it.
 run: build

@@ -1,5 +1,5 @@
 // Every MeshExternalService and HostnameGenerator example of Kuma's MeshExternalService pages
-// (conf/examples/kuma/, exactly as the docs write them, in both the Universal and the
+// (conf/kuma-examples/, exactly as the docs write them, in both the Universal and the
 // Kubernetes shape) end to end through mesd: `mesctl validate` accepts each file, `mesctl
 // apply` writes each shape's set to a store, and a mesd loading the set answers each
 // example's generated hostname with a VIP through which a client reaches a local stand-in
@@ -63,7 +63,7 @@ std::string secret_yaml(bool kubernetes, const std::string& name, const std::str
     return "---\ntype: Secret\nname: " + name + "\nmesh: default\ndata: " + base64(bytes) + "\n";
 }
 
-// One example: its file stem in conf/examples/kuma/, the hostname a client asks for (from the
+// One example: its file stem in conf/kuma-examples/, the hostname a client asks for (from the
 // guide's HostnameGenerator for the guide's examples, from mesd's default generator
 // `{{ .DisplayName }}.extsvc.mesh.local` for the resource page's, which names none), and
 // what a client through VIP:port gets.
@@ -98,7 +98,7 @@ std::string tcp_line(const Namespace& ns, const std::string& vip, int port)
 
 TEST_CASE("every example of Kuma's MeshExternalService pages applies and serves against local stand-ins")
 {
-    const std::string examples = std::string(MESD_SOURCE_DIR) + "/conf/examples/kuma/";
+    const std::string examples = std::string(MESD_SOURCE_DIR) + "/conf/kuma-examples/";
     const std::string peer = std::string(MESD_SOURCE_DIR) + "/test/proxy/peers/grpc_echo.py";
     Dir dir;
     Namespace ns("mesd-kdocs");
@@ -262,7 +262,7 @@ TEST_CASE("every example of Kuma's MeshExternalService pages applies and serves 
          }},
     };
 
-    // Every file of conf/examples/kuma/ is one of the examples above or the guide's generator.
+    // Every file of conf/kuma-examples/ is one of the examples above or the guide's generator.
     std::set<std::string> files, covered{"guide-hg-example.universal.yaml", "guide-hg-example.kubernetes.yaml"};
     for (const auto& e : std::filesystem::directory_iterator(examples)) files.insert(e.path().filename().string());
     for (const auto& ex : all) covered.insert({ex.stem + ".universal.yaml", ex.stem + ".kubernetes.yaml"});
