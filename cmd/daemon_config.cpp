@@ -12,20 +12,28 @@ namespace {
 using json = nlohmann::ordered_json;
 
 // Figures are written as unsigned, as /config always had them.
+// The failure figures an endpoint (proxy::TargetStatus) and each of its addresses
+// (proxy::AddressStatus) have alike.
+template <typename Status>
+void put_failures(json& e, const Status& s)
+{
+    e["consecutiveFailures"] = static_cast<std::uint64_t>(s.consecutive_failures);
+    e["connectFailures"] = s.connect_failures;
+    e["handshakeFailures"] = s.handshake_failures;
+    e["ejections"] = s.ejections;
+    if (!s.last_failure.empty()) {
+        e["lastFailure"] = s.last_failure;
+        e["lastFailureReason"] = s.last_failure_reason;
+    }
+}
+
 json health_of(const proxy::TargetStatus& t)
 {
     json e = json::object();
     e["address"] = t.address;
     e["priority"] = static_cast<std::uint64_t>(t.priority);
     e["health"] = t.state;
-    e["consecutiveFailures"] = static_cast<std::uint64_t>(t.consecutive_failures);
-    e["connectFailures"] = t.connect_failures;
-    e["handshakeFailures"] = t.handshake_failures;
-    e["ejections"] = t.ejections;
-    if (!t.last_failure.empty()) {
-        e["lastFailure"] = t.last_failure;
-        e["lastFailureReason"] = t.last_failure_reason;
-    }
+    put_failures(e, t);
     return e;
 }
 
@@ -133,14 +141,7 @@ std::string Daemon::config_json()
                         json x = json::object();
                         x["address"] = a.address;
                         x["state"] = a.state;
-                        x["consecutiveFailures"] = static_cast<std::uint64_t>(a.consecutive_failures);
-                        x["connectFailures"] = a.connect_failures;
-                        x["handshakeFailures"] = a.handshake_failures;
-                        x["ejections"] = a.ejections;
-                        if (!a.last_failure.empty()) {
-                            x["lastFailure"] = a.last_failure;
-                            x["lastFailureReason"] = a.last_failure_reason;
-                        }
+                        put_failures(x, a);
                         if (t.health_checked) {
                             json& c = x["check"] = json::object();
                             c["state"] = a.check.empty() ? std::string("pending") : a.check;

@@ -1,7 +1,9 @@
 // Kuma's current MeshExternalService API: its validator's table (test/conf/kuma/cases.yaml)
 // run through mesd's loader, the data source shapes of Kuma and of the seed side by side, and
 // the TLS condition that stands in for what Kuma does not validate (Secrets, PEM).
+#include "test/conf/kuma_tables.hpp"
 #include "test/conf/support.hpp"
+#include "test/support/text.hpp"
 #include "test/support/certs.hpp"
 
 #include <yaml-cpp/yaml.h>
@@ -14,8 +16,6 @@ using namespace test_support;
 
 namespace {
 
-const std::filesystem::path kuma_dir = std::filesystem::path(MESD_SOURCE_DIR) / "test" / "conf" / "kuma";
-
 std::string read_text(const std::filesystem::path& p)
 {
     std::ifstream in(p);
@@ -23,20 +23,6 @@ std::string read_text(const std::filesystem::path& p)
     std::stringstream s;
     s << in.rdbuf();
     return s.str();
-}
-
-struct Violation {
-    std::string field;
-    std::string message;
-    auto operator<=>(const Violation&) const = default;
-};
-
-std::vector<Violation> violations_of(const YAML::Node& list)
-{
-    std::vector<Violation> out;
-    for (const auto& v : list) out.push_back({v["field"].as<std::string>(), v["message"].as<std::string>()});
-    std::ranges::sort(out);
-    return out;
 }
 
 // Kuma's expected violations for `file`: none when it has no .output.yaml (Kuma accepts it).
@@ -64,14 +50,6 @@ std::string tls_with(const std::string& verification, bool enabled = true)
 {
     return std::string("  endpoints:\n    - address: example.com\n      port: 443\n  tls:\n    enabled: ") +
            (enabled ? "true" : "false") + "\n    verification:\n" + verification;
-}
-
-std::string indent(const std::string& text, std::size_t by)
-{
-    std::string out, pad(by, ' ');
-    std::istringstream lines(text);
-    for (std::string line; std::getline(lines, line);) out += pad + line + "\n";
-    return out;
 }
 
 }  // namespace

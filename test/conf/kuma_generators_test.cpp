@@ -2,7 +2,9 @@
 // table (test/conf/kuma/hostnamegenerator-validate.yaml, hostname-evaluate.yaml) run through
 // mesd, the labels Kuma computes on what is written to a zone, the order of generators, and
 // spec.extension kept as written.
+#include "test/conf/kuma_tables.hpp"
 #include "test/conf/support.hpp"
+#include "test/support/text.hpp"
 
 #include <yaml-cpp/yaml.h>
 
@@ -12,30 +14,6 @@
 using namespace test_support;
 
 namespace {
-
-const std::filesystem::path kuma_dir = std::filesystem::path(MESD_SOURCE_DIR) / "test" / "conf" / "kuma";
-
-struct Violation {
-    std::string field;
-    std::string message;
-    auto operator<=>(const Violation&) const = default;
-};
-
-std::vector<Violation> violations_of(const YAML::Node& list)
-{
-    std::vector<Violation> out;
-    for (const auto& v : list) out.push_back({v["field"].as<std::string>(), v["message"].as<std::string>()});
-    std::ranges::sort(out);
-    return out;
-}
-
-std::string indent(const std::string& text, std::size_t by)
-{
-    std::string out, pad(by, ' ');
-    std::istringstream lines(text);
-    for (std::string line; std::getline(lines, line);) out += pad + line + "\n";
-    return out;
-}
 
 std::map<std::string, std::string> string_map(const YAML::Node& node)
 {
