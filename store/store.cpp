@@ -1221,9 +1221,15 @@ Result<std::unique_ptr<Store>> Store::open(const Options& options)
     namespace fs = std::filesystem;
     std::error_code ec;
     if (!fs::exists(options.data_dir, ec)) {
-        fs::create_directories(options.data_dir, ec);
+        // The store holds Secrets: the directory is made 0700 at once (a umask can only take
+        // bits away), never made with the umask's mode and narrowed after.
+        fs::path dir(options.data_dir);
+        if (!dir.has_filename()) dir = dir.parent_path();  // "DIR/"
+        if (auto parent = dir.parent_path(); !parent.empty()) fs::create_directories(parent, ec);
+        if (!ec && ::mkdir(options.data_dir.c_str(), 0700) != 0 && errno != EEXIST)
+            ec = std::error_code(errno, std::generic_category());
         if (ec) return std::unexpected(Error{"cannot create data dir " + options.data_dir + ": " + ec.message()});
-        ::chmod(options.data_dir.c_str(), 0700);
+        ::chmod(options.data_dir.c_str(), 0700);  // a umask taking the owner's bits too
     } else if (!fs::is_directory(options.data_dir, ec)) {
         return std::unexpected(Error{"data dir " + options.data_dir + " is not a directory"});
     }
