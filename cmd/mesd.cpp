@@ -2,6 +2,7 @@
 // follows store changes (from mesctl or --conf-dir) without a restart, and serves the admin
 // endpoint. SIGTERM or SIGINT closes the listeners, lets in-flight work finish and exits 0.
 #include "cmd/daemon.hpp"
+#include "cmd/privilege.hpp"
 #include "cmd/log.hpp"
 #include "cmd/version.hpp"
 #include "conf/conf.hpp"
@@ -229,6 +230,9 @@ int main(int argc, char** argv)
     // A peer that goes away while mesd writes to it is an error on that write, not the end
     // of the daemon (libuv writes with write(2), which raises SIGPIPE by default).
     std::signal(SIGPIPE, SIG_IGN);
+    // A SIGHUP during start-up (logrotate's) must not end the process: the loop's handler
+    // replaces this once everything listens.
+    std::signal(SIGHUP, SIG_IGN);
     // Each proxied connection holds two descriptors: take all the hard limit allows.
     if (rlimit nofile{}; ::getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
         nofile.rlim_cur = nofile.rlim_max;
@@ -283,6 +287,12 @@ int main(int argc, char** argv)
         return exit_usage;
     }
 
+    if (::geteuid() == 0 && !config.user.empty()) {
+        if (auto clean = cmd::privilege::refuse_planted_links(config.data_dir); !clean) {
+            log::error("store", "cannot open the store", {{"error", clean.error()}});
+            return exit_failed;
+        }
+    }
     auto opened = store::Store::open(store::Options{config.data_dir});
     if (!opened) {
         log::error("store", "cannot open the store", {{"error", opened.error().message}});

@@ -157,6 +157,22 @@ std::expected<void, std::string> hand_over_store(const std::string& data_dir, co
     return {};
 }
 
+std::expected<void, std::string> refuse_planted_links(const std::string& data_dir)
+{
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(data_dir, ec)) {
+        struct stat st {};
+        if (::lstat(entry.path().c_str(), &st) != 0) continue;
+        if (S_ISLNK(st.st_mode))
+            return std::unexpected("data dir " + data_dir + " holds a symbolic link, " + entry.path().filename().string() +
+                                   ": mesd opens the store as root before it becomes its user and follows no link there");
+        if (S_ISREG(st.st_mode) && st.st_nlink > 1)
+            return std::unexpected("data dir " + data_dir + ": " + entry.path().filename().string() + " has " +
+                                   std::to_string(st.st_nlink) + " hard links; the store's files have one");
+    }
+    return {};  // a data dir not there yet is made by the store
+}
+
 std::expected<Dropped, std::string> drop(const conf::Config& config)
 {
     Dropped out;

@@ -53,6 +53,11 @@ std::expected<Account, std::string> find_account(const std::string& spec);
 // is refused: mesd does not take other users' files.
 std::expected<void, std::string> hand_over_store(const std::string& data_dir, const Account& account);
 
+// Before root opens the store of a `user:` (who may write in its directory): refuses a
+// symbolic link or a file of several hard links in it, which would have root truncate or
+// write, and then hand over, a file the link points at.
+std::expected<void, std::string> refuse_planted_links(const std::string& data_dir);
+
 struct Dropped {
     std::string user;                // who mesd runs as now
     std::vector<int> kept;           // the capabilities left

@@ -157,9 +157,18 @@ std::expected<std::shared_ptr<AccessLogFile::Fd>, std::string> AccessLogFile::op
     if (path == "stdout" || path == "stderr") {
         fd->fd = path == "stdout" ? STDOUT_FILENO : STDERR_FILENO;
     } else {
-        fd->fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-        if (fd->fd < 0) return std::unexpected(path + ": " + std::strerror(errno));
+        // As root (before `user:` takes over, in a directory that user may write to) no link
+        // is followed and a file of several hard links refused: either would have root append
+        // to, and hand over, a file someone else chose.
+        const bool root = ::geteuid() == 0;
+        fd->fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | (root ? O_NOFOLLOW : 0), 0644);
+        if (fd->fd < 0)
+            return std::unexpected(path + ": " + (root && errno == ELOOP ? "a symbolic link (not followed as root)"
+                                                                          : std::string(std::strerror(errno))));
         fd->owned = true;
+        struct stat links {};
+        if (root && ::fstat(fd->fd, &links) == 0 && S_ISREG(links.st_mode) && links.st_nlink > 1)
+            return std::unexpected(path + ": has " + std::to_string(links.st_nlink) + " hard links (refused as root)");
     }
     struct stat st {};
     fd->atomic_whole = ::fstat(fd->fd, &st) == 0 && S_ISREG(st.st_mode);

@@ -25,6 +25,7 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -426,4 +427,45 @@ TEST_CASE("privilege: sandbox and user through DNS, forwarding, TCP and TLS to a
     CHECK_THAT(log, Catch::Contains("msg=stopped"));
     CHECK_THAT(log, !Catch::Contains("level=error"));
     CHECK_THAT(log, !Catch::Contains("not permitted"));
+}
+
+TEST_CASE("privilege: links planted in the store or at the access log are not followed as root")
+{
+    SystemUser user("mesd-l");
+    TempDir dir;
+    open_to_all(dir);
+    auto data = dir.path / "data";
+    fs::create_directories(data);
+    REQUIRE(::chown(data.c_str(), user.uid, user.gid) == 0);
+    // A root file the user must not reach through the store.
+    auto victim = dir.write("victim", "root's own\n");
+    REQUIRE(::chmod(victim.c_str(), 0600) == 0);
+    auto config_text = "dataDir: " + data.string() + "\nuser: " + user.name +
+                       "\nvip:\n  ipv4: 127.242.0.0/16\nadmin:\n  listen: 127.0.0.1:0\ndns:\n  listen: [\"127.0.0.1:0\"]\n";
+    fs::create_symlink(victim, data / "lock.mdb");
+    auto r = run({MESD_PATH, "--config", dir.write("mesd.yaml", config_text)});
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.err, Catch::Contains("holds a symbolic link, lock.mdb"));
+    fs::remove(data / "lock.mdb");
+    fs::create_hard_link(victim, data / "data.mdb");
+    r = run({MESD_PATH, "--config", dir.write("mesd.yaml", config_text)});
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.err, Catch::Contains("data.mdb has 2 hard links"));
+    fs::remove(data / "data.mdb");
+
+    // The access log: a link in a directory the user may write to.
+    auto logs = dir.path / "logs";
+    fs::create_directories(logs);
+    REQUIRE(::chown(logs.c_str(), user.uid, user.gid) == 0);
+    fs::create_symlink(victim, logs / "access.log");
+    r = run({MESD_PATH, "--config",
+             dir.write("mesd.yaml", config_text + "proxy:\n  accessLog:\n    path: " + (logs / "access.log").string() + "\n")});
+    CHECK(r.exit_code == 1);
+    CHECK_THAT(r.err, Catch::Contains("a symbolic link (not followed as root)"));
+    std::ifstream in(victim);
+    std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK(content == "root's own\n");
+    struct stat st {};
+    REQUIRE(::stat(victim.c_str(), &st) == 0);
+    CHECK(st.st_uid == 0);
 }
