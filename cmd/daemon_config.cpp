@@ -27,6 +27,17 @@ void put_failures(json& e, const Status& s)
     }
 }
 
+// What /config and /status.json both say of this node's link to etcd.
+json cluster_state(const std::string& node, const store::cluster::Mirror::State& st)
+{
+    json c = json::object();
+    c["node"] = node;
+    c["connected"] = st.connected;
+    c["endpoint"] = st.endpoint;
+    c["revision"] = st.revision;
+    return c;
+}
+
 json health_of(const proxy::TargetStatus& t)
 {
     json e = json::object();
@@ -46,11 +57,7 @@ std::string Daemon::config_json()
     root["workers"] = serving_workers();
     if (mirror_) {
         auto st = mirror_->state();
-        json& cluster = root["cluster"] = json::object();
-        cluster["node"] = config_.cluster.node_name;
-        cluster["connected"] = st.connected;
-        cluster["endpoint"] = st.endpoint;
-        cluster["revision"] = st.revision;
+        json& cluster = root["cluster"] = cluster_state(config_.cluster.node_name, st);
         cluster["resyncs"] = st.resyncs;
         if (!st.last_error.empty()) cluster["lastError"] = st.last_error;
     }
@@ -180,11 +187,7 @@ json Daemon::status_json(const std::optional<std::string>& page)
     node["meshes"] = config_.meshes;
     if (mirror_) {
         auto st = mirror_->state();
-        json& cluster = root["cluster"] = json::object();
-        cluster["node"] = config_.cluster.node_name;
-        cluster["connected"] = st.connected;
-        cluster["endpoint"] = st.endpoint;
-        cluster["revision"] = st.revision;
+        json& cluster = root["cluster"] = cluster_state(config_.cluster.node_name, st);
         if (!st.last_error.empty()) cluster["lastError"] = st.last_error;
     }
 

@@ -40,10 +40,7 @@ TEST_CASE("kuma generators: spec.extension is stored and shown as written")
     Dir dir;
     std::string config = dir.write("mesd.yaml", "dataDir: " + (dir.path / "data").string() +
                                                     "\nvip:\n  ipv4: 127.242.0.0/16\n");
-    auto ctl = [&](std::vector<std::string> args) {
-        args.insert(args.begin(), {MESCTL_PATH, "--config", config});
-        return run(args);
-    };
+    auto ctl = [&](std::vector<std::string> args) { return mesctl_with(config, std::move(args)); };
     std::string input =
         mes("ext", 80, 8080, "  extension:\n    type: my-plugin\n    config:\n      retries: 3\n      hosts: [a, \"b\"]\n") +
         "---\ntype: HostnameGenerator\nname: gen\nspec:\n  selector: {meshExternalService: {}}\n"
@@ -76,10 +73,7 @@ TEST_CASE("kuma generators: a generator of no mesh serves every mesh and collisi
     Dir dir;
     std::string config = dir.write("mesd.yaml", "dataDir: " + (dir.path / "data").string() +
                                                     "\nmeshes: [default, payments]\nvip:\n  ipv4: 127.242.0.0/16\n");
-    auto ctl = [&](std::vector<std::string> args) {
-        args.insert(args.begin(), {MESCTL_PATH, "--config", config});
-        return run(args);
-    };
+    auto ctl = [&](std::vector<std::string> args) { return mesctl_with(config, std::move(args)); };
     std::string input = "---\ntype: HostnameGenerator\nname: every\nspec:\n  selector: {meshExternalService: {}}\n"
                         "  template: \"{{ .DisplayName }}.mesh\"\n"
                         "---\ntype: HostnameGenerator\nname: only-payments\nmesh: payments\nspec:\n"

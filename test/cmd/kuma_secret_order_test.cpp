@@ -55,10 +55,7 @@ TEST_CASE("mesctl get -o yaml shows each data source in the shape it was written
     Dir dir;
     std::string config = dir.write("mesd.yaml", "dataDir: " + (dir.path / "data").string() +
                                                     "\nvip:\n  ipv4: 127.242.0.0/16\n");
-    auto ctl = [&](std::vector<std::string> args) {
-        args.insert(args.begin(), {MESCTL_PATH, "--config", config});
-        return run(args);
-    };
+    auto ctl = [&](std::vector<std::string> args) { return mesctl_with(config, std::move(args)); };
     auto ca = make_ca("mesd test CA");
     auto client = make_leaf(ca, "client", {"DNS:client.test"}, -1, 365, true);
     std::string kuma = tls_mes("kuma", 7400, 7443,

@@ -123,10 +123,7 @@ TEST_CASE("a damaged store is an error never a crash in mesctl and mesd")
                                                          "\nvip:\n  ipv4: 127.242.0.0/16\nadmin:\n  listen: 127.0.0.1:0\n"
                                                          "dns:\n  listen: [\"127.0.0.1:0\"]\n");
     fs::create_directories(mesd_data);
-    auto ctl = [&](std::vector<std::string> args) {
-        args.insert(args.begin(), {MESCTL_PATH, "--config", config});
-        return run(args);
-    };
+    auto ctl = [&](std::vector<std::string> args) { return test_support::mesctl_with(config, std::move(args)); };
     // A few dozen MES: a store of a handful of pages, each kind of page present.
     std::string docs = generator_doc;
     for (int i = 0; i < 40; ++i) docs += mes_doc("mes-" + std::to_string(i), 1000 + i);

@@ -25,6 +25,15 @@ struct RunResult {
 RunResult run(const std::vector<std::string>& argv, const std::string& input = {},
               const std::vector<std::string>& env = {});
 
+#ifdef MESCTL_PATH
+// mesctl run with `--config config` ahead of `args`.
+inline RunResult mesctl_with(const std::string& config, std::vector<std::string> args)
+{
+    args.insert(args.begin(), {MESCTL_PATH, "--config", config});
+    return run(args);
+}
+#endif
+
 // A process started in the background, its output going to files.
 class Child {
 public:
