@@ -127,14 +127,16 @@ TEST_CASE("a ..data flip racing conf dir reloads deletes no shared MES and chang
     // Bursts of flips with pauses between: some reloads fall in a burst, some after it.
     auto applies_before = metric(mesd, "mesd_conf_dir_applies_total");
     std::mt19937 random(42);
-    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(7);
     int flips = 0;
     while (std::chrono::steady_clock::now() < until) {
         // A slow kubelet: the visible links dangle for a while after each flip.
         cm.switch_to(cm.current == "v1" ? "v2" : "v1", std::chrono::milliseconds(150 + random() % 250));
         ++flips;
-        // Every third flip a pause long enough for the change to settle and be read.
-        std::this_thread::sleep_for(std::chrono::milliseconds(flips % 3 == 0 ? 1000 + random() % 400 : random() % 40));
+        // Every third flip a pause long enough for the change to settle and be read: two
+        // looks 500 ms apart that agree, then the read and apply of 2,500 MES, which
+        // AddressSanitizer with four workers makes take most of a second.
+        std::this_thread::sleep_for(std::chrono::milliseconds(flips % 3 == 0 ? 1800 + random() % 400 : random() % 40));
     }
     cm.switch_to("v2");
     // The last version is applied: its own MES is there, the other's gone.
