@@ -4,6 +4,7 @@
 // connection; eviction of idle connections; and a stop that does not wait for idle ones.
 #include "cmd/admin.hpp"
 #include "test/support/net.hpp"
+#include "test/support/text.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -134,13 +135,6 @@ bool closed_by_peer(int fd, std::chrono::milliseconds wait)
 }
 
 void send_all(int fd, const std::string& text) { REQUIRE(::send(fd, text.data(), text.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(text.size())); }
-
-std::size_t occurrences(const std::string& text, const std::string& what)
-{
-    std::size_t n = 0;
-    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-    return n;
-}
 
 }  // namespace
 

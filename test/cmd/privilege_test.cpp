@@ -132,6 +132,16 @@ void check_dropped(int pid, const SystemUser& user, const std::string& caps)
 // store and the conf dir inside.
 void open_to_all(const TempDir& dir) { fs::permissions(dir.path, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec | fs::perms::others_read | fs::perms::others_exec); }
 
+// A data dir in `dir` (opened to all, so the user can reach it) owned by `user`.
+fs::path data_dir_of(const TempDir& dir, const SystemUser& user)
+{
+    open_to_all(dir);
+    auto data = dir.path / "data";
+    fs::create_directories(data);
+    REQUIRE(::chown(data.c_str(), user.uid, user.gid) == 0);
+    return data;
+}
+
 const std::string generator =
     "---\ntype: HostnameGenerator\nname: all\nspec:\n  selector:\n    meshExternalService: {}\n"
     "  template: \"{{ .Name }}.mesh\"\n";
@@ -314,10 +324,7 @@ TEST_CASE("privilege: not root it can be the user it is but cannot become anothe
 {
     SystemUser user("mesd-s");
     TempDir dir;
-    open_to_all(dir);
-    auto data = dir.path / "data";
-    fs::create_directories(data);
-    REQUIRE(::chown(data.c_str(), user.uid, user.gid) == 0);
+    auto data = data_dir_of(dir, user);
     auto config_for = [&](const std::string& who) {
         return dir.write("mesd-" + who + ".yaml", "dataDir: " + data.string() + "\nuser: " + who +
                                                       "\nvip:\n  ipv4: 127.242.0.0/16\nadmin:\n  listen: 127.0.0.1:0\n"
@@ -433,10 +440,7 @@ TEST_CASE("privilege: links planted in the store or at the access log are not fo
 {
     SystemUser user("mesd-l");
     TempDir dir;
-    open_to_all(dir);
-    auto data = dir.path / "data";
-    fs::create_directories(data);
-    REQUIRE(::chown(data.c_str(), user.uid, user.gid) == 0);
+    auto data = data_dir_of(dir, user);
     // A root file the user must not reach through the store.
     auto victim = dir.write("victim", "root's own\n");
     REQUIRE(::chmod(victim.c_str(), 0600) == 0);

@@ -7,6 +7,7 @@
 #include "test/support/net.hpp"
 #include "test/support/process.hpp"
 #include "test/support/tempdir.hpp"
+#include "test/support/text.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -24,13 +25,6 @@ namespace {
 const std::string curl = "/usr/bin/curl";
 const std::string chromium = "/usr/bin/chromium";
 const std::string dig = "/usr/bin/dig";
-
-std::size_t occurrences(const std::string& text, const std::string& what)
-{
-    std::size_t n = 0;
-    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-    return n;
-}
 
 // `curl -i` of the admin endpoint: status line, headers and body.
 std::string fetch(const Mesd& mesd, const std::string& path)

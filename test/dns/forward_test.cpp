@@ -4,6 +4,7 @@
 // forward costs, upstream ranking and back-off, and the cap on a client's wait.
 #include "test/support/dns.hpp"
 #include "test/support/metrics.hpp"
+#include "test/support/text.hpp"
 
 #include "conf/conf.hpp"
 
@@ -17,13 +18,6 @@ using namespace std::chrono_literals;
 namespace {
 
 int rcode_of(const std::vector<std::uint8_t>& reply) { return reply.size() >= 12 ? reply[3] & 0x0f : -1; }
-
-std::size_t occurrences(const std::string& text, const std::string& what)
-{
-    std::size_t n = 0;
-    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
-    return n;
-}
 
 }  // namespace
 

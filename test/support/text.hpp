@@ -24,4 +24,12 @@ inline std::string indent(const std::string& text, int spaces)
     return out;
 }
 
+// How many times `what` stands in `text` (overlapping ones counted).
+inline std::size_t occurrences(const std::string& text, const std::string& what)
+{
+    std::size_t n = 0;
+    for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+    return n;
+}
+
 }  // namespace test_support
